@@ -1,0 +1,43 @@
+//! Wire types for oracle-calls.
+//!
+//! Everything that crosses a process boundary — the `m.ixo.oracles_call` Matrix event content,
+//! call identifiers, statuses and the server's API bodies — is defined here, once, as types that
+//! cannot hold a bad value. This crate does no IO, holds no secrets and reads no clock.
+//!
+//! ```
+//! use oracle_calls_proto::{CallId, CallStatus};
+//!
+//! let id: CallId = "$abc123@oc-room-1".parse()?;
+//! assert_eq!(id.event_id().as_str(), "$abc123");
+//! assert_eq!(id.room_name().as_str(), "oc-room-1");
+//! assert_eq!(id.to_path_segment(), "%24abc123%40oc-room-1");
+//!
+//! let next = CallStatus::Pending.transition(CallStatus::Active)?;
+//! assert_eq!(next, CallStatus::Active);
+//! assert!(CallStatus::Ended.transition(CallStatus::Active).is_err());
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+#![deny(missing_docs)]
+
+mod api;
+mod call_id;
+mod did;
+mod error;
+mod event;
+mod status;
+mod text;
+mod timestamp;
+
+pub use api::{
+    ApiError, ApiErrorBody, CallReason, CallSummary, ErrorCode, KeyResponse, ListCallsQuery,
+    ListCallsResponse, OracleKeyInfo, SyncRequest, SyncResponse, UpdateRequest, WellKnown,
+};
+pub use call_id::{CallId, EventId, RoomName};
+pub use did::Did;
+pub use error::ParseError;
+pub use event::{
+    CALL_EVENT_TYPE, KeyDerivation, KeyEnvelope, KeyScheme, OraclesCallContent, OraclesCallEdit,
+    RelatesTo, SessionId,
+};
+pub use status::{CallStatus, CallType, IllegalTransition};
+pub use timestamp::Timestamp;
