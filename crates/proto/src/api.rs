@@ -313,7 +313,11 @@ mod tests {
                    "reason":"userHangup"})
         );
         assert_eq!(
-            serde_json::to_string(&ApiErrorBody::new(ErrorCode::ValidationFailed, "sender is not bound to userDid")).unwrap(),
+            serde_json::to_string(&ApiErrorBody::new(
+                ErrorCode::ValidationFailed,
+                "sender is not bound to userDid"
+            ))
+            .unwrap(),
             r#"{"error":{"code":"validation_failed","message":"sender is not bound to userDid"}}"#
         );
         let wk = WellKnown {
@@ -333,9 +337,17 @@ mod tests {
                    "livekitUrl":"ws://127.0.0.1:17880",
                    "keys":[{"keyId":"00112233445566778899aabbccddeeff","scheme":"hpke-p256","publicKey":"BA"}]})
         );
-        assert_eq!(serde_json::to_value(SyncRequest::default()).unwrap(), json!({}));
         assert_eq!(
-            serde_json::to_value(ListCallsQuery { limit: Some(10), status: Some(CallStatus::Active), ..Default::default() }).unwrap(),
+            serde_json::to_value(SyncRequest::default()).unwrap(),
+            json!({})
+        );
+        assert_eq!(
+            serde_json::to_value(ListCallsQuery {
+                limit: Some(10),
+                status: Some(CallStatus::Active),
+                ..Default::default()
+            })
+            .unwrap(),
             json!({"limit":10,"status":"active"})
         );
     }
@@ -343,17 +355,23 @@ mod tests {
     #[test]
     fn update_request_needs_something() {
         assert!(serde_json::from_value::<UpdateRequest>(json!({})).is_err());
-        let u: UpdateRequest = serde_json::from_value(json!({"reason":"keyDecryptionFailed"})).unwrap();
+        let u: UpdateRequest =
+            serde_json::from_value(json!({"reason":"keyDecryptionFailed"})).unwrap();
         assert_eq!(u.reason, Some(CallReason::KeyDecryptionFailed));
         assert_eq!(u.call_status, None);
-        let u: UpdateRequest = serde_json::from_value(json!({"callStatus":"ended","reason":"userHangup"})).unwrap();
-        assert_eq!(serde_json::to_value(&u).unwrap(), json!({"callStatus":"ended","reason":"userHangup"}));
+        let u: UpdateRequest =
+            serde_json::from_value(json!({"callStatus":"ended","reason":"userHangup"})).unwrap();
+        assert_eq!(
+            serde_json::to_value(&u).unwrap(),
+            json!({"callStatus":"ended","reason":"userHangup"})
+        );
         assert!(serde_json::from_value::<UpdateRequest>(json!({"callStatus":"paused"})).is_err());
     }
 
     #[test]
     fn unknown_error_codes_still_parse() {
-        let b: ApiErrorBody = serde_json::from_value(json!({"error":{"code":"teapot","message":"x"}})).unwrap();
+        let b: ApiErrorBody =
+            serde_json::from_value(json!({"error":{"code":"teapot","message":"x"}})).unwrap();
         assert_eq!(b.error.code, ErrorCode::Unknown);
     }
 

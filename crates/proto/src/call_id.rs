@@ -53,10 +53,7 @@ impl RoomName {
     /// # Errors
     /// [`ParseError::RoomName`] saying what is wrong.
     pub fn parse(s: &str) -> Result<Self, ParseError> {
-        let first = s
-            .bytes()
-            .next()
-            .ok_or(ParseError::RoomName("is empty"))?;
+        let first = s.bytes().next().ok_or(ParseError::RoomName("is empty"))?;
         if s.len() > MAX_ROOM_NAME_LEN {
             return Err(ParseError::RoomName("is longer than 128 bytes"));
         }
@@ -196,15 +193,30 @@ pub(crate) mod tests {
             CallId::parse("abc@room"),
             Err(ParseError::EventId(m)) if m.contains('$')
         ));
-        assert!(matches!(CallId::parse("$@room"), Err(ParseError::EventId(_))));
-        assert!(matches!(CallId::parse("$abc@"), Err(ParseError::RoomName(_))));
+        assert!(matches!(
+            CallId::parse("$@room"),
+            Err(ParseError::EventId(_))
+        ));
+        assert!(matches!(
+            CallId::parse("$abc@"),
+            Err(ParseError::RoomName(_))
+        ));
         assert!(matches!(
             CallId::parse("$abc@room/../x"),
             Err(ParseError::RoomName(_))
         ));
-        assert!(matches!(CallId::parse("$a@b@room"), Err(ParseError::EventId(_))));
-        assert!(matches!(CallId::parse("$ab c@room"), Err(ParseError::EventId(_))));
-        assert!(matches!(CallId::parse("$abc@-room"), Err(ParseError::RoomName(_))));
+        assert!(matches!(
+            CallId::parse("$a@b@room"),
+            Err(ParseError::EventId(_))
+        ));
+        assert!(matches!(
+            CallId::parse("$ab c@room"),
+            Err(ParseError::EventId(_))
+        ));
+        assert!(matches!(
+            CallId::parse("$abc@-room"),
+            Err(ParseError::RoomName(_))
+        ));
         let long_room = "r".repeat(MAX_ROOM_NAME_LEN + 1);
         assert!(matches!(
             CallId::parse(&format!("$abc@{long_room}")),
@@ -221,7 +233,10 @@ pub(crate) mod tests {
     fn path_segment_form() {
         let id = CallId::parse("$abc:ex.org@oc-1").unwrap();
         assert_eq!(id.to_path_segment(), "%24abc%3Aex.org%40oc-1");
-        assert_eq!(CallId::from_path_segment(&id.to_path_segment()), Ok(id.clone()));
+        assert_eq!(
+            CallId::from_path_segment(&id.to_path_segment()),
+            Ok(id.clone())
+        );
         // An unencoded segment is accepted too (decoding is a no-op on it).
         assert_eq!(CallId::from_path_segment("$abc:ex.org@oc-1"), Ok(id));
         assert!(matches!(

@@ -31,10 +31,14 @@ impl Did {
                 .bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
         {
-            return Err(ParseError::Did("method must be lower-case letters and digits"));
+            return Err(ParseError::Did(
+                "method must be lower-case letters and digits",
+            ));
         }
         if id.is_empty() || id.ends_with(':') {
-            return Err(ParseError::Did("method-specific id is empty or ends with `:`"));
+            return Err(ParseError::Did(
+                "method-specific id is empty or ends with `:`",
+            ));
         }
         let bytes = id.as_bytes();
         let mut i = 0;
@@ -105,7 +109,10 @@ pub(crate) mod tests {
             "DID:ixo:abc",
             "did:ixo:ü",
         ] {
-            assert!(matches!(Did::parse(bad), Err(ParseError::Did(_))), "{bad:?}");
+            assert!(
+                matches!(Did::parse(bad), Err(ParseError::Did(_))),
+                "{bad:?}"
+            );
         }
         assert!(Did::parse(&format!("did:ixo:{}", "a".repeat(300))).is_err());
     }

@@ -291,21 +291,28 @@ pub(crate) mod tests {
         let c: OraclesCallContent = serde_json::from_value(v).unwrap();
         assert_eq!(c.key_derivation, KeyDerivation::Pbkdf2);
         assert_eq!(c.call_id.unwrap().room_name().as_str(), "roomId");
-        assert_eq!(c.call_ended_at.unwrap().to_string(), "2024-01-01T10:30:00.000Z");
+        assert_eq!(
+            c.call_ended_at.unwrap().to_string(),
+            "2024-01-01T10:30:00.000Z"
+        );
     }
 
     #[test]
     fn rejects_bad_fields_naming_them() {
         let mut v = serde_json::to_value(sample()).unwrap();
         v["userDid"] = json!("not-a-did");
-        let err = serde_json::from_value::<OraclesCallContent>(v).unwrap_err().to_string();
+        let err = serde_json::from_value::<OraclesCallContent>(v)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("DID"), "{err}");
         let mut v = serde_json::to_value(sample()).unwrap();
         v["callStatus"] = json!("ringing");
         assert!(serde_json::from_value::<OraclesCallContent>(v).is_err());
         let mut v = serde_json::to_value(sample()).unwrap();
         v.as_object_mut().unwrap().remove("encryptionKey");
-        let err = serde_json::from_value::<OraclesCallContent>(v).unwrap_err().to_string();
+        let err = serde_json::from_value::<OraclesCallContent>(v)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("encryptionKey"), "{err}");
         let mut v = serde_json::to_value(sample()).unwrap();
         v["encryptionKey"] = json!("has space");
@@ -321,14 +328,21 @@ pub(crate) mod tests {
         let c = sample();
         let call_id = c.call_id_for(orig.clone());
         let now = Timestamp::parse("2024-01-01T10:05:00.000Z").unwrap();
-        let active = c.with_status(call_id.clone(), CallStatus::Active, now).unwrap();
+        let active = c
+            .with_status(call_id.clone(), CallStatus::Active, now)
+            .unwrap();
         assert_eq!(active.call_ended_at, None);
-        let ended = active.with_status(call_id.clone(), CallStatus::Ended, now).unwrap();
+        let ended = active
+            .with_status(call_id.clone(), CallStatus::Ended, now)
+            .unwrap();
         assert_eq!(ended.call_ended_at, Some(now));
         assert!(ended.with_status(call_id, CallStatus::Active, now).is_err());
         let edit = OraclesCallEdit::new(orig, ended);
         let v = serde_json::to_value(&edit).unwrap();
-        assert_eq!(v["m.relates_to"], json!({"rel_type": "m.replace", "event_id": "$orig"}));
+        assert_eq!(
+            v["m.relates_to"],
+            json!({"rel_type": "m.replace", "event_id": "$orig"})
+        );
         assert_eq!(v["m.new_content"]["callStatus"], json!("ended"));
         assert_eq!(v["m.new_content"]["callId"], json!("$orig@lk-room-12345"));
         assert_eq!(v["callStatus"], json!("ended"));
@@ -357,28 +371,41 @@ pub(crate) mod tests {
         use crate::did::tests::did_strategy;
         (
             (any::<bool>(), any::<bool>(), 0u8..3, any::<bool>()),
-            (0i64..250_000_000_000_000, proptest::option::of(0i64..250_000_000_000_000)),
+            (
+                0i64..250_000_000_000_000,
+                proptest::option::of(0i64..250_000_000_000_000),
+            ),
             proptest::string::string_regex("[!-~]{1,200}").unwrap(),
             proptest::string::string_regex("[^\\p{Cc}]{1,40}").unwrap(),
             (room_name_strategy(), did_strategy(), did_strategy()),
             proptest::option::of(event_id_strategy()),
         )
-            .prop_map(|((video, hkdf, st, _), (start, end), env, sess, (room, u, o), ev)| {
-                OraclesCallContent {
-                    call_id: ev.map(|e| CallId::new(e, room.clone())),
-                    call_type: if video { CallType::Video } else { CallType::Audio },
-                    call_status: [CallStatus::Pending, CallStatus::Active, CallStatus::Ended]
-                        [usize::from(st)],
-                    call_started_at: Timestamp::from_unix_millis(start).unwrap(),
-                    call_ended_at: end.map(|e| Timestamp::from_unix_millis(e).unwrap()),
-                    encryption_key: KeyEnvelope::parse(&env).unwrap(),
-                    session_id: SessionId::parse(&sess).unwrap(),
-                    room_id: room,
-                    user_did: u,
-                    oracle_did: o,
-                    key_derivation: if hkdf { KeyDerivation::Hkdf } else { KeyDerivation::Pbkdf2 },
-                }
-            })
+            .prop_map(
+                |((video, hkdf, st, _), (start, end), env, sess, (room, u, o), ev)| {
+                    OraclesCallContent {
+                        call_id: ev.map(|e| CallId::new(e, room.clone())),
+                        call_type: if video {
+                            CallType::Video
+                        } else {
+                            CallType::Audio
+                        },
+                        call_status: [CallStatus::Pending, CallStatus::Active, CallStatus::Ended]
+                            [usize::from(st)],
+                        call_started_at: Timestamp::from_unix_millis(start).unwrap(),
+                        call_ended_at: end.map(|e| Timestamp::from_unix_millis(e).unwrap()),
+                        encryption_key: KeyEnvelope::parse(&env).unwrap(),
+                        session_id: SessionId::parse(&sess).unwrap(),
+                        room_id: room,
+                        user_did: u,
+                        oracle_did: o,
+                        key_derivation: if hkdf {
+                            KeyDerivation::Hkdf
+                        } else {
+                            KeyDerivation::Pbkdf2
+                        },
+                    }
+                },
+            )
     }
 
     proptest! {

@@ -34,7 +34,9 @@ impl std::str::FromStr for CallType {
         match s {
             "audio" => Ok(Self::Audio),
             "video" => Ok(Self::Video),
-            _ => Err(crate::ParseError::Request("call type must be `audio` or `video`")),
+            _ => Err(crate::ParseError::Request(
+                "call type must be `audio` or `video`",
+            )),
         }
     }
 }
@@ -130,7 +132,10 @@ mod tests {
             }
         }
         use CallStatus::*;
-        assert_eq!(legal, vec![(Pending, Active), (Pending, Ended), (Active, Ended)]);
+        assert_eq!(
+            legal,
+            vec![(Pending, Active), (Pending, Ended), (Active, Ended)]
+        );
         assert!(Ended.is_terminal() && !Active.is_terminal());
         assert_eq!(
             Ended.transition(Active).unwrap_err().to_string(),
@@ -141,10 +146,16 @@ mod tests {
     #[test]
     fn wire_names() {
         for s in ALL {
-            assert_eq!(serde_json::to_string(&s).unwrap(), format!("\"{}\"", s.as_str()));
+            assert_eq!(
+                serde_json::to_string(&s).unwrap(),
+                format!("\"{}\"", s.as_str())
+            );
             assert_eq!(s.as_str().parse::<CallStatus>().unwrap(), s);
         }
-        assert_eq!(serde_json::to_string(&CallType::Video).unwrap(), r#""video""#);
+        assert_eq!(
+            serde_json::to_string(&CallType::Video).unwrap(),
+            r#""video""#
+        );
         assert!(serde_json::from_str::<CallType>(r#""Video""#).is_err());
         assert!("ringing".parse::<CallStatus>().is_err());
     }

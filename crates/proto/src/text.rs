@@ -7,15 +7,14 @@ pub(crate) fn is_unreserved(b: u8) -> bool {
 
 /// Percent-encodes every byte that is not unreserved (RFC 3986 §2.3), upper-case hex.
 pub(crate) fn percent_encode(s: &str) -> String {
-    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    use std::fmt::Write as _;
     let mut out = String::with_capacity(s.len() * 3);
     for &b in s.as_bytes() {
         if is_unreserved(b) {
             out.push(char::from(b));
         } else {
-            out.push('%');
-            out.push(char::from(HEX[usize::from(b >> 4)]));
-            out.push(char::from(HEX[usize::from(b & 0x0f)]));
+            // Writing to a String cannot fail.
+            let _ = write!(out, "%{b:02X}");
         }
     }
     out

@@ -99,7 +99,9 @@ mod tests {
         assert!(Timestamp::parse("2024-01-01 10:00:00").is_err());
         assert!(Timestamp::parse("yesterday").is_err());
         assert_eq!(
-            Timestamp::from_unix_millis(1000).unwrap().abs_diff_millis(Timestamp::from_unix_millis(250).unwrap()),
+            Timestamp::from_unix_millis(1000)
+                .unwrap()
+                .abs_diff_millis(Timestamp::from_unix_millis(250).unwrap()),
             750
         );
     }

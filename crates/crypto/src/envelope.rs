@@ -1,0 +1,175 @@
+//! Key envelopes: a call key wrapped to an oracle public key and bound to a call context.
+//!
+//! Text form `v1.<scheme>.<base64url, no padding>` of
+//! `key_id (16) || context_digest (16) || payload`, where `key_id` names the recipient key,
+//! `context_digest` is the first 16 bytes of SHA-256 of the context bytes, and the payload is
+//! scheme-specific (docs/PROTOCOL.md). The header lets a recipient tell "not my key" and
+//! "another call" apart from tampering; the context is also bound cryptographically.
+//!
+//! Legacy ixo form: base58 of `eciesjs` output whose plaintext is the key as 64 hex
+//! characters, with no context at all — opened as [`OpenedKey::Unbound`].
+
+mod ecies;
+mod hpke;
+mod rsa;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use oracle_calls_proto::{KeyEnvelope, KeyScheme};
+use rand_core::CryptoRng;
+use subtle::ConstantTimeEq;
+
+use crate::oracle_key::{PrivateInner, PublicInner};
+use crate::{CallContext, CallKey, EnvelopeError, KeyId, OracleKeyPair, OraclePublicKey};
+
+/// Bytes of the clear header: key id and context digest.
+const HEADER_LEN: usize = 32;
+
+/// Seals `key` to `recipient`, bound to `context`.
+///
+/// # Errors
+/// [`EnvelopeError::SealFailed`] if the public key is unusable.
+pub fn seal(
+    recipient: &OraclePublicKey,
+    key: &CallKey,
+    context: &CallContext,
+    rng: &mut impl CryptoRng,
+) -> Result<KeyEnvelope, EnvelopeError> {
+    let ctx = context.to_bytes();
+    let header = header(recipient.key_id(), &context.digest());
+    let payload = match recipient.inner() {
+        PublicInner::P256(pk) => hpke::seal_p256(pk, key, &ctx, &header, rng)?,
+        PublicInner::X25519(pk) => hpke::seal_x25519(pk, key, &ctx, &header, rng)?,
+        PublicInner::Rsa(pk) => rsa::seal(pk, key, &ctx)?,
+        PublicInner::Secp256k1(pk) => ecies::seal(pk, &ecies::bound_plaintext(key, context), rng)?,
+    };
+    let mut body = header.to_vec();
+    body.extend_from_slice(&payload);
+    let text = format!(
+        "v1.{}.{}",
+        recipient.scheme().as_str(),
+        URL_SAFE_NO_PAD.encode(body)
+    );
+    KeyEnvelope::parse(&text).map_err(|_| EnvelopeError::SealFailed)
+}
+
+/// A call key opened from an envelope.
+#[derive(Debug)]
+pub enum OpenedKey {
+    /// Bound to the context it was opened with: use it.
+    Bound(CallKey),
+    /// From a legacy envelope that carries no context: anyone who saw it could have put it
+    /// into another call. Use it only after deciding to accept that.
+    Unbound(UnboundCallKey),
+}
+
+/// A call key that is not bound to any call context (legacy ixo envelopes).
+#[derive(Debug)]
+pub struct UnboundCallKey(CallKey);
+
+impl UnboundCallKey {
+    /// Accepts the key although nothing ties it to this call.
+    ///
+    /// # Security
+    /// A legacy envelope can be replayed into another call by anyone who has seen it.
+    pub fn dangerous_accept_without_context(self) -> CallKey {
+        self.0
+    }
+}
+
+/// Opens an envelope with the oracle's key pair, checking it is bound to `context`.
+///
+/// # Errors
+/// [`EnvelopeError::UnknownVersion`], [`EnvelopeError::UnknownScheme`],
+/// [`EnvelopeError::Malformed`], [`EnvelopeError::Encoding`], [`EnvelopeError::BadLength`],
+/// [`EnvelopeError::SchemeMismatch`], [`EnvelopeError::WrongKey`],
+/// [`EnvelopeError::ContextMismatch`], [`EnvelopeError::DecryptionFailed`].
+pub fn open(
+    keypair: &OracleKeyPair,
+    envelope: &KeyEnvelope,
+    context: &CallContext,
+) -> Result<OpenedKey, EnvelopeError> {
+    let text = envelope.as_str();
+    let Some((version, rest)) = text.split_once('.') else {
+        return open_legacy(keypair, text).map(OpenedKey::Unbound);
+    };
+    if version != "v1" {
+        return Err(if is_version_tag(version) {
+            EnvelopeError::UnknownVersion
+        } else {
+            EnvelopeError::Malformed("expected `v1.<scheme>.<base64url>`")
+        });
+    }
+    let (scheme, b64) = rest.split_once('.').ok_or(EnvelopeError::Malformed(
+        "expected `v1.<scheme>.<base64url>`",
+    ))?;
+    let scheme: KeyScheme = scheme.parse().map_err(|_| EnvelopeError::UnknownScheme)?;
+    let body = URL_SAFE_NO_PAD
+        .decode(b64)
+        .map_err(|_| EnvelopeError::Encoding("base64url (no padding)"))?;
+    if body.len() < HEADER_LEN {
+        return Err(EnvelopeError::BadLength);
+    }
+    let (hdr, payload) = body.split_at(HEADER_LEN);
+    if scheme != keypair.scheme() {
+        return Err(EnvelopeError::SchemeMismatch {
+            envelope: scheme,
+            key: keypair.scheme(),
+        });
+    }
+    let (kid, digest16) = hdr.split_at(16);
+    let ours = keypair.key_id();
+    if !bool::from(kid.ct_eq(ours.as_bytes())) {
+        let mut id = [0u8; 16];
+        id.copy_from_slice(kid);
+        return Err(EnvelopeError::WrongKey {
+            envelope: KeyId(id),
+            ours,
+        });
+    }
+    let digest = context.digest();
+    if !bool::from(digest16.ct_eq(digest.get(..16).unwrap_or_default())) {
+        return Err(EnvelopeError::ContextMismatch);
+    }
+    let ctx = context.to_bytes();
+    let key = match keypair.inner() {
+        PrivateInner::P256(sk) => hpke::open_p256(sk, payload, &ctx, hdr)?,
+        PrivateInner::X25519(sk) => hpke::open_x25519(sk, payload, &ctx, hdr)?,
+        PrivateInner::Rsa(sk) => rsa::open(sk, payload, &ctx)?,
+        PrivateInner::Secp256k1(sk) => {
+            let pt = ecies::open(sk, payload)?;
+            ecies::check_bound_plaintext(&pt, &digest)?
+        }
+    };
+    Ok(OpenedKey::Bound(key))
+}
+
+/// `v` followed by digits.
+fn is_version_tag(s: &str) -> bool {
+    s.strip_prefix('v')
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
+fn header(kid: KeyId, digest: &[u8; 32]) -> [u8; HEADER_LEN] {
+    let mut h = [0u8; HEADER_LEN];
+    let (a, b) = h.split_at_mut(16);
+    a.copy_from_slice(kid.as_bytes());
+    b.copy_from_slice(digest.get(..16).unwrap_or(&[0u8; 16]));
+    h
+}
+
+fn open_legacy(keypair: &OracleKeyPair, text: &str) -> Result<UnboundCallKey, EnvelopeError> {
+    let PrivateInner::Secp256k1(sk) = keypair.inner() else {
+        return Err(EnvelopeError::Malformed(
+            "expected `v1.<scheme>.<base64url>` (un-prefixed envelopes are legacy ecies-secp256k1 only)",
+        ));
+    };
+    let body = bs58::decode(text)
+        .into_vec()
+        .map_err(|_| EnvelopeError::Encoding("base58"))?;
+    let pt = ecies::open(sk, &body)?;
+    ecies::legacy_plaintext_to_key(&pt).map(UnboundCallKey)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,46 @@
+//! Sans-IO call cryptography for oracle-calls.
+//!
+//! - [`CallKey`]: the per-call secret, made on the user's device, zeroized on drop.
+//! - [`OracleKeyPair`] / [`OraclePublicKey`]: the oracle's long-term key in one of four
+//!   [`KeyScheme`]s, stored as PKCS#8 PEM, identified by a [`KeyId`].
+//! - [`seal`] / [`open`]: key envelopes (`v1.<scheme>.<base64url>`) that wrap a call key to an
+//!   oracle public key and bind it to the call's [`CallContext`].
+//! - [`frame`]: LiveKit-compatible frame end-to-end encryption (AES-128-GCM per encoded frame,
+//!   keyring, ratchet), byte-compatible with `livekit-client` and the native LiveKit SDKs.
+//!
+//! No IO, no clocks, no global RNG: randomness comes in as `&mut impl CryptoRng`.
+//!
+//! ```
+//! use oracle_calls_crypto::{open, seal, CallContext, CallKey, OracleKeyPair, OpenedKey};
+//! use oracle_calls_proto::{CallType, Did, KeyScheme, RoomName, SessionId};
+//!
+//! let mut rng = rand::rng();
+//! let oracle = OracleKeyPair::generate(KeyScheme::HpkeP256, &mut rng)?;
+//! let ctx = CallContext::new(
+//!     SessionId::parse("s-1")?,
+//!     RoomName::parse("oc-room")?,
+//!     Did::parse("did:ixo:user")?,
+//!     Did::parse("did:ixo:oracle")?,
+//!     CallType::Audio,
+//! );
+//! let key = CallKey::generate(&mut rng);
+//! let envelope = seal(&oracle.public_key(), &key, &ctx, &mut rng)?;
+//! let OpenedKey::Bound(opened) = open(&oracle, &envelope, &ctx)? else { unreachable!() };
+//! assert!(opened.ct_eq(&key));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+#![deny(missing_docs)]
+
+mod call_key;
+mod context;
+mod envelope;
+mod error;
+pub mod frame;
+mod oracle_key;
+
+pub use call_key::CallKey;
+pub use context::CallContext;
+pub use envelope::{OpenedKey, UnboundCallKey, open, seal};
+pub use error::{EnvelopeError, Error, FrameError, KeyError};
+pub use oracle_calls_proto::{KeyDerivation, KeyScheme};
+pub use oracle_key::{KeyId, OracleKeyPair, OraclePublicKey};
