@@ -1,0 +1,95 @@
+//! `oracle-calls`: the one binary. This version has the crypto demo and key management; the
+//! server, agent and call commands arrive with their issues.
+
+mod demo;
+mod keyfile;
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use oracle_calls_crypto::KeyScheme;
+
+/// End-to-end encrypted calls between people and AI oracles.
+#[derive(Parser, Debug)]
+#[command(name = "oracle-calls", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Walk through the call cryptography step by step: make an oracle key, wrap a fresh call
+    /// key to it bound to a call context, open it, and encrypt and decrypt LiveKit frames.
+    Demo {
+        /// Key scheme of the oracle key.
+        #[arg(long, default_value = "hpke-p256", value_parser = parse_scheme)]
+        scheme: KeyScheme,
+    },
+    /// Generate an oracle key pair and write the private key as PKCS#8 PEM (mode 0600).
+    Keygen {
+        /// Key scheme.
+        #[arg(long, default_value = "hpke-p256", value_parser = parse_scheme)]
+        scheme: KeyScheme,
+        /// Where to write the private key.
+        #[arg(long)]
+        out: PathBuf,
+        /// Replace an existing file.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Show the scheme, key id and public key of a private key file.
+    KeyInfo {
+        /// The PKCS#8 PEM private key file.
+        #[arg(long)]
+        key: PathBuf,
+    },
+}
+
+fn parse_scheme(s: &str) -> Result<KeyScheme, String> {
+    s.parse().map_err(|_| {
+        let names: Vec<&str> = KeyScheme::ALL.iter().map(|k| k.as_str()).collect();
+        format!(
+            "unknown scheme `{s}`; expected one of: {}",
+            names.join(", ")
+        )
+    })
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Demo { scheme } => demo::run(scheme),
+        Command::Keygen { scheme, out, force } => {
+            let kp = oracle_calls_crypto::OracleKeyPair::generate(scheme, &mut rand::rng())
+                .context("generating the key pair")?;
+            keyfile::write_private_key(&out, &kp, force)?;
+            println!("wrote {} private key to {}", scheme, out.display());
+            print_public(&kp);
+            Ok(())
+        }
+        Command::KeyInfo { key } => {
+            let kp = keyfile::read_private_key(&key)?;
+            print_public(&kp);
+            Ok(())
+        }
+    }
+}
+
+fn print_public(kp: &oracle_calls_crypto::OracleKeyPair) {
+    use base64::Engine as _;
+    let pk = kp.public_key();
+    println!("scheme:     {}", kp.scheme());
+    println!("key id:     {}", kp.key_id());
+    println!(
+        "public key: {}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(pk.to_raw())
+    );
+}

@@ -1,0 +1,105 @@
+//! The dependency rules of STYLE.md §1, checked against `cargo metadata`, so they fail the
+//! build the day someone breaks them.
+
+use std::collections::{BTreeSet, HashMap};
+use std::process::Command;
+
+use serde_json::Value;
+
+fn metadata() -> Value {
+    let out = Command::new(env!("CARGO"))
+        .args(["metadata", "--format-version", "1"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Names of every package in the normal (non-dev, non-build) dependency closure of `name`.
+fn normal_closure(meta: &Value, name: &str) -> Option<BTreeSet<String>> {
+    let packages: HashMap<&str, &str> = meta["packages"]
+        .as_array()?
+        .iter()
+        .map(|p| (p["id"].as_str().unwrap(), p["name"].as_str().unwrap()))
+        .collect();
+    let nodes: HashMap<&str, &Value> = meta["resolve"]["nodes"]
+        .as_array()?
+        .iter()
+        .map(|n| (n["id"].as_str().unwrap(), n))
+        .collect();
+    let root = packages.iter().find(|(_, n)| **n == name)?.0;
+    let mut seen = BTreeSet::new();
+    let mut stack = vec![*root];
+    while let Some(id) = stack.pop() {
+        for dep in nodes[id]["deps"].as_array().unwrap() {
+            let normal = dep["dep_kinds"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|k| k["kind"].is_null());
+            let pkg = dep["pkg"].as_str().unwrap();
+            if normal && seen.insert(packages[pkg].to_owned()) {
+                stack.push(pkg);
+            }
+        }
+    }
+    Some(seen)
+}
+
+#[test]
+fn server_never_links_the_crypto_crate() {
+    let meta = metadata();
+    // The server crate arrives with its issue; until then this checks every workspace
+    // member whose name says it is a server.
+    for p in meta["packages"].as_array().unwrap() {
+        let name = p["name"].as_str().unwrap();
+        if name.contains("server") && p["source"].is_null() {
+            let deps = normal_closure(&meta, name).unwrap();
+            assert!(
+                !deps.contains("oracle-calls-crypto"),
+                "{name} depends on oracle-calls-crypto"
+            );
+        }
+    }
+    // And the check itself works: the CLI does link it.
+    assert!(
+        normal_closure(&meta, "oracle-calls")
+            .unwrap()
+            .contains("oracle-calls-crypto")
+    );
+}
+
+#[test]
+fn proto_and_crypto_do_no_io() {
+    let meta = metadata();
+    let forbidden = [
+        "tokio",
+        "mio",
+        "reqwest",
+        "hyper",
+        "async-std",
+        "socket2",
+        "tracing-subscriber",
+    ];
+    for krate in ["oracle-calls-proto", "oracle-calls-crypto"] {
+        let deps = normal_closure(&meta, krate).unwrap();
+        for f in forbidden {
+            assert!(!deps.contains(f), "{krate} pulls in {f}");
+        }
+    }
+    let crypto = normal_closure(&meta, "oracle-calls-crypto").unwrap();
+    assert!(
+        !crypto.contains("rsa"),
+        "RSA decryption must go through aws-lc-rs (RUSTSEC-2023-0071)"
+    );
+    assert!(
+        !normal_closure(&meta, "oracle-calls-proto")
+            .unwrap()
+            .contains("oracle-calls-crypto")
+    );
+}
