@@ -1,4 +1,5 @@
 //! The binary as a person uses it.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 use std::process::Command;
 
