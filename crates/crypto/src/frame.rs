@@ -31,7 +31,9 @@
 mod cryptor;
 mod keyring;
 
-pub use cryptor::{DecryptStats, Decrypted, EncryptedData, FrameDecryptor, FrameEncryptor};
+pub use cryptor::{
+    DecryptStats, Decrypted, EncryptedData, FrameDecryptor, FrameEncryptor, Outcome,
+};
 pub use keyring::{KeyRing, KeyRingOptions};
 
 /// The default ratchet salt of every LiveKit SDK (also the key-derivation salt).

@@ -83,8 +83,12 @@ pub(super) fn seal(
     Ok(out)
 }
 
+/// Length of the plaintext of both envelope forms: 32 + 32 bytes (v1) or 64 hex characters
+/// (legacy).
+pub(super) const PLAINTEXT_LEN: usize = 64;
+
 pub(super) fn open(sk: &SecretKey, body: &[u8]) -> Result<Zeroizing<Vec<u8>>, EnvelopeError> {
-    if body.len() < POINT_LEN + NONCE_LEN + TAG_LEN {
+    if body.len() != POINT_LEN + NONCE_LEN + TAG_LEN + PLAINTEXT_LEN {
         return Err(EnvelopeError::BadLength);
     }
     let (eph, rest) = body.split_at(POINT_LEN);

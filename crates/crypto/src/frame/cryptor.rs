@@ -3,7 +3,7 @@
 use aws_lc_rs::aead::{Aad, Nonce, Tag};
 use rand_core::CryptoRng;
 
-use super::keyring::{KeyRing, Slot};
+use super::keyring::{KeyRing, KeySet};
 use super::{FRAME_OVERHEAD, FrameKind, IV_LEN, TAG_LEN};
 use crate::FrameError;
 
@@ -42,17 +42,35 @@ impl FrameEncryptor {
         }
     }
 
-    /// Encrypts one encoded frame. Empty frames pass through unchanged (LiveKit does the same).
+    /// Encrypts one encoded frame into a new buffer. Empty frames pass through unchanged
+    /// (LiveKit does the same).
     ///
     /// # Errors
     /// [`FrameError::MissingKey`] if the current slot is empty, [`FrameError::NonceExhausted`]
     /// after 2^32 frames.
     pub fn encrypt(&mut self, kind: FrameKind, frame: &[u8]) -> Result<Vec<u8>, FrameError> {
+        let mut out = Vec::with_capacity(frame.len() + FRAME_OVERHEAD);
+        out.extend_from_slice(frame);
+        self.encrypt_in_place(kind, &mut out)?;
+        Ok(out)
+    }
+
+    /// Encrypts one encoded frame in place: the payload is encrypted where it lies and the tag
+    /// and trailer are appended (reserve [`FRAME_OVERHEAD`] bytes to avoid a reallocation).
+    ///
+    /// # Errors
+    /// As [`Self::encrypt`]; on error the frame is unchanged.
+    pub fn encrypt_in_place(
+        &mut self,
+        kind: FrameKind,
+        frame: &mut Vec<u8>,
+    ) -> Result<(), FrameError> {
         if frame.is_empty() {
-            return Ok(Vec::new());
+            return Ok(());
         }
+        self.ring.slot(self.ring.current_index())?;
         let iv = self.next_iv()?;
-        seal_frame(&self.ring, kind, frame, iv)
+        seal_in_place(&self.ring, kind, frame, iv)
     }
 
     /// Encrypts with a caller-chosen IV (for test vectors and LiveKit's IV layout).
@@ -68,10 +86,11 @@ impl FrameEncryptor {
         frame: &[u8],
         iv: [u8; IV_LEN],
     ) -> Result<Vec<u8>, FrameError> {
-        if frame.is_empty() {
-            return Ok(Vec::new());
+        let mut out = frame.to_vec();
+        if !out.is_empty() {
+            seal_in_place(&self.ring, kind, &mut out, iv)?;
         }
-        seal_frame(&self.ring, kind, frame, iv)
+        Ok(out)
     }
 
     /// Encrypts a data packet payload (the protobuf bytes of `EncryptedPacketPayload`).
@@ -125,33 +144,38 @@ impl std::fmt::Debug for FrameEncryptor {
     }
 }
 
-fn seal_frame(
+fn seal_in_place(
     ring: &KeyRing,
     kind: FrameKind,
-    frame: &[u8],
+    frame: &mut Vec<u8>,
     iv: [u8; IV_LEN],
-) -> Result<Vec<u8>, FrameError> {
+) -> Result<(), FrameError> {
     let key_index = ring.current_index();
     let slot = ring.slot(key_index)?;
     let n = kind.clear_len(frame);
-    let (header, body) = frame.split_at(n);
-    let mut out = Vec::with_capacity(frame.len() + FRAME_OVERHEAD);
-    out.extend_from_slice(header);
-    out.extend_from_slice(body);
+    let (header, body) = frame.split_at_mut(n);
     let tag: Tag = slot
         .keys
         .cipher
-        .seal_in_place_separate_tag(
-            Nonce::assume_unique_for_key(iv),
-            Aad::from(header),
-            out.get_mut(n..).ok_or(FrameError::EncryptionFailed)?,
-        )
+        .seal_in_place_separate_tag(Nonce::assume_unique_for_key(iv), Aad::from(&*header), body)
         .map_err(|_| FrameError::EncryptionFailed)?;
-    out.extend_from_slice(tag.as_ref());
-    out.extend_from_slice(&iv);
-    out.push(IV_LEN as u8);
-    out.push(key_index);
-    Ok(out)
+    frame.reserve(FRAME_OVERHEAD);
+    frame.extend_from_slice(tag.as_ref());
+    frame.extend_from_slice(&iv);
+    frame.push(IV_LEN as u8);
+    frame.push(key_index);
+    Ok(())
+}
+
+/// What [`FrameDecryptor::decrypt_in_place`] left in the buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The plaintext frame, ready for a decoder.
+    Frame,
+    /// An empty frame, passed through.
+    Empty,
+    /// A server-injected placeholder: drop it.
+    ServerInjected,
 }
 
 /// The result of decrypting one frame.
@@ -203,7 +227,7 @@ impl FrameDecryptor {
         self.sif_trailer = (!trailer.is_empty()).then_some(trailer);
     }
 
-    /// Decrypts one encoded frame.
+    /// Decrypts one encoded frame into a new buffer.
     ///
     /// # Errors
     /// [`FrameError::TooShort`], [`FrameError::BadIvLength`],
@@ -211,30 +235,52 @@ impl FrameDecryptor {
     /// [`FrameError::InvalidKey`], [`FrameError::DecryptionFailed`]. Every error is counted in
     /// [`Self::stats`]; the frame must be dropped.
     pub fn decrypt(&mut self, kind: FrameKind, frame: &[u8]) -> Result<Decrypted, FrameError> {
+        let mut buf = frame.to_vec();
+        Ok(match self.decrypt_in_place(kind, &mut buf)? {
+            Outcome::Frame => Decrypted::Frame(buf),
+            Outcome::Empty => Decrypted::Empty,
+            Outcome::ServerInjected => Decrypted::ServerInjected,
+        })
+    }
+
+    /// Decrypts one encoded frame in place; on [`Outcome::Frame`] the buffer holds the
+    /// plaintext frame.
+    ///
+    /// # Errors
+    /// As [`Self::decrypt`]; on error the buffer's content is unspecified and must be dropped.
+    pub fn decrypt_in_place(
+        &mut self,
+        kind: FrameKind,
+        frame: &mut Vec<u8>,
+    ) -> Result<Outcome, FrameError> {
         let r = self.decrypt_inner(kind, frame);
         match &r {
-            Ok(Decrypted::Frame(_)) => self.stats.decrypted += 1,
-            Ok(Decrypted::ServerInjected) => self.stats.server_injected += 1,
-            Ok(Decrypted::Empty) => {}
+            Ok(Outcome::Frame) => self.stats.decrypted += 1,
+            Ok(Outcome::ServerInjected) => self.stats.server_injected += 1,
+            Ok(Outcome::Empty) => {}
             Err(FrameError::InvalidKey(_)) => self.stats.dropped_invalid_key += 1,
             Err(_) => self.stats.failed += 1,
         }
         r
     }
 
-    fn decrypt_inner(&mut self, kind: FrameKind, frame: &[u8]) -> Result<Decrypted, FrameError> {
+    fn decrypt_inner(
+        &mut self,
+        kind: FrameKind,
+        frame: &mut Vec<u8>,
+    ) -> Result<Outcome, FrameError> {
         if frame.is_empty() {
-            return Ok(Decrypted::Empty);
+            return Ok(Outcome::Empty);
         }
         if let Some(t) = &self.sif_trailer
             && frame.len() >= t.len()
             && frame.ends_with(t)
         {
-            return Ok(Decrypted::ServerInjected);
+            return Ok(Outcome::ServerInjected);
         }
         let len = frame.len();
         let (&key_index, rest) = frame.split_last().ok_or(FrameError::TooShort { len })?;
-        let (&iv_len, rest) = rest.split_last().ok_or(FrameError::TooShort { len })?;
+        let (&iv_len, _) = rest.split_last().ok_or(FrameError::TooShort { len })?;
         if usize::from(iv_len) != IV_LEN {
             return Err(FrameError::BadIvLength(iv_len));
         }
@@ -242,42 +288,57 @@ impl FrameDecryptor {
         if len < n + FRAME_OVERHEAD {
             return Err(FrameError::TooShort { len });
         }
-        let (sealed, iv) = rest.split_at(rest.len() - IV_LEN);
-        let (header, ct_tag) = sealed.split_at(n);
-        let iv: [u8; IV_LEN] = iv.try_into().map_err(|_| FrameError::TooShort { len })?;
+        let sealed_end = len - IV_LEN - 2;
+        let iv: [u8; IV_LEN] = frame
+            .get(sealed_end..len - 2)
+            .and_then(|s| s.try_into().ok())
+            .ok_or(FrameError::TooShort { len })?;
+        frame.truncate(sealed_end);
 
         let window = self.ring.options().ratchet_window;
         let tolerance = self.ring.options().failure_tolerance;
-        let salt = self.ring.options().ratchet_salt.clone();
         let slot = self.ring.slot_mut(key_index)?;
         if let Some(t) = tolerance
             && slot.failures > t
         {
             return Err(FrameError::InvalidKey(key_index));
         }
-        if let Some(pt) = open_with(slot, 0, header, ct_tag, iv) {
+        // AES-GCM may scribble on a buffer it fails to open: keep the ciphertext only when a
+        // ratchet search may need it again.
+        let backup = (window > 0).then(|| frame.clone());
+        if open_in_place(&slot.keys, n, frame, iv) {
             slot.failures = 0;
-            return Ok(Decrypted::Frame(pt));
+            return Ok(Outcome::Frame);
         }
-        // Try the ratchets ahead of the slot's key, deriving each at most once per key.
-        for step in 1..=usize::from(window) {
-            if slot.ahead.len() < step {
-                let from = slot.ahead.last().unwrap_or(&slot.keys);
-                let next = from.ratchet(&salt)?;
-                slot.ahead.push(next);
-            }
-            if let Some(pt) = open_with(slot, step, header, ct_tag, iv) {
-                let mut ahead = std::mem::take(&mut slot.ahead);
-                let keys = ahead.remove(step - 1);
-                ahead.drain(..step - 1);
-                slot.keys = keys;
-                slot.ahead = ahead;
-                slot.failures = 0;
-                self.ring.current = key_index;
-                self.stats.ratchets += step as u64;
-                return Ok(Decrypted::Frame(pt));
+        if let Some(sealed) = backup {
+            let salt = self.ring.options().ratchet_salt.clone();
+            let slot = self.ring.slot_mut(key_index)?;
+            // Try the ratchets ahead of the slot's key, deriving each at most once per key.
+            for step in 1..=usize::from(window) {
+                if slot.ahead.len() < step {
+                    let from = slot.ahead.last().unwrap_or(&slot.keys);
+                    let next = from.ratchet(&salt)?;
+                    slot.ahead.push(next);
+                }
+                frame.clear();
+                frame.extend_from_slice(&sealed);
+                let Some(keys) = slot.ahead.get(step - 1) else {
+                    break;
+                };
+                if open_in_place(keys, n, frame, iv) {
+                    let mut ahead = std::mem::take(&mut slot.ahead);
+                    let keys = ahead.remove(step - 1);
+                    ahead.drain(..step - 1);
+                    slot.keys = keys;
+                    slot.ahead = ahead;
+                    slot.failures = 0;
+                    self.ring.current = key_index;
+                    self.stats.ratchets += step as u64;
+                    return Ok(Outcome::Frame);
+                }
             }
         }
+        let slot = self.ring.slot_mut(key_index)?;
         slot.failures = slot.failures.saturating_add(1);
         Err(FrameError::DecryptionFailed(key_index))
     }
@@ -333,34 +394,23 @@ impl std::fmt::Debug for FrameDecryptor {
     }
 }
 
-/// Opens with the slot's key (`step` 0) or its `step`-th cached ratchet.
-fn open_with(
-    slot: &Slot,
-    step: usize,
-    header: &[u8],
-    ct_tag: &[u8],
-    iv: [u8; IV_LEN],
-) -> Option<Vec<u8>> {
-    let keys = if step == 0 {
-        &slot.keys
-    } else {
-        slot.ahead.get(step - 1)?
+/// Opens `frame` = header (n) | ciphertext | tag in place with `keys`; on success truncates
+/// it to header | plaintext.
+fn open_in_place(keys: &KeySet, n: usize, frame: &mut Vec<u8>, iv: [u8; IV_LEN]) -> bool {
+    if frame.len() < n {
+        return false;
+    }
+    let (header, sealed) = frame.split_at_mut(n);
+    let pt_len = match keys.cipher.open_in_place(
+        Nonce::assume_unique_for_key(iv),
+        Aad::from(&*header),
+        sealed,
+    ) {
+        Ok(pt) => pt.len(),
+        Err(_) => return false,
     };
-    let mut out = Vec::with_capacity(header.len() + ct_tag.len());
-    out.extend_from_slice(header);
-    out.extend_from_slice(ct_tag);
-    let n = header.len();
-    let pt_len = keys
-        .cipher
-        .open_in_place(
-            Nonce::assume_unique_for_key(iv),
-            Aad::from(header),
-            out.get_mut(n..)?,
-        )
-        .ok()?
-        .len();
-    out.truncate(n + pt_len);
-    Some(out)
+    frame.truncate(n + pt_len);
+    true
 }
 
 #[cfg(test)]

@@ -1,0 +1,185 @@
+//! The reverse direction: envelopes and frames made by this crate are opened by independent
+//! implementations — Python `cryptography` (HPKE, RSA-OAEP, AES-GCM), the npm `eciesjs`
+//! package, and Node's WebCrypto (the API livekit-client uses). Needs `python3` with
+//! `cryptography` >= 48 and `npm ci` in tests/vectors/gen (scripts/test does both).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::io::Write as _;
+use std::process::{Command, Stdio};
+
+use oracle_calls_crypto::frame::{FrameEncryptor, FrameKind, KeyRing, KeyRingOptions};
+use oracle_calls_crypto::{CallContext, CallKey, KeyDerivation, KeyScheme, OracleKeyPair, seal};
+use oracle_calls_proto::{CallType, Did, RoomName, SessionId};
+use rand::SeedableRng;
+use serde_json::{Value, json};
+
+fn gen_dir() -> String {
+    format!("{}/tests/vectors/gen", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Runs `program script` with `input` on stdin and parses its JSON stdout.
+fn run(program: &str, script: &str, input: &Value) -> Value {
+    let dir = gen_dir();
+    if program == "node" {
+        assert!(
+            std::path::Path::new(&format!("{dir}/node_modules/eciesjs")).exists(),
+            "eciesjs is not installed: run `npm ci` in {dir} (scripts/test does it)"
+        );
+    }
+    let mut child = Command::new(program)
+        .arg(format!("{dir}/{script}"))
+        .current_dir(&dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.to_string().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{script} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn contexts() -> Vec<CallContext> {
+    vec![
+        CallContext::new(
+            SessionId::parse("550e8400-e29b-41d4-a716-446655440000").unwrap(),
+            RoomName::parse("oc-0123456789abcdef0123456789abcdef").unwrap(),
+            Did::parse("did:ixo:ixo1user").unwrap(),
+            Did::parse("did:ixo:entity:oracle-1").unwrap(),
+            CallType::Audio,
+        ),
+        CallContext::new(
+            SessionId::parse("séance ☎ 42").unwrap(),
+            RoomName::parse("lk-room-12345").unwrap(),
+            Did::parse("did:key:z6MkhaXgBZDvotDkL5257faiztiGiC2QtKLGpbnnEGta2doK").unwrap(),
+            Did::parse("did:web:example.com:oracles:a%20b").unwrap(),
+            CallType::Video,
+        ),
+    ]
+}
+
+#[test]
+fn our_envelopes_open_in_python_cryptography_and_eciesjs() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    for scheme in KeyScheme::ALL {
+        let kp = OracleKeyPair::generate(scheme, &mut rng).unwrap();
+        let pem = kp.to_pkcs8_pem().unwrap();
+        let mut items = vec![];
+        let mut keys = vec![];
+        for ctx in contexts() {
+            let key = CallKey::generate(&mut rng);
+            let env = seal(&kp.public_key(), &key, &ctx, &mut rng).unwrap();
+            items.push(json!({
+                "scheme": scheme.as_str(),
+                "private_pkcs8_pem": pem.as_str(),
+                "context_hex": hex::encode(ctx.to_bytes()),
+                "envelope": env.as_str(),
+            }));
+            keys.push(hex::encode(key.dangerous_expose_bytes()));
+        }
+        // Negative control: the same envelope under another context must be refused there too.
+        let mut wrong = items[0].clone();
+        wrong["context_hex"] = items[1]["context_hex"].clone();
+        items.push(wrong);
+        let (program, script) = match scheme {
+            KeyScheme::EciesSecp256k1 => ("node", "open_ecies.mjs"),
+            _ => ("python3", "open_envelopes.py"),
+        };
+        let out = run(program, script, &json!(items));
+        let out = out.as_array().unwrap();
+        assert_eq!(out.len(), items.len());
+        for (i, want) in keys.iter().enumerate() {
+            assert_eq!(
+                out[i]["call_key_hex"].as_str(),
+                Some(want.as_str()),
+                "{scheme} #{i}: {}",
+                out[i]
+            );
+        }
+        assert_eq!(
+            out[keys.len()]["error"].as_str(),
+            Some("ContextMismatch"),
+            "{scheme}"
+        );
+    }
+}
+
+#[test]
+fn our_frames_decrypt_in_python_and_webcrypto() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(12);
+    let mut items = vec![];
+    let mut want = vec![];
+    for kdf in [KeyDerivation::Hkdf, KeyDerivation::Pbkdf2] {
+        let key = CallKey::generate(&mut rng);
+        let material = match kdf {
+            KeyDerivation::Hkdf => hex::encode(key.dangerous_expose_bytes()),
+            KeyDerivation::Pbkdf2 => hex::encode(hex::encode(key.dangerous_expose_bytes())),
+        };
+        for ratchets in [0u32, 2] {
+            let mut ring = KeyRing::with_call_key(&key, kdf, KeyRingOptions::default()).unwrap();
+            for _ in 0..ratchets {
+                ring.ratchet(0).unwrap();
+            }
+            let mut tx = FrameEncryptor::new(ring, &mut rng);
+            let mut vp8_key = vec![0x10, 0x02, 0x00, 0x9d, 0x01, 0x2a, 0x80, 0x02, 0xe0, 0x01];
+            vp8_key.extend((0..4000).map(|i| (i * 7) as u8));
+            let frames: Vec<(FrameKind, &str, Vec<u8>)> = vec![
+                (
+                    FrameKind::Audio,
+                    "audio",
+                    (0..120).map(|i| (i * 3) as u8).collect(),
+                ),
+                (FrameKind::Audio, "audio", vec![0xf8]),
+                (FrameKind::Vp8, "vp8", vp8_key),
+                (
+                    FrameKind::Vp8,
+                    "vp8",
+                    vec![0x31, 0x01, 0x00, 0x40, 0x41, 0x42],
+                ),
+                (FrameKind::Vp9, "vp9", vec![0x82, 0x49, 0x83, 0x42, 0x00]),
+            ];
+            for (kind, kind_name, f) in frames {
+                let e = tx.encrypt(kind, &f).unwrap();
+                items.push(json!({
+                    "kdf": match kdf { KeyDerivation::Hkdf => "hkdf", _ => "pbkdf2" },
+                    "material_hex": material,
+                    "ratchet_steps": ratchets,
+                    "kind": kind_name,
+                    "encrypted_hex": hex::encode(&e),
+                }));
+                want.push(hex::encode(&f));
+            }
+        }
+    }
+    for (program, script) in [
+        ("python3", "decrypt_frames.py"),
+        ("node", "decrypt_frames.mjs"),
+    ] {
+        let out = run(program, script, &json!(items));
+        let out = out.as_array().unwrap();
+        assert_eq!(out.len(), want.len());
+        for (i, w) in want.iter().enumerate() {
+            assert_eq!(
+                out[i]["plaintext_hex"].as_str(),
+                Some(w.as_str()),
+                "{script} #{i}: {}",
+                out[i]
+            );
+        }
+    }
+}
