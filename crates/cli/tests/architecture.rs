@@ -1,6 +1,11 @@
 //! The dependency rules of STYLE.md §1, checked against `cargo metadata`, so they fail the
 //! build the day someone breaks them.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use std::collections::{BTreeSet, HashMap};
 use std::process::Command;
