@@ -1,0 +1,176 @@
+//! The public API: connect, publish audio, receive events, leave.
+
+use oracle_calls_crypto::FrameError;
+use oracle_calls_crypto::frame::{DecryptStats, KeyRing};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::engine::{Command, Engine};
+use crate::{AUDIO_FRAME_SAMPLES, Error};
+
+/// End-to-end encryption settings: the keyring every frame is sealed and opened with (in
+/// shared-key mode the call key in slot 0, see `KeyRing::with_call_key`).
+#[derive(Clone, Debug)]
+pub struct E2eeOptions {
+    /// The keyring. Each remote participant gets its own copy, so ratchets are per sender.
+    pub key_ring: KeyRing,
+}
+
+/// Options of [`Room::connect`].
+#[derive(Clone, Debug, Default)]
+pub struct RoomOptions {
+    /// Encrypt and decrypt media end to end. `None` sends and expects plain media.
+    pub e2ee: Option<E2eeOptions>,
+}
+
+/// What happens in the room.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum RoomEvent {
+    /// Both peer connections are up.
+    Connected,
+    /// Another participant is in the room.
+    ParticipantJoined {
+        /// Its identity.
+        identity: String,
+    },
+    /// A participant left.
+    ParticipantLeft {
+        /// Its identity.
+        identity: String,
+    },
+    /// A remote audio track's media started arriving.
+    TrackSubscribed {
+        /// The sender.
+        identity: String,
+        /// The track (`TR_…`).
+        track_sid: String,
+        /// Whether the sender marked it end-to-end encrypted.
+        encrypted: bool,
+    },
+    /// 20 ms of decoded mono 48 kHz audio from a remote participant.
+    AudioFrame {
+        /// The sender.
+        identity: String,
+        /// The track.
+        track_sid: String,
+        /// The samples.
+        pcm: Vec<i16>,
+    },
+    /// A frame from this sender could not be decrypted and was dropped (never decoded).
+    DecryptionFailed {
+        /// The sender.
+        identity: String,
+        /// Why.
+        error: FrameError,
+        /// Running counters for this sender.
+        stats: DecryptStats,
+    },
+    /// E2EE is on but this sender's track is not marked encrypted: its media is not played.
+    UnencryptedTrack {
+        /// The sender.
+        identity: String,
+        /// The track.
+        track_sid: String,
+    },
+    /// The room ended for us.
+    Disconnected {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// A joined LiveKit room. Dropping it leaves the room.
+#[derive(Debug)]
+pub struct Room {
+    cmd: mpsc::Sender<Command>,
+    identity: String,
+    sid: String,
+}
+
+impl Room {
+    /// Joins the room at `url` (`ws://…`) with a LiveKit access token.
+    ///
+    /// # Errors
+    /// [`Error::Refused`] for a bad token, [`Error::Signal`] if the server is unreachable,
+    /// [`Error::Media`] / [`Error::Timeout`] if the media connection does not come up.
+    pub async fn connect(
+        url: &str,
+        token: &str,
+        options: RoomOptions,
+    ) -> Result<(Room, mpsc::Receiver<RoomEvent>), Error> {
+        let (events_tx, events_rx) = mpsc::channel(1024);
+        let (cmd_tx, cmd_rx) = mpsc::channel(256);
+        let (engine, identity, sid) = Engine::start(url, token, options, events_tx).await?;
+        tokio::spawn(engine.run(cmd_rx));
+        Ok((
+            Room {
+                cmd: cmd_tx,
+                identity,
+                sid,
+            },
+            events_rx,
+        ))
+    }
+
+    /// Our identity in the room.
+    pub fn identity(&self) -> &str {
+        &self.identity
+    }
+
+    /// Our participant sid (`PA_…`).
+    pub fn sid(&self) -> &str {
+        &self.sid
+    }
+
+    /// Publishes a microphone track (Opus, 48 kHz mono, 20 ms frames), encrypted when E2EE is on.
+    ///
+    /// # Errors
+    /// [`Error::Timeout`] if the server does not confirm the track, [`Error::Closed`].
+    pub async fn publish_audio(&self, name: &str) -> Result<AudioSource, Error> {
+        let (tx, rx) = oneshot::channel();
+        self.cmd
+            .send(Command::PublishAudio {
+                name: name.to_owned(),
+                reply: tx,
+            })
+            .await
+            .map_err(|_| Error::Closed)?;
+        rx.await.map_err(|_| Error::Closed)??;
+        Ok(AudioSource {
+            cmd: self.cmd.clone(),
+        })
+    }
+
+    /// Leaves the room and waits until the leave is sent.
+    pub async fn leave(self) {
+        let (tx, rx) = oneshot::channel();
+        if self.cmd.send(Command::Leave { reply: tx }).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
+
+/// Pushes microphone PCM into a published audio track.
+#[derive(Debug, Clone)]
+pub struct AudioSource {
+    cmd: mpsc::Sender<Command>,
+}
+
+impl AudioSource {
+    /// Sends one 20 ms frame: exactly 960 mono samples at 48 kHz. Call it every 20 ms.
+    ///
+    /// # Errors
+    /// [`Error::Codec`] for a wrong frame size, [`Error::Closed`].
+    pub async fn push_pcm(&self, pcm: &[i16]) -> Result<(), Error> {
+        if pcm.len() != AUDIO_FRAME_SAMPLES {
+            return Err(Error::Codec(format!(
+                "an audio frame is {AUDIO_FRAME_SAMPLES} samples, got {}",
+                pcm.len()
+            )));
+        }
+        self.cmd
+            .send(Command::AudioFrame(pcm.to_vec()))
+            .await
+            .map_err(|_| Error::Closed)
+    }
+}

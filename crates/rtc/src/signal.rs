@@ -1,0 +1,133 @@
+//! LiveKit signaling: protobuf `SignalRequest`/`SignalResponse` over a WebSocket (`/rtc`, v0).
+
+use futures_util::{SinkExt as _, StreamExt as _};
+use livekit_protocol as lk;
+use prost::Message as _;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use crate::Error;
+
+/// Protocol version we speak (v0 dual peer connection; no packet trailers).
+pub(crate) const PROTOCOL_VERSION: u32 = 16;
+
+pub(crate) type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Opens `/rtc` with the token in an `Authorization` header and waits for the join response.
+pub(crate) async fn connect(url: &str, token: &str) -> Result<(Ws, lk::JoinResponse), Error> {
+    let base = url.trim_end_matches('/');
+    let full = format!(
+        "{base}/rtc?auto_subscribe=1&adaptive_stream=0&protocol={PROTOCOL_VERSION}&sdk=rust&version={}&os=linux",
+        env!("CARGO_PKG_VERSION")
+    );
+    let mut req = full
+        .into_client_request()
+        .map_err(|e| Error::Signal(format!("bad URL {base}: {e}")))?;
+    let auth = format!("Bearer {token}")
+        .parse()
+        .map_err(|_| Error::Signal("token is not a valid header value".into()))?;
+    req.headers_mut().insert("Authorization", auth);
+    let (mut ws, _) = match tokio_tungstenite::connect_async(req).await {
+        Ok(x) => x,
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            let body = resp
+                .body()
+                .as_ref()
+                .map(|b| String::from_utf8_lossy(b).trim().to_owned())
+                .unwrap_or_default();
+            return Err(Error::Refused(format!("HTTP {} {body}", resp.status())));
+        }
+        Err(e) => return Err(Error::Signal(e.to_string())),
+    };
+    match recv(&mut ws).await? {
+        Some(lk::signal_response::Message::Join(j)) => Ok((ws, j)),
+        Some(lk::signal_response::Message::Leave(l)) => Err(Error::Refused(format!(
+            "server sent leave (reason {})",
+            l.reason
+        ))),
+        Some(_) => Err(Error::Protocol("first message was not `join`")),
+        None => Err(Error::Signal("closed before join".into())),
+    }
+}
+
+/// Sends one request.
+pub(crate) async fn send(ws: &mut Ws, msg: lk::signal_request::Message) -> Result<(), Error> {
+    let req = lk::SignalRequest { message: Some(msg) };
+    ws.send(Message::Binary(req.encode_to_vec().into()))
+        .await
+        .map_err(|e| Error::Signal(e.to_string()))
+}
+
+/// Receives the next response; `None` when the server closed the socket.
+pub(crate) async fn recv(ws: &mut Ws) -> Result<Option<lk::signal_response::Message>, Error> {
+    loop {
+        let Some(frame) = ws.next().await else {
+            return Ok(None);
+        };
+        match frame.map_err(|e| Error::Signal(e.to_string()))? {
+            Message::Binary(b) => {
+                let resp = lk::SignalResponse::decode(b.as_ref())
+                    .map_err(|_| Error::Protocol("undecodable SignalResponse"))?;
+                if let Some(m) = resp.message {
+                    return Ok(Some(m));
+                }
+            }
+            Message::Close(_) => return Ok(None),
+            // Pings are answered by tungstenite; text frames are not used.
+            _ => {}
+        }
+    }
+}
+
+/// Parses a trickled `RTCIceCandidateInit` JSON into its `candidate:` line.
+pub(crate) fn candidate_line(init_json: &str) -> Option<String> {
+    // {"candidate":"candidate:… typ host …","sdpMid":"0",…}: pull out the one string field
+    // without a JSON dependency in the hot path.
+    let key = "\"candidate\":";
+    let start = init_json.find(key)? + key.len();
+    let rest = init_json.get(start..)?.trim_start();
+    let rest = rest.strip_prefix('"')?;
+    let mut out = String::new();
+    let mut chars = rest.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => return Some(out),
+            '\\' => match chars.next()? {
+                'n' => out.push('\n'),
+                't' => out.push('\t'),
+                'u' => {
+                    let hex: String = chars.by_ref().take(4).collect();
+                    out.push(char::from_u32(u32::from_str_radix(&hex, 16).ok()?)?);
+                }
+                other => out.push(other),
+            },
+            c => out.push(c),
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn candidate_json_is_read() {
+        let line = "candidate:1 1 udp 2130706431 127.0.0.1 17882 typ host";
+        assert_eq!(
+            candidate_line(&format!(r#"{{"candidate":"{line}","sdpMid":"0"}}"#)).as_deref(),
+            Some(line)
+        );
+        assert_eq!(
+            candidate_line(
+                r#"{"sdpMid":"0","candidate":"candidate:x \"q\"","usernameFragment":"u"}"#
+            )
+            .as_deref(),
+            Some("candidate:x \"q\"")
+        );
+        assert_eq!(candidate_line("{}"), None);
+        assert_eq!(candidate_line(r#"{"candidate":"unterminated"#), None);
+    }
+}

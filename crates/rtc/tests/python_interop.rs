@@ -1,0 +1,184 @@
+//! Interop with the official LiveKit Python SDK (its own libwebrtc) through the stack's real
+//! livekit-server: a two-way tone exchange under end-to-end encryption, in both key modes.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod common;
+
+use std::io::Write as _;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use oracle_calls_crypto::frame::{KeyRing, KeyRingOptions};
+use oracle_calls_crypto::{CallKey, KeyDerivation};
+use oracle_calls_rtc::{
+    AUDIO_FRAME_SAMPLES, E2eeOptions, Room, RoomEvent, RoomOptions, goertzel_power, sine_tone,
+};
+
+const SECONDS: f64 = 6.0;
+
+struct Outcome {
+    rust_heard: Vec<i16>,
+    python: serde_json::Value,
+    failures: Vec<(String, u64)>,
+}
+
+async fn exchange(
+    kdf: Option<KeyDerivation>,
+    py_key: Option<&CallKey>,
+    rust_key: Option<&CallKey>,
+) -> Outcome {
+    let lk = common::LiveKit::from_stack();
+    let room_name = common::unique_room("rtc-py");
+    let cfg = serde_json::json!({
+        "url": lk.url, "token": lk.token(&room_name, "py-peer"),
+        "key_hex": py_key.map(|k| hex::encode(k.dangerous_expose_bytes())),
+        "kdf": match kdf { Some(KeyDerivation::Hkdf) => "hkdf", _ => "pbkdf2" },
+        "tone_hz": 440.0, "listen_hz": 880.0, "seconds": SECONDS, "publish": true,
+    });
+    let mut py = Command::new("python3")
+        .arg(format!(
+            "{}/tests/peers/lk_peer.py",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3 with the `livekit` package (scripts/test installs it)");
+    py.stdin
+        .take()
+        .unwrap()
+        .write_all(cfg.to_string().as_bytes())
+        .unwrap();
+
+    let e2ee = match (kdf, rust_key) {
+        (Some(kdf), Some(k)) => Some(E2eeOptions {
+            key_ring: KeyRing::with_call_key(k, kdf, KeyRingOptions::default()).unwrap(),
+        }),
+        _ => None,
+    };
+    let (room, mut events) = Room::connect(
+        &lk.url,
+        &lk.token(&room_name, "rust-peer"),
+        RoomOptions { e2ee },
+    )
+    .await
+    .unwrap();
+    let mic = room.publish_audio("tone").await.unwrap();
+    let mut heard = Vec::new();
+    let mut failures = Vec::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    let frames = (SECONDS * 50.0) as u64 + 50;
+    for i in 0..frames {
+        tick.tick().await;
+        let pcm = sine_tone(
+            880.0,
+            8000.0,
+            i * AUDIO_FRAME_SAMPLES as u64,
+            AUDIO_FRAME_SAMPLES,
+        );
+        mic.push_pcm(&pcm).await.unwrap();
+        while let Ok(ev) = events.try_recv() {
+            match ev {
+                RoomEvent::AudioFrame { identity, pcm, .. } if identity == "py-peer" => {
+                    heard.extend(pcm)
+                }
+                RoomEvent::DecryptionFailed {
+                    identity, stats, ..
+                } => failures.push((identity, stats.failed)),
+                _ => {}
+            }
+        }
+    }
+    room.leave().await;
+    let out = tokio::task::spawn_blocking(move || py.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "python peer failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let python: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "python output {e}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    });
+    Outcome {
+        rust_heard: heard,
+        python,
+        failures,
+    }
+}
+
+fn tail(pcm: &[i16]) -> &[i16] {
+    pcm.get(48_000..).unwrap_or_default()
+}
+
+async fn two_way(kdf: KeyDerivation) {
+    let key = CallKey::generate(&mut rand::rng());
+    let o = exchange(Some(kdf), Some(&key), Some(&key)).await;
+    let rust_power = goertzel_power(tail(&o.rust_heard), 440.0);
+    let py_power = o.python["power"].as_f64().unwrap();
+    eprintln!(
+        "{kdf:?}: rust heard {} samples, 440 Hz power {rust_power:.3}; python {}",
+        o.rust_heard.len(),
+        o.python
+    );
+    assert!(
+        o.rust_heard.len() > 48_000 * 2,
+        "rust heard too little: {}",
+        o.rust_heard.len()
+    );
+    assert!(rust_power > 0.5, "rust did not hear 440 Hz: {rust_power}");
+    assert!(py_power > 0.5, "python did not hear 880 Hz: {}", o.python);
+    assert!(
+        o.failures.is_empty(),
+        "decryption failures: {:?}",
+        o.failures
+    );
+    assert!(
+        o.python["tracks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["encryption"] == 1),
+        "python saw no encrypted track: {}",
+        o.python
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_sdk_two_way_tone_hkdf() {
+    two_way(KeyDerivation::Hkdf).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_sdk_two_way_tone_pbkdf2() {
+    two_way(KeyDerivation::Pbkdf2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_key_is_reported_and_nothing_is_played() {
+    let ours = CallKey::generate(&mut rand::rng());
+    let theirs = CallKey::generate(&mut rand::rng());
+    let o = exchange(Some(KeyDerivation::Hkdf), Some(&theirs), Some(&ours)).await;
+    assert!(
+        o.rust_heard.is_empty(),
+        "audio was produced from frames under another key"
+    );
+    assert!(!o.failures.is_empty(), "no decryption failure was reported");
+    assert!(
+        o.failures.iter().all(|(who, _)| who == "py-peer"),
+        "{:?}",
+        o.failures
+    );
+    assert!(o.failures.last().unwrap().1 > 50, "{:?}", o.failures.last());
+}
