@@ -25,6 +25,7 @@ struct Outcome {
     rust_heard: Vec<i16>,
     python: serde_json::Value,
     failures: Vec<(String, u64)>,
+    unencrypted: Vec<String>,
 }
 
 async fn exchange(
@@ -72,6 +73,7 @@ async fn exchange(
     let mic = room.publish_audio("tone").await.unwrap();
     let mut heard = Vec::new();
     let mut failures = Vec::new();
+    let mut unencrypted = Vec::new();
     let mut tick = tokio::time::interval(Duration::from_millis(20));
     let frames = (SECONDS * 50.0) as u64 + 50;
     for i in 0..frames {
@@ -91,6 +93,7 @@ async fn exchange(
                 RoomEvent::DecryptionFailed {
                     identity, stats, ..
                 } => failures.push((identity, stats.failed)),
+                RoomEvent::UnencryptedTrack { identity, .. } => unencrypted.push(identity),
                 _ => {}
             }
         }
@@ -115,6 +118,7 @@ async fn exchange(
         rust_heard: heard,
         python,
         failures,
+        unencrypted,
     }
 }
 
@@ -181,4 +185,39 @@ async fn wrong_key_is_reported_and_nothing_is_played() {
         o.failures
     );
     assert!(o.failures.last().unwrap().1 > 50, "{:?}", o.failures.last());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyless_participant_recovers_nothing_and_its_plain_track_is_not_played() {
+    let ours = CallKey::generate(&mut rand::rng());
+    // Python joins without E2EE: it receives exactly what the SFU forwards.
+    let o = exchange(Some(KeyDerivation::Hkdf), None, Some(&ours)).await;
+    let py_power = o.python["power"].as_f64().unwrap();
+    let frames = o.python["frames"].as_u64().unwrap();
+    eprintln!(
+        "keyless python: {frames} frames, 880 Hz power {py_power:.4}; rust heard {}",
+        o.rust_heard.len()
+    );
+    assert!(
+        py_power < 0.05,
+        "the tone was recoverable without the key: {py_power}"
+    );
+    assert!(
+        o.python["tracks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["identity"] == "rust-peer"),
+        "python never subscribed to our track: {}",
+        o.python
+    );
+    // Our side: the plain track is reported and never decoded.
+    assert!(
+        o.rust_heard.is_empty(),
+        "an unencrypted track was played in an E2EE room"
+    );
+    assert!(
+        o.unencrypted.iter().any(|who| who == "py-peer"),
+        "unencrypted track not reported"
+    );
 }
