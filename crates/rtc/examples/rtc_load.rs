@@ -3,7 +3,12 @@
 //!
 //! stdin (JSON): {"url", "tokens": [..one per room..], "key_hex", "kdf": "hkdf"|"pbkdf2", "seconds"}
 //! stdout (JSON): {"rooms", "frames_heard", "decrypt_failures"}
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use std::io::Read as _;
 use std::sync::Arc;
@@ -19,9 +24,16 @@ async fn main() {
     let mut input = String::new();
     std::io::stdin().read_to_string(&mut input).unwrap();
     let cfg: serde_json::Value = serde_json::from_str(&input).unwrap();
-    let key: [u8; 32] = hex::decode(cfg["key_hex"].as_str().unwrap()).unwrap().try_into().unwrap();
+    let key: [u8; 32] = hex::decode(cfg["key_hex"].as_str().unwrap())
+        .unwrap()
+        .try_into()
+        .unwrap();
     let key = CallKey::from_bytes(key);
-    let kdf = if cfg["kdf"] == "hkdf" { KeyDerivation::Hkdf } else { KeyDerivation::Pbkdf2 };
+    let kdf = if cfg["kdf"] == "hkdf" {
+        KeyDerivation::Hkdf
+    } else {
+        KeyDerivation::Pbkdf2
+    };
     let ring = KeyRing::with_call_key(&key, kdf, KeyRingOptions::default()).unwrap();
     let seconds = cfg["seconds"].as_f64().unwrap();
     let url = cfg["url"].as_str().unwrap().to_owned();
@@ -31,10 +43,18 @@ async fn main() {
     let failures = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for token in cfg["tokens"].as_array().unwrap() {
-        let (url, token, ring, tone, heard, failures) =
-            (url.clone(), token.as_str().unwrap().to_owned(), ring.clone(), tone.clone(), heard.clone(), failures.clone());
+        let (url, token, ring, tone, heard, failures) = (
+            url.clone(),
+            token.as_str().unwrap().to_owned(),
+            ring.clone(),
+            tone.clone(),
+            heard.clone(),
+            failures.clone(),
+        );
         tasks.push(tokio::spawn(async move {
-            let opts = RoomOptions { e2ee: Some(E2eeOptions { key_ring: ring }) };
+            let opts = RoomOptions {
+                e2ee: Some(E2eeOptions { key_ring: ring }),
+            };
             let (room, mut events) = Room::connect(&url, &token, opts).await.unwrap();
             let mic = room.publish_audio("tone").await.unwrap();
             let mut tick = tokio::time::interval(Duration::from_millis(20));
