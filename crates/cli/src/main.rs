@@ -1,8 +1,10 @@
 //! `oracle-calls`: the one binary. This version has the crypto demo and key management; the
 //! server, agent and call commands arrive with their issues.
 
+mod apikey;
 mod demo;
 mod keyfile;
+mod serve;
 
 use std::path::PathBuf;
 
@@ -45,6 +47,22 @@ enum Command {
         #[arg(long)]
         key: PathBuf,
     },
+    /// Run the oracle's server: call API, Matrix bot, LiveKit rooms. Secrets come from
+    /// ORACLE_CALLS_LIVEKIT_API_SECRET, ORACLE_CALLS_API_KEY_PEPPER and
+    /// ORACLE_CALLS_MATRIX_PASSWORD, or from the files named by the same variables + `_FILE`.
+    Serve {
+        /// The TOML config file.
+        #[arg(long, env = "ORACLE_CALLS_CONFIG")]
+        config: PathBuf,
+    },
+    /// Manage agent API keys in the server's store.
+    Apikey {
+        /// The server's TOML config file (for the store and the pepper).
+        #[arg(long, env = "ORACLE_CALLS_CONFIG")]
+        config: PathBuf,
+        #[command(subcommand)]
+        action: apikey::Action,
+    },
 }
 
 fn parse_scheme(s: &str) -> Result<KeyScheme, String> {
@@ -80,6 +98,8 @@ fn main() -> anyhow::Result<()> {
             print_public(&kp);
             Ok(())
         }
+        Command::Serve { config } => serve::run(&config),
+        Command::Apikey { config, action } => apikey::run(&config, action),
     }
 }
 

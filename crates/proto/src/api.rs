@@ -11,6 +11,7 @@ use crate::{
 /// present, must match it (the seed's client sends both).
 #[derive(Clone, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SyncRequest {
     /// Must equal the path's call id when present.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -23,6 +24,7 @@ pub struct SyncRequest {
 /// `POST /calls/{callId}/sync` answer: where and how the user joins the media room.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SyncResponse {
     /// The call.
     pub call_id: CallId,
@@ -40,6 +42,7 @@ pub struct SyncResponse {
 /// `GET /calls/{callId}/key` answer (the seed's shape): the envelope still wrapped.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct KeyResponse {
     /// The wrapped call key, as stored in the Matrix event.
     pub encryption_key: KeyEnvelope,
@@ -53,6 +56,7 @@ pub struct KeyResponse {
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 #[non_exhaustive]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum CallReason {
     /// The user hung up.
     UserHangup,
@@ -76,6 +80,7 @@ pub enum CallReason {
 /// the two must be present.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", try_from = "RawUpdateRequest")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct UpdateRequest {
     /// The new status.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -112,6 +117,7 @@ impl TryFrom<RawUpdateRequest> for UpdateRequest {
 /// One call as the API lists it. Holds no key material.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CallSummary {
     /// The call.
     pub call_id: CallId,
@@ -140,6 +146,8 @@ pub struct CallSummary {
 /// `GET /calls` query string.
 #[derive(Clone, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "openapi", derive(utoipa::IntoParams), into_params(parameter_in = Query))]
 pub struct ListCallsQuery {
     /// Opaque cursor from a previous page's `nextCursor`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -158,6 +166,7 @@ pub struct ListCallsQuery {
 /// `GET /calls` answer: newest first.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ListCallsResponse {
     /// This page.
     pub calls: Vec<CallSummary>,
@@ -169,6 +178,7 @@ pub struct ListCallsResponse {
 /// One public key of the oracle, as published at `/.well-known/oracle-calls`.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct OracleKeyInfo {
     /// Fingerprint: lower-case hex of the first 16 bytes of SHA-256 of the SPKI DER.
     pub key_id: String,
@@ -181,6 +191,7 @@ pub struct OracleKeyInfo {
 /// `GET /.well-known/oracle-calls`.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct WellKnown {
     /// The oracle.
     pub oracle_did: Did,
@@ -198,6 +209,7 @@ pub struct WellKnown {
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum ErrorCode {
     /// 400: malformed request, body or call id.
     BadRequest,
@@ -230,6 +242,7 @@ pub enum ErrorCode {
 
 /// The error object inside [`ApiErrorBody`].
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ApiError {
     /// Stable code.
     pub code: ErrorCode,
@@ -239,6 +252,7 @@ pub struct ApiError {
 
 /// Every API error response: `{"error":{"code":"…","message":"…"}}`.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ApiErrorBody {
     /// The error.
     pub error: ApiError,

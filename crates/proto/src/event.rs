@@ -27,6 +27,7 @@ pub enum KeyDerivation {
 
 /// A key-wrapping scheme of an oracle public key and of the envelopes sealed to it.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum KeyScheme {
     /// RFC 9180 HPKE, DHKEM(P-256, HKDF-SHA256), HKDF-SHA256, AES-256-GCM. The default.
     #[serde(rename = "hpke-p256")]

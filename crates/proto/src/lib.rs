@@ -24,6 +24,8 @@ mod call_id;
 mod did;
 mod error;
 mod event;
+#[cfg(feature = "openapi")]
+mod openapi;
 mod status;
 mod text;
 mod timestamp;

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 /// Audio-only or audio + video.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum CallType {
     /// Audio only.
     Audio,
@@ -44,6 +45,7 @@ impl std::str::FromStr for CallType {
 /// Where a call is in its life.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum CallStatus {
     /// Created by the user; not yet accepted by the server.
     Pending,

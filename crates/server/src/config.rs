@@ -1,0 +1,345 @@
+//! Server configuration: a TOML file, environment overrides, and secrets from files or the
+//! environment (never argv, never inside this `Debug`-able struct).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use oracle_calls_proto::{Did, OracleKeyInfo};
+use serde::Deserialize;
+
+use crate::{Error, Result, Secret};
+
+/// Non-secret configuration. Every field has a safe default except the oracle's identity.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where the HTTP API listens.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Directory for the SQLite store and the Matrix bot's crypto store.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// `sqlite://…` or `postgres://…`; default: `sqlite://<data_dir>/oracle-calls.sqlite3`.
+    #[serde(default)]
+    pub database_url: Option<String>,
+    /// Largest accepted request body, in bytes.
+    #[serde(default = "default_body_limit")]
+    pub body_limit_bytes: usize,
+    /// Time limit of one request, in seconds.
+    #[serde(default = "default_request_timeout")]
+    pub request_timeout_secs: u64,
+    /// The oracle this server fronts.
+    pub oracle: OracleConfig,
+    /// The homeserver and the oracle's bot account.
+    pub matrix: MatrixConfig,
+    /// The LiveKit server.
+    pub livekit: LiveKitConfig,
+    /// Checks of `POST /calls/{callId}/sync`.
+    #[serde(default)]
+    pub validation: ValidationConfig,
+}
+
+/// The oracle's identity, published at `/.well-known/oracle-calls`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OracleConfig {
+    /// The oracle's DID.
+    pub did: Did,
+    /// The LiveKit agent name dispatched into this oracle's rooms.
+    pub agent_name: String,
+    /// Public keys (from `oracle-calls key-info`), preferred first.
+    #[serde(default)]
+    pub keys: Vec<OracleKeyInfo>,
+}
+
+/// Matrix settings. The password comes from [`Secrets`].
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MatrixConfig {
+    /// Client-server API base URL of the homeserver.
+    pub homeserver_url: String,
+    /// The homeserver's server name (the part after `:` in user ids).
+    pub server_name: String,
+    /// The oracle bot's user id, e.g. `@oracle:localhost`.
+    pub user_id: String,
+    /// Time limit of one outbound request to the homeserver, in seconds.
+    #[serde(default = "default_outbound_timeout")]
+    pub request_timeout_secs: u64,
+    /// How long a verified OpenID token is trusted before it is checked again, in seconds.
+    #[serde(default = "default_openid_cache")]
+    pub openid_cache_secs: u64,
+}
+
+/// LiveKit settings. The API secret comes from [`Secrets`].
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LiveKitConfig {
+    /// Signaling URL handed to clients (`ws://…`).
+    pub url: String,
+    /// HTTP base URL of the server's API (Twirp), e.g. `http://127.0.0.1:7880`.
+    pub http_url: String,
+    /// API key (the `iss` of tokens).
+    pub api_key: String,
+    /// Lifetime of a join token, in seconds.
+    #[serde(default = "default_token_ttl")]
+    pub token_ttl_secs: u64,
+    /// `empty_timeout` of created rooms, in seconds.
+    #[serde(default = "default_empty_timeout")]
+    pub empty_timeout_secs: u32,
+    /// Time limit of one outbound request to LiveKit, in seconds.
+    #[serde(default = "default_outbound_timeout")]
+    pub request_timeout_secs: u64,
+}
+
+/// Checks of the call event at sync.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ValidationConfig {
+    /// Largest allowed distance between `callStartedAt` and the event's `origin_server_ts`,
+    /// and between `callStartedAt` and now, in seconds.
+    #[serde(default = "default_skew")]
+    pub max_clock_skew_secs: u64,
+    /// Explicit `"<userDid>" = "<matrix user id>"` bindings (TOML table file), checked before the
+    /// built-in `did:ixo:X` ↔ `@did-ixo-X:<server>` rule.
+    #[serde(default)]
+    pub user_binding_file: Option<PathBuf>,
+    /// Also accept any sender for any `userDid` (tests and trusted deployments only).
+    #[serde(default)]
+    pub dangerous_accept_any_sender: bool,
+}
+
+impl Default for ValidationConfig {
+    fn default() -> Self {
+        Self {
+            max_clock_skew_secs: default_skew(),
+            user_binding_file: None,
+            dangerous_accept_any_sender: false,
+        }
+    }
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 18080))
+}
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("oracle-calls-data")
+}
+fn default_body_limit() -> usize {
+    16 * 1024
+}
+fn default_request_timeout() -> u64 {
+    30
+}
+fn default_outbound_timeout() -> u64 {
+    10
+}
+fn default_openid_cache() -> u64 {
+    300
+}
+fn default_token_ttl() -> u64 {
+    600
+}
+fn default_empty_timeout() -> u32 {
+    120
+}
+fn default_skew() -> u64 {
+    300
+}
+
+impl Config {
+    /// Parses the TOML text of a config file.
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming the bad key.
+    pub fn from_toml(text: &str) -> Result<Self> {
+        let c: Self = toml::from_str(text).map_err(|e| Error::Config(e.to_string()))?;
+        c.check()?;
+        Ok(c)
+    }
+
+    /// Applies `ORACLE_CALLS_*` overrides through `lookup` (pass `std::env::var(..).ok()`).
+    ///
+    /// # Errors
+    /// [`Error::Config`] for a value that does not parse.
+    pub fn apply_env(&mut self, lookup: impl Fn(&str) -> Option<String>) -> Result<()> {
+        if let Some(v) = lookup("ORACLE_CALLS_LISTEN") {
+            self.listen = v
+                .parse()
+                .map_err(|_| Error::Config("ORACLE_CALLS_LISTEN is not host:port".into()))?;
+        }
+        if let Some(v) = lookup("ORACLE_CALLS_DATA_DIR") {
+            self.data_dir = PathBuf::from(v);
+        }
+        if let Some(v) = lookup("ORACLE_CALLS_DATABASE_URL") {
+            self.database_url = Some(v);
+        }
+        if let Some(v) = lookup("ORACLE_CALLS_MATRIX_URL") {
+            self.matrix.homeserver_url = v;
+        }
+        if let Some(v) = lookup("ORACLE_CALLS_LIVEKIT_URL") {
+            self.livekit.url = v;
+        }
+        if let Some(v) = lookup("ORACLE_CALLS_LIVEKIT_HTTP_URL") {
+            self.livekit.http_url = v;
+        }
+        if let Some(v) = lookup("ORACLE_CALLS_LIVEKIT_API_KEY") {
+            self.livekit.api_key = v;
+        }
+        self.check()
+    }
+
+    /// The database URL in effect.
+    pub fn database_url(&self) -> String {
+        self.database_url.clone().unwrap_or_else(|| {
+            format!(
+                "sqlite://{}?mode=rwc",
+                self.data_dir.join("oracle-calls.sqlite3").display()
+            )
+        })
+    }
+
+    /// Request timeout as a duration.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(self.request_timeout_secs)
+    }
+
+    fn check(&self) -> Result<()> {
+        if self.oracle.agent_name.trim().is_empty() {
+            return Err(Error::Config("oracle.agent_name is empty".into()));
+        }
+        if self.livekit.api_key.trim().is_empty() {
+            return Err(Error::Config("livekit.api_key is empty".into()));
+        }
+        if self.body_limit_bytes == 0 || self.livekit.token_ttl_secs == 0 {
+            return Err(Error::Config(
+                "body_limit_bytes and livekit.token_ttl_secs must be positive".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The server's secrets, each read from `ORACLE_CALLS_<NAME>` or from the file named by
+/// `ORACLE_CALLS_<NAME>_FILE`.
+#[derive(Clone, Debug)]
+pub struct Secrets {
+    /// LiveKit API secret (signs join tokens and RoomService calls, verifies webhooks).
+    pub livekit_api_secret: Secret,
+    /// Pepper of API-key hashes.
+    pub api_key_pepper: Secret,
+    /// The oracle bot's Matrix password (needed only for the first login).
+    pub matrix_password: Option<Secret>,
+}
+
+impl Secrets {
+    /// Reads the secrets through `lookup` (pass `std::env::var(..).ok()`).
+    ///
+    /// # Errors
+    /// [`Error::Config`] when a required secret is missing, empty or unreadable.
+    pub fn from_env(lookup: impl Fn(&str) -> Option<String>) -> Result<Self> {
+        let livekit_api_secret = read_secret(&lookup, "LIVEKIT_API_SECRET")?
+            .ok_or_else(|| missing("LIVEKIT_API_SECRET"))?;
+        let api_key_pepper =
+            read_secret(&lookup, "API_KEY_PEPPER")?.ok_or_else(|| missing("API_KEY_PEPPER"))?;
+        if api_key_pepper.dangerous_expose().len() < 16 {
+            return Err(Error::Config(
+                "the API-key pepper must be at least 16 characters".into(),
+            ));
+        }
+        let matrix_password = read_secret(&lookup, "MATRIX_PASSWORD")?;
+        Ok(Self {
+            livekit_api_secret,
+            api_key_pepper,
+            matrix_password,
+        })
+    }
+}
+
+fn missing(name: &str) -> Error {
+    Error::Config(format!(
+        "set ORACLE_CALLS_{name} or ORACLE_CALLS_{name}_FILE"
+    ))
+}
+
+fn read_secret(lookup: &impl Fn(&str) -> Option<String>, name: &str) -> Result<Option<Secret>> {
+    let value = match (
+        lookup(&format!("ORACLE_CALLS_{name}")),
+        lookup(&format!("ORACLE_CALLS_{name}_FILE")),
+    ) {
+        (Some(v), None) => Secret::new(v),
+        (None, Some(path)) => read_secret_file(Path::new(&path), name)?,
+        (None, None) => return Ok(None),
+        (Some(_), Some(_)) => {
+            return Err(Error::Config(format!(
+                "set only one of ORACLE_CALLS_{name} and ORACLE_CALLS_{name}_FILE"
+            )));
+        }
+    };
+    if value.is_empty() {
+        return Err(Error::Config(format!("ORACLE_CALLS_{name} is empty")));
+    }
+    Ok(Some(value))
+}
+
+fn read_secret_file(path: &Path, name: &str) -> Result<Secret> {
+    std::fs::read_to_string(path)
+        .map(Secret::new)
+        .map_err(|e| Error::Config(format!("reading ORACLE_CALLS_{name}_FILE: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        [oracle]
+        did = "did:ixo:oracle1"
+        agent_name = "oracle-1"
+        [matrix]
+        homeserver_url = "http://127.0.0.1:18008"
+        server_name = "localhost"
+        user_id = "@oracle1:localhost"
+        [livekit]
+        url = "ws://127.0.0.1:17880"
+        http_url = "http://127.0.0.1:17880"
+        api_key = "APIkey"
+    "#;
+
+    #[test]
+    fn minimal_config_has_safe_defaults_and_env_overrides() {
+        let mut c = Config::from_toml(MINIMAL).unwrap();
+        assert_eq!(c.listen.ip().to_string(), "127.0.0.1");
+        assert_eq!(c.body_limit_bytes, 16 * 1024);
+        assert!(!c.validation.dangerous_accept_any_sender);
+        let env: HashMap<&str, &str> = [("ORACLE_CALLS_LISTEN", "127.0.0.1:9")].into();
+        c.apply_env(|k| env.get(k).map(|v| (*v).to_owned()))
+            .unwrap();
+        assert_eq!(c.listen.port(), 9);
+        assert!(Config::from_toml(&format!("{MINIMAL}\nbogus = 1")).is_err());
+    }
+
+    #[test]
+    fn secrets_come_from_env_or_files_and_never_print() {
+        let env: HashMap<&str, &str> = [
+            ("ORACLE_CALLS_LIVEKIT_API_SECRET", "lk-secret"),
+            ("ORACLE_CALLS_API_KEY_PEPPER", "0123456789abcdef-pepper"),
+        ]
+        .into();
+        let s = Secrets::from_env(|k| env.get(k).map(|v| (*v).to_owned())).unwrap();
+        let dbg = format!("{s:?}");
+        assert!(
+            !dbg.contains("lk-secret") && !dbg.contains("0123456789abcdef"),
+            "{dbg}"
+        );
+        let short: HashMap<&str, &str> = [
+            ("ORACLE_CALLS_LIVEKIT_API_SECRET", "x"),
+            ("ORACLE_CALLS_API_KEY_PEPPER", "short"),
+        ]
+        .into();
+        assert!(Secrets::from_env(|k| short.get(k).map(|v| (*v).to_owned())).is_err());
+        assert!(Secrets::from_env(|_| None).is_err());
+    }
+}

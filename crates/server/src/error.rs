@@ -1,0 +1,138 @@
+//! The crate's one error type, and its mapping to HTTP in one place.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use oracle_calls_proto::{ApiErrorBody, ErrorCode};
+
+/// Everything that can go wrong in the server. Variants say whose fault it was: the client
+/// (`BadRequest` … `Validation`), an upstream service (`Matrix*`, `LiveKit*`), the operator
+/// (`Config`), or us (`Store`, `Internal`).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The request was malformed (bad call id, bad body, bad query).
+    #[error("{0}")]
+    BadRequest(String),
+    /// Missing or invalid credentials.
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    /// Authenticated, but not allowed to do this.
+    #[error("{0}")]
+    Forbidden(&'static str),
+    /// No such call.
+    #[error("no such call")]
+    NotFound,
+    /// An illegal status transition or conflicting state.
+    #[error("{0}")]
+    Conflict(String),
+    /// The call has ended.
+    #[error("the call has ended")]
+    Gone,
+    /// The request body is over the limit.
+    #[error("request body is larger than {0} bytes")]
+    PayloadTooLarge(usize),
+    /// The call event failed a check of `POST /calls/{callId}/sync`; the text names the check.
+    #[error("call event failed validation: {0}")]
+    Validation(String),
+    /// The homeserver could not be reached or timed out.
+    #[error("the Matrix homeserver is unreachable: {0}")]
+    MatrixUnavailable(String),
+    /// The homeserver answered with something unusable.
+    #[error("the Matrix homeserver answered badly: {0}")]
+    MatrixBadAnswer(String),
+    /// livekit-server could not be reached or timed out.
+    #[error("LiveKit is unreachable: {0}")]
+    LiveKitUnavailable(String),
+    /// livekit-server answered with an error.
+    #[error("LiveKit answered badly: {0}")]
+    LiveKitBadAnswer(String),
+    /// The configuration is invalid or a secret is missing.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// The database failed.
+    #[error("store: {0}")]
+    Store(#[from] sqlx::Error),
+    /// A database migration failed.
+    #[error("store migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A bug or an unexpected local failure.
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// The HTTP status and stable code of this error.
+    pub fn status_and_code(&self) -> (StatusCode, ErrorCode) {
+        match self {
+            Self::BadRequest(_) => (StatusCode::BAD_REQUEST, ErrorCode::BadRequest),
+            Self::Unauthorized(_) => (StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized),
+            Self::Forbidden(_) => (StatusCode::FORBIDDEN, ErrorCode::Forbidden),
+            Self::NotFound => (StatusCode::NOT_FOUND, ErrorCode::NotFound),
+            Self::Conflict(_) => (StatusCode::CONFLICT, ErrorCode::Conflict),
+            Self::Gone => (StatusCode::GONE, ErrorCode::Gone),
+            Self::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::PayloadTooLarge),
+            Self::Validation(_) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                ErrorCode::ValidationFailed,
+            ),
+            Self::MatrixUnavailable(_) | Self::LiveKitUnavailable(_) => {
+                (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable)
+            }
+            Self::MatrixBadAnswer(_) | Self::LiveKitBadAnswer(_) => {
+                (StatusCode::BAD_GATEWAY, ErrorCode::BadGateway)
+            }
+            Self::Config(_) | Self::Store(_) | Self::Migrate(_) | Self::Internal(_) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal)
+            }
+        }
+    }
+}
+
+/// The one place where errors become responses. A 4xx carries its reason; a 502/503 says which
+/// upstream failed; a 500 is generic and its cause is logged here, once, inside the request span.
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        let message = match &self {
+            Self::MatrixUnavailable(_) => {
+                tracing::warn!(error = %self, "upstream failure");
+                "the Matrix homeserver is unreachable".to_owned()
+            }
+            Self::MatrixBadAnswer(_) => {
+                tracing::warn!(error = %self, "upstream failure");
+                "the Matrix homeserver answered badly".to_owned()
+            }
+            Self::LiveKitUnavailable(_) => {
+                tracing::warn!(error = %self, "upstream failure");
+                "LiveKit is unreachable".to_owned()
+            }
+            Self::LiveKitBadAnswer(_) => {
+                tracing::warn!(error = %self, "upstream failure");
+                "LiveKit answered badly".to_owned()
+            }
+            _ if status.is_server_error() => {
+                tracing::error!(error = %self, "request failed");
+                "internal error; see the server log".to_owned()
+            }
+            _ => self.to_string(),
+        };
+        (status, Json(ApiErrorBody::new(code, message))).into_response()
+    }
+}
+
+/// Shorthand for results of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_errors_hide_their_cause() {
+        let r = Error::Internal("secret path /x".into()).into_response();
+        assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let r = Error::Validation("sender is not bound to userDid".into()).into_response();
+        assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    }
+}

@@ -1,0 +1,75 @@
+//! The axum router: routes, limits, timeouts, tracing spans and metrics.
+
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post};
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::AppState;
+
+mod calls;
+mod extract;
+mod meta;
+mod openapi;
+mod webhook;
+
+pub use openapi::ApiDoc;
+
+/// Largest webhook body accepted (LiveKit's events carry room and participant info).
+const WEBHOOK_BODY_LIMIT: usize = 256 * 1024;
+
+/// The whole HTTP API.
+pub fn router(state: AppState) -> Router {
+    let config = state.config();
+    let body_limit = config.body_limit_bytes;
+    let timeout = config.request_timeout();
+    Router::new()
+        .route("/calls", get(calls::list))
+        .route("/calls/{call_id}/sync", post(calls::sync))
+        .route("/calls/{call_id}/key", get(calls::key).post(calls::key))
+        .route("/calls/{call_id}/update", post(calls::update))
+        .route(
+            "/livekit/webhook",
+            post(webhook::receive).layer(DefaultBodyLimit::max(WEBHOOK_BODY_LIMIT)),
+        )
+        .route("/.well-known/oracle-calls", get(meta::well_known))
+        .route("/healthz", get(meta::healthz))
+        .route("/metrics", get(meta::metrics))
+        .route("/openapi.json", get(meta::openapi))
+        .fallback(meta::no_route)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn_with_state(state.clone(), track))
+        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, timeout))
+        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
+            let route = req
+                .extensions()
+                .get::<MatchedPath>()
+                .map_or("unmatched", |p| p.as_str());
+            tracing::info_span!("request", method = %req.method(), route, call_id = tracing::field::Empty)
+        }))
+        .with_state(state)
+}
+
+async fn track(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = req.method().as_str().to_owned();
+    let started = Instant::now();
+    let resp = next.run(req).await;
+    let m = state.metrics();
+    m.http_latency
+        .with_label_values(&[route.as_str()])
+        .observe(started.elapsed().as_secs_f64());
+    m.http_requests
+        .with_label_values(&[route.as_str(), method.as_str(), resp.status().as_str()])
+        .inc();
+    resp
+}

@@ -1,0 +1,59 @@
+//! `/healthz`, `/metrics`, `/openapi.json`, `/.well-known/oracle-calls`, and the fallback.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use oracle_calls_proto::{ApiErrorBody, ErrorCode, WellKnown};
+use utoipa::OpenApi as _;
+
+use crate::AppState;
+
+/// The oracle's identity and public keys.
+#[utoipa::path(get, path = "/.well-known/oracle-calls", tag = "meta",
+    responses((status = 200, body = WellKnown)))]
+pub async fn well_known(State(state): State<AppState>) -> Json<WellKnown> {
+    let c = state.config();
+    Json(WellKnown {
+        oracle_did: c.oracle.did.clone(),
+        matrix_user_id: c.matrix.user_id.clone(),
+        agent_name: c.oracle.agent_name.clone(),
+        livekit_url: c.livekit.url.clone(),
+        keys: c.oracle.keys.clone(),
+    })
+}
+
+/// 200 when the store answers, 503 otherwise.
+#[utoipa::path(get, path = "/healthz", tag = "meta",
+    responses((status = 200, description = "healthy"), (status = 503, description = "store down")))]
+pub async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
+    if state.store().ping().await {
+        (StatusCode::OK, "ok")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "store unavailable")
+    }
+}
+
+/// Prometheus text exposition.
+#[utoipa::path(get, path = "/metrics", tag = "meta",
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
+pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics().render(),
+    )
+}
+
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", tag = "meta",
+    responses((status = 200, description = "OpenAPI 3.1 document")))]
+pub async fn openapi() -> impl IntoResponse {
+    Json(super::ApiDoc::openapi())
+}
+
+pub async fn no_route() -> impl IntoResponse {
+    (
+        StatusCode::NOT_FOUND,
+        Json(ApiErrorBody::new(ErrorCode::NotFound, "no such endpoint")),
+    )
+}

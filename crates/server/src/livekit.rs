@@ -1,0 +1,280 @@
+//! LiveKit: join tokens, RoomService (Twirp, JSON bodies) and webhook verification.
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use oracle_calls_proto::{RoomName, Timestamp};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sha2::{Digest as _, Sha256};
+use subtle::ConstantTimeEq as _;
+
+use crate::config::LiveKitConfig;
+use crate::{Error, Result, Secret, jwt};
+
+/// Lifetime of the server's own RoomService tokens.
+const ADMIN_TOKEN_SECS: i64 = 60;
+
+/// A LiveKit server as the oracle-calls server uses it.
+#[derive(Debug)]
+pub struct LiveKit {
+    http: reqwest::Client,
+    config: LiveKitConfig,
+    secret: Secret,
+}
+
+/// A webhook event, after its signature was checked. Only the fields the server uses.
+#[derive(Clone, PartialEq, Eq, Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WebhookEvent {
+    /// `room_started`, `room_finished`, `participant_joined`, `participant_left`, …
+    pub event: String,
+    /// The room, when the event concerns one.
+    #[serde(default)]
+    pub room: Option<WebhookRoom>,
+    /// The participant, for participant events.
+    #[serde(default)]
+    pub participant: Option<WebhookParticipant>,
+    /// The event's unique id.
+    #[serde(default)]
+    pub id: String,
+}
+
+/// `WebhookEvent.room`.
+#[derive(Clone, PartialEq, Eq, Debug, Deserialize)]
+pub struct WebhookRoom {
+    /// The room name.
+    #[serde(default)]
+    pub name: String,
+}
+
+/// `WebhookEvent.participant`.
+#[derive(Clone, PartialEq, Eq, Debug, Deserialize)]
+pub struct WebhookParticipant {
+    /// The participant identity.
+    #[serde(default)]
+    pub identity: String,
+}
+
+impl LiveKit {
+    /// A client for the LiveKit server in `config`, signing with `secret`.
+    pub fn new(config: LiveKitConfig, secret: Secret) -> Result<Self> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(config.request_timeout_secs))
+            .connect_timeout(Duration::from_secs(config.request_timeout_secs.min(5)))
+            .build()
+            .map_err(|e| Error::Config(format!("HTTP client: {e}")))?;
+        Ok(Self {
+            http,
+            config,
+            secret,
+        })
+    }
+
+    /// The signaling URL handed to clients.
+    pub fn url(&self) -> &str {
+        &self.config.url
+    }
+
+    /// A join token for `identity` in `room` only, valid for the configured TTL.
+    pub fn join_token(
+        &self,
+        room: &RoomName,
+        identity: &str,
+        now: Timestamp,
+    ) -> Result<(String, Timestamp)> {
+        let now_s = now.unix_millis() / 1000;
+        let ttl = i64::try_from(self.config.token_ttl_secs).unwrap_or(600);
+        let exp = now_s + ttl;
+        let claims = json!({
+            "iss": self.config.api_key,
+            "sub": identity,
+            "nbf": now_s,
+            "iat": now_s,
+            "exp": exp,
+            "video": {
+                "roomJoin": true,
+                "room": room.as_str(),
+                "canPublish": true,
+                "canSubscribe": true,
+                "canPublishData": true,
+            },
+        });
+        let expires = Timestamp::from_unix_millis(exp * 1000)
+            .map_err(|_| Error::Internal("token expiry out of range".into()))?;
+        Ok((jwt::sign(&claims, &self.secret), expires))
+    }
+
+    /// `RoomService.CreateRoom` with a dispatch of `agent_name`. Creating a room that exists
+    /// returns it unchanged (LiveKit's semantics), so a retry is harmless.
+    ///
+    /// # Errors
+    /// [`Error::LiveKitUnavailable`] / [`Error::LiveKitBadAnswer`].
+    pub async fn create_room(&self, room: &RoomName, agent_name: &str) -> Result<()> {
+        let body = json!({
+            "name": room.as_str(),
+            "emptyTimeout": self.config.empty_timeout_secs,
+            "agents": [{"agentName": agent_name}],
+        });
+        self.twirp("CreateRoom", json!({"roomCreate": true}), &body)
+            .await?;
+        Ok(())
+    }
+
+    /// `RoomService.DeleteRoom`. A room that is already gone is not an error.
+    ///
+    /// # Errors
+    /// [`Error::LiveKitUnavailable`] / [`Error::LiveKitBadAnswer`].
+    pub async fn delete_room(&self, room: &RoomName) -> Result<()> {
+        match self
+            .twirp(
+                "DeleteRoom",
+                json!({"roomCreate": true}),
+                &json!({"room": room.as_str()}),
+            )
+            .await
+        {
+            Err(Error::LiveKitBadAnswer(m)) if m.contains("not_found") => Ok(()),
+            other => other.map(drop),
+        }
+    }
+
+    /// `RoomService.ListRooms`: the names of the rooms that exist now.
+    ///
+    /// # Errors
+    /// [`Error::LiveKitUnavailable`] / [`Error::LiveKitBadAnswer`].
+    pub async fn list_rooms(&self) -> Result<Vec<String>> {
+        let v = self
+            .twirp("ListRooms", json!({"roomList": true}), &json!({}))
+            .await?;
+        Ok(v.get("rooms")
+            .and_then(Value::as_array)
+            .map(|rooms| {
+                rooms
+                    .iter()
+                    .filter_map(|r| r.get("name").and_then(Value::as_str).map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    /// Checks a webhook's signature (JWT in `Authorization`, no `Bearer`; its `sha256` claim is
+    /// the padded standard base64 of SHA-256 of the raw body) before parsing the body.
+    ///
+    /// # Errors
+    /// [`Error::Unauthorized`] for a missing or bad signature, [`Error::BadRequest`] for a
+    /// signed body that does not parse.
+    pub fn verify_webhook(
+        &self,
+        body: &[u8],
+        authorization: Option<&str>,
+        now: Timestamp,
+    ) -> Result<WebhookEvent> {
+        let token = authorization
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or(Error::Unauthorized("webhook has no Authorization"))?;
+        let claims = jwt::verify(token, &self.secret, now.unix_millis() / 1000)
+            .map_err(|_| Error::Unauthorized("webhook signature is invalid"))?;
+        if claims.get("iss").and_then(Value::as_str) != Some(self.config.api_key.as_str()) {
+            return Err(Error::Unauthorized(
+                "webhook was signed with another API key",
+            ));
+        }
+        let want = claims
+            .get("sha256")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let got = STANDARD.encode(Sha256::digest(body));
+        if want.is_empty() || !bool::from(got.as_bytes().ct_eq(want.as_bytes())) {
+            return Err(Error::Unauthorized(
+                "webhook body does not match its signature",
+            ));
+        }
+        serde_json::from_slice(body).map_err(|e| Error::BadRequest(format!("webhook body: {e}")))
+    }
+
+    async fn twirp(&self, method: &str, grant: Value, body: &Value) -> Result<Value> {
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let claims = json!({
+            "iss": self.config.api_key,
+            "sub": "oracle-calls-server",
+            "nbf": now,
+            "exp": now + ADMIN_TOKEN_SECS,
+            "video": grant,
+        });
+        let url = format!(
+            "{}/twirp/livekit.RoomService/{method}",
+            self.config.http_url.trim_end_matches('/')
+        );
+        let resp = self
+            .http
+            .post(url)
+            .bearer_auth(jwt::sign(&claims, &self.secret))
+            .json(body)
+            .send()
+            .await
+            .map_err(|e| Error::LiveKitUnavailable(format!("{method}: {}", e.without_url())))?;
+        let status = resp.status();
+        let text = resp
+            .text()
+            .await
+            .map_err(|e| Error::LiveKitUnavailable(format!("{method}: {}", e.without_url())))?;
+        if !status.is_success() {
+            let code = serde_json::from_str::<Value>(&text)
+                .ok()
+                .and_then(|v| v.get("code").and_then(Value::as_str).map(str::to_owned))
+                .unwrap_or_default();
+            return Err(Error::LiveKitBadAnswer(format!(
+                "{method}: {status} {code}"
+            )));
+        }
+        serde_json::from_str(&text)
+            .map_err(|_| Error::LiveKitBadAnswer(format!("{method}: body is not JSON")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lk() -> LiveKit {
+        let config = LiveKitConfig {
+            url: "ws://x".into(),
+            http_url: "http://127.0.0.1:1".into(),
+            api_key: "devkey".into(),
+            token_ttl_secs: 600,
+            empty_timeout_secs: 10,
+            request_timeout_secs: 1,
+        };
+        LiveKit::new(config, Secret::new("secret")).unwrap()
+    }
+
+    #[test]
+    fn webhook_body_hash_matches_livekits_documented_example() {
+        // docs: livekit-interop.md §4.
+        let body = br#"{"event":"room_started","room":{"sid":"RM_abc","name":"test"},"id":"EV_1","createdAt":"1700000000"}"#;
+        assert_eq!(
+            STANDARD.encode(Sha256::digest(body)),
+            "kKEkT1dJoO7dzkWBOTsI6zrmwPMquUv1bfHFsKcWr3c="
+        );
+        let now = Timestamp::from_unix_millis(1_700_000_000_000).unwrap();
+        let token = jwt::sign(
+            &json!({"iss":"devkey","exp":1_700_000_300,"sha256":"kKEkT1dJoO7dzkWBOTsI6zrmwPMquUv1bfHFsKcWr3c="}),
+            &Secret::new("secret"),
+        );
+        let ev = lk().verify_webhook(body, Some(&token), now).unwrap();
+        assert_eq!(ev.event, "room_started");
+        assert_eq!(ev.room.unwrap().name, "test");
+        // One changed byte of the body, a Bearer prefix, no header: all refused.
+        let mut other = body.to_vec();
+        other[10] ^= 1;
+        assert!(lk().verify_webhook(&other, Some(&token), now).is_err());
+        assert!(
+            lk().verify_webhook(body, Some(&format!("Bearer {token}")), now)
+                .is_err()
+        );
+        assert!(lk().verify_webhook(body, None, now).is_err());
+    }
+}

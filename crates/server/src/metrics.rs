@@ -1,0 +1,78 @@
+//! Prometheus metrics, served at `/metrics`.
+
+use prometheus::{
+    Encoder as _, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+};
+
+use crate::{Error, Result};
+
+/// The server's metrics.
+#[derive(Clone, Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Requests by route, method and status.
+    pub http_requests: IntCounterVec,
+    /// Request latency by route.
+    pub http_latency: HistogramVec,
+    /// Call lifecycle events (`synced`, `ended`, `key_granted`, `key_refused`, `webhook`).
+    pub calls: IntCounterVec,
+}
+
+impl Metrics {
+    /// A fresh registry with every metric registered.
+    ///
+    /// # Errors
+    /// [`Error::Internal`] if registration fails (a bug).
+    pub fn new() -> Result<Self> {
+        let bug = |e: prometheus::Error| Error::Internal(format!("metrics: {e}"));
+        let registry = Registry::new_custom(Some("oracle_calls".into()), None).map_err(bug)?;
+        let http_requests = IntCounterVec::new(
+            Opts::new(
+                "http_requests_total",
+                "HTTP requests by route, method and status",
+            ),
+            &["route", "method", "status"],
+        )
+        .map_err(bug)?;
+        let http_latency = HistogramVec::new(
+            HistogramOpts::new("http_request_duration_seconds", "HTTP request latency").buckets(
+                vec![
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0,
+                ],
+            ),
+            &["route"],
+        )
+        .map_err(bug)?;
+        let calls = IntCounterVec::new(
+            Opts::new("call_events_total", "call lifecycle events"),
+            &["event"],
+        )
+        .map_err(bug)?;
+        registry
+            .register(Box::new(http_requests.clone()))
+            .map_err(bug)?;
+        registry
+            .register(Box::new(http_latency.clone()))
+            .map_err(bug)?;
+        registry.register(Box::new(calls.clone())).map_err(bug)?;
+        Ok(Self {
+            registry,
+            http_requests,
+            http_latency,
+            calls,
+        })
+    }
+
+    /// Counts one call event.
+    pub fn call_event(&self, event: &str) {
+        self.calls.with_label_values(&[event]).inc();
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        // Encoding into a Vec cannot fail for well-formed metrics.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}

@@ -1,0 +1,128 @@
+//! The shared state of the HTTP handlers.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use oracle_calls_proto::Timestamp;
+
+use crate::auth::OpenIdVerifier;
+use crate::config::{Config, Secrets};
+use crate::livekit::LiveKit;
+use crate::metrics::Metrics;
+use crate::store::Store;
+use crate::{Error, Result, Secret};
+
+/// Cheap to clone: an `Arc` around everything the handlers share.
+#[derive(Clone, Debug)]
+pub struct AppState(Arc<Inner>);
+
+#[derive(Debug)]
+struct Inner {
+    config: Config,
+    secrets: Secrets,
+    store: Store,
+    openid: OpenIdVerifier,
+    livekit: LiveKit,
+    metrics: Metrics,
+    matrix: Option<crate::matrix::Bot>,
+    user_bindings: std::collections::HashMap<String, String>,
+    webhooks: tokio::sync::broadcast::Sender<crate::livekit::WebhookEvent>,
+}
+
+impl AppState {
+    /// Builds the state. `matrix` is the oracle's bot device, when Matrix is enabled.
+    ///
+    /// # Errors
+    /// [`Error::Config`].
+    pub fn new(
+        config: Config,
+        secrets: Secrets,
+        store: Store,
+        matrix: Option<crate::matrix::Bot>,
+    ) -> Result<Self> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(config.matrix.request_timeout_secs))
+            .connect_timeout(Duration::from_secs(
+                config.matrix.request_timeout_secs.min(5),
+            ))
+            .build()
+            .map_err(|e| Error::Config(format!("HTTP client: {e}")))?;
+        let openid = OpenIdVerifier::new(
+            http,
+            &config.matrix.homeserver_url,
+            &config.matrix.server_name,
+            Duration::from_secs(config.matrix.openid_cache_secs),
+        );
+        let user_bindings = match &config.validation.user_binding_file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+                toml::from_str(&text)
+                    .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?
+            }
+            None => std::collections::HashMap::new(),
+        };
+        let livekit = LiveKit::new(config.livekit.clone(), secrets.livekit_api_secret.clone())?;
+        Ok(Self(Arc::new(Inner {
+            config,
+            secrets,
+            store,
+            openid,
+            livekit,
+            metrics: Metrics::new()?,
+            matrix,
+            user_bindings,
+            webhooks: tokio::sync::broadcast::channel(64).0,
+        })))
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.0.config
+    }
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.0.store
+    }
+    /// The OpenID verifier.
+    pub fn openid(&self) -> &OpenIdVerifier {
+        &self.0.openid
+    }
+    /// LiveKit.
+    pub fn livekit(&self) -> &LiveKit {
+        &self.0.livekit
+    }
+    /// Metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.0.metrics
+    }
+    /// The oracle's Matrix bot, when enabled.
+    pub fn matrix(&self) -> Option<&crate::matrix::Bot> {
+        self.0.matrix.as_ref()
+    }
+    /// Verified LiveKit webhooks as they arrive (for observers such as tests).
+    pub fn subscribe_webhooks(
+        &self,
+    ) -> tokio::sync::broadcast::Receiver<crate::livekit::WebhookEvent> {
+        self.0.webhooks.subscribe()
+    }
+    pub(crate) fn webhook_seen(&self, ev: &crate::livekit::WebhookEvent) {
+        // Nobody listening is fine.
+        let _ = self.0.webhooks.send(ev.clone());
+    }
+    pub(crate) fn user_bindings(&self) -> &std::collections::HashMap<String, String> {
+        &self.0.user_bindings
+    }
+    pub(crate) fn pepper(&self) -> &Secret {
+        &self.0.secrets.api_key_pepper
+    }
+}
+
+/// Now, from the system clock.
+pub fn now() -> Timestamp {
+    let ms = time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000;
+    i64::try_from(ms)
+        .ok()
+        .and_then(|ms| Timestamp::from_unix_millis(ms).ok())
+        .unwrap_or_else(|| unreachable!("the system clock is within ±9999 years"))
+}

@@ -1,0 +1,344 @@
+//! The call store: sqlx over SQLite (the embedded default) or PostgreSQL, one set of queries
+//! for both (`$N` placeholders work in both), migrations embedded per backend.
+
+use std::borrow::Cow;
+
+use oracle_calls_proto::{
+    CallId, CallReason, CallStatus, CallSummary, Did, KeyEnvelope, OraclesCallContent, Timestamp,
+};
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::{AnyPool, Row, SqlSafeStr as _};
+
+use crate::{Error, Result};
+
+mod api_keys;
+mod cursor;
+
+pub use api_keys::{ApiKeyRecord, KeyRequestRecord};
+pub use cursor::ListFilter;
+
+/// Which database a [`Store`] talks to.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Backend {
+    /// An SQLite file.
+    Sqlite,
+    /// A PostgreSQL server.
+    Postgres,
+}
+
+/// The store. Cheap to clone (a pool handle).
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+/// One stored call.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct CallRecord {
+    /// The call.
+    pub call_id: CallId,
+    /// The Matrix room that holds the call event.
+    pub matrix_room_id: String,
+    /// The Matrix user who sent the call event.
+    pub sender: String,
+    /// The call event's content as first accepted (status pending).
+    pub content: OraclesCallContent,
+    /// Current status.
+    pub status: CallStatus,
+    /// When it ended.
+    pub call_ended_at: Option<Timestamp>,
+    /// Why it ended, or the agent's last report.
+    pub reason: Option<CallReason>,
+    /// True once the agent reported `keyDecryptionFailed`: the key endpoint refuses the call.
+    pub key_blocked: bool,
+    /// When the server first stored it (Unix ms).
+    pub created_at: i64,
+}
+
+impl CallRecord {
+    /// The call as the API lists it.
+    pub fn summary(&self) -> CallSummary {
+        CallSummary {
+            call_id: self.call_id.clone(),
+            call_type: self.content.call_type,
+            call_status: self.status,
+            session_id: self.content.session_id.clone(),
+            room_id: self.content.room_id.clone(),
+            user_did: self.content.user_did.clone(),
+            oracle_did: self.content.oracle_did.clone(),
+            call_started_at: self.content.call_started_at,
+            call_ended_at: self.call_ended_at,
+            reason: self.reason,
+        }
+    }
+
+    /// The wrapped key as stored in the event.
+    pub fn encryption_key(&self) -> &KeyEnvelope {
+        &self.content.encryption_key
+    }
+
+    /// The oracle of the call.
+    pub fn oracle_did(&self) -> &Did {
+        &self.content.oracle_did
+    }
+}
+
+/// What [`Store::insert_call`] did.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum Inserted {
+    /// The call is new and was stored.
+    New,
+    /// A call with this id was already stored; here it is, unchanged.
+    Existing(Box<CallRecord>),
+}
+
+impl Store {
+    /// Connects to `url` (`sqlite://…` or `postgres://…`) and runs the migrations.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for an unknown scheme, [`Error::Store`]/[`Error::Migrate`] otherwise.
+    pub async fn connect(url: &str) -> Result<Self> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Backend::Postgres
+        } else {
+            return Err(Error::Config(
+                "database_url must start with sqlite: or postgres:".into(),
+            ));
+        };
+        let max = if backend == Backend::Sqlite { 4 } else { 8 };
+        let pool = AnyPoolOptions::new()
+            .max_connections(max)
+            .acquire_timeout(std::time::Duration::from_secs(10))
+            .connect(url)
+            .await?;
+        if backend == Backend::Sqlite {
+            sqlx::query("PRAGMA journal_mode = WAL")
+                .execute(&pool)
+                .await?;
+        }
+        migrator(backend).run(&pool).await?;
+        Ok(Self { pool, backend })
+    }
+
+    /// The backend in use.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// True when the database answers.
+    pub async fn ping(&self) -> bool {
+        sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
+    }
+
+    /// Stores a new pending call, or returns the one already stored under its id.
+    ///
+    /// # Errors
+    /// [`Error::Store`].
+    pub async fn insert_call(
+        &self,
+        call_id: &CallId,
+        matrix_room_id: &str,
+        sender: &str,
+        content: &OraclesCallContent,
+        now_ms: i64,
+    ) -> Result<Inserted> {
+        let json = serde_json::to_string(content).map_err(|e| Error::Internal(e.to_string()))?;
+        let derivation = serde_json::to_value(content.key_derivation)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        let done = sqlx::query(
+            "INSERT INTO calls (call_id, matrix_room_id, sender, user_did, oracle_did, session_id,
+                room_name, call_type, status, encryption_key, key_derivation, content_json,
+                call_started_at, call_ended_at, reason, key_blocked, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, NULL, NULL, 0, $14, $14)
+             ON CONFLICT (call_id) DO NOTHING",
+        )
+        .bind(call_id.as_str())
+        .bind(matrix_room_id)
+        .bind(sender)
+        .bind(content.user_did.as_str())
+        .bind(content.oracle_did.as_str())
+        .bind(content.session_id.as_str())
+        .bind(content.room_id.as_str())
+        .bind(content.call_type.as_str())
+        .bind(content.call_status.as_str())
+        .bind(content.encryption_key.as_str())
+        .bind(derivation)
+        .bind(json)
+        .bind(content.call_started_at.unix_millis())
+        .bind(now_ms)
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() == 1 {
+            return Ok(Inserted::New);
+        }
+        let existing = self
+            .call(call_id)
+            .await?
+            .ok_or_else(|| Error::Internal("insert conflicted but the call is not there".into()))?;
+        Ok(Inserted::Existing(Box::new(existing)))
+    }
+
+    /// The call with this id.
+    ///
+    /// # Errors
+    /// [`Error::Store`], or [`Error::Internal`] for a row that does not parse.
+    pub async fn call(&self, call_id: &CallId) -> Result<Option<CallRecord>> {
+        let row = sqlx::query(SELECT_CALL.into_sql_str())
+            .bind(call_id.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(call_from_row).transpose()
+    }
+
+    /// Moves the call from `from` to `to` if it is still in `from`. Returns false when another
+    /// writer got there first (re-read and decide again).
+    ///
+    /// # Errors
+    /// [`Error::Store`].
+    pub async fn set_status(
+        &self,
+        call_id: &CallId,
+        from: CallStatus,
+        to: CallStatus,
+        reason: Option<CallReason>,
+        now_ms: i64,
+    ) -> Result<bool> {
+        let ended_at = (to == CallStatus::Ended).then_some(now_ms);
+        let done = sqlx::query(
+            "UPDATE calls SET status = $1, call_ended_at = COALESCE($2, call_ended_at),
+                 reason = COALESCE($3, reason), updated_at = $4
+             WHERE call_id = $5 AND status = $6",
+        )
+        .bind(to.as_str())
+        .bind(ended_at)
+        .bind(reason.map(reason_str))
+        .bind(now_ms)
+        .bind(call_id.as_str())
+        .bind(from.as_str())
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Records an agent's report; `keyDecryptionFailed` also blocks the key endpoint.
+    ///
+    /// # Errors
+    /// [`Error::Store`].
+    pub async fn record_reason(
+        &self,
+        call_id: &CallId,
+        reason: CallReason,
+        now_ms: i64,
+    ) -> Result<()> {
+        let block = i64::from(reason == CallReason::KeyDecryptionFailed);
+        sqlx::query(
+            "UPDATE calls SET reason = $1, key_blocked = CASE WHEN $2 = 1 THEN 1 ELSE key_blocked END,
+                 updated_at = $3
+             WHERE call_id = $4",
+        )
+        .bind(reason_str(reason))
+        .bind(block)
+        .bind(now_ms)
+        .bind(call_id.as_str())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Calls that are not ended yet (for the Matrix side and restarts).
+    ///
+    /// # Errors
+    /// [`Error::Store`].
+    pub async fn open_calls(&self) -> Result<Vec<CallRecord>> {
+        let rows = sqlx::query(
+            "SELECT call_id, matrix_room_id, sender, content_json, status, call_ended_at, reason,
+                    key_blocked, created_at
+             FROM calls WHERE status <> 'ended' ORDER BY created_at",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(call_from_row).collect()
+    }
+
+    pub(crate) fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+}
+
+const SELECT_CALL: &str = "SELECT call_id, matrix_room_id, sender, content_json, status,
+        call_ended_at, reason, key_blocked, created_at
+     FROM calls WHERE call_id = $1";
+
+pub(crate) fn call_from_row(row: &AnyRow) -> Result<CallRecord> {
+    let bad = |what: &str| Error::Internal(format!("stored call has a bad {what}"));
+    let call_id: String = row.try_get("call_id")?;
+    let content: String = row.try_get("content_json")?;
+    let status: String = row.try_get("status")?;
+    let reason: Option<String> = row.try_get("reason")?;
+    let ended: Option<i64> = row.try_get("call_ended_at")?;
+    let blocked: i64 = row.try_get("key_blocked")?;
+    Ok(CallRecord {
+        call_id: CallId::parse(&call_id).map_err(|_| bad("call_id"))?,
+        matrix_room_id: row.try_get("matrix_room_id")?,
+        sender: row.try_get("sender")?,
+        content: serde_json::from_str(&content).map_err(|_| bad("content"))?,
+        status: status.parse().map_err(|_| bad("status"))?,
+        call_ended_at: ended
+            .map(Timestamp::from_unix_millis)
+            .transpose()
+            .map_err(|_| bad("call_ended_at"))?,
+        reason: reason
+            .map(|r| serde_json::from_value(serde_json::Value::String(r)))
+            .transpose()
+            .map_err(|_| bad("reason"))?,
+        key_blocked: blocked != 0,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+fn reason_str(r: CallReason) -> String {
+    serde_json::to_value(r)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+fn migrator(backend: Backend) -> Migrator {
+    let sql: &'static str = match backend {
+        Backend::Sqlite => include_str!("../migrations/sqlite/0001_init.sql"),
+        Backend::Postgres => include_str!("../migrations/postgres/0001_init.sql"),
+    };
+    Migrator::with_migrations(vec![Migration::new(
+        1,
+        Cow::Borrowed("init"),
+        MigrationType::Simple,
+        sql.into_sql_str(),
+        false,
+    )])
+}
+
+impl Store {
+    /// The newest call in LiveKit room `room` that has not ended.
+    ///
+    /// # Errors
+    /// [`Error::Store`].
+    pub async fn open_call_in_room(&self, room: &str) -> Result<Option<CallRecord>> {
+        let row = sqlx::query(
+            "SELECT call_id, matrix_room_id, sender, content_json, status, call_ended_at, reason,
+                    key_blocked, created_at
+             FROM calls WHERE room_name = $1 AND status <> 'ended'
+             ORDER BY created_at DESC LIMIT 1",
+        )
+        .bind(room)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(call_from_row).transpose()
+    }
+}

@@ -1,0 +1,19 @@
+//! Integration tests against the project's real stack (Synapse, livekit-server, PostgreSQL):
+//! start it with `scripts/stack up`. Every store-touching test runs on SQLite and PostgreSQL.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    missing_debug_implementations
+)]
+#![recursion_limit = "256"]
+
+#[path = "integration/api.rs"]
+mod api;
+#[path = "integration/livekit.rs"]
+mod livekit;
+#[path = "integration/matrix.rs"]
+mod matrix;
+#[path = "integration/support.rs"]
+mod support;

@@ -1,0 +1,189 @@
+//! Phase B: tokens, RoomService and webhooks against the stack's livekit-server.
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use hmac::{Hmac, KeyInit as _, Mac as _};
+use oracle_calls_proto::RoomName;
+use serde_json::{Value, json};
+use sha2::{Digest as _, Sha256};
+
+use crate::support::{Db, TestServer, answer, read_file, stack_var, unique};
+
+/// Signs like livekit-server's webhook notifier does (independently of the server's code).
+fn webhook_auth(body: &[u8], secret: &str, api_key: &str) -> String {
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let sha = base64::engine::general_purpose::STANDARD.encode(Sha256::digest(body));
+    let header = b64.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
+    let claims = b64
+        .encode(json!({"iss": api_key, "nbf": now, "exp": now + 300, "sha256": sha}).to_string());
+    let mut mac = <Hmac<Sha256>>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(format!("{header}.{claims}").as_bytes());
+    format!(
+        "{header}.{claims}.{}",
+        b64.encode(mac.finalize().into_bytes())
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rooms_are_created_with_dispatch_listed_and_deleted() {
+    let s = TestServer::start(Db::Sqlite).await;
+    let lk = s.state.livekit();
+    let room = RoomName::parse(&unique("oc-lk-")).unwrap();
+    lk.create_room(&room, "agent-x").await.unwrap();
+    lk.create_room(&room, "agent-x")
+        .await
+        .expect("creating twice is harmless");
+    assert!(
+        lk.list_rooms()
+            .await
+            .unwrap()
+            .contains(&room.as_str().to_owned())
+    );
+
+    // The join token is accepted by livekit-server for that room.
+    let (token, exp) = lk
+        .join_token(&room, "@alice:localhost", oracle_calls_server::now())
+        .unwrap();
+    assert!(exp.unix_millis() > oracle_calls_server::now().unix_millis());
+    let r = reqwest::Client::new()
+        .get(format!("{}/rtc/validate", stack_var("LIVEKIT_HTTP_URL")))
+        .query(&[("access_token", token.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200, "{}", r.text().await.unwrap());
+
+    lk.delete_room(&room).await.unwrap();
+    lk.delete_room(&room)
+        .await
+        .expect("deleting a deleted room is harmless");
+    assert!(
+        !lk.list_rooms()
+            .await
+            .unwrap()
+            .contains(&room.as_str().to_owned())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_webhooks_are_rejected_and_signed_ones_end_calls() {
+    let s = TestServer::start(Db::Sqlite).await;
+    let http = reqwest::Client::new();
+    let secret = read_file(&stack_var("LIVEKIT_API_SECRET_FILE"));
+    let key = stack_var("LIVEKIT_API_KEY");
+    let id = s.seed_call("@u:localhost", "s", &s.oracle).await;
+    let body =
+        json!({"event": "room_finished", "room": {"sid": "RM_x", "name": id.room_name().as_str()},
+        "id": "EV_1", "createdAt": "1700000000"})
+        .to_string();
+    let post = |auth: Option<String>, body: String| {
+        let mut r = http
+            .post(s.url("/livekit/webhook"))
+            .header("content-type", "application/webhook+json")
+            .body(body);
+        if let Some(a) = auth {
+            r = r.header("authorization", a);
+        }
+        r.send()
+    };
+    let good = webhook_auth(body.as_bytes(), &secret, &key);
+    for (auth, what) in [
+        (None, "no signature"),
+        (
+            Some(webhook_auth(body.as_bytes(), "not-the-secret", &key)),
+            "wrong secret",
+        ),
+        (
+            Some(webhook_auth(body.as_bytes(), &secret, "other-key")),
+            "wrong key",
+        ),
+        (
+            Some(webhook_auth(b"{}", &secret, &key)),
+            "signature of another body",
+        ),
+        (Some(format!("Bearer {good}")), "Bearer prefix"),
+    ] {
+        let (st, b) = answer(post(auth, body.clone()).await.unwrap()).await;
+        assert_eq!(
+            (st, b["error"]["code"].as_str()),
+            (401, Some("unauthorized")),
+            "{what}: {b}"
+        );
+    }
+    assert_eq!(
+        s.store().call(&id).await.unwrap().unwrap().status.as_str(),
+        "pending"
+    );
+    let (st, _) = answer(post(Some(good), body).await.unwrap()).await;
+    assert_eq!(st, 200);
+    let rec = s.store().call(&id).await.unwrap().unwrap();
+    assert_eq!(
+        (rec.status.as_str(), rec.reason.map(|r| format!("{r:?}"))),
+        ("ended", Some("RoomFinished".into()))
+    );
+
+    // participant_left: only the call's user ends it.
+    let id = s.seed_call("@u:localhost", "s", &s.oracle).await;
+    let left = |who: &str| {
+        json!({"event": "participant_left", "room": {"name": id.room_name().as_str()},
+        "participant": {"identity": who}})
+        .to_string()
+    };
+    let b = left("agent-identity");
+    let (st, _) = answer(
+        post(Some(webhook_auth(b.as_bytes(), &secret, &key)), b)
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(st, 200);
+    assert_eq!(
+        s.store().call(&id).await.unwrap().unwrap().status.as_str(),
+        "pending"
+    );
+    let b = left("@u:localhost");
+    let (st, _) = answer(
+        post(Some(webhook_auth(b.as_bytes(), &secret, &key)), b)
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(st, 200);
+    assert_eq!(
+        s.store().call(&id).await.unwrap().unwrap().status.as_str(),
+        "ended"
+    );
+}
+
+/// livekit-server posts its webhooks to the stack's server port; listen there and see a real one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_webhook_from_livekit_arrives_and_verifies() {
+    let addr = stack_var("ORACLE_CALLS_SERVER_URL")
+        .trim_start_matches("http://")
+        .to_owned();
+    let s = TestServer::start_on(Db::Sqlite, &addr).await;
+    let mut events = s.state.subscribe_webhooks();
+    let room = RoomName::parse(&unique("oc-hook-")).unwrap();
+    s.state
+        .livekit()
+        .create_room(&room, "agent-x")
+        .await
+        .unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let ev = events.recv().await.unwrap();
+            if ev.event == "room_started"
+                && ev.room.as_ref().is_some_and(|r| r.name == room.as_str())
+            {
+                return ev;
+            }
+        }
+    })
+    .await
+    .expect("livekit-server's room_started webhook did not arrive within 20 s");
+    assert!(!got.id.is_empty());
+    s.state.livekit().delete_room(&room).await.unwrap();
+    let _: Value = json!(null);
+}

@@ -1,0 +1,349 @@
+//! The stack's coordinates, Matrix users with OpenID tokens, and an in-process server.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::OnceLock;
+
+use oracle_calls_proto::{
+    CallId, CallStatus, CallType, Did, EventId, KeyDerivation, KeyEnvelope, OraclesCallContent,
+    RoomName, SessionId,
+};
+use oracle_calls_server::store::Store;
+use oracle_calls_server::{AppState, Config, Secret, Secrets};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+/// Which database a test server uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Db {
+    Sqlite,
+    Postgres,
+}
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// `scripts/stack env`, parsed once; fails with a hint when the stack is not up.
+pub fn stack() -> &'static HashMap<String, String> {
+    static ENV: OnceLock<HashMap<String, String>> = OnceLock::new();
+    ENV.get_or_init(|| {
+        let out = Command::new(repo_root().join("scripts/stack"))
+            .arg("env")
+            .output()
+            .expect("running scripts/stack env");
+        assert!(out.status.success(), "scripts/stack env failed");
+        let env: HashMap<String, String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.trim_matches('\'').to_owned()))
+            .collect();
+        let matrix = format!("{}/health", env["MATRIX_URL"]);
+        let up = std::net::TcpStream::connect_timeout(
+            &env["MATRIX_URL"]
+                .trim_start_matches("http://")
+                .parse::<SocketAddr>()
+                .unwrap(),
+            std::time::Duration::from_secs(2),
+        )
+        .is_ok();
+        assert!(
+            up,
+            "the stack is not running ({matrix} unreachable): run `scripts/stack up` first"
+        );
+        env
+    })
+}
+
+pub fn stack_var(k: &str) -> String {
+    stack()
+        .get(k)
+        .cloned()
+        .unwrap_or_else(|| panic!("scripts/stack env has no {k}"))
+}
+
+pub fn read_file(path: &str) -> String {
+    std::fs::read_to_string(path).unwrap().trim().to_owned()
+}
+
+pub fn unique(prefix: &str) -> String {
+    let mut b = [0u8; 6];
+    rand::fill(&mut b);
+    format!(
+        "{prefix}{}",
+        b.iter().map(|x| format!("{x:02x}")).collect::<String>()
+    )
+}
+
+/// A Matrix user of the stack's Synapse.
+#[derive(Clone, Debug)]
+pub struct MatrixUser {
+    pub user_id: String,
+    pub password: String,
+    pub access_token: String,
+}
+
+impl MatrixUser {
+    /// Provisions `@<name>:<server>` with `scripts/stack user` and logs it in.
+    pub async fn new(name: &str) -> Self {
+        let out = Command::new(repo_root().join("scripts/stack"))
+            .args(["user", name])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "scripts/stack user {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let kv: HashMap<String, String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.trim_matches('\'').to_owned()))
+            .collect();
+        let password = read_file(&kv["MATRIX_USER_PASSWORD_FILE"]);
+        let login: Value = reqwest::Client::new()
+            .post(format!(
+                "{}/_matrix/client/v3/login",
+                stack_var("MATRIX_URL")
+            ))
+            .json(&json!({"type": "m.login.password",
+                "identifier": {"type": "m.id.user", "user": name}, "password": password}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        Self {
+            user_id: kv["MATRIX_USER_ID"].clone(),
+            password,
+            access_token: login["access_token"]
+                .as_str()
+                .expect("login token")
+                .to_owned(),
+        }
+    }
+
+    /// A fresh OpenID token (what a client sends to the oracle-calls server).
+    pub async fn openid_token(&self) -> String {
+        let v: Value = reqwest::Client::new()
+            .post(format!(
+                "{}/_matrix/client/v3/user/{}/openid/request_token",
+                stack_var("MATRIX_URL"),
+                self.user_id
+            ))
+            .bearer_auth(&self.access_token)
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["access_token"].as_str().expect("openid token").to_owned()
+    }
+}
+
+pub fn config_toml(oracle: &Did, oracle_user: &str, data_dir: &std::path::Path, db: Db) -> String {
+    let database_url = match db {
+        Db::Sqlite => format!(
+            "sqlite://{}?mode=rwc",
+            data_dir.join("calls.sqlite3").display()
+        ),
+        Db::Postgres => stack_var("DATABASE_URL"),
+    };
+    format!(
+        r#"
+        data_dir = "{data}"
+        database_url = "{database_url}"
+        body_limit_bytes = 4096
+        [oracle]
+        did = "{oracle}"
+        agent_name = "agent-{agent}"
+        keys = [{{ keyId = "00112233445566778899aabbccddeeff", scheme = "hpke-p256", publicKey = "BPk" }}]
+        [matrix]
+        homeserver_url = "{matrix}"
+        server_name = "{server}"
+        user_id = "{oracle_user}"
+        openid_cache_secs = 60
+        [livekit]
+        url = "{lk}"
+        http_url = "{lkhttp}"
+        api_key = "{lkkey}"
+        token_ttl_secs = 300
+        empty_timeout_secs = 30
+        "#,
+        data = data_dir.display(),
+        agent = oracle.method_specific_id(),
+        matrix = stack_var("MATRIX_URL"),
+        server = stack_var("MATRIX_SERVER_NAME"),
+        lk = stack_var("LIVEKIT_URL"),
+        lkhttp = stack_var("LIVEKIT_HTTP_URL"),
+        lkkey = stack_var("LIVEKIT_API_KEY"),
+    )
+}
+
+pub fn secrets(matrix_password: Option<String>) -> Secrets {
+    let lk = read_file(&stack_var("LIVEKIT_API_SECRET_FILE"));
+    let pepper = unique("pepper-for-tests-");
+    Secrets::from_env(|k| match k {
+        "ORACLE_CALLS_LIVEKIT_API_SECRET" => Some(lk.clone()),
+        "ORACLE_CALLS_API_KEY_PEPPER" => Some(pepper.clone()),
+        "ORACLE_CALLS_MATRIX_PASSWORD" => matrix_password.clone(),
+        _ => None,
+    })
+    .unwrap()
+}
+
+/// A server running in this process on a loopback port, without the Matrix bot.
+pub struct TestServer {
+    pub base: String,
+    pub state: AppState,
+    pub oracle: Did,
+    pub pepper: Secret,
+    _stop: oneshot::Sender<()>,
+    _dir: TempDir,
+}
+
+pub struct TempDir(pub PathBuf);
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+pub fn temp_dir() -> TempDir {
+    let d = std::env::temp_dir().join(unique("oracle-calls-test-"));
+    std::fs::create_dir_all(&d).unwrap();
+    TempDir(d)
+}
+
+impl TestServer {
+    pub async fn start(db: Db) -> Self {
+        Self::start_on(db, "127.0.0.1:0").await
+    }
+
+    pub async fn start_on(db: Db, addr: &str) -> Self {
+        let dir = temp_dir();
+        let oracle = Did::parse(&unique("did:ixo:oracle")).unwrap();
+        let config =
+            Config::from_toml(&config_toml(&oracle, "@oracle:localhost", &dir.0, db)).unwrap();
+        let secrets = secrets(None);
+        let pepper = secrets.api_key_pepper.clone();
+        let store = Store::connect(&config.database_url()).await.unwrap();
+        let state = AppState::new(config, secrets, store, None).unwrap();
+        Self::spawn(state, addr, oracle, pepper, dir).await
+    }
+
+    /// A server with the oracle's Matrix bot logged in as `bot`.
+    pub async fn start_with_bot(db: Db, bot: &MatrixUser) -> Self {
+        let dir = temp_dir();
+        let oracle = Did::parse(&unique("did:ixo:oracle")).unwrap();
+        let config = Config::from_toml(&config_toml(&oracle, &bot.user_id, &dir.0, db)).unwrap();
+        let secrets = secrets(Some(bot.password.clone()));
+        let pepper = secrets.api_key_pepper.clone();
+        let state = oracle_calls_server::build_state(config, secrets)
+            .await
+            .unwrap();
+        Self::spawn(state, "127.0.0.1:0", oracle, pepper, dir).await
+    }
+
+    /// A handle on a state that is not served (for store-level helpers).
+    pub fn wrap(state: AppState) -> Self {
+        let (tx, _rx) = oneshot::channel::<()>();
+        let oracle = state.config().oracle.did.clone();
+        Self {
+            base: String::new(),
+            pepper: Secret::new(""),
+            state,
+            oracle,
+            _stop: tx,
+            _dir: TempDir(std::env::temp_dir().join(unique("unused-"))),
+        }
+    }
+
+    async fn spawn(state: AppState, addr: &str, oracle: Did, pepper: Secret, dir: TempDir) -> Self {
+        let listener = TcpListener::bind(addr).await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let (tx, rx) = oneshot::channel::<()>();
+        let st = state.clone();
+        tokio::spawn(async move {
+            oracle_calls_server::serve_on(listener, st, async {
+                let _ = rx.await;
+            })
+            .await
+            .unwrap();
+        });
+        Self {
+            base,
+            state,
+            oracle,
+            pepper,
+            _stop: tx,
+            _dir: dir,
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        self.state.store()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Stores a pending call of `user` (as a sync would), returns its id.
+    pub async fn seed_call(&self, sender: &str, session: &str, oracle: &Did) -> CallId {
+        let room = RoomName::parse(&unique("oc-")).unwrap();
+        let content = OraclesCallContent {
+            call_id: None,
+            call_type: CallType::Audio,
+            call_status: CallStatus::Pending,
+            call_started_at: oracle_calls_server::now(),
+            call_ended_at: None,
+            encryption_key: KeyEnvelope::parse("v1.hpke-p256.QUJD").unwrap(),
+            session_id: SessionId::parse(session).unwrap(),
+            room_id: room.clone(),
+            user_did: Did::parse("did:ixo:user1").unwrap(),
+            oracle_did: oracle.clone(),
+            key_derivation: KeyDerivation::Hkdf,
+        };
+        let id = CallId::new(EventId::parse(&unique("$ev")).unwrap(), room);
+        let now = oracle_calls_server::now().unix_millis();
+        self.store()
+            .insert_call(&id, "!room:localhost", sender, &content, now)
+            .await
+            .unwrap();
+        id
+    }
+}
+
+/// `(status, json body)` of a response.
+pub async fn answer(resp: reqwest::Response) -> (u16, Value) {
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+/// Runs the async test body once per backend.
+macro_rules! both_backends {
+    ($name:ident, $body:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$body($crate::support::Db::Sqlite).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                super::$body($crate::support::Db::Postgres).await;
+            }
+        }
+    };
+}
+pub(crate) use both_backends;
