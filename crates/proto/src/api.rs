@@ -3,8 +3,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    CallId, CallStatus, CallType, Did, KeyEnvelope, KeyScheme, ParseError, RoomName, SessionId,
-    Timestamp,
+    CallId, CallStatus, CallType, Did, KeyDerivation, KeyEnvelope, KeyScheme, ParseError, RoomName,
+    SessionId, Timestamp,
 };
 
 /// `POST /calls/{callId}/sync` body. The call id is in the path; a `callId` in the body, if
@@ -50,6 +50,16 @@ pub struct KeyResponse {
     pub user_did: Did,
     /// The oracle.
     pub oracle_did: Did,
+    /// The rest of the call's context (what the envelope is bound to), as stored in the event:
+    /// an agent rebuilds the context from these and the room name LiveKit gave it, and opening
+    /// fails if any of them differs from what the user sealed.
+    pub session_id: SessionId,
+    /// The LiveKit room name.
+    pub room_id: RoomName,
+    /// Audio or video.
+    pub call_type: CallType,
+    /// How the media key is derived from the call key.
+    pub key_derivation: KeyDerivation,
 }
 
 /// Why a call ended or what an agent reports about it.
@@ -314,10 +324,14 @@ mod tests {
             encryption_key: KeyEnvelope::parse("v1.hpke-p256.AA").unwrap(),
             user_did: Did::parse("did:ixo:user123").unwrap(),
             oracle_did: Did::parse("did:ixo:oracle456").unwrap(),
+            session_id: SessionId::parse("s-1").unwrap(),
+            room_id: RoomName::parse("oc-1").unwrap(),
+            call_type: CallType::Audio,
+            key_derivation: KeyDerivation::Hkdf,
         };
         assert_eq!(
             serde_json::to_string(&key).unwrap(),
-            r#"{"encryptionKey":"v1.hpke-p256.AA","userDid":"did:ixo:user123","oracleDid":"did:ixo:oracle456"}"#
+            r#"{"encryptionKey":"v1.hpke-p256.AA","userDid":"did:ixo:user123","oracleDid":"did:ixo:oracle456","sessionId":"s-1","roomId":"oc-1","callType":"audio","keyDerivation":"hkdf"}"#
         );
         assert_eq!(
             serde_json::to_value(summary()).unwrap(),

@@ -16,6 +16,7 @@ pub const MAX_SESSION_ID_LEN: usize = 256;
 /// How the frame-encryption key material is derived from the call key (DESIGN §4).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum KeyDerivation {
     /// HKDF-SHA256 over the call key's 32 raw bytes (LiveKit's `setKey(ArrayBuffer)` path).
     Hkdf,

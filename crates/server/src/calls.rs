@@ -33,6 +33,10 @@ pub async fn key(
             encryption_key: rec.encryption_key().clone(),
             user_did: rec.content.user_did.clone(),
             oracle_did: rec.content.oracle_did.clone(),
+            session_id: rec.content.session_id.clone(),
+            room_id: rec.content.room_id.clone(),
+            call_type: rec.content.call_type,
+            key_derivation: rec.content.key_derivation,
         }),
     };
     let label = match &outcome {

@@ -106,16 +106,22 @@ impl LiveKit {
         Ok((jwt::sign(&claims, &self.secret), expires))
     }
 
-    /// `RoomService.CreateRoom` with a dispatch of `agent_name`. Creating a room that exists
-    /// returns it unchanged (LiveKit's semantics), so a retry is harmless.
+    /// `RoomService.CreateRoom` with a dispatch of `agent_name` whose metadata is `metadata`
+    /// (the call id: the agent's job carries it). Creating a room that exists returns it
+    /// unchanged (LiveKit's semantics), so a retry is harmless.
     ///
     /// # Errors
     /// [`Error::LiveKitUnavailable`] / [`Error::LiveKitBadAnswer`].
-    pub async fn create_room(&self, room: &RoomName, agent_name: &str) -> Result<()> {
+    pub async fn create_room(
+        &self,
+        room: &RoomName,
+        agent_name: &str,
+        metadata: &str,
+    ) -> Result<()> {
         let body = json!({
             "name": room.as_str(),
             "emptyTimeout": self.config.empty_timeout_secs,
-            "agents": [{"agentName": agent_name}],
+            "agents": [{"agentName": agent_name, "metadata": metadata}],
         });
         self.twirp("CreateRoom", json!({"roomCreate": true}), &body)
             .await?;

@@ -155,7 +155,11 @@ async fn activate(
     let room = rec.call_id.room_name().clone();
     state
         .livekit()
-        .create_room(&room, &state.config().oracle.agent_name)
+        .create_room(
+            &room,
+            &state.config().oracle.agent_name,
+            &rec.call_id.to_string(),
+        )
         .await?;
     let rec = crate::calls::transition(state, rec, CallStatus::Active, None).await?;
     let (token, token_expires_at) = state.livekit().join_token(&room, user, state::now())?;

@@ -31,8 +31,8 @@ async fn rooms_are_created_with_dispatch_listed_and_deleted() {
     let s = TestServer::start(Db::Sqlite).await;
     let lk = s.state.livekit();
     let room = RoomName::parse(&unique("oc-lk-")).unwrap();
-    lk.create_room(&room, "agent-x").await.unwrap();
-    lk.create_room(&room, "agent-x")
+    lk.create_room(&room, "agent-x", "").await.unwrap();
+    lk.create_room(&room, "agent-x", "")
         .await
         .expect("creating twice is harmless");
     assert!(
@@ -168,7 +168,7 @@ async fn real_webhook_from_livekit_arrives_and_verifies() {
     let room = RoomName::parse(&unique("oc-hook-")).unwrap();
     s.state
         .livekit()
-        .create_room(&room, "agent-x")
+        .create_room(&room, "agent-x", "")
         .await
         .unwrap();
     let got = tokio::time::timeout(Duration::from_secs(20), async {
