@@ -26,6 +26,7 @@ mod engine;
 mod error;
 mod room;
 mod signal;
+pub mod token;
 
 pub use audio::{AUDIO_FRAME_SAMPLES, SAMPLE_RATE, goertzel_power, sine_tone};
 pub use error::Error;
