@@ -1,0 +1,401 @@
+//! One call: key, envelope, room, oracle, report.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use livekit_protocol as lk;
+use oracle_calls_crypto::frame::{KeyRing, KeyRingOptions};
+use oracle_calls_crypto::{CallContext, OpenedKey};
+use oracle_calls_proto::{CallId, CallReason, CallStatus, RoomName, UpdateRequest};
+use oracle_calls_rtc::{E2eeOptions, Room, RoomEvent, RoomOptions};
+use tokio::sync::{mpsc, watch};
+use tracing::{Instrument as _, error, info, info_span, warn};
+
+use crate::oracle::IoCounters;
+use crate::worker::Shared;
+use crate::{CallInfo, CallIo, Heard, Oracle};
+
+/// How a job ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum JobOutcome {
+    /// The agent served the call; `ended_by` says what ended it.
+    Served {
+        /// What ended the call.
+        ended_by: EndedBy,
+    },
+    /// The job does not describe an oracle-calls call (bad metadata or room).
+    BadJob(String),
+    /// The key could not be fetched; the agent stayed out of the room.
+    KeyRequestFailed(String),
+    /// The envelope did not open (wrong key, other call, tampered); the agent stayed out and
+    /// reported `keyDecryptionFailed`.
+    KeyDecryptionFailed(String),
+    /// Joining the room or publishing failed.
+    JoinFailed(String),
+    /// The oracle failed or panicked.
+    OracleFailed(String),
+}
+
+/// What ended a served call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EndedBy {
+    /// The user left the room.
+    UserLeft,
+    /// The room closed or the connection to it was lost (the call was ended elsewhere).
+    RoomClosed,
+    /// LiveKit terminated the job (the room or its dispatch was deleted: the call ended).
+    Terminated,
+    /// The agent shut down and its drain time ran out.
+    Shutdown,
+    /// The oracle finished on its own.
+    OracleDone,
+    /// The user never joined the room.
+    UserNeverJoined,
+}
+
+/// What the agent did in one job. Sent on [`crate::AgentHandle::reports`] when the job ends.
+#[derive(Clone, Debug)]
+pub struct CallReport {
+    /// LiveKit's job id.
+    pub job_id: String,
+    /// The call, when the job named a valid one.
+    pub call_id: Option<CallId>,
+    /// How it ended.
+    pub outcome: JobOutcome,
+    /// Frames of the user's audio decrypted and decoded.
+    pub frames_heard: u64,
+    /// Frames the oracle said.
+    pub frames_spoken: u64,
+    /// Frames that failed to decrypt (never decoded).
+    pub decrypt_failures: u64,
+    /// Remote tracks refused because they were not end-to-end encrypted.
+    pub unencrypted_tracks: u64,
+    /// From assignment to the key in hand (fetched and opened).
+    pub key_ready_after: Option<Duration>,
+    /// From assignment to being in the room with the track published.
+    pub joined_after: Option<Duration>,
+    /// From assignment to the first decrypted user frame.
+    pub first_heard_after: Option<Duration>,
+}
+
+pub(crate) struct Assignment {
+    pub(crate) job: lk::Job,
+    pub(crate) token: String,
+    pub(crate) url: String,
+}
+
+/// Runs one job to the end. Never panics out: the oracle runs in its own task.
+pub(crate) async fn run<O: Oracle>(
+    shared: Arc<Shared<O>>,
+    a: Assignment,
+    cancel: watch::Receiver<Option<EndedBy>>,
+    out: mpsc::Sender<lk::WorkerMessage>,
+) -> CallReport {
+    let started = Instant::now();
+    let mut report = CallReport {
+        job_id: a.job.id.clone(),
+        call_id: None,
+        outcome: JobOutcome::BadJob(String::new()),
+        frames_heard: 0,
+        frames_spoken: 0,
+        decrypt_failures: 0,
+        unencrypted_tracks: 0,
+        key_ready_after: None,
+        joined_after: None,
+        first_heard_after: None,
+    };
+    let call_id = match call_of(&a.job) {
+        Ok(c) => c,
+        Err(why) => {
+            error!(job = %a.job.id, reason = %why, "not an oracle-calls job; staying out");
+            report.outcome = JobOutcome::BadJob(why);
+            job_status(&out, &a.job.id, lk::JobStatus::JsFailed, "bad job").await;
+            return report;
+        }
+    };
+    report.call_id = Some(call_id.clone());
+    let span = info_span!("call", call_id = %call_id, job = %a.job.id);
+    async {
+        let outcome = serve(&shared, &a, &call_id, cancel, &out, started, &mut report).await;
+        let status = match &outcome {
+            JobOutcome::Served { .. } => lk::JobStatus::JsSuccess,
+            _ => lk::JobStatus::JsFailed,
+        };
+        // serve() already reported success before leaving the room; failures report here.
+        if status == lk::JobStatus::JsFailed {
+            job_status(&out, &a.job.id, status, &format!("{outcome:?}")).await;
+        }
+        report.outcome = outcome;
+        info!(outcome = ?report.outcome, heard = report.frames_heard, spoken = report.frames_spoken,
+              decrypt_failures = report.decrypt_failures, "job finished");
+        report
+    }
+    .instrument(span)
+    .await
+}
+
+fn call_of(job: &lk::Job) -> Result<CallId, String> {
+    let call = CallId::parse(&job.metadata)
+        .map_err(|e| format!("dispatch metadata is not a call id: {e}"))?;
+    let room = job.room.as_ref().map(|r| r.name.as_str()).unwrap_or("");
+    if call.room_name().as_str() != room {
+        return Err(format!(
+            "the call id names room {} but the job is for room {room:?}",
+            call.room_name()
+        ));
+    }
+    Ok(call)
+}
+
+async fn job_status(out: &mpsc::Sender<lk::WorkerMessage>, id: &str, s: lk::JobStatus, err: &str) {
+    let msg = lk::WorkerMessage {
+        message: Some(lk::worker_message::Message::UpdateJob(
+            lk::UpdateJobStatus {
+                job_id: id.to_owned(),
+                status: s as i32,
+                error: if s == lk::JobStatus::JsFailed {
+                    err.to_owned()
+                } else {
+                    String::new()
+                },
+            },
+        )),
+    };
+    let _ = out.send(msg).await;
+}
+
+/// Tells the server; failures to report are logged, never fatal.
+async fn report_to_server<O: Oracle>(
+    shared: &Shared<O>,
+    call_id: &CallId,
+    status: Option<CallStatus>,
+    reason: CallReason,
+) {
+    let req = UpdateRequest {
+        call_status: status,
+        reason: Some(reason),
+    };
+    if let Err(e) = shared.cfg.server.update(call_id, &req).await {
+        warn!(error = %e, ?reason, "could not report to the server");
+    }
+}
+
+async fn serve<O: Oracle>(
+    shared: &Arc<Shared<O>>,
+    a: &Assignment,
+    call_id: &CallId,
+    mut cancel: watch::Receiver<Option<EndedBy>>,
+    out: &mpsc::Sender<lk::WorkerMessage>,
+    started: Instant,
+    report: &mut CallReport,
+) -> JobOutcome {
+    let cfg = &shared.cfg;
+    // 1. The wrapped key.
+    let key = match cfg.server.key(call_id).await {
+        Ok(k) => k,
+        Err(e) => {
+            error!(error = %e, "key request failed; staying out of the room");
+            shared.stats.key_failures.fetch_add(1, Ordering::Relaxed);
+            report_to_server(shared, call_id, None, CallReason::KeyRequestFailed).await;
+            return JobOutcome::KeyRequestFailed(e.to_string());
+        }
+    };
+    // 2. Open it against the context we know: the room from LiveKit's job, the rest from the call.
+    let opened = (|| {
+        if key.oracle_did != cfg.oracle_did {
+            return Err(format!(
+                "the call is for oracle {}, this agent serves {}",
+                key.oracle_did, cfg.oracle_did
+            ));
+        }
+        let room = RoomName::parse(call_id.room_name().as_str()).map_err(|e| e.to_string())?;
+        if key.room_id != room {
+            return Err("the call's roomId differs from the job's room".to_owned());
+        }
+        let ctx = CallContext::new(
+            key.session_id.clone(),
+            room,
+            key.user_did.clone(),
+            key.oracle_did.clone(),
+            key.call_type,
+        );
+        match oracle_calls_crypto::open(&cfg.key_pair, &key.encryption_key, &ctx) {
+            Ok(OpenedKey::Bound(k)) => Ok(k),
+            Ok(OpenedKey::Unbound(k)) if cfg.accept_legacy_envelopes => {
+                warn!(
+                    "legacy envelope: the key is not bound to this call (accepted by configuration)"
+                );
+                Ok(k.dangerous_accept_without_context())
+            }
+            Ok(OpenedKey::Unbound(_)) => Err(
+                "legacy envelope not bound to the call (accept_legacy_envelopes is off)".to_owned(),
+            ),
+            Err(e) => Err(e.to_string()),
+        }
+    })();
+    let call_key = match opened {
+        Ok(k) => k,
+        Err(why) => {
+            error!(reason = %why, "the call key did not open; staying out of the room");
+            shared.stats.key_failures.fetch_add(1, Ordering::Relaxed);
+            report_to_server(
+                shared,
+                call_id,
+                Some(CallStatus::Ended),
+                CallReason::KeyDecryptionFailed,
+            )
+            .await;
+            return JobOutcome::KeyDecryptionFailed(why);
+        }
+    };
+    let key_ring =
+        match KeyRing::with_call_key(&call_key, key.key_derivation, KeyRingOptions::default()) {
+            Ok(r) => r,
+            Err(e) => return JobOutcome::KeyDecryptionFailed(e.to_string()),
+        };
+    drop(call_key);
+    report.key_ready_after = Some(started.elapsed());
+
+    // 3. Join with E2EE and publish.
+    let opts = RoomOptions {
+        e2ee: Some(E2eeOptions { key_ring }),
+    };
+    let joined = async {
+        let (room, events) = Room::connect(&a.url, &a.token, opts).await?;
+        let mouth = room.publish_audio("oracle").await?;
+        Ok::<_, oracle_calls_rtc::Error>((room, events, mouth))
+    }
+    .await;
+    let (room, mut events, mouth) = match joined {
+        Ok(x) => x,
+        Err(e) => {
+            error!(error = %e, "could not join the room");
+            report_to_server(
+                shared,
+                call_id,
+                Some(CallStatus::Ended),
+                CallReason::MediaFailed,
+            )
+            .await;
+            return JobOutcome::JoinFailed(e.to_string());
+        }
+    };
+    report.joined_after = Some(started.elapsed());
+    shared.stats.calls_joined.fetch_add(1, Ordering::Relaxed);
+    info!(identity = room.identity(), "joined the call's room");
+
+    // 4. The oracle, fed from the room's events.
+    let (tx, rx) = mpsc::channel::<Heard>(100);
+    let counters = Arc::new(IoCounters::default());
+    let info = CallInfo {
+        call_id: call_id.clone(),
+        user_did: key.user_did.clone(),
+        oracle_did: key.oracle_did.clone(),
+        session_id: key.session_id.clone(),
+        call_type: key.call_type,
+    };
+    let io = CallIo::new(info, rx, mouth, counters.clone());
+    let oracle = shared.oracle.clone();
+    let mut oracle_task =
+        tokio::spawn(async move { oracle.run(io).await }.instrument(tracing::Span::current()));
+    let mut oracle_done = false;
+    let user_deadline = tokio::time::Instant::now() + cfg.user_join_timeout;
+    let mut present: HashSet<String> = HashSet::new();
+    let mut seen_user = false;
+    let mut oracle_error = None;
+    let ended_by = loop {
+        tokio::select! {
+            ev = events.recv() => match ev {
+                None => break EndedBy::RoomClosed,
+                Some(RoomEvent::ParticipantJoined { identity }) => {
+                    seen_user = true;
+                    present.insert(identity);
+                }
+                Some(RoomEvent::ParticipantLeft { identity }) => {
+                    present.remove(&identity);
+                    if present.is_empty() {
+                        info!(%identity, "the user left");
+                        break EndedBy::UserLeft;
+                    }
+                }
+                Some(RoomEvent::AudioFrame { pcm, .. }) => {
+                    report.frames_heard += 1;
+                    if report.first_heard_after.is_none() {
+                        report.first_heard_after = Some(started.elapsed());
+                    }
+                    counters.heard.fetch_add(1, Ordering::Relaxed);
+                    // A slow oracle loses audio, it does not stall the room.
+                    let _ = tx.try_send(Heard::Audio { pcm });
+                }
+                Some(RoomEvent::DecryptionFailed { identity, error, stats }) => {
+                    report.decrypt_failures += 1;
+                    shared.stats.decrypt_failures.fetch_add(1, Ordering::Relaxed);
+                    if report.decrypt_failures == 1 || report.decrypt_failures % 250 == 0 {
+                        warn!(%identity, %error, ?stats, "frames from the user do not decrypt");
+                    }
+                }
+                Some(RoomEvent::UnencryptedTrack { identity, track_sid }) => {
+                    report.unencrypted_tracks += 1;
+                    warn!(%identity, %track_sid, "the user's track is not end-to-end encrypted; not listening to it");
+                }
+                Some(RoomEvent::Disconnected { reason }) => {
+                    info!(%reason, "disconnected from the room");
+                    break EndedBy::RoomClosed;
+                }
+                Some(_) => {}
+            },
+            _ = cancel.changed() => break (*cancel.borrow()).unwrap_or(EndedBy::Terminated),
+            () = tokio::time::sleep_until(user_deadline), if !seen_user => {
+                warn!(secs = cfg.user_join_timeout.as_secs(), "the user never joined");
+                break EndedBy::UserNeverJoined;
+            }
+            res = &mut oracle_task, if !oracle_done => {
+                oracle_done = true;
+                match res {
+                    Ok(Ok(())) => break EndedBy::OracleDone,
+                    Ok(Err(e)) => { oracle_error = Some(e.to_string()); break EndedBy::OracleDone; }
+                    Err(e) => { oracle_error = Some(format!("the oracle panicked: {e}")); break EndedBy::OracleDone; }
+                }
+            }
+        }
+    };
+    drop(tx);
+    if !oracle_done {
+        match tokio::time::timeout(Duration::from_secs(2), &mut oracle_task).await {
+            // The room going away under an oracle that is still speaking is the normal end.
+            Ok(Ok(Err(crate::OracleError::Publish(_)))) => {}
+            Ok(Ok(Err(e))) => oracle_error = Some(e.to_string()),
+            Ok(Err(e)) => oracle_error = Some(format!("the oracle panicked: {e}")),
+            Ok(Ok(Ok(()))) => {}
+            Err(_) => {
+                warn!("the oracle did not stop within 2 s; aborting it");
+                oracle_task.abort();
+            }
+        }
+    }
+    report.frames_spoken = counters.spoken.load(Ordering::Relaxed);
+
+    // 5. Tell LiveKit the job succeeded before leaving (so leaving is not a failure), leave,
+    //    and tell the server.
+    job_status(out, &a.job.id, lk::JobStatus::JsSuccess, "").await;
+    room.leave().await;
+    let reason = match ended_by {
+        EndedBy::UserLeft => Some(CallReason::ParticipantLeft),
+        EndedBy::Shutdown | EndedBy::OracleDone => Some(CallReason::AgentHangup),
+        EndedBy::UserNeverJoined => Some(CallReason::Timeout),
+        EndedBy::RoomClosed | EndedBy::Terminated => None,
+    };
+    if let Some(reason) = reason {
+        report_to_server(shared, call_id, Some(CallStatus::Ended), reason).await;
+    }
+    match oracle_error {
+        Some(e) => {
+            error!(error = %e, "the oracle failed");
+            JobOutcome::OracleFailed(e)
+        }
+        None => JobOutcome::Served { ended_by },
+    }
+}

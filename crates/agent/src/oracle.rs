@@ -1,0 +1,175 @@
+//! The [`Oracle`] trait: what answers the user in a call.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use oracle_calls_proto::{CallId, CallType, Did, SessionId};
+use oracle_calls_rtc::{AUDIO_FRAME_SAMPLES, AudioSource};
+use tokio::sync::mpsc;
+use tokio::time::{Interval, MissedTickBehavior};
+
+/// What the oracle hears from the user.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub enum Heard {
+    /// 20 ms of the user's decoded audio: 960 mono samples at 48 kHz.
+    Audio {
+        /// The samples.
+        pcm: Vec<i16>,
+    },
+}
+
+/// The result of [`CallIo::try_recv`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum TryRecv {
+    /// Something arrived.
+    Heard(Heard),
+    /// Nothing new right now.
+    Empty,
+    /// The call is over: finish up and return.
+    Ended,
+}
+
+/// Why an oracle stopped with an error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OracleError {
+    /// Publishing audio failed (the room is gone).
+    #[error("could not publish audio: {0}")]
+    Publish(String),
+    /// The oracle's own logic failed.
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Facts about the call an oracle is serving.
+#[derive(Clone, Debug)]
+pub struct CallInfo {
+    /// The call.
+    pub call_id: CallId,
+    /// The calling user.
+    pub user_did: Did,
+    /// The oracle.
+    pub oracle_did: Did,
+    /// The session the call belongs to.
+    pub session_id: SessionId,
+    /// Audio or video.
+    pub call_type: CallType,
+}
+
+/// Running counters of one call, shared with the agent's report.
+#[derive(Debug, Default)]
+pub(crate) struct IoCounters {
+    pub(crate) heard: AtomicU64,
+    pub(crate) spoken: AtomicU64,
+}
+
+/// An oracle's connection to one call: what the user says comes in through
+/// [`recv`](CallIo::recv) / [`try_recv`](CallIo::try_recv); what the oracle says goes out
+/// through [`speak`](CallIo::speak), which keeps real-time pace (one 20 ms frame per 20 ms).
+#[derive(Debug)]
+pub struct CallIo {
+    info: CallInfo,
+    input: mpsc::Receiver<Heard>,
+    mouth: AudioSource,
+    clock: Interval,
+    counters: Arc<IoCounters>,
+}
+
+impl CallIo {
+    pub(crate) fn new(
+        info: CallInfo,
+        input: mpsc::Receiver<Heard>,
+        mouth: AudioSource,
+        counters: Arc<IoCounters>,
+    ) -> Self {
+        let mut clock = tokio::time::interval(Duration::from_millis(20));
+        clock.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        Self {
+            info,
+            input,
+            mouth,
+            clock,
+            counters,
+        }
+    }
+
+    /// The call.
+    pub fn info(&self) -> &CallInfo {
+        &self.info
+    }
+
+    /// Waits for the next thing the user says; `None` when the call is over.
+    pub async fn recv(&mut self) -> Option<Heard> {
+        self.input.recv().await
+    }
+
+    /// What the user said since the last call, without waiting.
+    pub fn try_recv(&mut self) -> TryRecv {
+        match self.input.try_recv() {
+            Ok(h) => TryRecv::Heard(h),
+            Err(mpsc::error::TryRecvError::Empty) => TryRecv::Empty,
+            Err(mpsc::error::TryRecvError::Disconnected) => TryRecv::Ended,
+        }
+    }
+
+    /// Says one 20 ms frame (960 samples), waiting for its slot so speech plays in real time.
+    ///
+    /// # Errors
+    /// [`OracleError::Publish`] if the frame has the wrong size or the room is gone.
+    pub async fn speak(&mut self, pcm: &[i16]) -> Result<(), OracleError> {
+        if pcm.len() != AUDIO_FRAME_SAMPLES {
+            return Err(OracleError::Publish(format!(
+                "a frame is {AUDIO_FRAME_SAMPLES} samples, got {}",
+                pcm.len()
+            )));
+        }
+        self.clock.tick().await;
+        self.mouth
+            .push_pcm(pcm)
+            .await
+            .map_err(|e| OracleError::Publish(e.to_string()))?;
+        self.counters.spoken.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// An AI oracle: given one call, listen and answer until the call ends.
+///
+/// The agent runs one `run` per call, each in its own task: an error or a panic in one call
+/// ends that call only. `run` should return soon after [`CallIo::recv`] gives `None` or
+/// [`CallIo::try_recv`] gives [`TryRecv::Ended`].
+///
+/// A custom oracle, answering every second of speech with a beep:
+///
+/// ```
+/// use oracle_calls_agent::{CallIo, Heard, Oracle, OracleError, TryRecv};
+///
+/// struct Beeper;
+///
+/// impl Oracle for Beeper {
+///     async fn run(&self, mut call: CallIo) -> Result<(), OracleError> {
+///         let silence = [0i16; 960];
+///         let mut heard = 0u32;
+///         loop {
+///             match call.try_recv() {
+///                 TryRecv::Ended => return Ok(()),
+///                 TryRecv::Heard(Heard::Audio { .. }) => heard += 1,
+///                 TryRecv::Heard(_) | TryRecv::Empty => {}
+///             }
+///             let frame = if heard >= 50 {
+///                 heard = 0;
+///                 oracle_calls_rtc::sine_tone(1000.0, 0.3, 0, 960)
+///             } else {
+///                 silence.to_vec()
+///             };
+///             call.speak(&frame).await?;
+///         }
+///     }
+/// }
+/// ```
+pub trait Oracle: Send + Sync + 'static {
+    /// Serves one call.
+    fn run(&self, call: CallIo) -> impl Future<Output = Result<(), OracleError>> + Send;
+}

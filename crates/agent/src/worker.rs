@@ -1,0 +1,482 @@
+//! The LiveKit agent-worker connection: register, answer availability at once, take
+//! assignments, report load, survive a lost socket, drain on shutdown.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures_util::{SinkExt as _, StreamExt as _};
+use livekit_protocol as lk;
+use prost::Message as _;
+use tokio::net::TcpStream;
+use tokio::sync::{Mutex, mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tracing::{Instrument as _, debug, error, info, info_span, warn};
+
+use crate::job::{self, Assignment, CallReport, EndedBy};
+use crate::{AgentConfig, AgentError, Oracle};
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// LiveKit stops offering jobs to a worker whose load reaches its `target_load` (0.7); a
+/// worker that is merely busy must stay below it, so load is scaled into [0, 0.69] and a full
+/// worker says `WS_FULL` instead.
+const MAX_REPORTED_LOAD: f32 = 0.69;
+/// How often load is reported (LiveKit's own workers use 2.5 s).
+const STATUS_INTERVAL: Duration = Duration::from_millis(2500);
+/// LiveKit closes a worker that has not registered 10 s after the upgrade.
+const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Token lifetime: only checked at upgrade, so short is fine.
+const TOKEN_TTL_SECS: u64 = 600;
+
+/// Counters of a running agent.
+#[derive(Debug, Default)]
+pub struct AgentStats {
+    /// Availability requests received.
+    pub jobs_offered: AtomicU64,
+    /// Jobs accepted.
+    pub jobs_accepted: AtomicU64,
+    /// Jobs declined (full or draining) or refused (not an oracle-calls job).
+    pub jobs_declined: AtomicU64,
+    /// Calls whose room the agent joined.
+    pub calls_joined: AtomicU64,
+    /// Calls running now.
+    pub calls_active: AtomicU64,
+    /// Key requests that failed or envelopes that did not open.
+    pub key_failures: AtomicU64,
+    /// User frames that did not decrypt.
+    pub decrypt_failures: AtomicU64,
+    /// Times the worker socket was re-established.
+    pub reconnects: AtomicU64,
+}
+
+pub(crate) struct Shared<O> {
+    pub(crate) cfg: AgentConfig,
+    pub(crate) oracle: Arc<O>,
+    pub(crate) stats: Arc<AgentStats>,
+    reports: mpsc::UnboundedSender<CallReport>,
+}
+
+/// An agent for one oracle, ready to register. See the crate docs.
+#[derive(Debug)]
+pub struct Agent<O> {
+    cfg: AgentConfig,
+    oracle: O,
+}
+
+/// A running agent.
+#[derive(Debug)]
+pub struct AgentHandle {
+    worker_id: String,
+    stats: Arc<AgentStats>,
+    reports: Mutex<mpsc::UnboundedReceiver<CallReport>>,
+    shutdown: watch::Sender<bool>,
+    task: JoinHandle<Result<(), AgentError>>,
+}
+
+impl<O: Oracle> Agent<O> {
+    /// An agent serving `oracle` with `cfg`.
+    pub fn new(cfg: AgentConfig, oracle: O) -> Self {
+        Self { cfg, oracle }
+    }
+
+    /// Connects to LiveKit and registers; returns once LiveKit has accepted the worker, so a
+    /// room created afterwards is dispatched to it.
+    ///
+    /// # Errors
+    /// [`AgentError::Register`] if the socket cannot be opened or registration is refused.
+    pub async fn start(self) -> Result<AgentHandle, AgentError> {
+        let (reports_tx, reports_rx) = mpsc::unbounded_channel();
+        let stats = Arc::new(AgentStats::default());
+        let shared = Arc::new(Shared {
+            cfg: self.cfg,
+            oracle: Arc::new(self.oracle),
+            stats: stats.clone(),
+            reports: reports_tx,
+        });
+        let (ws, worker_id) = connect(&shared.cfg).await?;
+        info!(%worker_id, agent_name = %shared.cfg.agent_name, max_calls = shared.cfg.max_calls,
+              "registered with LiveKit as an agent worker");
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let span = info_span!("agent", agent_name = %shared.cfg.agent_name);
+        let task = tokio::spawn(Worker::new(shared, shutdown_rx).run(ws).instrument(span));
+        Ok(AgentHandle {
+            worker_id,
+            stats,
+            reports: Mutex::new(reports_rx),
+            shutdown: shutdown_tx,
+            task,
+        })
+    }
+}
+
+impl AgentHandle {
+    /// LiveKit's id of this worker (`AW_…`) at registration.
+    pub fn worker_id(&self) -> &str {
+        &self.worker_id
+    }
+
+    /// Running counters.
+    pub fn stats(&self) -> &AgentStats {
+        &self.stats
+    }
+
+    /// Waits for the next finished job's report.
+    pub async fn next_report(&self) -> Option<CallReport> {
+        self.reports.lock().await.recv().await
+    }
+
+    /// Stops taking calls, lets live calls finish (up to the drain timeout, then ends them),
+    /// and closes the worker socket.
+    ///
+    /// # Errors
+    /// What ended the worker, if it failed before.
+    pub async fn shutdown(self) -> Result<(), AgentError> {
+        let _ = self.shutdown.send(true);
+        self.task
+            .await
+            .map_err(|e| AgentError::Connection(format!("worker task failed: {e}")))?
+    }
+
+    /// Waits until the worker stops (it stops only on shutdown or a fatal error).
+    ///
+    /// # Errors
+    /// What ended the worker.
+    pub async fn wait(&mut self) -> Result<(), AgentError> {
+        (&mut self.task)
+            .await
+            .map_err(|e| AgentError::Connection(format!("worker task failed: {e}")))?
+    }
+}
+
+/// Opens `/agent` and registers as a `JT_ROOM` worker for the configured agent name.
+async fn connect(cfg: &AgentConfig) -> Result<(Ws, String), AgentError> {
+    let url = format!("{}/agent?protocol=1", cfg.livekit_url.trim_end_matches('/'));
+    let mut req = url
+        .as_str()
+        .into_client_request()
+        .map_err(|e| AgentError::Register(format!("bad LiveKit URL {}: {e}", cfg.livekit_url)))?;
+    let auth = format!("Bearer {}", cfg.livekit.agent_worker_token(TOKEN_TTL_SECS))
+        .parse()
+        .map_err(|_| AgentError::Register("token is not a valid header value".into()))?;
+    req.headers_mut().insert("Authorization", auth);
+    let (mut ws, _) = match tokio_tungstenite::connect_async(req).await {
+        Ok(x) => x,
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            let body = resp
+                .body()
+                .as_ref()
+                .map(|b| String::from_utf8_lossy(b).trim().to_owned())
+                .unwrap_or_default();
+            return Err(AgentError::Register(format!(
+                "LiveKit refused the worker: HTTP {} {body} (check the API key and secret)",
+                resp.status()
+            )));
+        }
+        Err(e) => {
+            return Err(AgentError::Register(format!(
+                "cannot reach LiveKit at {}: {e}",
+                cfg.livekit_url
+            )));
+        }
+    };
+    let register = lk::worker_message::Message::Register(lk::RegisterWorkerRequest {
+        r#type: lk::JobType::JtRoom as i32,
+        agent_name: cfg.agent_name.clone(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        allowed_permissions: Some(lk::ParticipantPermission {
+            can_subscribe: true,
+            can_publish: true,
+            can_publish_data: true,
+            can_update_metadata: false,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    send(&mut ws, register)
+        .await
+        .map_err(AgentError::Register)?;
+    let answer = tokio::time::timeout(REGISTER_TIMEOUT, async {
+        loop {
+            match recv(&mut ws).await? {
+                Some(lk::server_message::Message::Register(r)) => return Ok(r.worker_id),
+                Some(_) => {}
+                None => return Err("LiveKit closed the socket during registration".to_owned()),
+            }
+        }
+    })
+    .await
+    .map_err(|_| AgentError::Register("no registration answer within 10 s".into()))?
+    .map_err(AgentError::Register)?;
+    Ok((ws, answer))
+}
+
+async fn send(ws: &mut Ws, m: lk::worker_message::Message) -> Result<(), String> {
+    let msg = lk::WorkerMessage { message: Some(m) };
+    ws.send(Message::Binary(msg.encode_to_vec().into()))
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// The next server message; `None` when the socket closed.
+async fn recv(ws: &mut Ws) -> Result<Option<lk::server_message::Message>, String> {
+    loop {
+        let Some(frame) = ws.next().await else {
+            return Ok(None);
+        };
+        match frame.map_err(|e| e.to_string())? {
+            Message::Binary(b) => {
+                let m = lk::ServerMessage::decode(b.as_ref())
+                    .map_err(|_| "undecodable ServerMessage".to_owned())?;
+                if let Some(m) = m.message {
+                    return Ok(Some(m));
+                }
+            }
+            Message::Close(_) => return Ok(None),
+            _ => {}
+        }
+    }
+}
+
+struct Worker<O> {
+    shared: Arc<Shared<O>>,
+    shutdown: watch::Receiver<bool>,
+    /// Running jobs and the switch that ends each.
+    jobs: HashMap<String, watch::Sender<Option<EndedBy>>>,
+    /// Jobs we said yes to and whose assignment has not come yet.
+    promised: HashSet<String>,
+    draining: bool,
+    out_tx: mpsc::Sender<lk::WorkerMessage>,
+    out_rx: mpsc::Receiver<lk::WorkerMessage>,
+    done_tx: mpsc::Sender<String>,
+    done_rx: mpsc::Receiver<String>,
+}
+
+impl<O: Oracle> Worker<O> {
+    fn new(shared: Arc<Shared<O>>, shutdown: watch::Receiver<bool>) -> Self {
+        let (out_tx, out_rx) = mpsc::channel(256);
+        let (done_tx, done_rx) = mpsc::channel(256);
+        Self {
+            shared,
+            shutdown,
+            jobs: HashMap::new(),
+            promised: HashSet::new(),
+            draining: false,
+            out_tx,
+            out_rx,
+            done_tx,
+            done_rx,
+        }
+    }
+
+    async fn run(mut self, mut ws: Ws) -> Result<(), AgentError> {
+        let mut status = tokio::time::interval(STATUS_INTERVAL);
+        let mut drain_deadline: Option<tokio::time::Instant> = None;
+        let mut hard_deadline: Option<tokio::time::Instant> = None;
+        loop {
+            tokio::select! {
+                m = recv(&mut ws) => match m {
+                    Ok(Some(m)) => {
+                        if let Some(reply) = self.on_message(m) {
+                            if let Err(e) = send(&mut ws, reply).await {
+                                warn!(error = %e, "could not answer LiveKit");
+                            }
+                        }
+                    }
+                    Ok(None) | Err(_) => {
+                        if let Err(e) = &m { warn!(error = %e, "worker socket failed"); }
+                        else { warn!("LiveKit closed the worker socket"); }
+                        match self.reconnect().await {
+                            Some(w) => ws = w,
+                            None => break,
+                        }
+                    }
+                },
+                Some(m) = self.out_rx.recv() => {
+                    if let Err(e) = ws.send(Message::Binary(m.encode_to_vec().into())).await {
+                        warn!(error = %e, "could not send a job update");
+                    }
+                }
+                Some(id) = self.done_rx.recv() => {
+                    self.jobs.remove(&id);
+                    self.shared.stats.calls_active.store(self.jobs.len() as u64, Ordering::Relaxed);
+                    let _ = send(&mut ws, self.status()).await;
+                    if self.draining && self.jobs.is_empty() { break; }
+                }
+                _ = status.tick() => {
+                    let _ = send(&mut ws, self.status()).await;
+                }
+                changed = self.shutdown.changed(), if !self.draining => {
+                    let _ = changed;
+                    self.draining = true;
+                    info!(live_calls = self.jobs.len(), "draining: no new calls");
+                    let _ = send(&mut ws, self.status()).await;
+                    if self.jobs.is_empty() { break; }
+                    drain_deadline = Some(tokio::time::Instant::now() + self.shared.cfg.drain_timeout);
+                }
+                () = sleep_opt(drain_deadline) => {
+                    drain_deadline = None;
+                    warn!(live_calls = self.jobs.len(), "drain timeout: ending the remaining calls");
+                    for stop in self.jobs.values() { let _ = stop.send(Some(EndedBy::Shutdown)); }
+                    hard_deadline = Some(tokio::time::Instant::now() + Duration::from_secs(5));
+                }
+                () = sleep_opt(hard_deadline) => {
+                    error!(live_calls = self.jobs.len(), "calls did not end within 5 s; closing anyway");
+                    break;
+                }
+            }
+        }
+        // Drain: wait until every promised job ended already; close politely.
+        let _ = ws.close(None).await;
+        info!("agent worker stopped");
+        Ok(())
+    }
+
+    /// Re-opens the worker socket with backoff (2, 4, … 10 s) until it works or we shut down.
+    async fn reconnect(&mut self) -> Option<Ws> {
+        let mut n = 0u64;
+        loop {
+            if *self.shutdown.borrow() || self.draining {
+                return None;
+            }
+            n += 1;
+            let wait = Duration::from_secs((2 * n).min(10));
+            match connect(&self.shared.cfg).await {
+                Ok((ws, id)) => {
+                    self.shared.stats.reconnects.fetch_add(1, Ordering::Relaxed);
+                    // Promised jobs from the old socket will never be assigned.
+                    self.promised.clear();
+                    info!(worker_id = %id, live_calls = self.jobs.len(), "re-registered with LiveKit");
+                    return Some(ws);
+                }
+                Err(e) => {
+                    warn!(error = %e, attempt = n, retry_in_s = wait.as_secs(), "re-registering failed");
+                    tokio::select! {
+                        () = tokio::time::sleep(wait) => {}
+                        _ = self.shutdown.changed() => return None,
+                    }
+                }
+            }
+        }
+    }
+
+    fn status(&self) -> lk::worker_message::Message {
+        let max = self.shared.cfg.max_calls.max(1);
+        let busy = self.jobs.len() + self.promised.len();
+        let full = self.draining || busy >= max;
+        lk::worker_message::Message::UpdateWorker(lk::UpdateWorkerStatus {
+            status: Some(if full {
+                lk::WorkerStatus::WsFull as i32
+            } else {
+                lk::WorkerStatus::WsAvailable as i32
+            }),
+            load: MAX_REPORTED_LOAD * (busy.min(max) as f32) / (max as f32),
+            job_count: u32::try_from(self.jobs.len()).unwrap_or(u32::MAX),
+            draining: self.draining,
+            ..Default::default()
+        })
+    }
+
+    /// Handles one server message; returns what to answer at once.
+    fn on_message(
+        &mut self,
+        m: lk::server_message::Message,
+    ) -> Option<lk::worker_message::Message> {
+        use lk::server_message::Message as S;
+        match m {
+            S::Availability(req) => Some(self.on_availability(req)),
+            S::Assignment(a) => {
+                self.on_assignment(a);
+                Some(self.status())
+            }
+            S::Termination(t) => {
+                match self.jobs.get(&t.job_id) {
+                    Some(stop) => {
+                        info!(job = %t.job_id, "LiveKit terminated the job");
+                        let _ = stop.send(Some(EndedBy::Terminated));
+                    }
+                    None => debug!(job = %t.job_id, "termination of an unknown job"),
+                }
+                None
+            }
+            _ => None,
+        }
+    }
+
+    fn on_availability(&mut self, req: lk::AvailabilityRequest) -> lk::worker_message::Message {
+        let stats = &self.shared.stats;
+        stats.jobs_offered.fetch_add(1, Ordering::Relaxed);
+        let job = req.job.unwrap_or_default();
+        let busy = self.jobs.len() + self.promised.len();
+        let mut resp = lk::AvailabilityResponse {
+            job_id: job.id.clone(),
+            ..Default::default()
+        };
+        if job.agent_name != self.shared.cfg.agent_name {
+            warn!(job = %job.id, agent_name = %job.agent_name, "offered a job for another agent name; declining");
+            resp.terminate = true;
+        } else if self.draining || busy >= self.shared.cfg.max_calls {
+            info!(job = %job.id, busy, draining = self.draining, "declining a job: no capacity");
+            resp.available = false;
+        } else {
+            resp.available = true;
+            resp.participant_identity = format!("agent-{}", job.id);
+            resp.participant_name = "oracle".into();
+            self.promised.insert(job.id.clone());
+        }
+        if resp.available {
+            stats.jobs_accepted.fetch_add(1, Ordering::Relaxed);
+            debug!(job = %job.id, room = ?job.room.as_ref().map(|r| &r.name), "accepted a job");
+        } else {
+            stats.jobs_declined.fetch_add(1, Ordering::Relaxed);
+        }
+        lk::worker_message::Message::Availability(resp)
+    }
+
+    fn on_assignment(&mut self, a: lk::JobAssignment) {
+        let Some(job) = a.job else {
+            warn!("an assignment without a job; ignored");
+            return;
+        };
+        let id = job.id.clone();
+        if !self.promised.remove(&id) {
+            warn!(job = %id, "assigned a job we did not accept; taking it anyway");
+        }
+        let (stop_tx, stop_rx) = watch::channel(None);
+        self.jobs.insert(id.clone(), stop_tx);
+        self.shared
+            .stats
+            .calls_active
+            .store(self.jobs.len() as u64, Ordering::Relaxed);
+        let assignment = Assignment {
+            url: a.url.unwrap_or_else(|| self.shared.cfg.livekit_url.clone()),
+            token: a.token,
+            job,
+        };
+        let shared = self.shared.clone();
+        let out = self.out_tx.clone();
+        let done = self.done_tx.clone();
+        tokio::spawn(async move {
+            // The job runs in its own task so a panic there ends that call only.
+            let inner = tokio::spawn(job::run(shared.clone(), assignment, stop_rx, out));
+            match inner.await {
+                Ok(report) => {
+                    let _ = shared.reports.send(report);
+                }
+                Err(e) => error!(job = %id, error = %e, "the call's task panicked"),
+            }
+            let _ = done.send(id).await;
+        });
+    }
+}
+
+async fn sleep_opt(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
