@@ -1,0 +1,281 @@
+//! A call in progress.
+
+use std::time::{Duration, Instant};
+
+use oracle_calls_proto::{CallId, CallReason, CallStatus, OraclesCallContent};
+use oracle_calls_rtc::{AudioSource, RoomEvent};
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use crate::client::edit_status;
+use crate::{CallError, OracleClient};
+
+/// A step of placing a call (DESIGN §3), for timing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Phase {
+    /// Fetch the oracle's well-known document and check its pinned key.
+    Resolve,
+    /// Make the call key and wrap it.
+    Wrap,
+    /// Find or create the encrypted DM with the oracle's bot.
+    Room,
+    /// Send the call event to Matrix.
+    Send,
+    /// `POST /calls/{callId}/sync`: validation, activation, LiveKit room, token.
+    Sync,
+    /// Join LiveKit with E2EE and publish the microphone.
+    Join,
+    /// The oracle's agent joined the room.
+    AgentJoined,
+    /// The first decrypted audio frame from the oracle.
+    FirstAudio,
+}
+
+impl Phase {
+    /// A short name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Resolve => "resolve oracle",
+            Self::Wrap => "make + wrap call key",
+            Self::Room => "encrypted DM with bot",
+            Self::Send => "send call event",
+            Self::Sync => "server sync",
+            Self::Join => "LiveKit join (E2EE)",
+            Self::AgentJoined => "agent in room",
+            Self::FirstAudio => "first oracle audio",
+        }
+    }
+}
+
+/// When each phase finished, measured from the start of `call_oracle`.
+#[derive(Clone, Debug)]
+pub struct Timeline {
+    started: Instant,
+    marks: Vec<(Phase, Duration)>,
+}
+
+impl Timeline {
+    pub(crate) fn start() -> Self {
+        Self {
+            started: Instant::now(),
+            marks: Vec::new(),
+        }
+    }
+
+    pub(crate) fn mark(&mut self, p: Phase) {
+        if !self.marks.iter().any(|(q, _)| *q == p) {
+            self.marks.push((p, self.started.elapsed()));
+        }
+    }
+
+    /// `(phase, time since start)` in the order reached.
+    pub fn marks(&self) -> &[(Phase, Duration)] {
+        &self.marks
+    }
+
+    /// When `p` was reached.
+    pub fn at(&self, p: Phase) -> Option<Duration> {
+        self.marks.iter().find(|(q, _)| *q == p).map(|(_, d)| *d)
+    }
+
+    /// How long `p` itself took (since the phase before it).
+    pub fn duration_of(&self, p: Phase) -> Option<Duration> {
+        let i = self.marks.iter().position(|(q, _)| *q == p)?;
+        let end = self.marks.get(i)?.1;
+        let start = i
+            .checked_sub(1)
+            .and_then(|j| self.marks.get(j))
+            .map_or(Duration::ZERO, |m| m.1);
+        Some(end.saturating_sub(start))
+    }
+}
+
+/// What happens in a call.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub enum CallEvent {
+    /// The oracle's agent is in the room.
+    OracleJoined {
+        /// Its LiveKit identity.
+        identity: String,
+    },
+    /// 20 ms of the oracle's decrypted, decoded audio (960 samples, 48 kHz mono).
+    OracleAudio {
+        /// The samples.
+        pcm: Vec<i16>,
+    },
+    /// The oracle's agent left.
+    OracleLeft {
+        /// Its identity.
+        identity: String,
+    },
+    /// Frames from the oracle failed to decrypt (never played).
+    DecryptionFailed {
+        /// The sender.
+        identity: String,
+        /// How many so far.
+        failures: u64,
+    },
+    /// The oracle's track is not end-to-end encrypted: refused, not played.
+    UnencryptedTrack {
+        /// The sender.
+        identity: String,
+    },
+    /// The room closed (the call ended elsewhere or the connection was lost).
+    Ended {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// A call in progress. End it with [`Call::end`]; dropping it leaves the media room but does
+/// not tell the server or Matrix.
+#[derive(Debug)]
+pub struct Call {
+    client: OracleClient,
+    id: CallId,
+    content: OraclesCallContent,
+    matrix_room: matrix_sdk::Room,
+    room: Option<oracle_calls_rtc::Room>,
+    events: mpsc::Receiver<RoomEvent>,
+    mic: AudioSource,
+    timeline: Timeline,
+    failures: u64,
+    ended: bool,
+}
+
+impl Call {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        client: OracleClient,
+        id: CallId,
+        content: OraclesCallContent,
+        matrix_room: matrix_sdk::Room,
+        room: oracle_calls_rtc::Room,
+        events: mpsc::Receiver<RoomEvent>,
+        mic: AudioSource,
+        timeline: Timeline,
+    ) -> Self {
+        Self {
+            client,
+            id,
+            content,
+            matrix_room,
+            room: Some(room),
+            events,
+            mic,
+            timeline,
+            failures: 0,
+            ended: false,
+        }
+    }
+
+    /// The call id (`<event_id>@<room>`).
+    pub fn id(&self) -> &CallId {
+        &self.id
+    }
+
+    /// The call event's content as sent (still holding only the wrapped key).
+    pub fn content(&self) -> &OraclesCallContent {
+        &self.content
+    }
+
+    /// The Matrix room the call event is in.
+    pub fn matrix_room(&self) -> &matrix_sdk::Room {
+        &self.matrix_room
+    }
+
+    /// Our LiveKit identity, while in the room.
+    pub fn identity(&self) -> Option<&str> {
+        self.room.as_ref().map(|r| r.identity())
+    }
+
+    /// Phase timings so far.
+    pub fn timeline(&self) -> &Timeline {
+        &self.timeline
+    }
+
+    /// A handle to send microphone audio from another task.
+    pub fn microphone(&self) -> AudioSource {
+        self.mic.clone()
+    }
+
+    /// Sends 20 ms of microphone audio (960 samples, 48 kHz mono). Call every 20 ms.
+    ///
+    /// # Errors
+    /// [`CallError::Media`].
+    pub async fn send_audio(&self, pcm: &[i16]) -> Result<(), CallError> {
+        Ok(self.mic.push_pcm(pcm).await?)
+    }
+
+    /// The next call event; `None` once the call has ended and everything was delivered.
+    pub async fn next_event(&mut self) -> Option<CallEvent> {
+        loop {
+            let ev = self.events.recv().await?;
+            let mapped = match ev {
+                RoomEvent::ParticipantJoined { identity } => {
+                    self.timeline.mark(Phase::AgentJoined);
+                    CallEvent::OracleJoined { identity }
+                }
+                RoomEvent::ParticipantLeft { identity } => CallEvent::OracleLeft { identity },
+                RoomEvent::AudioFrame { pcm, .. } => {
+                    self.timeline.mark(Phase::FirstAudio);
+                    CallEvent::OracleAudio { pcm }
+                }
+                RoomEvent::DecryptionFailed { identity, .. } => {
+                    self.failures += 1;
+                    CallEvent::DecryptionFailed {
+                        identity,
+                        failures: self.failures,
+                    }
+                }
+                RoomEvent::UnencryptedTrack { identity, .. } => {
+                    CallEvent::UnencryptedTrack { identity }
+                }
+                RoomEvent::Disconnected { reason } => CallEvent::Ended { reason },
+                _ => continue,
+            };
+            return Some(mapped);
+        }
+    }
+
+    /// Hangs up: tells the server, edits the call event to `ended` in Matrix, leaves the media
+    /// room. Safe to call twice; the second call does nothing.
+    ///
+    /// # Errors
+    /// The first thing that failed (the others are still attempted).
+    pub async fn end(&mut self) -> Result<(), CallError> {
+        if self.ended {
+            return Ok(());
+        }
+        self.ended = true;
+        let t = std::time::Instant::now();
+        if let Some(room) = self.room.take() {
+            room.leave().await;
+        }
+        debug!(call_id = %self.id, ms = t.elapsed().as_millis() as u64, "left the media room");
+        let server = self
+            .client
+            .report_end(&self.id, CallReason::UserHangup)
+            .await;
+        if let Some(e) = &server {
+            warn!(call_id = %self.id, error = %e, "could not tell the server the call ended");
+        }
+        debug!(call_id = %self.id, ms = t.elapsed().as_millis() as u64, "told the server");
+        let matrix = edit_status(
+            &self.matrix_room,
+            &self.id,
+            &self.content,
+            CallStatus::Ended,
+        )
+        .await;
+        if let Err(e) = &matrix {
+            warn!(call_id = %self.id, error = %e, "could not mark the call ended in Matrix");
+        }
+        info!(call_id = %self.id, "call ended");
+        match (server, matrix) {
+            (Some(e), _) | (None, Err(e)) => Err(e),
+            (None, Ok(())) => Ok(()),
+        }
+    }
+}

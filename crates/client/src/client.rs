@@ -1,0 +1,556 @@
+//! [`OracleClient`]: a user's Matrix device plus the oracle-calls server API.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use matrix_sdk::authentication::matrix::MatrixSession;
+use matrix_sdk::config::SyncSettings;
+use matrix_sdk::ruma::events::room::member::MembershipState;
+use matrix_sdk::ruma::{OwnedTransactionId, UserId};
+use matrix_sdk::{Client, Room};
+use oracle_calls_crypto::frame::{KeyRing, KeyRingOptions};
+use oracle_calls_crypto::{CallContext, CallKey};
+use oracle_calls_proto::{
+    CALL_EVENT_TYPE, CallId, CallReason, CallStatus, CallType, Did, EventId, KeyDerivation,
+    ListCallsQuery, ListCallsResponse, OraclesCallContent, OraclesCallEdit, RoomName, SessionId,
+    Timestamp, UpdateRequest,
+};
+use oracle_calls_rtc::{E2eeOptions, RoomOptions};
+use rand::RngExt as _;
+use tokio::sync::Mutex;
+use tracing::{info, warn};
+use zeroize::Zeroizing;
+
+use crate::call::{Call, Phase, Timeline};
+use crate::pins::Pins;
+use crate::{CallError, UserApi};
+
+/// Matrix send attempts (one transaction id for all, so a retry never duplicates the event).
+const SEND_ATTEMPTS: u32 = 5;
+
+/// Where the client's state lives and which servers it talks to.
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    /// The Matrix homeserver.
+    pub homeserver_url: String,
+    /// The oracle's oracle-calls server.
+    pub server_url: String,
+    /// The client's own state: Matrix store and session, pinned oracle keys.
+    pub store_dir: PathBuf,
+    /// The user's DID. Default: from the ixo convention `@did-ixo-X:server` → `did:ixo:X`.
+    pub user_did: Option<Did>,
+    /// Accept an oracle key different from the pinned one (re-pins it).
+    pub allow_oracle_key_change: bool,
+    /// How the media key is derived from the call key.
+    pub key_derivation: KeyDerivation,
+    /// How long to wait for the oracle's bot to join a new DM room.
+    pub bot_join_timeout: Duration,
+}
+
+impl ClientConfig {
+    /// Defaults for the given servers and state directory.
+    pub fn new(
+        homeserver_url: impl Into<String>,
+        server_url: impl Into<String>,
+        store_dir: impl Into<PathBuf>,
+    ) -> Self {
+        Self {
+            homeserver_url: homeserver_url.into(),
+            server_url: server_url.into(),
+            store_dir: store_dir.into(),
+            user_did: None,
+            allow_oracle_key_change: false,
+            key_derivation: KeyDerivation::Hkdf,
+            bot_join_timeout: Duration::from_secs(15),
+        }
+    }
+}
+
+/// How to authenticate to Matrix.
+#[derive(Debug)]
+pub enum Login {
+    /// Log in with a password once; the session is saved in the store and restored later.
+    Password {
+        /// Localpart or full user id.
+        user: String,
+        /// The password (zeroized on drop).
+        password: Zeroizing<String>,
+    },
+    /// Restore the session saved by an earlier password login.
+    Restore,
+}
+
+pub(crate) struct Inner {
+    pub(crate) cfg: ClientConfig,
+    pub(crate) matrix: Client,
+    pub(crate) api: UserApi,
+    pub(crate) user_did: Did,
+    pins: Pins,
+    openid: Mutex<Option<(Zeroizing<String>, Instant)>>,
+    /// Serializes Matrix syncs of this device.
+    sync_lock: Mutex<()>,
+}
+
+/// A user's client: one Matrix device and the oracle's server. Cheap to clone.
+#[derive(Clone)]
+pub struct OracleClient(pub(crate) Arc<Inner>);
+
+impl std::fmt::Debug for OracleClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OracleClient")
+            .field("user_did", &self.0.user_did)
+            .field("server", &self.0.cfg.server_url)
+            .finish_non_exhaustive()
+    }
+}
+
+fn matrix_err(e: impl std::fmt::Display) -> CallError {
+    CallError::Matrix(e.to_string())
+}
+
+impl OracleClient {
+    /// Opens the Matrix device (restoring its session or logging in once) and syncs once.
+    ///
+    /// # Errors
+    /// [`CallError::Setup`], [`CallError::Matrix`].
+    pub async fn connect(cfg: ClientConfig, login: Login) -> Result<Self, CallError> {
+        let dir = cfg.store_dir.join("matrix");
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| CallError::Setup(format!("{}: {e}", dir.display())))?;
+        let matrix = Client::builder()
+            .homeserver_url(&cfg.homeserver_url)
+            .sqlite_store(&dir, None)
+            .with_enable_share_history_on_invite(false)
+            .build()
+            .await
+            .map_err(matrix_err)?;
+        let session_file = dir.join("session.json");
+        match login {
+            Login::Password { user, password } => {
+                let restored = match read_session(&session_file)? {
+                    Some(s) if s.meta.user_id.localpart() == localpart(&user) => {
+                        matrix
+                            .matrix_auth()
+                            .restore_session(s, matrix_sdk::store::RoomLoadSettings::default())
+                            .await
+                            .map_err(matrix_err)?;
+                        true
+                    }
+                    _ => false,
+                };
+                if !restored {
+                    matrix
+                        .matrix_auth()
+                        .login_username(&user, &password)
+                        .initial_device_display_name("oracle-calls client")
+                        .send()
+                        .await
+                        .map_err(matrix_err)?;
+                    let s = matrix
+                        .matrix_auth()
+                        .session()
+                        .ok_or_else(|| CallError::Matrix("logged in without a session".into()))?;
+                    write_session(&session_file, &s)?;
+                }
+            }
+            Login::Restore => {
+                let s = read_session(&session_file)?.ok_or_else(|| {
+                    CallError::Setup(format!(
+                        "no saved session in {}; log in with a password first",
+                        session_file.display()
+                    ))
+                })?;
+                matrix
+                    .matrix_auth()
+                    .restore_session(s, matrix_sdk::store::RoomLoadSettings::default())
+                    .await
+                    .map_err(matrix_err)?;
+            }
+        }
+        let user_id = matrix
+            .user_id()
+            .ok_or_else(|| CallError::Matrix("no user id after login".into()))?
+            .to_owned();
+        let user_did = match &cfg.user_did {
+            Some(d) => d.clone(),
+            None => did_of(&user_id).ok_or_else(|| {
+                CallError::Setup(format!(
+                    "{user_id} does not follow @did-ixo-<id>:server; set the user DID explicitly"
+                ))
+            })?,
+        };
+        matrix
+            .sync_once(SyncSettings::default().timeout(Duration::ZERO))
+            .await
+            .map_err(matrix_err)?;
+        let api = UserApi::new(&cfg.server_url)?;
+        let pins = Pins::new(cfg.store_dir.join("pins.json"));
+        info!(%user_id, %user_did, "client ready");
+        Ok(Self(Arc::new(Inner {
+            cfg,
+            matrix,
+            api,
+            user_did,
+            pins,
+            openid: Mutex::new(None),
+            sync_lock: Mutex::new(()),
+        })))
+    }
+
+    /// The Matrix client (the user's device).
+    pub fn matrix(&self) -> &Client {
+        &self.0.matrix
+    }
+
+    /// The user's DID.
+    pub fn user_did(&self) -> &Did {
+        &self.0.user_did
+    }
+
+    /// The oracle-calls server API.
+    pub fn api(&self) -> &UserApi {
+        &self.0.api
+    }
+
+    /// A Matrix OpenID token for the oracle-calls server, reused until shortly before expiry.
+    ///
+    /// # Errors
+    /// [`CallError::Matrix`].
+    pub async fn openid_token(&self) -> Result<Zeroizing<String>, CallError> {
+        let mut cached = self.0.openid.lock().await;
+        if let Some((t, until)) = cached.as_ref()
+            && Instant::now() < *until
+        {
+            return Ok(t.clone());
+        }
+        let r = self
+            .0
+            .matrix
+            .account()
+            .request_openid_token()
+            .await
+            .map_err(matrix_err)?;
+        let token = Zeroizing::new(r.access_token);
+        let life = r.expires_in.saturating_sub(Duration::from_secs(60));
+        *cached = Some((token.clone(), Instant::now() + life));
+        Ok(token)
+    }
+
+    /// This user's calls, newest first.
+    ///
+    /// # Errors
+    /// [`CallError::Server`] and friends.
+    pub async fn list_calls(&self, query: &ListCallsQuery) -> Result<ListCallsResponse, CallError> {
+        let token = self.openid_token().await?;
+        self.0.api.list(&token, query).await
+    }
+
+    /// Calls the oracle. See the crate docs for the steps.
+    ///
+    /// # Errors
+    /// Every failure as a [`CallError`]; nothing is left joined or `active`.
+    pub async fn call_oracle(&self, call_type: CallType) -> Result<Call, CallError> {
+        self.call_oracle_in(call_type, None).await
+    }
+
+    /// As [`OracleClient::call_oracle`], in a given application session.
+    ///
+    /// # Errors
+    /// As [`OracleClient::call_oracle`].
+    pub async fn call_oracle_in(
+        &self,
+        call_type: CallType,
+        session: Option<SessionId>,
+    ) -> Result<Call, CallError> {
+        let mut tl = Timeline::start();
+        // 1. Resolve the oracle and its (pinned) key.
+        let wk = self.0.api.well_known().await?;
+        let (pinned, oracle_key) = self
+            .0
+            .pins
+            .choose(&wk, self.0.cfg.allow_oracle_key_change)?;
+        let bot = UserId::parse(wk.matrix_user_id.as_str())
+            .map_err(|e| CallError::Setup(format!("the server's matrixUserId: {e}")))?;
+        tl.mark(Phase::Resolve);
+
+        // 2-3. A fresh call key, wrapped to the oracle and bound to this call.
+        let room_name = RoomName::parse(&format!("oc-{}", hex16()))
+            .map_err(|e| CallError::Crypto(e.to_string()))?;
+        let session_id = match session {
+            Some(s) => s,
+            None => SessionId::parse(&format!("sess-{}", hex16()))
+                .map_err(|e| CallError::Crypto(e.to_string()))?,
+        };
+        let ctx = CallContext::new(
+            session_id.clone(),
+            room_name.clone(),
+            self.0.user_did.clone(),
+            wk.oracle_did.clone(),
+            call_type,
+        );
+        let (call_key, envelope) = {
+            let mut rng = rand::rng();
+            let key = CallKey::generate(&mut rng);
+            let env = oracle_calls_crypto::seal(&oracle_key, &key, &ctx, &mut rng)
+                .map_err(|e| CallError::Crypto(e.to_string()))?;
+            (key, env)
+        };
+        let key_ring = KeyRing::with_call_key(
+            &call_key,
+            self.0.cfg.key_derivation,
+            KeyRingOptions::default(),
+        )
+        .map_err(|e| CallError::Crypto(e.to_string()))?;
+        tl.mark(Phase::Wrap);
+
+        // 4. The encrypted DM with the bot, the bot joined, then the event.
+        let room = self.dm_room(&bot).await?;
+        tl.mark(Phase::Room);
+        let content = OraclesCallContent {
+            call_id: None,
+            call_type,
+            call_status: CallStatus::Pending,
+            call_started_at: now(),
+            call_ended_at: None,
+            encryption_key: envelope,
+            session_id,
+            room_id: room_name,
+            user_did: self.0.user_did.clone(),
+            oracle_did: wk.oracle_did.clone(),
+            key_derivation: self.0.cfg.key_derivation,
+        };
+        let body = serde_json::to_value(&content).map_err(|e| CallError::Setup(e.to_string()))?;
+        let event_id = send_with_retry(&room, &body, new_txn()).await?;
+        // 5. The call id.
+        let event_id = EventId::parse(&event_id).map_err(|e| CallError::Matrix(e.to_string()))?;
+        let call_id = content.call_id_for(event_id);
+        tl.mark(Phase::Send);
+        info!(%call_id, key_id = %pinned.key_id, "call event sent");
+
+        // 6. The server validates, activates, creates the room and answers with a token.
+        let synced = async {
+            let token = self.openid_token().await?;
+            self.0.api.sync(&call_id, &token).await
+        }
+        .await;
+        let synced = match synced {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(%call_id, error = %e, "sync failed; marking the call ended in Matrix");
+                let _ = edit_status(&room, &call_id, &content, CallStatus::Ended).await;
+                return Err(e);
+            }
+        };
+        tl.mark(Phase::Sync);
+
+        // 7. Media, end to end encrypted with the call key.
+        let opts = RoomOptions {
+            e2ee: Some(E2eeOptions { key_ring }),
+        };
+        drop(call_key);
+        let joined = async {
+            let (lk_room, events) =
+                oracle_calls_rtc::Room::connect(&synced.livekit_url, &synced.token, opts).await?;
+            let mic = match lk_room.publish_audio("microphone").await {
+                Ok(m) => m,
+                Err(e) => {
+                    lk_room.leave().await;
+                    return Err(e);
+                }
+            };
+            Ok::<_, oracle_calls_rtc::Error>((lk_room, events, mic))
+        }
+        .await;
+        let (lk_room, events, mic) = match joined {
+            Ok(x) => x,
+            Err(e) => {
+                warn!(%call_id, error = %e, "joining LiveKit failed; ending the call");
+                self.report_end(&call_id, CallReason::MediaFailed).await;
+                let _ = edit_status(&room, &call_id, &content, CallStatus::Ended).await;
+                return Err(CallError::Media(e));
+            }
+        };
+        tl.mark(Phase::Join);
+        Ok(Call::new(
+            self.clone(),
+            call_id,
+            content,
+            room,
+            lk_room,
+            events,
+            mic,
+            tl,
+        ))
+    }
+
+    /// Tells the server the call ended (best effort; the Matrix edit is the record).
+    pub(crate) async fn report_end(
+        &self,
+        call_id: &CallId,
+        reason: CallReason,
+    ) -> Option<CallError> {
+        let req = UpdateRequest {
+            call_status: Some(CallStatus::Ended),
+            reason: Some(reason),
+        };
+        let r = async {
+            let token = self.openid_token().await?;
+            self.0.api.update(call_id, &token, &req).await
+        }
+        .await;
+        r.err()
+    }
+
+    /// The encrypted DM with `bot`, created if needed, once the bot has joined it.
+    async fn dm_room(&self, bot: &UserId) -> Result<Room, CallError> {
+        let _guard = self.0.sync_lock.lock().await;
+        let m = &self.0.matrix;
+        if let Some(room) = m.get_dm_room(bot)
+            && room.state() == matrix_sdk::RoomState::Joined
+            && room.encryption_state().is_encrypted()
+            && is_joined(&room, bot).await
+        {
+            return Ok(room);
+        }
+        let room = m.create_dm(bot).await.map_err(matrix_err)?;
+        info!(room = %room.room_id(), %bot, "created an encrypted DM with the oracle's bot");
+        let deadline = Instant::now() + self.0.cfg.bot_join_timeout;
+        while Instant::now() < deadline {
+            m.sync_once(SyncSettings::default().timeout(Duration::from_millis(500)))
+                .await
+                .map_err(matrix_err)?;
+            if is_joined(&room, bot).await {
+                if !room.encryption_state().is_encrypted() {
+                    return Err(CallError::Matrix("the new DM room is not encrypted".into()));
+                }
+                return Ok(room);
+            }
+        }
+        Err(CallError::BotAbsent(bot.to_string()))
+    }
+}
+
+async fn is_joined(room: &Room, user: &UserId) -> bool {
+    matches!(
+        room.get_member_no_sync(user).await,
+        Ok(Some(m)) if *m.membership() == MembershipState::Join
+    )
+}
+
+/// Sends `body` as the call event, retrying with backoff under one transaction id.
+pub(crate) async fn send_with_retry(
+    room: &Room,
+    body: &serde_json::Value,
+    txn: OwnedTransactionId,
+) -> Result<String, CallError> {
+    let mut delay = Duration::from_millis(200);
+    let mut last = String::new();
+    for attempt in 1..=SEND_ATTEMPTS {
+        match room
+            .send_raw(CALL_EVENT_TYPE, body)
+            .with_transaction_id(&txn)
+            .await
+        {
+            Ok(r) => return Ok(r.response.event_id.to_string()),
+            Err(e) => {
+                last = e.to_string();
+                if attempt < SEND_ATTEMPTS {
+                    warn!(attempt, error = %e, "sending the call event failed; retrying with the same transaction id");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(3));
+                }
+            }
+        }
+    }
+    Err(CallError::Matrix(format!(
+        "sending the call event failed {SEND_ATTEMPTS} times: {last}"
+    )))
+}
+
+/// Edits the call event to `status` (an `m.replace`), retried under one transaction id.
+pub(crate) async fn edit_status(
+    room: &Room,
+    call_id: &CallId,
+    content: &OraclesCallContent,
+    status: CallStatus,
+) -> Result<(), CallError> {
+    let mut next = content.clone();
+    next.call_id = Some(call_id.clone());
+    next.call_status = status;
+    if status == CallStatus::Ended {
+        next.call_ended_at = Some(now());
+    }
+    let edit = OraclesCallEdit::new(call_id.event_id().clone(), next);
+    let body = serde_json::to_value(&edit).map_err(|e| CallError::Setup(e.to_string()))?;
+    send_with_retry(room, &body, new_txn()).await.map(drop)
+}
+
+pub(crate) fn now() -> Timestamp {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0);
+    Timestamp::from_unix_millis(ms).unwrap_or_else(|_| unreachable!("the clock is in range"))
+}
+
+fn hex16() -> String {
+    let mut b = [0u8; 8];
+    rand::rng().fill(&mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn new_txn() -> OwnedTransactionId {
+    OwnedTransactionId::from(format!("oc-{}{}", hex16(), hex16()))
+}
+
+fn localpart(user: &str) -> &str {
+    user.trim_start_matches('@')
+        .split(':')
+        .next()
+        .unwrap_or(user)
+}
+
+/// `@did-ixo-X:server` → `did:ixo:X`.
+fn did_of(user: &UserId) -> Option<Did> {
+    let rest = user.localpart().strip_prefix("did-ixo-")?;
+    Did::parse(&format!("did:ixo:{rest}")).ok()
+}
+
+fn read_session(path: &std::path::Path) -> Result<Option<MatrixSession>, CallError> {
+    match std::fs::read_to_string(path) {
+        Ok(t) => serde_json::from_str(&t)
+            .map(Some)
+            .map_err(|e| CallError::Setup(format!("{}: {e}", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(CallError::Setup(format!("{}: {e}", path.display()))),
+    }
+}
+
+fn write_session(path: &std::path::Path, s: &MatrixSession) -> Result<(), CallError> {
+    use std::io::Write as _;
+    let text =
+        Zeroizing::new(serde_json::to_string(s).map_err(|e| CallError::Setup(e.to_string()))?);
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    opts.open(path)
+        .and_then(|mut f| f.write_all(text.as_bytes()))
+        .map_err(|e| CallError::Setup(format!("{}: {e}", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn ixo_user_ids_map_to_dids() {
+        let u = UserId::parse("@did-ixo-abc123:localhost").unwrap();
+        assert_eq!(did_of(&u).unwrap().as_str(), "did:ixo:abc123");
+        assert!(did_of(&UserId::parse("@alice:localhost").unwrap()).is_none());
+        assert_eq!(localpart("@did-ixo-a:localhost"), "did-ixo-a");
+        assert_eq!(localpart("did-ixo-a"), "did-ixo-a");
+    }
+}

@@ -1,0 +1,37 @@
+//! The oracle-calls client SDK: call an AI oracle, end to end encrypted.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), oracle_calls_client::CallError> {
+//! use oracle_calls_client::{CallEvent, ClientConfig, Login, OracleClient};
+//! use oracle_calls_proto::CallType;
+//!
+//! let config = ClientConfig::new("http://127.0.0.1:18008", "http://127.0.0.1:18080", "./state");
+//! let login = Login::Password { user: "did-ixo-alice".into(), password: "…".to_owned().into() };
+//! let client = OracleClient::connect(config, login).await?;
+//! let mut call = client.call_oracle(oracle_calls_proto::CallType::Audio).await?;
+//! call.send_audio(&[0i16; 960]).await?;
+//! while let Some(ev) = call.next_event().await {
+//!     if let CallEvent::OracleAudio { pcm } = ev { /* play it */ let _ = pcm; break; }
+//! }
+//! call.end().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! [`OracleClient::call_oracle`] follows DESIGN §3: resolve the oracle (its keys pinned on
+//! first use), make a fresh call key and wrap it to the oracle bound to the call's context,
+//! post the `m.ixo.oracles_call` event into the encrypted DM with the oracle's bot (retried
+//! under one transaction id), have the server validate it, and join the LiveKit room with
+//! end-to-end encryption. Every failure is a typed [`CallError`] and leaves nothing open.
+#![deny(missing_docs)]
+
+mod call;
+mod client;
+mod error;
+mod pins;
+mod server;
+
+pub use call::{Call, CallEvent, Phase, Timeline};
+pub use client::{ClientConfig, Login, OracleClient};
+pub use error::CallError;
+pub use pins::PinnedKey;
+pub use server::UserApi;

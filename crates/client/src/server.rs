@@ -1,0 +1,163 @@
+//! The user's side of the oracle-calls server API (Matrix OpenID token auth).
+
+use std::time::Duration;
+
+use oracle_calls_proto::{
+    ApiErrorBody, CallId, ListCallsQuery, ListCallsResponse, SyncRequest, SyncResponse,
+    UpdateRequest, WellKnown,
+};
+use tracing::warn;
+
+use crate::CallError;
+
+/// Attempts for retried requests (server errors, timeouts, refused connections).
+pub(crate) const ATTEMPTS: u32 = 4;
+
+/// A client of the oracle-calls server for users.
+#[derive(Clone, Debug)]
+pub struct UserApi {
+    base: String,
+    http: reqwest::Client,
+}
+
+enum Failure {
+    Transient(String),
+    Final(CallError),
+}
+
+impl UserApi {
+    /// A client of the server at `base`.
+    ///
+    /// # Errors
+    /// [`CallError::Setup`] if the HTTP client cannot be built.
+    pub fn new(base: &str) -> Result<Self, CallError> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(3))
+            .timeout(Duration::from_secs(15))
+            .build()
+            .map_err(|e| CallError::Setup(e.to_string()))?;
+        Ok(Self {
+            base: base.trim_end_matches('/').to_owned(),
+            http,
+        })
+    }
+
+    /// The server's base URL.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// `GET /.well-known/oracle-calls`.
+    ///
+    /// # Errors
+    /// [`CallError::Server`] / [`CallError::ServerUnreachable`].
+    pub async fn well_known(&self) -> Result<WellKnown, CallError> {
+        let url = format!("{}/.well-known/oracle-calls", self.base);
+        self.retry(|| self.http.get(&url)).await
+    }
+
+    /// `POST /calls/{callId}/sync`.
+    ///
+    /// # Errors
+    /// As [`UserApi::well_known`].
+    pub async fn sync(&self, call_id: &CallId, openid: &str) -> Result<SyncResponse, CallError> {
+        let url = format!("{}/calls/{}/sync", self.base, call_id.to_path_segment());
+        let body = SyncRequest {
+            call_id: None,
+            session_id: None,
+        };
+        self.retry(|| self.http.post(&url).bearer_auth(openid).json(&body))
+            .await
+    }
+
+    /// `POST /calls/{callId}/update`.
+    ///
+    /// # Errors
+    /// As [`UserApi::well_known`].
+    pub async fn update(
+        &self,
+        call_id: &CallId,
+        openid: &str,
+        req: &UpdateRequest,
+    ) -> Result<serde_json::Value, CallError> {
+        let url = format!("{}/calls/{}/update", self.base, call_id.to_path_segment());
+        self.retry(|| self.http.post(&url).bearer_auth(openid).json(req))
+            .await
+    }
+
+    /// `GET /calls`.
+    ///
+    /// # Errors
+    /// As [`UserApi::well_known`].
+    pub async fn list(
+        &self,
+        openid: &str,
+        query: &ListCallsQuery,
+    ) -> Result<ListCallsResponse, CallError> {
+        let url = format!("{}/calls", self.base);
+        self.retry(|| self.http.get(&url).bearer_auth(openid).query(query))
+            .await
+    }
+
+    async fn retry<T: serde::de::DeserializeOwned>(
+        &self,
+        req: impl Fn() -> reqwest::RequestBuilder,
+    ) -> Result<T, CallError> {
+        let mut backoff = Duration::from_millis(200);
+        let mut last = String::new();
+        for attempt in 1..=ATTEMPTS {
+            match once(req()).await {
+                Ok(v) => return Ok(v),
+                Err(Failure::Final(e)) => return Err(e),
+                Err(Failure::Transient(e)) => {
+                    if attempt < ATTEMPTS {
+                        warn!(attempt, error = %e, retry_in_ms = backoff.as_millis() as u64, "server request failed; retrying");
+                        tokio::time::sleep(backoff).await;
+                        backoff = backoff.saturating_mul(2);
+                    }
+                    last = e;
+                }
+            }
+        }
+        Err(CallError::ServerUnreachable {
+            attempts: ATTEMPTS,
+            last,
+        })
+    }
+}
+
+async fn once<T: serde::de::DeserializeOwned>(req: reqwest::RequestBuilder) -> Result<T, Failure> {
+    let resp = req
+        .send()
+        .await
+        .map_err(|e| Failure::Transient(e.to_string()))?;
+    let status = resp.status().as_u16();
+    let body = resp
+        .bytes()
+        .await
+        .map_err(|e| Failure::Transient(e.to_string()))?;
+    if status >= 500 {
+        return Err(Failure::Transient(format!(
+            "HTTP {status}: {}",
+            message(&body)
+        )));
+    }
+    if !(200..300).contains(&status) {
+        return Err(Failure::Final(CallError::Server {
+            status,
+            message: message(&body),
+        }));
+    }
+    serde_json::from_slice(&body).map_err(|e| {
+        Failure::Final(CallError::Server {
+            status,
+            message: format!("unexpected answer: {e}"),
+        })
+    })
+}
+
+fn message(body: &[u8]) -> String {
+    serde_json::from_slice::<ApiErrorBody>(body)
+        .map(|b| b.error.message)
+        .unwrap_or_else(|_| String::from_utf8_lossy(body).chars().take(200).collect())
+}
