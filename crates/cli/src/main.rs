@@ -1,10 +1,15 @@
-//! `oracle-calls`: the one binary. This version has the crypto demo and key management; the
-//! server, agent and call commands arrive with their issues.
+//! `oracle-calls`: the one binary: a real call demo, the server, the agent, the user's call
+//! and list commands, and key management.
 
+mod agent_cmd;
 mod apikey;
+mod call_cmd;
+mod call_demo;
 mod demo;
-mod keyfile;
 mod serve;
+
+use oracle_calls::keyfile;
+use oracle_calls_agent::oracles::Builtin;
 
 use std::path::PathBuf;
 
@@ -22,9 +27,20 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// A real end-to-end encrypted call on the local stack: brings the stack up, provisions a
+    /// user and an oracle, starts the server and an echo agent, calls, records the answer,
+    /// hangs up, and verifies (each line a real check).
+    Demo {
+        /// Seconds of speech.
+        #[arg(long, default_value_t = 6)]
+        seconds: u32,
+        /// Where WAV files and state go.
+        #[arg(long, default_value = "demo-out")]
+        out: PathBuf,
+    },
     /// Walk through the call cryptography step by step: make an oracle key, wrap a fresh call
     /// key to it bound to a call context, open it, and encrypt and decrypt LiveKit frames.
-    Demo {
+    Walkthrough {
         /// Key scheme of the oracle key.
         #[arg(long, default_value = "hpke-p256", value_parser = parse_scheme)]
         scheme: KeyScheme,
@@ -55,6 +71,20 @@ enum Command {
         #[arg(long, env = "ORACLE_CALLS_CONFIG")]
         config: PathBuf,
     },
+    /// Run the oracle's live agent: registers with LiveKit, joins calls with the call key.
+    /// Secrets: ORACLE_CALLS_AGENT_API_KEY and ORACLE_CALLS_LIVEKIT_API_SECRET (or `_FILE`).
+    Agent {
+        /// The agent's TOML config file.
+        #[arg(long, env = "ORACLE_CALLS_AGENT_CONFIG")]
+        config: PathBuf,
+        /// The oracle to run: echo or tone.
+        #[arg(long, default_value = "echo")]
+        oracle: Builtin,
+    },
+    /// Call the oracle as a user: say a WAV file, record the answer.
+    Call(call_cmd::CallArgs),
+    /// List the user's calls.
+    Calls(call_cmd::CallsArgs),
     /// Manage agent API keys in the server's store.
     Apikey {
         /// The server's TOML config file (for the store and the pepper).
@@ -84,7 +114,11 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
-        Command::Demo { scheme } => demo::run(scheme),
+        Command::Demo { seconds, out } => call_demo::run(call_demo::Options { seconds, out }),
+        Command::Walkthrough { scheme } => demo::run(scheme),
+        Command::Agent { config, oracle } => agent_cmd::run(config, oracle),
+        Command::Call(a) => call_cmd::call(a),
+        Command::Calls(a) => call_cmd::calls(a),
         Command::Keygen { scheme, out, force } => {
             let kp = oracle_calls_crypto::OracleKeyPair::generate(scheme, &mut rand::rng())
                 .context("generating the key pair")?;

@@ -27,7 +27,7 @@ pub fn run(config: &Path) -> anyhow::Result<()> {
     })
 }
 
-async fn shutdown_signal() {
+pub async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };

@@ -20,7 +20,10 @@ fn demo_passes_for_every_scheme() {
         "rsa-oaep-256",
         "ecies-secp256k1",
     ] {
-        let out = bin().args(["demo", "--scheme", scheme]).output().unwrap();
+        let out = bin()
+            .args(["walkthrough", "--scheme", scheme])
+            .output()
+            .unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(
             out.status.success(),
@@ -83,7 +86,10 @@ fn keygen_writes_owner_only_and_refuses_to_overwrite() {
 
 #[test]
 fn bad_input_gets_a_readable_error() {
-    let out = bin().args(["demo", "--scheme", "rot13"]).output().unwrap();
+    let out = bin()
+        .args(["walkthrough", "--scheme", "rot13"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("expected one of: hpke-p256"));
     let dir = std::env::temp_dir().join(format!("oc-cli-bad-{}", std::process::id()));

@@ -1,0 +1,213 @@
+//! `oracle-calls call` and `oracle-calls calls`: the user's side from the command line.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use clap::Args;
+use oracle_calls::wav;
+use oracle_calls_client::{CallEvent, ClientConfig, Login, OracleClient};
+use oracle_calls_proto::{CallStatus, CallType, ListCallsQuery};
+use zeroize::Zeroizing;
+
+/// Who the user is and where the servers are.
+#[derive(Args, Debug)]
+pub struct UserArgs {
+    /// The Matrix homeserver.
+    #[arg(
+        long,
+        env = "ORACLE_CALLS_HOMESERVER",
+        default_value = "http://127.0.0.1:18008"
+    )]
+    homeserver: String,
+    /// The oracle's oracle-calls server.
+    #[arg(
+        long,
+        env = "ORACLE_CALLS_SERVER_URL",
+        default_value = "http://127.0.0.1:18080"
+    )]
+    server: String,
+    /// Matrix user (localpart or full id). The password, needed for the first login only,
+    /// comes from ORACLE_CALLS_MATRIX_PASSWORD or the file in ORACLE_CALLS_MATRIX_PASSWORD_FILE.
+    #[arg(long, env = "ORACLE_CALLS_USER")]
+    user: String,
+    /// The client's state directory (Matrix device, pinned oracle keys).
+    #[arg(
+        long,
+        env = "ORACLE_CALLS_STATE",
+        default_value = ".oracle-calls-client"
+    )]
+    state: PathBuf,
+    /// Accept a changed oracle key (re-pins it). Only after verifying the change.
+    #[arg(long)]
+    allow_oracle_key_change: bool,
+}
+
+impl UserArgs {
+    async fn connect(&self) -> anyhow::Result<OracleClient> {
+        let mut cfg =
+            ClientConfig::new(&self.homeserver, &self.server, self.state.join(&self.user));
+        cfg.allow_oracle_key_change = self.allow_oracle_key_change;
+        let password = match (
+            std::env::var("ORACLE_CALLS_MATRIX_PASSWORD").ok(),
+            std::env::var("ORACLE_CALLS_MATRIX_PASSWORD_FILE").ok(),
+        ) {
+            (Some(p), _) => Some(Zeroizing::new(p)),
+            (None, Some(f)) => Some(Zeroizing::new(
+                std::fs::read_to_string(&f)
+                    .with_context(|| format!("reading {f}"))?
+                    .trim_end_matches('\n')
+                    .to_owned(),
+            )),
+            (None, None) => None,
+        };
+        let login = match password {
+            Some(password) => Login::Password {
+                user: self.user.clone(),
+                password,
+            },
+            None => Login::Restore,
+        };
+        Ok(OracleClient::connect(cfg, login).await?)
+    }
+}
+
+/// `oracle-calls call`.
+#[derive(Args, Debug)]
+pub struct CallArgs {
+    #[command(flatten)]
+    user: UserArgs,
+    /// Audio or video.
+    #[arg(long = "type", default_value = "audio")]
+    call_type: String,
+    /// 48 kHz 16-bit WAV to say (silence if absent).
+    #[arg(long)]
+    input: Option<PathBuf>,
+    /// Where to write what the oracle says (48 kHz mono WAV).
+    #[arg(long)]
+    output: Option<PathBuf>,
+    /// How long the call lasts.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+}
+
+pub fn call(args: CallArgs) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async move {
+        let call_type: CallType = match args.call_type.as_str() {
+            "audio" => CallType::Audio,
+            "video" => bail!("video calls need VP8 frames, which this command cannot produce yet; use --type audio"),
+            other => bail!("unknown call type `{other}`; expected audio or video"),
+        };
+        let input = match &args.input {
+            Some(p) => wav::read(p)?,
+            None => Vec::new(),
+        };
+        let client = args.user.connect().await?;
+        eprintln!("calling the oracle at {} …", args.user.server);
+        let mut call = client.call_oracle(call_type).await?;
+        eprintln!("call {} is up", call.id());
+        for (p, at) in call.timeline().marks() {
+            eprintln!("  {:<24} +{} ms", p.as_str(), at.as_millis());
+        }
+        let mic = call.microphone();
+        let seconds = args.seconds;
+        let speaker = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(20));
+            let silence = [0i16; 960];
+            let frames = seconds * 50;
+            for i in 0..frames {
+                tick.tick().await;
+                let at = usize::try_from(i).unwrap_or(usize::MAX).saturating_mul(960);
+                let f = input.get(at..at + 960).unwrap_or(&silence);
+                if mic.push_pcm(f).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let mut heard: Vec<i16> = Vec::new();
+        let mut last_progress = 0u64;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(seconds);
+        let mut ended_early = None;
+        loop {
+            match tokio::time::timeout_at(deadline, call.next_event()).await {
+                Ok(Some(CallEvent::OracleAudio { pcm })) => heard.extend(pcm),
+                Ok(Some(CallEvent::OracleJoined { identity })) => eprintln!("the oracle joined ({identity})"),
+                Ok(Some(CallEvent::OracleLeft { identity })) => eprintln!("the oracle left ({identity})"),
+                Ok(Some(CallEvent::DecryptionFailed { identity, failures })) => {
+                    if failures == 1 || failures % 100 == 0 {
+                        eprintln!("warning: {failures} frames from {identity} did not decrypt");
+                    }
+                }
+                Ok(Some(CallEvent::Ended { reason })) => {
+                    ended_early = Some(reason);
+                    break;
+                }
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => break,
+            }
+            let secs = heard.len() as u64 / 48_000;
+            if secs > last_progress {
+                last_progress = secs;
+                eprintln!("  {secs} s of the oracle's audio received");
+            }
+        }
+        speaker.abort();
+        call.end().await?;
+        if let Some(p) = &args.output {
+            wav::write(p, &heard)?;
+            eprintln!("wrote {:.1} s of the oracle's audio to {}", heard.len() as f64 / 48_000.0, p.display());
+        }
+        if let Some(r) = ended_early {
+            bail!("the call ended before {seconds} s: {r}");
+        }
+        println!("{}", call.id());
+        Ok(())
+    })
+}
+
+/// `oracle-calls calls`.
+#[derive(Args, Debug)]
+pub struct CallsArgs {
+    #[command(flatten)]
+    user: UserArgs,
+    /// Only calls with this status.
+    #[arg(long)]
+    status: Option<String>,
+    /// At most this many.
+    #[arg(long, default_value_t = 20)]
+    limit: u32,
+}
+
+pub fn calls(args: CallsArgs) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async move {
+        let status: Option<CallStatus> = match &args.status {
+            Some(s) => Some(s.parse().map_err(|e| anyhow::anyhow!("--status: {e}"))?),
+            None => None,
+        };
+        let client = args.user.connect().await?;
+        let page = client
+            .list_calls(&ListCallsQuery {
+                cursor: None,
+                limit: Some(args.limit),
+                status,
+                session_id: None,
+            })
+            .await?;
+        for c in &page.calls {
+            println!(
+                "{}  {:<7} {:<6} {}  {}",
+                c.call_started_at,
+                c.call_status,
+                c.call_type.as_str(),
+                c.call_id,
+                c.reason.map(|r| format!("{r:?}")).unwrap_or_default()
+            );
+        }
+        if page.calls.is_empty() {
+            eprintln!("no calls");
+        }
+        Ok(())
+    })
+}

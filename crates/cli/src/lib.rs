@@ -1,0 +1,9 @@
+//! Library side of the `oracle-calls` binary: a local deployment on the stack (what `demo`,
+//! the end-to-end tests and `bench setup` run), audio analysis, speech synthesis and WAV files.
+
+pub mod analysis;
+pub mod keyfile;
+pub mod local;
+pub mod speech;
+pub mod verify;
+pub mod wav;

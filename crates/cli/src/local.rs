@@ -1,0 +1,493 @@
+//! A whole oracle deployment on the local stack, in one process: the stack's servers (through
+//! `scripts/stack`), a provisioned oracle (key pair, Matrix bot account, API key), the
+//! oracle-calls server and an agent. `demo`, the end-to-end tests and `bench setup` use it.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use anyhow::{Context as _, bail};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use oracle_calls_agent::oracles::Builtin;
+use oracle_calls_agent::{Agent, AgentConfig, AgentHandle, FileConfig};
+use oracle_calls_client::{ClientConfig, Login, OracleClient};
+use oracle_calls_crypto::{KeyScheme, OracleKeyPair};
+use oracle_calls_proto::Did;
+use oracle_calls_rtc::token::ApiCredentials;
+use oracle_calls_server::{AppState, Config, Secrets};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use zeroize::Zeroizing;
+
+/// The stack script: `$ORACLE_CALLS_STACK_SCRIPT`, else `scripts/stack` under the current
+/// directory, else the one in the source tree this binary was built from.
+pub fn stack_script() -> PathBuf {
+    if let Ok(p) = std::env::var("ORACLE_CALLS_STACK_SCRIPT") {
+        return PathBuf::from(p);
+    }
+    let here = PathBuf::from("scripts/stack");
+    if here.exists() {
+        return here;
+    }
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/stack"))
+}
+
+fn parse_kv(text: &str) -> HashMap<String, String> {
+    text.lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| {
+            (
+                k.trim().to_owned(),
+                v.trim().trim_matches('\'').trim_matches('"').to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// The running stack's coordinates (`scripts/stack env`).
+#[derive(Clone, Debug)]
+pub struct Stack {
+    script: PathBuf,
+    vars: HashMap<String, String>,
+}
+
+impl Stack {
+    /// Starts the stack (installing on first use; its progress goes to stderr) and reads it.
+    ///
+    /// # Errors
+    /// When `scripts/stack up` fails.
+    pub fn up() -> anyhow::Result<Self> {
+        let script = stack_script();
+        let st = Command::new(&script)
+            .arg("up")
+            .stdout(Stdio::inherit())
+            .stderr(Stdio::inherit())
+            .status()
+            .with_context(|| format!("running {} up", script.display()))?;
+        if !st.success() {
+            bail!("`{} up` failed (see its output above)", script.display());
+        }
+        Self::running()
+    }
+
+    /// Reads a stack that is already up.
+    ///
+    /// # Errors
+    /// When the stack is not running.
+    pub fn running() -> anyhow::Result<Self> {
+        let script = stack_script();
+        let status = Command::new(&script)
+            .arg("status")
+            .output()
+            .with_context(|| format!("running {} status", script.display()))?;
+        if !status.status.success() {
+            bail!(
+                "the stack is not running: start it with `{} up`",
+                script.display()
+            );
+        }
+        let out = Command::new(&script)
+            .arg("env")
+            .output()
+            .with_context(|| format!("running {} env", script.display()))?;
+        if !out.status.success() {
+            bail!("`{} env` failed", script.display());
+        }
+        Ok(Self {
+            script,
+            vars: parse_kv(&String::from_utf8_lossy(&out.stdout)),
+        })
+    }
+
+    /// One setting, e.g. `MATRIX_URL`.
+    ///
+    /// # Errors
+    /// When the stack does not report it.
+    pub fn get(&self, k: &str) -> anyhow::Result<&str> {
+        self.vars
+            .get(k)
+            .map(String::as_str)
+            .with_context(|| format!("`scripts/stack env` has no {k}"))
+    }
+
+    /// The content of the secret file named by setting `k`.
+    ///
+    /// # Errors
+    /// When it cannot be read.
+    pub fn secret(&self, k: &str) -> anyhow::Result<Zeroizing<String>> {
+        let path = self.get(k)?;
+        let v = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
+        Ok(Zeroizing::new(v.trim().to_owned()))
+    }
+
+    /// LiveKit API credentials of the stack.
+    ///
+    /// # Errors
+    /// When they cannot be read.
+    pub fn livekit(&self) -> anyhow::Result<ApiCredentials> {
+        Ok(ApiCredentials::new(
+            self.get("LIVEKIT_API_KEY")?,
+            self.secret("LIVEKIT_API_SECRET_FILE")?.as_str(),
+        ))
+    }
+
+    /// Provisions Matrix user `name` (idempotent) and returns `(user id, password)`.
+    ///
+    /// # Errors
+    /// When `scripts/stack user` fails.
+    pub fn user(&self, name: &str) -> anyhow::Result<(String, Zeroizing<String>)> {
+        let out = Command::new(&self.script)
+            .args(["user", name])
+            .output()
+            .with_context(|| format!("running {} user {name}", self.script.display()))?;
+        if !out.status.success() {
+            bail!(
+                "`scripts/stack user {name}` failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        let kv = parse_kv(&String::from_utf8_lossy(&out.stdout));
+        let id = kv
+            .get("MATRIX_USER_ID")
+            .context("no MATRIX_USER_ID")?
+            .clone();
+        let file = kv
+            .get("MATRIX_USER_PASSWORD_FILE")
+            .context("no MATRIX_USER_PASSWORD_FILE")?;
+        let pw = std::fs::read_to_string(file).with_context(|| format!("reading {file}"))?;
+        Ok((id, Zeroizing::new(pw.trim_end_matches('\n').to_owned())))
+    }
+}
+
+/// Random lower-case hex.
+pub fn unique_hex(bytes: usize) -> String {
+    let mut b = vec![0u8; bytes];
+    rand::fill(&mut b[..]);
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Which database the deployment's server uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Db {
+    /// A SQLite file in the deployment directory (the embedded default).
+    Sqlite,
+    /// The stack's PostgreSQL.
+    Postgres,
+}
+
+/// How to set up a [`Deployment`].
+#[derive(Clone, Debug)]
+pub struct DeployOptions {
+    /// The working directory (keys, server data, client stores).
+    pub dir: PathBuf,
+    /// Database backend.
+    pub db: Db,
+    /// Key scheme of the oracle key.
+    pub scheme: KeyScheme,
+    /// The agent's oracle; `None` starts no agent.
+    pub oracle: Option<Builtin>,
+    /// Calls one agent takes at once.
+    pub max_calls: usize,
+    /// The server's address (port 0: any free one).
+    pub listen: SocketAddr,
+}
+
+impl DeployOptions {
+    /// SQLite, hpke-p256, the echo oracle, 16 calls, any port.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self {
+            dir: dir.into(),
+            db: Db::Sqlite,
+            scheme: KeyScheme::HpkeP256,
+            oracle: Some(Builtin::Echo(oracle_calls_agent::oracles::Echo::default())),
+            max_calls: 16,
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        }
+    }
+}
+
+/// A running server of the deployment.
+#[derive(Debug)]
+pub struct ServerHandle {
+    /// `http://127.0.0.1:port`.
+    pub url: String,
+    /// Its state (store, config).
+    pub state: AppState,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl ServerHandle {
+    /// Stops the server and waits for it.
+    pub async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
+    }
+}
+
+/// A provisioned oracle with its server (and agent) running.
+#[derive(Debug)]
+pub struct Deployment {
+    /// The stack.
+    pub stack: Stack,
+    /// Working directory.
+    pub dir: PathBuf,
+    /// The oracle.
+    pub oracle_did: Did,
+    /// The oracle bot's Matrix user id.
+    pub oracle_user_id: String,
+    /// The oracle's private key file.
+    pub key_file: PathBuf,
+    /// The server.
+    pub server: ServerHandle,
+    /// The agent API key (a secret).
+    pub agent_api_key: Zeroizing<String>,
+    /// The agent, if one was started.
+    pub agent: Option<AgentHandle>,
+    /// The server's database URL.
+    pub database_url: String,
+}
+
+fn config_toml(
+    stack: &Stack,
+    oracle: &Did,
+    bot: &str,
+    keys: &[&OracleKeyPair],
+    dir: &Path,
+    database_url: &str,
+    listen: SocketAddr,
+) -> anyhow::Result<String> {
+    let keys: Vec<String> = keys
+        .iter()
+        .map(|k| {
+            format!(
+                r#"{{ keyId = "{}", scheme = "{}", publicKey = "{}" }}"#,
+                k.key_id(),
+                k.scheme(),
+                URL_SAFE_NO_PAD.encode(k.public_key().to_raw())
+            )
+        })
+        .collect();
+    Ok(format!(
+        r#"
+listen = "{listen}"
+data_dir = "{data}"
+database_url = "{database_url}"
+[oracle]
+did = "{oracle}"
+agent_name = "oracle-{agent}"
+keys = [{keys}]
+[matrix]
+homeserver_url = "{matrix}"
+server_name = "{server}"
+user_id = "{bot}"
+[livekit]
+url = "{lk}"
+http_url = "{lkhttp}"
+api_key = "{lkkey}"
+"#,
+        data = dir.join("server").display(),
+        agent = unique_hex(6),
+        keys = keys.join(", "),
+        matrix = stack.get("MATRIX_URL")?,
+        server = stack.get("MATRIX_SERVER_NAME")?,
+        lk = stack.get("LIVEKIT_URL")?,
+        lkhttp = stack.get("LIVEKIT_HTTP_URL")?,
+        lkkey = stack.get("LIVEKIT_API_KEY")?,
+    ))
+}
+
+impl Deployment {
+    /// Provisions a fresh oracle and starts its server and (if asked) its agent.
+    ///
+    /// # Errors
+    /// Any step's failure, with context.
+    pub async fn start(stack: Stack, opts: DeployOptions) -> anyhow::Result<Self> {
+        Self::start_with_published(stack, opts, None).await
+    }
+
+    /// As [`Deployment::start`]; the server also publishes `extra` (a key the agent does not
+    /// hold, listed first so clients prefer it when it has the preferred scheme).
+    ///
+    /// # Errors
+    /// As [`Deployment::start`].
+    pub async fn start_with_published(
+        stack: Stack,
+        opts: DeployOptions,
+        extra: Option<&OracleKeyPair>,
+    ) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(&opts.dir)
+            .with_context(|| format!("creating {}", opts.dir.display()))?;
+        let id = unique_hex(5);
+        let oracle_did = Did::parse(&format!("did:ixo:oracle{id}"))?;
+        let (bot, bot_password) = stack.user(&format!("oracle-{id}"))?;
+        let kp = OracleKeyPair::generate(opts.scheme, &mut rand::rng())?;
+        let key_file = opts.dir.join(format!("oracle-{id}.pem"));
+        crate::keyfile::write_private_key(&key_file, &kp, false)?;
+        let database_url = match opts.db {
+            Db::Sqlite => format!(
+                "sqlite://{}?mode=rwc",
+                opts.dir.join(format!("calls-{id}.sqlite3")).display()
+            ),
+            Db::Postgres => stack.get("DATABASE_URL")?.to_owned(),
+        };
+        let mut published: Vec<&OracleKeyPair> = extra.into_iter().collect();
+        published.push(&kp);
+        let toml = config_toml(
+            &stack,
+            &oracle_did,
+            &bot,
+            &published,
+            &opts.dir.join(format!("server-{id}")),
+            &database_url,
+            opts.listen,
+        )?;
+        let config = Config::from_toml(&toml)?;
+        let lk_secret = stack.secret("LIVEKIT_API_SECRET_FILE")?;
+        let pepper = Zeroizing::new(unique_hex(32));
+        let secrets = Secrets::from_env(|k| match k {
+            "ORACLE_CALLS_LIVEKIT_API_SECRET" => Some(lk_secret.to_string()),
+            "ORACLE_CALLS_API_KEY_PEPPER" => Some(pepper.to_string()),
+            "ORACLE_CALLS_MATRIX_PASSWORD" => Some(bot_password.to_string()),
+            _ => None,
+        })?;
+        let pepper_secret = secrets.api_key_pepper.clone();
+        let state = oracle_calls_server::build_state(config, secrets)
+            .await
+            .context("starting the oracle-calls server")?;
+        let listener = TcpListener::bind(opts.listen)
+            .await
+            .with_context(|| format!("binding {}", opts.listen))?;
+        let url = format!("http://{}", listener.local_addr()?);
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let st = state.clone();
+        let task = tokio::spawn(async move {
+            let stop = async {
+                let _ = stop_rx.await;
+            };
+            if let Err(e) = oracle_calls_server::serve_on(listener, st, stop).await {
+                tracing::error!(error = %e, "the server stopped with an error");
+            }
+        });
+        let now = oracle_calls_server::now().unix_millis();
+        let key = oracle_calls_server::apikey::create(
+            state.store(),
+            &pepper_secret,
+            oracle_did.clone(),
+            "local-agent",
+            now,
+        )
+        .await?;
+        let agent_api_key = Zeroizing::new(key.key.dangerous_expose().to_owned());
+        let mut dep = Self {
+            stack,
+            dir: opts.dir.clone(),
+            oracle_did,
+            oracle_user_id: bot,
+            key_file,
+            server: ServerHandle {
+                url,
+                state,
+                stop: Some(stop_tx),
+                task: Some(task),
+            },
+            agent_api_key,
+            agent: None,
+            database_url,
+        };
+        if let Some(oracle) = opts.oracle {
+            let agent = dep.start_agent(oracle, opts.max_calls, None).await?;
+            dep.agent = Some(agent);
+        }
+        Ok(dep)
+    }
+
+    /// The agent's TOML settings for this deployment.
+    pub fn agent_file_config(
+        &self,
+        max_calls: usize,
+        key_file: Option<&Path>,
+    ) -> anyhow::Result<FileConfig> {
+        Ok(FileConfig {
+            server_url: self.server.url.clone(),
+            oracle_key_file: key_file.unwrap_or(&self.key_file).to_path_buf(),
+            max_calls,
+            drain_timeout_secs: 10,
+            user_join_timeout_secs: 20,
+            accept_legacy_envelopes: false,
+            livekit: toml::from_str(&format!(
+                "api_key = \"{}\"",
+                self.stack.get("LIVEKIT_API_KEY")?
+            ))?,
+        })
+    }
+
+    /// Starts an(other) agent for this oracle, registered when this returns.
+    ///
+    /// # Errors
+    /// Configuration or registration failures.
+    pub async fn start_agent(
+        &self,
+        oracle: Builtin,
+        max_calls: usize,
+        key_file: Option<&Path>,
+    ) -> anyhow::Result<AgentHandle> {
+        let file = self.agent_file_config(max_calls, key_file)?;
+        let api_key = self.agent_api_key.clone();
+        let lk = self.stack.secret("LIVEKIT_API_SECRET_FILE")?;
+        let env = move |k: &str| match k {
+            "ORACLE_CALLS_AGENT_API_KEY" => Some(api_key.to_string()),
+            "ORACLE_CALLS_LIVEKIT_API_SECRET" => Some(lk.to_string()),
+            _ => None,
+        };
+        let cfg = AgentConfig::resolve(&file, &env).await?;
+        Ok(Agent::new(cfg, oracle).start().await?)
+    }
+
+    /// Provisions a user `@did-ixo-<id>:server` and connects a client for it.
+    ///
+    /// # Errors
+    /// Provisioning or login failures.
+    pub async fn new_user(&self) -> anyhow::Result<OracleClient> {
+        let id = unique_hex(5);
+        let name = format!("did-ixo-user{id}");
+        let (_, password) = self.stack.user(&name)?;
+        let cfg = ClientConfig::new(
+            self.stack.get("MATRIX_URL")?,
+            self.server.url.clone(),
+            self.dir.join(format!("client-{id}")),
+        );
+        Ok(OracleClient::connect(
+            cfg,
+            Login::Password {
+                user: name,
+                password,
+            },
+        )
+        .await?)
+    }
+
+    /// The SQLite database file, when the server uses SQLite.
+    pub fn sqlite_file(&self) -> Option<PathBuf> {
+        self.database_url
+            .strip_prefix("sqlite://")
+            .map(|r| PathBuf::from(r.split('?').next().unwrap_or(r)))
+    }
+
+    /// Stops the agent (draining) and the server.
+    pub async fn stop(mut self) {
+        if let Some(a) = self.agent.take()
+            && let Err(e) = a.shutdown().await
+        {
+            tracing::warn!(error = %e, "agent shutdown");
+        }
+        self.server.stop().await;
+    }
+}

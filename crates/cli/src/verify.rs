@@ -1,0 +1,143 @@
+//! Checks behind the demo's verification block: each one asks a real system (the homeserver,
+//! the server's database file, LiveKit) rather than trusting our own bookkeeping.
+
+use std::path::Path;
+
+use anyhow::{Context as _, bail};
+use base64::Engine as _;
+use matrix_sdk::room::{IncludeRelations, RelationsOptions};
+use matrix_sdk::ruma::api::Direction;
+use matrix_sdk::ruma::events::relation::RelationType;
+use oracle_calls_client::{Call, OracleClient};
+use oracle_calls_crypto::{CallContext, OpenedKey, OracleKeyPair};
+use oracle_calls_proto::{CallId, CallStatus};
+use serde_json::Value;
+use zeroize::Zeroizing;
+
+/// Fetches the call event from the homeserver as raw JSON (what the server stores) and
+/// returns its `type`.
+///
+/// # Errors
+/// HTTP or JSON failures.
+pub async fn stored_event_type(
+    client: &OracleClient,
+    call: &Call,
+) -> anyhow::Result<(String, bool)> {
+    let m = client.matrix();
+    let token = m.access_token().context("no access token")?;
+    let url = format!(
+        "{}/_matrix/client/v3/rooms/{}/event/{}",
+        m.homeserver().as_str().trim_end_matches('/'),
+        urlenc(call.matrix_room().room_id().as_str()),
+        urlenc(call.id().event_id().as_str()),
+    );
+    let text = reqwest::Client::new()
+        .get(url)
+        .bearer_auth(token)
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?;
+    let v: Value = serde_json::from_str(&text)?;
+    let leaks =
+        text.contains("encryptionKey") || text.contains(call.content().encryption_key.as_str());
+    Ok((v["type"].as_str().unwrap_or("").to_owned(), leaks))
+}
+
+fn urlenc(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// The status in the newest `m.replace` edit of the call event, decrypted by the user's device.
+///
+/// # Errors
+/// Matrix failures, or no edit found.
+pub async fn latest_status_in_matrix(call: &Call) -> anyhow::Result<CallStatus> {
+    let opts = RelationsOptions {
+        dir: Direction::Backward,
+        include_relations: IncludeRelations::RelationsOfType(RelationType::Replacement),
+        ..Default::default()
+    };
+    let rel = call
+        .matrix_room()
+        .relations(call.id().event_id().as_str().try_into()?, opts)
+        .await?;
+    for ev in &rel.chunk {
+        let v: Value = ev.raw().deserialize_as()?;
+        if let Some(s) = v["content"]["m.new_content"]["callStatus"].as_str() {
+            return s.parse().map_err(|e| anyhow::anyhow!("{e}"));
+        }
+    }
+    bail!("no decryptable edit of the call event found")
+}
+
+/// Opens the call's envelope with the oracle key (as an auditor holding it) and searches the
+/// server's SQLite files for the key in raw, hex and base64 forms. Returns how many bytes were
+/// scanned; errors if the key is found.
+///
+/// # Errors
+/// The key was found, or the files cannot be read.
+pub fn database_holds_no_key(
+    sqlite: &Path,
+    oracle_key: &OracleKeyPair,
+    call: &Call,
+    call_id: &CallId,
+) -> anyhow::Result<usize> {
+    let c = call.content();
+    let ctx = CallContext::new(
+        c.session_id.clone(),
+        call_id.room_name().clone(),
+        c.user_did.clone(),
+        c.oracle_did.clone(),
+        c.call_type,
+    );
+    let key = match oracle_calls_crypto::open(oracle_key, &c.encryption_key, &ctx)? {
+        OpenedKey::Bound(k) => k,
+        OpenedKey::Unbound(_) => bail!("the demo call used an unbound envelope"),
+    };
+    let raw = Zeroizing::new(key.dangerous_expose_bytes().to_vec());
+    let hex = Zeroizing::new(hex_lower(&raw));
+    let forms: Vec<Zeroizing<Vec<u8>>> = [
+        raw.to_vec(),
+        hex.as_bytes().to_vec(),
+        hex.to_uppercase().into_bytes(),
+        base64::engine::general_purpose::STANDARD
+            .encode(&raw[..])
+            .into_bytes(),
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(&raw[..])
+            .into_bytes(),
+    ]
+    .into_iter()
+    .map(Zeroizing::new)
+    .collect();
+    let mut scanned = 0;
+    for suffix in ["", "-wal", "-shm", "-journal"] {
+        let p = std::path::PathBuf::from(format!("{}{suffix}", sqlite.display()));
+        let Ok(bytes) = std::fs::read(&p) else {
+            continue;
+        };
+        scanned += bytes.len();
+        for f in &forms {
+            if bytes.windows(f.len()).any(|w| w == f.as_slice()) {
+                bail!("the call key is in {}", p.display());
+            }
+        }
+    }
+    if scanned == 0 {
+        bail!("no database file at {}", sqlite.display());
+    }
+    Ok(scanned)
+}
+
+fn hex_lower(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
