@@ -73,6 +73,8 @@ pub struct CallReport {
     pub decrypt_failures: u64,
     /// Remote tracks refused because they were not end-to-end encrypted.
     pub unencrypted_tracks: u64,
+    /// When LiveKit assigned the job to this agent.
+    pub assigned_at: Instant,
     /// From assignment to the key in hand (fetched and opened).
     pub key_ready_after: Option<Duration>,
     /// From assignment to being in the room with the track published.
@@ -97,6 +99,7 @@ pub(crate) async fn run<O: Oracle>(
     let started = Instant::now();
     let mut report = CallReport {
         job_id: a.job.id.clone(),
+        assigned_at: started,
         call_id: None,
         outcome: JobOutcome::BadJob(String::new()),
         frames_heard: 0,

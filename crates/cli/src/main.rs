@@ -3,6 +3,7 @@
 
 mod agent_cmd;
 mod apikey;
+mod bench;
 mod call_cmd;
 mod call_demo;
 mod demo;
@@ -85,6 +86,11 @@ enum Command {
     Call(call_cmd::CallArgs),
     /// List the user's calls.
     Calls(call_cmd::CallsArgs),
+    /// Measure on the local stack (which must be up).
+    Bench {
+        #[command(subcommand)]
+        what: BenchCmd,
+    },
     /// Manage agent API keys in the server's store.
     Apikey {
         /// The server's TOML config file (for the store and the pepper).
@@ -92,6 +98,34 @@ enum Command {
         config: PathBuf,
         #[command(subcommand)]
         action: apikey::Action,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum BenchCmd {
+    /// Time from call_oracle() to the first decrypted oracle audio, split by phase.
+    Setup {
+        /// Calls to measure.
+        #[arg(long, default_value_t = 50)]
+        calls: usize,
+        /// Calls in flight at once (one user each).
+        #[arg(long, default_value_t = 1)]
+        concurrency: usize,
+        /// Working directory.
+        #[arg(long, default_value = "bench-out/setup")]
+        dir: PathBuf,
+    },
+    /// CPU and peak RSS of an agent process serving N concurrent echo calls.
+    Agent {
+        /// Comma-separated concurrency levels.
+        #[arg(long, default_value = "1,10,50", value_delimiter = ',')]
+        calls: Vec<usize>,
+        /// Seconds measured per level.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Working directory.
+        #[arg(long, default_value = "bench-out/agent")]
+        dir: PathBuf,
     },
 }
 
@@ -106,19 +140,39 @@ fn parse_scheme(s: &str) -> Result<KeyScheme, String> {
 }
 
 fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    // The demo and benchmarks print their own progress; logs there are for problems only.
+    let default_filter = match cli.command {
+        Command::Demo { .. } | Command::Bench { .. } => {
+            "warn,matrix_sdk=error,matrix_sdk_crypto=error,matrix_sdk_base=error"
+        }
+        _ => "info",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
         )
         .with_writer(std::io::stderr)
         .init();
-    match Cli::parse().command {
+    match cli.command {
         Command::Demo { seconds, out } => call_demo::run(call_demo::Options { seconds, out }),
         Command::Walkthrough { scheme } => demo::run(scheme),
         Command::Agent { config, oracle } => agent_cmd::run(config, oracle),
         Command::Call(a) => call_cmd::call(a),
         Command::Calls(a) => call_cmd::calls(a),
+        Command::Bench { what } => match what {
+            BenchCmd::Setup {
+                calls,
+                concurrency,
+                dir,
+            } => bench::setup(calls, concurrency, dir),
+            BenchCmd::Agent {
+                calls,
+                seconds,
+                dir,
+            } => bench::agent(calls, seconds, dir),
+        },
         Command::Keygen { scheme, out, force } => {
             let kp = oracle_calls_crypto::OracleKeyPair::generate(scheme, &mut rand::rng())
                 .context("generating the key pair")?;

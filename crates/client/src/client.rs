@@ -306,6 +306,7 @@ impl OracleClient {
 
         // 4. The encrypted DM with the bot, the bot joined, then the event.
         let room = self.dm_room(&bot).await?;
+        self.know_devices_of(&bot).await?;
         tl.mark(Phase::Room);
         let content = OraclesCallContent {
             call_id: None,
@@ -365,6 +366,10 @@ impl OracleClient {
         let (lk_room, events, mic) = match joined {
             Ok(x) => x,
             Err(e) => {
+                if let Some(reason) = self.ended_at_server(&call_id, &content.session_id).await {
+                    warn!(%call_id, ?reason, "the call was ended before the media connected");
+                    return Err(CallError::CallEnded { reason });
+                }
                 warn!(%call_id, error = %e, "joining LiveKit failed; ending the call");
                 self.report_end(&call_id, CallReason::MediaFailed).await;
                 let _ = edit_status(&room, &call_id, &content, CallStatus::Ended).await;
@@ -400,6 +405,45 @@ impl OracleClient {
         }
         .await;
         r.err()
+    }
+
+    /// Makes sure this device knows the bot's devices before it encrypts to them: a room key
+    /// shared while the bot's device list is still unknown never reaches the bot, and the
+    /// server could not decrypt the call event.
+    async fn know_devices_of(&self, bot: &UserId) -> Result<(), CallError> {
+        let enc = self.0.matrix.encryption();
+        let known =
+            |d: &matrix_sdk::encryption::identities::UserDevices| d.devices().next().is_some();
+        if known(&enc.get_user_devices(bot).await.map_err(matrix_err)?) {
+            return Ok(());
+        }
+        enc.request_user_identity(bot).await.map_err(matrix_err)?;
+        if known(&enc.get_user_devices(bot).await.map_err(matrix_err)?) {
+            Ok(())
+        } else {
+            Err(CallError::BotAbsent(format!(
+                "{bot} (no device with encryption keys)"
+            )))
+        }
+    }
+
+    /// `Some(reason)` when the server lists the call as ended.
+    async fn ended_at_server(
+        &self,
+        call_id: &CallId,
+        session: &SessionId,
+    ) -> Option<Option<CallReason>> {
+        let q = ListCallsQuery {
+            cursor: None,
+            limit: Some(50),
+            status: Some(CallStatus::Ended),
+            session_id: Some(session.clone()),
+        };
+        let page = self.list_calls(&q).await.ok()?;
+        page.calls
+            .into_iter()
+            .find(|c| c.call_id == *call_id)
+            .map(|c| c.reason)
     }
 
     /// The encrypted DM with `bot`, created if needed, once the bot has joined it.

@@ -45,6 +45,13 @@ pub enum CallError {
         /// The last failure.
         last: String,
     },
+    /// The call ended before it connected; the server says why (e.g. `keyDecryptionFailed`:
+    /// the oracle's agent could not open the call key).
+    #[error("the call ended before it connected: {}", reason.map(|r| format!("{r:?}")).unwrap_or_else(|| "no reason given".into()))]
+    CallEnded {
+        /// The server's reason.
+        reason: Option<oracle_calls_proto::CallReason>,
+    },
     /// Wrapping the call key failed.
     #[error("crypto: {0}")]
     Crypto(String),

@@ -1,7 +1,7 @@
 //! Call operations shared by the HTTP API, the webhook and the Matrix listener.
 
 use oracle_calls_proto::{CallId, CallReason, CallStatus, KeyResponse, UpdateRequest};
-use tracing::{info, warn};
+use tracing::{Instrument as _, info, warn};
 
 use crate::auth::Caller;
 use crate::store::CallRecord;
@@ -178,11 +178,20 @@ async fn after_transition(state: &AppState, rec: &CallRecord, mirror: bool) {
             warn!(error = %e, "could not delete the LiveKit room");
         }
     }
-    if mirror
-        && let Some(bot) = state.matrix()
-        && let Err(e) = bot.mirror_status(rec).await
-    {
-        warn!(error = %e, "could not mirror the status to Matrix");
+    // The Matrix edit runs on its own: under load the bot's device serializes its encrypted
+    // sends, and the API answer must not wait for them. It keeps its retries and its one
+    // transaction id, so a slow or repeated mirror never duplicates the edit.
+    if mirror && let Some(bot) = state.matrix() {
+        let bot = bot.clone();
+        let rec = rec.clone();
+        tokio::spawn(
+            async move {
+                if let Err(e) = bot.mirror_status(&rec).await {
+                    warn!(error = %e, "could not mirror the status to Matrix");
+                }
+            }
+            .in_current_span(),
+        );
     }
 }
 

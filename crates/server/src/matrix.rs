@@ -30,7 +30,7 @@ const SYNC_TIMEOUT: Duration = Duration::from_secs(25);
 /// Attempts of one Matrix write before it is reported as failed.
 const WRITE_ATTEMPTS: u32 = 5;
 /// Fetches of an undecryptable call event while its room key may still be arriving.
-const KEY_WAIT_TRIES: u32 = 12;
+const KEY_WAIT_TRIES: u32 = 24;
 
 /// The oracle's bot device. Cheap to clone.
 #[derive(Clone)]

@@ -1,0 +1,309 @@
+//! `oracle-calls bench setup`: how long a call takes to set up, phase by phase, on the local
+//! stack, and what the agent process costs at 1, 10 and 50 concurrent calls.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use oracle_calls::local::{DeployOptions, Deployment, Stack};
+use oracle_calls_agent::CallReport;
+use oracle_calls_client::{Call, CallEvent, OracleClient, Phase};
+use oracle_calls_proto::CallType;
+use tokio::sync::Mutex;
+
+/// Per call, milliseconds per phase.
+type Sample = BTreeMap<&'static str, f64>;
+
+const PHASES: [&str; 9] = [
+    "wrap (resolve + key)",
+    "matrix send (DM + event)",
+    "sync",
+    "livekit join",
+    "dispatch (sync start → job)",
+    "key fetch + open",
+    "agent join",
+    "first oracle audio",
+    "TOTAL call_oracle → audio",
+];
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Places one call, waits for the first oracle frame, ends it; returns the call's timings
+/// from the client side and the instant it started.
+async fn one_call(client: &OracleClient) -> anyhow::Result<(Call, Instant, Duration)> {
+    let t0 = Instant::now();
+    let mut call = client.call_oracle(CallType::Audio).await?;
+    let mic = call.microphone();
+    let talker = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        let tone = oracle_calls_rtc::sine_tone(300.0, 0.2, 0, 960);
+        loop {
+            tick.tick().await;
+            if mic.push_pcm(&tone).await.is_err() {
+                break;
+            }
+        }
+    });
+    let first = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match call.next_event().await {
+                Some(CallEvent::OracleAudio { .. }) => return Ok(t0.elapsed()),
+                Some(CallEvent::Ended { reason }) => bail!("call ended: {reason}"),
+                None => bail!("call closed"),
+                Some(_) => {}
+            }
+        }
+    })
+    .await
+    .context("no oracle audio within 20 s")?;
+    talker.abort();
+    let first = first?;
+    call.end().await?;
+    Ok((call, t0, first))
+}
+
+fn sample(call: &Call, t0: Instant, first: Duration, r: &CallReport) -> Sample {
+    let tl = call.timeline();
+    let at = |p| tl.at(p).map(ms).unwrap_or(f64::NAN);
+    let d = |p| tl.duration_of(p).map(ms).unwrap_or(f64::NAN);
+    let sync_start = at(Phase::Send);
+    let assigned = ms(r.assigned_at.saturating_duration_since(t0));
+    let mut s = Sample::new();
+    s.insert(PHASES[0], at(Phase::Wrap));
+    s.insert(PHASES[1], d(Phase::Room) + d(Phase::Send));
+    s.insert(PHASES[2], d(Phase::Sync));
+    s.insert(PHASES[3], d(Phase::Join));
+    s.insert(PHASES[4], assigned - sync_start);
+    s.insert(PHASES[5], r.key_ready_after.map(ms).unwrap_or(f64::NAN));
+    s.insert(
+        PHASES[6],
+        r.joined_after.map(ms).unwrap_or(f64::NAN) - r.key_ready_after.map(ms).unwrap_or(f64::NAN),
+    );
+    s.insert(PHASES[7], ms(first) - at(Phase::Join));
+    s.insert(PHASES[8], ms(first));
+    s
+}
+
+fn pct(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+    v.get(i).copied().unwrap_or(f64::NAN)
+}
+
+/// `bench setup`.
+pub fn setup(calls: usize, concurrency: usize, dir: PathBuf) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async move {
+        let stack = Stack::running()?;
+        let mut opts = DeployOptions::new(&dir);
+        opts.max_calls = concurrency.max(1) * 2;
+        let dep = Arc::new(Deployment::start(stack, opts).await?);
+        let mut clients = Vec::new();
+        for _ in 0..concurrency.max(1) {
+            let c = dep.new_user().await?;
+            // Warm-up: the first call of a user creates its DM room with the bot (once per
+            // user and oracle); measured calls reuse it, as a returning user's would.
+            let (_c, _, _) = one_call(&c).await?;
+            let _ = dep.agent.as_ref().context("agent")?.next_report().await;
+            clients.push(c);
+        }
+        let samples = Arc::new(Mutex::new(Vec::<Sample>::new()));
+        let reports = Arc::new(Mutex::new(BTreeMap::<String, CallReport>::new()));
+        let per_worker = calls.div_ceil(concurrency.max(1));
+        eprintln!(
+            "{calls} calls, concurrency {concurrency}, {} users",
+            clients.len()
+        );
+        let mut tasks = Vec::new();
+        for client in clients {
+            let samples = samples.clone();
+            let reports = reports.clone();
+            let dep = dep.clone();
+            tasks.push(tokio::spawn(async move {
+                for _ in 0..per_worker {
+                    let (call, t0, first) = one_call(&client).await?;
+                    // The agent's report for this call (reports may arrive out of order).
+                    let id = call.id().to_string();
+                    let r = loop {
+                        if let Some(r) = reports.lock().await.remove(&id) {
+                            break r;
+                        }
+                        let r = tokio::time::timeout(
+                            Duration::from_secs(15),
+                            dep.agent.as_ref().context("agent")?.next_report(),
+                        )
+                        .await
+                        .context("no agent report")?
+                        .context("agent stopped")?;
+                        let rid = r
+                            .call_id
+                            .as_ref()
+                            .map(ToString::to_string)
+                            .unwrap_or_default();
+                        if rid == id {
+                            break r;
+                        }
+                        reports.lock().await.insert(rid, r);
+                    };
+                    let s = sample(&call, t0, first, &r);
+                    let mut all = samples.lock().await;
+                    all.push(s);
+                    eprint!("\r  {} calls done", all.len());
+                }
+                Ok::<_, anyhow::Error>(())
+            }));
+        }
+        for t in tasks {
+            t.await??;
+        }
+        eprintln!();
+        let all = samples.lock().await.clone();
+        println!(
+            "bench setup: {} calls, concurrency {concurrency} (ms)",
+            all.len()
+        );
+        println!("{:<30} {:>8} {:>8} {:>8}", "phase", "p50", "p95", "max");
+        for p in PHASES {
+            let mut v: Vec<f64> = all
+                .iter()
+                .filter_map(|s| s.get(p).copied())
+                .filter(|x| x.is_finite())
+                .collect();
+            let (a, b, c) = (pct(&mut v, 0.5), pct(&mut v, 0.95), pct(&mut v, 1.0));
+            println!("{p:<30} {a:>8.1} {b:>8.1} {c:>8.1}");
+        }
+        match Arc::try_unwrap(dep) {
+            Ok(d) => d.stop().await,
+            Err(_) => bail!("deployment still shared"),
+        }
+        Ok(())
+    })
+}
+
+/// CPU seconds (user + system) and peak RSS (KiB) of a process, from /proc.
+fn proc_usage(pid: u32) -> anyhow::Result<(f64, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let rest = stat.rsplit_once(") ").map(|x| x.1).context("stat format")?;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let tick = 100.0; // USER_HZ on Linux
+    let utime: f64 = f.get(11).context("utime")?.parse()?;
+    let stime: f64 = f.get(12).context("stime")?.parse()?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let hwm = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    Ok(((utime + stime) / tick, hwm))
+}
+
+/// `bench agent`: the agent as its own process, N concurrent echo calls for `seconds`.
+pub fn agent(levels: Vec<usize>, seconds: u64, dir: PathBuf) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async move {
+        let stack = Stack::running()?;
+        println!("{:>6} {:>14} {:>14} {:>14}", "calls", "CPU (cores)", "CPU/call", "peak RSS MiB");
+        for n in levels {
+            let mut opts = DeployOptions::new(dir.join(format!("n{n}")));
+            opts.oracle = None;
+            let dep = Deployment::start(stack.clone(), opts).await?;
+            let file = dep.agent_file_config(n.max(1), None)?;
+            let cfg_path = dep.dir.join("agent.toml");
+            std::fs::write(
+                &cfg_path,
+                format!(
+                    "server_url = \"{}\"\noracle_key_file = \"{}\"\nmax_calls = {}\n[livekit]\napi_key = \"{}\"\n",
+                    file.server_url,
+                    file.oracle_key_file.display(),
+                    file.max_calls,
+                    file.livekit.api_key
+                ),
+            )?;
+            let key_file = dep.dir.join("agent-api-key");
+            std::fs::write(&key_file, dep.agent_api_key.as_bytes())?;
+            let mut child = std::process::Command::new(std::env::current_exe()?)
+                .args(["agent", "--config"])
+                .arg(&cfg_path)
+                .env("ORACLE_CALLS_AGENT_API_KEY_FILE", &key_file)
+                .env("ORACLE_CALLS_LIVEKIT_API_SECRET_FILE", stack.get("LIVEKIT_API_SECRET_FILE")?)
+                .env("RUST_LOG", "info")
+                .stderr(Stdio::piped())
+                .spawn()?;
+            let pid = child.id();
+            let stderr = child.stderr.take().context("stderr")?;
+            let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<()>();
+            std::thread::spawn(move || {
+                use std::io::BufRead as _;
+                let mut ready = Some(ready_tx);
+                for l in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                    if l.contains("registered with LiveKit")
+                        && let Some(tx) = ready.take()
+                    {
+                        let _ = tx.send(());
+                    }
+                }
+            });
+            tokio::time::timeout(Duration::from_secs(20), ready_rx)
+                .await
+                .context("the agent did not register within 20 s")?
+                .context("the agent exited before registering")?;
+            let mut clients = Vec::new();
+            for _ in 0..n {
+                clients.push(dep.new_user().await?);
+            }
+            let mut tasks = Vec::new();
+            for c in clients {
+                tasks.push(tokio::spawn(async move {
+                    let mut call = c.call_oracle(CallType::Audio).await?;
+                    let mic = call.microphone();
+                    let speech = oracle_calls::speech::synthesize(seconds as f64 + 3.0, 5);
+                    let talker = tokio::spawn(async move {
+                        let mut tick = tokio::time::interval(Duration::from_millis(20));
+                        for f in speech.chunks_exact(960) {
+                            tick.tick().await;
+                            if mic.push_pcm(f).await.is_err() {
+                                break;
+                            }
+                        }
+                    });
+                    let mut frames = 0u64;
+                    let deadline = tokio::time::Instant::now() + Duration::from_secs(seconds + 3);
+                    while let Ok(Some(ev)) = tokio::time::timeout_at(deadline, call.next_event()).await {
+                        if matches!(ev, CallEvent::OracleAudio { .. }) {
+                            frames += 1;
+                        }
+                    }
+                    talker.abort();
+                    call.end().await?;
+                    Ok::<u64, anyhow::Error>(frames)
+                }));
+            }
+            // Measure the middle `seconds` (after every call had 3 s to set up).
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            let (c0, _) = proc_usage(pid)?;
+            let t = Instant::now();
+            tokio::time::sleep(Duration::from_secs(seconds)).await;
+            let (c1, rss) = proc_usage(pid)?;
+            let cores = (c1 - c0) / t.elapsed().as_secs_f64();
+            let mut frames = 0;
+            for t in tasks {
+                frames += t.await??;
+            }
+            println!(
+                "{n:>6} {cores:>14.3} {:>14.4} {:>14.1}   ({frames} oracle frames received in total)",
+                cores / n.max(1) as f64,
+                rss as f64 / 1024.0
+            );
+            let _ = child.kill();
+            let _ = child.wait();
+            dep.stop().await;
+        }
+        Ok(())
+    })
+}
