@@ -336,7 +336,7 @@ async fn serve<O: Oracle>(
                 Some(RoomEvent::DecryptionFailed { identity, error, stats }) => {
                     report.decrypt_failures += 1;
                     shared.stats.decrypt_failures.fetch_add(1, Ordering::Relaxed);
-                    if report.decrypt_failures == 1 || report.decrypt_failures % 250 == 0 {
+                    if report.decrypt_failures == 1 || report.decrypt_failures.is_multiple_of(250) {
                         warn!(%identity, %error, ?stats, "frames from the user do not decrypt");
                     }
                 }

@@ -281,10 +281,10 @@ impl<O: Oracle> Worker<O> {
             tokio::select! {
                 m = recv(&mut ws) => match m {
                     Ok(Some(m)) => {
-                        if let Some(reply) = self.on_message(m) {
-                            if let Err(e) = send(&mut ws, reply).await {
-                                warn!(error = %e, "could not answer LiveKit");
-                            }
+                        if let Some(reply) = self.on_message(m)
+                            && let Err(e) = send(&mut ws, reply).await
+                        {
+                            warn!(error = %e, "could not answer LiveKit");
                         }
                     }
                     Ok(None) | Err(_) => {

@@ -23,7 +23,9 @@ fn pearson_at(a: &[f64], b: &[f64], lag: usize) -> f64 {
     if n < 10 {
         return 0.0;
     }
-    let (a, b) = (&a[..n], &b[lag..lag + n]);
+    let (Some(a), Some(b)) = (a.get(..n), b.get(lag..lag + n)) else {
+        return 0.0;
+    };
     let ma = a.iter().sum::<f64>() / n as f64;
     let mb = b.iter().sum::<f64>() / n as f64;
     let (mut num, mut da, mut db) = (0.0, 0.0, 0.0);
@@ -54,7 +56,9 @@ pub fn waveform_match(sent: &[i16], heard: &[i16], frame_lag: usize, window: usi
     let lo = center.saturating_sub(FRAME);
     let hi = center + FRAME;
     let n = window.min(sent.len());
-    let a = &sent[..n];
+    let Some(a) = sent.get(..n) else {
+        return 0.0;
+    };
     let ea: f64 = a.iter().map(|&s| f64::from(s) * f64::from(s)).sum();
     let mut best: f64 = 0.0;
     for lag in lo..=hi {

@@ -34,7 +34,8 @@ pub fn synthesize(seconds: f64, seed: u64) -> Vec<i16> {
         // A syllable of 140-260 ms, then 60-180 ms of pause.
         let syl = ((0.14 + 0.12 * rng.next()) * rate) as usize;
         let pause = ((0.06 + 0.12 * rng.next()) * rate) as usize;
-        let vowel = VOWELS[(rng.next() * VOWELS.len() as f64) as usize % VOWELS.len()];
+        let pick = (rng.next() * VOWELS.len() as f64) as usize % VOWELS.len();
+        let vowel = VOWELS.get(pick).copied().unwrap_or([730.0, 1090.0, 2440.0]);
         let f0_start = 110.0 + 70.0 * rng.next();
         let f0_end = f0_start * (0.8 + 0.4 * rng.next());
         let loud = 0.25 + 0.2 * rng.next();

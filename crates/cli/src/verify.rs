@@ -42,7 +42,8 @@ pub async fn stored_event_type(
     let v: Value = serde_json::from_str(&text)?;
     let leaks =
         text.contains("encryptionKey") || text.contains(call.content().encryption_key.as_str());
-    Ok((v["type"].as_str().unwrap_or("").to_owned(), leaks))
+    let ty = v.get("type").and_then(Value::as_str).unwrap_or("");
+    Ok((ty.to_owned(), leaks))
 }
 
 fn urlenc(s: &str) -> String {
@@ -72,7 +73,10 @@ pub async fn latest_status_in_matrix(call: &Call) -> anyhow::Result<CallStatus> 
         .await?;
     for ev in &rel.chunk {
         let v: Value = ev.raw().deserialize_as()?;
-        if let Some(s) = v["content"]["m.new_content"]["callStatus"].as_str() {
+        if let Some(s) = v
+            .pointer("/content/m.new_content/callStatus")
+            .and_then(Value::as_str)
+        {
             return s.parse().map_err(|e| anyhow::anyhow!("{e}"));
         }
     }

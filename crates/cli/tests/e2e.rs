@@ -257,3 +257,232 @@ async fn ten_concurrent_calls_through_one_agent() {
     assert_eq!(served, 10);
     dep.stop().await;
 }
+
+/// What the fault proxy does with a matching request.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Fault {
+    /// Answer 503 without forwarding (the server is down).
+    Refuse,
+    /// Forward it, then lose the answer and say 502 (the write happened; the client cannot know).
+    LoseAnswer,
+}
+
+/// An HTTP/1.1 proxy to `upstream` that forces one request per connection and applies
+/// `rule(request line, n-th match)` to requests. Returns its base URL and the number of
+/// requests the rule matched.
+async fn fault_proxy(
+    upstream: &str,
+    rule: impl Fn(&str, usize) -> Option<Fault> + Send + Sync + 'static,
+    matches: impl Fn(&str) -> bool + Send + Sync + 'static,
+) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let upstream = upstream
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_owned();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let count = Arc::new(AtomicUsize::new(0));
+    let (rule, matches, c) = (Arc::new(rule), Arc::new(matches), count.clone());
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut sock, _)) = listener.accept().await else {
+                return;
+            };
+            let (rule, matches, c, upstream) =
+                (rule.clone(), matches.clone(), c.clone(), upstream.clone());
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 8192];
+                let head_end = loop {
+                    let Ok(n) = sock.read(&mut chunk).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break i + 4;
+                    }
+                };
+                let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().parse().unwrap_or(0))
+                    })
+                    .unwrap_or(0);
+                while buf.len() < head_end + len {
+                    let Ok(n) = sock.read(&mut chunk).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        break;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+                let line = head.lines().next().unwrap_or("").to_owned();
+                let fault = if matches(&line) {
+                    let n = c.fetch_add(1, Ordering::SeqCst);
+                    rule(&line, n)
+                } else {
+                    None
+                };
+                let reply_error = |code: u16| {
+                    let body = r#"{"errcode":"M_UNKNOWN","error":"injected fault","error":{"code":"unavailable","message":"injected fault"}}"#;
+                    format!(
+                        "HTTP/1.1 {code} Injected\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    )
+                };
+                if fault == Some(Fault::Refuse) {
+                    let _ = sock.write_all(reply_error(503).as_bytes()).await;
+                    return;
+                }
+                let Ok(mut up) = tokio::net::TcpStream::connect(&upstream).await else {
+                    return;
+                };
+                let mut new_head: String = head
+                    .trim_end_matches("\r\n")
+                    .split("\r\n")
+                    .filter(|l| !l.to_ascii_lowercase().starts_with("connection:"))
+                    .map(|l| format!("{l}\r\n"))
+                    .collect();
+                new_head.push_str("connection: close\r\n\r\n");
+                if up.write_all(new_head.as_bytes()).await.is_err()
+                    || up.write_all(&buf[head_end..]).await.is_err()
+                {
+                    return;
+                }
+                let mut answer = Vec::new();
+                let _ = up.read_to_end(&mut answer).await;
+                if fault == Some(Fault::LoseAnswer) {
+                    let _ = sock.write_all(reply_error(502).as_bytes()).await;
+                } else {
+                    let _ = sock.write_all(&answer).await;
+                }
+            });
+        }
+    });
+    (base, count)
+}
+
+async fn user_via(
+    dep: &Deployment,
+    homeserver: &str,
+    server: &str,
+) -> oracle_calls_client::OracleClient {
+    let id = unique_hex(5);
+    let name = format!("did-ixo-user{id}");
+    let (_, password) = dep.stack.user(&name).unwrap();
+    let cfg = oracle_calls_client::ClientConfig::new(
+        homeserver,
+        server,
+        dep.dir.join(format!("client-{id}")),
+    );
+    oracle_calls_client::OracleClient::connect(
+        cfg,
+        oracle_calls_client::Login::Password {
+            user: name,
+            password,
+        },
+    )
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_down_at_sync_gives_a_clear_error_after_bounded_retries_and_leaves_nothing_open() {
+    init_logs();
+    let dep = Deployment::start(Stack::running().unwrap(), DeployOptions::new(temp_dir()))
+        .await
+        .unwrap();
+    let (proxy, syncs) = fault_proxy(
+        &dep.server.url,
+        |_, _| Some(Fault::Refuse),
+        |line| line.starts_with("POST /calls/") && line.contains("/sync "),
+    )
+    .await;
+    let client = user_via(&dep, dep.stack.get("MATRIX_URL").unwrap(), &proxy).await;
+    let err = client.call_oracle(CallType::Audio).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            oracle_calls_client::CallError::ServerUnreachable { attempts: 4, .. }
+        ),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("503"),
+        "the error says what happened: {err}"
+    );
+    assert_eq!(
+        syncs.load(std::sync::atomic::Ordering::SeqCst),
+        4,
+        "bounded retries"
+    );
+    // Nothing was started: no call stored, no LiveKit room, no job for the agent.
+    let agent = dep.agent.as_ref().unwrap();
+    assert_eq!(
+        agent
+            .stats()
+            .jobs_offered
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+    let open = dep.server.state.store().open_calls().await.unwrap();
+    assert!(open.is_empty(), "the server holds no open call: {open:?}");
+    dep.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_matrix_send_answer_is_retried_without_a_duplicate_event() {
+    init_logs();
+    let dep = Deployment::start(Stack::running().unwrap(), DeployOptions::new(temp_dir()))
+        .await
+        .unwrap();
+    let (proxy, sends) = fault_proxy(
+        dep.stack.get("MATRIX_URL").unwrap(),
+        |_, n| (n == 0).then_some(Fault::LoseAnswer),
+        |line| line.starts_with("PUT ") && line.contains("/send/m.room.encrypted/"),
+    )
+    .await;
+    let client = user_via(&dep, &proxy, &dep.server.url).await;
+    let mut call = client.call_oracle(CallType::Audio).await.unwrap();
+    assert!(
+        sends.load(std::sync::atomic::Ordering::SeqCst) >= 2,
+        "the send was retried"
+    );
+    // Exactly one call event (edits carry a clear `m.relates_to`; the original does not).
+    let m = client.matrix();
+    let url = format!(
+        "{}/_matrix/client/v3/rooms/{}/messages?dir=b&limit=100",
+        dep.stack.get("MATRIX_URL").unwrap(),
+        call.matrix_room().room_id()
+    );
+    let v: serde_json::Value = reqwest::Client::new()
+        .get(url)
+        .bearer_auth(m.access_token().unwrap())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let me = m.user_id().unwrap().to_string();
+    let originals = v["chunk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "m.room.encrypted" && e["sender"] == me.as_str())
+        .filter(|e| e["content"].get("m.relates_to").is_none())
+        .count();
+    assert_eq!(originals, 1, "one call event despite the retry");
+    call.end().await.unwrap();
+    dep.stop().await;
+}

@@ -74,7 +74,8 @@ async fn key_endpoint(db: Db) {
     assert_eq!(st, 200, "{body}");
     assert_eq!(
         body,
-        json!({"encryptionKey": "v1.hpke-p256.QUJD", "userDid": "did:ixo:user1", "oracleDid": s.oracle.as_str()})
+        json!({"encryptionKey": "v1.hpke-p256.QUJD", "userDid": "did:ixo:user1", "oracleDid": s.oracle.as_str(),
+               "sessionId": "s1", "roomId": id.room_name().as_str(), "callType": "audio", "keyDerivation": "hkdf"})
     );
     let (st, _) = answer(
         http.post(&path)

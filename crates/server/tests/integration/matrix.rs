@@ -217,21 +217,29 @@ async fn sync_validates_and_activates(db: Db) {
         (200, Some("v1.hpke-p256.QUJD"), Some(alice.did.as_str()))
     );
 
-    // The bot edited the event to active (one edit, encrypted, by the bot).
-    let rel: Value = reqwest::Client::new()
-        .get(format!(
-            "{}/_matrix/client/v1/rooms/{}/relations/{}/m.replace",
-            stack_var("MATRIX_URL"),
-            room.room_id(),
-            ev
-        ))
-        .bearer_auth(&alice.user.access_token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    // The bot edited the event to active (one edit, encrypted, by the bot). The edit is sent
+    // off the request path, so it may land a moment after the answer.
+    let mut rel = Value::Null;
+    for _ in 0..50 {
+        rel = reqwest::Client::new()
+            .get(format!(
+                "{}/_matrix/client/v1/rooms/{}/relations/{}/m.replace",
+                stack_var("MATRIX_URL"),
+                room.room_id(),
+                ev
+            ))
+            .bearer_auth(&alice.user.access_token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if rel["chunk"].as_array().is_some_and(|c| !c.is_empty()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let edits = rel["chunk"].as_array().unwrap();
     assert_eq!(edits.len(), 1, "{rel}");
     assert_eq!(
