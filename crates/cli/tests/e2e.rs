@@ -617,3 +617,86 @@ async fn an_agent_killed_mid_call_breaks_neither_the_server_nor_other_calls() {
     other.shutdown().await.unwrap();
     dep.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_call_command_says_a_wav_and_records_the_answer() {
+    init_logs();
+    let _serial = SERIAL.lock().await;
+    let dep = Deployment::start(Stack::running().unwrap(), DeployOptions::new(temp_dir()))
+        .await
+        .unwrap();
+    let name = format!("did-ixo-cli{}", unique_hex(4));
+    let (_, password) = dep.stack.user(&name).unwrap();
+    let pw_file = dep.dir.join("user-password");
+    std::fs::write(&pw_file, password.as_bytes()).unwrap();
+    let input = dep.dir.join("in.wav");
+    let output = dep.dir.join("out.wav");
+    let speech = oracle_calls::speech::synthesize(3.0, 77);
+    oracle_calls::wav::write(&input, &speech).unwrap();
+    let run = |extra: &[&str]| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_oracle-calls"));
+        cmd.args(["call", "--user", &name, "--homeserver"])
+            .arg(dep.stack.get("MATRIX_URL").unwrap())
+            .arg("--server")
+            .arg(&dep.server.url)
+            .arg("--state")
+            .arg(dep.dir.join("cli-state"))
+            .args(extra)
+            .env("ORACLE_CALLS_MATRIX_PASSWORD_FILE", &pw_file)
+            .env(
+                "RUST_LOG",
+                "warn,matrix_sdk=off,matrix_sdk_crypto=off,matrix_sdk_base=off",
+            );
+        cmd
+    };
+    let out = tokio::task::spawn_blocking({
+        let mut cmd = run(&["--seconds", "5", "--input"]);
+        cmd.arg(&input).arg("--output").arg(&output);
+        move || cmd.output().unwrap()
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("s of the oracle's audio received"),
+        "progress is shown: {stderr}"
+    );
+    let heard = oracle_calls::wav::read(&output).unwrap();
+    let m = analysis::compare(&speech, &heard, 150);
+    assert!(m.envelope > 0.6, "the recorded answer is the echo: {m:?}");
+    // The call it printed is listed as ended by `calls`.
+    let call_id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let list = tokio::task::spawn_blocking({
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_oracle-calls"));
+        cmd.args(["calls", "--user", &name, "--homeserver"])
+            .arg(dep.stack.get("MATRIX_URL").unwrap())
+            .arg("--server")
+            .arg(&dep.server.url)
+            .arg("--state")
+            .arg(dep.dir.join("cli-state"));
+        move || cmd.output().unwrap()
+    })
+    .await
+    .unwrap();
+    let listed = String::from_utf8_lossy(&list.stdout);
+    assert!(
+        list.status.success(),
+        "{}",
+        String::from_utf8_lossy(&list.stderr)
+    );
+    assert!(
+        listed.contains(&call_id) && listed.contains("ended"),
+        "{listed}"
+    );
+    // A bad call type is refused before anything happens.
+    let bad = tokio::task::spawn_blocking({
+        let mut cmd = run(&["--type", "hologram"]);
+        move || cmd.output().unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown call type"));
+    dep.stop().await;
+}
