@@ -22,15 +22,20 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use zeroize::Zeroizing;
 
-/// The stack script: `$ORACLE_CALLS_STACK_SCRIPT`, else `scripts/stack` under the current
-/// directory, else the one in the source tree this binary was built from.
+/// The stack script: `$ORACLE_CALLS_STACK_SCRIPT`, else `scripts/stack` in the current
+/// directory or the nearest parent that has one (so it works from any crate directory of a
+/// checkout), else the one in the source tree this binary was built from.
 pub fn stack_script() -> PathBuf {
     if let Ok(p) = std::env::var("ORACLE_CALLS_STACK_SCRIPT") {
         return PathBuf::from(p);
     }
-    let here = PathBuf::from("scripts/stack");
-    if here.exists() {
-        return here;
+    if let Ok(cwd) = std::env::current_dir()
+        && let Some(found) = cwd
+            .ancestors()
+            .map(|d| d.join("scripts/stack"))
+            .find(|p| p.is_file())
+    {
+        return found;
     }
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/stack"))
 }
