@@ -106,7 +106,7 @@ pub fn chime() -> Vec<Vec<i16>> {
         for i in 0..8u64 {
             frames.push(sine_tone(
                 f,
-                0.3,
+                9830.0,
                 i * AUDIO_FRAME_SAMPLES as u64,
                 AUDIO_FRAME_SAMPLES,
             ));
@@ -213,7 +213,7 @@ mod tests {
 
     #[test]
     fn an_utterance_ends_after_300_ms_of_quiet() {
-        let loud = sine_tone(200.0, 0.5, 0, 960);
+        let loud = sine_tone(200.0, 16000.0, 0, 960);
         let quiet = vec![0i16; 960];
         let mut v = Utterances::default();
         for _ in 0..10 {
@@ -226,7 +226,7 @@ mod tests {
 
     #[test]
     fn a_click_is_not_an_utterance_and_silence_never_is() {
-        let loud = sine_tone(200.0, 0.5, 0, 960);
+        let loud = sine_tone(200.0, 16000.0, 0, 960);
         let quiet = vec![0i16; 960];
         let mut v = Utterances::default();
         assert!(!v.push(&loud));

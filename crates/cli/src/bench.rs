@@ -41,7 +41,7 @@ async fn one_call(client: &OracleClient) -> anyhow::Result<(Call, Instant, Durat
     let mic = call.microphone();
     let talker = tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_millis(20));
-        let tone = oracle_calls_rtc::sine_tone(300.0, 0.2, 0, 960);
+        let tone = oracle_calls_rtc::sine_tone(300.0, 6000.0, 0, 960);
         loop {
             tick.tick().await;
             if mic.push_pcm(&tone).await.is_err() {
