@@ -704,3 +704,36 @@ async fn the_call_command_says_a_wav_and_records_the_answer() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown call type"));
     dep.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tone_oracle_answers_an_utterance_with_its_chime() {
+    init_logs();
+    let _serial = SERIAL.lock().await;
+    let mut opts = DeployOptions::new(temp_dir());
+    opts.oracle = Some(oracle_calls_agent::oracles::Builtin::Tone(
+        oracle_calls_agent::oracles::Tone,
+    ));
+    let dep = Deployment::start(Stack::running().unwrap(), opts)
+        .await
+        .unwrap();
+    let client = dep.new_user().await.unwrap();
+    let mut call = client.call_oracle(CallType::Audio).await.unwrap();
+    // One second of speech, then quiet: one utterance.
+    let mut said = oracle_calls::speech::synthesize(1.0, 9);
+    said.extend(std::iter::repeat_n(0i16, 48_000 * 3));
+    let heard = talk(&mut call, said, Duration::from_secs(5)).await;
+    call.end().await.unwrap();
+    // Find each chime note in the answer (a 160 ms window where that note dominates).
+    let dominant = |f: f64| {
+        heard
+            .chunks_exact(960 * 8)
+            .chain(heard.get(480..).unwrap_or(&[]).chunks_exact(960 * 8))
+            .map(|w| oracle_calls_rtc::goertzel_power(w, f))
+            .fold(0.0f64, f64::max)
+    };
+    for f in oracle_calls_agent::oracles::CHIME {
+        let p = dominant(f);
+        assert!(p > 0.3, "the chime's {f} Hz note is heard (power {p:.2})");
+    }
+    dep.stop().await;
+}
