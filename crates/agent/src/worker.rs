@@ -9,18 +9,15 @@ use std::time::Duration;
 use futures_util::{SinkExt as _, StreamExt as _};
 use livekit_protocol as lk;
 use prost::Message as _;
-use tokio::net::TcpStream;
 use tokio::sync::{Mutex, mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tracing::{Instrument as _, debug, error, info, info_span, warn};
 
 use crate::job::{self, Assignment, CallReport, EndedBy};
 use crate::{AgentConfig, AgentError, Oracle};
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+use oracle_calls_rtc::Ws;
 
 /// LiveKit stops offering jobs to a worker whose load reaches its `target_load` (0.7); a
 /// worker that is merely busy must stay below it, so load is scaled into [0, 0.69] and a full
@@ -156,25 +153,12 @@ impl AgentHandle {
 /// Opens `/agent` and registers as a `JT_ROOM` worker for the configured agent name.
 async fn connect(cfg: &AgentConfig) -> Result<(Ws, String), AgentError> {
     let url = format!("{}/agent?protocol=1", cfg.livekit_url.trim_end_matches('/'));
-    let mut req = url
-        .as_str()
-        .into_client_request()
-        .map_err(|e| AgentError::Register(format!("bad LiveKit URL {}: {e}", cfg.livekit_url)))?;
-    let auth = format!("Bearer {}", cfg.livekit.agent_worker_token(TOKEN_TTL_SECS))
-        .parse()
-        .map_err(|_| AgentError::Register("token is not a valid header value".into()))?;
-    req.headers_mut().insert("Authorization", auth);
-    let (mut ws, _) = match tokio_tungstenite::connect_async(req).await {
-        Ok(x) => x,
-        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
-            let body = resp
-                .body()
-                .as_ref()
-                .map(|b| String::from_utf8_lossy(b).trim().to_owned())
-                .unwrap_or_default();
+    let token = cfg.livekit.agent_worker_token(TOKEN_TTL_SECS);
+    let mut ws = match oracle_calls_rtc::open_websocket(&url, &token).await {
+        Ok(ws) => ws,
+        Err(oracle_calls_rtc::Error::Refused(why)) => {
             return Err(AgentError::Register(format!(
-                "LiveKit refused the worker: HTTP {} {body} (check the API key and secret)",
-                resp.status()
+                "LiveKit refused the worker: {why} (check the API key and secret)"
             )));
         }
         Err(e) => {

@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -39,16 +38,9 @@ async fn one_call(client: &OracleClient) -> anyhow::Result<(Call, Instant, Durat
     let t0 = Instant::now();
     let mut call = client.call_oracle(CallType::Audio).await?;
     let mic = call.microphone();
-    let talker = tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_millis(20));
-        let tone = oracle_calls_rtc::sine_tone(300.0, 6000.0, 0, 960);
-        loop {
-            tick.tick().await;
-            if mic.push_pcm(&tone).await.is_err() {
-                break;
-            }
-        }
-    });
+    // A tone longer than the wait for the first answer below.
+    let tone = oracle_calls_rtc::sine_tone(300.0, 6000.0, 0, 48_000 * 25);
+    let talker = tokio::spawn(async move { mic.play(&tone).await });
     let first = tokio::time::timeout(Duration::from_secs(20), async {
         loop {
             match call.next_event().await {
@@ -213,46 +205,10 @@ pub fn agent(levels: Vec<usize>, seconds: u64, dir: PathBuf) -> anyhow::Result<(
             let mut opts = DeployOptions::new(dir.join(format!("n{n}")));
             opts.oracle = None;
             let dep = Deployment::start(stack.clone(), opts).await?;
-            let file = dep.agent_file_config(n.max(1), None)?;
-            let cfg_path = dep.dir.join("agent.toml");
-            std::fs::write(
-                &cfg_path,
-                format!(
-                    "server_url = \"{}\"\noracle_key_file = \"{}\"\nmax_calls = {}\n[livekit]\napi_key = \"{}\"\n",
-                    file.server_url,
-                    file.oracle_key_file.display(),
-                    file.max_calls,
-                    file.livekit.api_key
-                ),
-            )?;
-            let key_file = dep.dir.join("agent-api-key");
-            std::fs::write(&key_file, dep.agent_api_key.as_bytes())?;
-            let mut child = std::process::Command::new(std::env::current_exe()?)
-                .args(["agent", "--config"])
-                .arg(&cfg_path)
-                .env("ORACLE_CALLS_AGENT_API_KEY_FILE", &key_file)
-                .env("ORACLE_CALLS_LIVEKIT_API_SECRET_FILE", stack.get("LIVEKIT_API_SECRET_FILE")?)
-                .env("RUST_LOG", "info")
-                .stderr(Stdio::piped())
-                .spawn()?;
+            let mut child = dep
+                .spawn_agent_process(&std::env::current_exe()?, n.max(1), Duration::from_secs(20))
+                .await?;
             let pid = child.id();
-            let stderr = child.stderr.take().context("stderr")?;
-            let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<()>();
-            std::thread::spawn(move || {
-                use std::io::BufRead as _;
-                let mut ready = Some(ready_tx);
-                for l in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
-                    if l.contains("registered with LiveKit")
-                        && let Some(tx) = ready.take()
-                    {
-                        let _ = tx.send(());
-                    }
-                }
-            });
-            tokio::time::timeout(Duration::from_secs(20), ready_rx)
-                .await
-                .context("the agent did not register within 20 s")?
-                .context("the agent exited before registering")?;
             let mut clients = Vec::new();
             for _ in 0..n {
                 clients.push(dep.new_user().await?);
@@ -263,15 +219,7 @@ pub fn agent(levels: Vec<usize>, seconds: u64, dir: PathBuf) -> anyhow::Result<(
                     let mut call = c.call_oracle(CallType::Audio).await?;
                     let mic = call.microphone();
                     let speech = oracle_calls::speech::synthesize(seconds as f64 + 3.0, 5);
-                    let talker = tokio::spawn(async move {
-                        let mut tick = tokio::time::interval(Duration::from_millis(20));
-                        for f in speech.chunks_exact(960) {
-                            tick.tick().await;
-                            if mic.push_pcm(f).await.is_err() {
-                                break;
-                            }
-                        }
-                    });
+                    let talker = tokio::spawn(async move { mic.play(&speech).await });
                     let mut frames = 0u64;
                     let deadline = tokio::time::Instant::now() + Duration::from_secs(seconds + 3);
                     while let Ok(Some(ev)) = tokio::time::timeout_at(deadline, call.next_event()).await {

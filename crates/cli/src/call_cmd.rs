@@ -112,19 +112,10 @@ pub fn call(args: CallArgs) -> anyhow::Result<()> {
         }
         let mic = call.microphone();
         let seconds = args.seconds;
-        let speaker = tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(20));
-            let silence = [0i16; 960];
-            let frames = seconds * 50;
-            for i in 0..frames {
-                tick.tick().await;
-                let at = usize::try_from(i).unwrap_or(usize::MAX).saturating_mul(960);
-                let f = input.get(at..at + 960).unwrap_or(&silence);
-                if mic.push_pcm(f).await.is_err() {
-                    break;
-                }
-            }
-        });
+        // The input, cut or padded with silence to the call's length.
+        let mut said = input;
+        said.resize(usize::try_from(seconds).unwrap_or(usize::MAX).saturating_mul(48_000), 0);
+        let speaker = tokio::spawn(async move { mic.play(&said).await });
         let mut heard: Vec<i16> = Vec::new();
         let mut last_progress = 0u64;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(seconds);

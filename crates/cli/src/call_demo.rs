@@ -115,15 +115,7 @@ async fn demo(opts: Options) -> anyhow::Result<()> {
     );
     let mic = call.microphone();
     let speech_in = input.clone();
-    let speaker = tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_millis(20));
-        for f in speech_in.chunks_exact(960) {
-            tick.tick().await;
-            if mic.push_pcm(f).await.is_err() {
-                break;
-            }
-        }
-    });
+    let speaker = tokio::spawn(async move { mic.play(&speech_in).await });
     let mut heard = Vec::new();
     let mut decrypt_failures = 0u64;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(u64::from(opts.seconds) + 2);
@@ -136,7 +128,8 @@ async fn demo(opts: Options) -> anyhow::Result<()> {
             Ok(None) | Err(_) => break,
         }
     }
-    speaker.await?;
+    // A room closing mid-sentence is judged by the checks below, not here.
+    let _ = speaker.await?;
     let answer_wav = out.join("oracle-answers.wav");
     wav::write(&answer_wav, &heard)?;
     s.done(&format!("(the oracle's answer: {})", answer_wav.display()));

@@ -456,6 +456,77 @@ impl Deployment {
         Ok(Agent::new(cfg, oracle).start().await?)
     }
 
+    /// Runs `exe agent` (an `oracle-calls` binary) as its own process for this oracle: writes
+    /// its config and its API key (0600) into the deployment directory, passes secrets as
+    /// `_FILE` variables, and returns once the process logs its registration with LiveKit.
+    ///
+    /// # Errors
+    /// When it cannot be started or does not register within `register_within`.
+    pub async fn spawn_agent_process(
+        &self,
+        exe: &Path,
+        max_calls: usize,
+        register_within: std::time::Duration,
+    ) -> anyhow::Result<std::process::Child> {
+        use std::io::BufRead as _;
+        let file = self.agent_file_config(max_calls, None)?;
+        let tag = unique_hex(3);
+        let cfg = self.dir.join(format!("agent-{tag}.toml"));
+        std::fs::write(
+            &cfg,
+            format!(
+                "server_url = \"{}\"\noracle_key_file = \"{}\"\nmax_calls = {}\n[livekit]\napi_key = \"{}\"\n",
+                file.server_url,
+                file.oracle_key_file.display(),
+                file.max_calls,
+                file.livekit.api_key
+            ),
+        )?;
+        let key = self.dir.join(format!("agent-api-key-{tag}"));
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+        std::io::Write::write_all(&mut opts.open(&key)?, self.agent_api_key.as_bytes())?;
+        let mut child = Command::new(exe)
+            .args(["agent", "--config"])
+            .arg(&cfg)
+            .env("ORACLE_CALLS_AGENT_API_KEY_FILE", &key)
+            .env(
+                "ORACLE_CALLS_LIVEKIT_API_SECRET_FILE",
+                self.stack.get("LIVEKIT_API_SECRET_FILE")?,
+            )
+            .env("RUST_LOG", "info")
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {} agent", exe.display()))?;
+        let stderr = child.stderr.take().context("the agent's stderr")?;
+        let (ready_tx, ready_rx) = oneshot::channel::<()>();
+        std::thread::spawn(move || {
+            let mut ready = Some(ready_tx);
+            for l in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if l.contains("registered with LiveKit")
+                    && let Some(tx) = ready.take()
+                {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        let registered = tokio::time::timeout(register_within, ready_rx).await;
+        if !matches!(registered, Ok(Ok(()))) {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!(
+                "the agent process did not register within {} s",
+                register_within.as_secs()
+            );
+        }
+        Ok(child)
+    }
+
     /// Provisions a user `@did-ixo-<id>:server` and connects a client for it.
     ///
     /// # Errors

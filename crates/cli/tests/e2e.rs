@@ -40,15 +40,7 @@ fn init_logs() {
 /// `listen` in total. Returns the oracle's audio.
 async fn talk(call: &mut Call, pcm: Vec<i16>, listen: Duration) -> Vec<i16> {
     let mic = call.microphone();
-    let speaker = tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_millis(20));
-        for f in pcm.chunks_exact(960) {
-            tick.tick().await;
-            if mic.push_pcm(f).await.is_err() {
-                break;
-            }
-        }
-    });
+    let speaker = tokio::spawn(async move { mic.play(&pcm).await });
     let mut heard = Vec::new();
     let deadline = tokio::time::Instant::now() + listen;
     loop {
@@ -61,7 +53,7 @@ async fn talk(call: &mut Call, pcm: Vec<i16>, listen: Duration) -> Vec<i16> {
             Ok(None) | Err(_) => break,
         }
     }
-    speaker.await.unwrap();
+    let _ = speaker.await.unwrap();
     heard
 }
 
@@ -516,52 +508,6 @@ async fn a_lost_matrix_send_answer_is_retried_without_a_duplicate_event() {
     dep.stop().await;
 }
 
-/// Starts `oracle-calls agent` as its own process for `dep`'s oracle; returns once registered.
-fn agent_process(dep: &Deployment, max_calls: usize) -> std::process::Child {
-    use std::io::BufRead as _;
-    let file = dep.agent_file_config(max_calls, None).unwrap();
-    let cfg = dep.dir.join(format!("agent-{}.toml", unique_hex(3)));
-    std::fs::write(
-        &cfg,
-        format!(
-            "server_url = \"{}\"\noracle_key_file = \"{}\"\nmax_calls = {max_calls}\n[livekit]\napi_key = \"{}\"\n",
-            file.server_url,
-            file.oracle_key_file.display(),
-            file.livekit.api_key
-        ),
-    )
-    .unwrap();
-    let key = dep.dir.join(format!("agent-key-{}", unique_hex(3)));
-    std::fs::write(&key, dep.agent_api_key.as_bytes()).unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_oracle-calls"))
-        .args(["agent", "--config"])
-        .arg(&cfg)
-        .env("ORACLE_CALLS_AGENT_API_KEY_FILE", &key)
-        .env(
-            "ORACLE_CALLS_LIVEKIT_API_SECRET_FILE",
-            dep.stack.get("LIVEKIT_API_SECRET_FILE").unwrap(),
-        )
-        .env("RUST_LOG", "info")
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for l in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if l.contains("registered with LiveKit") {
-                let _ = tx.send(());
-            }
-        }
-    });
-    rx.recv_timeout(Duration::from_secs(30))
-        .expect("the agent process registers");
-    child
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_killed_mid_call_breaks_neither_the_server_nor_other_calls() {
     init_logs();
@@ -572,7 +518,14 @@ async fn an_agent_killed_mid_call_breaks_neither_the_server_nor_other_calls() {
         .await
         .unwrap();
     // Call A goes to the agent process (the only worker; it takes one call).
-    let mut doomed = agent_process(&dep, 1);
+    let mut doomed = dep
+        .spawn_agent_process(
+            std::path::Path::new(env!("CARGO_BIN_EXE_oracle-calls")),
+            1,
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
     let a_user = dep.new_user().await.unwrap();
     let mut a = a_user.call_oracle(CallType::Audio).await.unwrap();
     let heard_a = talk(

@@ -26,6 +26,7 @@ mod engine;
 mod error;
 mod room;
 mod signal;
+pub use signal::{Ws, open_websocket};
 pub mod token;
 
 pub use audio::{AUDIO_FRAME_SAMPLES, SAMPLE_RATE, goertzel_power, sine_tone};

@@ -173,4 +173,18 @@ impl AudioSource {
             .await
             .map_err(|_| Error::Closed)
     }
+
+    /// Plays `pcm` in real time: one 20 ms frame every 20 ms until it is used up (a trailing
+    /// partial frame is not sent).
+    ///
+    /// # Errors
+    /// [`Error::Closed`] when the room goes away first.
+    pub async fn play(&self, pcm: &[i16]) -> Result<(), Error> {
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(20));
+        for frame in pcm.chunks_exact(AUDIO_FRAME_SAMPLES) {
+            tick.tick().await;
+            self.push_pcm(frame).await?;
+        }
+        Ok(())
+    }
 }

@@ -13,7 +13,36 @@ use crate::Error;
 /// Protocol version we speak (v0 dual peer connection; no packet trailers).
 pub(crate) const PROTOCOL_VERSION: u32 = 16;
 
-pub(crate) type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+/// A LiveKit signaling or agent WebSocket.
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Opens a LiveKit WebSocket (`/rtc`, `/agent`) at `url` with `token` in an `Authorization`
+/// header. A refused upgrade is [`Error::Refused`] with the HTTP status and body; an
+/// unreachable server or bad URL is [`Error::Signal`].
+///
+/// # Errors
+/// As above.
+pub async fn open_websocket(url: &str, token: &str) -> Result<Ws, Error> {
+    let mut req = url
+        .into_client_request()
+        .map_err(|e| Error::Signal(format!("bad URL {url}: {e}")))?;
+    let auth = format!("Bearer {token}")
+        .parse()
+        .map_err(|_| Error::Signal("token is not a valid header value".into()))?;
+    req.headers_mut().insert("Authorization", auth);
+    match tokio_tungstenite::connect_async(req).await {
+        Ok((ws, _)) => Ok(ws),
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            let body = resp
+                .body()
+                .as_ref()
+                .map(|b| String::from_utf8_lossy(b).trim().to_owned())
+                .unwrap_or_default();
+            Err(Error::Refused(format!("HTTP {} {body}", resp.status())))
+        }
+        Err(e) => Err(Error::Signal(e.to_string())),
+    }
+}
 
 /// Opens `/rtc` with the token in an `Authorization` header and waits for the join response.
 pub(crate) async fn connect(url: &str, token: &str) -> Result<(Ws, lk::JoinResponse), Error> {
@@ -22,25 +51,7 @@ pub(crate) async fn connect(url: &str, token: &str) -> Result<(Ws, lk::JoinRespo
         "{base}/rtc?auto_subscribe=1&adaptive_stream=0&protocol={PROTOCOL_VERSION}&sdk=rust&version={}&os=linux",
         env!("CARGO_PKG_VERSION")
     );
-    let mut req = full
-        .into_client_request()
-        .map_err(|e| Error::Signal(format!("bad URL {base}: {e}")))?;
-    let auth = format!("Bearer {token}")
-        .parse()
-        .map_err(|_| Error::Signal("token is not a valid header value".into()))?;
-    req.headers_mut().insert("Authorization", auth);
-    let (mut ws, _) = match tokio_tungstenite::connect_async(req).await {
-        Ok(x) => x,
-        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
-            let body = resp
-                .body()
-                .as_ref()
-                .map(|b| String::from_utf8_lossy(b).trim().to_owned())
-                .unwrap_or_default();
-            return Err(Error::Refused(format!("HTTP {} {body}", resp.status())));
-        }
-        Err(e) => return Err(Error::Signal(e.to_string())),
-    };
+    let mut ws = open_websocket(&full, token).await?;
     match recv(&mut ws).await? {
         Some(lk::signal_response::Message::Join(j)) => Ok((ws, j)),
         Some(lk::signal_response::Message::Leave(l)) => Err(Error::Refused(format!(
