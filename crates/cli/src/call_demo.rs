@@ -231,7 +231,7 @@ async fn demo(opts: Options) -> anyhow::Result<()> {
         .call(call.id())
         .await?
         .context("the call is not in the store")?;
-    let in_matrix = verify::latest_status_in_matrix(&call).await;
+    let in_matrix = verify::latest_status_in_matrix(&client, &call).await;
     checks.push(Check {
         ok: stored.status == CallStatus::Ended && matches!(in_matrix, Ok(CallStatus::Ended)),
         line: format!(

@@ -71,6 +71,10 @@ enum Command {
         /// The TOML config file.
         #[arg(long, env = "ORACLE_CALLS_CONFIG")]
         config: PathBuf,
+        /// Before serving, rebuild the call store from the bot's Matrix rooms (after a lost or
+        /// restored database; needs the bot's device store in data_dir/matrix).
+        #[arg(long)]
+        reindex: bool,
     },
     /// Run the oracle's live agent: registers with LiveKit, joins calls with the call key.
     /// Secrets: ORACLE_CALLS_AGENT_API_KEY and ORACLE_CALLS_LIVEKIT_API_SECRET (or `_FILE`).
@@ -186,7 +190,7 @@ fn main() -> anyhow::Result<()> {
             print_public(&kp);
             Ok(())
         }
-        Command::Serve { config } => serve::run(&config),
+        Command::Serve { config, reindex } => serve::run(&config, reindex),
         Command::Apikey { config, action } => apikey::run(&config, action),
     }
 }

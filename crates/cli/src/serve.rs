@@ -17,11 +17,33 @@ pub fn load(config: &Path) -> anyhow::Result<(Config, Secrets)> {
     Ok((cfg, secrets))
 }
 
-pub fn run(config: &Path) -> anyhow::Result<()> {
+pub fn run(config: &Path, reindex: bool) -> anyhow::Result<()> {
     let (cfg, secrets) = load(config)?;
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     rt.block_on(async move {
-        oracle_calls_server::serve(cfg, secrets, shutdown_signal())
+        if !reindex {
+            return oracle_calls_server::serve(cfg, secrets, shutdown_signal())
+                .await
+                .context("serving");
+        }
+        let listener = tokio::net::TcpListener::bind(cfg.listen)
+            .await
+            .with_context(|| format!("binding {}", cfg.listen))?;
+        let state = oracle_calls_server::build_state(cfg, secrets)
+            .await
+            .context("starting")?;
+        eprintln!("rebuilding the call store from Matrix ...");
+        let r = oracle_calls_server::reindex(&state)
+            .await
+            .context("rebuilding the store from Matrix")?;
+        eprintln!(
+            "rebuilt: {} rooms, {} events, {} call events: {} added, {} moved forward, {} unchanged",
+            r.rooms, r.events, r.call_events, r.added, r.advanced, r.unchanged
+        );
+        for (why, n) in &r.skipped {
+            eprintln!("  skipped {n}: {why}");
+        }
+        oracle_calls_server::serve_on(listener, state, shutdown_signal())
             .await
             .context("serving")
     })

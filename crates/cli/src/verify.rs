@@ -57,11 +57,20 @@ fn urlenc(s: &str) -> String {
         .collect()
 }
 
-/// The status in the newest `m.replace` edit of the call event, decrypted by the user's device.
+/// The status in the newest `m.replace` edit of the call event (the user's or the oracle's
+/// bot's), decrypted by the user's device.
 ///
 /// # Errors
 /// Matrix failures, or no edit found.
-pub async fn latest_status_in_matrix(call: &Call) -> anyhow::Result<CallStatus> {
+pub async fn latest_status_in_matrix(
+    client: &OracleClient,
+    call: &Call,
+) -> anyhow::Result<CallStatus> {
+    // The room keys of the bot's edits arrive as to-device messages: sync for them first.
+    client
+        .matrix()
+        .sync_once(matrix_sdk::config::SyncSettings::default().timeout(std::time::Duration::ZERO))
+        .await?;
     let opts = RelationsOptions {
         dir: Direction::Backward,
         include_relations: IncludeRelations::RelationsOfType(RelationType::Replacement),

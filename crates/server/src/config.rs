@@ -69,6 +69,10 @@ pub struct MatrixConfig {
     /// How long a verified OpenID token is trusted before it is checked again, in seconds.
     #[serde(default = "default_openid_cache")]
     pub openid_cache_secs: u64,
+    /// How often the bot looks for status changes Matrix does not show yet (an edit that
+    /// failed all its tries while the homeserver was down) and writes them again, in seconds.
+    #[serde(default = "default_mirror_retry")]
+    pub mirror_retry_secs: u64,
 }
 
 /// LiveKit settings. The API secret comes from [`Secrets`].
@@ -136,6 +140,9 @@ fn default_outbound_timeout() -> u64 {
 }
 fn default_openid_cache() -> u64 {
     300
+}
+fn default_mirror_retry() -> u64 {
+    30
 }
 fn default_token_ttl() -> u64 {
     600

@@ -42,6 +42,8 @@ struct Inner {
     state: OnceLock<AppState>,
     stop: watch::Sender<bool>,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The startup sync's answer, handled first by the loop.
+    first_sync: Mutex<Option<matrix_sdk::sync::SyncResponse>>,
 }
 
 impl std::fmt::Debug for Bot {
@@ -67,6 +69,9 @@ impl Bot {
         let timeout = Duration::from_secs(config.matrix.request_timeout_secs);
         let client = Client::builder()
             .homeserver_url(&config.matrix.homeserver_url)
+            // The configured URL is the way to the homeserver (it may be an internal address
+            // or a proxy); a login answer's well-known must not move the bot elsewhere.
+            .respect_login_well_known(false)
             .sqlite_store(&dir, None)
             .request_config(RequestConfig::new().timeout(timeout).retry_limit(3))
             .build()
@@ -104,8 +109,10 @@ impl Bot {
             write_session(&session_file, &session)?;
             info!("Matrix login done; session saved");
         }
-        // Uploads the device keys (and resumes from the stored token on a restart).
-        client
+        // Uploads the device keys and resumes from the stored token on a restart. What this
+        // first sync brings (events sent while the server was down) is handled once the loop
+        // starts, when the bot has the server's state.
+        let first = client
             .sync_once(SyncSettings::default().timeout(Duration::ZERO))
             .await
             .map_err(matrix_error)?;
@@ -115,16 +122,25 @@ impl Bot {
             state: OnceLock::new(),
             stop: watch::channel(false).0,
             task: Mutex::new(None),
+            first_sync: Mutex::new(Some(first)),
         })))
     }
 
-    /// Hands the bot the server state and starts the sync loop.
+    /// Hands the bot the server state and starts the sync loop and the loop that writes status edits Matrix missed.
     pub fn attach(&self, state: AppState) {
         if self.0.state.set(state).is_err() {
             return;
         }
+        let every = Duration::from_secs(
+            self.0
+                .state
+                .get()
+                .map_or(30, |s| s.config().matrix.mirror_retry_secs)
+                .max(1),
+        );
         let bot = self.clone();
         let handle = tokio::spawn(async move { bot.run().await });
+        tokio::spawn(self.clone().run_mirror_loop(every));
         if let Ok(mut t) = self.0.task.lock() {
             *t = Some(handle);
         }
@@ -146,7 +162,9 @@ impl Bot {
     }
 
     /// Writes the call's status to its Matrix event as an `m.replace` edit. One transaction id
-    /// per (call, status), so retries and restarts never duplicate the edit.
+    /// per (call, status), so retries and restarts never duplicate the edit. On success the
+    /// store records that Matrix shows the status; after the last try the call stays in the
+    /// backlog that [`Bot::attach`]'s mirror loop writes again.
     ///
     /// # Errors
     /// [`Error::MatrixUnavailable`] after [`WRITE_ATTEMPTS`] tries.
@@ -154,6 +172,12 @@ impl Bot {
         if rec.status == CallStatus::Pending {
             return Ok(());
         }
+        let metrics = self.0.state.get().map(AppState::metrics);
+        let count = |outcome: &str| {
+            if let Some(m) = metrics {
+                m.matrix_write(outcome);
+            }
+        };
         let room = self.room(&rec.matrix_room_id)?;
         let now = rec.call_ended_at.unwrap_or_else(crate::now);
         let new_content = rec
@@ -165,29 +189,83 @@ impl Bot {
         let body = serde_json::to_value(&edit).map_err(|e| Error::Internal(e.to_string()))?;
         let txn = txn_id(rec.call_id.as_str(), rec.status.as_str());
         let mut delay = Duration::from_millis(200);
-        for attempt in 1..=WRITE_ATTEMPTS {
+        let mut attempt = 0;
+        let failure = loop {
+            attempt += 1;
             match room
                 .send_raw(CALL_EVENT_TYPE, &body)
                 .with_transaction_id(&txn)
                 .await
             {
-                Ok(_) => {
-                    debug!(status = %rec.status, "status mirrored to Matrix");
-                    return Ok(());
-                }
+                Ok(_) => break None,
                 Err(e) if attempt < WRITE_ATTEMPTS => {
+                    count("retry");
                     warn!(attempt, error = %e, "Matrix edit failed; retrying");
                     tokio::time::sleep(jitter(delay)).await;
                     delay = (delay * 2).min(Duration::from_secs(5));
                 }
-                Err(e) => {
-                    return Err(Error::MatrixUnavailable(format!(
-                        "edit after {attempt} tries: {e}"
-                    )));
-                }
+                Err(e) => break Some(e),
             }
+        };
+        if let Some(e) = failure {
+            count("failed");
+            return Err(Error::MatrixUnavailable(format!(
+                "the {} edit failed {attempt} times ({e}); it is written again once the homeserver answers",
+                rec.status
+            )));
         }
-        Err(Error::MatrixUnavailable("edit failed".into()))
+        count("ok");
+        debug!(status = %rec.status, "status mirrored to Matrix");
+        if let Some(state) = self.0.state.get() {
+            state.store().set_mirrored(&rec.call_id, rec.status).await?;
+        }
+        Ok(())
+    }
+
+    /// Writes every status change Matrix does not show yet (those whose edits failed every
+    /// try), oldest first, and publishes the backlog's size.
+    async fn mirror_backlog(&self, state: &AppState, settle: Duration) {
+        let settle_ms = i64::try_from(settle.as_millis()).unwrap_or(i64::MAX);
+        let before = crate::now().unix_millis().saturating_sub(settle_ms);
+        let oracle = &state.config().oracle.did;
+        let calls = match state.store().unmirrored_calls(oracle, before, 100).await {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(error = %e, "could not read the Matrix backlog");
+                return;
+            }
+        };
+        for rec in calls {
+            let span = tracing::info_span!("call", call_id = %rec.call_id);
+            let _ = tracing::Instrument::instrument(
+                async {
+                    match self.mirror_status(&rec).await {
+                        Ok(()) => info!(status = %rec.status, "late status edit written to Matrix"),
+                        Err(e) => warn!(error = %e, "status edit still not written"),
+                    }
+                },
+                span,
+            )
+            .await;
+        }
+        if let Ok(n) = state.store().unmirrored_count(oracle).await {
+            state.metrics().matrix_backlog.set(n);
+        }
+    }
+
+    async fn run_mirror_loop(self, every: Duration) {
+        let mut stop = self.0.stop.subscribe();
+        let Some(state) = self.0.state.get().cloned() else {
+            return;
+        };
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(every) => {},
+                _ = stop.changed() => break,
+            }
+            // Changes younger than one period are still with their own writer.
+            self.mirror_backlog(&state, every).await;
+        }
     }
 
     pub(crate) fn room(&self, room_id: &str) -> Result<Room> {
@@ -203,6 +281,10 @@ impl Bot {
         let mut stop = self.0.stop.subscribe();
         let mut backoff = Duration::from_millis(500);
         info!(user = %self.0.user_id, "Matrix sync loop running");
+        let first = self.0.first_sync.lock().ok().and_then(|mut f| f.take());
+        if let Some(resp) = first {
+            self.handle_sync(resp).await;
+        }
         loop {
             let settings = SyncSettings::default().timeout(SYNC_TIMEOUT);
             let result = tokio::select! {

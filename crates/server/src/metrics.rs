@@ -1,7 +1,7 @@
 //! Prometheus metrics, served at `/metrics`.
 
 use prometheus::{
-    Encoder as _, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+    Encoder as _, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
 };
 
 use crate::{Error, Result};
@@ -16,6 +16,10 @@ pub struct Metrics {
     pub http_latency: HistogramVec,
     /// Call lifecycle events (`synced`, `ended`, `key_granted`, `key_refused`, `webhook`).
     pub calls: IntCounterVec,
+    /// Status edits written to Matrix, by outcome (`ok`, `retry`, `failed`).
+    pub matrix_writes: IntCounterVec,
+    /// Calls whose status Matrix does not show yet.
+    pub matrix_backlog: IntGauge,
 }
 
 impl Metrics {
@@ -54,18 +58,44 @@ impl Metrics {
         registry
             .register(Box::new(http_latency.clone()))
             .map_err(bug)?;
+        let matrix_writes = IntCounterVec::new(
+            Opts::new(
+                "matrix_writes_total",
+                "status edits written to Matrix, by outcome (ok, retry, failed)",
+            ),
+            &["outcome"],
+        )
+        .map_err(bug)?;
+        let matrix_backlog = IntGauge::new(
+            "matrix_unmirrored_calls",
+            "calls whose status Matrix does not show yet",
+        )
+        .map_err(bug)?;
         registry.register(Box::new(calls.clone())).map_err(bug)?;
+        registry
+            .register(Box::new(matrix_writes.clone()))
+            .map_err(bug)?;
+        registry
+            .register(Box::new(matrix_backlog.clone()))
+            .map_err(bug)?;
         Ok(Self {
             registry,
             http_requests,
             http_latency,
             calls,
+            matrix_writes,
+            matrix_backlog,
         })
     }
 
     /// Counts one call event.
     pub fn call_event(&self, event: &str) {
         self.calls.with_label_values(&[event]).inc();
+    }
+
+    /// Counts one Matrix write attempt's outcome.
+    pub fn matrix_write(&self, outcome: &str) {
+        self.matrix_writes.with_label_values(&[outcome]).inc();
     }
 
     /// The Prometheus text exposition.

@@ -267,6 +267,98 @@ impl Store {
         rows.iter().map(call_from_row).collect()
     }
 
+    /// Records that Matrix now shows `status` for the call (written by the bot, or read from
+    /// the user's own edit).
+    ///
+    /// # Errors
+    /// [`Error::Store`].
+    pub async fn set_mirrored(&self, call_id: &CallId, status: CallStatus) -> Result<()> {
+        sqlx::query("UPDATE calls SET mirrored_status = $1 WHERE call_id = $2")
+            .bind(status.as_str())
+            .bind(call_id.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Calls whose status Matrix does not show yet (oldest change first), changed before
+    /// `older_than_ms` (Unix ms; younger changes are still being written by their own transition).
+    ///
+    /// # Errors
+    /// [`Error::Store`].
+    pub async fn unmirrored_calls(
+        &self,
+        oracle: &Did,
+        older_than_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<CallRecord>> {
+        let rows = sqlx::query(
+            "SELECT call_id, matrix_room_id, sender, content_json, status, call_ended_at, reason,
+                    key_blocked, created_at
+             FROM calls
+             WHERE oracle_did = $1 AND status <> 'pending'
+               AND (mirrored_status IS NULL OR mirrored_status <> status) AND updated_at <= $2
+             ORDER BY updated_at LIMIT $3",
+        )
+        .bind(oracle.as_str())
+        .bind(older_than_ms)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(call_from_row).collect()
+    }
+
+    /// Brings a call rebuilt from Matrix to the status its edits show (`status`, ended at
+    /// `ended_at_ms`), which Matrix already shows. Never moves a call backwards.
+    ///
+    /// # Errors
+    /// [`Error::Store`].
+    pub async fn restore_status(
+        &self,
+        call_id: &CallId,
+        status: CallStatus,
+        ended_at_ms: Option<i64>,
+        now_ms: i64,
+    ) -> Result<bool> {
+        let earlier: &[&str] = match status {
+            CallStatus::Pending => &[],
+            CallStatus::Active => &["pending"],
+            CallStatus::Ended => &["pending", "active"],
+        };
+        let mut changed = false;
+        for from in earlier {
+            let done = sqlx::query(
+                "UPDATE calls SET status = $1, call_ended_at = COALESCE($2, call_ended_at),
+                     mirrored_status = $1, updated_at = $3
+                 WHERE call_id = $4 AND status = $5",
+            )
+            .bind(status.as_str())
+            .bind(ended_at_ms)
+            .bind(now_ms)
+            .bind(call_id.as_str())
+            .bind(*from)
+            .execute(&self.pool)
+            .await?;
+            changed |= done.rows_affected() == 1;
+        }
+        Ok(changed)
+    }
+
+    /// How many of `oracle`'s calls owe Matrix an edit.
+    ///
+    /// # Errors
+    /// [`Error::Store`].
+    pub async fn unmirrored_count(&self, oracle: &Did) -> Result<i64> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n FROM calls WHERE oracle_did = $1 AND status <> 'pending'
+               AND (mirrored_status IS NULL OR mirrored_status <> status)",
+        )
+        .bind(oracle.as_str())
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.try_get("n")?)
+    }
+
     pub(crate) fn pool(&self) -> &AnyPool {
         &self.pool
     }
@@ -311,17 +403,38 @@ fn reason_str(r: CallReason) -> String {
 }
 
 fn migrator(backend: Backend) -> Migrator {
-    let sql: &'static str = match backend {
-        Backend::Sqlite => include_str!("../migrations/sqlite/0001_init.sql"),
-        Backend::Postgres => include_str!("../migrations/postgres/0001_init.sql"),
-    };
-    Migrator::with_migrations(vec![Migration::new(
-        1,
-        Cow::Borrowed("init"),
-        MigrationType::Simple,
-        sql.into_sql_str(),
-        false,
-    )])
+    let steps: [(i64, &'static str, &'static str, &'static str); 2] = [
+        (
+            1,
+            "init",
+            include_str!("../migrations/sqlite/0001_init.sql"),
+            include_str!("../migrations/postgres/0001_init.sql"),
+        ),
+        (
+            2,
+            "mirror",
+            include_str!("../migrations/sqlite/0002_mirror.sql"),
+            include_str!("../migrations/postgres/0002_mirror.sql"),
+        ),
+    ];
+    Migrator::with_migrations(
+        steps
+            .into_iter()
+            .map(|(version, name, sqlite, postgres)| {
+                let sql = match backend {
+                    Backend::Sqlite => sqlite,
+                    Backend::Postgres => postgres,
+                };
+                Migration::new(
+                    version,
+                    Cow::Borrowed(name),
+                    MigrationType::Simple,
+                    sql.into_sql_str(),
+                    false,
+                )
+            })
+            .collect(),
+    )
 }
 
 impl Store {

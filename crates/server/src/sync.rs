@@ -59,6 +59,31 @@ pub(crate) fn validate(
     ev: &FetchedEvent,
     now_ms: i64,
 ) -> Result<OraclesCallContent> {
+    let content = validate_stored(state, call_id, ev)?;
+    let window = i64::try_from(state.config().validation.max_clock_skew_secs)
+        .unwrap_or(i64::MAX / 1000)
+        .saturating_mul(1000);
+    let started = content.call_started_at.unix_millis();
+    if started.abs_diff(ev.origin_server_ts) > window.unsigned_abs() {
+        return Err(Error::Validation(
+            "callStartedAt is too far from the event's origin_server_ts".into(),
+        ));
+    }
+    if started.abs_diff(now_ms) > window.unsigned_abs() {
+        return Err(Error::Validation(
+            "callStartedAt is too far from now (stale or replayed event)".into(),
+        ));
+    }
+    Ok(content)
+}
+
+/// The checks of [`validate`] that hold for an event of any age (what a rebuild of the store
+/// from Matrix applies): transport, type, sender binding, oracle, room, initial status.
+pub(crate) fn validate_stored(
+    state: &AppState,
+    call_id: &CallId,
+    ev: &FetchedEvent,
+) -> Result<OraclesCallContent> {
     let fail = |m: &str| Error::Validation(m.to_owned());
     ev.check_transport().map_err(fail)?;
     if ev.event_type != oracle_calls_proto::CALL_EVENT_TYPE {
@@ -81,20 +106,6 @@ pub(crate) fn validate(
     }
     if content.call_status != CallStatus::Pending {
         return Err(fail("callStatus is not pending"));
-    }
-    let window = i64::try_from(config.validation.max_clock_skew_secs)
-        .unwrap_or(i64::MAX / 1000)
-        .saturating_mul(1000);
-    let started = content.call_started_at.unix_millis();
-    if started.abs_diff(ev.origin_server_ts) > window.unsigned_abs() {
-        return Err(fail(
-            "callStartedAt is too far from the event's origin_server_ts",
-        ));
-    }
-    if started.abs_diff(now_ms) > window.unsigned_abs() {
-        return Err(fail(
-            "callStartedAt is too far from now (stale or replayed event)",
-        ));
     }
     Ok(content)
 }

@@ -15,5 +15,7 @@ mod api;
 mod livekit;
 #[path = "integration/matrix.rs"]
 mod matrix;
+#[path = "integration/resilience.rs"]
+mod resilience;
 #[path = "integration/support.rs"]
 mod support;

@@ -113,15 +113,22 @@ pub(crate) async fn apply_edit(state: &AppState, ev: &FetchedEvent) -> Result<()
     if rec.sender != ev.sender || rec.matrix_room_id != ev.matrix_room_id {
         return Ok(());
     }
-    if new_content.call_status == CallStatus::Ended && rec.status != CallStatus::Ended {
-        info!(call_id = %call_id, "the user ended the call in Matrix");
-        crate::calls::transition_quietly(
-            state,
-            rec,
-            CallStatus::Ended,
-            Some(CallReason::UserHangup),
-        )
-        .await?;
+    if new_content.call_status == CallStatus::Ended {
+        if rec.status != CallStatus::Ended {
+            info!(call_id = %call_id, "the user ended the call in Matrix");
+            crate::calls::transition_quietly(
+                state,
+                rec,
+                CallStatus::Ended,
+                Some(CallReason::UserHangup),
+            )
+            .await?;
+        }
+        // Matrix shows the call ended (the user's own edit): the bot owes it nothing more.
+        state
+            .store()
+            .set_mirrored(&call_id, CallStatus::Ended)
+            .await?;
     }
     Ok(())
 }

@@ -16,15 +16,15 @@ use crate::support::{
 };
 
 /// The user's side: a matrix-sdk client with its own device.
-struct UserSide {
-    user: MatrixUser,
-    did: String,
-    client: Client,
+pub(crate) struct UserSide {
+    pub(crate) user: MatrixUser,
+    pub(crate) did: String,
+    pub(crate) client: Client,
     _dir: TempDir,
 }
 
 impl UserSide {
-    async fn new() -> Self {
+    pub(crate) async fn new() -> Self {
         let id = unique("u");
         let user = MatrixUser::new(&format!("did-ixo-{id}")).await;
         let dir = temp_dir();
@@ -54,7 +54,7 @@ impl UserSide {
     }
 
     /// A DM with the bot (encrypted or not), returned once the bot has joined.
-    async fn room_with(&self, bot: &UserId, encrypted: bool) -> Room {
+    pub(crate) async fn room_with(&self, bot: &UserId, encrypted: bool) -> Room {
         let mut req = CreateRoom::new();
         req.invite = vec![bot.to_owned()];
         req.is_direct = true;
@@ -96,7 +96,7 @@ impl UserSide {
         panic!("the oracle's bot did not join within 15 s");
     }
 
-    fn content(&self, oracle: &str, room_name: &str, started_ms: i64) -> Value {
+    pub(crate) fn content(&self, oracle: &str, room_name: &str, started_ms: i64) -> Value {
         json!({
             "callType": "audio", "callStatus": "pending", "callStartedAt": ts_text(started_ms),
             "encryptionKey": "v1.hpke-p256.QUJD", "sessionId": unique("sess-"),
@@ -105,7 +105,7 @@ impl UserSide {
         })
     }
 
-    async fn send(&self, room: &Room, content: &Value) -> String {
+    pub(crate) async fn send(&self, room: &Room, content: &Value) -> String {
         room.send_raw("m.ixo.oracles_call", content)
             .await
             .unwrap()
@@ -121,11 +121,11 @@ fn ts_text(ms: i64) -> String {
         .to_string()
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     oracle_calls_server::now().unix_millis()
 }
 
-async fn sync_call(s: &TestServer, token: &str, call_id: &str) -> (u16, Value) {
+pub(crate) async fn sync_call(s: &TestServer, token: &str, call_id: &str) -> (u16, Value) {
     let seg = oracle_calls_proto::CallId::parse(call_id)
         .map(|c| c.to_path_segment())
         .unwrap_or(call_id.to_owned());

@@ -251,6 +251,31 @@ impl TestServer {
         Self::spawn(state, "127.0.0.1:0", oracle, pepper, dir).await
     }
 
+    /// A server with the bot whose config is first passed through `edit` (the TOML text), e.g.
+    /// to route Matrix or LiveKit through a [`Gate`]. Keeps `dir` (its data) alive.
+    pub async fn start_with_bot_edited(
+        db: Db,
+        bot: &MatrixUser,
+        edit: impl FnOnce(String) -> String,
+    ) -> Self {
+        let dir = temp_dir();
+        let oracle = Did::parse(&unique("did:ixo:oracle")).unwrap();
+        let text = edit(config_toml(&oracle, &bot.user_id, &dir.0, db));
+        let config = Config::from_toml(&text).unwrap();
+        let secrets = secrets(Some(bot.password.clone()));
+        let pepper = secrets.api_key_pepper.clone();
+        let state = oracle_calls_server::build_state(config, secrets)
+            .await
+            .unwrap();
+        Self::spawn(state, "127.0.0.1:0", oracle, pepper, dir).await
+    }
+
+    /// Serves an already built `state` (e.g. after a restart on the same data).
+    pub async fn serve_state(state: AppState, pepper: Secret, dir: TempDir) -> Self {
+        let oracle = state.config().oracle.did.clone();
+        Self::spawn(state, "127.0.0.1:0", oracle, pepper, dir).await
+    }
+
     /// A handle on a state that is not served (for store-level helpers).
     pub fn wrap(state: AppState) -> Self {
         let (tx, _rx) = oneshot::channel::<()>();
@@ -347,3 +372,78 @@ macro_rules! both_backends {
     };
 }
 pub(crate) use both_backends;
+
+/// A TCP relay to an upstream server that a test can close (new connections are dropped at
+/// once and live ones are cut) and open again: a homeserver or LiveKit going down and back.
+pub struct Gate {
+    pub url: String,
+    open: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    live: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+impl Gate {
+    /// Relays to `upstream` (`http://host:port`), open.
+    pub async fn start(upstream: &str) -> Self {
+        // These tests are about failures: RUST_LOG=oracle_calls_server=debug shows them.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+        use std::sync::atomic::Ordering;
+        let target = upstream
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_owned();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let open = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let live =
+            std::sync::Arc::new(std::sync::Mutex::new(Vec::<tokio::task::AbortHandle>::new()));
+        let (o, l) = (open.clone(), live.clone());
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if !o.load(Ordering::SeqCst) {
+                    drop(inbound);
+                    continue;
+                }
+                let target = target.clone();
+                let task = tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                let mut live = l.lock().unwrap();
+                live.retain(|h| !h.is_finished());
+                live.push(task.abort_handle());
+            }
+        });
+        Self { url, open, live }
+    }
+
+    /// Refuses new connections and cuts the live ones.
+    pub fn close(&self) {
+        self.open.store(false, std::sync::atomic::Ordering::SeqCst);
+        for h in self.live.lock().unwrap().drain(..) {
+            h.abort();
+        }
+    }
+
+    /// Relays again.
+    pub fn open(&self) {
+        self.open.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// The value of a metric line `name` (labels included, e.g. `x_total{outcome="ok"}`) in the
+/// server's `/metrics`, 0 when absent.
+pub async fn metric(s: &TestServer, name: &str) -> f64 {
+    let text = reqwest::get(s.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+        .map_or(0.0, |v| v.trim().parse().unwrap())
+}
