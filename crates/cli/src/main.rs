@@ -4,6 +4,7 @@
 mod agent_cmd;
 mod apikey;
 mod bench;
+mod bench_key;
 mod call_cmd;
 mod call_demo;
 mod demo;
@@ -131,6 +132,22 @@ enum BenchCmd {
         #[arg(long, default_value = "bench-out/agent")]
         dir: PathBuf,
     },
+    /// Requests per second and p50/p99 of the agent's key endpoint (wrk as the load), with
+    /// the server's static well-known document as the reference.
+    Key {
+        /// Stores to measure: sqlite, postgres (the stack's).
+        #[arg(long, default_value = "sqlite,postgres", value_delimiter = ',')]
+        db: Vec<String>,
+        /// Comma-separated numbers of concurrent clients.
+        #[arg(long, default_value = "1,16,64", value_delimiter = ',')]
+        clients: Vec<usize>,
+        /// Seconds per measurement.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Working directory.
+        #[arg(long, default_value = "bench-out/key")]
+        dir: PathBuf,
+    },
 }
 
 fn parse_scheme(s: &str) -> Result<KeyScheme, String> {
@@ -176,6 +193,12 @@ fn main() -> anyhow::Result<()> {
                 seconds,
                 dir,
             } => bench::agent(calls, seconds, dir),
+            BenchCmd::Key {
+                db,
+                clients,
+                seconds,
+                dir,
+            } => bench_key::run(db, clients, seconds, dir),
         },
         Command::Keygen { scheme, out, force } => {
             let kp = oracle_calls_crypto::OracleKeyPair::generate(scheme, &mut rand::rng())

@@ -66,10 +66,72 @@ pub async fn create(
 /// [`Error::Unauthorized`] for every kind of mismatch (deliberately the same message),
 /// [`Error::Store`].
 pub async fn authenticate(store: &Store, pepper: &Secret, presented: &str) -> Result<ApiKeyRecord> {
+    authenticate_with(store, pepper, presented, None).await
+}
+
+/// Recently looked-up API key records, by key id, each kept for a fixed time. Only the
+/// store lookup is saved: the presented key is still hashed and compared on every request.
+#[derive(Debug)]
+pub struct KeyCache {
+    ttl: std::time::Duration,
+    entries:
+        std::sync::Mutex<std::collections::HashMap<String, (ApiKeyRecord, std::time::Instant)>>,
+}
+
+/// Entries above which the cache is emptied (a flood of distinct key ids cannot grow it).
+const KEY_CACHE_MAX: usize = 4096;
+
+impl KeyCache {
+    /// A cache keeping records for `ttl` (zero: no caching).
+    pub fn new(ttl: std::time::Duration) -> Self {
+        Self {
+            ttl,
+            entries: std::sync::Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+
+    fn get(&self, key_id: &str) -> Option<ApiKeyRecord> {
+        let entries = self.entries.lock().ok()?;
+        let (rec, at) = entries.get(key_id)?;
+        (at.elapsed() < self.ttl).then(|| rec.clone())
+    }
+
+    fn put(&self, rec: &ApiKeyRecord) {
+        if self.ttl.is_zero() {
+            return;
+        }
+        if let Ok(mut entries) = self.entries.lock() {
+            if entries.len() >= KEY_CACHE_MAX {
+                entries.clear();
+            }
+            entries.insert(rec.key_id.clone(), (rec.clone(), std::time::Instant::now()));
+        }
+    }
+}
+
+/// As [`authenticate`], reusing a record looked up less than the cache's time ago.
+///
+/// # Errors
+/// As [`authenticate`].
+pub async fn authenticate_with(
+    store: &Store,
+    pepper: &Secret,
+    presented: &str,
+    cache: Option<&KeyCache>,
+) -> Result<ApiKeyRecord> {
     const REFUSED: Error = Error::Unauthorized("invalid API key");
     let key_id = parse_key_id(presented).ok_or(REFUSED)?;
-    let Some(rec) = store.api_key(key_id).await? else {
-        return Err(REFUSED);
+    let rec = match cache.and_then(|c| c.get(key_id)) {
+        Some(rec) => rec,
+        None => {
+            let Some(rec) = store.api_key(key_id).await? else {
+                return Err(REFUSED);
+            };
+            if let Some(c) = cache {
+                c.put(&rec);
+            }
+            rec
+        }
     };
     let want = rec.key_hash.as_bytes();
     let got = hash(pepper, presented);

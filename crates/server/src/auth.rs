@@ -179,7 +179,13 @@ impl FromRequestParts<AppState> for Agent {
     type Rejection = Error;
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self> {
         let token = bearer(parts)?;
-        let rec = apikey::authenticate(state.store(), state.pepper(), token).await?;
+        let rec = apikey::authenticate_with(
+            state.store(),
+            state.pepper(),
+            token,
+            Some(state.key_cache()),
+        )
+        .await?;
         Ok(Self(rec))
     }
 }
@@ -189,7 +195,13 @@ impl FromRequestParts<AppState> for Caller {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self> {
         let token = bearer(parts)?;
         if apikey::looks_like_api_key(token) {
-            let rec = apikey::authenticate(state.store(), state.pepper(), token).await?;
+            let rec = apikey::authenticate_with(
+                state.store(),
+                state.pepper(),
+                token,
+                Some(state.key_cache()),
+            )
+            .await?;
             Ok(Self::Agent(rec))
         } else {
             Ok(Self::User(state.openid().verify(token).await?))

@@ -48,8 +48,15 @@ pub async fn key(
             _ => "error",
         },
     };
-    store
-        .record_key_request(call_id, &key.key_id, remote, label, now)
+    state
+        .audit()
+        .record(crate::store::KeyRequestRecord {
+            call_id: call_id.as_str().to_owned(),
+            key_id: key.key_id.clone(),
+            remote: remote.to_owned(),
+            outcome: label.to_owned(),
+            at: now,
+        })
         .await?;
     state.metrics().call_event(if outcome.is_ok() {
         "key_granted"

@@ -29,6 +29,11 @@ pub struct Config {
     /// Time limit of one request, in seconds.
     #[serde(default = "default_request_timeout")]
     pub request_timeout_secs: u64,
+    /// How long a looked-up API key record is reused before the store is asked again, in
+    /// seconds: a key revoked with `oracle-calls apikey revoke` stops working within this
+    /// time. 0 asks the store on every request.
+    #[serde(default = "default_api_key_cache")]
+    pub api_key_cache_secs: u64,
     /// The oracle this server fronts.
     pub oracle: OracleConfig,
     /// The homeserver and the oracle's bot account.
@@ -140,6 +145,9 @@ fn default_outbound_timeout() -> u64 {
 }
 fn default_openid_cache() -> u64 {
     300
+}
+fn default_api_key_cache() -> u64 {
+    2
 }
 fn default_mirror_retry() -> u64 {
     30

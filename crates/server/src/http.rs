@@ -63,7 +63,15 @@ async fn track(State(state): State<AppState>, req: Request, next: Next) -> Respo
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     let method = req.method().as_str().to_owned();
     let started = Instant::now();
-    let resp = next.run(req).await;
+    let mut resp = next.run(req).await;
+    if resp.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        // The unread rest of the body is still on the wire: the connection cannot carry
+        // another request, so tell the client not to reuse it.
+        resp.headers_mut().insert(
+            axum::http::header::CONNECTION,
+            axum::http::HeaderValue::from_static("close"),
+        );
+    }
     let m = state.metrics();
     m.http_latency
         .with_label_values(&[route.as_str()])

@@ -19,6 +19,7 @@
 #![recursion_limit = "256"]
 
 pub mod apikey;
+mod audit;
 mod auth;
 mod calls;
 pub mod config;

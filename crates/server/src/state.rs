@@ -27,6 +27,8 @@ struct Inner {
     matrix: Option<crate::matrix::Bot>,
     user_bindings: std::collections::HashMap<String, String>,
     webhooks: tokio::sync::broadcast::Sender<crate::livekit::WebhookEvent>,
+    key_cache: crate::apikey::KeyCache,
+    audit: crate::audit::AuditLog,
 }
 
 impl AppState {
@@ -63,10 +65,15 @@ impl AppState {
             None => std::collections::HashMap::new(),
         };
         let livekit = LiveKit::new(config.livekit.clone(), secrets.livekit_api_secret.clone())?;
+        let key_cache =
+            crate::apikey::KeyCache::new(Duration::from_secs(config.api_key_cache_secs));
+        let audit = crate::audit::AuditLog::new(store.clone());
         Ok(Self(Arc::new(Inner {
             config,
             secrets,
             store,
+            key_cache,
+            audit,
             openid,
             livekit,
             metrics: Metrics::new()?,
@@ -112,6 +119,12 @@ impl AppState {
     }
     pub(crate) fn user_bindings(&self) -> &std::collections::HashMap<String, String> {
         &self.0.user_bindings
+    }
+    pub(crate) fn key_cache(&self) -> &crate::apikey::KeyCache {
+        &self.0.key_cache
+    }
+    pub(crate) fn audit(&self) -> &crate::audit::AuditLog {
+        &self.0.audit
     }
     pub(crate) fn pepper(&self) -> &Secret {
         &self.0.secrets.api_key_pepper

@@ -32,6 +32,46 @@ pub enum Backend {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// Calls read recently, on SQLite only (see [`CallCache`]).
+    cache: Option<std::sync::Arc<CallCache>>,
+}
+
+/// A read cache of call records for a store this process alone writes (the SQLite file of
+/// the embedded default). Every write of a call through the [`Store`] drops its entry, and a
+/// read only fills the cache when no write happened while it ran (a generation counter), so
+/// the cache never serves a status older than the store's. PostgreSQL may be shared by
+/// several servers, so it is never cached.
+#[derive(Debug, Default)]
+struct CallCache {
+    inner: std::sync::Mutex<(u64, std::collections::HashMap<String, CallRecord>)>,
+}
+
+/// Entries above which the call cache is emptied.
+const CALL_CACHE_MAX: usize = 10_000;
+
+impl CallCache {
+    fn get(&self, id: &str) -> Option<CallRecord> {
+        self.inner.lock().ok()?.1.get(id).cloned()
+    }
+    fn generation(&self) -> u64 {
+        self.inner.lock().map_or(u64::MAX, |g| g.0)
+    }
+    fn fill(&self, generation: u64, rec: &CallRecord) {
+        if let Ok(mut g) = self.inner.lock()
+            && g.0 == generation
+        {
+            if g.1.len() >= CALL_CACHE_MAX {
+                g.1.clear();
+            }
+            g.1.insert(rec.call_id.as_str().to_owned(), rec.clone());
+        }
+    }
+    fn forget(&self, id: &str) {
+        if let Ok(mut g) = self.inner.lock() {
+            g.0 = g.0.wrapping_add(1);
+            g.1.remove(id);
+        }
+    }
 }
 
 /// One stored call.
@@ -114,6 +154,18 @@ impl Store {
         let pool = AnyPoolOptions::new()
             .max_connections(max)
             .acquire_timeout(std::time::Duration::from_secs(10))
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        // WAL with NORMAL sync: a commit survives a crash of this process;
+                        // only an OS crash or power loss can lose the last commits.
+                        sqlx::query("PRAGMA synchronous = NORMAL")
+                            .execute(&mut *conn)
+                            .await?;
+                    }
+                    Ok(())
+                })
+            })
             .connect(url)
             .await?;
         if backend == Backend::Sqlite {
@@ -122,7 +174,12 @@ impl Store {
                 .await?;
         }
         migrator(backend).run(&pool).await?;
-        Ok(Self { pool, backend })
+        let cache = (backend == Backend::Sqlite).then(std::sync::Arc::default);
+        Ok(Self {
+            pool,
+            backend,
+            cache,
+        })
     }
 
     /// The backend in use.
@@ -174,7 +231,9 @@ impl Store {
         .bind(content.call_started_at.unix_millis())
         .bind(now_ms)
         .execute(&self.pool)
-        .await?;
+        .await;
+        self.forget(call_id);
+        let done = done?;
         if done.rows_affected() == 1 {
             return Ok(Inserted::New);
         }
@@ -190,11 +249,26 @@ impl Store {
     /// # Errors
     /// [`Error::Store`], or [`Error::Internal`] for a row that does not parse.
     pub async fn call(&self, call_id: &CallId) -> Result<Option<CallRecord>> {
+        if let Some(rec) = self.cache.as_ref().and_then(|c| c.get(call_id.as_str())) {
+            return Ok(Some(rec));
+        }
+        let generation = self.cache.as_ref().map(|c| c.generation());
         let row = sqlx::query(SELECT_CALL.into_sql_str())
             .bind(call_id.as_str())
             .fetch_optional(&self.pool)
             .await?;
-        row.as_ref().map(call_from_row).transpose()
+        let rec = row.as_ref().map(call_from_row).transpose()?;
+        if let (Some(cache), Some(generation), Some(rec)) = (&self.cache, generation, &rec) {
+            cache.fill(generation, rec);
+        }
+        Ok(rec)
+    }
+
+    /// Drops the call's cached record; every write of a call calls it after writing.
+    fn forget(&self, call_id: &CallId) {
+        if let Some(c) = &self.cache {
+            c.forget(call_id.as_str());
+        }
     }
 
     /// Moves the call from `from` to `to` if it is still in `from`. Returns false when another
@@ -223,7 +297,9 @@ impl Store {
         .bind(call_id.as_str())
         .bind(from.as_str())
         .execute(&self.pool)
-        .await?;
+        .await;
+        self.forget(call_id);
+        let done = done?;
         Ok(done.rows_affected() == 1)
     }
 
@@ -238,7 +314,7 @@ impl Store {
         now_ms: i64,
     ) -> Result<()> {
         let block = i64::from(reason == CallReason::KeyDecryptionFailed);
-        sqlx::query(
+        let done = sqlx::query(
             "UPDATE calls SET reason = $1, key_blocked = CASE WHEN $2 = 1 THEN 1 ELSE key_blocked END,
                  updated_at = $3
              WHERE call_id = $4",
@@ -248,7 +324,9 @@ impl Store {
         .bind(now_ms)
         .bind(call_id.as_str())
         .execute(&self.pool)
-        .await?;
+        .await;
+        self.forget(call_id);
+        done?;
         Ok(())
     }
 
@@ -338,7 +416,9 @@ impl Store {
             .bind(call_id.as_str())
             .bind(*from)
             .execute(&self.pool)
-            .await?;
+            .await;
+            self.forget(call_id);
+            let done = done?;
             changed |= done.rows_affected() == 1;
         }
         Ok(changed)

@@ -128,6 +128,43 @@ impl Store {
         Ok(())
     }
 
+    /// Audits several key requests in one transaction (one commit).
+    ///
+    /// # Errors
+    /// [`Error::Store`]; then none of them is stored.
+    pub async fn record_key_requests(&self, records: &[&KeyRequestRecord]) -> Result<()> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let mut sql =
+            String::from("INSERT INTO key_requests (call_id, key_id, remote, outcome, at) VALUES ");
+        for i in 0..records.len() {
+            let n = i * 5;
+            if i > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(&format!(
+                "(${}, ${}, ${}, ${}, ${})",
+                n + 1,
+                n + 2,
+                n + 3,
+                n + 4,
+                n + 5
+            ));
+        }
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for r in records {
+            q = q
+                .bind(r.call_id.as_str())
+                .bind(r.key_id.as_str())
+                .bind(r.remote.as_str())
+                .bind(r.outcome.as_str())
+                .bind(r.at);
+        }
+        q.execute(self.pool()).await?;
+        Ok(())
+    }
+
     /// The audit log of one call, oldest first.
     ///
     /// # Errors

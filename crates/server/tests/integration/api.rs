@@ -127,13 +127,15 @@ async fn key_endpoint(db: Db) {
     let unknown = s.url("/calls/%24nope@oc-none/key");
     let (st, _) = answer(http.get(&unknown).bearer_auth(&real).send().await.unwrap()).await;
     assert_eq!(st, 404);
-    // Revoked: 401 from then on.
+    // Revoked (by another process, as `oracle-calls apikey revoke` does): 401 once the
+    // server's key cache (api_key_cache_secs = 1 here) has let the record go.
     assert!(
         s.store()
             .revoke_api_key(&other.record.key_id, now)
             .await
             .unwrap()
     );
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     let (st, _) = answer(
         http.get(&path)
             .bearer_auth(other.key.dangerous_expose())

@@ -160,6 +160,7 @@ pub fn config_toml(oracle: &Did, oracle_user: &str, data_dir: &std::path::Path, 
         data_dir = "{data}"
         database_url = "{database_url}"
         body_limit_bytes = 4096
+        api_key_cache_secs = 1
         [oracle]
         did = "{oracle}"
         agent_name = "agent-{agent}"
