@@ -17,5 +17,7 @@ mod livekit;
 mod matrix;
 #[path = "integration/resilience.rs"]
 mod resilience;
+#[path = "integration/schema.rs"]
+mod schema;
 #[path = "integration/support.rs"]
 mod support;

@@ -21,7 +21,8 @@ use crate::{AppState, Error, Result};
     responses(
         (status = 200, body = SyncResponse),
         (status = 400, body = ApiErrorBody), (status = 401, body = ApiErrorBody),
-        (status = 403, body = ApiErrorBody), (status = 409, body = ApiErrorBody),
+        (status = 403, body = ApiErrorBody), (status = 404, body = ApiErrorBody),
+        (status = 409, body = ApiErrorBody), (status = 410, body = ApiErrorBody),
         (status = 413, body = ApiErrorBody), (status = 422, body = ApiErrorBody),
         (status = 502, body = ApiErrorBody), (status = 503, body = ApiErrorBody),
     ),
@@ -95,6 +96,7 @@ pub async fn update(
     responses(
         (status = 200, body = ListCallsResponse),
         (status = 400, body = ApiErrorBody), (status = 401, body = ApiErrorBody),
+        (status = 403, body = ApiErrorBody),
     ),
     security(("matrixOpenId" = [])))]
 pub async fn list(
