@@ -11,8 +11,9 @@ use livekit_protocol as lk;
 use lk::signal_request::Message as Req;
 use lk::signal_response::Message as Resp;
 use oracle_calls_crypto::frame::{FrameDecryptor, FrameEncryptor, FrameKind, KeyRing, Outcome};
+use prost::Message as _;
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
-use str0m::channel::{ChannelConfig, Reliability};
+use str0m::channel::{ChannelConfig, ChannelId, Reliability};
 use str0m::format::Codec;
 use str0m::media::{Direction, Frequency, MediaKind, MediaTime, Mid, Pt};
 use str0m::net::{Protocol, Receive};
@@ -28,6 +29,8 @@ use crate::{AUDIO_FRAME_SAMPLES, Error};
 
 /// How long a track publication may take to be confirmed.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a data message may wait for the data channel to open.
+const DATA_OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub(crate) enum Command {
     PublishAudio {
@@ -35,6 +38,11 @@ pub(crate) enum Command {
         reply: oneshot::Sender<Result<(), Error>>,
     },
     AudioFrame(Vec<i16>),
+    SendData {
+        payload: Vec<u8>,
+        topic: Option<String>,
+        reply: oneshot::Sender<Result<(), Error>>,
+    },
     Leave {
         reply: oneshot::Sender<()>,
     },
@@ -132,6 +140,14 @@ pub(crate) struct Engine {
     pending_offer: Option<(SdpPendingOffer, Option<Reply>)>,
     audio_mid: Option<Mid>,
     channels_added: bool,
+    /// A publish confirmed while another offer was still unanswered: negotiated after it.
+    deferred_audio: Option<(String, Reply)>,
+    /// Data: our identity, the publisher's `_reliable` channel, and messages waiting for it.
+    me: String,
+    reliable: Option<ChannelId>,
+    reliable_open: bool,
+    data_seq: u32,
+    pending_data: Vec<(Vec<u8>, Reply, Instant)>,
     encoder: Option<opus::Encoder>,
     rtp_samples: u64,
     connected_sent: bool,
@@ -172,6 +188,12 @@ impl Engine {
             pending_offer: None,
             audio_mid: None,
             channels_added: false,
+            deferred_audio: None,
+            me: me.identity.clone(),
+            reliable: None,
+            reliable_open: false,
+            data_seq: 0,
+            pending_data: Vec::new(),
             encoder: None,
             rtp_samples: 0,
             connected_sent: false,
@@ -200,7 +222,13 @@ impl Engine {
         self.pump(Side::Publisher).await;
         loop {
             let deadline = self.sub.timeout.min(self.publ.timeout);
-            let publish_deadline = self.pending_publish.as_ref().map(|p| p.2);
+            let publish_deadline = self
+                .pending_publish
+                .as_ref()
+                .map(|p| p.2)
+                .into_iter()
+                .chain(self.pending_data.first().map(|d| d.2))
+                .min();
             tokio::select! {
                 msg = signal::recv(&mut self.ws) => match msg? {
                     Some(m) => if let Some(reason) = self.on_signal(m).await? { return Ok(reason) },
@@ -222,8 +250,17 @@ impl Engine {
                     }
                 }
                 _ = tokio::time::sleep_until(publish_deadline.unwrap_or(deadline + Duration::from_secs(3600)).into()), if publish_deadline.is_some() => {
-                    if let Some((_, reply, _)) = self.pending_publish.take() {
+                    let now = Instant::now();
+                    if self.pending_publish.as_ref().is_some_and(|p| p.2 <= now)
+                        && let Some((_, reply, _)) = self.pending_publish.take()
+                    {
                         let _ = reply.send(Err(Error::Timeout("the server to confirm the track")));
+                    }
+                    let (late, waiting): (Vec<_>, Vec<_>) =
+                        std::mem::take(&mut self.pending_data).into_iter().partition(|d| d.2 <= now);
+                    self.pending_data = waiting;
+                    for (_, reply, _) in late {
+                        let _ = reply.send(Err(Error::Timeout("the data channel to open")));
                     }
                 }
                 _ = ping.tick() => {
@@ -239,6 +276,9 @@ impl Engine {
                     }
                     Some(Command::PublishAudio { name, reply }) => self.start_publish(name, reply).await?,
                     Some(Command::AudioFrame(pcm)) => self.write_audio(&pcm).await?,
+                    Some(Command::SendData { payload, topic, reply }) => {
+                        self.send_data(payload, topic, reply).await?
+                    }
                 },
             }
         }
@@ -295,6 +335,16 @@ impl Engine {
             Event::MediaData(d) if side == Side::Subscriber => {
                 self.on_media(d.mid, d.params.spec().codec, &d.data).await
             }
+            Event::ChannelOpen(id, label) => {
+                debug!(?side, %label, "data channel open");
+                if side == Side::Publisher && Some(id) == self.reliable {
+                    self.reliable_open = true;
+                    for (packet, reply, _) in std::mem::take(&mut self.pending_data) {
+                        let _ = reply.send(self.write_reliable(&packet));
+                    }
+                }
+            }
+            Event::ChannelData(d) => self.on_data(&d.data).await,
             _ => {}
         }
     }
@@ -423,6 +473,9 @@ impl Engine {
                     if let Some(reply) = reply {
                         let _ = reply.send(r);
                     }
+                    if let Some((cid, reply)) = self.deferred_audio.take() {
+                        self.negotiate(Some(cid), Some(reply)).await?;
+                    }
                 }
             }
             Resp::Trickle(t) => {
@@ -543,21 +596,38 @@ impl Engine {
         cid: String,
         reply: oneshot::Sender<Result<(), Error>>,
     ) -> Result<(), Error> {
+        if self.pending_offer.is_some() {
+            // One offer at a time: this one follows the answer to the current one.
+            self.deferred_audio = Some((cid, reply));
+            return Ok(());
+        }
+        self.negotiate(Some(cid), Some(reply)).await
+    }
+
+    /// Sends the publisher connection an offer adding the audio track `audio` (if any) and,
+    /// the first time, the `_reliable` and `_lossy` data channels LiveKit expects.
+    async fn negotiate(
+        &mut self,
+        audio: Option<String>,
+        reply: Option<Reply>,
+    ) -> Result<(), Error> {
         let mut api = self.publ.rtc.sdp_api();
-        let mid = api.add_media(
-            MediaKind::Audio,
-            Direction::SendOnly,
-            Some(format!("oc-{cid}")),
-            Some(cid),
-            None,
-        );
+        let mid = audio.map(|cid| {
+            api.add_media(
+                MediaKind::Audio,
+                Direction::SendOnly,
+                Some(format!("oc-{cid}")),
+                Some(cid),
+                None,
+            )
+        });
         if !self.channels_added {
-            api.add_channel_with_config(ChannelConfig {
+            self.reliable = Some(api.add_channel_with_config(ChannelConfig {
                 label: "_reliable".into(),
                 ordered: true,
                 reliability: Reliability::Reliable,
                 ..Default::default()
-            });
+            }));
             api.add_channel_with_config(ChannelConfig {
                 label: "_lossy".into(),
                 ordered: false,
@@ -567,12 +637,16 @@ impl Engine {
             self.channels_added = true;
         }
         let Some((offer, pending)) = api.apply() else {
-            let _ = reply.send(Err(Error::Media("no offer to send".into())));
+            if let Some(reply) = reply {
+                let _ = reply.send(Err(Error::Media("no offer to send".into())));
+            }
             return Ok(());
         };
         self.pump(Side::Publisher).await;
-        self.audio_mid = Some(mid);
-        self.pending_offer = Some((pending, Some(reply)));
+        if mid.is_some() {
+            self.audio_mid = mid;
+        }
+        self.pending_offer = Some((pending, reply));
         signal::send(
             &mut self.ws,
             Req::Offer(lk::SessionDescription {
@@ -583,6 +657,142 @@ impl Engine {
             }),
         )
         .await
+    }
+
+    /// Queues or writes one reliable user packet, encrypted when E2EE is on.
+    async fn send_data(
+        &mut self,
+        payload: Vec<u8>,
+        topic: Option<String>,
+        reply: Reply,
+    ) -> Result<(), Error> {
+        let user = lk::UserPacket {
+            payload,
+            topic,
+            ..Default::default()
+        };
+        self.data_seq = self.data_seq.wrapping_add(1);
+        let value = match self.encryptor.as_mut() {
+            Some(enc) => {
+                let inner = lk::EncryptedPacketPayload {
+                    value: Some(lk::encrypted_packet_payload::Value::User(user)),
+                };
+                let sealed = match enc.encrypt_data(&inner.encode_to_vec()) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        let _ = reply.send(Err(e.into()));
+                        return Ok(());
+                    }
+                };
+                lk::data_packet::Value::EncryptedPacket(lk::EncryptedPacket {
+                    encryption_type: lk::encryption::Type::Gcm as i32,
+                    iv: sealed.iv.to_vec(),
+                    key_index: u32::from(sealed.key_index),
+                    encrypted_value: sealed.ciphertext,
+                })
+            }
+            None => lk::data_packet::Value::User(user),
+        };
+        let packet = lk::DataPacket {
+            participant_identity: self.me.clone(),
+            sequence: self.data_seq,
+            value: Some(value),
+            ..Default::default()
+        }
+        .encode_to_vec();
+        if self.reliable_open {
+            let _ = reply.send(self.write_reliable(&packet));
+            self.pump(Side::Publisher).await;
+            return Ok(());
+        }
+        self.pending_data
+            .push((packet, reply, Instant::now() + DATA_OPEN_TIMEOUT));
+        if !self.channels_added && self.pending_offer.is_none() {
+            self.negotiate(None, None).await?;
+        }
+        Ok(())
+    }
+
+    fn write_reliable(&mut self, packet: &[u8]) -> Result<(), Error> {
+        let id = self
+            .reliable
+            .ok_or_else(|| Error::Media("no data channel".into()))?;
+        let mut ch = self
+            .publ
+            .rtc
+            .channel(id)
+            .ok_or_else(|| Error::Media("the data channel is closed".into()))?;
+        match ch.write(true, packet) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(Error::Media(
+                "the data channel's buffer is full; send again later".into(),
+            )),
+            Err(e) => Err(Error::Media(format!("data channel: {e}"))),
+        }
+    }
+
+    /// A data channel message from the SFU: user packets become events; encrypted ones are
+    /// decrypted with the sender's keyring first; plaintext ones in an E2EE room are reported.
+    async fn on_data(&mut self, bytes: &[u8]) {
+        let Ok(packet) = lk::DataPacket::decode(bytes) else {
+            debug!("undecodable data packet");
+            return;
+        };
+        let identity = packet.participant_identity.clone();
+        let (user, encrypted) = match packet.value {
+            Some(lk::data_packet::Value::User(u)) => {
+                if self.key_ring.is_some() {
+                    warn!(%identity, "plaintext data message in an E2EE room; not delivered");
+                    let _ = self
+                        .events
+                        .send(RoomEvent::UnencryptedData { identity })
+                        .await;
+                    return;
+                }
+                (u, false)
+            }
+            Some(lk::data_packet::Value::EncryptedPacket(ep)) => {
+                let Some(ring) = &self.key_ring else {
+                    debug!(%identity, "encrypted data message and no key; dropped");
+                    return;
+                };
+                let sif = self.sif_trailer.clone();
+                let dec = self.decryptors.entry(identity.clone()).or_insert_with(|| {
+                    let mut d = FrameDecryptor::new(ring.clone());
+                    d.set_sif_trailer(sif);
+                    d
+                });
+                let key_index = u8::try_from(ep.key_index).unwrap_or(u8::MAX);
+                let plain = match dec.decrypt_data(&ep.iv, key_index, &ep.encrypted_value) {
+                    Ok(p) => p,
+                    Err(error) => {
+                        let _ = self
+                            .events
+                            .send(RoomEvent::DataDecryptionFailed { identity, error })
+                            .await;
+                        return;
+                    }
+                };
+                match lk::EncryptedPacketPayload::decode(plain.as_slice()).map(|p| p.value) {
+                    Ok(Some(lk::encrypted_packet_payload::Value::User(u))) => (u, true),
+                    Ok(_) => return,
+                    Err(_) => {
+                        debug!(%identity, "undecodable encrypted payload");
+                        return;
+                    }
+                }
+            }
+            _ => return,
+        };
+        let _ = self
+            .events
+            .send(RoomEvent::DataReceived {
+                identity,
+                topic: user.topic,
+                payload: user.payload,
+                encrypted,
+            })
+            .await;
     }
 
     async fn write_audio(&mut self, pcm: &[i16]) -> Result<(), Error> {

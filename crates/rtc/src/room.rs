@@ -72,6 +72,30 @@ pub enum RoomEvent {
         /// The track.
         track_sid: String,
     },
+    /// A reliable data message (`DataPacket.user`) from a remote participant; decrypted with
+    /// the room key when E2EE is on.
+    DataReceived {
+        /// The sender.
+        identity: String,
+        /// The topic, if the sender gave one.
+        topic: Option<String>,
+        /// The payload.
+        payload: Vec<u8>,
+        /// Whether it arrived end-to-end encrypted.
+        encrypted: bool,
+    },
+    /// A data message from this sender could not be decrypted and was dropped.
+    DataDecryptionFailed {
+        /// The sender.
+        identity: String,
+        /// Why.
+        error: FrameError,
+    },
+    /// E2EE is on but this sender's data message was not encrypted: it is not delivered.
+    UnencryptedData {
+        /// The sender.
+        identity: String,
+    },
     /// The room ended for us.
     Disconnected {
         /// Why.
@@ -139,6 +163,27 @@ impl Room {
         Ok(AudioSource {
             cmd: self.cmd.clone(),
         })
+    }
+
+    /// Sends a reliable data message (`DataPacket.user` on the `_reliable` channel) to the
+    /// room, encrypted with the room key as `encrypted_packet` when E2EE is on, as current
+    /// LiveKit SDKs do. Returns once it is handed to the channel (the first message opens the
+    /// publisher connection's data channels if no track did).
+    ///
+    /// # Errors
+    /// [`Error::Timeout`] if the channel does not open, [`Error::Media`] when the channel's
+    /// buffer is full, [`Error::Closed`].
+    pub async fn send_data(&self, payload: &[u8], topic: Option<&str>) -> Result<(), Error> {
+        let (tx, rx) = oneshot::channel();
+        self.cmd
+            .send(Command::SendData {
+                payload: payload.to_vec(),
+                topic: topic.map(str::to_owned),
+                reply: tx,
+            })
+            .await
+            .map_err(|_| Error::Closed)?;
+        rx.await.map_err(|_| Error::Closed)?
     }
 
     /// Leaves the room and waits until the leave is sent.

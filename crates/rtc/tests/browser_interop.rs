@@ -29,7 +29,13 @@ struct Outcome {
     rust_heard: Vec<i16>,
     browser: serde_json::Value,
     failures: Vec<(String, u64)>,
+    /// Data messages we received: (sender, topic, text, encrypted).
+    data: Vec<(String, Option<String>, String, bool)>,
+    data_failures: Vec<String>,
 }
+
+const FROM_BROWSER: &str = "hello from livekit-client ✓";
+const FROM_RUST: &str = "hello from oracle-calls-rtc ✓";
 
 /// One browser at a time: Chromium's start-up on two cores would otherwise starve the calls.
 static ONE_BROWSER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -43,6 +49,7 @@ async fn exchange(kdf: KeyDerivation, browser_key: &CallKey, rust_key: &CallKey)
         "key_hex": hex::encode(browser_key.dangerous_expose_bytes()),
         "kdf": match kdf { KeyDerivation::Hkdf => "hkdf", _ => "pbkdf2" },
         "tone_hz": 440.0, "listen_hz": 880.0, "seconds": SECONDS, "publish": true,
+        "send_data": [FROM_BROWSER], "wait_for_identities": ["rust-peer"],
     });
     let peer = format!(
         "{}/../../tests/browser/peer.mjs",
@@ -100,8 +107,13 @@ async fn exchange(kdf: KeyDerivation, browser_key: &CallKey, rust_key: &CallKey)
     .await
     .unwrap();
     let mic = room.publish_audio("tone").await.unwrap();
+    room.send_data(FROM_RUST.as_bytes(), Some("oc-test"))
+        .await
+        .expect("the data message is handed to the channel");
     let mut heard = Vec::new();
     let mut failures = Vec::new();
+    let mut data = Vec::new();
+    let mut data_failures = Vec::new();
     let mut tick = tokio::time::interval(Duration::from_millis(20));
     for i in 0..(SECONDS * 50.0) as u64 {
         tick.tick().await;
@@ -120,6 +132,19 @@ async fn exchange(kdf: KeyDerivation, browser_key: &CallKey, rust_key: &CallKey)
                 RoomEvent::DecryptionFailed {
                     identity, stats, ..
                 } => failures.push((identity, stats.failed)),
+                RoomEvent::DataReceived {
+                    identity,
+                    topic,
+                    payload,
+                    encrypted,
+                } => data.push((
+                    identity,
+                    topic,
+                    String::from_utf8_lossy(&payload).into_owned(),
+                    encrypted,
+                )),
+                RoomEvent::DataDecryptionFailed { identity, .. }
+                | RoomEvent::UnencryptedData { identity } => data_failures.push(identity),
                 _ => {}
             }
         }
@@ -144,6 +169,8 @@ async fn exchange(kdf: KeyDerivation, browser_key: &CallKey, rust_key: &CallKey)
         rust_heard: heard,
         browser,
         failures,
+        data,
+        data_failures,
     }
 }
 
@@ -174,6 +201,28 @@ async fn two_way(kdf: KeyDerivation) {
         o.failures.is_empty(),
         "decryption failures: {:?}",
         o.failures
+    );
+    // A data message each way, end-to-end encrypted.
+    assert_eq!(
+        o.data
+            .iter()
+            .map(|(who, _, text, enc)| (who.as_str(), text.as_str(), *enc))
+            .collect::<Vec<_>>(),
+        vec![("js-peer", FROM_BROWSER, true)],
+        "what we received"
+    );
+    assert!(o.data_failures.is_empty(), "{:?}", o.data_failures);
+    assert!(
+        o.browser["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["from"] == "rust-peer"
+                && d["text"] == FROM_RUST
+                && d["topic"] == "oc-test"
+                && d["encryption"].as_i64().is_some_and(|e| e != 0)),
+        "the browser did not get our encrypted message: {}",
+        o.browser["data"]
     );
     assert_eq!(
         o.browser["e2ee_errors"].as_array().map(Vec::len),
@@ -225,5 +274,20 @@ async fn browser_with_another_key_is_reported_and_not_played() {
         !o.browser["e2ee_errors"].as_array().unwrap().is_empty(),
         "the browser reports its failures too: {}",
         o.browser
+    );
+    assert!(
+        o.data.is_empty(),
+        "a data message under another key was delivered: {:?}",
+        o.data
+    );
+    assert!(
+        o.data_failures.iter().any(|who| who == "js-peer"),
+        "the undecryptable data message is reported, naming the browser: {:?}",
+        o.data_failures
+    );
+    assert!(
+        o.browser["data"].as_array().unwrap().is_empty(),
+        "the browser read our data without our key: {}",
+        o.browser["data"]
     );
 }
