@@ -221,3 +221,103 @@ async fn a_keyless_participant_recovers_nothing_and_its_plain_track_is_not_playe
         "unencrypted track not reported"
     );
 }
+
+/// Reliable data messages each way with the Python SDK, end-to-end encrypted (the Python
+/// SDK's `RoomOptions.encryption` seals data packets too), in both key modes.
+async fn data_both_ways(kdf: KeyDerivation) {
+    let key = CallKey::generate(&mut rand::rng());
+    let lk = common::LiveKit::from_stack();
+    let room_name = common::unique_room("rtc-pydata");
+    let from_py = "from the python sdk ✓";
+    let from_rust = "from oracle-calls-rtc ✓";
+    let cfg = serde_json::json!({
+        "url": lk.url, "token": lk.token(&room_name, "py-data"),
+        "key_hex": hex::encode(key.dangerous_expose_bytes()),
+        "kdf": match kdf { KeyDerivation::Hkdf => "hkdf", _ => "pbkdf2" },
+        "seconds": 3, "send_data": [from_py], "expect_data": 1,
+        "wait_for_identities": ["rust-peer"],
+    });
+    let mut py = Command::new("python3")
+        .arg(format!(
+            "{}/../../tests/browser/py_data_peer.py",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    py.stdin
+        .take()
+        .unwrap()
+        .write_all(cfg.to_string().as_bytes())
+        .unwrap();
+    let e2ee = Some(E2eeOptions {
+        key_ring: KeyRing::with_call_key(&key, kdf, KeyRingOptions::default()).unwrap(),
+    });
+    let (room, mut events) = Room::connect(
+        &lk.url,
+        &lk.token(&room_name, "rust-peer"),
+        RoomOptions { e2ee },
+    )
+    .await
+    .unwrap();
+    // Wait for the Python peer, then send.
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let mut sent = false;
+    while got.is_empty() || !sent {
+        let ev = tokio::time::timeout_at(deadline, events.recv())
+            .await
+            .expect("no data from the Python SDK within 20 s")
+            .unwrap();
+        match ev {
+            RoomEvent::ParticipantJoined { identity } if identity == "py-data" && !sent => {
+                room.send_data(from_rust.as_bytes(), Some("oc-test"))
+                    .await
+                    .unwrap();
+                sent = true;
+            }
+            RoomEvent::DataReceived {
+                identity,
+                payload,
+                encrypted,
+                ..
+            } => got.push((identity, String::from_utf8(payload).unwrap(), encrypted)),
+            RoomEvent::DataDecryptionFailed { identity, error } => {
+                panic!("data from {identity} failed to decrypt: {error}")
+            }
+            _ => {}
+        }
+    }
+    let out = tokio::task::spawn_blocking(move || py.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    room.leave().await;
+    assert!(
+        out.status.success(),
+        "python data peer failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let py: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(got, vec![("py-data".to_owned(), from_py.to_owned(), true)]);
+    assert!(
+        py["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["from"] == "rust-peer" && d["text"] == from_rust && d["topic"] == "oc-test"),
+        "python did not get our message: {py}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_sdk_data_both_ways_hkdf() {
+    data_both_ways(KeyDerivation::Hkdf).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_sdk_data_both_ways_pbkdf2() {
+    data_both_ways(KeyDerivation::Pbkdf2).await;
+}
