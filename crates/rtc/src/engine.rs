@@ -38,6 +38,19 @@ pub(crate) enum Command {
         reply: oneshot::Sender<Result<(), Error>>,
     },
     AudioFrame(Vec<i16>),
+    PublishVideo {
+        name: String,
+        width: u32,
+        height: u32,
+        reply: oneshot::Sender<Result<(), Error>>,
+    },
+    VideoFrame {
+        vp8: Vec<u8>,
+        capture_ms: u64,
+    },
+    RequestKeyframe {
+        track_sid: String,
+    },
     SendData {
         payload: Vec<u8>,
         topic: Option<String>,
@@ -137,11 +150,14 @@ pub(crate) struct Engine {
     decoders: HashMap<Mid, opus::Decoder>,
     /// Publishing.
     pending_publish: Option<(String, Reply, Instant)>,
+    /// Whether the pending publication is video.
+    pending_is_video: bool,
+    video_mid: Option<Mid>,
     pending_offer: Option<(SdpPendingOffer, Option<Reply>)>,
     audio_mid: Option<Mid>,
     channels_added: bool,
     /// A publish confirmed while another offer was still unanswered: negotiated after it.
-    deferred_audio: Option<(String, Reply)>,
+    deferred_media: Option<(MediaKind, String, Reply)>,
     /// Data: our identity, the publisher's `_reliable` channel, and messages waiting for it.
     me: String,
     reliable: Option<ChannelId>,
@@ -185,10 +201,12 @@ impl Engine {
             mid_track: HashMap::new(),
             decoders: HashMap::new(),
             pending_publish: None,
+            pending_is_video: false,
+            video_mid: None,
             pending_offer: None,
             audio_mid: None,
             channels_added: false,
-            deferred_audio: None,
+            deferred_media: None,
             me: me.identity.clone(),
             reliable: None,
             reliable_open: false,
@@ -276,6 +294,13 @@ impl Engine {
                     }
                     Some(Command::PublishAudio { name, reply }) => self.start_publish(name, reply).await?,
                     Some(Command::AudioFrame(pcm)) => self.write_audio(&pcm).await?,
+                    Some(Command::PublishVideo { name, width, height, reply }) => {
+                        self.start_publish_video(name, width, height, reply).await?
+                    }
+                    Some(Command::VideoFrame { vp8, capture_ms }) => {
+                        self.write_video(vp8, capture_ms).await
+                    }
+                    Some(Command::RequestKeyframe { track_sid }) => self.request_keyframe(&track_sid).await,
                     Some(Command::SendData { payload, topic, reply }) => {
                         self.send_data(payload, topic, reply).await?
                     }
@@ -345,14 +370,21 @@ impl Engine {
                 }
             }
             Event::ChannelData(d) => self.on_data(&d.data).await,
+            Event::KeyframeRequest(r)
+                if side == Side::Publisher && Some(r.mid) == self.video_mid =>
+            {
+                let _ = self.events.try_send(RoomEvent::KeyframeRequested);
+            }
             _ => {}
         }
     }
 
     async fn on_media(&mut self, mid: Mid, codec: Codec, data: &[u8]) {
-        if codec != Codec::Opus {
-            return;
-        }
+        let kind = match codec {
+            Codec::Opus => FrameKind::Audio,
+            Codec::Vp8 => FrameKind::Vp8,
+            _ => return,
+        };
         let Some(track_sid) = self.mid_track.get(&mid).cloned() else {
             return;
         };
@@ -394,7 +426,7 @@ impl Engine {
                 d.set_sif_trailer(sif);
                 d
             });
-            match dec.decrypt_in_place(FrameKind::Audio, &mut frame) {
+            match dec.decrypt_in_place(kind, &mut frame) {
                 Ok(Outcome::Frame) => {}
                 Ok(Outcome::Empty | Outcome::ServerInjected) => return,
                 Err(error) => {
@@ -407,6 +439,16 @@ impl Engine {
                     return;
                 }
             }
+        }
+        if kind == FrameKind::Vp8 {
+            let keyframe = frame.first().is_some_and(|b| b & 1 == 0);
+            let _ = self.events.try_send(RoomEvent::VideoFrame {
+                identity,
+                track_sid,
+                vp8: frame,
+                keyframe,
+            });
+            return;
         }
         let dec = match self.decoders.entry(mid) {
             std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
@@ -473,8 +515,8 @@ impl Engine {
                     if let Some(reply) = reply {
                         let _ = reply.send(r);
                     }
-                    if let Some((cid, reply)) = self.deferred_audio.take() {
-                        self.negotiate(Some(cid), Some(reply)).await?;
+                    if let Some((kind, cid, reply)) = self.deferred_media.take() {
+                        self.negotiate(Some((kind, cid)), Some(reply)).await?;
                     }
                 }
             }
@@ -505,7 +547,12 @@ impl Engine {
                     .as_ref()
                     .is_some_and(|(cid, _, _)| *cid == tp.cid);
                 if matches && let Some((cid, reply, _)) = self.pending_publish.take() {
-                    self.negotiate_audio(cid, reply).await?;
+                    let kind = if self.pending_is_video {
+                        MediaKind::Video
+                    } else {
+                        MediaKind::Audio
+                    };
+                    self.negotiate_media(kind, cid, reply).await?;
                 }
             }
             Resp::Leave(l) => {
@@ -588,33 +635,121 @@ impl Engine {
         )
         .await?;
         self.pending_publish = Some((cid, reply, Instant::now() + PUBLISH_TIMEOUT));
+        self.pending_is_video = false;
         Ok(())
     }
 
-    async fn negotiate_audio(
+    async fn start_publish_video(
         &mut self,
+        name: String,
+        width: u32,
+        height: u32,
+        reply: Reply,
+    ) -> Result<(), Error> {
+        if self.video_mid.is_some() || self.pending_publish.is_some() {
+            let _ = reply.send(Err(Error::Protocol(
+                "a video track is already published, or a publication is pending",
+            )));
+            return Ok(());
+        }
+        let cid = format!("oc-cam-{}", rand::random::<u32>());
+        let encryption = if self.key_ring.is_some() {
+            lk::encryption::Type::Gcm
+        } else {
+            lk::encryption::Type::None
+        };
+        signal::send(
+            &mut self.ws,
+            Req::AddTrack(lk::AddTrackRequest {
+                cid: cid.clone(),
+                name,
+                r#type: lk::TrackType::Video as i32,
+                source: lk::TrackSource::Camera as i32,
+                width,
+                height,
+                encryption: encryption as i32,
+                ..Default::default()
+            }),
+        )
+        .await?;
+        self.pending_publish = Some((cid, reply, Instant::now() + PUBLISH_TIMEOUT));
+        self.pending_is_video = true;
+        Ok(())
+    }
+
+    async fn request_keyframe(&mut self, track_sid: &str) {
+        let mid = self
+            .mid_track
+            .iter()
+            .find(|(_, t)| t.as_str() == track_sid)
+            .map(|(m, _)| *m);
+        let Some(mid) = mid else {
+            debug!(%track_sid, "key frame request for an unknown track");
+            return;
+        };
+        if let Some(mut w) = self.sub.rtc.writer(mid)
+            && let Err(e) = w.request_keyframe(None, str0m::media::KeyframeRequestKind::Pli)
+        {
+            debug!(error = %e, "key frame request failed");
+        }
+        self.pump(Side::Subscriber).await;
+    }
+
+    /// Encrypts (E2EE) and sends one VP8 frame; dropped before the connection is up.
+    async fn write_video(&mut self, mut frame: Vec<u8>, capture_ms: u64) {
+        let Some(mid) = self.video_mid else {
+            return;
+        };
+        if !self.publ.connected {
+            return;
+        }
+        if let Some(e) = self.encryptor.as_mut()
+            && let Err(e) = e.encrypt_in_place(FrameKind::Vp8, &mut frame)
+        {
+            warn!(error = %e, "video frame not encrypted; not sent");
+            return;
+        }
+        let rtp = MediaTime::new(capture_ms.saturating_mul(90), Frequency::NINETY_KHZ);
+        let Some(writer) = self.publ.rtc.writer(mid) else {
+            return;
+        };
+        let pt: Option<Pt> = writer
+            .payload_params()
+            .find(|p| p.spec().codec == Codec::Vp8)
+            .map(|p| p.pt());
+        let Some(pt) = pt else { return };
+        if let Err(e) = writer.write(pt, Instant::now(), rtp, frame) {
+            debug!(error = %e, "video write failed");
+        }
+        self.pump(Side::Publisher).await;
+    }
+
+    async fn negotiate_media(
+        &mut self,
+        kind: MediaKind,
         cid: String,
         reply: oneshot::Sender<Result<(), Error>>,
     ) -> Result<(), Error> {
         if self.pending_offer.is_some() {
             // One offer at a time: this one follows the answer to the current one.
-            self.deferred_audio = Some((cid, reply));
+            self.deferred_media = Some((kind, cid, reply));
             return Ok(());
         }
-        self.negotiate(Some(cid), Some(reply)).await
+        self.negotiate(Some((kind, cid)), Some(reply)).await
     }
 
     /// Sends the publisher connection an offer adding the audio track `audio` (if any) and,
     /// the first time, the `_reliable` and `_lossy` data channels LiveKit expects.
     async fn negotiate(
         &mut self,
-        audio: Option<String>,
+        media: Option<(MediaKind, String)>,
         reply: Option<Reply>,
     ) -> Result<(), Error> {
         let mut api = self.publ.rtc.sdp_api();
-        let mid = audio.map(|cid| {
+        let kind = media.as_ref().map(|m| m.0);
+        let mid = media.map(|(kind, cid)| {
             api.add_media(
-                MediaKind::Audio,
+                kind,
                 Direction::SendOnly,
                 Some(format!("oc-{cid}")),
                 Some(cid),
@@ -643,8 +778,10 @@ impl Engine {
             return Ok(());
         };
         self.pump(Side::Publisher).await;
-        if mid.is_some() {
-            self.audio_mid = mid;
+        match kind {
+            Some(MediaKind::Audio) => self.audio_mid = mid,
+            Some(MediaKind::Video) => self.video_mid = mid,
+            None => {}
         }
         self.pending_offer = Some((pending, reply));
         signal::send(

@@ -31,4 +31,4 @@ pub mod token;
 
 pub use audio::{AUDIO_FRAME_SAMPLES, SAMPLE_RATE, goertzel_power, sine_tone};
 pub use error::Error;
-pub use room::{AudioSource, E2eeOptions, Room, RoomEvent, RoomOptions};
+pub use room::{AudioSource, E2eeOptions, Room, RoomEvent, RoomOptions, VideoSource};

@@ -56,6 +56,20 @@ pub enum RoomEvent {
         /// The samples.
         pcm: Vec<i16>,
     },
+    /// One decrypted VP8 frame (still encoded: this crate has no video codec) from a remote
+    /// participant's video track.
+    VideoFrame {
+        /// The sender.
+        identity: String,
+        /// The track.
+        track_sid: String,
+        /// The VP8 frame.
+        vp8: Vec<u8>,
+        /// True for a key frame.
+        keyframe: bool,
+    },
+    /// A subscriber of our video track asked for a key frame: push one soon.
+    KeyframeRequested,
     /// A frame from this sender could not be decrypted and was dropped (never decoded).
     DecryptionFailed {
         /// The sender.
@@ -165,6 +179,46 @@ impl Room {
         })
     }
 
+    /// Publishes a camera track carrying VP8 frames the caller encodes (`width` x `height`),
+    /// encrypted when E2EE is on.
+    ///
+    /// # Errors
+    /// [`Error::Timeout`] if the server does not confirm the track, [`Error::Closed`].
+    pub async fn publish_video(
+        &self,
+        name: &str,
+        width: u32,
+        height: u32,
+    ) -> Result<VideoSource, Error> {
+        let (tx, rx) = oneshot::channel();
+        self.cmd
+            .send(Command::PublishVideo {
+                name: name.to_owned(),
+                width,
+                height,
+                reply: tx,
+            })
+            .await
+            .map_err(|_| Error::Closed)?;
+        rx.await.map_err(|_| Error::Closed)??;
+        Ok(VideoSource {
+            cmd: self.cmd.clone(),
+        })
+    }
+
+    /// Asks the sender of remote video track `track_sid` for a key frame (RTCP PLI).
+    ///
+    /// # Errors
+    /// [`Error::Closed`].
+    pub async fn request_keyframe(&self, track_sid: &str) -> Result<(), Error> {
+        self.cmd
+            .send(Command::RequestKeyframe {
+                track_sid: track_sid.to_owned(),
+            })
+            .await
+            .map_err(|_| Error::Closed)
+    }
+
     /// Sends a reliable data message (`DataPacket.user` on the `_reliable` channel) to the
     /// room, encrypted with the room key as `encrypted_packet` when E2EE is on, as current
     /// LiveKit SDKs do. Returns once it is handed to the channel (the first message opens the
@@ -231,5 +285,31 @@ impl AudioSource {
             self.push_pcm(frame).await?;
         }
         Ok(())
+    }
+}
+
+/// Pushes encoded VP8 frames into a published video track.
+#[derive(Debug, Clone)]
+pub struct VideoSource {
+    cmd: mpsc::Sender<Command>,
+}
+
+impl VideoSource {
+    /// Sends one encoded VP8 frame captured at `capture_ms` (milliseconds on the caller's
+    /// clock; it becomes the 90 kHz RTP timestamp).
+    ///
+    /// # Errors
+    /// [`Error::Codec`] for an empty frame, [`Error::Closed`].
+    pub async fn push_vp8(&self, frame: &[u8], capture_ms: u64) -> Result<(), Error> {
+        if frame.is_empty() {
+            return Err(Error::Codec("an empty VP8 frame".into()));
+        }
+        self.cmd
+            .send(Command::VideoFrame {
+                vp8: frame.to_vec(),
+                capture_ms,
+            })
+            .await
+            .map_err(|_| Error::Closed)
     }
 }

@@ -321,3 +321,136 @@ async fn python_sdk_data_both_ways_hkdf() {
 async fn python_sdk_data_both_ways_pbkdf2() {
     data_both_ways(KeyDerivation::Pbkdf2).await;
 }
+
+/// Width and height from a VP8 key frame's header (RFC 6386 §9.1), if it is one.
+fn vp8_keyframe_size(f: &[u8]) -> Option<(u16, u16)> {
+    let b = f.get(..10)?;
+    if b[0] & 1 != 0 || b[3..6] != [0x9d, 0x01, 0x2a] {
+        return None;
+    }
+    let w = u16::from_le_bytes([b[6], b[7]]) & 0x3fff;
+    let h = u16::from_le_bytes([b[8], b[9]]) & 0x3fff;
+    Some((w, h))
+}
+
+/// Video both ways with the Python SDK (its own libwebrtc VP8 encoder and decoder) under
+/// E2EE: we decrypt its VP8 frames (valid key frames of the size it sends) and send them back
+/// encrypted with our key; it decodes them.
+async fn video_echo(kdf: KeyDerivation) {
+    let key = CallKey::generate(&mut rand::rng());
+    let lk = common::LiveKit::from_stack();
+    let room_name = common::unique_room("rtc-pyvideo");
+    let cfg = serde_json::json!({
+        "url": lk.url, "token": lk.token(&room_name, "py-video"),
+        "key_hex": hex::encode(key.dangerous_expose_bytes()),
+        "kdf": match kdf { KeyDerivation::Hkdf => "hkdf", _ => "pbkdf2" },
+        "seconds": 8, "width": 320, "height": 240,
+    });
+    let mut py = Command::new("python3")
+        .arg(format!(
+            "{}/tests/peers/lk_video_peer.py",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    py.stdin
+        .take()
+        .unwrap()
+        .write_all(cfg.to_string().as_bytes())
+        .unwrap();
+    let e2ee = Some(E2eeOptions {
+        key_ring: KeyRing::with_call_key(&key, kdf, KeyRingOptions::default()).unwrap(),
+    });
+    let (room, mut events) = Room::connect(
+        &lk.url,
+        &lk.token(&room_name, "rust-peer"),
+        RoomOptions { e2ee },
+    )
+    .await
+    .unwrap();
+    let camera = room.publish_video("camera", 320, 240).await.unwrap();
+    let start = tokio::time::Instant::now();
+    let (mut frames, mut keyframes, mut echoing) = (0usize, Vec::new(), false);
+    let mut failures = 0u64;
+    let mut py_track: Option<String> = None;
+    while start.elapsed() < Duration::from_secs(10) {
+        let Ok(Some(ev)) = tokio::time::timeout(Duration::from_millis(500), events.recv()).await
+        else {
+            continue;
+        };
+        match ev {
+            RoomEvent::VideoFrame {
+                identity,
+                track_sid,
+                vp8,
+                keyframe,
+            } if identity == "py-video" => {
+                frames += 1;
+                py_track = Some(track_sid);
+                if keyframe {
+                    keyframes.push(vp8_keyframe_size(&vp8));
+                    echoing = true;
+                }
+                if echoing {
+                    let ms = start.elapsed().as_millis() as u64;
+                    camera.push_vp8(&vp8, ms).await.unwrap();
+                }
+            }
+            RoomEvent::DecryptionFailed { stats, .. } => failures = stats.failed,
+            // Python wants a key frame of our track: we are an echo, so ask Python for one.
+            RoomEvent::KeyframeRequested => {
+                if let Some(t) = &py_track {
+                    room.request_keyframe(t).await.unwrap();
+                }
+            }
+            RoomEvent::ParticipantLeft { identity } if identity == "py-video" => break,
+            _ => {}
+        }
+    }
+    let out = tokio::task::spawn_blocking(move || py.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    room.leave().await;
+    assert!(
+        out.status.success(),
+        "python video peer failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let py: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    eprintln!(
+        "{kdf:?}: rust got {frames} VP8 frames, key frames {keyframes:?}, {failures} failures; python {py}"
+    );
+    assert_eq!(failures, 0);
+    assert!(frames >= 30, "too few frames: {frames}");
+    assert!(
+        !keyframes.is_empty() && keyframes.iter().all(|k| *k == Some((320, 240))),
+        "decrypted key frames are valid VP8 of the sent size: {keyframes:?}"
+    );
+    assert!(
+        py["heard"].as_u64().unwrap() >= 10,
+        "python decoded too few of our frames: {py}"
+    );
+    assert_eq!(py["sizes"], serde_json::json!([[320, 240]]), "{py}");
+    assert!(
+        py["tracks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["identity"] == "rust-peer" && t["encryption"] == 1),
+        "python saw our video as encrypted: {py}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_sdk_video_echo_hkdf() {
+    video_echo(KeyDerivation::Hkdf).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_sdk_video_echo_pbkdf2() {
+    video_echo(KeyDerivation::Pbkdf2).await;
+}
