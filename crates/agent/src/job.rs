@@ -269,10 +269,16 @@ async fn serve<O: Oracle>(
     let joined = async {
         let (room, events) = Room::connect(&a.url, &a.token, opts).await?;
         let mouth = room.publish_audio("oracle").await?;
-        Ok::<_, oracle_calls_rtc::Error>((room, events, mouth))
+        // A video call gets the oracle's camera too (what the oracle shows; VP8, 320x240).
+        let camera = if key.call_type == oracle_calls_proto::CallType::Video {
+            Some(room.publish_video("oracle-camera", 320, 240).await?)
+        } else {
+            None
+        };
+        Ok::<_, oracle_calls_rtc::Error>((room, events, mouth, camera))
     }
     .await;
-    let (room, mut events, mouth) = match joined {
+    let (room, mut events, mouth, camera) = match joined {
         Ok(x) => x,
         Err(e) => {
             error!(error = %e, "could not join the room");
@@ -300,7 +306,9 @@ async fn serve<O: Oracle>(
         session_id: key.session_id.clone(),
         call_type: key.call_type,
     };
-    let io = CallIo::new(info, rx, mouth, counters.clone());
+    let (asks_tx, mut asks) = mpsc::channel::<()>(4);
+    let io = CallIo::new(info, rx, mouth, camera, asks_tx, counters.clone());
+    let mut user_video: Option<String> = None;
     let oracle = shared.oracle.clone();
     let mut oracle_task =
         tokio::spawn(async move { oracle.run(io).await }.instrument(tracing::Span::current()));
@@ -333,6 +341,13 @@ async fn serve<O: Oracle>(
                     // A slow oracle loses audio, it does not stall the room.
                     let _ = tx.try_send(Heard::Audio { pcm });
                 }
+                Some(RoomEvent::VideoFrame { track_sid, vp8, keyframe, .. }) => {
+                    user_video = Some(track_sid);
+                    let _ = tx.try_send(Heard::Video { vp8, keyframe });
+                }
+                Some(RoomEvent::KeyframeRequested) => {
+                    let _ = tx.try_send(Heard::KeyframeRequested);
+                }
                 Some(RoomEvent::DecryptionFailed { identity, error, stats }) => {
                     report.decrypt_failures += 1;
                     shared.stats.decrypt_failures.fetch_add(1, Ordering::Relaxed);
@@ -350,6 +365,11 @@ async fn serve<O: Oracle>(
                 }
                 Some(_) => {}
             },
+            Some(()) = asks.recv() => {
+                if let Some(track) = &user_video {
+                    let _ = room.request_keyframe(track).await;
+                }
+            }
             _ = cancel.changed() => break (*cancel.borrow()).unwrap_or(EndedBy::Terminated),
             () = tokio::time::sleep_until(user_deadline), if !seen_user => {
                 warn!(secs = cfg.user_join_timeout.as_secs(), "the user never joined");

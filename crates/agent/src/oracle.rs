@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use oracle_calls_proto::{CallId, CallType, Did, SessionId};
-use oracle_calls_rtc::{AUDIO_FRAME_SAMPLES, AudioSource};
+use oracle_calls_rtc::{AUDIO_FRAME_SAMPLES, AudioSource, VideoSource};
 use tokio::sync::mpsc;
 use tokio::time::{Interval, MissedTickBehavior};
 
@@ -18,6 +18,15 @@ pub enum Heard {
         /// The samples.
         pcm: Vec<i16>,
     },
+    /// One of the user's (decrypted, still encoded) VP8 video frames, in a video call.
+    Video {
+        /// The frame.
+        vp8: Vec<u8>,
+        /// True for a key frame.
+        keyframe: bool,
+    },
+    /// The user's side asked for a key frame of the oracle's video ([`CallIo::show`]).
+    KeyframeRequested,
 }
 
 /// The result of [`CallIo::try_recv`].
@@ -73,6 +82,9 @@ pub struct CallIo {
     info: CallInfo,
     input: mpsc::Receiver<Heard>,
     mouth: AudioSource,
+    camera: Option<VideoSource>,
+    keyframe_asks: mpsc::Sender<()>,
+    started: tokio::time::Instant,
     clock: Interval,
     counters: Arc<IoCounters>,
 }
@@ -82,6 +94,8 @@ impl CallIo {
         info: CallInfo,
         input: mpsc::Receiver<Heard>,
         mouth: AudioSource,
+        camera: Option<VideoSource>,
+        keyframe_asks: mpsc::Sender<()>,
         counters: Arc<IoCounters>,
     ) -> Self {
         let mut clock = tokio::time::interval(Duration::from_millis(20));
@@ -90,6 +104,9 @@ impl CallIo {
             info,
             input,
             mouth,
+            camera,
+            keyframe_asks,
+            started: tokio::time::Instant::now(),
             clock,
             counters,
         }
@@ -132,6 +149,29 @@ impl CallIo {
             .map_err(|e| OracleError::Publish(e.to_string()))?;
         self.counters.spoken.fetch_add(1, Ordering::Relaxed);
         Ok(())
+    }
+}
+
+impl CallIo {
+    /// Shows one encoded VP8 frame on the oracle's video track (video calls only; a no-op in
+    /// audio calls).
+    ///
+    /// # Errors
+    /// [`OracleError::Publish`] if the room is gone.
+    pub async fn show(&mut self, vp8: &[u8]) -> Result<(), OracleError> {
+        let Some(camera) = &self.camera else {
+            return Ok(());
+        };
+        let ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        camera
+            .push_vp8(vp8, ms)
+            .await
+            .map_err(|e| OracleError::Publish(e.to_string()))
+    }
+
+    /// Asks the user's side for a key frame of its video (e.g. to pass one on).
+    pub fn request_user_keyframe(&self) {
+        let _ = self.keyframe_asks.try_send(());
     }
 }
 

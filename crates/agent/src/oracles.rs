@@ -28,6 +28,10 @@ impl Oracle for Echo {
             loop {
                 match call.try_recv() {
                     TryRecv::Heard(Heard::Audio { pcm }) => line.push(pcm),
+                    // Video is shown back as it comes; a key frame the user's side wants is
+                    // one the user must send first.
+                    TryRecv::Heard(Heard::Video { vp8, .. }) => call.show(&vp8).await?,
+                    TryRecv::Heard(Heard::KeyframeRequested) => call.request_user_keyframe(),
                     TryRecv::Empty => break,
                     TryRecv::Ended => return Ok(()),
                 }
@@ -87,6 +91,7 @@ impl Oracle for Tone {
                             out.extend(chime());
                         }
                     }
+                    TryRecv::Heard(_) => {}
                     TryRecv::Empty => break,
                     TryRecv::Ended => return Ok(()),
                 }

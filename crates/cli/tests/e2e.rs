@@ -109,6 +109,89 @@ async fn audio_call_through_the_echo_oracle() {
     dep.stop().await;
 }
 
+/// A video call through the echo oracle: the user's camera sends libvpx's VP8 frames (a
+/// fixture; key frame again whenever the oracle's side asks), the microphone sends speech; the
+/// user gets back, end-to-end encrypted both ways, its own frames byte for byte and its echo.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn video_call_through_the_echo_oracle() {
+    init_logs();
+    let _serial = SERIAL.lock().await;
+    let clip = oracle_calls::ivf::parse(include_bytes!("fixtures/testsrc-320x240.ivf")).unwrap();
+    let dep = Deployment::start(Stack::running().unwrap(), DeployOptions::new(temp_dir()))
+        .await
+        .unwrap();
+    let client = dep.new_user().await.unwrap();
+    let mut call = client.call_oracle(CallType::Video).await.unwrap();
+    let camera = call.camera().expect("a video call has a camera");
+    let (restart_tx, mut restart) = tokio::sync::mpsc::channel::<()>(8);
+    let frames = clip.frames.clone();
+    let camera_task = tokio::spawn(async move {
+        let start = std::time::Instant::now();
+        let mut tick = tokio::time::interval(Duration::from_millis(66));
+        let mut i = 0usize;
+        while start.elapsed() < Duration::from_secs(7) {
+            tick.tick().await;
+            if restart.try_recv().is_ok() {
+                i = 0;
+            }
+            let ms = start.elapsed().as_millis() as u64;
+            camera
+                .push_vp8(&frames[i % frames.len()], ms)
+                .await
+                .unwrap();
+            i += 1;
+        }
+    });
+    let speech = oracle_calls::speech::synthesize(4.0, 12);
+    let mic = call.microphone();
+    let pcm = speech.clone();
+    let speaker = tokio::spawn(async move { mic.play(&pcm).await });
+    let (mut heard, mut seen) = (Vec::new(), Vec::new());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(7);
+    while let Ok(Some(ev)) = tokio::time::timeout_at(deadline, call.next_event()).await {
+        match ev {
+            CallEvent::OracleAudio { pcm } => heard.extend(pcm),
+            CallEvent::OracleVideo { vp8, keyframe } => seen.push((vp8, keyframe)),
+            CallEvent::KeyframeRequested => {
+                let _ = restart_tx.try_send(());
+            }
+            CallEvent::DecryptionFailed { identity, failures } => {
+                panic!("media from {identity} failed to decrypt ({failures})")
+            }
+            _ => {}
+        }
+    }
+    speaker.await.unwrap().unwrap();
+    camera_task.await.unwrap();
+    let m = analysis::compare(&speech, &heard, 150);
+    eprintln!(
+        "video call: {} frames back ({} key frames), audio echo {m:?}",
+        seen.len(),
+        seen.iter().filter(|f| f.1).count()
+    );
+    assert!(
+        seen.len() >= 20,
+        "too few video frames came back: {}",
+        seen.len()
+    );
+    assert!(seen.iter().any(|f| f.1), "no key frame came back");
+    assert!(
+        seen.iter().all(|(f, _)| clip.frames.contains(f)),
+        "every frame that came back is one we sent, byte for byte"
+    );
+    assert!(m.envelope > 0.5, "the echo follows the speech: {m:?}");
+    call.end().await.unwrap();
+    let report = tokio::time::timeout(
+        Duration::from_secs(5),
+        dep.agent.as_ref().unwrap().next_report(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(report.decrypt_failures, 0, "{report:?}");
+    dep.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_the_agent_cannot_open_keeps_it_out_and_blocks_the_key_endpoint() {
     init_logs();

@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use oracle_calls_proto::{CallId, CallReason, CallStatus, OraclesCallContent};
-use oracle_calls_rtc::{AudioSource, RoomEvent};
+use oracle_calls_rtc::{AudioSource, RoomEvent, VideoSource};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
@@ -121,6 +121,15 @@ pub enum CallEvent {
         /// The sender.
         identity: String,
     },
+    /// One of the oracle's VP8 video frames (video calls), decrypted, still encoded.
+    OracleVideo {
+        /// The frame.
+        vp8: Vec<u8>,
+        /// True for a key frame.
+        keyframe: bool,
+    },
+    /// The oracle's side wants a key frame of our camera: push one soon.
+    KeyframeRequested,
     /// The room closed (the call ended elsewhere or the connection was lost).
     Ended {
         /// Why.
@@ -139,6 +148,8 @@ pub struct Call {
     room: Option<oracle_calls_rtc::Room>,
     events: mpsc::Receiver<RoomEvent>,
     mic: AudioSource,
+    camera: Option<VideoSource>,
+    oracle_video: Option<String>,
     timeline: Timeline,
     failures: u64,
     ended: bool,
@@ -154,6 +165,7 @@ impl Call {
         room: oracle_calls_rtc::Room,
         events: mpsc::Receiver<RoomEvent>,
         mic: AudioSource,
+        camera: Option<VideoSource>,
         timeline: Timeline,
     ) -> Self {
         Self {
@@ -164,6 +176,8 @@ impl Call {
             room: Some(room),
             events,
             mic,
+            camera,
+            oracle_video: None,
             timeline,
             failures: 0,
             ended: false,
@@ -195,6 +209,25 @@ impl Call {
         &self.timeline
     }
 
+    /// The camera of a video call (push VP8 frames, 320x240); `None` in audio calls.
+    pub fn camera(&self) -> Option<VideoSource> {
+        self.camera.clone()
+    }
+
+    /// Asks the oracle's side for a key frame of its video (after a loss, or to start
+    /// showing it).
+    ///
+    /// # Errors
+    /// [`CallError::Media`] when the room is gone.
+    pub async fn request_oracle_keyframe(&self) -> Result<(), CallError> {
+        if let (Some(room), Some(track)) = (&self.room, &self.oracle_video) {
+            room.request_keyframe(track)
+                .await
+                .map_err(CallError::Media)?;
+        }
+        Ok(())
+    }
+
     /// A handle to send microphone audio from another task.
     pub fn microphone(&self) -> AudioSource {
         self.mic.clone()
@@ -222,6 +255,16 @@ impl Call {
                     self.timeline.mark(Phase::FirstAudio);
                     CallEvent::OracleAudio { pcm }
                 }
+                RoomEvent::VideoFrame {
+                    track_sid,
+                    vp8,
+                    keyframe,
+                    ..
+                } => {
+                    self.oracle_video = Some(track_sid);
+                    CallEvent::OracleVideo { vp8, keyframe }
+                }
+                RoomEvent::KeyframeRequested => CallEvent::KeyframeRequested,
                 RoomEvent::DecryptionFailed { identity, .. } => {
                     self.failures += 1;
                     CallEvent::DecryptionFailed {

@@ -353,17 +353,28 @@ impl OracleClient {
         let joined = async {
             let (lk_room, events) =
                 oracle_calls_rtc::Room::connect(&synced.livekit_url, &synced.token, opts).await?;
-            let mic = match lk_room.publish_audio("microphone").await {
+            let published = async {
+                let mic = lk_room.publish_audio("microphone").await?;
+                // A video call publishes the camera too (VP8 the caller encodes, 320x240).
+                let camera = if call_type == CallType::Video {
+                    Some(lk_room.publish_video("camera", 320, 240).await?)
+                } else {
+                    None
+                };
+                Ok::<_, oracle_calls_rtc::Error>((mic, camera))
+            }
+            .await;
+            let (mic, camera) = match published {
                 Ok(m) => m,
                 Err(e) => {
                     lk_room.leave().await;
                     return Err(e);
                 }
             };
-            Ok::<_, oracle_calls_rtc::Error>((lk_room, events, mic))
+            Ok::<_, oracle_calls_rtc::Error>((lk_room, events, mic, camera))
         }
         .await;
-        let (lk_room, events, mic) = match joined {
+        let (lk_room, events, mic, camera) = match joined {
             Ok(x) => x,
             Err(e) => {
                 if let Some(reason) = self.ended_at_server(&call_id, &content.session_id).await {
@@ -385,6 +396,7 @@ impl OracleClient {
             lk_room,
             events,
             mic,
+            camera,
             tl,
         ))
     }
