@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use clap::Args;
+use oracle_calls::ivf as crate_ivf;
 use oracle_calls::wav;
 use oracle_calls_client::{CallEvent, ClientConfig, Login, OracleClient};
 use oracle_calls_proto::{CallStatus, CallType, ListCallsQuery};
@@ -86,6 +87,13 @@ pub struct CallArgs {
     /// Where to write what the oracle says (48 kHz mono WAV).
     #[arg(long)]
     output: Option<PathBuf>,
+    /// For `--type video`: a VP8 IVF file (320x240, e.g. from ffmpeg's libvpx) to show, looped
+    /// at 15 frames per second.
+    #[arg(long)]
+    video_input: Option<PathBuf>,
+    /// For `--type video`: where to write the oracle's video (VP8 IVF).
+    #[arg(long)]
+    video_output: Option<PathBuf>,
     /// How long the call lasts.
     #[arg(long, default_value_t = 10)]
     seconds: u64,
@@ -96,12 +104,25 @@ pub fn call(args: CallArgs) -> anyhow::Result<()> {
     rt.block_on(async move {
         let call_type: CallType = match args.call_type.as_str() {
             "audio" => CallType::Audio,
-            "video" => bail!("video calls need VP8 frames, which this command cannot produce yet; use --type audio"),
+            "video" => CallType::Video,
             other => bail!("unknown call type `{other}`; expected audio or video"),
         };
         let input = match &args.input {
             Some(p) => wav::read(p)?,
             None => Vec::new(),
+        };
+        let clip = match (&args.video_input, call_type) {
+            (Some(p), CallType::Video) => {
+                let bytes = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
+                let clip = crate_ivf::parse(&bytes).with_context(|| format!("in {}", p.display()))?;
+                if !clip.frames.first().is_some_and(|f| crate_ivf::is_keyframe(f)) {
+                    bail!("{} must start with a key frame", p.display());
+                }
+                Some(clip)
+            }
+            (None, CallType::Video) => bail!("a video call needs --video-input (VP8 IVF, 320x240); this command has no video encoder"),
+            (Some(_), _) => bail!("--video-input is for --type video"),
+            _ => None,
         };
         let client = args.user.connect().await?;
         eprintln!("calling the oracle at {} …", args.user.server);
@@ -116,6 +137,28 @@ pub fn call(args: CallArgs) -> anyhow::Result<()> {
         let mut said = input;
         said.resize(usize::try_from(seconds).unwrap_or(usize::MAX).saturating_mul(48_000), 0);
         let speaker = tokio::spawn(async move { mic.play(&said).await });
+        let (restart_tx, mut restart) = tokio::sync::mpsc::channel::<()>(4);
+        let shower = match (call.camera(), clip) {
+            (Some(camera), Some(clip)) => Some(tokio::spawn(async move {
+                let start = std::time::Instant::now();
+                let mut tick = tokio::time::interval(Duration::from_millis(1000 / 15));
+                let mut i = 0usize;
+                loop {
+                    tick.tick().await;
+                    if restart.try_recv().is_ok() {
+                        i = 0;
+                    }
+                    let Some(frame) = clip.frames.get(i % clip.frames.len().max(1)) else { return };
+                    let ms = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
+                    if camera.push_vp8(frame, ms).await.is_err() {
+                        return;
+                    }
+                    i += 1;
+                }
+            })),
+            _ => None,
+        };
+        let mut seen: Vec<Vec<u8>> = Vec::new();
         let mut heard: Vec<i16> = Vec::new();
         let mut last_progress = 0u64;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(seconds);
@@ -123,6 +166,10 @@ pub fn call(args: CallArgs) -> anyhow::Result<()> {
         loop {
             match tokio::time::timeout_at(deadline, call.next_event()).await {
                 Ok(Some(CallEvent::OracleAudio { pcm })) => heard.extend(pcm),
+                Ok(Some(CallEvent::OracleVideo { vp8, .. })) => seen.push(vp8),
+                Ok(Some(CallEvent::KeyframeRequested)) => {
+                    let _ = restart_tx.try_send(());
+                }
                 Ok(Some(CallEvent::OracleJoined { identity })) => eprintln!("the oracle joined ({identity})"),
                 Ok(Some(CallEvent::OracleLeft { identity })) => eprintln!("the oracle left ({identity})"),
                 Ok(Some(CallEvent::DecryptionFailed { identity, failures })) => {
@@ -144,10 +191,19 @@ pub fn call(args: CallArgs) -> anyhow::Result<()> {
             }
         }
         speaker.abort();
+        if let Some(s) = shower {
+            s.abort();
+        }
         call.end().await?;
         if let Some(p) = &args.output {
             wav::write(p, &heard)?;
             eprintln!("wrote {:.1} s of the oracle's audio to {}", heard.len() as f64 / 48_000.0, p.display());
+        }
+        if let Some(p) = &args.video_output {
+            // From the first key frame on: what a player can decode.
+            let start = seen.iter().position(|f| crate_ivf::is_keyframe(f)).unwrap_or(seen.len());
+            crate_ivf::write(p, 320, 240, 15, seen.get(start..).unwrap_or_default())?;
+            eprintln!("wrote {} frames of the oracle's video to {}", seen.len() - start, p.display());
         }
         if let Some(r) = ended_early {
             bail!("the call ended before {seconds} s: {r}");

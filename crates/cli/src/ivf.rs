@@ -55,6 +55,41 @@ pub fn parse(bytes: &[u8]) -> anyhow::Result<Ivf> {
     })
 }
 
+/// Writes VP8 `frames` as an IVF file (timestamps are frame numbers at `fps`).
+///
+/// # Errors
+/// I/O failures, or more frames than IVF counts.
+pub fn write(
+    path: &std::path::Path,
+    width: u16,
+    height: u16,
+    fps: u32,
+    frames: &[Vec<u8>],
+) -> anyhow::Result<()> {
+    let count = u32::try_from(frames.len()).context("too many frames")?;
+    let mut out = Vec::new();
+    out.extend_from_slice(b"DKIF");
+    out.extend_from_slice(&0u16.to_le_bytes());
+    out.extend_from_slice(&32u16.to_le_bytes());
+    out.extend_from_slice(b"VP80");
+    out.extend_from_slice(&width.to_le_bytes());
+    out.extend_from_slice(&height.to_le_bytes());
+    out.extend_from_slice(&fps.to_le_bytes());
+    out.extend_from_slice(&1u32.to_le_bytes());
+    out.extend_from_slice(&count.to_le_bytes());
+    out.extend_from_slice(&0u32.to_le_bytes());
+    for (i, f) in frames.iter().enumerate() {
+        out.extend_from_slice(
+            &u32::try_from(f.len())
+                .context("frame too large")?
+                .to_le_bytes(),
+        );
+        out.extend_from_slice(&(i as u64).to_le_bytes());
+        out.extend_from_slice(f);
+    }
+    std::fs::write(path, out).with_context(|| format!("writing {}", path.display()))
+}
+
 /// True when `frame` is a VP8 key frame (RFC 6386 §9.1: bit 0 of the frame tag is 0).
 pub fn is_keyframe(frame: &[u8]) -> bool {
     frame.first().is_some_and(|b| b & 1 == 0)
@@ -75,5 +110,12 @@ mod tests {
         let mut cut = include_bytes!("../tests/fixtures/testsrc-320x240.ivf").to_vec();
         cut.truncate(100);
         assert!(parse(&cut).is_err());
+        let dir = std::env::temp_dir().join(format!("ivf-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("copy.ivf");
+        write(&path, 320, 240, 15, &ivf.frames).unwrap();
+        let again = parse(&std::fs::read(&path).unwrap()).unwrap();
+        assert_eq!(again.frames, ivf.frames);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -738,6 +738,36 @@ async fn the_call_command_says_a_wav_and_records_the_answer() {
     .unwrap();
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown call type"));
+    // A video call without frames to show is refused before anything happens.
+    let bad = tokio::task::spawn_blocking({
+        let mut cmd = run(&["--type", "video"]);
+        move || cmd.output().unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--video-input"));
+    // A video call: libvpx's frames out, the oracle's echo recorded as IVF.
+    let fixture =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/testsrc-320x240.ivf");
+    let video_out = dep.dir.join("out.ivf");
+    let out = tokio::task::spawn_blocking({
+        let mut cmd = run(&["--type", "video", "--seconds", "5", "--video-input"]);
+        cmd.arg(&fixture).arg("--video-output").arg(&video_out);
+        move || cmd.output().unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let sent = oracle_calls::ivf::parse(&std::fs::read(&fixture).unwrap()).unwrap();
+    let back = oracle_calls::ivf::parse(&std::fs::read(&video_out).unwrap()).unwrap();
+    assert!(back.frames.len() >= 20, "{} frames", back.frames.len());
+    assert!(oracle_calls::ivf::is_keyframe(&back.frames[0]));
+    assert!(back.frames.iter().all(|f| sent.frames.contains(f)));
     dep.stop().await;
 }
 
