@@ -213,18 +213,48 @@ pub fn agent(levels: Vec<usize>, seconds: u64, dir: PathBuf) -> anyhow::Result<(
             for _ in 0..n {
                 clients.push(dep.new_user().await?);
             }
+            // Calls are set up a few at a time (the machine has two cores), each talks until
+            // told to stop, and the agent is measured only once every call is up.
+            let setup = Arc::new(tokio::sync::Semaphore::new(4));
+            let (up_tx, mut up_rx) = tokio::sync::mpsc::channel::<()>(n.max(1));
+            let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+            let received = Arc::new(std::sync::atomic::AtomicU64::new(0));
             let mut tasks = Vec::new();
             for c in clients {
+                let (setup, up_tx, mut stop_rx) = (setup.clone(), up_tx.clone(), stop_rx.clone());
+                let received = received.clone();
                 tasks.push(tokio::spawn(async move {
+                    let permit = setup.acquire_owned().await?;
                     let mut call = c.call_oracle(CallType::Audio).await?;
                     let mic = call.microphone();
-                    let speech = oracle_calls::speech::synthesize(seconds as f64 + 3.0, 5);
-                    let talker = tokio::spawn(async move { mic.play(&speech).await });
+                    let talker = tokio::spawn(async move {
+                        // Ten seconds of speech, over and over.
+                        let speech = oracle_calls::speech::synthesize(10.0, 5);
+                        loop {
+                            if mic.play(&speech).await.is_err() {
+                                return;
+                            }
+                        }
+                    });
                     let mut frames = 0u64;
-                    let deadline = tokio::time::Instant::now() + Duration::from_secs(seconds + 3);
-                    while let Ok(Some(ev)) = tokio::time::timeout_at(deadline, call.next_event()).await {
-                        if matches!(ev, CallEvent::OracleAudio { .. }) {
-                            frames += 1;
+                    let mut permit = Some(permit);
+                    loop {
+                        tokio::select! {
+                            ev = call.next_event() => match ev {
+                                Some(CallEvent::OracleAudio { pcm }) => {
+                                    frames += 1;
+                                    received.fetch_add(pcm.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                                    if permit.take().is_some() {
+                                        let _ = up_tx.send(()).await;
+                                    }
+                                }
+                                Some(CallEvent::Ended { reason }) => bail!("a call ended: {reason}"),
+                                None => break,
+                                Some(_) => {}
+                            },
+                            r = stop_rx.changed() => {
+                                if r.is_err() || *stop_rx.borrow() { break; }
+                            }
                         }
                     }
                     talker.abort();
@@ -232,19 +262,33 @@ pub fn agent(levels: Vec<usize>, seconds: u64, dir: PathBuf) -> anyhow::Result<(
                     Ok::<u64, anyhow::Error>(frames)
                 }));
             }
-            // Measure the middle `seconds` (after every call had 3 s to set up).
-            tokio::time::sleep(Duration::from_secs(3)).await;
+            drop(up_tx);
+            let mut up = 0;
+            let waited = Instant::now();
+            while up < n {
+                match tokio::time::timeout(Duration::from_secs(180), up_rx.recv()).await {
+                    Ok(Some(())) => up += 1,
+                    _ => bail!("only {up} of {n} calls came up within {:?}", waited.elapsed()),
+                }
+            }
+            eprintln!("  {n} calls up after {:.1} s; measuring {seconds} s", waited.elapsed().as_secs_f64());
+            let before = received.load(std::sync::atomic::Ordering::Relaxed);
             let (c0, _) = proc_usage(pid)?;
             let t = Instant::now();
             tokio::time::sleep(Duration::from_secs(seconds)).await;
             let (c1, rss) = proc_usage(pid)?;
-            let cores = (c1 - c0) / t.elapsed().as_secs_f64();
+            let elapsed = t.elapsed().as_secs_f64();
+            let cores = (c1 - c0) / elapsed;
+            let in_window = received.load(std::sync::atomic::Ordering::Relaxed) - before;
+            let _ = stop_tx.send(true);
             let mut frames = 0;
             for t in tasks {
                 frames += t.await??;
             }
+            // 1.0 is every sample of the echo arriving in real time.
+            let per_call = in_window as f64 / 48_000.0 / elapsed / n.max(1) as f64;
             println!(
-                "{n:>6} {cores:>14.3} {:>14.4} {:>14.1}   ({frames} oracle frames received in total)",
+                "{n:>6} {cores:>14.3} {:>14.4} {:>14.1}   (echo at the users: {per_call:.2} s of audio per second per call; {frames} frames in all)",
                 cores / n.max(1) as f64,
                 rss as f64 / 1024.0
             );
