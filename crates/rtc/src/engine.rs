@@ -615,7 +615,31 @@ impl Engine {
             let _ = reply.send(Err(Error::Protocol("an audio track is already published")));
             return Ok(());
         }
-        let cid = format!("oc-mic-{}", rand::random::<u32>());
+        let cid = self
+            .add_track(
+                lk::TrackType::Audio,
+                lk::TrackSource::Microphone,
+                name,
+                0,
+                0,
+            )
+            .await?;
+        self.pending_publish = Some((cid, reply, Instant::now() + PUBLISH_TIMEOUT));
+        self.pending_is_video = false;
+        Ok(())
+    }
+
+    /// Asks the server for a track (`AddTrackRequest`, GCM-encrypted when E2EE is on, RED
+    /// off); the answer is `TrackPublished` with the returned client id.
+    async fn add_track(
+        &mut self,
+        kind: lk::TrackType,
+        source: lk::TrackSource,
+        name: String,
+        width: u32,
+        height: u32,
+    ) -> Result<String, Error> {
+        let cid = format!("oc-{}-{}", kind.as_str_name(), rand::random::<u32>());
         let encryption = if self.key_ring.is_some() {
             lk::encryption::Type::Gcm
         } else {
@@ -626,17 +650,17 @@ impl Engine {
             Req::AddTrack(lk::AddTrackRequest {
                 cid: cid.clone(),
                 name,
-                r#type: lk::TrackType::Audio as i32,
-                source: lk::TrackSource::Microphone as i32,
+                r#type: kind as i32,
+                source: source as i32,
+                width,
+                height,
                 disable_red: true,
                 encryption: encryption as i32,
                 ..Default::default()
             }),
         )
         .await?;
-        self.pending_publish = Some((cid, reply, Instant::now() + PUBLISH_TIMEOUT));
-        self.pending_is_video = false;
-        Ok(())
+        Ok(cid)
     }
 
     async fn start_publish_video(
@@ -652,26 +676,15 @@ impl Engine {
             )));
             return Ok(());
         }
-        let cid = format!("oc-cam-{}", rand::random::<u32>());
-        let encryption = if self.key_ring.is_some() {
-            lk::encryption::Type::Gcm
-        } else {
-            lk::encryption::Type::None
-        };
-        signal::send(
-            &mut self.ws,
-            Req::AddTrack(lk::AddTrackRequest {
-                cid: cid.clone(),
+        let cid = self
+            .add_track(
+                lk::TrackType::Video,
+                lk::TrackSource::Camera,
                 name,
-                r#type: lk::TrackType::Video as i32,
-                source: lk::TrackSource::Camera as i32,
                 width,
                 height,
-                encryption: encryption as i32,
-                ..Default::default()
-            }),
-        )
-        .await?;
+            )
+            .await?;
         self.pending_publish = Some((cid, reply, Instant::now() + PUBLISH_TIMEOUT));
         self.pending_is_video = true;
         Ok(())

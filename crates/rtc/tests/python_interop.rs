@@ -237,31 +237,8 @@ async fn data_both_ways(kdf: KeyDerivation) {
         "seconds": 3, "send_data": [from_py], "expect_data": 1,
         "wait_for_identities": ["rust-peer"],
     });
-    let mut py = Command::new("python3")
-        .arg(format!(
-            "{}/../../tests/browser/py_data_peer.py",
-            env!("CARGO_MANIFEST_DIR")
-        ))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    py.stdin
-        .take()
-        .unwrap()
-        .write_all(cfg.to_string().as_bytes())
-        .unwrap();
-    let e2ee = Some(E2eeOptions {
-        key_ring: KeyRing::with_call_key(&key, kdf, KeyRingOptions::default()).unwrap(),
-    });
-    let (room, mut events) = Room::connect(
-        &lk.url,
-        &lk.token(&room_name, "rust-peer"),
-        RoomOptions { e2ee },
-    )
-    .await
-    .unwrap();
+    let py = spawn_python("../../tests/browser/py_data_peer.py", &cfg);
+    let (room, mut events) = join_with_key(&lk, &room_name, &key, kdf).await;
     // Wait for the Python peer, then send.
     let mut got = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
@@ -346,31 +323,8 @@ async fn video_echo(kdf: KeyDerivation) {
         "kdf": match kdf { KeyDerivation::Hkdf => "hkdf", _ => "pbkdf2" },
         "seconds": 8, "width": 320, "height": 240,
     });
-    let mut py = Command::new("python3")
-        .arg(format!(
-            "{}/tests/peers/lk_video_peer.py",
-            env!("CARGO_MANIFEST_DIR")
-        ))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    py.stdin
-        .take()
-        .unwrap()
-        .write_all(cfg.to_string().as_bytes())
-        .unwrap();
-    let e2ee = Some(E2eeOptions {
-        key_ring: KeyRing::with_call_key(&key, kdf, KeyRingOptions::default()).unwrap(),
-    });
-    let (room, mut events) = Room::connect(
-        &lk.url,
-        &lk.token(&room_name, "rust-peer"),
-        RoomOptions { e2ee },
-    )
-    .await
-    .unwrap();
+    let py = spawn_python("tests/peers/lk_video_peer.py", &cfg);
+    let (room, mut events) = join_with_key(&lk, &room_name, &key, kdf).await;
     let camera = room.publish_video("camera", 320, 240).await.unwrap();
     let start = tokio::time::Instant::now();
     let (mut frames, mut keyframes, mut echoing) = (0usize, Vec::new(), false);
@@ -453,4 +407,36 @@ async fn python_sdk_video_echo_hkdf() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_sdk_video_echo_pbkdf2() {
     video_echo(KeyDerivation::Pbkdf2).await;
+}
+
+/// Starts a Python peer (`path` relative to this crate) with `cfg` on its stdin.
+fn spawn_python(path: &str, cfg: &serde_json::Value) -> std::process::Child {
+    let mut py = Command::new("python3")
+        .arg(format!("{}/{path}", env!("CARGO_MANIFEST_DIR")))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3 with the `livekit` package (scripts/test installs it)");
+    py.stdin
+        .take()
+        .unwrap()
+        .write_all(cfg.to_string().as_bytes())
+        .unwrap();
+    py
+}
+
+/// Joins `room` as `rust-peer` with E2EE under `key`.
+async fn join_with_key(
+    lk: &common::LiveKit,
+    room: &str,
+    key: &CallKey,
+    kdf: KeyDerivation,
+) -> (Room, tokio::sync::mpsc::Receiver<RoomEvent>) {
+    let e2ee = Some(E2eeOptions {
+        key_ring: KeyRing::with_call_key(key, kdf, KeyRingOptions::default()).unwrap(),
+    });
+    Room::connect(&lk.url, &lk.token(room, "rust-peer"), RoomOptions { e2ee })
+        .await
+        .unwrap()
 }

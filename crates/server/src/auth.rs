@@ -147,6 +147,18 @@ fn bearer(parts: &Parts) -> Result<&str> {
     Ok(token)
 }
 
+/// The API key record of an agent's bearer token (the record cached for
+/// `api_key_cache_secs`, the key itself checked every time).
+async fn agent_key(state: &AppState, token: &str) -> Result<ApiKeyRecord> {
+    apikey::authenticate_with(
+        state.store(),
+        state.pepper(),
+        token,
+        Some(state.key_cache()),
+    )
+    .await
+}
+
 /// A request made by a Matrix user (OpenID token).
 #[derive(Clone, Debug)]
 pub struct User(pub String);
@@ -179,14 +191,7 @@ impl FromRequestParts<AppState> for Agent {
     type Rejection = Error;
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self> {
         let token = bearer(parts)?;
-        let rec = apikey::authenticate_with(
-            state.store(),
-            state.pepper(),
-            token,
-            Some(state.key_cache()),
-        )
-        .await?;
-        Ok(Self(rec))
+        Ok(Self(agent_key(state, token).await?))
     }
 }
 
@@ -195,14 +200,7 @@ impl FromRequestParts<AppState> for Caller {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self> {
         let token = bearer(parts)?;
         if apikey::looks_like_api_key(token) {
-            let rec = apikey::authenticate_with(
-                state.store(),
-                state.pepper(),
-                token,
-                Some(state.key_cache()),
-            )
-            .await?;
-            Ok(Self::Agent(rec))
+            Ok(Self::Agent(agent_key(state, token).await?))
         } else {
             Ok(Self::User(state.openid().verify(token).await?))
         }
