@@ -348,6 +348,7 @@ impl OracleClient {
         // 7. Media, end to end encrypted with the call key.
         let opts = RoomOptions {
             e2ee: Some(E2eeOptions { key_ring }),
+            ..Default::default()
         };
         drop(call_key);
         let joined = async {

@@ -54,6 +54,7 @@ async fn main() {
         tasks.push(tokio::spawn(async move {
             let opts = RoomOptions {
                 e2ee: Some(E2eeOptions { key_ring: ring }),
+                ..Default::default()
             };
             let (room, mut events) = Room::connect(&url, &token, opts).await.unwrap();
             let mic = room.publish_audio("tone").await.unwrap();

@@ -25,6 +25,9 @@ pub enum Error {
     /// End-to-end encryption failed on our side (e.g. no key).
     #[error(transparent)]
     Crypto(#[from] oracle_calls_crypto::FrameError),
+    /// A key operation in a room without end-to-end encryption.
+    #[error("end-to-end encryption is not on in this room")]
+    NoE2ee,
     /// The room's task has ended.
     #[error("the room is closed")]
     Closed,

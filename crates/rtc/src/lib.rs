@@ -22,6 +22,7 @@
 #![deny(missing_docs)]
 
 mod audio;
+mod core;
 mod engine;
 mod error;
 mod room;
@@ -31,4 +32,6 @@ pub mod token;
 
 pub use audio::{AUDIO_FRAME_SAMPLES, SAMPLE_RATE, goertzel_power, sine_tone};
 pub use error::Error;
-pub use room::{AudioSource, E2eeOptions, Room, RoomEvent, RoomOptions, VideoSource};
+pub use room::{
+    AudioSource, E2eeOptions, ReconnectPolicy, Room, RoomEvent, RoomOptions, VideoSource,
+};

@@ -1,10 +1,15 @@
 //! The public API: connect, publish audio, receive events, leave.
 
+use std::time::Duration;
+
 use oracle_calls_crypto::FrameError;
+use oracle_calls_crypto::KeyDerivation;
 use oracle_calls_crypto::frame::{DecryptStats, KeyRing};
 use tokio::sync::{mpsc, oneshot};
+use zeroize::Zeroizing;
 
-use crate::engine::{Command, Engine};
+use crate::core::Command;
+use crate::engine::Engine;
 use crate::{AUDIO_FRAME_SAMPLES, Error};
 
 /// End-to-end encryption settings: the keyring every frame is sealed and opened with (in
@@ -15,11 +20,49 @@ pub struct E2eeOptions {
     pub key_ring: KeyRing,
 }
 
+/// How a lost signaling connection is resumed: up to `attempts` tries, the first at once,
+/// then after `first_delay`, doubling up to `max_delay`. Media keeps flowing meanwhile.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReconnectPolicy {
+    /// Tries before the room is given up (`Disconnected`); 0 never resumes.
+    pub attempts: u32,
+    /// The wait before the second try.
+    pub first_delay: Duration,
+    /// The longest wait between tries.
+    pub max_delay: Duration,
+}
+
+impl Default for ReconnectPolicy {
+    /// 6 tries over about 8 s (0, 0.25, 0.5, 1, 2, 4 s apart), each allowed 5 s.
+    fn default() -> Self {
+        Self {
+            attempts: 6,
+            first_delay: Duration::from_millis(250),
+            max_delay: Duration::from_secs(4),
+        }
+    }
+}
+
+impl ReconnectPolicy {
+    /// The wait before try `attempt` (1-based).
+    pub fn delay(&self, attempt: u32) -> Duration {
+        if attempt <= 1 {
+            return Duration::ZERO;
+        }
+        let doublings = (attempt - 2).min(16);
+        self.first_delay
+            .saturating_mul(1 << doublings)
+            .min(self.max_delay)
+    }
+}
+
 /// Options of [`Room::connect`].
 #[derive(Clone, Debug, Default)]
 pub struct RoomOptions {
     /// Encrypt and decrypt media end to end. `None` sends and expects plain media.
     pub e2ee: Option<E2eeOptions>,
+    /// Resuming a lost signaling connection.
+    pub reconnect: ReconnectPolicy,
 }
 
 /// What happens in the room.
@@ -110,6 +153,16 @@ pub enum RoomEvent {
         /// The sender.
         identity: String,
     },
+    /// The signaling connection was lost (closed, failed, or silent past the server's ping
+    /// timeout) and resume try `attempt` starts; media keeps flowing.
+    Reconnecting {
+        /// 1 for the first try.
+        attempt: u32,
+        /// Why the connection was lost.
+        reason: String,
+    },
+    /// The session was resumed on a new signaling connection (same participant).
+    Reconnected,
     /// The room ended for us.
     Disconnected {
         /// Why.
@@ -166,14 +219,11 @@ impl Room {
     /// [`Error::Timeout`] if the server does not confirm the track, [`Error::Closed`].
     pub async fn publish_audio(&self, name: &str) -> Result<AudioSource, Error> {
         let (tx, rx) = oneshot::channel();
-        self.cmd
-            .send(Command::PublishAudio {
-                name: name.to_owned(),
-                reply: tx,
-            })
-            .await
-            .map_err(|_| Error::Closed)?;
-        rx.await.map_err(|_| Error::Closed)??;
+        let cmd = Command::PublishAudio {
+            name: name.to_owned(),
+            reply: tx,
+        };
+        self.request(cmd, rx).await?;
         Ok(AudioSource {
             cmd: self.cmd.clone(),
         })
@@ -191,16 +241,13 @@ impl Room {
         height: u32,
     ) -> Result<VideoSource, Error> {
         let (tx, rx) = oneshot::channel();
-        self.cmd
-            .send(Command::PublishVideo {
-                name: name.to_owned(),
-                width,
-                height,
-                reply: tx,
-            })
-            .await
-            .map_err(|_| Error::Closed)?;
-        rx.await.map_err(|_| Error::Closed)??;
+        let cmd = Command::PublishVideo {
+            name: name.to_owned(),
+            width,
+            height,
+            reply: tx,
+        };
+        self.request(cmd, rx).await?;
         Ok(VideoSource {
             cmd: self.cmd.clone(),
         })
@@ -229,14 +276,66 @@ impl Room {
     /// buffer is full, [`Error::Closed`].
     pub async fn send_data(&self, payload: &[u8], topic: Option<&str>) -> Result<(), Error> {
         let (tx, rx) = oneshot::channel();
-        self.cmd
-            .send(Command::SendData {
-                payload: payload.to_vec(),
-                topic: topic.map(str::to_owned),
+        let cmd = Command::SendData {
+            payload: payload.to_vec(),
+            topic: topic.map(str::to_owned),
+            reply: tx,
+        };
+        self.request(cmd, rx).await
+    }
+
+    /// Ratchets our sending key one step (LiveKit's `ratchetKey` on the current key index):
+    /// frames sent from now on use the ratcheted key, and receivers follow with their
+    /// bounded auto-ratchet.
+    ///
+    /// # Errors
+    /// [`Error::NoE2ee`], [`Error::Crypto`] when the slot is empty, [`Error::Closed`].
+    pub async fn ratchet_key(&self) -> Result<(), Error> {
+        let (tx, rx) = oneshot::channel();
+        self.request(Command::RatchetKey { reply: tx }, rx).await
+    }
+
+    /// Puts new shared key material into key index `index` for every participant (ours and
+    /// each sender's keyring: LiveKit's shared-key `setKey`). HKDF reads raw bytes, PBKDF2 a
+    /// string's UTF-8 bytes. Use [`Room::set_key_index`] to send with it.
+    ///
+    /// # Errors
+    /// [`Error::NoE2ee`], [`Error::Crypto`] for an index outside the keyring, [`Error::Closed`].
+    pub async fn set_key(
+        &self,
+        index: u8,
+        kdf: KeyDerivation,
+        material: Zeroizing<Vec<u8>>,
+    ) -> Result<(), Error> {
+        let (tx, rx) = oneshot::channel();
+        self.request(
+            Command::SetKey {
+                index,
+                kdf,
+                material,
                 reply: tx,
-            })
+            },
+            rx,
+        )
+        .await
+    }
+
+    /// Sends with the key at `index` from now on.
+    ///
+    /// # Errors
+    /// [`Error::NoE2ee`], [`Error::Crypto`] when that slot is empty, [`Error::Closed`].
+    pub async fn set_key_index(&self, index: u8) -> Result<(), Error> {
+        let (tx, rx) = oneshot::channel();
+        self.request(Command::SetKeyIndex { index, reply: tx }, rx)
             .await
-            .map_err(|_| Error::Closed)?;
+    }
+
+    async fn request(
+        &self,
+        cmd: Command,
+        rx: oneshot::Receiver<Result<(), Error>>,
+    ) -> Result<(), Error> {
+        self.cmd.send(cmd).await.map_err(|_| Error::Closed)?;
         rx.await.map_err(|_| Error::Closed)?
     }
 

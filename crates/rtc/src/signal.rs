@@ -44,14 +44,25 @@ pub async fn open_websocket(url: &str, token: &str) -> Result<Ws, Error> {
     }
 }
 
-/// Opens `/rtc` with the token in an `Authorization` header and waits for the join response.
-pub(crate) async fn connect(url: &str, token: &str) -> Result<(Ws, lk::JoinResponse), Error> {
+/// The `/rtc` URL (v0) with our client info; `resume` adds the participant to resume.
+fn rtc_url(url: &str, resume: Option<&str>) -> String {
     let base = url.trim_end_matches('/');
-    let full = format!(
+    let mut full = format!(
         "{base}/rtc?auto_subscribe=1&adaptive_stream=0&protocol={PROTOCOL_VERSION}&sdk=rust&version={}&os=linux",
         env!("CARGO_PKG_VERSION")
     );
-    let mut ws = open_websocket(&full, token).await?;
+    if let Some(sid) = resume {
+        full.push_str(&format!(
+            "&reconnect=1&sid={sid}&reconnect_reason={}",
+            lk::ReconnectReason::RrSignalDisconnected as i32
+        ));
+    }
+    full
+}
+
+/// Opens `/rtc` with the token in an `Authorization` header and waits for the join response.
+pub(crate) async fn connect(url: &str, token: &str) -> Result<(Ws, lk::JoinResponse), Error> {
+    let mut ws = open_websocket(&rtc_url(url, None), token).await?;
     match recv(&mut ws).await? {
         Some(lk::signal_response::Message::Join(j)) => Ok((ws, j)),
         Some(lk::signal_response::Message::Leave(l)) => Err(Error::Refused(format!(
@@ -60,6 +71,28 @@ pub(crate) async fn connect(url: &str, token: &str) -> Result<(Ws, lk::JoinRespo
         ))),
         Some(_) => Err(Error::Protocol("first message was not `join`")),
         None => Err(Error::Signal("closed before join".into())),
+    }
+}
+
+/// Opens a resuming `/rtc` connection for participant `sid` (`reconnect=1`) and waits for the
+/// server's `reconnect`. A `leave` instead (the server no longer has the participant) is
+/// [`Error::Refused`], as is a refused upgrade; a dropped connection is [`Error::Signal`].
+pub(crate) async fn reconnect(
+    url: &str,
+    token: &str,
+    sid: &str,
+) -> Result<(Ws, lk::ReconnectResponse), Error> {
+    let mut ws = open_websocket(&rtc_url(url, Some(sid)), token).await?;
+    match recv(&mut ws).await? {
+        Some(lk::signal_response::Message::Reconnect(r)) => Ok((ws, r)),
+        Some(lk::signal_response::Message::Leave(l)) => Err(Error::Refused(format!(
+            "the server no longer has this participant (leave, reason {})",
+            l.reason
+        ))),
+        Some(_) => Err(Error::Protocol(
+            "first message of a resume was not `reconnect`",
+        )),
+        None => Err(Error::Signal("closed before `reconnect`".into())),
     }
 }
 

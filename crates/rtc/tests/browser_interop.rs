@@ -102,7 +102,10 @@ async fn exchange(kdf: KeyDerivation, browser_key: &CallKey, rust_key: &CallKey)
     let (room, mut events) = Room::connect(
         &lk.url,
         &lk.token(&room_name, "rust-peer"),
-        RoomOptions { e2ee },
+        RoomOptions {
+            e2ee,
+            ..Default::default()
+        },
     )
     .await
     .unwrap();

@@ -41,21 +41,7 @@ async fn exchange(
         "kdf": match kdf { Some(KeyDerivation::Hkdf) => "hkdf", _ => "pbkdf2" },
         "tone_hz": 440.0, "listen_hz": 880.0, "seconds": SECONDS, "publish": true,
     });
-    let mut py = Command::new("python3")
-        .arg(format!(
-            "{}/tests/peers/lk_peer.py",
-            env!("CARGO_MANIFEST_DIR")
-        ))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("python3 with the `livekit` package (scripts/test installs it)");
-    py.stdin
-        .take()
-        .unwrap()
-        .write_all(cfg.to_string().as_bytes())
-        .unwrap();
+    let py = spawn_python("tests/peers/lk_peer.py", &cfg);
 
     let e2ee = match (kdf, rust_key) {
         (Some(kdf), Some(k)) => Some(E2eeOptions {
@@ -66,7 +52,10 @@ async fn exchange(
     let (room, mut events) = Room::connect(
         &lk.url,
         &lk.token(&room_name, "rust-peer"),
-        RoomOptions { e2ee },
+        RoomOptions {
+            e2ee,
+            ..Default::default()
+        },
     )
     .await
     .unwrap();
@@ -99,21 +88,7 @@ async fn exchange(
         }
     }
     room.leave().await;
-    let out = tokio::task::spawn_blocking(move || py.wait_with_output())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "python peer failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let python: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "python output {e}: {}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    });
+    let python = finish_python(py).await;
     Outcome {
         rust_heard: heard,
         python,
@@ -267,17 +242,8 @@ async fn data_both_ways(kdf: KeyDerivation) {
             _ => {}
         }
     }
-    let out = tokio::task::spawn_blocking(move || py.wait_with_output())
-        .await
-        .unwrap()
-        .unwrap();
+    let py = finish_python(py).await;
     room.leave().await;
-    assert!(
-        out.status.success(),
-        "python data peer failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let py: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(got, vec![("py-data".to_owned(), from_py.to_owned(), true)]);
     assert!(
         py["data"]
@@ -364,17 +330,8 @@ async fn video_echo(kdf: KeyDerivation) {
             _ => {}
         }
     }
-    let out = tokio::task::spawn_blocking(move || py.wait_with_output())
-        .await
-        .unwrap()
-        .unwrap();
+    let py = finish_python(py).await;
     room.leave().await;
-    assert!(
-        out.status.success(),
-        "python video peer failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let py: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     eprintln!(
         "{kdf:?}: rust got {frames} VP8 frames, key frames {keyframes:?}, {failures} failures; python {py}"
     );
@@ -426,6 +383,25 @@ fn spawn_python(path: &str, cfg: &serde_json::Value) -> std::process::Child {
     py
 }
 
+/// Waits for a Python peer, asserts it succeeded, and parses the JSON it printed.
+async fn finish_python(py: std::process::Child) -> serde_json::Value {
+    let out = tokio::task::spawn_blocking(move || py.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "python peer failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "python output {e}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
 /// Joins `room` as `rust-peer` with E2EE under `key`.
 async fn join_with_key(
     lk: &common::LiveKit,
@@ -436,7 +412,134 @@ async fn join_with_key(
     let e2ee = Some(E2eeOptions {
         key_ring: KeyRing::with_call_key(key, kdf, KeyRingOptions::default()).unwrap(),
     });
-    Room::connect(&lk.url, &lk.token(room, "rust-peer"), RoomOptions { e2ee })
-        .await
-        .unwrap()
+    Room::connect(
+        &lk.url,
+        &lk.token(room, "rust-peer"),
+        RoomOptions {
+            e2ee,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap()
+}
+
+/// Key ratchets mid-call with the Python SDK: we ratchet our sending key (`Room::ratchet_key`)
+/// 3 s into an 8 s tone exchange and the Python SDK follows with its auto-ratchet; when
+/// `python_ratchets`, it also ratchets its shared key at the same moment
+/// (`ratchet_shared_key`) and we follow with ours. Both keep hearing each other.
+///
+/// Not asserted: both ratcheting in PBKDF2 mode. There we follow the Python SDK's ratchet
+/// (0 failures) but the Python SDK stops decrypting our frames after its own
+/// `ratchet_shared_key`, although its auto-ratchet accepts the same ratcheted key when only we
+/// ratchet (`python_sdk_follows_our_ratchet_pbkdf2`); see docs/PROTOCOL.md §5.
+async fn ratchet_mid_call(kdf: KeyDerivation, python_ratchets: bool) {
+    const CALL_S: f64 = 8.0;
+    const RATCHET_S: f64 = 3.0;
+    let key = CallKey::generate(&mut rand::rng());
+    let lk = common::LiveKit::from_stack();
+    let room_name = common::unique_room("rtc-ratchet");
+    let cfg = serde_json::json!({
+        "url": lk.url, "token": lk.token(&room_name, "py-peer"),
+        "key_hex": hex::encode(key.dangerous_expose_bytes()),
+        "kdf": match kdf { KeyDerivation::Hkdf => "hkdf", _ => "pbkdf2" },
+        "tone_hz": 440.0, "listen_hz": 880.0, "seconds": CALL_S, "publish": true,
+        "ratchet_at": if python_ratchets { Some(RATCHET_S) } else { None },
+    });
+    let py = spawn_python("tests/peers/lk_peer.py", &cfg);
+    // A bounded auto-ratchet, as the native SDKs have by default (16).
+    let opts = KeyRingOptions {
+        ratchet_window: 16,
+        ..KeyRingOptions::default()
+    };
+    let e2ee = Some(E2eeOptions {
+        key_ring: KeyRing::with_call_key(&key, kdf, opts).unwrap(),
+    });
+    let token = lk.token(&room_name, "rust-peer");
+    let (room, mut events) = Room::connect(
+        &lk.url,
+        &token,
+        RoomOptions {
+            e2ee,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let mic = room.publish_audio("tone").await.unwrap();
+    // Start once Python's tone arrives, so both ratchet at about the same moment.
+    let mut heard: Vec<i16> = Vec::new();
+    let mut failures = 0u64;
+    let mut ratchet_mark = None;
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    let mut i = 0u64;
+    let mut started: Option<u64> = None;
+    let end = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                mic.push_pcm(&sine_tone(880.0, 8000.0, i * 960, 960)).await.unwrap();
+                i += 1;
+                if let Some(s) = started {
+                    if ratchet_mark.is_none() && i - s >= (RATCHET_S * 50.0) as u64 {
+                        room.ratchet_key().await.unwrap();
+                        ratchet_mark = Some(heard.len());
+                    }
+                    if i - s >= (CALL_S * 50.0) as u64 {
+                        break;
+                    }
+                }
+                assert!(tokio::time::Instant::now() < end, "the exchange did not finish");
+            }
+            ev = events.recv() => match ev.unwrap() {
+                RoomEvent::AudioFrame { pcm, .. } => {
+                    started.get_or_insert(i);
+                    heard.extend(pcm);
+                }
+                RoomEvent::DecryptionFailed { stats, .. } => failures = stats.failed,
+                _ => {}
+            }
+        }
+    }
+    let py = finish_python(py).await;
+    room.leave().await;
+    let mark = ratchet_mark.unwrap() + 48_000 / 2;
+    let ours_after = goertzel_power(heard.get(mark..).unwrap_or_default(), 440.0);
+    eprintln!(
+        "{kdf:?}, python ratchets too: {python_ratchets}; we heard {:.1} s, 440 Hz after the ratchet {ours_after:.3}, {failures} failed; python {py}",
+        heard.len() as f64 / 48_000.0
+    );
+    assert!(
+        heard.len() - mark >= 48_000 * 3,
+        "too little audio after the ratchet: {} samples",
+        heard.len() - mark
+    );
+    assert!(
+        ours_after > 0.5,
+        "we stopped hearing Python after the ratchet: {ours_after}"
+    );
+    let py_last = py["power_last2"].as_f64().unwrap();
+    assert!(
+        py_last > 0.5,
+        "Python stopped hearing us after our ratchet: {py}"
+    );
+    if python_ratchets {
+        let py_after = py["power_after_ratchet"].as_f64().unwrap();
+        assert!(py_after > 0.5, "Python after its ratchet: {py}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_sdk_follows_our_ratchet_hkdf() {
+    ratchet_mid_call(KeyDerivation::Hkdf, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_ratchet_mid_call_with_python_sdk_hkdf() {
+    ratchet_mid_call(KeyDerivation::Hkdf, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_sdk_follows_our_ratchet_pbkdf2() {
+    ratchet_mid_call(KeyDerivation::Pbkdf2, false).await;
 }

@@ -2,11 +2,14 @@
 the independent peer for oracle-calls-rtc's interop tests.
 
 stdin (JSON): {"url", "token", "key_hex" (or null for no E2EE), "kdf": "hkdf"|"pbkdf2",
-               "tone_hz", "listen_hz", "seconds", "publish": bool}
+               "tone_hz", "listen_hz", "seconds", "publish": bool,
+               "ratchet_at": seconds into the tone to ratchet the shared key (optional)}
   key material: hkdf -> the 32 raw key bytes; pbkdf2 -> the key as 64 hex ASCII characters
   (what oracle-calls does; DESIGN §4).
 stdout (JSON): {"frames": n, "power": Goertzel power of listen_hz in what it heard (first
-                second skipped), "tracks": [...], "e2ee_states": [...]}
+                second skipped), "tracks": [...], "e2ee_states": [...],
+                "power_after_ratchet": the same for what it heard from 0.5 s after the ratchet,
+                "power_last2": the same for the last 2 s it heard}
 """
 import asyncio
 import json
@@ -50,6 +53,7 @@ async def main():
             )
         )
     room = rtc.Room()
+    ratchet_mark = None
     heard = []
     tracks = []
     states = []
@@ -81,7 +85,11 @@ async def main():
             track, rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE))
         n = 0
         total = int(cfg["seconds"] * 50)
-        for _ in range(total):
+        ratchet_frame = int(cfg["ratchet_at"] * 50) if cfg.get("ratchet_at") else None
+        for f in range(total):
+            if f == ratchet_frame:
+                room.e2ee_manager.key_provider.ratchet_shared_key(0)
+                ratchet_mark = len(heard)
             frame = rtc.AudioFrame.create(RATE, 1, 960)
             data = frame.data
             for i in range(960):
@@ -93,8 +101,13 @@ async def main():
     done.set()
     await room.disconnect()
     tail = heard[RATE:]  # skip the first second (jitter buffer, key setup)
+    after = None
+    if ratchet_mark is not None:
+        after = goertzel(heard[ratchet_mark + RATE // 2:], cfg["listen_hz"])
     print(json.dumps({"frames": len(heard) // 960, "power": goertzel(tail, cfg["listen_hz"]),
-                      "tracks": tracks, "e2ee_states": states}))
+                      "tracks": tracks, "e2ee_states": states,
+                      "power_after_ratchet": after,
+                      "power_last2": goertzel(heard[-2 * RATE:], cfg["listen_hz"])}))
 
 
 asyncio.run(main())
