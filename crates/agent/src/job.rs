@@ -360,6 +360,10 @@ async fn serve<O: Oracle>(
                     report.unencrypted_tracks += 1;
                     warn!(%identity, %track_sid, "the user's track is not end-to-end encrypted; not listening to it");
                 }
+                Some(RoomEvent::Reconnecting { attempt, reason }) => {
+                    warn!(attempt, %reason, "room signaling lost; resuming");
+                }
+                Some(RoomEvent::Reconnected) => info!("room signaling resumed"),
                 Some(RoomEvent::Disconnected { reason }) => {
                     info!(%reason, "disconnected from the room");
                     break EndedBy::RoomClosed;

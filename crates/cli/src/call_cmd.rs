@@ -172,6 +172,10 @@ pub fn call(args: CallArgs) -> anyhow::Result<()> {
                 }
                 Ok(Some(CallEvent::OracleJoined { identity })) => eprintln!("the oracle joined ({identity})"),
                 Ok(Some(CallEvent::OracleLeft { identity })) => eprintln!("the oracle left ({identity})"),
+                Ok(Some(CallEvent::Reconnecting { attempt, reason })) => {
+                    eprintln!("reconnecting to the media server (try {attempt}): {reason}")
+                }
+                Ok(Some(CallEvent::Reconnected)) => eprintln!("reconnected to the media server"),
                 Ok(Some(CallEvent::DecryptionFailed { identity, failures })) => {
                     if failures == 1 || failures.is_multiple_of(100) {
                         eprintln!("warning: {failures} frames from {identity} did not decrypt");

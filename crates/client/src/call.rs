@@ -130,6 +130,16 @@ pub enum CallEvent {
     },
     /// The oracle's side wants a key frame of our camera: push one soon.
     KeyframeRequested,
+    /// The media room's signaling connection was lost; resume try `attempt` starts (audio
+    /// keeps flowing meanwhile).
+    Reconnecting {
+        /// 1 for the first try.
+        attempt: u32,
+        /// Why it was lost.
+        reason: String,
+    },
+    /// The signaling connection was resumed.
+    Reconnected,
     /// The room closed (the call ended elsewhere or the connection was lost).
     Ended {
         /// Why.
@@ -265,6 +275,10 @@ impl Call {
                     CallEvent::OracleVideo { vp8, keyframe }
                 }
                 RoomEvent::KeyframeRequested => CallEvent::KeyframeRequested,
+                RoomEvent::Reconnecting { attempt, reason } => {
+                    CallEvent::Reconnecting { attempt, reason }
+                }
+                RoomEvent::Reconnected => CallEvent::Reconnected,
                 RoomEvent::DecryptionFailed { identity, .. } => {
                     self.failures += 1;
                     CallEvent::DecryptionFailed {
