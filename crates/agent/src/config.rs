@@ -90,6 +90,11 @@ pub struct FileConfig {
     /// a key could have been lifted from another call.
     #[serde(default)]
     pub accept_legacy_envelopes: bool,
+    /// The Opus encoder complexity of the oracle's voice, 0..=10 (default: libopus's, 9). Each
+    /// call encodes one stream: 5 saves about a third of the encoding CPU, 0 about two thirds
+    /// (`oracle-calls bench opus`).
+    #[serde(default)]
+    pub opus_complexity: Option<u8>,
     /// LiveKit settings.
     pub livekit: LiveKitSection,
 }
@@ -153,6 +158,8 @@ pub struct AgentConfig {
     pub user_join_timeout: Duration,
     /// See [`FileConfig::accept_legacy_envelopes`].
     pub accept_legacy_envelopes: bool,
+    /// See [`FileConfig::opus_complexity`].
+    pub opus_complexity: Option<u8>,
 }
 
 /// Reads secret `name` from `env(name)` or from the file named by `env(name + "_FILE")`.
@@ -231,6 +238,7 @@ impl AgentConfig {
             drain_timeout: Duration::from_secs(file.drain_timeout_secs),
             user_join_timeout: Duration::from_secs(file.user_join_timeout_secs.max(1)),
             accept_legacy_envelopes: file.accept_legacy_envelopes,
+            opus_complexity: file.opus_complexity.map(|c| c.min(10)),
         })
     }
 }

@@ -265,6 +265,7 @@ async fn serve<O: Oracle>(
     // 3. Join with E2EE and publish.
     let opts = RoomOptions {
         e2ee: Some(E2eeOptions { key_ring }),
+        opus_complexity: cfg.opus_complexity,
         ..Default::default()
     };
     let joined = async {

@@ -195,8 +195,16 @@ fn proc_usage(pid: u32) -> anyhow::Result<(f64, u64)> {
     Ok(((utime + stime) / tick, hwm))
 }
 
+/// How long one call of `bench agent` may take to hear its echo.
+const SETUP_LIMIT: Duration = Duration::from_secs(90);
+
 /// `bench agent`: the agent as its own process, N concurrent echo calls for `seconds`.
-pub fn agent(levels: Vec<usize>, seconds: u64, dir: PathBuf) -> anyhow::Result<()> {
+pub fn agent(
+    levels: Vec<usize>,
+    seconds: u64,
+    opus_complexity: Option<u8>,
+    dir: PathBuf,
+) -> anyhow::Result<()> {
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
         let stack = Stack::running()?;
@@ -206,17 +214,31 @@ pub fn agent(levels: Vec<usize>, seconds: u64, dir: PathBuf) -> anyhow::Result<(
             opts.oracle = None;
             let dep = Deployment::start(stack.clone(), opts).await?;
             let mut child = dep
-                .spawn_agent_process(&std::env::current_exe()?, n.max(1), Duration::from_secs(20))
+                .spawn_agent_process(
+                    &std::env::current_exe()?,
+                    n.max(1),
+                    opus_complexity,
+                    Duration::from_secs(20),
+                )
                 .await?;
             let pid = child.id();
             let mut clients = Vec::new();
             for _ in 0..n {
-                clients.push(dep.new_user().await?);
+                // The users are the load generator, not what is measured: their microphones
+                // encode at the cheapest complexity, and on a machine this loaded the oracle's
+                // bot may take longer than usual to join each new user's DM.
+                clients.push(
+                    dep.new_user_with(|c| {
+                        c.opus_complexity = Some(0);
+                        c.bot_join_timeout = Duration::from_secs(90);
+                    })
+                    .await?,
+                );
             }
             // Calls are set up a few at a time (the machine has two cores), each talks until
             // told to stop, and the agent is measured only once every call is up.
             let setup = Arc::new(tokio::sync::Semaphore::new(4));
-            let (up_tx, mut up_rx) = tokio::sync::mpsc::channel::<()>(n.max(1));
+            let (up_tx, mut up_rx) = tokio::sync::mpsc::channel::<Result<(), String>>(n.max(1));
             let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
             let received = Arc::new(std::sync::atomic::AtomicU64::new(0));
             let mut tasks = Vec::new();
@@ -225,7 +247,13 @@ pub fn agent(levels: Vec<usize>, seconds: u64, dir: PathBuf) -> anyhow::Result<(
                 let received = received.clone();
                 tasks.push(tokio::spawn(async move {
                     let permit = setup.acquire_owned().await?;
-                    let mut call = c.call_oracle(CallType::Audio).await?;
+                    let mut call = match c.call_oracle(CallType::Audio).await {
+                        Ok(call) => call,
+                        Err(e) => {
+                            let _ = up_tx.send(Err(format!("call_oracle: {e}"))).await;
+                            return Err(e.into());
+                        }
+                    };
                     let mic = call.microphone();
                     let talker = tokio::spawn(async move {
                         // Ten seconds of speech, over and over.
@@ -238,6 +266,9 @@ pub fn agent(levels: Vec<usize>, seconds: u64, dir: PathBuf) -> anyhow::Result<(
                     });
                     let mut frames = 0u64;
                     let mut permit = Some(permit);
+                    // A call that never hears its echo must not hold a setup slot forever.
+                    let give_up = tokio::time::sleep(SETUP_LIMIT);
+                    tokio::pin!(give_up);
                     loop {
                         tokio::select! {
                             ev = call.next_event() => match ev {
@@ -245,13 +276,24 @@ pub fn agent(levels: Vec<usize>, seconds: u64, dir: PathBuf) -> anyhow::Result<(
                                     frames += 1;
                                     received.fetch_add(pcm.len() as u64, std::sync::atomic::Ordering::Relaxed);
                                     if permit.take().is_some() {
-                                        let _ = up_tx.send(()).await;
+                                        let _ = up_tx.send(Ok(())).await;
                                     }
                                 }
-                                Some(CallEvent::Ended { reason }) => bail!("a call ended: {reason}"),
+                                Some(CallEvent::Ended { reason }) => {
+                                    let _ = up_tx.send(Err(format!("call {} ended: {reason}", call.id()))).await;
+                                    bail!("a call ended: {reason}")
+                                }
                                 None => break,
                                 Some(_) => {}
                             },
+                            () = &mut give_up, if permit.is_some() => {
+                                permit = None;
+                                let _ = up_tx.send(Err(format!(
+                                    "call {} heard no echo within {SETUP_LIMIT:?}; timeline {:?}",
+                                    call.id(),
+                                    call.timeline()
+                                ))).await;
+                            }
                             r = stop_rx.changed() => {
                                 if r.is_err() || *stop_rx.borrow() { break; }
                             }
@@ -264,12 +306,33 @@ pub fn agent(levels: Vec<usize>, seconds: u64, dir: PathBuf) -> anyhow::Result<(
             }
             drop(up_tx);
             let mut up = 0;
+            let mut failed = Vec::new();
             let waited = Instant::now();
-            while up < n {
-                match tokio::time::timeout(Duration::from_secs(180), up_rx.recv()).await {
-                    Ok(Some(())) => up += 1,
-                    _ => bail!("only {up} of {n} calls came up within {:?}", waited.elapsed()),
+            while up + failed.len() < n {
+                match up_rx.recv().await {
+                    Some(Ok(())) => {
+                        up += 1;
+                        if up % 10 == 0 {
+                            eprintln!("  {up} of {n} calls up after {:.1} s", waited.elapsed().as_secs_f64());
+                        }
+                    }
+                    Some(Err(e)) => {
+                        eprintln!("  not up: {e}");
+                        failed.push(e);
+                    }
+                    None => break,
                 }
+            }
+            if up < n {
+                let _ = stop_tx.send(true);
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!(
+                    "only {up} of {n} calls came up within {:.0} s ({} failed; agent log in {})",
+                    waited.elapsed().as_secs_f64(),
+                    failed.len(),
+                    dir.join(format!("n{n}")).display()
+                );
             }
             eprintln!("  {n} calls up after {:.1} s; measuring {seconds} s", waited.elapsed().as_secs_f64());
             let before = received.load(std::sync::atomic::Ordering::Relaxed);

@@ -427,6 +427,7 @@ impl Deployment {
             drain_timeout_secs: 10,
             user_join_timeout_secs: 20,
             accept_legacy_envelopes: false,
+            opus_complexity: None,
             livekit: toml::from_str(&format!(
                 "api_key = \"{}\"",
                 self.stack.get("LIVEKIT_API_KEY")?
@@ -466,6 +467,7 @@ impl Deployment {
         &self,
         exe: &Path,
         max_calls: usize,
+        opus_complexity: Option<u8>,
         register_within: std::time::Duration,
     ) -> anyhow::Result<std::process::Child> {
         use std::io::BufRead as _;
@@ -475,10 +477,13 @@ impl Deployment {
         std::fs::write(
             &cfg,
             format!(
-                "server_url = \"{}\"\noracle_key_file = \"{}\"\nmax_calls = {}\n[livekit]\napi_key = \"{}\"\n",
+                "server_url = \"{}\"\noracle_key_file = \"{}\"\nmax_calls = {}\n{}[livekit]\napi_key = \"{}\"\n",
                 file.server_url,
                 file.oracle_key_file.display(),
                 file.max_calls,
+                opus_complexity
+                    .map(|c| format!("opus_complexity = {c}\n"))
+                    .unwrap_or_default(),
                 file.livekit.api_key
             ),
         )?;
@@ -502,12 +507,16 @@ impl Deployment {
             .with_context(|| format!("starting {} agent", exe.display()))?;
         let stderr = child.stderr.take().context("the agent's stderr")?;
         let (ready_tx, ready_rx) = oneshot::channel::<()>();
+        // Its log is kept next to its config, for when a run goes wrong.
+        let log_path = self.dir.join(format!("agent-{tag}.log"));
+        let mut log = std::fs::File::create(&log_path)?;
         std::thread::spawn(move || {
             let mut ready = Some(ready_tx);
             for l in std::io::BufReader::new(stderr)
                 .lines()
                 .map_while(Result::ok)
             {
+                let _ = std::io::Write::write_all(&mut log, format!("{l}\n").as_bytes());
                 if l.contains("registered with LiveKit")
                     && let Some(tx) = ready.take()
                 {
@@ -520,8 +529,9 @@ impl Deployment {
             let _ = child.kill();
             let _ = child.wait();
             bail!(
-                "the agent process did not register within {} s",
-                register_within.as_secs()
+                "the agent process did not register within {} s (its log: {})",
+                register_within.as_secs(),
+                log_path.display()
             );
         }
         Ok(child)
@@ -532,14 +542,26 @@ impl Deployment {
     /// # Errors
     /// Provisioning or login failures.
     pub async fn new_user(&self) -> anyhow::Result<OracleClient> {
+        self.new_user_with(|_| {}).await
+    }
+
+    /// [`Self::new_user`] with its client settings passed through `edit` first.
+    ///
+    /// # Errors
+    /// Provisioning or login failures.
+    pub async fn new_user_with(
+        &self,
+        edit: impl FnOnce(&mut ClientConfig),
+    ) -> anyhow::Result<OracleClient> {
         let id = unique_hex(5);
         let name = format!("did-ixo-user{id}");
         let (_, password) = self.stack.user(&name)?;
-        let cfg = ClientConfig::new(
+        let mut cfg = ClientConfig::new(
             self.stack.get("MATRIX_URL")?,
             self.server.url.clone(),
             self.dir.join(format!("client-{id}")),
         );
+        edit(&mut cfg);
         Ok(OracleClient::connect(
             cfg,
             Login::Password {

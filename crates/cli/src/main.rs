@@ -5,6 +5,7 @@ mod agent_cmd;
 mod apikey;
 mod bench;
 mod bench_key;
+mod bench_opus;
 mod call_cmd;
 mod call_demo;
 mod demo;
@@ -128,9 +129,22 @@ enum BenchCmd {
         /// Seconds measured per level.
         #[arg(long, default_value_t = 10)]
         seconds: u64,
+        /// The agent's `opus_complexity` (default: libopus's).
+        #[arg(long)]
+        opus_complexity: Option<u8>,
         /// Working directory.
         #[arg(long, default_value = "bench-out/agent")]
         dir: PathBuf,
+    },
+    /// Encode time and fidelity of each Opus complexity on synthesized speech (the default
+    /// complexity is the reference).
+    Opus {
+        /// Seconds of speech per round.
+        #[arg(long, default_value_t = 20.0)]
+        seconds: f64,
+        /// Rounds (medians are reported).
+        #[arg(long, default_value_t = 7)]
+        rounds: usize,
     },
     /// Requests per second and p50/p99 of the agent's key endpoint (wrk as the load), with
     /// the server's static well-known document as the reference.
@@ -191,8 +205,10 @@ fn main() -> anyhow::Result<()> {
             BenchCmd::Agent {
                 calls,
                 seconds,
+                opus_complexity,
                 dir,
-            } => bench::agent(calls, seconds, dir),
+            } => bench::agent(calls, seconds, opus_complexity, dir),
+            BenchCmd::Opus { seconds, rounds } => bench_opus::run(seconds, rounds),
             BenchCmd::Key {
                 db,
                 clients,

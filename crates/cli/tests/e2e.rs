@@ -605,6 +605,8 @@ async fn an_agent_killed_mid_call_breaks_neither_the_server_nor_other_calls() {
         .spawn_agent_process(
             std::path::Path::new(env!("CARGO_BIN_EXE_oracle-calls")),
             1,
+            // The agent process's config also carries an encoder complexity here.
+            Some(5),
             Duration::from_secs(30),
         )
         .await

@@ -46,6 +46,9 @@ pub struct ClientConfig {
     pub key_derivation: KeyDerivation,
     /// How long to wait for the oracle's bot to join a new DM room.
     pub bot_join_timeout: Duration,
+    /// The microphone's Opus encoder complexity (0..=10); `None` keeps libopus's default (9).
+    /// Lower values save CPU on small devices (`oracle-calls bench opus`).
+    pub opus_complexity: Option<u8>,
 }
 
 impl ClientConfig {
@@ -63,6 +66,7 @@ impl ClientConfig {
             allow_oracle_key_change: false,
             key_derivation: KeyDerivation::Hkdf,
             bot_join_timeout: Duration::from_secs(15),
+            opus_complexity: None,
         }
     }
 }
@@ -348,6 +352,7 @@ impl OracleClient {
         // 7. Media, end to end encrypted with the call key.
         let opts = RoomOptions {
             e2ee: Some(E2eeOptions { key_ring }),
+            opus_complexity: self.0.cfg.opus_complexity,
             ..Default::default()
         };
         drop(call_key);

@@ -200,6 +200,7 @@ pub(crate) struct Core {
     data_seq: u32,
     pending_data: Vec<(Vec<u8>, Reply, Instant)>,
     encoder: Option<opus::Encoder>,
+    opus_complexity: Option<u8>,
     rtp_samples: u64,
     connected_sent: bool,
 }
@@ -211,6 +212,7 @@ impl Core {
         join: &lk::JoinResponse,
         e2ee: Option<KeyRing>,
         policy: ReconnectPolicy,
+        opus_complexity: Option<u8>,
         sub_local: SocketAddr,
         pub_local: SocketAddr,
         now: Instant,
@@ -255,6 +257,7 @@ impl Core {
             data_seq: 0,
             pending_data: Vec::new(),
             encoder: None,
+            opus_complexity,
             rtp_samples: 0,
             connected_sent: false,
         };
@@ -1078,8 +1081,12 @@ impl Core {
             return Ok(());
         }
         if self.encoder.is_none() {
-            let e = opus::Encoder::new(48_000, opus::Channels::Mono, opus::Application::Voip)
+            let mut e = opus::Encoder::new(48_000, opus::Channels::Mono, opus::Application::Voip)
                 .map_err(|e| Error::Codec(e.to_string()))?;
+            if let Some(c) = self.opus_complexity {
+                e.set_complexity(i32::from(c.min(10)))
+                    .map_err(|e| Error::Codec(e.to_string()))?;
+            }
             self.encoder = Some(e);
         }
         let Some(enc) = self.encoder.as_mut() else {
@@ -1309,7 +1316,7 @@ mod tests {
         });
         let a: SocketAddr = "127.0.0.1:40000".parse().unwrap();
         let b: SocketAddr = "127.0.0.1:40001".parse().unwrap();
-        Core::new(&join(), ring, ReconnectPolicy::default(), a, b, now).unwrap()
+        Core::new(&join(), ring, ReconnectPolicy::default(), None, a, b, now).unwrap()
     }
 
     /// Everything the core asks, as short strings (datagrams left out).

@@ -52,6 +52,7 @@ impl Engine {
             &join,
             options.e2ee.map(|e| e.key_ring),
             options.reconnect,
+            options.opus_complexity,
             sub.local_addr()?,
             publ.local_addr()?,
             Instant::now(),

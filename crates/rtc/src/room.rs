@@ -63,6 +63,10 @@ pub struct RoomOptions {
     pub e2ee: Option<E2eeOptions>,
     /// Resuming a lost signaling connection.
     pub reconnect: ReconnectPolicy,
+    /// The Opus encoder's complexity, 0 (cheapest) ..= 10; `None` keeps libopus's default
+    /// (9). Encoding is most of a participant's CPU: 5 costs about half of 9 for speech (see
+    /// `oracle-calls bench opus`).
+    pub opus_complexity: Option<u8>,
 }
 
 /// What happens in the room.

@@ -85,6 +85,7 @@ impl Peer {
                 .unwrap(),
             }),
             reconnect: policy,
+            ..Default::default()
         };
         let (room, mut events) = Room::connect(url, token, opts).await.unwrap();
         let mic = room.publish_audio("tone").await.unwrap();

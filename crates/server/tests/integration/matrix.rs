@@ -376,35 +376,20 @@ fn ev_of(call_id: &str) -> String {
 /// A restart keeps the bot's device (restored session, no password needed) and the calls.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_restores_the_bot_device_and_keeps_calls() {
-    use oracle_calls_server::{Config, build_state};
-
-    use crate::support::{config_toml, secrets};
-
-    let oracle_user = MatrixUser::new(&unique("oracle")).await;
-    let dir = temp_dir();
-    let oracle = oracle_calls_proto::Did::parse(&unique("did:ixo:oracle")).unwrap();
-    let config = Config::from_toml(&config_toml(
-        &oracle,
-        &oracle_user.user_id,
-        &dir.0,
-        Db::Sqlite,
-    ))
-    .unwrap();
-
-    let first = build_state(config.clone(), secrets(Some(oracle_user.password.clone())))
-        .await
-        .unwrap();
+    let r = crate::support::Restartable::new(Db::Sqlite).await;
+    let oracle = &r.oracle;
+    let first = r.state(true).await;
     let bot = first.matrix().unwrap();
     let device = bot.client().device_id().unwrap().to_owned();
     let s = TestServer::wrap(first.clone());
-    let id = s.seed_call("@u:localhost", "s", &oracle).await;
+    let id = s.seed_call("@u:localhost", "s", oracle).await;
     bot.stop();
     drop(s);
     drop(first);
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     // No password this time: only the saved session can log the bot in.
-    let second = build_state(config, secrets(None)).await.unwrap();
+    let second = r.state(false).await;
     let bot = second.matrix().unwrap();
     assert_eq!(
         bot.client().device_id().unwrap(),

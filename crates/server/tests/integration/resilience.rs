@@ -15,8 +15,7 @@ use serde_json::{Value, json};
 
 use crate::matrix::{UserSide, now_ms, sync_call};
 use crate::support::{
-    Db, Gate, MatrixUser, TempDir, TestServer, answer, both_backends, config_toml, metric, secrets,
-    stack_var, temp_dir, unique,
+    Db, Gate, MatrixUser, Restartable, TestServer, answer, both_backends, metric, stack_var, unique,
 };
 
 /// The `callStatus` of every `m.replace` edit of `event` that `sender` wrote, newest first, as
@@ -277,16 +276,9 @@ async fn stop(s: TestServer) {
 }
 
 async fn restart_mid_call(db: Db) {
-    use oracle_calls_server::{Config, build_state};
-
-    let oracle_user = MatrixUser::new(&unique("oracle")).await;
-    let dir = temp_dir();
-    let oracle = oracle_calls_proto::Did::parse(&unique("did:ixo:oracle")).unwrap();
-    let config =
-        Config::from_toml(&config_toml(&oracle, &oracle_user.user_id, &dir.0, db)).unwrap();
-    let secrets = secrets(Some(oracle_user.password.clone()));
-    let first = build_state(config.clone(), secrets.clone()).await.unwrap();
-    let s = TestServer::serve_state(first, secrets.api_key_pepper.clone(), not_owned()).await;
+    let r = Restartable::new(db).await;
+    let (oracle, oracle_user, config) = (&r.oracle, &r.bot, &r.config);
+    let s = r.serve(true).await;
     let key = oracle_calls_server::apikey::create(
         s.store(),
         &s.pepper,
@@ -324,16 +316,7 @@ async fn restart_mid_call(db: Db) {
         .unwrap();
 
     // Restart on the same data (no password: the saved session is the only way in).
-    let second = build_state(
-        config,
-        oracle_calls_server::Secrets {
-            matrix_password: None,
-            ..secrets.clone()
-        },
-    )
-    .await
-    .unwrap();
-    let s = TestServer::serve_state(second, secrets.api_key_pepper.clone(), not_owned()).await;
+    let s = r.serve(false).await;
 
     // The call that went on is still served: its key to the agent, the user's status.
     let (st, k) = answer(
@@ -377,35 +360,19 @@ async fn restart_mid_call(db: Db) {
         "{body}"
     );
     stop(s).await;
-    drop(dir);
 }
 both_backends!(restart, restart_mid_call);
-
-/// A data directory the test owns itself (kept across a restart).
-fn not_owned() -> TempDir {
-    TempDir(std::env::temp_dir().join(unique("not-owned-")))
-}
 
 /// A lost database is rebuilt from Matrix by the bot device: calls with the status their
 /// edits reached, events that fail the checks counted by reason, and a second run changes
 /// nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_store_is_rebuilt_from_matrix() {
-    use oracle_calls_server::{Config, build_state, reindex};
+    use oracle_calls_server::reindex;
 
-    let oracle_user = MatrixUser::new(&unique("oracle")).await;
-    let dir = temp_dir();
-    let oracle = oracle_calls_proto::Did::parse(&unique("did:ixo:oracle")).unwrap();
-    let config = Config::from_toml(&config_toml(
-        &oracle,
-        &oracle_user.user_id,
-        &dir.0,
-        Db::Sqlite,
-    ))
-    .unwrap();
-    let secrets = secrets(Some(oracle_user.password.clone()));
-    let state = build_state(config.clone(), secrets.clone()).await.unwrap();
-    let s = TestServer::serve_state(state, secrets.api_key_pepper.clone(), not_owned()).await;
+    let r = Restartable::new(Db::Sqlite).await;
+    let (oracle, oracle_user, dir) = (&r.oracle, &r.bot, &r.dir);
+    let s = r.serve(true).await;
     let bot: OwnedUserId = UserId::parse(oracle_user.user_id.as_str()).unwrap();
     let alice = UserSide::new().await;
     let room = alice.room_with(&bot, true).await;
@@ -431,7 +398,7 @@ async fn the_store_is_rebuilt_from_matrix() {
     for suffix in ["", "-wal", "-shm"] {
         let _ = std::fs::remove_file(dir.0.join(format!("calls.sqlite3{suffix}")));
     }
-    let state = build_state(config.clone(), secrets.clone()).await.unwrap();
+    let state = r.state(true).await;
     assert!(state.store().call(&a).await.unwrap().is_none());
     let report = reindex(&state).await.unwrap();
     assert_eq!((report.added, report.advanced), (2, 0), "{report:?}");
@@ -457,7 +424,7 @@ async fn the_store_is_rebuilt_from_matrix() {
         "the end time comes from the edit"
     );
     assert_eq!(
-        state.store().unmirrored_count(&oracle).await.unwrap(),
+        state.store().unmirrored_count(oracle).await.unwrap(),
         0,
         "what was read from Matrix is not written back to it"
     );
@@ -468,7 +435,11 @@ async fn the_store_is_rebuilt_from_matrix() {
         (0, 0, 2),
         "{again:?}"
     );
-    let s = TestServer::serve_state(state, secrets.api_key_pepper.clone(), not_owned()).await;
+    let s = TestServer::serve_state(
+        state,
+        r.secrets.api_key_pepper.clone(),
+        crate::support::not_owned(),
+    )
+    .await;
     stop(s).await;
-    drop(dir);
 }

@@ -209,6 +209,56 @@ pub struct TestServer {
     _dir: TempDir,
 }
 
+/// An oracle server's configuration on its own data directory, to be started, stopped and
+/// started again on the same data (restarts, reindexing).
+pub struct Restartable {
+    pub oracle: Did,
+    pub bot: MatrixUser,
+    pub config: Config,
+    pub secrets: Secrets,
+    pub dir: TempDir,
+}
+
+impl Restartable {
+    pub async fn new(db: Db) -> Self {
+        let bot = MatrixUser::new(&unique("oracle")).await;
+        let dir = temp_dir();
+        let oracle = Did::parse(&unique("did:ixo:oracle")).unwrap();
+        let config = Config::from_toml(&config_toml(&oracle, &bot.user_id, &dir.0, db)).unwrap();
+        let secrets = secrets(Some(bot.password.clone()));
+        Self {
+            oracle,
+            bot,
+            config,
+            secrets,
+            dir,
+        }
+    }
+
+    /// A state on the data. `with_password` lets the bot log in with its password (the first
+    /// start); without it only the saved session can (a restart).
+    pub async fn state(&self, with_password: bool) -> AppState {
+        let mut secrets = self.secrets.clone();
+        if !with_password {
+            secrets.matrix_password = None;
+        }
+        oracle_calls_server::build_state(self.config.clone(), secrets)
+            .await
+            .unwrap()
+    }
+
+    /// A server on [`Self::state`].
+    pub async fn serve(&self, with_password: bool) -> TestServer {
+        let state = self.state(with_password).await;
+        TestServer::serve_state(state, self.secrets.api_key_pepper.clone(), not_owned()).await
+    }
+}
+
+/// A directory handle that deletes nothing (the data belongs to someone else).
+pub fn not_owned() -> TempDir {
+    TempDir(std::env::temp_dir().join(unique("not-owned-")))
+}
+
 pub struct TempDir(pub PathBuf);
 impl Drop for TempDir {
     fn drop(&mut self) {
@@ -241,15 +291,7 @@ impl TestServer {
 
     /// A server with the oracle's Matrix bot logged in as `bot`.
     pub async fn start_with_bot(db: Db, bot: &MatrixUser) -> Self {
-        let dir = temp_dir();
-        let oracle = Did::parse(&unique("did:ixo:oracle")).unwrap();
-        let config = Config::from_toml(&config_toml(&oracle, &bot.user_id, &dir.0, db)).unwrap();
-        let secrets = secrets(Some(bot.password.clone()));
-        let pepper = secrets.api_key_pepper.clone();
-        let state = oracle_calls_server::build_state(config, secrets)
-            .await
-            .unwrap();
-        Self::spawn(state, "127.0.0.1:0", oracle, pepper, dir).await
+        Self::start_with_bot_edited(db, bot, |t| t).await
     }
 
     /// A server with the bot whose config is first passed through `edit` (the TOML text), e.g.
