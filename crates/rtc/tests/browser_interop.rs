@@ -18,9 +18,7 @@ use std::time::Duration;
 
 use oracle_calls_crypto::frame::{KeyRing, KeyRingOptions};
 use oracle_calls_crypto::{CallKey, KeyDerivation};
-use oracle_calls_rtc::{
-    AUDIO_FRAME_SAMPLES, E2eeOptions, Room, RoomEvent, RoomOptions, goertzel_power, sine_tone,
-};
+use oracle_calls_rtc::{AUDIO_FRAME_SAMPLES, RoomEvent, goertzel_power, sine_tone};
 
 /// Seconds the browser publishes and listens after it joined.
 const SECONDS: f64 = 6.0;
@@ -96,19 +94,8 @@ async fn exchange(kdf: KeyDerivation, browser_key: &CallKey, rust_key: &CallKey)
         );
     }
 
-    let e2ee = Some(E2eeOptions {
-        key_ring: KeyRing::with_call_key(rust_key, kdf, KeyRingOptions::default()).unwrap(),
-    });
-    let (room, mut events) = Room::connect(
-        &lk.url,
-        &lk.token(&room_name, "rust-peer"),
-        RoomOptions {
-            e2ee,
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    let ring = KeyRing::with_call_key(rust_key, kdf, KeyRingOptions::default()).unwrap();
+    let (room, mut events) = common::join(&lk, &room_name, "rust-peer", Some(ring)).await;
     let mic = room.publish_audio("tone").await.unwrap();
     room.send_data(FROM_RUST.as_bytes(), Some("oc-test"))
         .await

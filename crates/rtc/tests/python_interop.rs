@@ -15,9 +15,7 @@ use std::time::Duration;
 
 use oracle_calls_crypto::frame::{KeyRing, KeyRingOptions};
 use oracle_calls_crypto::{CallKey, KeyDerivation};
-use oracle_calls_rtc::{
-    AUDIO_FRAME_SAMPLES, E2eeOptions, Room, RoomEvent, RoomOptions, goertzel_power, sine_tone,
-};
+use oracle_calls_rtc::{AUDIO_FRAME_SAMPLES, Room, RoomEvent, goertzel_power, sine_tone};
 
 const SECONDS: f64 = 6.0;
 
@@ -43,22 +41,13 @@ async fn exchange(
     });
     let py = spawn_python("tests/peers/lk_peer.py", &cfg);
 
-    let e2ee = match (kdf, rust_key) {
-        (Some(kdf), Some(k)) => Some(E2eeOptions {
-            key_ring: KeyRing::with_call_key(k, kdf, KeyRingOptions::default()).unwrap(),
-        }),
+    let ring = match (kdf, rust_key) {
+        (Some(kdf), Some(k)) => {
+            Some(KeyRing::with_call_key(k, kdf, KeyRingOptions::default()).unwrap())
+        }
         _ => None,
     };
-    let (room, mut events) = Room::connect(
-        &lk.url,
-        &lk.token(&room_name, "rust-peer"),
-        RoomOptions {
-            e2ee,
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    let (room, mut events) = common::join(&lk, &room_name, "rust-peer", ring).await;
     let mic = room.publish_audio("tone").await.unwrap();
     let mut heard = Vec::new();
     let mut failures = Vec::new();
@@ -409,19 +398,8 @@ async fn join_with_key(
     key: &CallKey,
     kdf: KeyDerivation,
 ) -> (Room, tokio::sync::mpsc::Receiver<RoomEvent>) {
-    let e2ee = Some(E2eeOptions {
-        key_ring: KeyRing::with_call_key(key, kdf, KeyRingOptions::default()).unwrap(),
-    });
-    Room::connect(
-        &lk.url,
-        &lk.token(room, "rust-peer"),
-        RoomOptions {
-            e2ee,
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap()
+    let ring = KeyRing::with_call_key(key, kdf, KeyRingOptions::default()).unwrap();
+    common::join(lk, room, "rust-peer", Some(ring)).await
 }
 
 /// Key ratchets mid-call with the Python SDK: we ratchet our sending key (`Room::ratchet_key`)
@@ -452,20 +430,8 @@ async fn ratchet_mid_call(kdf: KeyDerivation, python_ratchets: bool) {
         ratchet_window: 16,
         ..KeyRingOptions::default()
     };
-    let e2ee = Some(E2eeOptions {
-        key_ring: KeyRing::with_call_key(&key, kdf, opts).unwrap(),
-    });
-    let token = lk.token(&room_name, "rust-peer");
-    let (room, mut events) = Room::connect(
-        &lk.url,
-        &token,
-        RoomOptions {
-            e2ee,
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    let ring = KeyRing::with_call_key(&key, kdf, opts).unwrap();
+    let (room, mut events) = common::join(&lk, &room_name, "rust-peer", Some(ring)).await;
     let mic = room.publish_audio("tone").await.unwrap();
     // Start once Python's tone arrives, so both ratchet at about the same moment.
     let mut heard: Vec<i16> = Vec::new();

@@ -79,6 +79,25 @@ impl LiveKit {
     }
 }
 
+/// Joins `room` as `identity`, end-to-end encrypted under `ring` when given.
+pub async fn join(
+    lk: &LiveKit,
+    room: &str,
+    identity: &str,
+    ring: Option<oracle_calls_crypto::frame::KeyRing>,
+) -> (
+    oracle_calls_rtc::Room,
+    tokio::sync::mpsc::Receiver<oracle_calls_rtc::RoomEvent>,
+) {
+    let options = oracle_calls_rtc::RoomOptions {
+        e2ee: ring.map(|key_ring| oracle_calls_rtc::E2eeOptions { key_ring }),
+        ..Default::default()
+    };
+    oracle_calls_rtc::Room::connect(&lk.url, &lk.token(room, identity), options)
+        .await
+        .unwrap()
+}
+
 pub fn unique_room(prefix: &str) -> String {
     format!("{prefix}-{:08x}", rand_u32())
 }
