@@ -462,6 +462,17 @@ impl Core {
         self.next_attempt(reason);
     }
 
+    /// Sending `req` failed (the connection broke under it): the connection is lost, and the
+    /// request waits for the resumed one like any other made meanwhile.
+    pub(crate) fn signal_send_failed(&mut self, now: Instant, req: Req, error: String) {
+        self.signal_lost(now, error);
+        if let SignalState::Resuming { queued, .. } = &mut self.signal
+            && !matches!(req, Req::PingReq(_))
+        {
+            queued.push(req);
+        }
+    }
+
     /// The server answered a resuming connection with `reconnect`: back to normal.
     pub(crate) fn resumed(&mut self, now: Instant, _response: &lk::ReconnectResponse) {
         let SignalState::Resuming {
@@ -1476,6 +1487,28 @@ mod tests {
             &lk::ReconnectResponse::default(),
         );
         assert!(drain(&mut c).is_empty());
+    }
+
+    #[test]
+    fn a_request_whose_send_failed_goes_out_once_resumed() {
+        let t0 = Instant::now();
+        let mut c = core(true, t0);
+        drain(&mut c);
+        c.handle_command(
+            t0,
+            Command::PublishAudio {
+                name: "mic".into(),
+                reply: reply(),
+            },
+        );
+        let Some(Output::Signal(req)) = c.poll_output() else {
+            panic!("the add_track request")
+        };
+        c.signal_send_failed(t0, *req, "broken pipe".into());
+        let out = drain(&mut c);
+        assert!(out[0].starts_with("reconnecting:1:broken pipe"), "{out:?}");
+        c.resumed(t0, &lk::ReconnectResponse::default());
+        assert_eq!(drain(&mut c), ["event:Reconnected", "signal:add_track"]);
     }
 
     #[test]

@@ -140,12 +140,15 @@ impl Engine {
                     }
                 }
                 Output::Signal(req) => {
-                    let sent = match self.ws.as_mut() {
-                        Some(ws) => signal::send(ws, *req).await,
-                        None => Err(Error::Signal("no signaling connection".into())),
+                    let Some(ws) = self.ws.as_mut() else {
+                        // The core only asks while it believes the connection is up.
+                        let e = "no signaling connection".to_owned();
+                        self.core.signal_send_failed(Instant::now(), *req, e);
+                        continue;
                     };
-                    if let Err(e) = sent {
-                        self.core.signal_lost(Instant::now(), e.to_string());
+                    if let Err(e) = signal::send(ws, (*req).clone()).await {
+                        self.core
+                            .signal_send_failed(Instant::now(), *req, e.to_string());
                     }
                 }
                 Output::Event(ev) => {
