@@ -169,6 +169,12 @@ pub(crate) struct Core {
     sub: Pc,
     publ: Pc,
     out: VecDeque<Output>,
+    /// The time of the latest input (the core reads no clock of its own), and of the start:
+    /// ping timestamps are milliseconds since then (the server only echoes them).
+    now: Instant,
+    started: Instant,
+    /// The signaling round trip the last pong measured, reported in the next ping.
+    rtt_ms: i64,
     signal: SignalState,
     ping_interval: Duration,
     ping_timeout: Duration,
@@ -229,6 +235,9 @@ impl Core {
             sub: Pc::new(sub_local, now)?,
             publ: Pc::new(pub_local, now)?,
             out: VecDeque::new(),
+            now,
+            started: now,
+            rtt_ms: 0,
             signal: SignalState::Up {
                 last_rx: now,
                 next_ping: now + ping_interval,
@@ -289,6 +298,10 @@ impl Core {
         t
     }
 
+    fn millis(&self, t: Instant) -> i64 {
+        i64::try_from(t.saturating_duration_since(self.started).as_millis()).unwrap_or(i64::MAX)
+    }
+
     /// Whether the room is over (after [`Output::Closed`]).
     pub(crate) fn is_closed(&self) -> bool {
         matches!(self.signal, SignalState::Closed)
@@ -296,6 +309,7 @@ impl Core {
 
     /// The clock moved: str0m's timers, pings, the server's silence, request deadlines.
     pub(crate) fn handle_timeout(&mut self, now: Instant) {
+        self.now = now;
         for side in [Side::Subscriber, Side::Publisher] {
             if self.pc(side).timeout <= now {
                 let _ = self.pc(side).rtc.handle_input(Input::Timeout(now));
@@ -315,14 +329,9 @@ impl Core {
                 );
                 self.signal_lost(now, reason);
             } else if ping_due {
-                let ts = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_millis() as i64)
-                    .unwrap_or(0);
-                self.send_signal(Req::PingReq(lk::Ping {
-                    timestamp: ts,
-                    rtt: 0,
-                }));
+                let timestamp = self.millis(now);
+                let rtt = self.rtt_ms;
+                self.send_signal(Req::PingReq(lk::Ping { timestamp, rtt }));
             }
         }
         if self.pending_publish.as_ref().is_some_and(|p| p.2 <= now)
@@ -350,6 +359,7 @@ impl Core {
         from: SocketAddr,
         data: &[u8],
     ) {
+        self.now = now;
         let pc = self.pc(side);
         let Ok(recv) = Receive::new(Protocol::Udp, from, pc.local, data) else {
             return;
@@ -362,6 +372,7 @@ impl Core {
 
     /// The application asked for something.
     pub(crate) fn handle_command(&mut self, now: Instant, cmd: Command) {
+        self.now = now;
         if self.is_closed() {
             if let Some(reply) = cmd.into_reply() {
                 self.reply(reply, Err(Error::Closed));
@@ -439,6 +450,7 @@ impl Core {
         if self.is_closed() {
             return;
         }
+        self.now = now;
         if let SignalState::Up { last_rx, .. } = &mut self.signal {
             *last_rx = now;
         }
@@ -630,6 +642,7 @@ impl Core {
 
     /// Drains one peer connection and handles its events (which may mutate it again).
     fn pump(&mut self, side: Side) {
+        let never = self.now + NEVER;
         loop {
             let mut events = Vec::new();
             loop {
@@ -647,7 +660,7 @@ impl Core {
                     Ok(RtcOutput::Event(e)) => events.push(e),
                     Err(e) => {
                         warn!(error = %e, ?side, "peer connection failed");
-                        pc.timeout = Instant::now() + NEVER;
+                        pc.timeout = never;
                         events.push(Event::IceConnectionStateChange(
                             IceConnectionState::Disconnected,
                         ));
@@ -888,6 +901,9 @@ impl Core {
                         self.negotiate(Some((kind, cid)), Some(reply));
                     }
                 }
+            }
+            Resp::PongResp(p) if p.last_ping_timestamp > 0 => {
+                self.rtt_ms = (self.millis(self.now) - p.last_ping_timestamp).max(0);
             }
             Resp::Leave(l) => {
                 self.close(format!(
@@ -1376,12 +1392,33 @@ mod tests {
         assert!(c.poll_timeout() <= t0 + Duration::from_secs(5));
         c.handle_timeout(t0 + Duration::from_secs(5));
         assert_eq!(drain(&mut c), ["signal:ping"]);
-        // A message from the server resets the silence clock.
-        c.handle_signal(
-            t0 + Duration::from_secs(10),
-            Resp::PongResp(lk::Pong::default()),
+        // The pong measures the round trip, which the next ping reports; its timestamp is
+        // milliseconds since the start.
+        let pong = |ms| {
+            Resp::PongResp(lk::Pong {
+                last_ping_timestamp: ms,
+                timestamp: 0,
+            })
+        };
+        c.handle_signal(t0 + Duration::from_millis(5_040), pong(5_000));
+        c.handle_timeout(t0 + Duration::from_secs(10));
+        let Some(Output::Signal(ping)) = c.poll_output() else {
+            panic!("a ping")
+        };
+        assert!(
+            matches!(
+                *ping,
+                Req::PingReq(lk::Ping {
+                    timestamp: 10_000,
+                    rtt: 40
+                })
+            ),
+            "{ping:?}"
         );
-        c.handle_timeout(t0 + Duration::from_secs(16));
+        // A message from the server resets the silence clock: 9.5 s after the last one it is
+        // a ping, not a resume.
+        c.handle_signal(t0 + Duration::from_millis(10_500), pong(10_000));
+        c.handle_timeout(t0 + Duration::from_secs(20));
         assert_eq!(drain(&mut c), ["signal:ping"]);
     }
 
