@@ -1381,6 +1381,14 @@ mod tests {
         oneshot::channel().0
     }
 
+    fn publish_mic(c: &mut Core, now: Instant) {
+        let cmd = Command::PublishAudio {
+            name: "mic".into(),
+            reply: reply(),
+        };
+        c.handle_command(now, cmd);
+    }
+
     #[test]
     fn others_are_announced_and_pings_keep_time() {
         let t0 = Instant::now();
@@ -1505,13 +1513,7 @@ mod tests {
         drain(&mut c);
         c.signal_lost(t0, "closed".into());
         drain(&mut c);
-        c.handle_command(
-            t0,
-            Command::PublishAudio {
-                name: "mic".into(),
-                reply: reply(),
-            },
-        );
+        publish_mic(&mut c, t0);
         assert!(drain(&mut c).is_empty());
         c.resumed(
             t0 + Duration::from_secs(1),
@@ -1531,13 +1533,7 @@ mod tests {
         let t0 = Instant::now();
         let mut c = core(true, t0);
         drain(&mut c);
-        c.handle_command(
-            t0,
-            Command::PublishAudio {
-                name: "mic".into(),
-                reply: reply(),
-            },
-        );
+        publish_mic(&mut c, t0);
         let Some(Output::Signal(req)) = c.poll_output() else {
             panic!("the add_track request")
         };
