@@ -385,6 +385,8 @@ async fn serve<O: Oracle>(
                 oracle_done = true;
                 match res {
                     Ok(Ok(())) => break EndedBy::OracleDone,
+                    // The room closed under the oracle before its event reached us.
+                    Ok(Err(crate::OracleError::RoomGone)) => break EndedBy::RoomClosed,
                     Ok(Err(e)) => { oracle_error = Some(e.to_string()); break EndedBy::OracleDone; }
                     Err(e) => { oracle_error = Some(format!("the oracle panicked: {e}")); break EndedBy::OracleDone; }
                 }
@@ -395,7 +397,7 @@ async fn serve<O: Oracle>(
     if !oracle_done {
         match tokio::time::timeout(Duration::from_secs(2), &mut oracle_task).await {
             // The room going away under an oracle that is still speaking is the normal end.
-            Ok(Ok(Err(crate::OracleError::Publish(_)))) => {}
+            Ok(Ok(Err(crate::OracleError::RoomGone))) => {}
             Ok(Ok(Err(e))) => oracle_error = Some(e.to_string()),
             Ok(Err(e)) => oracle_error = Some(format!("the oracle panicked: {e}")),
             Ok(Ok(Ok(()))) => {}

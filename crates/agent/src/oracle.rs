@@ -44,12 +44,24 @@ pub enum TryRecv {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum OracleError {
-    /// Publishing audio failed (the room is gone).
-    #[error("could not publish audio: {0}")]
+    /// The call's room is closed (the user hung up, the call ended): the normal end of a call
+    /// under an oracle that was still speaking or showing.
+    #[error("the call's room is closed")]
+    RoomGone,
+    /// Publishing failed for another reason (e.g. a frame of the wrong size).
+    #[error("could not publish: {0}")]
     Publish(String),
     /// The oracle's own logic failed.
     #[error("{0}")]
     Other(String),
+}
+
+/// A closed room is the call's end, anything else a publishing failure.
+fn publish_error(e: oracle_calls_rtc::Error) -> OracleError {
+    match e {
+        oracle_calls_rtc::Error::Closed => OracleError::RoomGone,
+        other => OracleError::Publish(other.to_string()),
+    }
 }
 
 /// Facts about the call an oracle is serving.
@@ -143,10 +155,7 @@ impl CallIo {
             )));
         }
         self.clock.tick().await;
-        self.mouth
-            .push_pcm(pcm)
-            .await
-            .map_err(|e| OracleError::Publish(e.to_string()))?;
+        self.mouth.push_pcm(pcm).await.map_err(publish_error)?;
         self.counters.spoken.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
@@ -163,10 +172,7 @@ impl CallIo {
             return Ok(());
         };
         let ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        camera
-            .push_vp8(vp8, ms)
-            .await
-            .map_err(|e| OracleError::Publish(e.to_string()))
+        camera.push_vp8(vp8, ms).await.map_err(publish_error)
     }
 
     /// Asks the user's side for a key frame of its video (e.g. to pass one on).
@@ -212,4 +218,21 @@ impl CallIo {
 pub trait Oracle: Send + Sync + 'static {
     /// Serves one call.
     fn run(&self, call: CallIo) -> impl Future<Output = Result<(), OracleError>> + Send;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_closed_room_is_the_end_of_the_call_not_an_oracle_failure() {
+        assert!(matches!(
+            publish_error(oracle_calls_rtc::Error::Closed),
+            OracleError::RoomGone
+        ));
+        assert!(matches!(
+            publish_error(oracle_calls_rtc::Error::Codec("960 samples, got 7".into())),
+            OracleError::Publish(m) if m.contains("got 7")
+        ));
+    }
 }
