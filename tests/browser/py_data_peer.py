@@ -17,9 +17,14 @@ stdout (JSON): {"data": [{"from", "topic", "text"}], "sent": n, "e2ee_states": [
 """
 import asyncio
 import json
+import pathlib
 import sys
 
 from livekit import rtc
+
+# The key handling every Python peer shares (crates/rtc/tests/peers/lk_keys.py).
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "crates/rtc/tests/peers"))
+from lk_keys import e2ee_options  # noqa: E402
 
 ACTIVE = 2  # livekit.rtc ParticipantState PARTICIPANT_STATE_ACTIVE
 
@@ -40,16 +45,7 @@ async def main():
 
     opts = rtc.RoomOptions(auto_subscribe=True)
     if cfg.get("key_hex"):
-        raw = bytes.fromhex(cfg["key_hex"])
-        if cfg["kdf"] == "hkdf":
-            material, kdf = raw, rtc.KeyDerivationFunction.HKDF
-        else:
-            material, kdf = cfg["key_hex"].encode(), rtc.KeyDerivationFunction.PBKDF2
-        opts.encryption = rtc.E2EEOptions(
-            key_provider_options=rtc.KeyProviderOptions(
-                shared_key=material, key_derivation_function=kdf
-            )
-        )
+        opts.encryption = e2ee_options(cfg["key_hex"], cfg["kdf"])
     room = rtc.Room()
     received = []
     states = []

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use oracle_calls_crypto::frame::{KeyRing, KeyRingOptions};
 use oracle_calls_crypto::{CallKey, KeyDerivation};
-use oracle_calls_rtc::{AUDIO_FRAME_SAMPLES, RoomEvent, goertzel_power, sine_tone};
+use oracle_calls_rtc::{RoomEvent, goertzel_power};
 
 /// Seconds the browser publishes and listens after it joined.
 const SECONDS: f64 = 6.0;
@@ -104,41 +104,27 @@ async fn exchange(kdf: KeyDerivation, browser_key: &CallKey, rust_key: &CallKey)
     let mut failures = Vec::new();
     let mut data = Vec::new();
     let mut data_failures = Vec::new();
-    let mut tick = tokio::time::interval(Duration::from_millis(20));
-    for i in 0..(SECONDS * 50.0) as u64 {
-        tick.tick().await;
-        let pcm = sine_tone(
-            880.0,
-            8000.0,
-            i * AUDIO_FRAME_SAMPLES as u64,
-            AUDIO_FRAME_SAMPLES,
-        );
-        mic.push_pcm(&pcm).await.unwrap();
-        while let Ok(ev) = events.try_recv() {
-            match ev {
-                RoomEvent::AudioFrame { identity, pcm, .. } if identity == "js-peer" => {
-                    heard.extend(pcm)
-                }
-                RoomEvent::DecryptionFailed {
-                    identity, stats, ..
-                } => failures.push((identity, stats.failed)),
-                RoomEvent::DataReceived {
-                    identity,
-                    topic,
-                    payload,
-                    encrypted,
-                } => data.push((
-                    identity,
-                    topic,
-                    String::from_utf8_lossy(&payload).into_owned(),
-                    encrypted,
-                )),
-                RoomEvent::DataDecryptionFailed { identity, .. }
-                | RoomEvent::UnencryptedData { identity } => data_failures.push(identity),
-                _ => {}
-            }
-        }
-    }
+    common::tone_while(&mic, &mut events, (SECONDS * 50.0) as u64, |ev| match ev {
+        RoomEvent::AudioFrame { identity, pcm, .. } if identity == "js-peer" => heard.extend(pcm),
+        RoomEvent::DecryptionFailed {
+            identity, stats, ..
+        } => failures.push((identity, stats.failed)),
+        RoomEvent::DataReceived {
+            identity,
+            topic,
+            payload,
+            encrypted,
+        } => data.push((
+            identity,
+            topic,
+            String::from_utf8_lossy(&payload).into_owned(),
+            encrypted,
+        )),
+        RoomEvent::DataDecryptionFailed { identity, .. }
+        | RoomEvent::UnencryptedData { identity } => data_failures.push(identity),
+        _ => {}
+    })
+    .await;
     room.leave().await;
     let out = tokio::task::spawn_blocking(move || {
         let mut stdout = String::new();

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use oracle_calls_crypto::frame::{KeyRing, KeyRingOptions};
 use oracle_calls_crypto::{CallKey, KeyDerivation};
-use oracle_calls_rtc::{AUDIO_FRAME_SAMPLES, Room, RoomEvent, goertzel_power, sine_tone};
+use oracle_calls_rtc::{Room, RoomEvent, goertzel_power, sine_tone};
 
 const SECONDS: f64 = 6.0;
 
@@ -52,30 +52,16 @@ async fn exchange(
     let mut heard = Vec::new();
     let mut failures = Vec::new();
     let mut unencrypted = Vec::new();
-    let mut tick = tokio::time::interval(Duration::from_millis(20));
     let frames = (SECONDS * 50.0) as u64 + 50;
-    for i in 0..frames {
-        tick.tick().await;
-        let pcm = sine_tone(
-            880.0,
-            8000.0,
-            i * AUDIO_FRAME_SAMPLES as u64,
-            AUDIO_FRAME_SAMPLES,
-        );
-        mic.push_pcm(&pcm).await.unwrap();
-        while let Ok(ev) = events.try_recv() {
-            match ev {
-                RoomEvent::AudioFrame { identity, pcm, .. } if identity == "py-peer" => {
-                    heard.extend(pcm)
-                }
-                RoomEvent::DecryptionFailed {
-                    identity, stats, ..
-                } => failures.push((identity, stats.failed)),
-                RoomEvent::UnencryptedTrack { identity, .. } => unencrypted.push(identity),
-                _ => {}
-            }
-        }
-    }
+    common::tone_while(&mic, &mut events, frames, |ev| match ev {
+        RoomEvent::AudioFrame { identity, pcm, .. } if identity == "py-peer" => heard.extend(pcm),
+        RoomEvent::DecryptionFailed {
+            identity, stats, ..
+        } => failures.push((identity, stats.failed)),
+        RoomEvent::UnencryptedTrack { identity, .. } => unencrypted.push(identity),
+        _ => {}
+    })
+    .await;
     room.leave().await;
     let python = finish_python(py).await;
     Outcome {

@@ -98,6 +98,27 @@ pub async fn join(
         .unwrap()
 }
 
+/// Publishes an 880 Hz tone on `mic` in real time for `frames` 20 ms frames, handing every
+/// room event that arrives meanwhile to `on_event`.
+pub async fn tone_while(
+    mic: &oracle_calls_rtc::AudioSource,
+    events: &mut tokio::sync::mpsc::Receiver<oracle_calls_rtc::RoomEvent>,
+    frames: u64,
+    mut on_event: impl FnMut(oracle_calls_rtc::RoomEvent),
+) {
+    use oracle_calls_rtc::AUDIO_FRAME_SAMPLES;
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(20));
+    for i in 0..frames {
+        tick.tick().await;
+        let offset = i * AUDIO_FRAME_SAMPLES as u64;
+        let pcm = oracle_calls_rtc::sine_tone(880.0, 8000.0, offset, AUDIO_FRAME_SAMPLES);
+        mic.push_pcm(&pcm).await.unwrap();
+        while let Ok(ev) = events.try_recv() {
+            on_event(ev);
+        }
+    }
+}
+
 pub fn unique_room(prefix: &str) -> String {
     format!("{prefix}-{:08x}", rand_u32())
 }

@@ -11,17 +11,14 @@ import sys
 
 from livekit import rtc
 
+from lk_keys import e2ee_options
+
 RATE = 48000
 
 
 async def one_room(cfg, token, frame_samples, counter):
-    raw = bytes.fromhex(cfg["key_hex"])
-    if cfg["kdf"] == "hkdf":
-        material, kdf = raw, rtc.KeyDerivationFunction.HKDF
-    else:
-        material, kdf = cfg["key_hex"].encode(), rtc.KeyDerivationFunction.PBKDF2
-    opts = rtc.RoomOptions(auto_subscribe=True, encryption=rtc.E2EEOptions(
-        key_provider_options=rtc.KeyProviderOptions(shared_key=material, key_derivation_function=kdf)))
+    opts = rtc.RoomOptions(auto_subscribe=True,
+                           encryption=e2ee_options(cfg["key_hex"], cfg["kdf"]))
     room = rtc.Room()
 
     async def listen(track):

@@ -18,6 +18,8 @@ import sys
 
 from livekit import rtc
 
+from lk_keys import e2ee_options
+
 RATE = 48000
 
 
@@ -42,16 +44,7 @@ async def main():
     cfg = json.load(sys.stdin)
     opts = rtc.RoomOptions(auto_subscribe=True)
     if cfg.get("key_hex"):
-        raw = bytes.fromhex(cfg["key_hex"])
-        if cfg["kdf"] == "hkdf":
-            material, kdf = raw, rtc.KeyDerivationFunction.HKDF
-        else:
-            material, kdf = cfg["key_hex"].encode(), rtc.KeyDerivationFunction.PBKDF2
-        opts.encryption = rtc.E2EEOptions(
-            key_provider_options=rtc.KeyProviderOptions(
-                shared_key=material, key_derivation_function=kdf
-            )
-        )
+        opts.encryption = e2ee_options(cfg["key_hex"], cfg["kdf"])
     room = rtc.Room()
     ratchet_mark = None
     heard = []

@@ -14,18 +14,13 @@ import sys
 
 from livekit import rtc
 
+from lk_keys import e2ee_options
+
 
 async def main():
     cfg = json.load(sys.stdin)
-    raw = bytes.fromhex(cfg["key_hex"])
-    if cfg["kdf"] == "hkdf":
-        material, kdf = raw, rtc.KeyDerivationFunction.HKDF
-    else:
-        material, kdf = cfg["key_hex"].encode(), rtc.KeyDerivationFunction.PBKDF2
     opts = rtc.RoomOptions(auto_subscribe=True)
-    opts.encryption = rtc.E2EEOptions(
-        key_provider_options=rtc.KeyProviderOptions(shared_key=material, key_derivation_function=kdf)
-    )
+    opts.encryption = e2ee_options(cfg["key_hex"], cfg["kdf"])
     room = rtc.Room()
     heard = {"n": 0, "sizes": set()}
     tracks = []
