@@ -24,7 +24,7 @@ fn fixture() -> &'static Fixture {
                 .collect(),
             ctx: CallContext::new(
                 SessionId::parse("s").unwrap(),
-                RoomName::parse("r").unwrap(),
+                RoomName::parse("oc-0123456789abcdef0123456789abcdef").unwrap(),
                 Did::parse("did:ixo:u").unwrap(),
                 Did::parse("did:ixo:o").unwrap(),
                 CallType::Audio,

@@ -129,7 +129,9 @@ async fn start_server(url: &str, dir: &Path) -> anyhow::Result<(String, (PathBuf
     })?;
     let store = Store::connect(url).await?;
     let now = oracle_calls_server::now();
-    let room = RoomName::parse(&format!("oc-bench{}", std::process::id()))?;
+    let mut room = [0u8; 16];
+    rand::fill(&mut room);
+    let room = RoomName::from_random(room);
     let mut ev = [0u8; 8];
     rand::fill(&mut ev);
     let ev: String = ev.iter().map(|b| format!("{b:02x}")).collect();

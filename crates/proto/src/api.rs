@@ -22,7 +22,9 @@ pub struct SyncRequest {
 }
 
 /// `POST /calls/{callId}/sync` answer: where and how the user joins the media room.
-#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+///
+/// Its `Debug` prints `token: ".."`: the join token is a bearer secret.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SyncResponse {
@@ -37,6 +39,18 @@ pub struct SyncResponse {
     pub token: String,
     /// When `token` stops being accepted for a join.
     pub token_expires_at: Timestamp,
+}
+
+impl std::fmt::Debug for SyncResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SyncResponse")
+            .field("call_id", &self.call_id)
+            .field("status", &self.status)
+            .field("livekit_url", &self.livekit_url)
+            .field("token", &"..")
+            .field("token_expires_at", &self.token_expires_at)
+            .finish()
+    }
 }
 
 /// `GET /calls/{callId}/key` answer (the seed's shape): the envelope still wrapped.
@@ -288,7 +302,7 @@ mod tests {
     use super::*;
 
     fn call_id() -> CallId {
-        CallId::parse("$ev1@oc-1").unwrap()
+        CallId::parse("$ev1@oc-0123456789abcdef0123456789abcdef").unwrap()
     }
 
     fn summary() -> CallSummary {
@@ -297,7 +311,7 @@ mod tests {
             call_type: CallType::Audio,
             call_status: CallStatus::Ended,
             session_id: SessionId::parse("s-1").unwrap(),
-            room_id: RoomName::parse("oc-1").unwrap(),
+            room_id: RoomName::parse("oc-0123456789abcdef0123456789abcdef").unwrap(),
             user_did: Did::parse("did:ixo:u").unwrap(),
             oracle_did: Did::parse("did:ixo:o").unwrap(),
             call_started_at: Timestamp::from_unix_millis(1_700_000_000_000).unwrap(),
@@ -317,7 +331,7 @@ mod tests {
         };
         assert_eq!(
             serde_json::to_value(&sync).unwrap(),
-            json!({"callId":"$ev1@oc-1","status":"active","livekitUrl":"ws://127.0.0.1:17880",
+            json!({"callId":"$ev1@oc-0123456789abcdef0123456789abcdef","status":"active","livekitUrl":"ws://127.0.0.1:17880",
                    "token":"jwt","tokenExpiresAt":"2023-11-14T22:23:20.000Z"})
         );
         let key = KeyResponse {
@@ -325,18 +339,18 @@ mod tests {
             user_did: Did::parse("did:ixo:user123").unwrap(),
             oracle_did: Did::parse("did:ixo:oracle456").unwrap(),
             session_id: SessionId::parse("s-1").unwrap(),
-            room_id: RoomName::parse("oc-1").unwrap(),
+            room_id: RoomName::parse("oc-0123456789abcdef0123456789abcdef").unwrap(),
             call_type: CallType::Audio,
             key_derivation: KeyDerivation::Hkdf,
         };
         assert_eq!(
             serde_json::to_string(&key).unwrap(),
-            r#"{"encryptionKey":"v1.hpke-p256.AA","userDid":"did:ixo:user123","oracleDid":"did:ixo:oracle456","sessionId":"s-1","roomId":"oc-1","callType":"audio","keyDerivation":"hkdf"}"#
+            r#"{"encryptionKey":"v1.hpke-p256.AA","userDid":"did:ixo:user123","oracleDid":"did:ixo:oracle456","sessionId":"s-1","roomId":"oc-0123456789abcdef0123456789abcdef","callType":"audio","keyDerivation":"hkdf"}"#
         );
         assert_eq!(
             serde_json::to_value(summary()).unwrap(),
-            json!({"callId":"$ev1@oc-1","callType":"audio","callStatus":"ended","sessionId":"s-1",
-                   "roomId":"oc-1","userDid":"did:ixo:u","oracleDid":"did:ixo:o",
+            json!({"callId":"$ev1@oc-0123456789abcdef0123456789abcdef","callType":"audio","callStatus":"ended","sessionId":"s-1",
+                   "roomId":"oc-0123456789abcdef0123456789abcdef","userDid":"did:ixo:u","oracleDid":"did:ixo:o",
                    "callStartedAt":"2023-11-14T22:13:20.000Z","callEndedAt":"2023-11-14T22:14:20.000Z",
                    "reason":"userHangup"})
         );
@@ -378,6 +392,22 @@ mod tests {
             .unwrap(),
             json!({"limit":10,"status":"active"})
         );
+    }
+
+    #[test]
+    fn sync_response_debug_hides_the_join_token() {
+        let sync = SyncResponse {
+            call_id: call_id(),
+            status: CallStatus::Active,
+            livekit_url: "ws://127.0.0.1:17880".into(),
+            token: "eyJhbGciOiJIUzI1NiJ9.secret-claims.signature".into(),
+            token_expires_at: Timestamp::from_unix_millis(1_700_000_600_000).unwrap(),
+        };
+        let dbg = format!("{sync:?}");
+        assert!(!dbg.contains("eyJ") && !dbg.contains("secret-claims"), "{dbg}");
+        assert!(dbg.contains("token: \"..\"") && dbg.contains("$ev1@oc-"), "{dbg}");
+        let pretty = format!("{sync:#?}");
+        assert!(!pretty.contains("secret-claims"), "{pretty}");
     }
 
     #[test]

@@ -248,7 +248,7 @@ pub(crate) mod tests {
             call_ended_at: None,
             encryption_key: KeyEnvelope::parse("v1.hpke-p256.AAAA").unwrap(),
             session_id: SessionId::parse("550e8400-e29b-41d4-a716-446655440000").unwrap(),
-            room_id: RoomName::parse("lk-room-12345").unwrap(),
+            room_id: RoomName::parse("oc-0123456789abcdef0123456789abcdef").unwrap(),
             user_did: Did::parse("did:ixo:user123").unwrap(),
             oracle_did: Did::parse("did:ixo:oracle456").unwrap(),
             key_derivation: KeyDerivation::Hkdf,
@@ -266,7 +266,7 @@ pub(crate) mod tests {
   "callStartedAt": "2024-01-01T10:00:00.000Z",
   "encryptionKey": "v1.hpke-p256.AAAA",
   "sessionId": "550e8400-e29b-41d4-a716-446655440000",
-  "roomId": "lk-room-12345",
+  "roomId": "oc-0123456789abcdef0123456789abcdef",
   "userDid": "did:ixo:user123",
   "oracleDid": "did:ixo:oracle456",
   "keyDerivation": "hkdf"
@@ -276,27 +276,41 @@ pub(crate) mod tests {
 
     #[test]
     fn reads_the_seed_example_with_unknown_fields_and_defaults() {
-        // The seed's example, with its callId and callEndedAt, an extra field, no keyDerivation.
-        let v = json!({
-            "callId": "$eventId@roomId",
+        // The seed's example, with its callId and callEndedAt, an extra field, no keyDerivation,
+        // and a room name of the shape oracle-calls generates.
+        let mut v = json!({
+            "callId": "$eventId@oc-0123456789abcdef0123456789abcdef",
             "callType": "video",
             "callStatus": "pending",
             "callStartedAt": "2024-01-01T10:00:00.000Z",
             "callEndedAt": "2024-01-01T10:30:00.000Z",
             "encryptionKey": "a1b2c3d4e5f6789012345678901234567890abcdef",
             "sessionId": "550e8400-e29b-41d4-a716-446655440000",
-            "roomId": "lk-room-12345",
+            "roomId": "oc-0123456789abcdef0123456789abcdef",
             "userDid": "did:ixo:user123",
             "oracleDid": "did:ixo:oracle456",
             "somethingNew": {"x": 1}
         });
-        let c: OraclesCallContent = serde_json::from_value(v).unwrap();
+        let c: OraclesCallContent = serde_json::from_value(v.clone()).unwrap();
         assert_eq!(c.key_derivation, KeyDerivation::Pbkdf2);
-        assert_eq!(c.call_id.unwrap().room_name().as_str(), "roomId");
+        assert_eq!(c.call_id.unwrap().room_name().as_str(), "oc-0123456789abcdef0123456789abcdef");
         assert_eq!(
             c.call_ended_at.unwrap().to_string(),
             "2024-01-01T10:30:00.000Z"
         );
+        // The seed's own room names (`lk-room-12345`, `roomId`) are too weak to be a call's
+        // room: refused, naming the room.
+        v["roomId"] = json!("lk-room-12345");
+        let err = serde_json::from_value::<OraclesCallContent>(v.clone())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("room name"), "{err}");
+        v["roomId"] = json!("oc-0123456789abcdef0123456789abcdef");
+        v["callId"] = json!("$eventId@roomId");
+        let err = serde_json::from_value::<OraclesCallContent>(v)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("room name"), "{err}");
     }
 
     #[test]
@@ -346,7 +360,7 @@ pub(crate) mod tests {
             json!({"rel_type": "m.replace", "event_id": "$orig"})
         );
         assert_eq!(v["m.new_content"]["callStatus"], json!("ended"));
-        assert_eq!(v["m.new_content"]["callId"], json!("$orig@lk-room-12345"));
+        assert_eq!(v["m.new_content"]["callId"], json!("$orig@oc-0123456789abcdef0123456789abcdef"));
         assert_eq!(v["callStatus"], json!("ended"));
         assert_eq!(v["callEndedAt"], json!("2024-01-01T10:05:00.000Z"));
         let back: OraclesCallEdit = serde_json::from_value(v).unwrap();

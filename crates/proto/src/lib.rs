@@ -7,10 +7,13 @@
 //! ```
 //! use oracle_calls_proto::{CallId, CallStatus};
 //!
-//! let id: CallId = "$abc123@oc-room-1".parse()?;
+//! let id: CallId = "$abc123@oc-0123456789abcdef0123456789abcdef".parse()?;
 //! assert_eq!(id.event_id().as_str(), "$abc123");
-//! assert_eq!(id.room_name().as_str(), "oc-room-1");
-//! assert_eq!(id.to_path_segment(), "%24abc123%40oc-room-1");
+//! assert_eq!(id.room_name().as_str(), "oc-0123456789abcdef0123456789abcdef");
+//! assert_eq!(
+//!     id.to_path_segment(),
+//!     "%24abc123%40oc-0123456789abcdef0123456789abcdef"
+//! );
 //!
 //! let next = CallStatus::Pending.transition(CallStatus::Active)?;
 //! assert_eq!(next, CallStatus::Active);
@@ -32,7 +35,7 @@ mod timestamp;
 
 pub use api::{
     ApiError, ApiErrorBody, CallReason, CallSummary, ErrorCode, KeyResponse, ListCallsQuery,
-    ListCallsResponse, OracleKeyInfo, SyncRequest, SyncResponse, UpdateRequest, WellKnown,
+    BotDevice, ListCallsResponse, OracleKeyInfo, SyncRequest, SyncResponse, UpdateRequest, WellKnown,
 };
 pub use call_id::{CallId, EventId, RoomName};
 pub use did::Did;

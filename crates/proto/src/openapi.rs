@@ -30,8 +30,8 @@ macro_rules! text_schema_impl {
 text_schema_impl!(
     CallId,
     "`<eventId>@<roomName>`: the Matrix event that opened the call and the LiveKit room.",
-    Some(r"^\$[A-Za-z0-9+/=_.:-]{1,254}@[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$"),
-    crate::call_id::MAX_EVENT_ID_LEN + 1 + crate::call_id::MAX_ROOM_NAME_LEN
+    Some(r"^\$[A-Za-z0-9+/=_.:-]{1,254}@oc-[0-9a-f]{32}$"),
+    crate::call_id::MAX_EVENT_ID_LEN + 1 + crate::call_id::ROOM_NAME_LEN
 );
 text_schema_impl!(
     EventId,
@@ -41,9 +41,9 @@ text_schema_impl!(
 );
 text_schema_impl!(
     RoomName,
-    "A LiveKit room name.",
-    Some(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$"),
-    crate::call_id::MAX_ROOM_NAME_LEN
+    "A call's LiveKit room name: `oc-` and 32 lower-case hex characters.",
+    Some(r"^oc-[0-9a-f]{32}$"),
+    crate::call_id::ROOM_NAME_LEN
 );
 text_schema_impl!(
     Did,
