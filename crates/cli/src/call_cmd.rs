@@ -7,8 +7,8 @@ use anyhow::{Context as _, bail};
 use clap::Args;
 use oracle_calls::ivf as crate_ivf;
 use oracle_calls::wav;
-use oracle_calls_client::{CallEvent, ClientConfig, Login, OracleClient};
-use oracle_calls_proto::{CallStatus, CallType, ListCallsQuery};
+use oracle_calls_client::{CallEvent, ClientConfig, Login, OracleClient, TrustOverride};
+use oracle_calls_proto::{CallStatus, CallType, Did, ListCallsQuery};
 use zeroize::Zeroizing;
 
 /// Who the user is and where the servers are.
@@ -21,7 +21,11 @@ pub struct UserArgs {
         default_value = "http://127.0.0.1:18008"
     )]
     homeserver: String,
-    /// The oracle's oracle-calls server.
+    /// The oracle to call (its DID). You choose it; its server must describe exactly this
+    /// oracle, and what the client verified about it is kept in the state directory.
+    #[arg(long, env = "ORACLE_CALLS_ORACLE")]
+    oracle: Did,
+    /// The oracle's oracle-calls server (https://, or http:// on loopback only).
     #[arg(
         long,
         env = "ORACLE_CALLS_SERVER_URL",
@@ -39,16 +43,28 @@ pub struct UserArgs {
         default_value = ".oracle-calls-client"
     )]
     state: PathBuf,
-    /// Accept a changed oracle key (re-pins it). Only after verifying the change.
-    #[arg(long)]
-    allow_oracle_key_change: bool,
+    /// Accept exactly this new oracle key id when the oracle's key changed (after verifying
+    /// the change out of band; the refusal names the new id).
+    #[arg(long, value_name = "KEY_ID")]
+    accept_oracle_key: Option<String>,
+    /// Accept exactly the bot device with this Ed25519 key when the oracle's bot device (or
+    /// bot) changed (after verifying it; the refusal names it).
+    #[arg(long, value_name = "ED25519")]
+    accept_bot_device: Option<String>,
 }
 
 impl UserArgs {
     async fn connect(&self) -> anyhow::Result<OracleClient> {
-        let mut cfg =
-            ClientConfig::new(&self.homeserver, &self.server, self.state.join(&self.user));
-        cfg.allow_oracle_key_change = self.allow_oracle_key_change;
+        let mut cfg = ClientConfig::new(
+            &self.homeserver,
+            &self.server,
+            self.state.join(&self.user),
+            self.oracle.clone(),
+        );
+        cfg.trust_override = TrustOverride {
+            oracle_key: self.accept_oracle_key.clone(),
+            bot_device: self.accept_bot_device.clone(),
+        };
         let password = match (
             std::env::var("ORACLE_CALLS_MATRIX_PASSWORD").ok(),
             std::env::var("ORACLE_CALLS_MATRIX_PASSWORD_FILE").ok(),
@@ -125,7 +141,7 @@ pub fn call(args: CallArgs) -> anyhow::Result<()> {
             _ => None,
         };
         let client = args.user.connect().await?;
-        eprintln!("calling the oracle at {} …", args.user.server);
+        eprintln!("calling {} at {} …", args.user.oracle, args.user.server);
         let mut call = client.call_oracle(call_type).await?;
         eprintln!("call {} is up", call.id());
         for (p, at) in call.timeline().marks() {
@@ -172,6 +188,9 @@ pub fn call(args: CallArgs) -> anyhow::Result<()> {
                 }
                 Ok(Some(CallEvent::OracleJoined { identity })) => eprintln!("the oracle joined ({identity})"),
                 Ok(Some(CallEvent::OracleLeft { identity })) => eprintln!("the oracle left ({identity})"),
+                Ok(Some(CallEvent::UnexpectedParticipant { identity })) => {
+                    eprintln!("warning: {identity}, who is not the oracle's agent, joined the call's media room (it has no call key)")
+                }
                 Ok(Some(CallEvent::Reconnecting { attempt, reason })) => {
                     eprintln!("reconnecting to the media server (try {attempt}): {reason}")
                 }

@@ -258,11 +258,26 @@ pub struct Deployment {
     pub agent: Option<AgentHandle>,
     /// The server's database URL.
     pub database_url: String,
+    /// What restarting the server with other keys needs.
+    restart: RestartInputs,
 }
 
+/// The server's settings and secrets that a restart (e.g. with a new oracle key) reuses.
+#[derive(Debug)]
+struct RestartInputs {
+    server_data: PathBuf,
+    agent_name: String,
+    bot_password: Zeroizing<String>,
+    pepper: Zeroizing<String>,
+    max_calls: usize,
+    oracle: Option<Builtin>,
+}
+
+#[allow(clippy::too_many_arguments)]
 fn config_toml(
     stack: &Stack,
     oracle: &Did,
+    agent_name: &str,
     bot: &str,
     keys: &[&OracleKeyPair],
     dir: &Path,
@@ -287,7 +302,7 @@ data_dir = "{data}"
 database_url = "{database_url}"
 [oracle]
 did = "{oracle}"
-agent_name = "oracle-{agent}"
+agent_name = "{agent_name}"
 keys = [{keys}]
 [matrix]
 homeserver_url = "{matrix}"
@@ -299,13 +314,70 @@ http_url = "{lkhttp}"
 api_key = "{lkkey}"
 "#,
         data = dir.join("server").display(),
-        agent = unique_hex(6),
         keys = keys.join(", "),
         matrix = stack.get("MATRIX_URL")?,
         server = stack.get("MATRIX_SERVER_NAME")?,
         lk = stack.get("LIVEKIT_URL")?,
         lkhttp = stack.get("LIVEKIT_HTTP_URL")?,
         lkkey = stack.get("LIVEKIT_API_KEY")?,
+    ))
+}
+
+/// Builds the server's state from its settings and serves it on `listen`. Returns the
+/// running server and the API-key pepper it uses.
+async fn start_server(
+    stack: &Stack,
+    oracle_did: &Did,
+    bot: &str,
+    published: &[&OracleKeyPair],
+    database_url: &str,
+    listen: SocketAddr,
+    r: &RestartInputs,
+) -> anyhow::Result<(ServerHandle, oracle_calls_server::Secret)> {
+    let toml = config_toml(
+        stack,
+        oracle_did,
+        &r.agent_name,
+        bot,
+        published,
+        &r.server_data,
+        database_url,
+        listen,
+    )?;
+    let config = Config::from_toml(&toml)?;
+    let lk_secret = stack.secret("LIVEKIT_API_SECRET_FILE")?;
+    let secrets = Secrets::from_env(|k| match k {
+        "ORACLE_CALLS_LIVEKIT_API_SECRET" => Some(lk_secret.to_string()),
+        "ORACLE_CALLS_API_KEY_PEPPER" => Some(r.pepper.to_string()),
+        "ORACLE_CALLS_MATRIX_PASSWORD" => Some(r.bot_password.to_string()),
+        _ => None,
+    })?;
+    let pepper_secret = secrets.api_key_pepper.clone();
+    let state = oracle_calls_server::build_state(config, secrets)
+        .await
+        .context("starting the oracle-calls server")?;
+    let listener = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding {listen}"))?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let st = state.clone();
+    let task = tokio::spawn(async move {
+        let stop = async {
+            let _ = stop_rx.await;
+        };
+        if let Err(e) = oracle_calls_server::serve_on(listener, st, stop).await {
+            tracing::error!(error = %e, "the server stopped with an error");
+        }
+    });
+    Ok((
+        ServerHandle {
+            url,
+            state,
+            stop: Some(stop_tx),
+            task: Some(task),
+        },
+        pepper_secret,
     ))
 }
 
@@ -345,42 +417,25 @@ impl Deployment {
         };
         let mut published: Vec<&OracleKeyPair> = extra.into_iter().collect();
         published.push(&kp);
-        let toml = config_toml(
+        let restart = RestartInputs {
+            server_data: opts.dir.join(format!("server-{id}")),
+            agent_name: format!("oracle-{}", unique_hex(6)),
+            bot_password,
+            pepper: Zeroizing::new(unique_hex(32)),
+            max_calls: opts.max_calls,
+            oracle: opts.oracle,
+        };
+        let (server, pepper_secret) = start_server(
             &stack,
             &oracle_did,
             &bot,
             &published,
-            &opts.dir.join(format!("server-{id}")),
             &database_url,
             opts.listen,
-        )?;
-        let config = Config::from_toml(&toml)?;
-        let lk_secret = stack.secret("LIVEKIT_API_SECRET_FILE")?;
-        let pepper = Zeroizing::new(unique_hex(32));
-        let secrets = Secrets::from_env(|k| match k {
-            "ORACLE_CALLS_LIVEKIT_API_SECRET" => Some(lk_secret.to_string()),
-            "ORACLE_CALLS_API_KEY_PEPPER" => Some(pepper.to_string()),
-            "ORACLE_CALLS_MATRIX_PASSWORD" => Some(bot_password.to_string()),
-            _ => None,
-        })?;
-        let pepper_secret = secrets.api_key_pepper.clone();
-        let state = oracle_calls_server::build_state(config, secrets)
-            .await
-            .context("starting the oracle-calls server")?;
-        let listener = TcpListener::bind(opts.listen)
-            .await
-            .with_context(|| format!("binding {}", opts.listen))?;
-        let url = format!("http://{}", listener.local_addr()?);
-        let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        let st = state.clone();
-        let task = tokio::spawn(async move {
-            let stop = async {
-                let _ = stop_rx.await;
-            };
-            if let Err(e) = oracle_calls_server::serve_on(listener, st, stop).await {
-                tracing::error!(error = %e, "the server stopped with an error");
-            }
-        });
+            &restart,
+        )
+        .await?;
+        let state = server.state.clone();
         let now = oracle_calls_server::now().unix_millis();
         let key = oracle_calls_server::apikey::create(
             state.store(),
@@ -397,21 +452,72 @@ impl Deployment {
             oracle_did,
             oracle_user_id: bot,
             key_file,
-            server: ServerHandle {
-                url,
-                state,
-                stop: Some(stop_tx),
-                task: Some(task),
-            },
+            server,
             agent_api_key,
             agent: None,
             database_url,
+            restart,
         };
-        if let Some(oracle) = opts.oracle {
-            let agent = dep.start_agent(oracle, opts.max_calls, None).await?;
+        if let Some(oracle) = dep.restart.oracle {
+            let agent = dep.start_agent(oracle, dep.restart.max_calls, None).await?;
             dep.agent = Some(agent);
         }
         Ok(dep)
+    }
+
+    /// The bot account's password (tests use it to act as a homeserver that adds a device to
+    /// the bot's account).
+    pub fn bot_password(&self) -> &Zeroizing<String> {
+        &self.restart.bot_password
+    }
+
+    /// Replaces the oracle's key, as an operator rotating it (or an intruder who took the
+    /// server) would: stops the agent and the server, makes a new key pair, restarts the
+    /// server on the same address, database and bot device publishing only the new key, and
+    /// starts the agent with it. Returns the new key pair.
+    ///
+    /// # Errors
+    /// Any step's failure, with context.
+    pub async fn replace_oracle_key(&mut self, scheme: KeyScheme) -> anyhow::Result<OracleKeyPair> {
+        if let Some(a) = self.agent.take() {
+            a.shutdown().await.context("stopping the agent")?;
+        }
+        let listen: SocketAddr = self
+            .server
+            .url
+            .trim_start_matches("http://")
+            .parse()
+            .context("the server's address")?;
+        let placeholder = ServerHandle {
+            url: String::new(),
+            state: self.server.state.clone(),
+            stop: None,
+            task: None,
+        };
+        let old = std::mem::replace(&mut self.server, placeholder);
+        old.stop().await;
+        let kp = OracleKeyPair::generate(scheme, &mut rand::rng())?;
+        let key_file = self.dir.join(format!("oracle-{}.pem", kp.key_id()));
+        crate::keyfile::write_private_key(&key_file, &kp, false)?;
+        self.key_file = key_file;
+        let (server, _) = start_server(
+            &self.stack,
+            &self.oracle_did,
+            &self.oracle_user_id,
+            &[&kp],
+            &self.database_url,
+            listen,
+            &self.restart,
+        )
+        .await?;
+        self.server = server;
+        if let Some(oracle) = self.restart.oracle {
+            let agent = self
+                .start_agent(oracle, self.restart.max_calls, None)
+                .await?;
+            self.agent = Some(agent);
+        }
+        Ok(kp)
     }
 
     /// The agent's TOML settings for this deployment.
@@ -423,6 +529,7 @@ impl Deployment {
         Ok(FileConfig {
             server_url: self.server.url.clone(),
             oracle_key_file: key_file.unwrap_or(&self.key_file).to_path_buf(),
+            oracle_key_files: Vec::new(),
             max_calls,
             drain_timeout_secs: 10,
             user_join_timeout_secs: 20,
@@ -560,6 +667,7 @@ impl Deployment {
             self.stack.get("MATRIX_URL")?,
             self.server.url.clone(),
             self.dir.join(format!("client-{id}")),
+            self.oracle_did.clone(),
         );
         edit(&mut cfg);
         Ok(OracleClient::connect(

@@ -192,8 +192,12 @@ async fn video_call_through_the_echo_oracle() {
     dep.stop().await;
 }
 
+/// A call sealed to a published key this agent does not hold is another agent's (a pool
+/// during a key rotation): the agent declines LiveKit's offer, never joins, and reports nothing
+/// — no `keyDecryptionFailed`, the key endpoint still answers. With a second agent holding that
+/// key in the pool, the next call is served by it, whichever agent LiveKit offers it to first.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_key_the_agent_cannot_open_keeps_it_out_and_blocks_the_key_endpoint() {
+async fn a_key_sealed_to_another_agents_key_is_left_to_the_pool() {
     init_logs();
     let _serial = SERIAL.lock().await;
     // The server publishes a second key first; clients prefer it, but the agent does not hold it.
@@ -209,88 +213,128 @@ async fn a_key_the_agent_cannot_open_keeps_it_out_and_blocks_the_key_endpoint() 
     )
     .await
     .unwrap();
-    let client = dep.new_user().await.unwrap();
-    // The agent may refuse the key before or after the user's media connects: either the call
-    // fails to connect with the server's reason, or it connects and then ends.
-    let placed = client.call_oracle(CallType::Audio).await;
-    let mut call = match placed {
-        Err(oracle_calls_client::CallError::CallEnded { reason }) => {
-            assert_eq!(
-                reason,
-                Some(oracle_calls_proto::CallReason::KeyDecryptionFailed)
-            );
-            None
-        }
-        Err(e) => panic!("{e}"),
-        Ok(call) => Some(call),
+    let first = dep.agent.as_ref().unwrap();
+    let stat = |a: &oracle_calls_agent::AgentHandle| {
+        let s = a.stats();
+        let l = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+        (
+            l(&s.keys_not_held),
+            l(&s.jobs_accepted),
+            l(&s.calls_joined),
+            l(&s.key_failures),
+        )
     };
-    let report = tokio::time::timeout(
-        Duration::from_secs(10),
-        dep.agent.as_ref().unwrap().next_report(),
-    )
+    let client = dep.new_user().await.unwrap();
+    let mut call = client.call_oracle(CallType::Audio).await.unwrap();
+    // The only agent looks at the envelope and declines the offer.
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while stat(first).0 == 0 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
     .await
-    .unwrap()
-    .unwrap();
-    assert!(
-        matches!(&report.outcome, JobOutcome::KeyDecryptionFailed(why) if why.contains("key")),
-        "{report:?}"
-    );
-    assert!(
-        report.joined_after.is_none(),
-        "the agent stayed out of the room"
-    );
-    assert_eq!(
-        dep.agent
-            .as_ref()
-            .unwrap()
-            .stats()
-            .calls_joined
-            .load(std::sync::atomic::Ordering::Relaxed),
-        0
-    );
-    // The user learns it: the server ended the call and deleted the room.
-    if let Some(call) = call.as_mut() {
-        tokio::time::timeout(Duration::from_secs(10), async {
-            loop {
-                match call.next_event().await {
-                    Some(CallEvent::Ended { .. }) | None => return,
-                    Some(CallEvent::OracleAudio { .. }) => panic!("no oracle may speak"),
-                    Some(_) => {}
-                }
-            }
-        })
-        .await
-        .expect("the user's call ends");
-    }
-    let call_id = report.call_id.clone().unwrap();
+    .expect("the agent declines the call");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(stat(first), (1, 0, 0, 0), "declined, never joined, nothing failed");
     let rec = dep
         .server
         .state
         .store()
-        .call(&call_id)
+        .call(call.id())
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(rec.status, CallStatus::Ended);
-    assert_eq!(
-        rec.reason,
-        Some(oracle_calls_proto::CallReason::KeyDecryptionFailed)
-    );
+    assert_eq!(rec.status, CallStatus::Active);
+    assert_eq!(rec.reason, None, "no keyDecryptionFailed");
     let r = reqwest::Client::new()
         .get(format!(
             "{}/calls/{}/key",
             dep.server.url,
-            call_id.to_path_segment()
+            call.id().to_path_segment()
         ))
         .bearer_auth(dep.agent_api_key.as_str())
         .send()
         .await
         .unwrap();
-    // Ended calls answer 410 before the block is consulted; either way no key is handed out.
-    assert!(matches!(r.status().as_u16(), 403 | 410), "{}", r.status());
-    if let Some(mut call) = call {
-        call.end().await.unwrap();
-    }
+    assert_eq!(r.status().as_u16(), 200, "the key endpoint is not blocked");
+    call.end().await.unwrap();
+
+    // An agent holding the foreign key joins the pool: the next call is served by it.
+    let foreign_file = dep.dir.join("foreign.pem");
+    oracle_calls::keyfile::write_private_key(&foreign_file, &foreign, false).unwrap();
+    let second = dep
+        .start_agent(
+            oracle_calls_agent::oracles::Builtin::Echo(
+                oracle_calls_agent::oracles::Echo::default(),
+            ),
+            4,
+            Some(&foreign_file),
+        )
+        .await
+        .unwrap();
+    let mut call = client.call_oracle(CallType::Audio).await.unwrap();
+    let speech = oracle_calls::speech::synthesize(2.0, 5);
+    let heard = talk(&mut call, speech, Duration::from_secs(4)).await;
+    assert!(heard.len() > 16_000, "the echo answered: {} samples", heard.len());
+    call.end().await.unwrap();
+    let report = tokio::time::timeout(Duration::from_secs(5), second.next_report())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(report.outcome, JobOutcome::Served { .. }),
+        "{report:?}"
+    );
+    let (not_held, accepted, joined, failed) = stat(first);
+    assert!(not_held >= 1 && accepted == 0 && joined == 0 && failed == 0);
+    let _ = second.shutdown().await;
+    dep.stop().await;
+}
+
+/// A participant with a valid LiveKit token for the call's room but without the call key is
+/// not the user: the agent logs it as unexpected, and when the user hangs up the agent ends
+/// the call as `UserLeft` although the intruder is still in the room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_intruder_in_the_room_is_not_taken_for_the_user() {
+    init_logs();
+    let _serial = SERIAL.lock().await;
+    let dep = Deployment::start(Stack::running().unwrap(), DeployOptions::new(temp_dir()))
+        .await
+        .unwrap();
+    let client = dep.new_user().await.unwrap();
+    let mut call = client.call_oracle(CallType::Audio).await.unwrap();
+    // The intruder: a token minted with the LiveKit API secret for the call's room, no key.
+    let token = dep.stack.livekit().unwrap().join_token(
+        call.id().room_name().as_str(),
+        "intruder",
+        600,
+    );
+    let (intruder, _events) = oracle_calls_rtc::Room::connect(
+        dep.stack.get("LIVEKIT_URL").unwrap(),
+        &token,
+        oracle_calls_rtc::RoomOptions::default(),
+    )
+    .await
+    .unwrap();
+    let speech = oracle_calls::speech::synthesize(2.0, 7);
+    let heard = talk(&mut call, speech, Duration::from_secs(4)).await;
+    assert!(heard.len() > 16_000, "the echo answered: {} samples", heard.len());
+    call.end().await.unwrap();
+    let report = tokio::time::timeout(
+        Duration::from_secs(5),
+        dep.agent.as_ref().unwrap().next_report(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(
+        report.outcome,
+        JobOutcome::Served {
+            ended_by: EndedBy::UserLeft
+        },
+        "the user leaving ends the call, the intruder does not keep it"
+    );
+    intruder.leave().await;
     dep.stop().await;
 }
 
@@ -486,6 +530,7 @@ async fn user_via(
         homeserver,
         server,
         dep.dir.join(format!("client-{id}")),
+        dep.oracle_did.clone(),
     );
     oracle_calls_client::OracleClient::connect(
         cfg,
@@ -678,8 +723,11 @@ async fn the_call_command_says_a_wav_and_records_the_answer() {
     let run = |extra: &[&str]| {
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_oracle-calls"));
         cmd.args(["call", "--user", &name, "--homeserver"])
-            .arg(dep.stack.get("MATRIX_URL").unwrap())
-            .arg("--server")
+            .arg(dep.stack.get("MATRIX_URL").unwrap());
+        if !extra.contains(&"--oracle") {
+            cmd.args(["--oracle", dep.oracle_did.as_str()]);
+        }
+        cmd.arg("--server")
             .arg(&dep.server.url)
             .arg("--state")
             .arg(dep.dir.join("cli-state"))
@@ -713,6 +761,7 @@ async fn the_call_command_says_a_wav_and_records_the_answer() {
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_oracle-calls"));
         cmd.args(["calls", "--user", &name, "--homeserver"])
             .arg(dep.stack.get("MATRIX_URL").unwrap())
+            .args(["--oracle", dep.oracle_did.as_str()])
             .arg("--server")
             .arg(&dep.server.url)
             .arg("--state")
@@ -740,6 +789,23 @@ async fn the_call_command_says_a_wav_and_records_the_answer() {
     .unwrap();
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown call type"));
+    // A server that describes another oracle than the one asked for is refused before any
+    // event is sent.
+    let bad = tokio::task::spawn_blocking({
+        let mut cmd = run(&["--oracle", "did:ixo:someoneelse"]);
+        move || cmd.output().unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(!bad.status.success());
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "describes the oracle {}, but this call is to did:ixo:someoneelse",
+            dep.oracle_did
+        )),
+        "{stderr}"
+    );
     // A video call without frames to show is refused before anything happens.
     let bad = tokio::task::spawn_blocking({
         let mut cmd = run(&["--type", "video"]);

@@ -109,6 +109,13 @@ pub enum CallEvent {
         /// Its identity.
         identity: String,
     },
+    /// Someone who is not an oracle agent (LiveKit identity `agent-…`) joined the call's media
+    /// room: never taken for the oracle. Without the call key it hears and sees nothing (its
+    /// frames fail to decrypt and are reported), but the application should show it.
+    UnexpectedParticipant {
+        /// Its LiveKit identity.
+        identity: String,
+    },
     /// Frames from the oracle failed to decrypt (never played).
     DecryptionFailed {
         /// The sender.
@@ -256,11 +263,18 @@ impl Call {
         loop {
             let ev = self.events.recv().await?;
             let mapped = match ev {
-                RoomEvent::ParticipantJoined { identity } => {
+                RoomEvent::ParticipantJoined { identity } if is_agent(&identity) => {
                     self.timeline.mark(Phase::AgentJoined);
                     CallEvent::OracleJoined { identity }
                 }
-                RoomEvent::ParticipantLeft { identity } => CallEvent::OracleLeft { identity },
+                RoomEvent::ParticipantJoined { identity } => {
+                    warn!(call_id = %self.id, %identity, "a participant who is not the oracle's agent joined the call's room");
+                    CallEvent::UnexpectedParticipant { identity }
+                }
+                RoomEvent::ParticipantLeft { identity } if is_agent(&identity) => {
+                    CallEvent::OracleLeft { identity }
+                }
+                RoomEvent::ParticipantLeft { .. } => continue,
                 RoomEvent::AudioFrame { pcm, .. } => {
                     self.timeline.mark(Phase::FirstAudio);
                     CallEvent::OracleAudio { pcm }
@@ -296,8 +310,8 @@ impl Call {
         }
     }
 
-    /// Hangs up: tells the server, edits the call event to `ended` in Matrix, leaves the media
-    /// room. Safe to call twice; the second call does nothing.
+    /// Hangs up: tells the server (`userHangup`), leaves the media room, edits the call event
+    /// to `ended` in Matrix. Safe to call twice; the second call does nothing.
     ///
     /// # Errors
     /// The first thing that failed (the others are still attempted).
@@ -307,10 +321,8 @@ impl Call {
         }
         self.ended = true;
         let t = std::time::Instant::now();
-        if let Some(room) = self.room.take() {
-            room.leave().await;
-        }
-        debug!(call_id = %self.id, ms = t.elapsed().as_millis() as u64, "left the media room");
+        // The server first: leaving the media room first would let LiveKit's webhook (or the
+        // agent) end the call as `participantLeft` before `userHangup` arrives.
         let server = self
             .client
             .report_end(&self.id, CallReason::UserHangup)
@@ -319,6 +331,10 @@ impl Call {
             warn!(call_id = %self.id, error = %e, "could not tell the server the call ended");
         }
         debug!(call_id = %self.id, ms = t.elapsed().as_millis() as u64, "told the server");
+        if let Some(room) = self.room.take() {
+            room.leave().await;
+        }
+        debug!(call_id = %self.id, ms = t.elapsed().as_millis() as u64, "left the media room");
         let matrix = edit_status(
             &self.matrix_room,
             &self.id,
@@ -335,4 +351,11 @@ impl Call {
             (None, Ok(())) => Ok(()),
         }
     }
+}
+
+/// Oracle agents join LiveKit as `agent-<job id>` (docs/PROTOCOL.md §7).
+fn is_agent(identity: &str) -> bool {
+    identity
+        .strip_prefix("agent-")
+        .is_some_and(|rest| !rest.is_empty())
 }

@@ -6,9 +6,11 @@ use std::time::{Duration, Instant};
 
 use matrix_sdk::authentication::matrix::MatrixSession;
 use matrix_sdk::config::SyncSettings;
+use matrix_sdk::encryption::LocalTrust;
 use matrix_sdk::ruma::events::room::member::MembershipState;
 use matrix_sdk::ruma::{OwnedTransactionId, UserId};
 use matrix_sdk::{Client, Room};
+use matrix_sdk_base::crypto::CollectStrategy;
 use oracle_calls_crypto::frame::{KeyRing, KeyRingOptions};
 use oracle_calls_crypto::{CallContext, CallKey};
 use oracle_calls_proto::{
@@ -23,7 +25,7 @@ use tracing::{info, warn};
 use zeroize::Zeroizing;
 
 use crate::call::{Call, Phase, Timeline};
-use crate::pins::Pins;
+use crate::trust::{OracleTrust, TrustOverride, TrustStore};
 use crate::{CallError, UserApi};
 
 /// Matrix send attempts (one transaction id for all, so a retry never duplicates the event).
@@ -34,14 +36,18 @@ const SEND_ATTEMPTS: u32 = 5;
 pub struct ClientConfig {
     /// The Matrix homeserver.
     pub homeserver_url: String,
-    /// The oracle's oracle-calls server.
+    /// The oracle's oracle-calls server (`https://`, or `http://` on loopback only).
     pub server_url: String,
-    /// The client's own state: Matrix store and session, pinned oracle keys.
+    /// The oracle this client calls. The server's well-known must name exactly this DID, and
+    /// the trust store keeps what the client verified about it.
+    pub oracle_did: Did,
+    /// The client's own state: Matrix store and session, the trust store (`pins.json`).
     pub store_dir: PathBuf,
     /// The user's DID. Default: from the ixo convention `@did-ixo-X:server` → `did:ixo:X`.
     pub user_did: Option<Did>,
-    /// Accept an oracle key different from the pinned one (re-pins it).
-    pub allow_oracle_key_change: bool,
+    /// Accept exactly these changes of the oracle's key or bot device (after verifying them
+    /// out of band); everything else that changed is still refused.
+    pub trust_override: TrustOverride,
     /// How the media key is derived from the call key.
     pub key_derivation: KeyDerivation,
     /// How long to wait for the oracle's bot to join a new DM room.
@@ -52,18 +58,20 @@ pub struct ClientConfig {
 }
 
 impl ClientConfig {
-    /// Defaults for the given servers and state directory.
+    /// Defaults for the given servers, state directory and the oracle to call.
     pub fn new(
         homeserver_url: impl Into<String>,
         server_url: impl Into<String>,
         store_dir: impl Into<PathBuf>,
+        oracle_did: Did,
     ) -> Self {
         Self {
             homeserver_url: homeserver_url.into(),
             server_url: server_url.into(),
+            oracle_did,
             store_dir: store_dir.into(),
             user_did: None,
-            allow_oracle_key_change: false,
+            trust_override: TrustOverride::default(),
             key_derivation: KeyDerivation::Hkdf,
             bot_join_timeout: Duration::from_secs(15),
             opus_complexity: None,
@@ -90,7 +98,7 @@ pub(crate) struct Inner {
     pub(crate) matrix: Client,
     pub(crate) api: UserApi,
     pub(crate) user_did: Did,
-    pins: Pins,
+    trust: TrustStore,
     openid: Mutex<Option<(Zeroizing<String>, Instant)>>,
     /// Serializes Matrix syncs of this device.
     sync_lock: Mutex<()>,
@@ -119,13 +127,19 @@ impl OracleClient {
     /// # Errors
     /// [`CallError::Setup`], [`CallError::Matrix`].
     pub async fn connect(cfg: ClientConfig, login: Login) -> Result<Self, CallError> {
+        crate::server::require_secure(&cfg.homeserver_url)?;
+        let api = UserApi::new(&cfg.server_url)?;
         let dir = cfg.store_dir.join("matrix");
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| CallError::Setup(format!("{}: {e}", dir.display())))?;
+        private_dir(&cfg.store_dir)?;
+        private_dir(&dir)?;
         let matrix = Client::builder()
             .homeserver_url(&cfg.homeserver_url)
             .sqlite_store(&dir, None)
             .with_enable_share_history_on_invite(false)
+            // Room keys go only to devices this client trusts: the oracle bot's devices that
+            // the trust store lists (marked verified before each send), never a device the
+            // homeserver adds to the bot's account.
+            .with_room_key_recipient_strategy(CollectStrategy::OnlyTrustedDevices)
             .build()
             .await
             .map_err(matrix_err)?;
@@ -188,15 +202,14 @@ impl OracleClient {
             .sync_once(SyncSettings::default().timeout(Duration::ZERO))
             .await
             .map_err(matrix_err)?;
-        let api = UserApi::new(&cfg.server_url)?;
-        let pins = Pins::new(cfg.store_dir.join("pins.json"));
+        let trust = TrustStore::new(cfg.store_dir.join("pins.json"));
         info!(%user_id, %user_did, "client ready");
         Ok(Self(Arc::new(Inner {
             cfg,
             matrix,
             api,
             user_did,
-            pins,
+            trust,
             openid: Mutex::new(None),
             sync_lock: Mutex::new(()),
         })))
@@ -215,6 +228,15 @@ impl OracleClient {
     /// The oracle-calls server API.
     pub fn api(&self) -> &UserApi {
         &self.0.api
+    }
+
+    /// What the trust store holds for the oracle this client calls (`None` before the first
+    /// call).
+    ///
+    /// # Errors
+    /// [`CallError::Setup`] when the store cannot be read.
+    pub fn oracle_trust(&self) -> Result<Option<OracleTrust>, CallError> {
+        self.0.trust.get(&self.0.cfg.oracle_did)
     }
 
     /// A Matrix OpenID token for the oracle-calls server, reused until shortly before expiry.
@@ -268,35 +290,37 @@ impl OracleClient {
         session: Option<SessionId>,
     ) -> Result<Call, CallError> {
         let mut tl = Timeline::start();
-        // 1. Resolve the oracle and its (pinned) key.
+        // 1. Resolve the oracle the caller chose: the server's description must match what
+        //    the trust store verified (key, bot, bot devices), or is pinned on first use.
         let wk = self.0.api.well_known().await?;
-        let (pinned, oracle_key) = self
+        let oracle_did = self.0.cfg.oracle_did.clone();
+        let trusted = self
             .0
-            .pins
-            .choose(&wk, self.0.cfg.allow_oracle_key_change)?;
-        let bot = UserId::parse(wk.matrix_user_id.as_str())
-            .map_err(|e| CallError::Setup(format!("the server's matrixUserId: {e}")))?;
+            .trust
+            .check(&oracle_did, &wk, &self.0.cfg.trust_override)?;
+        let bot = UserId::parse(trusted.bot.as_str())
+            .map_err(|e| CallError::Setup(format!("the oracle's matrixUserId: {e}")))?;
         tl.mark(Phase::Resolve);
 
-        // 2-3. A fresh call key, wrapped to the oracle and bound to this call.
-        let room_name = RoomName::parse(&format!("oc-{}", hex16()))
-            .map_err(|e| CallError::Crypto(e.to_string()))?;
+        // 2-3. A fresh call key, wrapped to the oracle and bound to this call. The room name
+        //      carries 128 random bits (docs/PROTOCOL.md §1).
+        let room_name = RoomName::from_random(random16());
         let session_id = match session {
             Some(s) => s,
-            None => SessionId::parse(&format!("sess-{}", hex16()))
+            None => SessionId::parse(&format!("sess-{}", hex(&random16())))
                 .map_err(|e| CallError::Crypto(e.to_string()))?,
         };
         let ctx = CallContext::new(
             session_id.clone(),
             room_name.clone(),
             self.0.user_did.clone(),
-            wk.oracle_did.clone(),
+            oracle_did.clone(),
             call_type,
         );
         let (call_key, envelope) = {
             let mut rng = rand::rng();
             let key = CallKey::generate(&mut rng);
-            let env = oracle_calls_crypto::seal(&oracle_key, &key, &ctx, &mut rng)
+            let env = oracle_calls_crypto::seal(&trusted.public, &key, &ctx, &mut rng)
                 .map_err(|e| CallError::Crypto(e.to_string()))?;
             (key, env)
         };
@@ -310,7 +334,7 @@ impl OracleClient {
 
         // 4. The encrypted DM with the bot, the bot joined, then the event.
         let room = self.dm_room(&bot).await?;
-        self.know_devices_of(&bot).await?;
+        self.trust_bot_devices(&bot, &trusted.devices).await?;
         tl.mark(Phase::Room);
         let content = OraclesCallContent {
             call_id: None,
@@ -322,7 +346,7 @@ impl OracleClient {
             session_id,
             room_id: room_name,
             user_did: self.0.user_did.clone(),
-            oracle_did: wk.oracle_did.clone(),
+            oracle_did,
             key_derivation: self.0.cfg.key_derivation,
         };
         let body = serde_json::to_value(&content).map_err(|e| CallError::Setup(e.to_string()))?;
@@ -331,7 +355,7 @@ impl OracleClient {
         let event_id = EventId::parse(&event_id).map_err(|e| CallError::Matrix(e.to_string()))?;
         let call_id = content.call_id_for(event_id);
         tl.mark(Phase::Send);
-        info!(%call_id, key_id = %pinned.key_id, "call event sent");
+        info!(%call_id, key_id = %trusted.key.key_id, "call event sent");
 
         // 6. The server validates, activates, creates the room and answers with a token.
         let synced = async {
@@ -425,24 +449,56 @@ impl OracleClient {
         r.err()
     }
 
-    /// Makes sure this device knows the bot's devices before it encrypts to them: a room key
-    /// shared while the bot's device list is still unknown never reaches the bot, and the
-    /// server could not decrypt the call event.
-    async fn know_devices_of(&self, bot: &UserId) -> Result<(), CallError> {
+    /// Makes sure the call event's room key reaches the pinned bot devices and no other:
+    /// each pinned device must be on the homeserver with the pinned Ed25519 key and is marked
+    /// verified; every other device of the bot account (one a compromised homeserver added)
+    /// is blacklisted. With the `OnlyTrustedDevices` strategy only verified devices get keys.
+    /// A room key shared while the bot's devices are still unknown would reach nobody, so
+    /// the device list is fetched first when needed.
+    async fn trust_bot_devices(
+        &self,
+        bot: &UserId,
+        pinned: &[oracle_calls_proto::BotDevice],
+    ) -> Result<(), CallError> {
         let enc = self.0.matrix.encryption();
-        let known =
-            |d: &matrix_sdk::encryption::identities::UserDevices| d.devices().next().is_some();
-        if known(&enc.get_user_devices(bot).await.map_err(matrix_err)?) {
-            return Ok(());
+        let is_pinned = |d: &matrix_sdk::encryption::identities::Device| {
+            pinned.iter().any(|p| {
+                p.device_id == d.device_id().as_str()
+                    && d.ed25519_key().map(|k| k.to_base64()).as_deref() == Some(&p.ed25519)
+            })
+        };
+        let mut devices = enc.get_user_devices(bot).await.map_err(matrix_err)?;
+        if !devices.devices().any(|d| is_pinned(&d)) {
+            enc.request_user_identity(bot).await.map_err(matrix_err)?;
+            devices = enc.get_user_devices(bot).await.map_err(matrix_err)?;
         }
-        enc.request_user_identity(bot).await.map_err(matrix_err)?;
-        if known(&enc.get_user_devices(bot).await.map_err(matrix_err)?) {
-            Ok(())
-        } else {
-            Err(CallError::BotAbsent(format!(
-                "{bot} (no device with encryption keys)"
-            )))
+        let mut trusted = 0usize;
+        for d in devices.devices() {
+            if is_pinned(&d) {
+                trusted += 1;
+                if !d.is_locally_trusted() {
+                    d.set_local_trust(LocalTrust::Verified)
+                        .await
+                        .map_err(matrix_err)?;
+                }
+            } else if d.local_trust_state() != LocalTrust::BlackListed {
+                warn!(%bot, device = %d.device_id(), "the oracle's bot has a device the trust store does not list; it gets no call keys");
+                d.set_local_trust(LocalTrust::BlackListed)
+                    .await
+                    .map_err(matrix_err)?;
+            }
         }
+        if trusted == 0 {
+            return Err(CallError::BotDeviceUnknown(format!(
+                "{bot} has none of its pinned devices ({}) on the homeserver",
+                pinned
+                    .iter()
+                    .map(|p| p.device_id.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        Ok(())
     }
 
     /// `Some(reason)` when the server lists the call as ended.
@@ -556,14 +612,31 @@ pub(crate) fn now() -> Timestamp {
     Timestamp::from_unix_millis(ms).unwrap_or_else(|_| unreachable!("the clock is in range"))
 }
 
-fn hex16() -> String {
-    let mut b = [0u8; 8];
+fn random16() -> [u8; 16] {
+    let mut b = [0u8; 16];
     rand::rng().fill(&mut b);
+    b
+}
+
+fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 fn new_txn() -> OwnedTransactionId {
-    OwnedTransactionId::from(format!("oc-{}{}", hex16(), hex16()))
+    OwnedTransactionId::from(format!("oc-{}", hex(&random16())))
+}
+
+/// Creates `dir` (and its parents) and makes it owner-only: it holds the Matrix device's
+/// keys and the trust store.
+fn private_dir(dir: &std::path::Path) -> Result<(), CallError> {
+    let err = |e: std::io::Error| CallError::Setup(format!("{}: {e}", dir.display()));
+    std::fs::create_dir_all(dir).map_err(err)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(err)?;
+    }
+    Ok(())
 }
 
 fn localpart(user: &str) -> &str {

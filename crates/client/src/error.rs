@@ -10,19 +10,65 @@ pub enum CallError {
     /// Matrix refused or could not be reached (login, room, send).
     #[error("Matrix: {0}")]
     Matrix(String),
-    /// The oracle's published key differs from the one pinned on first use.
+    /// The server describes another oracle than the one the caller chose to call.
     #[error(
-        "the oracle {oracle} now publishes key {offered} but {pinned} was pinned on first use; \
-         refusing to call (verify the change, then allow it explicitly)"
+        "the server describes the oracle {served}, but this call is to {expected}; refusing \
+         to call (a misconfigured or compromised server)"
+    )]
+    WrongOracle {
+        /// The oracle the caller chose.
+        expected: String,
+        /// The oracle the server's well-known names.
+        served: String,
+    },
+    /// The oracle's published keys do not include the key the client verified.
+    #[error(
+        "the oracle {oracle} now publishes key {offered} but {pinned} was verified{}; refusing \
+         to call (verify the change out of band, then accept exactly the new key id)",
+        epoch.map(|e| format!(" (key transparency epoch {e})")).unwrap_or_default()
     )]
     OracleKeyChanged {
         /// The oracle.
         oracle: String,
-        /// Key id pinned earlier.
+        /// Key ids verified earlier.
         pinned: String,
         /// Key ids offered now.
         offered: String,
+        /// The key-transparency epoch of the change, when key transparency is in use.
+        epoch: Option<u64>,
     },
+    /// The oracle's Matrix bot is another user than the one the client verified.
+    #[error(
+        "the oracle {oracle}'s bot is now {offered} but {pinned} was verified; refusing to call \
+         (verify the change, then accept exactly the new bot device)"
+    )]
+    OracleBotChanged {
+        /// The oracle.
+        oracle: String,
+        /// The bot user verified earlier.
+        pinned: String,
+        /// The bot user named now.
+        offered: String,
+    },
+    /// None of the bot devices the client verified is published any more.
+    #[error(
+        "the oracle {oracle}'s bot devices are now {offered} but {pinned} was verified; \
+         refusing to call (verify the change, then accept exactly the new device's key)"
+    )]
+    BotDeviceChanged {
+        /// The oracle.
+        oracle: String,
+        /// Devices verified earlier.
+        pinned: String,
+        /// Devices published now.
+        offered: String,
+    },
+    /// The bot device that may receive the call event is unknown or not on the homeserver.
+    #[error("no trusted device of the oracle's bot: {0}")]
+    BotDeviceUnknown(String),
+    /// A server URL would carry credentials in the clear (`http://` outside loopback).
+    #[error("refusing {0}: use https:// (http:// is accepted on loopback only)")]
+    InsecureUrl(String),
     /// The oracle publishes no key this client can wrap to.
     #[error("the oracle publishes no usable key: {0}")]
     NoUsableKey(String),

@@ -5,7 +5,10 @@
 //! use oracle_calls_client::{CallEvent, ClientConfig, Login, OracleClient};
 //! use oracle_calls_proto::CallType;
 //!
-//! let config = ClientConfig::new("http://127.0.0.1:18008", "http://127.0.0.1:18080", "./state");
+//! // The application names the oracle it calls; the server only describes it.
+//! let oracle = oracle_calls_proto::Did::parse("did:ixo:oracle1").expect("a DID");
+//! let config =
+//!     ClientConfig::new("http://127.0.0.1:18008", "http://127.0.0.1:18080", "./state", oracle);
 //! let login = Login::Password { user: "did-ixo-alice".into(), password: "…".to_owned().into() };
 //! let client = OracleClient::connect(config, login).await?;
 //! let mut call = client.call_oracle(oracle_calls_proto::CallType::Audio).await?;
@@ -17,8 +20,9 @@
 //! # Ok(()) }
 //! ```
 //!
-//! [`OracleClient::call_oracle`] follows DESIGN §3: resolve the oracle (its keys pinned on
-//! first use), make a fresh call key and wrap it to the oracle bound to the call's context,
+//! [`OracleClient::call_oracle`] follows DESIGN §3: resolve the oracle the caller named (the
+//! server's description must match it and the trust store: its key, its bot and the bot
+//! devices that alone receive the call event, pinned on first use), make a fresh call key and wrap it to the oracle bound to the call's context,
 //! post the `m.ixo.oracles_call` event into the encrypted DM with the oracle's bot (retried
 //! under one transaction id), have the server validate it, and join the LiveKit room with
 //! end-to-end encryption. Every failure is a typed [`CallError`] and leaves nothing open.
@@ -27,11 +31,11 @@
 mod call;
 mod client;
 mod error;
-mod pins;
 mod server;
+mod trust;
 
 pub use call::{Call, CallEvent, Phase, Timeline};
 pub use client::{ClientConfig, Login, OracleClient};
 pub use error::CallError;
-pub use pins::PinnedKey;
 pub use server::UserApi;
+pub use trust::{OracleTrust, PinnedKey, TrustOverride};

@@ -29,8 +29,10 @@ impl UserApi {
     /// A client of the server at `base`.
     ///
     /// # Errors
-    /// [`CallError::Setup`] if the HTTP client cannot be built.
+    /// [`CallError::Setup`] if the HTTP client cannot be built, [`CallError::InsecureUrl`]
+    /// for `http://` outside loopback.
     pub fn new(base: &str) -> Result<Self, CallError> {
+        require_secure(base)?;
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(3))
             .timeout(Duration::from_secs(15))
@@ -160,4 +162,58 @@ fn message(body: &[u8]) -> String {
     serde_json::from_slice::<ApiErrorBody>(body)
         .map(|b| b.error.message)
         .unwrap_or_else(|_| String::from_utf8_lossy(body).chars().take(200).collect())
+}
+
+/// `https://` anywhere; `http://` only to a loopback host (a local stack, a sidecar).
+///
+/// # Errors
+/// [`CallError::InsecureUrl`] naming the URL, [`CallError::Setup`] if it does not parse.
+pub(crate) fn require_secure(url: &str) -> Result<(), CallError> {
+    let u = reqwest::Url::parse(url).map_err(|e| CallError::Setup(format!("{url}: {e}")))?;
+    let host = u.host_str().unwrap_or_default();
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|a| a.is_loopback());
+    match u.scheme() {
+        "https" => Ok(()),
+        "http" if loopback => Ok(()),
+        _ => Err(CallError::InsecureUrl(url.to_owned())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_http_only_on_loopback() {
+        for ok in [
+            "https://oracle.example",
+            "http://127.0.0.1:18080",
+            "http://127.8.0.1",
+            "http://localhost:1",
+            "http://[::1]:80/",
+        ] {
+            assert!(require_secure(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "http://oracle.example",
+            "http://10.0.0.1:18080",
+            "http://localhost.evil.org",
+            "http://127.0.0.1.evil.org",
+            "ftp://127.0.0.1",
+        ] {
+            assert!(
+                matches!(require_secure(bad), Err(CallError::InsecureUrl(ref u)) if u == bad),
+                "{bad}"
+            );
+        }
+        assert!(matches!(
+            require_secure("not a url"),
+            Err(CallError::Setup(_))
+        ));
+    }
 }

@@ -74,6 +74,10 @@ pub struct KeyResponse {
     pub call_type: CallType,
     /// How the media key is derived from the call key.
     pub key_derivation: KeyDerivation,
+    /// The user's LiveKit identity in the call's room: the Matrix user id that sent the call
+    /// event, which is the identity the server issues the user's join token for. An agent
+    /// treats only this participant as the user; anyone else in the room is unexpected.
+    pub user_identity: String,
 }
 
 /// Why a call ended or what an agent reports about it.
@@ -225,8 +229,25 @@ pub struct WellKnown {
     pub agent_name: String,
     /// The LiveKit signaling URL.
     pub livekit_url: String,
-    /// The oracle's public keys, preferred first.
+    /// The oracle's public keys, in the server's order of preference (clients may choose
+    /// differently; docs/PROTOCOL.md §6).
     pub keys: Vec<OracleKeyInfo>,
+    /// The oracle bot's Matrix devices that may receive call events: clients share the call
+    /// event's room key with these devices only (docs/PROTOCOL.md §6). Empty while the bot
+    /// is not running.
+    #[serde(default)]
+    pub matrix_devices: Vec<BotDevice>,
+}
+
+/// One Matrix device of the oracle's bot, as published at `/.well-known/oracle-calls`.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct BotDevice {
+    /// The Matrix device id.
+    pub device_id: String,
+    /// The device's Ed25519 identity key, unpadded standard base64 (as in `/keys/query`).
+    pub ed25519: String,
 }
 
 /// Stable machine-readable error codes of the API.
@@ -342,10 +363,11 @@ mod tests {
             room_id: RoomName::parse("oc-0123456789abcdef0123456789abcdef").unwrap(),
             call_type: CallType::Audio,
             key_derivation: KeyDerivation::Hkdf,
+            user_identity: "@did-ixo-user123:localhost".into(),
         };
         assert_eq!(
             serde_json::to_string(&key).unwrap(),
-            r#"{"encryptionKey":"v1.hpke-p256.AA","userDid":"did:ixo:user123","oracleDid":"did:ixo:oracle456","sessionId":"s-1","roomId":"oc-0123456789abcdef0123456789abcdef","callType":"audio","keyDerivation":"hkdf"}"#
+            r#"{"encryptionKey":"v1.hpke-p256.AA","userDid":"did:ixo:user123","oracleDid":"did:ixo:oracle456","sessionId":"s-1","roomId":"oc-0123456789abcdef0123456789abcdef","callType":"audio","keyDerivation":"hkdf","userIdentity":"@did-ixo-user123:localhost"}"#
         );
         assert_eq!(
             serde_json::to_value(summary()).unwrap(),
@@ -372,12 +394,17 @@ mod tests {
                 scheme: KeyScheme::HpkeP256,
                 public_key: "BA".into(),
             }],
+            matrix_devices: vec![BotDevice {
+                device_id: "BOTDEVICE".into(),
+                ed25519: "k".into(),
+            }],
         };
         assert_eq!(
             serde_json::to_value(&wk).unwrap(),
             json!({"oracleDid":"did:ixo:o","matrixUserId":"@oracle:localhost","agentName":"oracle-o",
                    "livekitUrl":"ws://127.0.0.1:17880",
-                   "keys":[{"keyId":"00112233445566778899aabbccddeeff","scheme":"hpke-p256","publicKey":"BA"}]})
+                   "keys":[{"keyId":"00112233445566778899aabbccddeeff","scheme":"hpke-p256","publicKey":"BA"}],
+                   "matrixDevices":[{"deviceId":"BOTDEVICE","ed25519":"k"}]})
         );
         assert_eq!(
             serde_json::to_value(SyncRequest::default()).unwrap(),

@@ -44,6 +44,8 @@ struct Inner {
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// The startup sync's answer, handled first by the loop.
     first_sync: Mutex<Option<matrix_sdk::sync::SyncResponse>>,
+    /// This device, as the well-known publishes it (clients share call events with it only).
+    device: Option<oracle_calls_proto::BotDevice>,
 }
 
 impl std::fmt::Debug for Bot {
@@ -62,7 +64,7 @@ impl Bot {
     /// [`Error::Config`] without a session or password, Matrix errors otherwise.
     pub async fn start(config: &Config, secrets: &Secrets) -> Result<Self> {
         let dir = config.data_dir.join("matrix");
-        std::fs::create_dir_all(&dir)
+        create_private_dir(&dir)
             .map_err(|e| Error::Config(format!("creating {}: {e}", dir.display())))?;
         let user_id = UserId::parse(config.matrix.user_id.as_str())
             .map_err(|e| Error::Config(format!("matrix.user_id: {e}")))?;
@@ -116,7 +118,15 @@ impl Bot {
             .sync_once(SyncSettings::default().timeout(Duration::ZERO))
             .await
             .map_err(matrix_error)?;
+        let device = match (client.device_id(), client.encryption().ed25519_key().await) {
+            (Some(id), Some(ed25519)) => Some(oracle_calls_proto::BotDevice {
+                device_id: id.to_string(),
+                ed25519,
+            }),
+            _ => None,
+        };
         Ok(Self(Arc::new(Inner {
+            device,
             client,
             user_id,
             state: OnceLock::new(),
@@ -154,6 +164,11 @@ impl Bot {
     /// The bot's Matrix user.
     pub fn user_id(&self) -> &UserId {
         &self.0.user_id
+    }
+
+    /// This bot device's id and Ed25519 identity key.
+    pub fn device(&self) -> Option<&oracle_calls_proto::BotDevice> {
+        self.0.device.as_ref()
     }
 
     /// The Matrix client (for tests and tools).
@@ -422,6 +437,23 @@ fn jitter(d: Duration) -> Duration {
     d + d * u32::from(b[0]) / 512
 }
 
+/// Creates the bot's store directory readable by its owner only (0700): it holds the device's
+/// Olm account and Megolm sessions, which matrix-sdk stores without a passphrase. A directory
+/// made by an earlier version is tightened to 0700 too.
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+    }
+    #[cfg(not(unix))]
+    std::fs::create_dir_all(dir)
+}
+
 fn read_session(path: &Path) -> Result<Option<MatrixSession>> {
     match std::fs::read_to_string(path) {
         Ok(text) => serde_json::from_str(&text)
@@ -444,4 +476,25 @@ fn write_session(path: &PathBuf, session: &MatrixSession) -> Result<()> {
         .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
     f.write_all(text.as_bytes())
         .map_err(|e| Error::Config(format!("{}: {e}", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[cfg(unix)]
+    #[test]
+    fn the_store_directory_is_owner_only() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let base = std::env::temp_dir().join(format!("oc-bot-dir-{}", std::process::id()));
+        let dir = base.join("data").join("matrix");
+        create_private_dir(&dir).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir), 0o700);
+        // One made before with the umask's permissions is tightened.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        create_private_dir(&dir).unwrap();
+        assert_eq!(mode(&dir), 0o700);
+        std::fs::remove_dir_all(&base).unwrap();
+    }
 }

@@ -2,7 +2,7 @@
 
 use oracle_calls_proto::{
     ApiError, ApiErrorBody, CallReason, CallStatus, CallSummary, CallType, ErrorCode, KeyResponse,
-    KeyScheme, ListCallsResponse, OracleKeyInfo, SyncRequest, SyncResponse, UpdateRequest,
+    BotDevice, KeyScheme, ListCallsResponse, OracleKeyInfo, SyncRequest, SyncResponse, UpdateRequest,
     WellKnown,
 };
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -19,7 +19,7 @@ use utoipa::{Modify, OpenApi};
     ),
     components(schemas(
         SyncRequest, SyncResponse, KeyResponse, UpdateRequest, CallSummary, ListCallsResponse,
-        WellKnown, OracleKeyInfo, ApiErrorBody, ApiError, ErrorCode, CallReason, CallStatus,
+        WellKnown, OracleKeyInfo, BotDevice, ApiErrorBody, ApiError, ErrorCode, CallReason, CallStatus,
         CallType, KeyScheme,
     )),
     modifiers(&Security),

@@ -1,0 +1,298 @@
+//! The trust issue's end-to-end tests on the real stack (Synapse, livekit-server): a
+//! compromised oracle server cannot move a call to another oracle or key, and a compromised
+//! homeserver that adds a device to the oracle bot's account cannot read the call event.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::time::Duration;
+
+use matrix_sdk::config::SyncSettings;
+use matrix_sdk::deserialized_responses::TimelineEventKind;
+use oracle_calls::analysis;
+use oracle_calls::local::{DeployOptions, Deployment, Stack, unique_hex};
+use oracle_calls_client::{Call, CallError, CallEvent, ClientConfig, Login, OracleClient};
+use oracle_calls_proto::{CallType, KeyScheme};
+
+/// One deployment at a time: they share two cores with the servers.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn temp_dir() -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("oc-trust-{}", unique_hex(6)));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn,oracle_calls_client=info".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+/// Speaks for `secs` seconds and returns how well the oracle's echo follows the speech.
+async fn echo_envelope(call: &mut Call, secs: f64) -> f64 {
+    let speech = oracle_calls::speech::synthesize(secs, 5);
+    let mic = call.microphone();
+    let said = speech.clone();
+    let speaker = tokio::spawn(async move { mic.play(&said).await });
+    let mut heard = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(secs + 2.0);
+    while let Ok(Some(ev)) = tokio::time::timeout_at(deadline, call.next_event()).await {
+        match ev {
+            CallEvent::OracleAudio { pcm } => heard.extend(pcm),
+            CallEvent::DecryptionFailed { identity, failures } => {
+                panic!("{failures} frames from {identity} did not decrypt")
+            }
+            _ => {}
+        }
+    }
+    let _ = speaker.await.unwrap();
+    analysis::compare(&speech, &heard, 150).envelope
+}
+
+/// A user's client for `dep`'s oracle with its settings passed through `edit`; returns the
+/// settings too, so the same device can be opened again.
+async fn user(
+    dep: &Deployment,
+    edit: impl FnOnce(&mut ClientConfig),
+) -> (OracleClient, ClientConfig) {
+    let mut cfg = None;
+    let client = dep
+        .new_user_with(|c| {
+            edit(c);
+            cfg = Some(c.clone());
+        })
+        .await
+        .unwrap();
+    (client, cfg.unwrap())
+}
+
+/// Security review H1. The user calls oracle A once (its key, bot and bot device pinned).
+/// Then (1) a server that describes another oracle is refused, whatever it publishes; (2) A's
+/// server swaps the key: refused with an error naming the pinned and the new key, nothing
+/// sent; (3) with exactly that key accepted the call goes through and is heard.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compromised_server_cannot_move_a_call_to_another_oracle_or_key() {
+    init_logs();
+    let _serial = SERIAL.lock().await;
+    let mut dep = Deployment::start(Stack::running().unwrap(), DeployOptions::new(temp_dir()))
+        .await
+        .unwrap();
+    let (client, cfg) = user(&dep, |_| {}).await;
+    let mut call = client.call_oracle(CallType::Audio).await.unwrap();
+    assert!(echo_envelope(&mut call, 2.0).await > 0.6);
+    call.end().await.unwrap();
+    let pinned = client.oracle_trust().unwrap().expect("pinned on first use");
+    let old_key = pinned.keys[0].key_id.clone();
+    assert_eq!(pinned.matrix_user_id, dep.oracle_user_id);
+    assert_eq!(pinned.bot_devices.len(), 1, "{pinned:?}");
+    let calls_before = client
+        .list_calls(&Default::default())
+        .await
+        .unwrap()
+        .calls
+        .len();
+
+    // (1) Another oracle's server (its own DID, key, bot and agent) in place of A's.
+    let other = Deployment::start(
+        Stack::running().unwrap(),
+        DeployOptions {
+            oracle: None,
+            ..DeployOptions::new(temp_dir())
+        },
+    )
+    .await
+    .unwrap();
+    let (redirected, _) = user(&dep, |c| c.server_url = other.server.url.clone()).await;
+    match redirected.call_oracle(CallType::Audio).await {
+        Err(CallError::WrongOracle { expected, served }) => {
+            assert_eq!(expected, dep.oracle_did.to_string());
+            assert_eq!(served, other.oracle_did.to_string());
+        }
+        Err(e) => panic!("expected WrongOracle, got {e}"),
+        Ok(_) => panic!("a call went to another oracle"),
+    }
+    let other_bot = matrix_sdk::ruma::UserId::parse(other.oracle_user_id.as_str()).unwrap();
+    assert!(
+        redirected.matrix().get_dm_room(&other_bot).is_none(),
+        "nothing was sent towards the other oracle"
+    );
+    other.stop().await;
+
+    // (2) A's server now publishes another key (and runs an agent that holds it).
+    let new = dep.replace_oracle_key(KeyScheme::HpkeP256).await.unwrap();
+    let new_key = new.key_id().to_string();
+    match client.call_oracle(CallType::Audio).await {
+        Err(e @ CallError::OracleKeyChanged { .. }) => {
+            let CallError::OracleKeyChanged {
+                pinned, offered, ..
+            } = &e
+            else {
+                unreachable!()
+            };
+            assert_eq!(pinned, &old_key);
+            assert_eq!(offered, &new_key);
+            let text = e.to_string();
+            assert!(text.contains(&old_key) && text.contains(&new_key), "{text}");
+        }
+        Err(e) => panic!("expected OracleKeyChanged, got {e}"),
+        Ok(_) => panic!("a call was sealed to a key the user never verified"),
+    }
+    assert_eq!(
+        client
+            .list_calls(&Default::default())
+            .await
+            .unwrap()
+            .calls
+            .len(),
+        calls_before,
+        "no call event was sent"
+    );
+    drop(client);
+
+    // (3) The same device, accepting exactly the new key: the call connects and is heard.
+    let mut cfg = cfg;
+    cfg.trust_override.oracle_key = Some(new_key.clone());
+    let client = OracleClient::connect(cfg, Login::Restore).await.unwrap();
+    let mut call = client.call_oracle(CallType::Audio).await.unwrap();
+    assert!(echo_envelope(&mut call, 2.0).await > 0.6);
+    call.end().await.unwrap();
+    let now = client.oracle_trust().unwrap().unwrap();
+    assert_eq!(now.keys.len(), 1);
+    assert_eq!(now.keys[0].key_id, new_key);
+    assert_eq!(
+        now.bot_devices, pinned.bot_devices,
+        "the bot device is unchanged"
+    );
+    dep.stop().await;
+}
+
+/// Security review M1. A homeserver can add a device to the oracle bot's account (here: a
+/// login with the bot's password, which a compromised homeserver does not even need). The
+/// user's client shares the call event's room key only with the bot device it pinned: the
+/// added device cannot decrypt the call event, the real bot can (the call connects), and the
+/// client never sends to a bot that has none of its pinned devices.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_the_homeserver_adds_to_the_bot_cannot_read_the_call_event() {
+    init_logs();
+    let _serial = SERIAL.lock().await;
+    let dep = Deployment::start(Stack::running().unwrap(), DeployOptions::new(temp_dir()))
+        .await
+        .unwrap();
+    // The intruding device: same account as the bot, its own keys uploaded.
+    let dir = dep.dir.join("intruder");
+    std::fs::create_dir_all(&dir).unwrap();
+    let intruder = matrix_sdk::Client::builder()
+        .homeserver_url(dep.stack.get("MATRIX_URL").unwrap())
+        .sqlite_store(&dir, None)
+        .build()
+        .await
+        .unwrap();
+    intruder
+        .matrix_auth()
+        .login_username(&dep.oracle_user_id, dep.bot_password())
+        .initial_device_display_name("added by the homeserver")
+        .send()
+        .await
+        .unwrap();
+    intruder
+        .sync_once(SyncSettings::default().timeout(Duration::ZERO))
+        .await
+        .unwrap();
+    let intruder_device = intruder.device_id().unwrap().to_string();
+
+    // The server publishes its own device only.
+    let wk = reqwest::get(format!("{}/.well-known/oracle-calls", dep.server.url))
+        .await
+        .unwrap()
+        .json::<oracle_calls_proto::WellKnown>()
+        .await
+        .unwrap();
+    assert_eq!(wk.matrix_devices.len(), 1);
+    assert_ne!(wk.matrix_devices[0].device_id, intruder_device);
+
+    let (client, _) = user(&dep, |_| {}).await;
+    let mut call = client.call_oracle(CallType::Audio).await.unwrap();
+    let event_id = call.id().event_id().to_string();
+    let event_id = matrix_sdk::ruma::EventId::parse(&event_id).unwrap();
+
+    // The intruder sees the DM (the bot account joined it) and the event, for ~3 s of syncs
+    // (time for any room key or forwarded key to arrive), but cannot decrypt it.
+    let mut kind = None;
+    for _ in 0..6 {
+        intruder
+            .sync_once(SyncSettings::default().timeout(Duration::from_millis(500)))
+            .await
+            .unwrap();
+        let room = intruder
+            .joined_rooms()
+            .into_iter()
+            .find(|r| r.room_id() == call.matrix_room().room_id());
+        if let Some(room) = room
+            && let Ok(ev) = room.event(&event_id, None).await
+        {
+            kind = Some(ev.kind);
+        }
+    }
+    match kind {
+        Some(TimelineEventKind::UnableToDecrypt { .. }) => {}
+        Some(TimelineEventKind::Decrypted(_)) => {
+            panic!("the device the homeserver added decrypted the call event")
+        }
+        Some(TimelineEventKind::PlainText { .. }) => panic!("the call event was sent in the clear"),
+        None => panic!("the intruder never saw the call event"),
+    }
+    // The client noticed the device and excluded it explicitly.
+    let bot = matrix_sdk::ruma::UserId::parse(dep.oracle_user_id.as_str()).unwrap();
+    let seen = client
+        .matrix()
+        .encryption()
+        .get_device(&bot, intruder_device.as_str().into())
+        .await
+        .unwrap()
+        .expect("the user's client knows the added device");
+    assert!(seen.is_blacklisted(), "the added device is blacklisted");
+    call.end().await.unwrap();
+
+    // A bot whose pinned device is gone: the client refuses to send at all.
+    let (client2, cfg2) = user(&dep, |_| {}).await;
+    let mut c = client2.call_oracle(CallType::Audio).await.unwrap();
+    c.end().await.unwrap();
+    let before = client2
+        .list_calls(&Default::default())
+        .await
+        .unwrap()
+        .calls
+        .len();
+    drop(client2);
+    let store = cfg2.store_dir.join("pins.json");
+    let mut pins: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&store).unwrap()).unwrap();
+    let did = dep.oracle_did.to_string();
+    pins["oracles"][did.as_str()]["botDevices"][0]["deviceId"] = "GONEDEVICE".into();
+    std::fs::write(&store, pins.to_string()).unwrap();
+    // The server still publishes its real device, so the trust store refuses first.
+    let client2 = OracleClient::connect(cfg2, Login::Restore).await.unwrap();
+    match client2.call_oracle(CallType::Audio).await {
+        Err(CallError::BotDeviceChanged { pinned, .. }) => assert!(pinned.contains("GONEDEVICE")),
+        Err(e) => panic!("expected BotDeviceChanged, got {e}"),
+        Ok(_) => panic!("a call was sent without a pinned bot device"),
+    }
+    assert_eq!(
+        client2
+            .list_calls(&Default::default())
+            .await
+            .unwrap()
+            .calls
+            .len(),
+        before
+    );
+    dep.stop().await;
+}

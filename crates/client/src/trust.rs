@@ -1,0 +1,635 @@
+//! The client's trust store: what it believes about each oracle it calls.
+//!
+//! The caller names the oracle (its DID); the server only describes it. Per oracle DID the
+//! store keeps the key ids the client verified, the bot's Matrix user and the bot devices
+//! that may receive call events, and the last key-transparency epoch seen. On first use the
+//! server's description is pinned; later a changed key, bot user or bot device is refused
+//! with an error naming old and new, and an override accepts exactly the named new value.
+//! The file (`pins.json`) is written 0600, atomically.
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::path::PathBuf;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use oracle_calls_crypto::OraclePublicKey;
+use oracle_calls_proto::{BotDevice, Did, KeyScheme, WellKnown};
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use crate::CallError;
+
+/// A pinned oracle key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PinnedKey {
+    /// Key id (hex of SHA-256(SPKI)[..16]).
+    pub key_id: String,
+    /// Scheme.
+    pub scheme: KeyScheme,
+    /// The public key, base64url raw form.
+    pub public_key: String,
+}
+
+/// What the client trusts about one oracle.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OracleTrust {
+    /// The oracle keys the client verified (it seals only to one of these).
+    pub keys: Vec<PinnedKey>,
+    /// The oracle bot's Matrix user id (empty: not known yet, pinned at the next call).
+    #[serde(default)]
+    pub matrix_user_id: String,
+    /// The bot devices that may receive the call event's room key.
+    #[serde(default)]
+    pub bot_devices: Vec<BotDevice>,
+    /// The last key-transparency epoch seen for this oracle (none without key transparency).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kt_epoch: Option<u64>,
+}
+
+/// Explicit acceptance of a change, after the user verified it out of band.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TrustOverride {
+    /// Accept exactly this new oracle key id (it must be published).
+    pub oracle_key: Option<String>,
+    /// Accept exactly the bot device with this Ed25519 key (unpadded base64); it may belong
+    /// to a new bot user.
+    pub bot_device: Option<String>,
+}
+
+/// What a call may use: the key to seal to, the bot to talk to, its devices to share with.
+#[derive(Clone, Debug)]
+pub(crate) struct Trusted {
+    pub(crate) key: PinnedKey,
+    pub(crate) public: OraclePublicKey,
+    pub(crate) bot: String,
+    pub(crate) devices: Vec<BotDevice>,
+}
+
+/// Preference among published schemes: the default first, the legacy fallback last.
+const PREFERENCE: [KeyScheme; 4] = [
+    KeyScheme::HpkeP256,
+    KeyScheme::HpkeX25519,
+    KeyScheme::EciesSecp256k1,
+    KeyScheme::RsaOaep256,
+];
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct TrustFile {
+    version: u32,
+    oracles: BTreeMap<String, OracleTrust>,
+}
+
+/// The file format before the trust store: oracle DID → one key.
+type LegacyPins = BTreeMap<String, PinnedKey>;
+
+#[derive(Debug)]
+pub(crate) struct TrustStore {
+    path: PathBuf,
+}
+
+impl TrustStore {
+    pub(crate) fn new(path: PathBuf) -> Self {
+        Self { path }
+    }
+
+    fn err(&self, e: impl std::fmt::Display) -> CallError {
+        CallError::Setup(format!("{}: {e}", self.path.display()))
+    }
+
+    fn load(&self) -> Result<TrustFile, CallError> {
+        let text = match std::fs::read_to_string(&self.path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(TrustFile {
+                    version: 2,
+                    ..Default::default()
+                });
+            }
+            Err(e) => return Err(self.err(e)),
+        };
+        if let Ok(f) = serde_json::from_str::<TrustFile>(&text) {
+            return Ok(f);
+        }
+        // Pins written before the trust store: keep the keys, pin the rest at the next call.
+        let legacy: LegacyPins = serde_json::from_str(&text).map_err(|e| self.err(e))?;
+        Ok(TrustFile {
+            version: 2,
+            oracles: legacy
+                .into_iter()
+                .map(|(did, key)| {
+                    let t = OracleTrust {
+                        keys: vec![key],
+                        matrix_user_id: String::new(),
+                        bot_devices: Vec::new(),
+                        kt_epoch: None,
+                    };
+                    (did, t)
+                })
+                .collect(),
+        })
+    }
+
+    /// Writes the file 0600 through a new temporary file, synced, then renamed over it.
+    fn save(&self, f: &TrustFile) -> Result<(), CallError> {
+        let text = serde_json::to_string_pretty(f).map_err(|e| self.err(e))?;
+        let dir = self
+            .path
+            .parent()
+            .ok_or_else(|| self.err("no parent directory"))?;
+        let tmp = dir.join(format!(
+            ".pins.{}.{:016x}.tmp",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+        let written = opts.open(&tmp).and_then(|mut file| {
+            file.write_all(text.as_bytes())?;
+            file.sync_all()
+        });
+        if let Err(e) = written.and_then(|()| std::fs::rename(&tmp, &self.path)) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(self.err(e));
+        }
+        Ok(())
+    }
+
+    /// What the client knows about `oracle`, if anything.
+    pub(crate) fn get(&self, oracle: &Did) -> Result<Option<OracleTrust>, CallError> {
+        Ok(self.load()?.oracles.remove(oracle.as_str()))
+    }
+
+    /// Checks the server's description `wk` of the oracle the caller chose (`expected`)
+    /// against the store, pins what is new, and answers what the call may use.
+    pub(crate) fn check(
+        &self,
+        expected: &Did,
+        wk: &WellKnown,
+        ov: &TrustOverride,
+    ) -> Result<Trusted, CallError> {
+        if wk.oracle_did != *expected {
+            return Err(CallError::WrongOracle {
+                expected: expected.to_string(),
+                served: wk.oracle_did.to_string(),
+            });
+        }
+        let oracle = expected.to_string();
+        let mut file = self.load()?;
+        let known = file.oracles.get(&oracle).cloned();
+        let offered: Vec<PinnedKey> = wk
+            .keys
+            .iter()
+            .map(|k| PinnedKey {
+                key_id: k.key_id.clone(),
+                scheme: k.scheme,
+                public_key: k.public_key.clone(),
+            })
+            .collect();
+
+        // The key.
+        let (keys, (key, public)) = match &known {
+            Some(t) if !t.keys.is_empty() => {
+                let still: Vec<PinnedKey> = offered
+                    .iter()
+                    .filter(|k| t.keys.contains(k))
+                    .cloned()
+                    .collect();
+                if !still.is_empty() {
+                    (t.keys.clone(), preferred(&still)?)
+                } else if let Some(k) = ov
+                    .oracle_key
+                    .as_ref()
+                    .and_then(|id| offered.iter().find(|k| k.key_id == *id))
+                {
+                    let chosen = (k.clone(), parse(k)?);
+                    warn!(%oracle, old = %ids(&t.keys), new = %k.key_id, "the oracle's key changed; accepting the new key as explicitly allowed");
+                    (vec![k.clone()], chosen)
+                } else {
+                    return Err(CallError::OracleKeyChanged {
+                        oracle,
+                        pinned: ids(&t.keys),
+                        offered: ids(&offered),
+                        epoch: t.kt_epoch,
+                    });
+                }
+            }
+            _ => {
+                let chosen = preferred(&offered)?;
+                info!(%oracle, key_id = %chosen.0.key_id, scheme = %chosen.0.scheme, "pinned the oracle's key on first use");
+                (vec![chosen.0.clone()], chosen)
+            }
+        };
+
+        // The bot's devices (and with them its user).
+        if wk.matrix_devices.is_empty() {
+            return Err(CallError::BotDeviceUnknown(format!(
+                "the server of {oracle} publishes no device of its bot {}",
+                wk.matrix_user_id
+            )));
+        }
+        let accepted_device = ov
+            .bot_device
+            .as_ref()
+            .and_then(|ed| wk.matrix_devices.iter().find(|d| d.ed25519 == *ed));
+        let (bot, devices) = match &known {
+            Some(t) if !t.matrix_user_id.is_empty() => {
+                if t.matrix_user_id != wk.matrix_user_id && accepted_device.is_none() {
+                    return Err(CallError::OracleBotChanged {
+                        oracle,
+                        pinned: t.matrix_user_id.clone(),
+                        offered: wk.matrix_user_id.clone(),
+                    });
+                }
+                let kept: Vec<BotDevice> = if t.matrix_user_id == wk.matrix_user_id {
+                    wk.matrix_devices
+                        .iter()
+                        .filter(|d| t.bot_devices.contains(d))
+                        .cloned()
+                        .collect()
+                } else {
+                    Vec::new()
+                };
+                if !kept.is_empty() {
+                    if kept.len() < wk.matrix_devices.len() {
+                        warn!(%oracle, "the server publishes bot devices the trust store does not list; they get no call keys");
+                    }
+                    (t.matrix_user_id.clone(), kept)
+                } else if let Some(d) = accepted_device {
+                    warn!(%oracle, bot = %wk.matrix_user_id, device = %d.device_id, "the oracle's bot device changed; accepting the new device as explicitly allowed");
+                    (wk.matrix_user_id.clone(), vec![d.clone()])
+                } else {
+                    return Err(CallError::BotDeviceChanged {
+                        oracle,
+                        pinned: devices_text(&t.bot_devices),
+                        offered: devices_text(&wk.matrix_devices),
+                    });
+                }
+            }
+            _ => {
+                info!(%oracle, bot = %wk.matrix_user_id, devices = %devices_text(&wk.matrix_devices), "pinned the oracle's bot on first use");
+                (wk.matrix_user_id.clone(), wk.matrix_devices.clone())
+            }
+        };
+
+        let entry = OracleTrust {
+            keys,
+            matrix_user_id: bot.clone(),
+            bot_devices: devices.clone(),
+            kt_epoch: known.as_ref().and_then(|t| t.kt_epoch),
+        };
+        if known.as_ref() != Some(&entry) {
+            file.version = 2;
+            file.oracles.insert(oracle, entry);
+            self.save(&file)?;
+        }
+        Ok(Trusted {
+            key,
+            public,
+            bot,
+            devices,
+        })
+    }
+}
+
+/// The most preferred usable key of `keys`; every unusable one is named if none is usable.
+fn preferred(keys: &[PinnedKey]) -> Result<(PinnedKey, OraclePublicKey), CallError> {
+    let mut reasons = Vec::new();
+    for scheme in PREFERENCE {
+        for k in keys.iter().filter(|k| k.scheme == scheme) {
+            match parse(k) {
+                Ok(pk) => return Ok((k.clone(), pk)),
+                Err(e) => reasons.push(format!("{}: {e}", k.key_id)),
+            }
+        }
+    }
+    Err(CallError::NoUsableKey(if reasons.is_empty() {
+        "none published".into()
+    } else {
+        reasons.join("; ")
+    }))
+}
+
+fn ids(keys: &[PinnedKey]) -> String {
+    keys.iter()
+        .map(|k| k.key_id.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn devices_text(d: &[BotDevice]) -> String {
+    d.iter()
+        .map(|d| format!("{} (ed25519 {})", d.device_id, d.ed25519))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Parses a published key and checks its id really is its fingerprint.
+fn parse(k: &PinnedKey) -> Result<OraclePublicKey, CallError> {
+    let raw = URL_SAFE_NO_PAD
+        .decode(&k.public_key)
+        .map_err(|_| CallError::NoUsableKey("publicKey is not base64url".into()))?;
+    let pk = OraclePublicKey::from_raw(k.scheme, &raw)
+        .map_err(|e| CallError::NoUsableKey(e.to_string()))?;
+    if pk.key_id().to_string() != k.key_id {
+        return Err(CallError::NoUsableKey(format!(
+            "keyId {} is not the fingerprint of its key ({})",
+            k.key_id,
+            pk.key_id()
+        )));
+    }
+    Ok(pk)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
+    use oracle_calls_crypto::OracleKeyPair;
+    use oracle_calls_proto::OracleKeyInfo;
+
+    use super::*;
+
+    fn info(kp: &OracleKeyPair) -> OracleKeyInfo {
+        OracleKeyInfo {
+            key_id: kp.key_id().to_string(),
+            scheme: kp.scheme(),
+            public_key: URL_SAFE_NO_PAD.encode(kp.public_key().to_raw()),
+        }
+    }
+
+    fn did(s: &str) -> Did {
+        Did::parse(s).unwrap()
+    }
+
+    fn dev(id: &str, ed: &str) -> BotDevice {
+        BotDevice {
+            device_id: id.into(),
+            ed25519: ed.into(),
+        }
+    }
+
+    fn wk_of(oracle: &str, bot: &str, keys: Vec<OracleKeyInfo>, devs: Vec<BotDevice>) -> WellKnown {
+        WellKnown {
+            oracle_did: did(oracle),
+            matrix_user_id: bot.into(),
+            agent_name: "a".into(),
+            livekit_url: "ws://x".into(),
+            keys,
+            matrix_devices: devs,
+        }
+    }
+
+    fn wk(keys: Vec<OracleKeyInfo>) -> WellKnown {
+        wk_of("did:ixo:o", "@o:localhost", keys, vec![dev("BOT", "ed-a")])
+    }
+
+    fn store() -> (TrustStore, PathBuf) {
+        let dir = std::env::temp_dir().join(format!(
+            "oc-trust-{}-{}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        (TrustStore::new(dir.join("pins.json")), dir)
+    }
+
+    const NONE: TrustOverride = TrustOverride {
+        oracle_key: None,
+        bot_device: None,
+    };
+
+    #[test]
+    fn first_use_pins_and_a_changed_key_is_refused_unless_exactly_that_key_is_accepted() {
+        let mut rng = rand::rng();
+        let a = OracleKeyPair::generate(KeyScheme::HpkeP256, &mut rng).unwrap();
+        let b = OracleKeyPair::generate(KeyScheme::HpkeP256, &mut rng).unwrap();
+        let c = OracleKeyPair::generate(KeyScheme::HpkeP256, &mut rng).unwrap();
+        let o = did("did:ixo:o");
+        let (s, dir) = store();
+        let t = s.check(&o, &wk(vec![info(&a)]), &NONE).unwrap();
+        assert_eq!(t.key.key_id, a.key_id().to_string());
+        // The pinned key again: fine, even with another key published before it.
+        let t = s.check(&o, &wk(vec![info(&b), info(&a)]), &NONE).unwrap();
+        assert_eq!(t.key.key_id, a.key_id().to_string());
+        match s.check(&o, &wk(vec![info(&b)]), &NONE) {
+            Err(CallError::OracleKeyChanged {
+                pinned,
+                offered,
+                epoch,
+                ..
+            }) => {
+                assert_eq!(pinned, a.key_id().to_string());
+                assert_eq!(offered, b.key_id().to_string());
+                assert_eq!(epoch, None);
+            }
+            other => panic!("{other:?}"),
+        }
+        // Accepting another key than the one offered changes nothing.
+        let wrong = TrustOverride {
+            oracle_key: Some(c.key_id().to_string()),
+            bot_device: None,
+        };
+        assert!(matches!(
+            s.check(&o, &wk(vec![info(&b)]), &wrong),
+            Err(CallError::OracleKeyChanged { .. })
+        ));
+        let accept_b = TrustOverride {
+            oracle_key: Some(b.key_id().to_string()),
+            bot_device: None,
+        };
+        // With b and c offered, accepting b pins b, never c.
+        let t = s
+            .check(&o, &wk(vec![info(&c), info(&b)]), &accept_b)
+            .unwrap();
+        assert_eq!(t.key.key_id, b.key_id().to_string());
+        assert_eq!(
+            s.get(&o).unwrap().unwrap().keys[0].key_id,
+            b.key_id().to_string()
+        );
+        assert!(
+            s.check(&o, &wk(vec![info(&b)]), &NONE).is_ok(),
+            "b is pinned now"
+        );
+        assert!(
+            matches!(
+                s.check(&o, &wk(vec![info(&a)]), &NONE),
+                Err(CallError::OracleKeyChanged { .. })
+            ),
+            "a was replaced, not kept"
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// Security review H1: a server that names another DID (with its own key) is refused,
+    /// whatever the store holds; the caller's DID decides.
+    #[test]
+    fn a_server_naming_another_oracle_is_refused() {
+        let mut rng = rand::rng();
+        let a = OracleKeyPair::generate(KeyScheme::HpkeP256, &mut rng).unwrap();
+        let b = OracleKeyPair::generate(KeyScheme::HpkeP256, &mut rng).unwrap();
+        let (s, dir) = store();
+        let o = did("did:ixo:o");
+        s.check(&o, &wk(vec![info(&a)]), &NONE).unwrap();
+        let other = wk_of(
+            "did:ixo:o2",
+            "@o:localhost",
+            vec![info(&b)],
+            vec![dev("BOT", "ed-a")],
+        );
+        match s.check(&o, &other, &NONE) {
+            Err(CallError::WrongOracle { expected, served }) => {
+                assert_eq!(expected, "did:ixo:o");
+                assert_eq!(served, "did:ixo:o2");
+            }
+            other => panic!("{other:?}"),
+        }
+        // Also on first use, and no override helps.
+        let (fresh, dir2) = store();
+        let all = TrustOverride {
+            oracle_key: Some(b.key_id().to_string()),
+            bot_device: Some("ed-a".into()),
+        };
+        assert!(matches!(
+            fresh.check(&o, &other, &all),
+            Err(CallError::WrongOracle { .. })
+        ));
+        assert!(fresh.get(&did("did:ixo:o2")).unwrap().is_none());
+        std::fs::remove_dir_all(dir).unwrap();
+        std::fs::remove_dir_all(dir2).unwrap();
+    }
+
+    #[test]
+    fn a_changed_bot_or_bot_device_is_refused_unless_that_device_is_accepted() {
+        let a = OracleKeyPair::generate(KeyScheme::HpkeX25519, &mut rand::rng()).unwrap();
+        let o = did("did:ixo:o");
+        let (s, dir) = store();
+        let t = s.check(&o, &wk(vec![info(&a)]), &NONE).unwrap();
+        assert_eq!(t.bot, "@o:localhost");
+        assert_eq!(t.devices, vec![dev("BOT", "ed-a")]);
+        // A second device next to the pinned one: the call goes on, shared with the pinned only.
+        let two = wk_of(
+            "did:ixo:o",
+            "@o:localhost",
+            vec![info(&a)],
+            vec![dev("EVIL", "ed-x"), dev("BOT", "ed-a")],
+        );
+        assert_eq!(
+            s.check(&o, &two, &NONE).unwrap().devices,
+            vec![dev("BOT", "ed-a")]
+        );
+        // The same device id with another key is another device.
+        let swapped = wk_of(
+            "did:ixo:o",
+            "@o:localhost",
+            vec![info(&a)],
+            vec![dev("BOT", "ed-x")],
+        );
+        match s.check(&o, &swapped, &NONE) {
+            Err(CallError::BotDeviceChanged {
+                pinned, offered, ..
+            }) => {
+                assert!(
+                    pinned.contains("ed-a") && offered.contains("ed-x"),
+                    "{pinned} / {offered}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        let moved = wk_of(
+            "did:ixo:o",
+            "@o2:localhost",
+            vec![info(&a)],
+            vec![dev("NEW", "ed-n")],
+        );
+        assert!(matches!(
+            s.check(&o, &moved, &NONE),
+            Err(CallError::OracleBotChanged { .. })
+        ));
+        let accept = TrustOverride {
+            oracle_key: None,
+            bot_device: Some("ed-n".into()),
+        };
+        let t = s.check(&o, &moved, &accept).unwrap();
+        assert_eq!(t.bot, "@o2:localhost");
+        assert_eq!(t.devices, vec![dev("NEW", "ed-n")]);
+        assert!(s.check(&o, &moved, &NONE).is_ok());
+        // A server that publishes no bot device is refused (the event would go to any device).
+        let none = wk_of("did:ixo:o", "@o2:localhost", vec![info(&a)], vec![]);
+        assert!(matches!(
+            s.check(&o, &none, &NONE),
+            Err(CallError::BotDeviceUnknown(_))
+        ));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_key_id_that_is_not_the_fingerprint_is_unusable() {
+        let a = OracleKeyPair::generate(KeyScheme::HpkeX25519, &mut rand::rng()).unwrap();
+        let mut i = info(&a);
+        i.key_id = "00".repeat(16);
+        let (s, dir) = store();
+        let o = did("did:ixo:o");
+        assert!(matches!(
+            s.check(&o, &wk(vec![i]), &NONE),
+            Err(CallError::NoUsableKey(_))
+        ));
+        assert!(matches!(
+            s.check(&o, &wk(vec![]), &NONE),
+            Err(CallError::NoUsableKey(_))
+        ));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn the_default_scheme_is_preferred() {
+        let mut rng = rand::rng();
+        let x = OracleKeyPair::generate(KeyScheme::HpkeX25519, &mut rng).unwrap();
+        let p256 = OracleKeyPair::generate(KeyScheme::HpkeP256, &mut rng).unwrap();
+        let (s, dir) = store();
+        let t = s
+            .check(&did("did:ixo:o"), &wk(vec![info(&x), info(&p256)]), &NONE)
+            .unwrap();
+        assert_eq!(t.key.scheme, KeyScheme::HpkeP256);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn the_file_is_owner_only_and_old_pins_are_kept() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let a = OracleKeyPair::generate(KeyScheme::HpkeP256, &mut rand::rng()).unwrap();
+        let (s, dir) = store();
+        // A pins file written before the trust store (DID → key).
+        let old: LegacyPins = [(
+            "did:ixo:o".to_owned(),
+            PinnedKey {
+                key_id: a.key_id().to_string(),
+                scheme: a.scheme(),
+                public_key: info(&a).public_key,
+            },
+        )]
+        .into();
+        std::fs::write(dir.join("pins.json"), serde_json::to_string(&old).unwrap()).unwrap();
+        let o = did("did:ixo:o");
+        s.check(&o, &wk(vec![info(&a)]), &NONE).unwrap();
+        let mode = std::fs::metadata(dir.join("pins.json"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let t = s.get(&o).unwrap().unwrap();
+        assert_eq!(t.keys[0].key_id, a.key_id().to_string());
+        assert_eq!(t.matrix_user_id, "@o:localhost");
+        // No temporary file is left behind.
+        let left: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, vec![std::ffi::OsString::from("pins.json")]);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
