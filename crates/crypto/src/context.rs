@@ -92,13 +92,19 @@ mod tests {
     fn layout_is_length_prefixed_in_order() {
         let c = CallContext::new(
             SessionId::parse("s").unwrap(),
-            RoomName::parse("r1").unwrap(),
+            RoomName::parse("oc-0123456789abcdef0123456789abcdef").unwrap(),
             Did::parse("did:a:b").unwrap(),
             Did::parse("did:c:d").unwrap(),
             CallType::Video,
         );
         let mut want = b"oracle-calls/call-key/v1".to_vec();
-        for f in ["s", "r1", "did:a:b", "did:c:d", "video"] {
+        for f in [
+            "s",
+            "oc-0123456789abcdef0123456789abcdef",
+            "did:a:b",
+            "did:c:d",
+            "video",
+        ] {
             want.extend_from_slice(&(f.len() as u32).to_be_bytes());
             want.extend_from_slice(f.as_bytes());
         }

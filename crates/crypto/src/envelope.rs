@@ -7,7 +7,8 @@
 //! "another call" apart from tampering; the context is also bound cryptographically.
 //!
 //! Legacy ixo form: base58 of `eciesjs` output whose plaintext is the key as 64 hex
-//! characters, with no context at all — opened as [`OpenedKey::Unbound`].
+//! characters, with no context at all — opened as [`OpenedKey::Unbound`], or by [`open_legacy`]
+//! for a caller without a call context.
 
 mod ecies;
 mod hpke;
@@ -77,6 +78,44 @@ impl UnboundCallKey {
     }
 }
 
+/// Whom an envelope is sealed to, read from its clear header without opening it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Recipient {
+    /// A v1 envelope names its recipient key: only the key pair with this scheme and key id
+    /// can open it.
+    Key {
+        /// The envelope's scheme.
+        scheme: KeyScheme,
+        /// The key id in its header.
+        key_id: KeyId,
+    },
+    /// A legacy ixo envelope (un-prefixed base58) names no key: any secp256k1 key may try.
+    LegacySecp256k1,
+}
+
+/// Reads whom `envelope` is sealed to, so a holder of several keys can pick the one to open
+/// it with (and tell "sealed to a key I do not hold" from "did not open"). Nothing here is
+/// authenticated: a forged header only makes [`open`] fail.
+///
+/// # Errors
+/// The structural errors of [`open`]: [`EnvelopeError::UnknownVersion`],
+/// [`EnvelopeError::UnknownScheme`], [`EnvelopeError::Malformed`],
+/// [`EnvelopeError::Encoding`], [`EnvelopeError::BadLength`].
+pub fn recipient(envelope: &KeyEnvelope) -> Result<Recipient, EnvelopeError> {
+    match parse(envelope.as_str())? {
+        Parsed::Legacy(_) => Ok(Recipient::LegacySecp256k1),
+        Parsed::V1 { scheme, body } => {
+            let mut id = [0u8; 16];
+            id.copy_from_slice(body.get(..16).ok_or(EnvelopeError::BadLength)?);
+            Ok(Recipient::Key {
+                scheme,
+                key_id: KeyId(id),
+            })
+        }
+    }
+}
+
 /// Opens an envelope with the oracle's key pair, checking it is bound to `context`.
 ///
 /// # Errors
@@ -89,27 +128,10 @@ pub fn open(
     envelope: &KeyEnvelope,
     context: &CallContext,
 ) -> Result<OpenedKey, EnvelopeError> {
-    let text = envelope.as_str();
-    let Some((version, rest)) = text.split_once('.') else {
-        return open_legacy(keypair, text).map(OpenedKey::Unbound);
+    let (scheme, body) = match parse(envelope.as_str())? {
+        Parsed::Legacy(text) => return open_legacy_text(keypair, text).map(OpenedKey::Unbound),
+        Parsed::V1 { scheme, body } => (scheme, body),
     };
-    if version != "v1" {
-        return Err(if is_version_tag(version) {
-            EnvelopeError::UnknownVersion
-        } else {
-            EnvelopeError::Malformed("expected `v1.<scheme>.<base64url>`")
-        });
-    }
-    let (scheme, b64) = rest.split_once('.').ok_or(EnvelopeError::Malformed(
-        "expected `v1.<scheme>.<base64url>`",
-    ))?;
-    let scheme: KeyScheme = scheme.parse().map_err(|_| EnvelopeError::UnknownScheme)?;
-    let body = URL_SAFE_NO_PAD
-        .decode(b64)
-        .map_err(|_| EnvelopeError::Encoding("base64url (no padding)"))?;
-    if body.len() < HEADER_LEN {
-        return Err(EnvelopeError::BadLength);
-    }
     let (hdr, payload) = body.split_at(HEADER_LEN);
     if scheme != keypair.scheme() {
         return Err(EnvelopeError::SchemeMismatch {
@@ -144,6 +166,67 @@ pub fn open(
     Ok(OpenedKey::Bound(key))
 }
 
+/// Opens a legacy ixo envelope (un-prefixed base58 `eciesjs` output, docs/PROTOCOL.md §4.3)
+/// with the oracle's secp256k1 key, for a caller that has no call context at hand. Refuses
+/// every v1 envelope: those are bound to a call and open only through [`open`] with it.
+///
+/// # Security
+/// A legacy envelope carries no context: whoever has seen it can put it into another call,
+/// and nothing here can tell. Calling this is deciding to accept that, as
+/// [`UnboundCallKey::dangerous_accept_without_context`] is.
+///
+/// # Errors
+/// [`EnvelopeError::NotLegacy`] for a `vN.` envelope; [`EnvelopeError::Malformed`] for other
+/// text with a `.` or when the key is not secp256k1; [`EnvelopeError::Encoding`],
+/// [`EnvelopeError::BadLength`], [`EnvelopeError::DecryptionFailed`].
+pub fn open_legacy(
+    keypair: &OracleKeyPair,
+    envelope: &KeyEnvelope,
+) -> Result<CallKey, EnvelopeError> {
+    let text = envelope.as_str();
+    match text.split_once('.') {
+        None => {
+            open_legacy_text(keypair, text).map(UnboundCallKey::dangerous_accept_without_context)
+        }
+        Some((version, _)) if is_version_tag(version) => Err(EnvelopeError::NotLegacy),
+        Some(_) => Err(EnvelopeError::Malformed(
+            "neither `v1.<scheme>.<base64url>` nor legacy base58",
+        )),
+    }
+}
+
+/// An envelope's text, split but not opened.
+enum Parsed<'a> {
+    /// Un-prefixed: the legacy base58 form.
+    Legacy(&'a str),
+    /// `v1.<scheme>.<base64url>`, with a body of at least [`HEADER_LEN`] bytes.
+    V1 { scheme: KeyScheme, body: Vec<u8> },
+}
+
+fn parse(text: &str) -> Result<Parsed<'_>, EnvelopeError> {
+    let Some((version, rest)) = text.split_once('.') else {
+        return Ok(Parsed::Legacy(text));
+    };
+    if version != "v1" {
+        return Err(if is_version_tag(version) {
+            EnvelopeError::UnknownVersion
+        } else {
+            EnvelopeError::Malformed("expected `v1.<scheme>.<base64url>`")
+        });
+    }
+    let (scheme, b64) = rest.split_once('.').ok_or(EnvelopeError::Malformed(
+        "expected `v1.<scheme>.<base64url>`",
+    ))?;
+    let scheme: KeyScheme = scheme.parse().map_err(|_| EnvelopeError::UnknownScheme)?;
+    let body = URL_SAFE_NO_PAD
+        .decode(b64)
+        .map_err(|_| EnvelopeError::Encoding("base64url (no padding)"))?;
+    if body.len() < HEADER_LEN {
+        return Err(EnvelopeError::BadLength);
+    }
+    Ok(Parsed::V1 { scheme, body })
+}
+
 /// `v` followed by digits.
 fn is_version_tag(s: &str) -> bool {
     s.strip_prefix('v')
@@ -158,7 +241,7 @@ fn header(kid: KeyId, digest: &[u8; 32]) -> [u8; HEADER_LEN] {
     h
 }
 
-fn open_legacy(keypair: &OracleKeyPair, text: &str) -> Result<UnboundCallKey, EnvelopeError> {
+fn open_legacy_text(keypair: &OracleKeyPair, text: &str) -> Result<UnboundCallKey, EnvelopeError> {
     let PrivateInner::Secp256k1(sk) = keypair.inner() else {
         return Err(EnvelopeError::Malformed(
             "expected `v1.<scheme>.<base64url>` (un-prefixed envelopes are legacy ecies-secp256k1 only)",

@@ -61,6 +61,10 @@ pub enum EnvelopeError {
     /// Authentication failed: the envelope was altered, or sealed to another key.
     #[error("envelope could not be opened")]
     DecryptionFailed,
+    /// [`crate::open_legacy`] was given a `vN.` envelope: those are bound to a call and open
+    /// only with its context ([`crate::open`]).
+    #[error("envelope is not a legacy ixo envelope; open it with its call context")]
+    NotLegacy,
     /// Sealing failed (the public key is unusable).
     #[error("envelope could not be sealed")]
     SealFailed,

@@ -4,7 +4,11 @@
 //! - [`OracleKeyPair`] / [`OraclePublicKey`]: the oracle's long-term key in one of four
 //!   [`KeyScheme`]s, stored as PKCS#8 PEM, identified by a [`KeyId`].
 //! - [`seal`] / [`open`]: key envelopes (`v1.<scheme>.<base64url>`) that wrap a call key to an
-//!   oracle public key and bind it to the call's [`CallContext`].
+//!   oracle public key and bind it to the call's [`CallContext`]; [`recipient`] reads which key
+//!   an envelope is for; [`open_legacy`] opens a legacy ixo envelope (no context, no prefix).
+//! - The wire types the API takes ([`CallType`], [`Did`], [`RoomName`], [`SessionId`],
+//!   [`KeyEnvelope`], [`KeyScheme`], [`KeyDerivation`]) are re-exported from
+//!   `oracle-calls-proto`.
 //! - [`frame`]: LiveKit-compatible frame end-to-end encryption (AES-128-GCM per encoded frame,
 //!   keyring, ratchet), byte-compatible with `livekit-client` and the native LiveKit SDKs.
 //!
@@ -12,13 +16,13 @@
 //!
 //! ```
 //! use oracle_calls_crypto::{open, seal, CallContext, CallKey, OracleKeyPair, OpenedKey};
-//! use oracle_calls_proto::{CallType, Did, KeyScheme, RoomName, SessionId};
+//! use oracle_calls_crypto::{CallType, Did, KeyScheme, RoomName, SessionId};
 //!
 //! let mut rng = rand::rng();
 //! let oracle = OracleKeyPair::generate(KeyScheme::HpkeP256, &mut rng)?;
 //! let ctx = CallContext::new(
 //!     SessionId::parse("s-1")?,
-//!     RoomName::parse("oc-room")?,
+//!     RoomName::parse("oc-0123456789abcdef0123456789abcdef")?,
 //!     Did::parse("did:ixo:user")?,
 //!     Did::parse("did:ixo:oracle")?,
 //!     CallType::Audio,
@@ -40,7 +44,11 @@ mod oracle_key;
 
 pub use call_key::CallKey;
 pub use context::CallContext;
-pub use envelope::{OpenedKey, UnboundCallKey, open, seal};
+pub use envelope::{OpenedKey, Recipient, UnboundCallKey, open, open_legacy, recipient, seal};
 pub use error::{EnvelopeError, Error, FrameError, KeyError};
-pub use oracle_calls_proto::{KeyDerivation, KeyScheme};
+/// The wire types this crate's API takes and returns, so a caller needs no direct dependency
+/// on `oracle-calls-proto` (their `parse` errors are [`ParseError`]).
+pub use oracle_calls_proto::{
+    CallType, Did, KeyDerivation, KeyEnvelope, KeyScheme, ParseError, RoomName, SessionId,
+};
 pub use oracle_key::{KeyId, OracleKeyPair, OraclePublicKey};

@@ -255,6 +255,20 @@ impl OracleKeyPair {
         })
     }
 
+    /// An `ecies-secp256k1` key pair from a raw 32-byte secp256k1 secret (big-endian scalar),
+    /// the form existing ixo oracles hold their key in (and what `eciesjs`'s
+    /// `PrivateKey.fromHex` takes).
+    ///
+    /// # Security
+    /// The bytes are read in place, never copied; the caller keeps them in a zeroizing buffer.
+    ///
+    /// # Errors
+    /// [`KeyError::Invalid`] when the scalar is zero or not below the curve order.
+    pub fn from_secp256k1_bytes(secret: &[u8; 32]) -> Result<Self, KeyError> {
+        let sk = k256::SecretKey::from_slice(secret).map_err(|_| KeyError::Invalid)?;
+        Self::from_inner(PrivateInner::Secp256k1(sk))
+    }
+
     /// Loads a PKCS#8 `PRIVATE KEY` PEM document (P-256, X25519, secp256k1 or RSA ≥ 2048).
     ///
     /// # Errors
@@ -403,6 +417,37 @@ mod tests {
             let dbg = format!("{kp:?}");
             assert!(dbg.contains(&kp.key_id().to_string()) && !dbg.contains("BEGIN"));
         }
+    }
+
+    #[test]
+    fn a_raw_secp256k1_secret_becomes_its_key_pair() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(2);
+        let kp = OracleKeyPair::generate(KeyScheme::EciesSecp256k1, &mut rng).unwrap();
+        let PrivateInner::Secp256k1(sk) = kp.inner() else {
+            unreachable!()
+        };
+        let raw: Zeroizing<[u8; 32]> = Zeroizing::new(sk.to_bytes().into());
+        let back = OracleKeyPair::from_secp256k1_bytes(&raw).unwrap();
+        assert_eq!(back.scheme(), KeyScheme::EciesSecp256k1);
+        assert_eq!(back.key_id(), kp.key_id());
+        assert_eq!(back.public_key(), kp.public_key());
+        // The PKCS#8 form loads back to the same key.
+        let pem = back.to_pkcs8_pem().unwrap();
+        assert_eq!(
+            OracleKeyPair::from_pkcs8_pem(&pem).unwrap().key_id(),
+            kp.key_id()
+        );
+        // Zero and the group order (and above) are not secret keys.
+        let order = hex::decode("fffffffffffffffffffffffffffffffebaaedce6af48a03bbfd25e8cd0364141")
+            .unwrap();
+        for bad in [[0u8; 32], order.try_into().unwrap(), [0xff; 32]] {
+            assert_eq!(
+                OracleKeyPair::from_secp256k1_bytes(&bad).unwrap_err(),
+                KeyError::Invalid
+            );
+        }
+        // Debug shows no secret.
+        assert!(!format!("{back:?}").contains(&hex::encode(raw.as_slice())));
     }
 
     #[test]

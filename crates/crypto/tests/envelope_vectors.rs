@@ -42,7 +42,7 @@ fn context(v: &Value) -> Result<CallContext, String> {
     };
     Ok(CallContext::new(
         SessionId::parse(&c.session_id).map_err(|e| e.to_string())?,
-        RoomName::parse(&c.room_id).map_err(|e| e.to_string())?,
+        RoomName::dangerous_parse_livekit_name(&c.room_id).map_err(|e| e.to_string())?,
         Did::parse(&c.user_did).map_err(|e| e.to_string())?,
         Did::parse(&c.oracle_did).map_err(|e| e.to_string())?,
         call_type,

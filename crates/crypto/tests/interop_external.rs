@@ -65,7 +65,7 @@ fn contexts() -> Vec<CallContext> {
         ),
         CallContext::new(
             SessionId::parse("séance ☎ 42").unwrap(),
-            RoomName::parse("lk-room-12345").unwrap(),
+            RoomName::dangerous_parse_livekit_name("lk-room-12345").unwrap(),
             Did::parse("did:key:z6MkhaXgBZDvotDkL5257faiztiGiC2QtKLGpbnnEGta2doK").unwrap(),
             Did::parse("did:web:example.com:oracles:a%20b").unwrap(),
             CallType::Video,
@@ -180,6 +180,47 @@ fn our_frames_decrypt_in_python_and_webcrypto() {
                 "{script} #{i}: {}",
                 out[i]
             );
+        }
+    }
+}
+
+/// An existing ixo oracle's raw secp256k1 secret: the key pair we make of it is the one Python
+/// `cryptography` and `eciesjs` derive from the same secret, and it opens what `eciesjs`
+/// sealed to that oracle in the legacy ixo form.
+#[test]
+fn a_raw_secp256k1_secret_is_the_key_python_and_eciesjs_derive() {
+    use rand::RngExt as _;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(12);
+    for _ in 0..4 {
+        let secret: zeroize::Zeroizing<[u8; 32]> = zeroize::Zeroizing::new(rng.random());
+        let kp = OracleKeyPair::from_secp256k1_bytes(&secret).unwrap();
+        let secret_hex = hex::encode(secret.as_slice());
+        let py = run(
+            "python3",
+            "secp256k1_public.py",
+            &json!({ "secret_hex": secret_hex }),
+        );
+        let keys: Vec<[u8; 32]> = (0..3).map(|_| rng.random()).collect();
+        let js = run(
+            "node",
+            "seal_legacy_ecies.mjs",
+            &json!({
+                "secret_hex": secret_hex,
+                "call_keys_hex": keys.iter().map(hex::encode).collect::<Vec<_>>(),
+            }),
+        );
+        let raw = hex::encode(kp.public_key().to_raw());
+        assert_eq!(raw, py["public_compressed_hex"].as_str().unwrap());
+        assert_eq!(raw, js["public_compressed_hex"].as_str().unwrap());
+        assert_eq!(
+            hex::encode(kp.public_key().spki_der()),
+            py["spki_der_hex"].as_str().unwrap()
+        );
+        assert_eq!(kp.key_id().to_string(), py["key_id"].as_str().unwrap());
+        for (key, env) in keys.iter().zip(js["envelopes"].as_array().unwrap()) {
+            let env = oracle_calls_crypto::KeyEnvelope::parse(env.as_str().unwrap()).unwrap();
+            let opened = oracle_calls_crypto::open_legacy(&kp, &env).unwrap();
+            assert!(opened.ct_eq(&CallKey::from_bytes(*key)));
         }
     }
 }

@@ -7,7 +7,7 @@ use super::*;
 fn ctx(session: &str) -> CallContext {
     CallContext::new(
         SessionId::parse(session).unwrap(),
-        RoomName::parse("oc-room").unwrap(),
+        RoomName::parse("oc-0123456789abcdef0123456789abcdef").unwrap(),
         Did::parse("did:ixo:user").unwrap(),
         Did::parse("did:ixo:oracle").unwrap(),
         CallType::Audio,
@@ -148,4 +148,73 @@ fn legacy_envelopes_open_unbound() {
         panic!("legacy must be unbound")
     };
     assert!(u.dangerous_accept_without_context().ct_eq(&key));
+}
+
+#[test]
+fn recipient_names_the_key_without_opening() {
+    let mut rng = StdRng::seed_from_u64(6);
+    for kp in keypairs(&mut rng) {
+        let key = CallKey::generate(&mut rng);
+        let env = seal(&kp.public_key(), &key, &ctx("s1"), &mut rng).unwrap();
+        assert_eq!(
+            recipient(&env).unwrap(),
+            Recipient::Key {
+                scheme: kp.scheme(),
+                key_id: kp.key_id()
+            }
+        );
+    }
+    let r = |s: &str| recipient(&KeyEnvelope::parse(s).unwrap());
+    assert_eq!(r("3mJr7AoUXx2Wqd").unwrap(), Recipient::LegacySecp256k1);
+    assert_eq!(
+        r("v2.hpke-p256.AAAA").unwrap_err(),
+        EnvelopeError::UnknownVersion
+    );
+    assert_eq!(
+        r("v1.hpke-p999.AAAA").unwrap_err(),
+        EnvelopeError::UnknownScheme
+    );
+    assert_eq!(
+        r("v1.hpke-p256.AAAA").unwrap_err(),
+        EnvelopeError::BadLength
+    );
+    assert!(matches!(
+        r("v1.hpke-p256"),
+        Err(EnvelopeError::Malformed(_))
+    ));
+}
+
+#[test]
+fn open_legacy_opens_legacy_envelopes_only() {
+    let mut rng = StdRng::seed_from_u64(7);
+    let kp = OracleKeyPair::generate(KeyScheme::EciesSecp256k1, &mut rng).unwrap();
+    let PublicInner::Secp256k1(pk) = kp.public_key().inner().clone() else {
+        unreachable!()
+    };
+    let key = CallKey::generate(&mut rng);
+    let body = ecies::seal(&pk, key.to_hex().as_bytes(), &mut rng).unwrap();
+    let legacy = KeyEnvelope::parse(&bs58::encode(body).into_string()).unwrap();
+    assert!(open_legacy(&kp, &legacy).unwrap().ct_eq(&key));
+
+    // A v1 envelope is bound to a call: never through this door, even to the right key.
+    let v1 = seal(&kp.public_key(), &key, &ctx("s1"), &mut rng).unwrap();
+    assert_eq!(open_legacy(&kp, &v1).unwrap_err(), EnvelopeError::NotLegacy);
+    let v2 = KeyEnvelope::parse("v2.ecies-secp256k1.AAAA").unwrap();
+    assert_eq!(open_legacy(&kp, &v2).unwrap_err(), EnvelopeError::NotLegacy);
+    let odd = KeyEnvelope::parse("x1.ecies-secp256k1.AAAA").unwrap();
+    assert!(matches!(
+        open_legacy(&kp, &odd),
+        Err(EnvelopeError::Malformed(_))
+    ));
+    // Another secp256k1 key cannot open it; a key of another scheme does not try.
+    let other = OracleKeyPair::generate(KeyScheme::EciesSecp256k1, &mut rng).unwrap();
+    assert_eq!(
+        open_legacy(&other, &legacy).unwrap_err(),
+        EnvelopeError::DecryptionFailed
+    );
+    let p256 = OracleKeyPair::generate(KeyScheme::HpkeP256, &mut rng).unwrap();
+    assert!(matches!(
+        open_legacy(&p256, &legacy),
+        Err(EnvelopeError::Malformed(_))
+    ));
 }
