@@ -2,16 +2,16 @@
 //! the rest discovered from the oracle-calls server's `/.well-known/oracle-calls`.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use oracle_calls_crypto::OracleKeyPair;
-use oracle_calls_proto::Did;
+use oracle_calls_proto::{Did, WellKnown};
 use oracle_calls_rtc::token::ApiCredentials;
+use reqwest::Url;
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
-use crate::ServerApi;
+use crate::{HeldKeys, ServerApi};
 
 /// Why the configuration cannot be used. Each message names the setting to fix.
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +39,29 @@ pub enum ConfigError {
     /// The server could not be asked for its well-known document.
     #[error("oracle-calls server: {0}")]
     Server(String),
+    /// A URL the agent sends its secrets to (its API key to the server, its worker token to
+    /// LiveKit) is plain `http://` or `ws://` to a host other than loopback: anyone on the
+    /// path could take them.
+    #[error(
+        "{setting} = {url} is not encrypted: use https:// or wss:// (plain http:// and ws:// \
+         are allowed to loopback hosts only)"
+    )]
+    InsecureUrl {
+        /// Where the URL comes from (`server_url`, `[livekit] url`, the server's well-known).
+        setting: &'static str,
+        /// The URL.
+        url: String,
+    },
+    /// A URL that does not parse, or has another scheme.
+    #[error("{setting} = {url}: {reason}")]
+    BadUrl {
+        /// Where the URL comes from.
+        setting: &'static str,
+        /// The URL.
+        url: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// The private key is not one the server publishes for this oracle: callers would wrap
     /// call keys this agent cannot open.
     #[error(
@@ -60,8 +83,10 @@ pub enum ConfigError {
 /// The TOML file of `oracle-calls agent`.
 ///
 /// ```toml
-/// server_url = "http://127.0.0.1:18080"
+/// server_url = "https://oracle.example.org"
 /// oracle_key_file = "/etc/oracle-calls/oracle.pem"
+/// # During a key rotation, the other keys this agent holds (each must be published too):
+/// oracle_key_files = ["/etc/oracle-calls/oracle-next.pem"]
 /// max_calls = 16
 /// [livekit]
 /// api_key = "devkey"
@@ -73,10 +98,15 @@ pub enum ConfigError {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
-    /// The oracle-calls server.
+    /// The oracle-calls server: `https://`, or `http://` to a loopback host only.
     pub server_url: String,
     /// The oracle's PKCS#8 PEM private key.
     pub oracle_key_file: PathBuf,
+    /// More private keys this agent holds, e.g. the old and the new key during a rotation.
+    /// Each call's envelope is opened with the key it names; every key must be one the server
+    /// publishes.
+    #[serde(default)]
+    pub oracle_key_files: Vec<PathBuf>,
     /// Calls this process takes at once (default 16).
     #[serde(default = "default_max_calls")]
     pub max_calls: usize,
@@ -105,7 +135,8 @@ pub struct FileConfig {
 pub struct LiveKitSection {
     /// The API key the worker token is issued under (its secret comes from the environment).
     pub api_key: String,
-    /// Overrides the signaling URL the server publishes.
+    /// Overrides the signaling URL the server publishes (`wss://`, or `ws://` to a loopback
+    /// host only).
     #[serde(default)]
     pub url: Option<String>,
 }
@@ -148,8 +179,8 @@ pub struct AgentConfig {
     pub agent_name: String,
     /// The oracle this agent serves.
     pub oracle_did: Did,
-    /// The oracle's key pair.
-    pub key_pair: Arc<OracleKeyPair>,
+    /// The oracle's key pairs this agent holds (several during a key rotation).
+    pub keys: HeldKeys,
     /// Concurrent calls.
     pub max_calls: usize,
     /// Shutdown drain budget.
@@ -205,7 +236,18 @@ impl AgentConfig {
         file: &FileConfig,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Self, ConfigError> {
-        let key_pair = load_key(&file.oracle_key_file)?;
+        require_encrypted_url("server_url", &file.server_url, "https", "http")?;
+        if let Some(url) = &file.livekit.url {
+            require_encrypted_url("[livekit] url", url, "wss", "ws")?;
+        }
+        let mut loaded = vec![load_key(&file.oracle_key_file)?];
+        for path in &file.oracle_key_files {
+            loaded.push(load_key(path)?);
+        }
+        let keys = HeldKeys::new(loaded).ok_or_else(|| ConfigError::Key {
+            path: file.oracle_key_file.display().to_string(),
+            reason: "no key".to_owned(),
+        })?;
         let api_key = secret(env, "ORACLE_CALLS_AGENT_API_KEY")?;
         let lk_secret = secret(env, "ORACLE_CALLS_LIVEKIT_API_SECRET")?;
         let server = ServerApi::new(&file.server_url, api_key)
@@ -214,6 +256,46 @@ impl AgentConfig {
             .well_known()
             .await
             .map_err(|e| ConfigError::Server(e.to_string()))?;
+        every_key_is_published(&keys, &wk, &file.server_url)?;
+        let livekit_url = match &file.livekit.url {
+            Some(url) => url.clone(),
+            None => {
+                require_encrypted_url(
+                    "livekitUrl (the server's well-known)",
+                    &wk.livekit_url,
+                    "wss",
+                    "ws",
+                )?;
+                wk.livekit_url
+            }
+        };
+        Ok(Self {
+            server,
+            livekit_url,
+            livekit: ApiCredentials::new(file.livekit.api_key.clone(), lk_secret.as_str()),
+            agent_name: wk.agent_name,
+            oracle_did: wk.oracle_did,
+            keys,
+            max_calls: file.max_calls.max(1),
+            drain_timeout: Duration::from_secs(file.drain_timeout_secs),
+            user_join_timeout: Duration::from_secs(file.user_join_timeout_secs.max(1)),
+            accept_legacy_envelopes: file.accept_legacy_envelopes,
+            opus_complexity: file.opus_complexity.map(|c| c.min(10)),
+        })
+    }
+}
+
+/// Each key we hold must be one the server publishes: otherwise callers could seal to a key
+/// no agent holds, or we hold a key the server would not stand behind.
+///
+/// # Errors
+/// [`ConfigError::KeyNotPublished`] naming the first key that is not.
+fn every_key_is_published(
+    keys: &HeldKeys,
+    wk: &WellKnown,
+    server_url: &str,
+) -> Result<(), ConfigError> {
+    for key_pair in keys.iter() {
         let ours = key_pair.key_id().to_string();
         if !wk
             .keys
@@ -223,22 +305,53 @@ impl AgentConfig {
             return Err(ConfigError::KeyNotPublished {
                 key_id: ours,
                 scheme: key_pair.scheme().to_string(),
-                server: file.server_url.clone(),
+                server: server_url.to_owned(),
                 oracle: wk.oracle_did.to_string(),
             });
         }
-        Ok(Self {
-            server,
-            livekit_url: file.livekit.url.clone().unwrap_or(wk.livekit_url),
-            livekit: ApiCredentials::new(file.livekit.api_key.clone(), lk_secret.as_str()),
-            agent_name: wk.agent_name,
-            oracle_did: wk.oracle_did,
-            key_pair: Arc::new(key_pair),
-            max_calls: file.max_calls.max(1),
-            drain_timeout: Duration::from_secs(file.drain_timeout_secs),
-            user_join_timeout: Duration::from_secs(file.user_join_timeout_secs.max(1)),
-            accept_legacy_envelopes: file.accept_legacy_envelopes,
-            opus_complexity: file.opus_complexity.map(|c| c.min(10)),
+    }
+    Ok(())
+}
+
+/// Refuses a URL that would carry secrets in the clear: `plain` (`http`, `ws`) is accepted only
+/// to a loopback host (`localhost`, 127.0.0.0/8, `::1`), `encrypted` (`https`, `wss`) always.
+///
+/// # Errors
+/// [`ConfigError::InsecureUrl`], [`ConfigError::BadUrl`].
+fn require_encrypted_url(
+    setting: &'static str,
+    url: &str,
+    encrypted: &str,
+    plain: &str,
+) -> Result<(), ConfigError> {
+    let bad = |reason: String| ConfigError::BadUrl {
+        setting,
+        url: url.to_owned(),
+        reason,
+    };
+    let parsed = Url::parse(url).map_err(|e| bad(e.to_string()))?;
+    let scheme = parsed.scheme();
+    if scheme == encrypted {
+        return Ok(());
+    }
+    if scheme != plain {
+        return Err(bad(format!(
+            "expected {encrypted}:// (or {plain}:// to loopback)"
+        )));
+    }
+    let host = parsed.host_str().unwrap_or_default();
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if loopback {
+        Ok(())
+    } else {
+        Err(ConfigError::InsecureUrl {
+            setting,
+            url: url.to_owned(),
         })
     }
 }
@@ -290,6 +403,106 @@ mod tests {
         let e = secret(&|k| (k == "S_FILE").then(|| fp.clone()), "S").unwrap_err();
         assert!(e.to_string().contains("empty"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn secrets_travel_encrypted_except_to_loopback() {
+        for ok in [
+            "https://oracle.example.org",
+            "http://127.0.0.1:18080",
+            "http://127.8.9.10",
+            "http://localhost:8080/",
+            "http://LOCALHOST",
+            "http://[::1]:18080",
+        ] {
+            require_encrypted_url("server_url", ok, "https", "http").unwrap();
+        }
+        for ok in [
+            "wss://lk.example.org",
+            "ws://127.0.0.1:17880",
+            "ws://[::1]:7880",
+        ] {
+            require_encrypted_url("[livekit] url", ok, "wss", "ws").unwrap();
+        }
+        for insecure in [
+            "http://oracle.example.org",
+            "http://10.0.0.5:18080",
+            "http://[::ffff:10.0.0.5]",
+            "http://localhost.evil.example",
+            "http://127.0.0.1.nip.io",
+        ] {
+            match require_encrypted_url("server_url", insecure, "https", "http") {
+                Err(ConfigError::InsecureUrl { setting, url }) => {
+                    assert_eq!((setting, url.as_str()), ("server_url", insecure));
+                }
+                other => panic!("{insecure}: {other:?}"),
+            }
+        }
+        match require_encrypted_url("[livekit] url", "ws://lk.example.org", "wss", "ws") {
+            Err(e @ ConfigError::InsecureUrl { .. }) => {
+                assert!(e.to_string().contains("wss://"), "{e}");
+            }
+            other => panic!("{other:?}"),
+        }
+        for bad in ["ftp://127.0.0.1", "wss://x.org", "not a url"] {
+            assert!(
+                matches!(
+                    require_encrypted_url("server_url", bad, "https", "http"),
+                    Err(ConfigError::BadUrl { .. })
+                ),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_key_held_must_be_published() {
+        use oracle_calls_crypto::KeyScheme;
+        use rand::SeedableRng as _;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+        let a = OracleKeyPair::generate(KeyScheme::HpkeP256, &mut rng).unwrap();
+        let b = OracleKeyPair::generate(KeyScheme::HpkeX25519, &mut rng).unwrap();
+        let entry = |k: &OracleKeyPair| {
+            serde_json::json!({"keyId": k.key_id().to_string(), "scheme": k.scheme().as_str(),
+                               "publicKey": "AA"})
+        };
+        let wk = |keys: Vec<serde_json::Value>| -> WellKnown {
+            serde_json::from_value(serde_json::json!({
+                "oracleDid": "did:ixo:oracle", "matrixUserId": "@o:localhost",
+                "agentName": "oracle-o", "livekitUrl": "wss://lk.example.org", "keys": keys
+            }))
+            .unwrap()
+        };
+        let (a_id, b_id) = (a.key_id().to_string(), b.key_id().to_string());
+        let both = HeldKeys::new(vec![a, b]).unwrap();
+        let (ea, eb) = {
+            let mut it = both.iter();
+            (entry(it.next().unwrap()), entry(it.next().unwrap()))
+        };
+        every_key_is_published(&both, &wk(vec![eb.clone(), ea.clone()]), "s").unwrap();
+        match every_key_is_published(&both, &wk(vec![ea]), "s") {
+            Err(ConfigError::KeyNotPublished { key_id, .. }) => assert_eq!(key_id, b_id),
+            other => panic!("{other:?}"),
+        }
+        match every_key_is_published(&both, &wk(vec![eb]), "s") {
+            Err(ConfigError::KeyNotPublished { key_id, .. }) => assert_eq!(key_id, a_id),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_second_key_file_is_optional_and_may_be_many() {
+        let base = "server_url='https://o.example'\noracle_key_file='a.pem'\n";
+        let one: FileConfig = toml::from_str(&format!("{base}[livekit]\napi_key='k'")).unwrap();
+        assert!(one.oracle_key_files.is_empty());
+        let two: FileConfig = toml::from_str(&format!(
+            "{base}oracle_key_files=['b.pem','c.pem']\n[livekit]\napi_key='k'"
+        ))
+        .unwrap();
+        assert_eq!(
+            two.oracle_key_files,
+            [PathBuf::from("b.pem"), PathBuf::from("c.pem")]
+        );
     }
 
     #[test]

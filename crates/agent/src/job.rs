@@ -6,13 +6,14 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use livekit_protocol as lk;
+use oracle_calls_crypto::CallContext;
 use oracle_calls_crypto::frame::{KeyRing, KeyRingOptions};
-use oracle_calls_crypto::{CallContext, OpenedKey};
-use oracle_calls_proto::{CallId, CallReason, CallStatus, RoomName, UpdateRequest};
+use oracle_calls_proto::{CallId, CallReason, CallStatus, KeyResponse, UpdateRequest};
 use oracle_calls_rtc::{E2eeOptions, Room, RoomEvent, RoomOptions};
 use tokio::sync::{mpsc, watch};
-use tracing::{Instrument as _, error, info, info_span, warn};
+use tracing::{Instrument as _, debug, error, info, info_span, warn};
 
+use crate::keys::{Opening, open_call_key};
 use crate::oracle::IoCounters;
 use crate::worker::Shared;
 use crate::{CallInfo, CallIo, Heard, Oracle};
@@ -30,9 +31,12 @@ pub enum JobOutcome {
     BadJob(String),
     /// The key could not be fetched; the agent stayed out of the room.
     KeyRequestFailed(String),
-    /// The envelope did not open (wrong key, other call, tampered); the agent stayed out and
-    /// reported `keyDecryptionFailed`.
+    /// The envelope did not open with the key it names (other call, tampered, or a legacy
+    /// envelope refused); the agent stayed out and reported `keyDecryptionFailed`.
     KeyDecryptionFailed(String),
+    /// The envelope is sealed to a key this agent does not hold (another agent of the pool may
+    /// hold it): the agent stayed out and reported nothing to the server.
+    KeyNotHeld(String),
     /// Joining the room or publishing failed.
     JoinFailed(String),
     /// The oracle failed or panicked.
@@ -87,6 +91,8 @@ pub(crate) struct Assignment {
     pub(crate) job: lk::Job,
     pub(crate) token: String,
     pub(crate) url: String,
+    /// The call's key response, when the worker fetched it before accepting the job.
+    pub(crate) key: Option<KeyResponse>,
 }
 
 /// Runs one job to the end. Never panics out: the oracle runs in its own task.
@@ -196,8 +202,12 @@ async fn serve<O: Oracle>(
     report: &mut CallReport,
 ) -> JobOutcome {
     let cfg = &shared.cfg;
-    // 1. The wrapped key.
-    let key = match cfg.server.key(call_id).await {
+    // 1. The wrapped key (fetched already when the worker looked at it before accepting).
+    let fetched = match &a.key {
+        Some(k) => Ok(k.clone()),
+        None => cfg.server.key(call_id).await,
+    };
+    let key = match fetched {
         Ok(k) => k,
         Err(e) => {
             error!(error = %e, "key request failed; staying out of the room");
@@ -206,42 +216,40 @@ async fn serve<O: Oracle>(
             return JobOutcome::KeyRequestFailed(e.to_string());
         }
     };
-    // 2. Open it against the context we know: the room from LiveKit's job, the rest from the call.
-    let opened = (|| {
-        if key.oracle_did != cfg.oracle_did {
-            return Err(format!(
-                "the call is for oracle {}, this agent serves {}",
-                key.oracle_did, cfg.oracle_did
-            ));
-        }
-        let room = RoomName::parse(call_id.room_name().as_str()).map_err(|e| e.to_string())?;
-        if key.room_id != room {
-            return Err("the call's roomId differs from the job's room".to_owned());
-        }
+    // 2. Open it against the context we know: the room from LiveKit's job, the rest from the
+    //    call; with the key it names.
+    let opened = if key.oracle_did != cfg.oracle_did {
+        Opening::Failed(format!(
+            "the call is for oracle {}, this agent serves {}",
+            key.oracle_did, cfg.oracle_did
+        ))
+    } else if key.room_id != *call_id.room_name() {
+        Opening::Failed("the call's roomId differs from the job's room".to_owned())
+    } else {
         let ctx = CallContext::new(
             key.session_id.clone(),
-            room,
+            call_id.room_name().clone(),
             key.user_did.clone(),
             key.oracle_did.clone(),
             key.call_type,
         );
-        match oracle_calls_crypto::open(&cfg.key_pair, &key.encryption_key, &ctx) {
-            Ok(OpenedKey::Bound(k)) => Ok(k),
-            Ok(OpenedKey::Unbound(k)) if cfg.accept_legacy_envelopes => {
-                warn!(
-                    "legacy envelope: the key is not bound to this call (accepted by configuration)"
-                );
-                Ok(k.dangerous_accept_without_context())
-            }
-            Ok(OpenedKey::Unbound(_)) => Err(
-                "legacy envelope not bound to the call (accept_legacy_envelopes is off)".to_owned(),
-            ),
-            Err(e) => Err(e.to_string()),
-        }
-    })();
+        open_call_key(
+            &cfg.keys,
+            &key.encryption_key,
+            &ctx,
+            cfg.accept_legacy_envelopes,
+        )
+    };
     let call_key = match opened {
-        Ok(k) => k,
-        Err(why) => {
+        Opening::Opened(k) => k,
+        Opening::NotHeld(why) => {
+            // Not ours to judge: another agent may hold that key. The server is not told, so
+            // the key endpoint stays open for it.
+            warn!(reason = %why, "the call key is for a key this agent does not hold; staying out of the room");
+            shared.stats.keys_not_held.fetch_add(1, Ordering::Relaxed);
+            return JobOutcome::KeyNotHeld(why);
+        }
+        Opening::Failed(why) => {
             error!(reason = %why, "the call key did not open; staying out of the room");
             shared.stats.key_failures.fetch_add(1, Ordering::Relaxed);
             report_to_server(
@@ -316,23 +324,26 @@ async fn serve<O: Oracle>(
         tokio::spawn(async move { oracle.run(io).await }.instrument(tracing::Span::current()));
     let mut oracle_done = false;
     let user_deadline = tokio::time::Instant::now() + cfg.user_join_timeout;
-    let mut present: HashSet<String> = HashSet::new();
-    let mut seen_user = false;
+    // Only the identity the server issued the user's token for is the user.
+    let user = key.user_identity.as_str();
+    let mut presence = Presence::new(user);
     let mut oracle_error = None;
     let ended_by = loop {
         tokio::select! {
             ev = events.recv() => match ev {
                 None => break EndedBy::RoomClosed,
-                Some(RoomEvent::ParticipantJoined { identity }) => {
-                    seen_user = true;
-                    present.insert(identity);
-                }
+                Some(RoomEvent::ParticipantJoined { identity }) => presence.joined(identity),
                 Some(RoomEvent::ParticipantLeft { identity }) => {
-                    present.remove(&identity);
-                    if present.is_empty() {
+                    if presence.left(&identity) {
                         info!(%identity, "the user left");
                         break EndedBy::UserLeft;
                     }
+                }
+                Some(RoomEvent::AudioFrame { identity, .. }) if identity != user => {
+                    debug!(%identity, "audio from a participant who is not the user; not listening");
+                }
+                Some(RoomEvent::VideoFrame { identity, .. }) if identity != user => {
+                    debug!(%identity, "video from a participant who is not the user; not watching");
                 }
                 Some(RoomEvent::AudioFrame { pcm, .. }) => {
                     report.frames_heard += 1;
@@ -354,7 +365,7 @@ async fn serve<O: Oracle>(
                     report.decrypt_failures += 1;
                     shared.stats.decrypt_failures.fetch_add(1, Ordering::Relaxed);
                     if report.decrypt_failures == 1 || report.decrypt_failures.is_multiple_of(250) {
-                        warn!(%identity, %error, ?stats, "frames from the user do not decrypt");
+                        warn!(%identity, %error, ?stats, "frames from a participant do not decrypt");
                     }
                 }
                 Some(RoomEvent::UnencryptedTrack { identity, track_sid }) => {
@@ -377,7 +388,7 @@ async fn serve<O: Oracle>(
                 }
             }
             _ = cancel.changed() => break (*cancel.borrow()).unwrap_or(EndedBy::Terminated),
-            () = tokio::time::sleep_until(user_deadline), if !seen_user => {
+            () = tokio::time::sleep_until(user_deadline), if !presence.seen_user() => {
                 warn!(secs = cfg.user_join_timeout.as_secs(), "the user never joined");
                 break EndedBy::UserNeverJoined;
             }
@@ -428,5 +439,71 @@ async fn serve<O: Oracle>(
             JobOutcome::OracleFailed(e)
         }
         None => JobOutcome::Served { ended_by },
+    }
+}
+
+/// Who is in the call's room besides us. Only the participant the server named as the user
+/// (`KeyResponse::user_identity`) counts: anyone else is logged as unexpected and neither
+/// stops the wait for the user nor keeps the call going once the user has left.
+struct Presence {
+    user: String,
+    seen_user: bool,
+    unexpected: HashSet<String>,
+}
+
+impl Presence {
+    fn new(user: &str) -> Self {
+        Self {
+            user: user.to_owned(),
+            seen_user: false,
+            unexpected: HashSet::new(),
+        }
+    }
+
+    /// Whether the user has joined.
+    fn seen_user(&self) -> bool {
+        self.seen_user
+    }
+
+    fn joined(&mut self, identity: String) {
+        if identity == self.user {
+            self.seen_user = true;
+        } else {
+            // It gets nothing it can decrypt; it is only logged.
+            warn!(%identity, "a participant who is not the call's user joined the room; ignoring it");
+            self.unexpected.insert(identity);
+        }
+    }
+
+    /// Whether the one who left is the user (which ends the call).
+    fn left(&mut self, identity: &str) -> bool {
+        if identity == self.user {
+            return true;
+        }
+        if self.unexpected.remove(identity) {
+            info!(%identity, "the unexpected participant left the room");
+        }
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_named_user_is_the_user() {
+        let mut p = Presence::new("@did-ixo-u:localhost");
+        // An intruder does not end the wait for the user...
+        p.joined("@mallory:localhost".to_owned());
+        p.joined("lk-intruder".to_owned());
+        assert!(!p.seen_user());
+        // ...and its leaving is not the user leaving.
+        assert!(!p.left("lk-intruder"));
+        p.joined("@did-ixo-u:localhost".to_owned());
+        assert!(p.seen_user());
+        // The user leaving ends the call although the intruder is still there.
+        assert!(p.left("@did-ixo-u:localhost"));
+        assert!(p.unexpected.contains("@mallory:localhost"));
     }
 }

@@ -1,15 +1,16 @@
 //! The LiveKit agent-worker connection: register, answer availability at once, take
 //! assignments, report load, survive a lost socket, drain on shutdown.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures_util::{SinkExt as _, StreamExt as _};
 use livekit_protocol as lk;
+use oracle_calls_proto::{CallId, KeyResponse};
 use prost::Message as _;
-use tokio::sync::{Mutex, mpsc, watch};
+use tokio::sync::{Mutex, broadcast, mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 use tracing::{Instrument as _, debug, error, info, info_span, warn};
@@ -29,6 +30,12 @@ const STATUS_INTERVAL: Duration = Duration::from_millis(2500);
 const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Token lifetime: only checked at upgrade, so short is fine.
 const TOKEN_TTL_SECS: u64 = 600;
+/// Finished calls' reports kept for [`AgentHandle::next_report`]. When nobody reads them (as
+/// `oracle-calls agent` does not), the oldest are dropped and counted, so memory stays bounded.
+pub(crate) const REPORTS_KEPT: usize = 64;
+/// How long the agent may look at a call's envelope before it answers LiveKit's offer (which
+/// waits a few seconds); past it, the job is accepted and the job itself finds out.
+const KEY_CHECK_TIMEOUT: Duration = Duration::from_millis(1500);
 
 /// Counters of a running agent.
 #[derive(Debug, Default)]
@@ -49,13 +56,18 @@ pub struct AgentStats {
     pub decrypt_failures: AtomicU64,
     /// Times the worker socket was re-established.
     pub reconnects: AtomicU64,
+    /// Jobs declined or left because the call's key is sealed to a key this agent does not
+    /// hold (another agent of the pool may hold it).
+    pub keys_not_held: AtomicU64,
+    /// Call reports dropped because nobody read them (the oldest go first).
+    pub reports_dropped: AtomicU64,
 }
 
 pub(crate) struct Shared<O> {
     pub(crate) cfg: AgentConfig,
     pub(crate) oracle: Arc<O>,
     pub(crate) stats: Arc<AgentStats>,
-    reports: mpsc::UnboundedSender<CallReport>,
+    reports: broadcast::Sender<CallReport>,
 }
 
 /// An agent for one oracle, ready to register. See the crate docs.
@@ -70,7 +82,7 @@ pub struct Agent<O> {
 pub struct AgentHandle {
     worker_id: String,
     stats: Arc<AgentStats>,
-    reports: Mutex<mpsc::UnboundedReceiver<CallReport>>,
+    reports: Mutex<broadcast::Receiver<CallReport>>,
     shutdown: watch::Sender<bool>,
     task: JoinHandle<Result<(), AgentError>>,
 }
@@ -87,7 +99,7 @@ impl<O: Oracle> Agent<O> {
     /// # Errors
     /// [`AgentError::Register`] if the socket cannot be opened or registration is refused.
     pub async fn start(self) -> Result<AgentHandle, AgentError> {
-        let (reports_tx, reports_rx) = mpsc::unbounded_channel();
+        let (reports_tx, reports_rx) = report_channel();
         let stats = Arc::new(AgentStats::default());
         let shared = Arc::new(Shared {
             cfg: self.cfg,
@@ -122,9 +134,10 @@ impl AgentHandle {
         &self.stats
     }
 
-    /// Waits for the next finished job's report.
+    /// Waits for the next finished job's report. Only the newest 64 wait to be read; older ones are dropped and counted in [`AgentStats::reports_dropped`].
+    /// `None` once the worker and all its calls are gone.
     pub async fn next_report(&self) -> Option<CallReport> {
-        self.reports.lock().await.recv().await
+        next_report(&mut *self.reports.lock().await, &self.stats).await
     }
 
     /// Stops taking calls, lets live calls finish (up to the drain timeout, then ends them),
@@ -147,6 +160,30 @@ impl AgentHandle {
         (&mut self.task)
             .await
             .map_err(|e| AgentError::Connection(format!("worker task failed: {e}")))?
+    }
+}
+
+/// Where finished jobs put their reports: bounded, a full channel drops its oldest report.
+fn report_channel() -> (
+    broadcast::Sender<CallReport>,
+    broadcast::Receiver<CallReport>,
+) {
+    broadcast::channel(REPORTS_KEPT)
+}
+
+async fn next_report(
+    rx: &mut broadcast::Receiver<CallReport>,
+    stats: &AgentStats,
+) -> Option<CallReport> {
+    loop {
+        match rx.recv().await {
+            Ok(r) => return Some(r),
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                stats.reports_dropped.fetch_add(n, Ordering::Relaxed);
+                debug!(dropped = n, "call reports nobody read were dropped");
+            }
+            Err(broadcast::error::RecvError::Closed) => return None,
+        }
     }
 }
 
@@ -231,29 +268,44 @@ struct Worker<O> {
     shutdown: watch::Receiver<bool>,
     /// Running jobs and the switch that ends each.
     jobs: HashMap<String, watch::Sender<Option<EndedBy>>>,
-    /// Jobs we said yes to and whose assignment has not come yet.
-    promised: HashSet<String>,
+    /// Jobs offered to us and not yet assigned: being checked (`None`), or accepted with the
+    /// call's key response when the check fetched it.
+    promised: HashMap<String, Option<KeyResponse>>,
     draining: bool,
     out_tx: mpsc::Sender<lk::WorkerMessage>,
     out_rx: mpsc::Receiver<lk::WorkerMessage>,
     done_tx: mpsc::Sender<String>,
     done_rx: mpsc::Receiver<String>,
+    checked_tx: mpsc::Sender<KeyCheck>,
+    checked_rx: mpsc::Receiver<KeyCheck>,
+}
+
+/// What the look at an offered call's envelope found.
+struct KeyCheck {
+    job_id: String,
+    /// The key response, when it was fetched (the job then does not fetch it again).
+    key: Option<KeyResponse>,
+    /// Why the call is not for this agent: its key is sealed to a key we do not hold.
+    not_held: Option<String>,
 }
 
 impl<O: Oracle> Worker<O> {
     fn new(shared: Arc<Shared<O>>, shutdown: watch::Receiver<bool>) -> Self {
         let (out_tx, out_rx) = mpsc::channel(256);
         let (done_tx, done_rx) = mpsc::channel(256);
+        let (checked_tx, checked_rx) = mpsc::channel(256);
         Self {
             shared,
             shutdown,
             jobs: HashMap::new(),
-            promised: HashSet::new(),
+            promised: HashMap::new(),
             draining: false,
             out_tx,
             out_rx,
             done_tx,
             done_rx,
+            checked_tx,
+            checked_rx,
         }
     }
 
@@ -283,6 +335,13 @@ impl<O: Oracle> Worker<O> {
                 Some(m) = self.out_rx.recv() => {
                     if let Err(e) = ws.send(Message::Binary(m.encode_to_vec().into())).await {
                         warn!(error = %e, "could not send a job update");
+                    }
+                }
+                Some(c) = self.checked_rx.recv() => {
+                    if let Some(reply) = self.on_key_check(c)
+                        && let Err(e) = send(&mut ws, reply).await
+                    {
+                        warn!(error = %e, "could not answer LiveKit");
                     }
                 }
                 Some(id) = self.done_rx.recv() => {
@@ -372,7 +431,7 @@ impl<O: Oracle> Worker<O> {
     ) -> Option<lk::worker_message::Message> {
         use lk::server_message::Message as S;
         match m {
-            S::Availability(req) => Some(self.on_availability(req)),
+            S::Availability(req) => self.on_availability(req),
             S::Assignment(a) => {
                 self.on_assignment(a);
                 Some(self.status())
@@ -391,7 +450,12 @@ impl<O: Oracle> Worker<O> {
         }
     }
 
-    fn on_availability(&mut self, req: lk::AvailabilityRequest) -> lk::worker_message::Message {
+    /// Answers an offer at once when it must be declined; otherwise reserves the capacity and
+    /// first looks at whom the call's key is sealed to ([`Self::on_key_check`] answers).
+    fn on_availability(
+        &mut self,
+        req: lk::AvailabilityRequest,
+    ) -> Option<lk::worker_message::Message> {
         let stats = &self.shared.stats;
         stats.jobs_offered.fetch_add(1, Ordering::Relaxed);
         let job = req.job.unwrap_or_default();
@@ -407,18 +471,55 @@ impl<O: Oracle> Worker<O> {
             info!(job = %job.id, busy, draining = self.draining, "declining a job: no capacity");
             resp.available = false;
         } else {
-            resp.available = true;
-            resp.participant_identity = format!("agent-{}", job.id);
-            resp.participant_name = "oracle".into();
-            self.promised.insert(job.id.clone());
+            self.promised.insert(job.id.clone(), None);
+            let check = key_check(
+                self.shared.clone(),
+                job.id.clone(),
+                CallId::parse(&job.metadata).ok(),
+            );
+            let tx = self.checked_tx.clone();
+            tokio::spawn(
+                async move {
+                    let _ = tx.send(check.await).await;
+                }
+                .instrument(tracing::Span::current()),
+            );
+            return None;
         }
-        if resp.available {
-            stats.jobs_accepted.fetch_add(1, Ordering::Relaxed);
-            debug!(job = %job.id, room = ?job.room.as_ref().map(|r| &r.name), "accepted a job");
-        } else {
+        stats.jobs_declined.fetch_add(1, Ordering::Relaxed);
+        Some(lk::worker_message::Message::Availability(resp))
+    }
+
+    /// Answers an offer once its envelope was looked at: declined when the call's key is
+    /// sealed to a key this agent does not hold (LiveKit then offers it to another worker),
+    /// accepted otherwise.
+    fn on_key_check(&mut self, c: KeyCheck) -> Option<lk::worker_message::Message> {
+        if !self.promised.contains_key(&c.job_id) {
+            // Offered on a socket that was lost meanwhile: that offer is void.
+            debug!(job = %c.job_id, "an offer from before a reconnect; not answered");
+            return None;
+        }
+        let stats = &self.shared.stats;
+        let mut resp = lk::AvailabilityResponse {
+            job_id: c.job_id.clone(),
+            ..Default::default()
+        };
+        if let Some(why) = c.not_held {
+            self.promised.remove(&c.job_id);
             stats.jobs_declined.fetch_add(1, Ordering::Relaxed);
+            stats.keys_not_held.fetch_add(1, Ordering::Relaxed);
+            warn!(job = %c.job_id, reason = %why,
+                "declining a job: its call key is for another agent of the pool; LiveKit offers it to the next");
+            resp.available = false;
+        } else {
+            resp.available = true;
+            resp.participant_identity = format!("agent-{}", c.job_id);
+            resp.participant_name = "oracle".into();
+            stats.jobs_accepted.fetch_add(1, Ordering::Relaxed);
+            debug!(job = %c.job_id, "accepted a job");
+            self.promised.insert(c.job_id, c.key);
         }
-        lk::worker_message::Message::Availability(resp)
+        Some(lk::worker_message::Message::Availability(resp))
     }
 
     fn on_assignment(&mut self, a: lk::JobAssignment) {
@@ -427,9 +528,13 @@ impl<O: Oracle> Worker<O> {
             return;
         };
         let id = job.id.clone();
-        if !self.promised.remove(&id) {
-            warn!(job = %id, "assigned a job we did not accept; taking it anyway");
-        }
+        let key = match self.promised.remove(&id) {
+            Some(key) => key,
+            None => {
+                warn!(job = %id, "assigned a job we did not accept; taking it anyway");
+                None
+            }
+        };
         let (stop_tx, stop_rx) = watch::channel(None);
         self.jobs.insert(id.clone(), stop_tx);
         self.shared
@@ -440,6 +545,7 @@ impl<O: Oracle> Worker<O> {
             url: a.url.unwrap_or_else(|| self.shared.cfg.livekit_url.clone()),
             token: a.token,
             job,
+            key,
         };
         let shared = self.shared.clone();
         let out = self.out_tx.clone();
@@ -458,9 +564,95 @@ impl<O: Oracle> Worker<O> {
     }
 }
 
+/// Fetches the offered call's key response (bounded by [`KEY_CHECK_TIMEOUT`]) and reads whom
+/// its envelope is sealed to. Anything that goes wrong here accepts the job: the job fetches
+/// again and reports what it finds, as it would without this look.
+async fn key_check<O: Oracle>(
+    shared: Arc<Shared<O>>,
+    job_id: String,
+    call: Option<CallId>,
+) -> KeyCheck {
+    let mut check = KeyCheck {
+        job_id,
+        key: None,
+        not_held: None,
+    };
+    let Some(call) = call else {
+        return check;
+    };
+    let cfg = &shared.cfg;
+    match tokio::time::timeout(KEY_CHECK_TIMEOUT, cfg.server.key(&call)).await {
+        Ok(Ok(key)) => {
+            check.not_held =
+                crate::keys::not_held(&cfg.keys, &key.encryption_key, cfg.accept_legacy_envelopes);
+            if check.not_held.is_none() {
+                check.key = Some(key);
+            }
+        }
+        Ok(Err(e)) => {
+            debug!(job = %check.job_id, error = %e, "key check: the key request failed; the job will retry")
+        }
+        Err(_) => debug!(job = %check.job_id, "key check: no answer in time; the job will retry"),
+    }
+    check
+}
+
 async fn sleep_opt(deadline: Option<tokio::time::Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::time::Instant;
+
+    use super::*;
+    use crate::JobOutcome;
+
+    fn report(n: usize) -> CallReport {
+        CallReport {
+            job_id: format!("AJ_{n}"),
+            call_id: None,
+            outcome: JobOutcome::BadJob(String::new()),
+            frames_heard: 0,
+            frames_spoken: 0,
+            decrypt_failures: 0,
+            unencrypted_tracks: 0,
+            assigned_at: Instant::now(),
+            key_ready_after: None,
+            joined_after: None,
+            first_heard_after: None,
+        }
+    }
+
+    /// An agent whose reports nobody reads (`oracle-calls agent`) keeps the newest
+    /// `REPORTS_KEPT`, not one per call for as long as it runs.
+    #[tokio::test]
+    async fn unread_reports_stay_bounded_and_drops_are_counted() {
+        let stats = AgentStats::default();
+        let (tx, mut rx) = report_channel();
+        let calls = 10 * REPORTS_KEPT;
+        for n in 0..calls {
+            // What a finished job does; it never waits for a reader.
+            let _ = tx.send(report(n));
+        }
+        drop(tx);
+        let mut kept = Vec::new();
+        while let Some(r) = next_report(&mut rx, &stats).await {
+            kept.push(r.job_id);
+        }
+        assert_eq!(kept.len(), REPORTS_KEPT, "only the newest are kept");
+        assert_eq!(
+            kept.first().unwrap(),
+            &format!("AJ_{}", calls - REPORTS_KEPT)
+        );
+        assert_eq!(kept.last().unwrap(), &format!("AJ_{}", calls - 1));
+        assert_eq!(
+            stats.reports_dropped.load(Ordering::Relaxed),
+            (calls - REPORTS_KEPT) as u64
+        );
     }
 }

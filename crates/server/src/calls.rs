@@ -37,6 +37,8 @@ pub async fn key(
             room_id: rec.content.room_id.clone(),
             call_type: rec.content.call_type,
             key_derivation: rec.content.key_derivation,
+            // The identity sync.rs issues the user's join token for.
+            user_identity: rec.sender.clone(),
         }),
     };
     let label = match &outcome {

@@ -75,7 +75,8 @@ async fn key_endpoint(db: Db) {
     assert_eq!(
         body,
         json!({"encryptionKey": "v1.hpke-p256.QUJD", "userDid": "did:ixo:user1", "oracleDid": s.oracle.as_str(),
-               "sessionId": "s1", "roomId": id.room_name().as_str(), "callType": "audio", "keyDerivation": "hkdf"})
+               "sessionId": "s1", "roomId": id.room_name().as_str(), "callType": "audio", "keyDerivation": "hkdf",
+               "userIdentity": "@u:localhost"})
     );
     let (st, _) = answer(
         http.post(&path)
