@@ -60,6 +60,11 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Oracle key files: import an existing key.
+    Key {
+        #[command(subcommand)]
+        action: KeyCmd,
+    },
     /// Show the scheme, key id and public key of a private key file.
     KeyInfo {
         /// The PKCS#8 PEM private key file.
@@ -104,6 +109,25 @@ enum Command {
         config: PathBuf,
         #[command(subcommand)]
         action: apikey::Action,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum KeyCmd {
+    /// Turn an existing ixo oracle's raw secp256k1 secret into the PKCS#8 PEM file the agent
+    /// loads (scheme ecies-secp256k1; written 0600 like keygen). The secret is read from a
+    /// file (32 raw bytes, or 64 hex characters) or from standard input, never from the
+    /// command line.
+    Import {
+        /// The file holding the secret; `-` reads standard input.
+        #[arg(long, value_name = "FILE")]
+        secp256k1_file: PathBuf,
+        /// Where to write the private key.
+        #[arg(long)]
+        out: PathBuf,
+        /// Replace an existing file.
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -221,6 +245,21 @@ fn main() -> anyhow::Result<()> {
                 .context("generating the key pair")?;
             keyfile::write_private_key(&out, &kp, force)?;
             println!("wrote {} private key to {}", scheme, out.display());
+            print_public(&kp);
+            Ok(())
+        }
+        Command::Key {
+            action:
+                KeyCmd::Import {
+                    secp256k1_file,
+                    out,
+                    force,
+                },
+        } => {
+            let source = keyfile::SecretSource::from_arg(&secp256k1_file);
+            let kp = keyfile::import_secp256k1(&source)?;
+            keyfile::write_private_key(&out, &kp, force)?;
+            println!("wrote {} private key to {}", kp.scheme(), out.display());
             print_public(&kp);
             Ok(())
         }

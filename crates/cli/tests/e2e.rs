@@ -235,7 +235,11 @@ async fn a_key_sealed_to_another_agents_key_is_left_to_the_pool() {
     .await
     .expect("the agent declines the call");
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(stat(first), (1, 0, 0, 0), "declined, never joined, nothing failed");
+    assert_eq!(
+        stat(first),
+        (1, 0, 0, 0),
+        "declined, never joined, nothing failed"
+    );
     let rec = dep
         .server
         .state
@@ -275,7 +279,11 @@ async fn a_key_sealed_to_another_agents_key_is_left_to_the_pool() {
     let mut call = client.call_oracle(CallType::Audio).await.unwrap();
     let speech = oracle_calls::speech::synthesize(2.0, 5);
     let heard = talk(&mut call, speech, Duration::from_secs(4)).await;
-    assert!(heard.len() > 16_000, "the echo answered: {} samples", heard.len());
+    assert!(
+        heard.len() > 16_000,
+        "the echo answered: {} samples",
+        heard.len()
+    );
     call.end().await.unwrap();
     let report = tokio::time::timeout(Duration::from_secs(5), second.next_report())
         .await
@@ -304,11 +312,11 @@ async fn an_intruder_in_the_room_is_not_taken_for_the_user() {
     let client = dep.new_user().await.unwrap();
     let mut call = client.call_oracle(CallType::Audio).await.unwrap();
     // The intruder: a token minted with the LiveKit API secret for the call's room, no key.
-    let token = dep.stack.livekit().unwrap().join_token(
-        call.id().room_name().as_str(),
-        "intruder",
-        600,
-    );
+    let token =
+        dep.stack
+            .livekit()
+            .unwrap()
+            .join_token(call.id().room_name().as_str(), "intruder", 600);
     let (intruder, _events) = oracle_calls_rtc::Room::connect(
         dep.stack.get("LIVEKIT_URL").unwrap(),
         &token,
@@ -318,7 +326,11 @@ async fn an_intruder_in_the_room_is_not_taken_for_the_user() {
     .unwrap();
     let speech = oracle_calls::speech::synthesize(2.0, 7);
     let heard = talk(&mut call, speech, Duration::from_secs(4)).await;
-    assert!(heard.len() > 16_000, "the echo answered: {} samples", heard.len());
+    assert!(
+        heard.len() > 16_000,
+        "the echo answered: {} samples",
+        heard.len()
+    );
     call.end().await.unwrap();
     let report = tokio::time::timeout(
         Duration::from_secs(5),
