@@ -1,0 +1,409 @@
+//! The directory: akd's tree of oracle records, with a signed checkpoint for every epoch.
+//!
+//! Storage is akd's `AsyncInMemoryDatabase` for now (or any `akd::storage::Database`); the
+//! checkpoints live in memory next to it. A persistent store (SQLite, PostgreSQL) that keeps
+//! the tree and the checkpoints together is the next step, with `oracle-calls kt serve`.
+
+use std::collections::HashSet;
+use std::fmt;
+
+use akd::directory::Directory as AkdDirectory;
+use akd::ecvrf::{VRFKeyStorage, VrfError};
+use akd::errors::{AkdError, StorageError};
+use akd::storage::memory::AsyncInMemoryDatabase;
+use akd::storage::{Database, StorageManager};
+use akd::{AkdLabel, AkdValue, AzksParallelismConfig, HistoryParams};
+use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair as _};
+use oracle_calls_proto::Did;
+use tokio::sync::RwLock;
+use zeroize::Zeroizing;
+
+use crate::checkpoint::{Checkpoint, DirectoryKeyId, DirectoryPublicKey, SignedCheckpoint};
+use crate::error::{Error, Result};
+use crate::proof::{
+    AppendOnlyProof, AuditProof, HistoryProof, HistoryResponse, LookupProof, LookupResponse,
+};
+use crate::record::{MAX_RECORD_BYTES, OracleRecord};
+use crate::verify::TreeConfig;
+
+/// The directory's Ed25519 checkpoint signing key (a 32-byte RFC 8032 seed).
+///
+/// Zeroized on drop, not `Copy`, not `Serialize`; its `Debug` shows only the key id. The
+/// aws-lc-rs key object is rebuilt for each signature and dropped at once (it cannot be
+/// zeroized).
+pub struct CheckpointSigningKey {
+    seed: Zeroizing<[u8; 32]>,
+    public: [u8; 32],
+}
+
+impl CheckpointSigningKey {
+    /// A fresh key from the operating system's random number generator.
+    ///
+    /// # Errors
+    /// [`Error::Rng`] if the generator fails.
+    pub fn generate() -> Result<Self> {
+        let mut seed = Zeroizing::new([0u8; 32]);
+        aws_lc_rs::rand::fill(seed.as_mut()).map_err(|_| Error::Rng)?;
+        Self::from_seed(seed)
+    }
+
+    /// The key with this seed (as stored by the service in its key file).
+    ///
+    /// # Errors
+    /// [`Error::InvalidKey`] if aws-lc-rs refuses the seed.
+    pub fn from_seed(seed: Zeroizing<[u8; 32]>) -> Result<Self> {
+        let pair = Ed25519KeyPair::from_seed_unchecked(seed.as_ref())
+            .map_err(|_| Error::InvalidKey("Ed25519 seed"))?;
+        let public = pair
+            .public_key()
+            .as_ref()
+            .try_into()
+            .map_err(|_| Error::InvalidKey("Ed25519 public key length"))?;
+        Ok(Self { seed, public })
+    }
+
+    /// The public key, for clients' configuration.
+    pub fn public_key(&self) -> [u8; 32] {
+        self.public
+    }
+
+    /// The key id checkpoints name.
+    pub fn key_id(&self) -> DirectoryKeyId {
+        DirectoryKeyId::of(&self.public)
+    }
+
+    /// The secret seed, to write to the service's key file.
+    pub fn dangerous_seed(&self) -> &[u8; 32] {
+        &self.seed
+    }
+
+    fn sign(&self, checkpoint: Checkpoint) -> Result<SignedCheckpoint> {
+        let pair = Ed25519KeyPair::from_seed_unchecked(self.seed.as_ref())
+            .map_err(|_| Error::InvalidKey("Ed25519 seed"))?;
+        let signature = pair
+            .sign(&checkpoint.signed_bytes())
+            .as_ref()
+            .try_into()
+            .map_err(|_| Error::Inconsistent("Ed25519 signature length"))?;
+        Ok(SignedCheckpoint {
+            checkpoint,
+            signature,
+            key_id: self.key_id(),
+        })
+    }
+}
+
+impl fmt::Debug for CheckpointSigningKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "CheckpointSigningKey({}, ..)", self.key_id())
+    }
+}
+
+/// The directory's VRF secret key (32 bytes, ECVRF-EDWARDS25519-SHA512-TAI as in akd): it maps
+/// a DID to its place in the tree, so that proofs do not reveal other DIDs. akd also derives
+/// its value-commitment key from it.
+///
+/// Zeroized on drop, not `Copy`, not `Serialize`, redacted `Debug`. (akd asks for the key as a
+/// plain `Vec` on every use; those copies are not ours to zeroize.)
+#[derive(Clone)]
+pub struct VrfSecretKey(Zeroizing<[u8; 32]>);
+
+impl VrfSecretKey {
+    /// A fresh key from the operating system's random number generator.
+    ///
+    /// # Errors
+    /// [`Error::Rng`] if the generator fails.
+    pub fn generate() -> Result<Self> {
+        let mut key = Zeroizing::new([0u8; 32]);
+        aws_lc_rs::rand::fill(key.as_mut()).map_err(|_| Error::Rng)?;
+        Ok(Self(key))
+    }
+
+    /// The key with these bytes.
+    pub fn from_bytes(key: Zeroizing<[u8; 32]>) -> Self {
+        Self(key)
+    }
+
+    /// The VRF public key, for clients' configuration.
+    ///
+    /// # Errors
+    /// [`Error::InvalidKey`] if akd refuses the key.
+    pub fn public_key(&self) -> Result<[u8; 32]> {
+        let private = akd::ecvrf::VRFPrivateKey::try_from(&self.0[..])
+            .map_err(|_| Error::InvalidKey("VRF secret key"))?;
+        Ok(akd::ecvrf::VRFPublicKey::from(&private).to_bytes())
+    }
+
+    /// The secret bytes, to write to the service's key file.
+    pub fn dangerous_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for VrfSecretKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("VrfSecretKey(..)")
+    }
+}
+
+#[async_trait::async_trait]
+impl VRFKeyStorage for VrfSecretKey {
+    async fn retrieve(&self) -> Result<Vec<u8>, VrfError> {
+        Ok(self.0.to_vec())
+    }
+}
+
+/// A key-transparency directory of oracle records.
+///
+/// Every publish that changes something makes a new epoch and signs its checkpoint; epoch 0
+/// (the empty tree) is signed when the directory is created. Publishes are serialized, and a
+/// lookup, history or audit proof is always answered together with the checkpoint it was made
+/// against.
+pub struct Directory<S: Database + 'static = AsyncInMemoryDatabase> {
+    akd: AkdDirectory<TreeConfig, S, VrfSecretKey>,
+    signing: CheckpointSigningKey,
+    public: DirectoryPublicKey,
+    /// `checkpoints[e]` is epoch `e`'s; the write lock is held for a whole publish.
+    checkpoints: RwLock<Vec<SignedCheckpoint>>,
+}
+
+impl<S: Database + 'static> fmt::Debug for Directory<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Directory")
+            .field("key_id", &self.public.key_id())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Directory<AsyncInMemoryDatabase> {
+    /// A new, empty directory in memory, its epoch 0 signed at `time_ms`.
+    ///
+    /// # Errors
+    /// As [`Directory::new`].
+    pub async fn in_memory(
+        signing: CheckpointSigningKey,
+        vrf: VrfSecretKey,
+        time_ms: i64,
+    ) -> Result<Self> {
+        let storage = StorageManager::new_no_cache(AsyncInMemoryDatabase::new());
+        Self::new(signing, vrf, storage, time_ms).await
+    }
+}
+
+impl<S: Database + 'static> Directory<S> {
+    /// A new directory on akd storage that holds no epoch yet; its epoch 0 is signed at
+    /// `time_ms` (milliseconds since the Unix epoch).
+    ///
+    /// # Errors
+    /// [`Error::BadRequest`] if the storage already holds epochs (their checkpoints would be
+    /// lost: reopening a directory comes with the persistent store), [`Error::InvalidKey`],
+    /// [`Error::Directory`].
+    pub async fn new(
+        signing: CheckpointSigningKey,
+        vrf: VrfSecretKey,
+        storage: StorageManager<S>,
+        time_ms: i64,
+    ) -> Result<Self> {
+        let public = DirectoryPublicKey::new(signing.public_key(), vrf.public_key()?)?;
+        let akd = AkdDirectory::new(storage, vrf, AzksParallelismConfig::default())
+            .await
+            .map_err(Error::Directory)?;
+        let epoch_hash = akd.get_epoch_hash().await.map_err(Error::Directory)?;
+        if epoch_hash.epoch() != 0 {
+            return Err(Error::BadRequest(
+                "the storage already holds epochs whose checkpoints are not known",
+            ));
+        }
+        let genesis = signing.sign(Checkpoint {
+            epoch: 0,
+            root_hash: epoch_hash.hash(),
+            time_ms,
+        })?;
+        Ok(Self {
+            akd,
+            signing,
+            public,
+            checkpoints: RwLock::new(vec![genesis]),
+        })
+    }
+
+    /// What clients and agents are configured with to trust this directory.
+    pub fn public_key(&self) -> &DirectoryPublicKey {
+        &self.public
+    }
+
+    /// Publishes new records (one per DID) as one epoch and signs its checkpoint, dated
+    /// `time_ms` (or the previous checkpoint's time if the clock went back). Records equal to
+    /// the current ones change nothing; if nothing changes, the latest checkpoint is returned
+    /// and no epoch is made.
+    ///
+    /// Authorizing the publisher (the oracle operator's credential) is the service's job.
+    ///
+    /// # Errors
+    /// [`Error::BadRequest`] for no updates, a DID twice, or a record over
+    /// [`MAX_RECORD_BYTES`]; [`Error::Directory`]; [`Error::Inconsistent`].
+    pub async fn publish(
+        &self,
+        updates: Vec<(Did, OracleRecord)>,
+        time_ms: i64,
+    ) -> Result<SignedCheckpoint> {
+        if updates.is_empty() {
+            return Err(Error::BadRequest("nothing to publish"));
+        }
+        let mut seen = HashSet::with_capacity(updates.len());
+        let mut entries = Vec::with_capacity(updates.len());
+        for (did, record) in updates {
+            if !seen.insert(did.clone()) {
+                return Err(Error::BadRequest("a DID appears twice in one publish"));
+            }
+            let value = record.to_bytes();
+            if value.len() > MAX_RECORD_BYTES {
+                return Err(Error::BadRequest(
+                    "a record is larger than MAX_RECORD_BYTES",
+                ));
+            }
+            entries.push((label(&did), AkdValue(value)));
+        }
+
+        let mut checkpoints = self.checkpoints.write().await;
+        let last = *checkpoints
+            .last()
+            .map(|c| &c.checkpoint)
+            .ok_or(Error::Inconsistent("no checkpoint"))?;
+        let epoch_hash = self.akd.publish(entries).await.map_err(Error::Directory)?;
+        if epoch_hash.epoch() == last.epoch {
+            if epoch_hash.hash() != last.root_hash {
+                return Err(Error::Inconsistent("root changed without a new epoch"));
+            }
+            return checkpoints
+                .last()
+                .cloned()
+                .ok_or(Error::Inconsistent("no checkpoint"));
+        }
+        if Some(epoch_hash.epoch()) != last.epoch.checked_add(1) {
+            return Err(Error::Inconsistent("publish skipped an epoch"));
+        }
+        let signed = self.signing.sign(Checkpoint {
+            epoch: epoch_hash.epoch(),
+            root_hash: epoch_hash.hash(),
+            time_ms: time_ms.max(last.time_ms),
+        })?;
+        checkpoints.push(signed.clone());
+        Ok(signed)
+    }
+
+    /// The newest signed checkpoint.
+    pub async fn latest_checkpoint(&self) -> Result<SignedCheckpoint> {
+        self.checkpoints
+            .read()
+            .await
+            .last()
+            .cloned()
+            .ok_or(Error::Inconsistent("no checkpoint"))
+    }
+
+    /// The signed checkpoint of `epoch`, if the directory has reached it.
+    pub async fn checkpoint(&self, epoch: u64) -> Option<SignedCheckpoint> {
+        let index = usize::try_from(epoch).ok()?;
+        self.checkpoints.read().await.get(index).cloned()
+    }
+
+    /// The latest record of `did`, with its proof and the checkpoint it is proved against.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] if the DID was never published; [`Error::Directory`];
+    /// [`Error::Inconsistent`].
+    pub async fn lookup(&self, did: &Did) -> Result<LookupResponse> {
+        let checkpoints = self.checkpoints.read().await;
+        let (proof, epoch_hash) = self.akd.lookup(label(did)).await.map_err(not_found)?;
+        Ok(LookupResponse {
+            checkpoint: matching(&checkpoints, epoch_hash.epoch(), epoch_hash.hash())?,
+            proof: LookupProof::encode(&proof)?,
+        })
+    }
+
+    /// Every record `did` ever had, with the proof and the checkpoint it is proved against.
+    ///
+    /// # Errors
+    /// As [`Directory::lookup`].
+    pub async fn history(&self, did: &Did) -> Result<HistoryResponse> {
+        let checkpoints = self.checkpoints.read().await;
+        let (proof, epoch_hash) = self
+            .akd
+            .key_history(&label(did), HistoryParams::Complete)
+            .await
+            .map_err(not_found)?;
+        Ok(HistoryResponse {
+            checkpoint: matching(&checkpoints, epoch_hash.epoch(), epoch_hash.hash())?,
+            proof: HistoryProof::encode(&proof)?,
+        })
+    }
+
+    /// The audit proof from epoch `from` to epoch `to`: their checkpoints and everything
+    /// between, and akd's append-only proof.
+    ///
+    /// # Errors
+    /// [`Error::BadRequest`] unless `from < to <= latest epoch`; [`Error::Directory`].
+    pub async fn audit_proof(&self, from: u64, to: u64) -> Result<AuditProof> {
+        let checkpoints = self.checkpoints.read().await;
+        let range = usize::try_from(from)
+            .ok()
+            .zip(usize::try_from(to).ok())
+            .filter(|(f, t)| f < t)
+            .and_then(|(f, t)| checkpoints.get(f..=t))
+            .ok_or(Error::BadRequest(
+                "audit range must satisfy from < to <= latest epoch",
+            ))?
+            .to_vec();
+        let proof = self.akd.audit(from, to).await.map_err(Error::Directory)?;
+        Ok(AuditProof {
+            checkpoints: range,
+            proof: AppendOnlyProof::encode(&proof)?,
+        })
+    }
+}
+
+fn label(did: &Did) -> AkdLabel {
+    AkdLabel(did.as_str().as_bytes().to_vec())
+}
+
+fn not_found(e: AkdError) -> Error {
+    match e {
+        AkdError::Storage(StorageError::NotFound(_)) => Error::NotFound,
+        other => Error::Directory(other),
+    }
+}
+
+/// The stored checkpoint of the epoch akd answered at, which must have akd's root hash.
+fn matching(
+    checkpoints: &[SignedCheckpoint],
+    epoch: u64,
+    root: [u8; 32],
+) -> Result<SignedCheckpoint> {
+    usize::try_from(epoch)
+        .ok()
+        .and_then(|e| checkpoints.get(e))
+        .filter(|c| c.checkpoint.root_hash == root)
+        .cloned()
+        .ok_or(Error::Inconsistent(
+            "akd answered at an epoch with no matching checkpoint",
+        ))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn secret_keys_do_not_print() {
+        let signing = CheckpointSigningKey::from_seed(Zeroizing::new([9u8; 32])).unwrap();
+        let shown = format!("{signing:?}");
+        assert!(shown.starts_with("CheckpointSigningKey("), "{shown}");
+        assert!(!shown.contains(&hex::encode([9u8; 32])));
+        assert!(!shown.contains("9, 9"));
+        let vrf = VrfSecretKey::from_bytes(Zeroizing::new([9u8; 32]));
+        assert_eq!(format!("{vrf:?}"), "VrfSecretKey(..)");
+    }
+}
