@@ -109,3 +109,16 @@ fn proto_and_crypto_do_no_io() {
             .contains("oracle-calls-crypto")
     );
 }
+
+#[test]
+fn key_transparency_never_links_the_crypto_crate() {
+    let meta = metadata();
+    // Neither the verify side nor the directory (with whatever features the workspace
+    // resolves for it) can open a call key.
+    let deps = normal_closure(&meta, "oracle-calls-kt").unwrap();
+    assert!(
+        !deps.contains("oracle-calls-crypto"),
+        "oracle-calls-kt depends on oracle-calls-crypto"
+    );
+    assert!(deps.contains("akd_core"), "the check looks at the kt crate");
+}
