@@ -33,7 +33,7 @@ pub fn run(config: &Path, action: Action) -> anyhow::Result<()> {
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     rt.block_on(async move {
         std::fs::create_dir_all(&cfg.data_dir).context("creating data_dir")?;
-        let store = Store::connect(&cfg.database_url())
+        let store = Store::connect(cfg.store_url(&secrets)?.dangerous_expose())
             .await
             .context("opening the store")?;
         let now_ms = now().unix_millis();

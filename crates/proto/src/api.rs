@@ -431,8 +431,14 @@ mod tests {
             token_expires_at: Timestamp::from_unix_millis(1_700_000_600_000).unwrap(),
         };
         let dbg = format!("{sync:?}");
-        assert!(!dbg.contains("eyJ") && !dbg.contains("secret-claims"), "{dbg}");
-        assert!(dbg.contains("token: \"..\"") && dbg.contains("$ev1@oc-"), "{dbg}");
+        assert!(
+            !dbg.contains("eyJ") && !dbg.contains("secret-claims"),
+            "{dbg}"
+        );
+        assert!(
+            dbg.contains("token: \"..\"") && dbg.contains("$ev1@oc-"),
+            "{dbg}"
+        );
         let pretty = format!("{sync:#?}");
         assert!(!pretty.contains("secret-claims"), "{pretty}");
     }

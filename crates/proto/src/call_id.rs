@@ -217,8 +217,10 @@ pub(crate) mod tests {
 
     #[test]
     fn parses_v4_event_ids_and_legacy_ones() {
-        let id =
-            CallId::parse(&format!("$Rqnc-F-dvnEYJTyHq_iKxU2bZ1CI92-kuZq3a5lr5Zg@{ROOM}")).unwrap();
+        let id = CallId::parse(&format!(
+            "$Rqnc-F-dvnEYJTyHq_iKxU2bZ1CI92-kuZq3a5lr5Zg@{ROOM}"
+        ))
+        .unwrap();
         assert_eq!(id.room_name().as_str(), ROOM);
         assert!(CallId::parse(&format!("$abc:example.org@{ROOM}")).is_ok());
         assert!(CallId::parse(&format!("$a+b/c=@{ROOM}")).is_ok());
@@ -252,7 +254,9 @@ pub(crate) mod tests {
         for name in ["lk-room-12345", "r", "room-alpha", "oc-1"] {
             assert!(RoomName::parse(name).is_err(), "{name}");
             assert_eq!(
-                RoomName::dangerous_parse_livekit_name(name).unwrap().as_str(),
+                RoomName::dangerous_parse_livekit_name(name)
+                    .unwrap()
+                    .as_str(),
                 name
             );
         }
@@ -343,10 +347,7 @@ pub(crate) mod tests {
     fn json_is_a_plain_string() {
         let text = format!("$e@{ROOM}");
         let id = CallId::parse(&text).unwrap();
-        assert_eq!(
-            serde_json::to_string(&id).unwrap(),
-            format!("\"{text}\"")
-        );
+        assert_eq!(serde_json::to_string(&id).unwrap(), format!("\"{text}\""));
         assert!(serde_json::from_str::<CallId>(&format!("\"e@{ROOM}\"")).is_err());
         assert!(serde_json::from_str::<CallId>(r#""$e@r""#).is_err());
     }

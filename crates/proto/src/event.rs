@@ -293,7 +293,10 @@ pub(crate) mod tests {
         });
         let c: OraclesCallContent = serde_json::from_value(v.clone()).unwrap();
         assert_eq!(c.key_derivation, KeyDerivation::Pbkdf2);
-        assert_eq!(c.call_id.unwrap().room_name().as_str(), "oc-0123456789abcdef0123456789abcdef");
+        assert_eq!(
+            c.call_id.unwrap().room_name().as_str(),
+            "oc-0123456789abcdef0123456789abcdef"
+        );
         assert_eq!(
             c.call_ended_at.unwrap().to_string(),
             "2024-01-01T10:30:00.000Z"
@@ -360,7 +363,10 @@ pub(crate) mod tests {
             json!({"rel_type": "m.replace", "event_id": "$orig"})
         );
         assert_eq!(v["m.new_content"]["callStatus"], json!("ended"));
-        assert_eq!(v["m.new_content"]["callId"], json!("$orig@oc-0123456789abcdef0123456789abcdef"));
+        assert_eq!(
+            v["m.new_content"]["callId"],
+            json!("$orig@oc-0123456789abcdef0123456789abcdef")
+        );
         assert_eq!(v["callStatus"], json!("ended"));
         assert_eq!(v["callEndedAt"], json!("2024-01-01T10:05:00.000Z"));
         let back: OraclesCallEdit = serde_json::from_value(v).unwrap();

@@ -7,11 +7,12 @@ use crate::auth::Caller;
 use crate::store::CallRecord;
 use crate::{AppState, Error, Result, state};
 
-/// `GET /calls/{callId}/key`: the wrapped key of one of this oracle's open calls. Every
-/// request is audited with its outcome.
+/// `GET /calls/{callId}/key`: the wrapped key of one of this oracle's open calls that started
+/// less than `validation.max_call_age_secs` ago. Every request is audited with its outcome.
 ///
 /// # Errors
-/// 404 unknown, 403 another oracle's call or a blocked key, 410 ended.
+/// 404 unknown, 403 another oracle's call or a blocked key, 410 ended or older than the
+/// maximum call age.
 pub async fn key(
     state: &AppState,
     call_id: &CallId,
@@ -26,6 +27,7 @@ pub async fn key(
             Err(Error::Forbidden("this API key is for another oracle"))
         }
         Some(rec) if rec.status == CallStatus::Ended => Err(Error::Gone),
+        Some(rec) if too_old(state, &rec, now) => Err(Error::TooOld),
         Some(rec) if rec.key_blocked => Err(Error::Forbidden(
             "the agent reported that the key could not be opened",
         )),
@@ -46,6 +48,7 @@ pub async fn key(
         Err(e) => match e {
             Error::NotFound => "not_found",
             Error::Gone => "gone",
+            Error::TooOld => "too_old",
             Error::Forbidden(_) => "forbidden",
             _ => "error",
         },
@@ -69,10 +72,12 @@ pub async fn key(
     outcome
 }
 
-/// `POST /calls/{callId}/update`: legal transitions only, idempotent, mirrored to Matrix.
+/// `POST /calls/{callId}/update`: legal transitions only, idempotent, mirrored to Matrix. A
+/// reason is recorded only while the call has not ended: an ended call's reason is final.
 ///
 /// # Errors
-/// 404, 403 (not the call's user or oracle), 409 illegal transition.
+/// 404, 403 (not the call's user or oracle), 409 illegal transition or a reason for an ended
+/// call.
 pub async fn update(
     state: &AppState,
     call_id: &CallId,
@@ -87,25 +92,29 @@ pub async fn update(
         Caller::Agent(_) => return Err(Error::Forbidden("this API key is for another oracle")),
     }
     let now = state::now().unix_millis();
-    if let Some(reason) = req.reason {
-        if reason == CallReason::KeyDecryptionFailed && !matches!(caller, Caller::Agent(_)) {
-            return Err(Error::Forbidden(
-                "only the oracle's agent reports key failures",
-            ));
-        }
-        if req.call_status.is_none() {
-            state.store().record_reason(call_id, reason, now).await?;
-        }
+    let key_failed = req.reason == Some(CallReason::KeyDecryptionFailed);
+    if key_failed && !matches!(caller, Caller::Agent(_)) {
+        return Err(Error::Forbidden(
+            "only the oracle's agent reports key failures",
+        ));
     }
     let Some(to) = req.call_status else {
+        // A reason alone: recorded only while the call is open (checked in the same write).
+        if let Some(reason) = req.reason
+            && !state.store().record_reason(call_id, reason, now).await?
+        {
+            return Err(Error::Conflict(
+                "the call has ended; its reason can no longer change".into(),
+            ));
+        }
         return state.store().call(call_id).await?.ok_or(Error::NotFound);
     };
+    // The reason is written with the transition only; ending an ended call again changes
+    // nothing, its reason included.
     let record = transition(state, rec, to, req.reason).await?;
-    if req.reason == Some(CallReason::KeyDecryptionFailed) {
-        state
-            .store()
-            .record_reason(call_id, CallReason::KeyDecryptionFailed, now)
-            .await?;
+    if key_failed {
+        // The block holds whoever ended the call first.
+        state.store().block_key(call_id, now).await?;
         return state.store().call(call_id).await?.ok_or(Error::NotFound);
     }
     Ok(record)
@@ -183,7 +192,12 @@ async fn transition_inner(
 async fn after_transition(state: &AppState, rec: &CallRecord, mirror: bool) {
     if rec.status == CallStatus::Ended {
         state.metrics().call_event("ended");
-        if let Err(e) = state.livekit().delete_room(rec.call_id.room_name()).await {
+        // Only the room made for this call: never another room that has its name.
+        if let Err(e) = state
+            .livekit()
+            .delete_call_room(rec.call_id.room_name(), rec.call_id.as_str())
+            .await
+        {
             warn!(error = %e, "could not delete the LiveKit room");
         }
     }
@@ -204,19 +218,23 @@ async fn after_transition(state: &AppState, rec: &CallRecord, mirror: bool) {
     }
 }
 
-/// Ends the open call in LiveKit room `room` because of a webhook, if there is one and, for
-/// `participant_left`, if the participant is the call's user.
+/// Ends the call of LiveKit room `room` because of a webhook: only the one call that holds the
+/// room's name, only when the room is the one made for it (its metadata is the call id), only
+/// while it is open, and, for `participant_left`, only if the participant is the call's user.
 ///
 /// # Errors
 /// [`Error::Store`].
 pub async fn end_from_webhook(
     state: &AppState,
-    room: &str,
+    room: &crate::livekit::WebhookRoom,
     left_identity: Option<&str>,
 ) -> Result<Option<CallId>> {
-    let Some(rec) = state.store().open_call_in_room(room).await? else {
+    let Some(rec) = state.store().call_in_room(&room.name).await? else {
         return Ok(None);
     };
+    if rec.status == CallStatus::Ended || room.metadata != rec.call_id.as_str() {
+        return Ok(None);
+    }
     let reason = match left_identity {
         Some(who) if who == rec.sender => CallReason::ParticipantLeft,
         Some(_) => return Ok(None),
@@ -227,4 +245,13 @@ pub async fn end_from_webhook(
         Ok(_) | Err(Error::Conflict(_)) => Ok(Some(id)),
         Err(e) => Err(e),
     }
+}
+
+/// True when the call started longer ago than `validation.max_call_age_secs`: the server no
+/// longer activates it or hands out its key, whatever its status says.
+pub(crate) fn too_old(state: &AppState, rec: &CallRecord, now_ms: i64) -> bool {
+    let max_ms = i64::try_from(state.config().validation.max_call_age_secs)
+        .unwrap_or(i64::MAX / 1000)
+        .saturating_mul(1000);
+    now_ms.saturating_sub(rec.content.call_started_at.unix_millis()) > max_ms
 }

@@ -10,6 +10,10 @@ use serde::Deserialize;
 
 use crate::{Error, Result, Secret};
 
+mod database_url;
+
+pub use database_url::DatabaseUrl;
+
 /// Non-secret configuration. Every field has a safe default except the oracle's identity.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -21,8 +25,10 @@ pub struct Config {
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
     /// `sqlite://…` or `postgres://…`; default: `sqlite://<data_dir>/oracle-calls.sqlite3`.
+    /// Keep a PostgreSQL password out of it: `ORACLE_CALLS_DATABASE_PASSWORD(_FILE)` puts it
+    /// in at connect time (`postgres://user@host/db`).
     #[serde(default)]
-    pub database_url: Option<String>,
+    pub database_url: Option<DatabaseUrl>,
     /// Largest accepted request body, in bytes.
     #[serde(default = "default_body_limit")]
     pub body_limit_bytes: usize,
@@ -109,6 +115,13 @@ pub struct ValidationConfig {
     /// and between `callStartedAt` and now, in seconds.
     #[serde(default = "default_skew")]
     pub max_clock_skew_secs: u64,
+    /// The oldest call the server still serves, in seconds since its `callStartedAt`: an older
+    /// call is not activated (sync answers 410) and its key is not handed out (410), whatever
+    /// its status says. A pending call is activated only within `max_clock_skew_secs` of its
+    /// start. Default 3600 (one hour): the agent fetches the key and the user syncs in the
+    /// call's first seconds; raise it if calls run longer and may be synced again later.
+    #[serde(default = "default_max_call_age")]
+    pub max_call_age_secs: u64,
     /// Explicit `"<userDid>" = "<matrix user id>"` bindings (TOML table file), checked before the
     /// built-in `did:ixo:X` ↔ `@did-ixo-X:<server>` rule.
     #[serde(default)]
@@ -122,6 +135,7 @@ impl Default for ValidationConfig {
     fn default() -> Self {
         Self {
             max_clock_skew_secs: default_skew(),
+            max_call_age_secs: default_max_call_age(),
             user_binding_file: None,
             dangerous_accept_any_sender: false,
         }
@@ -161,6 +175,9 @@ fn default_empty_timeout() -> u32 {
 fn default_skew() -> u64 {
     300
 }
+fn default_max_call_age() -> u64 {
+    3600
+}
 
 impl Config {
     /// Parses the TOML text of a config file.
@@ -187,7 +204,7 @@ impl Config {
             self.data_dir = PathBuf::from(v);
         }
         if let Some(v) = lookup("ORACLE_CALLS_DATABASE_URL") {
-            self.database_url = Some(v);
+            self.database_url = Some(DatabaseUrl::new(v));
         }
         if let Some(v) = lookup("ORACLE_CALLS_MATRIX_URL") {
             self.matrix.homeserver_url = v;
@@ -204,14 +221,24 @@ impl Config {
         self.check()
     }
 
-    /// The database URL in effect.
-    pub fn database_url(&self) -> String {
+    /// The database URL in effect (without the password of `ORACLE_CALLS_DATABASE_PASSWORD`).
+    pub fn database_url(&self) -> DatabaseUrl {
         self.database_url.clone().unwrap_or_else(|| {
-            format!(
+            DatabaseUrl::new(format!(
                 "sqlite://{}?mode=rwc",
                 self.data_dir.join("oracle-calls.sqlite3").display()
-            )
+            ))
         })
+    }
+
+    /// The URL the store connects with: [`Config::database_url`] with the password from
+    /// `secrets` put in, when one is set.
+    ///
+    /// # Errors
+    /// [`Error::Config`] as [`DatabaseUrl::with_password`].
+    pub fn store_url(&self, secrets: &Secrets) -> Result<Secret> {
+        self.database_url()
+            .with_password(secrets.database_password.as_ref())
     }
 
     /// Request timeout as a duration.
@@ -231,6 +258,12 @@ impl Config {
                 "body_limit_bytes and livekit.token_ttl_secs must be positive".into(),
             ));
         }
+        if self.validation.max_call_age_secs < self.validation.max_clock_skew_secs {
+            return Err(Error::Config(
+                "validation.max_call_age_secs must be at least validation.max_clock_skew_secs"
+                    .into(),
+            ));
+        }
         Ok(())
     }
 }
@@ -245,6 +278,9 @@ pub struct Secrets {
     pub api_key_pepper: Secret,
     /// The oracle bot's Matrix password (needed only for the first login).
     pub matrix_password: Option<Secret>,
+    /// The PostgreSQL password, put into `database_url` at connect time (optional: the URL
+    /// may carry it itself).
+    pub database_password: Option<Secret>,
 }
 
 impl Secrets {
@@ -263,10 +299,12 @@ impl Secrets {
             ));
         }
         let matrix_password = read_secret(&lookup, "MATRIX_PASSWORD")?;
+        let database_password = read_secret(&lookup, "DATABASE_PASSWORD")?;
         Ok(Self {
             livekit_api_secret,
             api_key_pepper,
             matrix_password,
+            database_password,
         })
     }
 }
@@ -334,6 +372,51 @@ mod tests {
             .unwrap();
         assert_eq!(c.listen.port(), 9);
         assert!(Config::from_toml(&format!("{MINIMAL}\nbogus = 1")).is_err());
+        assert_eq!(c.validation.max_call_age_secs, 3600);
+        assert!(
+            Config::from_toml(&format!(
+                "{MINIMAL}\n[validation]\nmax_call_age_secs = 10\nmax_clock_skew_secs = 60"
+            ))
+            .is_err(),
+            "a call cannot be older than the freshness window allows"
+        );
+    }
+
+    #[test]
+    fn the_database_password_comes_from_a_file_and_never_prints() {
+        let dir = std::env::temp_dir().join(format!("oc-db-secret-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("pg_password");
+        std::fs::write(&file, "s3cret-pw\n").unwrap();
+        let file = file.display().to_string();
+        let mut c = Config::from_toml(&format!(
+            "database_url = \"postgres://calls@db:5432/calls\"\n{MINIMAL}"
+        ))
+        .unwrap();
+        let env: HashMap<&str, &str> = [
+            ("ORACLE_CALLS_LIVEKIT_API_SECRET", "lk-secret"),
+            ("ORACLE_CALLS_API_KEY_PEPPER", "0123456789abcdef-pepper"),
+            ("ORACLE_CALLS_DATABASE_PASSWORD_FILE", file.as_str()),
+        ]
+        .into();
+        let s = Secrets::from_env(|k| env.get(k).map(|v| (*v).to_owned())).unwrap();
+        assert_eq!(
+            c.store_url(&s).unwrap().dangerous_expose(),
+            "postgres://calls:s3cret-pw@db:5432/calls"
+        );
+        assert!(!format!("{s:?}{c:?}").contains("s3cret"));
+        // A password inside the URL itself (from the file or the environment) never prints.
+        c.apply_env(|k| {
+            (k == "ORACLE_CALLS_DATABASE_URL").then(|| "postgres://calls:hunter2@db/calls".into())
+        })
+        .unwrap();
+        let dbg = format!("{c:?}");
+        assert!(
+            !dbg.contains("hunter2") && dbg.contains("calls:***@db"),
+            "{dbg}"
+        );
+        assert!(c.store_url(&s).is_err(), "two passwords: refused");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -29,6 +29,10 @@ pub enum Error {
     /// The call has ended.
     #[error("the call has ended")]
     Gone,
+    /// The call started longer ago than `validation.max_call_age_secs`: it is over for the
+    /// server, whatever its status says.
+    #[error("the call is older than this server's maximum call age")]
+    TooOld,
     /// The request body is over the limit.
     #[error("request body is larger than {0} bytes")]
     PayloadTooLarge(usize),
@@ -70,7 +74,7 @@ impl Error {
             Self::Forbidden(_) => (StatusCode::FORBIDDEN, ErrorCode::Forbidden),
             Self::NotFound => (StatusCode::NOT_FOUND, ErrorCode::NotFound),
             Self::Conflict(_) => (StatusCode::CONFLICT, ErrorCode::Conflict),
-            Self::Gone => (StatusCode::GONE, ErrorCode::Gone),
+            Self::Gone | Self::TooOld => (StatusCode::GONE, ErrorCode::Gone),
             Self::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::PayloadTooLarge),
             Self::Validation(_) => (
                 StatusCode::UNPROCESSABLE_ENTITY,

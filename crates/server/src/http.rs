@@ -4,7 +4,7 @@ use std::time::Instant;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
-use axum::http::StatusCode;
+use axum::http::{Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post};
@@ -45,13 +45,21 @@ pub fn router(state: AppState) -> Router {
         .fallback(meta::no_route)
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn_with_state(state.clone(), track))
-        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, timeout))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            timeout,
+        ))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
             let route = req
                 .extensions()
                 .get::<MatchedPath>()
                 .map_or("unmatched", |p| p.as_str());
-            tracing::info_span!("request", method = %req.method(), route, call_id = tracing::field::Empty)
+            tracing::info_span!(
+                "request",
+                method = method_label(req.method()),
+                route,
+                call_id = tracing::field::Empty
+            )
         }))
         .with_state(state)
 }
@@ -61,7 +69,7 @@ async fn track(State(state): State<AppState>, req: Request, next: Next) -> Respo
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let method = req.method().as_str().to_owned();
+    let method = method_label(req.method());
     let started = Instant::now();
     let mut resp = next.run(req).await;
     if resp.status() == StatusCode::PAYLOAD_TOO_LARGE {
@@ -77,7 +85,37 @@ async fn track(State(state): State<AppState>, req: Request, next: Next) -> Respo
         .with_label_values(&[route.as_str()])
         .observe(started.elapsed().as_secs_f64());
     m.http_requests
-        .with_label_values(&[route.as_str(), method.as_str(), resp.status().as_str()])
+        .with_label_values(&[route.as_str(), method, resp.status().as_str()])
         .inc();
     resp
+}
+
+/// The metrics label of a request method: one of a fixed set, so that requests with made-up
+/// methods (any token is a valid HTTP method) cannot grow the metrics without bound.
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::HEAD => "HEAD",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        Method::PATCH => "PATCH",
+        _ => "OTHER",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn method_labels_are_a_fixed_set() {
+        assert_eq!(method_label(&Method::GET), "GET");
+        assert_eq!(method_label(&Method::PATCH), "PATCH");
+        for other in ["TRACE", "CONNECT", "M0123456789", "get"] {
+            let m = Method::from_bytes(other.as_bytes()).unwrap();
+            assert_eq!(method_label(&m), "OTHER", "{other}");
+        }
+    }
 }

@@ -30,6 +30,7 @@ pub mod livekit;
 pub mod matrix;
 mod metrics;
 mod reindex;
+mod replay;
 mod secret;
 mod serve;
 mod state;

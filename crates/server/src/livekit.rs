@@ -39,6 +39,10 @@ pub struct WebhookEvent {
     /// The event's unique id.
     #[serde(default)]
     pub id: String,
+    /// Unix seconds after which the signature is refused (its `exp` plus the leeway): a replay
+    /// of this event can only arrive before then.
+    #[serde(skip)]
+    pub signature_valid_until: i64,
 }
 
 /// `WebhookEvent.room`.
@@ -47,6 +51,18 @@ pub struct WebhookRoom {
     /// The room name.
     #[serde(default)]
     pub name: String,
+    /// The room's metadata: for a call's room, the call id (set at `CreateRoom`).
+    #[serde(default)]
+    pub metadata: String,
+}
+
+/// A room that exists in LiveKit now (from `ListRooms`).
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct LiveRoom {
+    /// The room name.
+    pub name: String,
+    /// The room's metadata: for a room this server made for a call, the call id.
+    pub metadata: String,
 }
 
 /// `WebhookEvent.participant`.
@@ -107,8 +123,13 @@ impl LiveKit {
     }
 
     /// `RoomService.CreateRoom` with a dispatch of `agent_name` whose metadata is `metadata`
-    /// (the call id: the agent's job carries it). Creating a room that exists returns it
-    /// unchanged (LiveKit's semantics), so a retry is harmless.
+    /// (the call id: the agent's job carries it); the room's own metadata is `metadata` too, so
+    /// the server can tell its call's room from another room of that name.
+    ///
+    /// # Security
+    /// On a room that exists, LiveKit's `CreateRoom` replaces the room's metadata and agent
+    /// dispatches: call it on a name only after [`LiveKit::room`] showed no room of another
+    /// call there (as [`LiveKit::open_call_room`] does).
     ///
     /// # Errors
     /// [`Error::LiveKitUnavailable`] / [`Error::LiveKitBadAnswer`].
@@ -121,11 +142,76 @@ impl LiveKit {
         let body = json!({
             "name": room.as_str(),
             "emptyTimeout": self.config.empty_timeout_secs,
+            "metadata": metadata,
             "agents": [{"agentName": agent_name, "metadata": metadata}],
         });
         self.twirp("CreateRoom", json!({"roomCreate": true}), &body)
             .await?;
         Ok(())
+    }
+
+    /// The room of this call, created (with the agent dispatched) when it does not exist yet.
+    /// A room of that name made for anything else (another call, another server or app on the
+    /// same LiveKit) is left alone.
+    ///
+    /// # Errors
+    /// [`Error::Conflict`] when a room of that name exists and is not this call's;
+    /// [`Error::LiveKitUnavailable`] / [`Error::LiveKitBadAnswer`].
+    pub async fn open_call_room(
+        &self,
+        room: &RoomName,
+        agent_name: &str,
+        call_id: &str,
+    ) -> Result<()> {
+        match self.room(room).await? {
+            Some(live) if live.metadata == call_id => Ok(()),
+            Some(_) => Err(Error::Conflict(
+                "roomId names a LiveKit room that belongs to something else".into(),
+            )),
+            None => self.create_room(room, agent_name, call_id).await,
+        }
+    }
+
+    /// Deletes the room of this call: only when it exists and is the call's own (its metadata
+    /// is the call id), never another room of that name.
+    ///
+    /// # Errors
+    /// [`Error::LiveKitUnavailable`] / [`Error::LiveKitBadAnswer`].
+    pub async fn delete_call_room(&self, room: &RoomName, call_id: &str) -> Result<bool> {
+        match self.room(room).await? {
+            Some(live) if live.metadata == call_id => {
+                self.delete_room(room).await?;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// `RoomService.ListRooms` for one name: the room when it exists now.
+    ///
+    /// # Errors
+    /// [`Error::LiveKitUnavailable`] / [`Error::LiveKitBadAnswer`].
+    pub async fn room(&self, room: &RoomName) -> Result<Option<LiveRoom>> {
+        let v = self
+            .twirp(
+                "ListRooms",
+                json!({"roomList": true}),
+                &json!({"names": [room.as_str()]}),
+            )
+            .await?;
+        Ok(v.get("rooms")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .find(|r| r.get("name").and_then(Value::as_str) == Some(room.as_str()))
+            .map(|r| LiveRoom {
+                name: room.as_str().to_owned(),
+                metadata: r
+                    .get("metadata")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned(),
+            }))
     }
 
     /// `RoomService.DeleteRoom`. A room that is already gone is not an error.
@@ -198,7 +284,15 @@ impl LiveKit {
                 "webhook body does not match its signature",
             ));
         }
-        serde_json::from_slice(body).map_err(|e| Error::BadRequest(format!("webhook body: {e}")))
+        let mut event: WebhookEvent = serde_json::from_slice(body)
+            .map_err(|e| Error::BadRequest(format!("webhook body: {e}")))?;
+        // `verify` refused a token without `exp`.
+        event.signature_valid_until = claims
+            .get("exp")
+            .and_then(Value::as_i64)
+            .unwrap_or_default()
+            .saturating_add(jwt::LEEWAY_SECS);
+        Ok(event)
     }
 
     async fn twirp(&self, method: &str, grant: Value, body: &Value) -> Result<Value> {

@@ -217,6 +217,10 @@ async fn restore_call(
             f.original.origin_server_ts,
         )
         .await?;
+    if inserted == Inserted::RoomTaken {
+        skip(report, "another call holds the room name".into());
+        return Ok(());
+    }
     let moved = store
         .restore_status(&call_id, status, ended_at, now)
         .await?;
@@ -229,6 +233,7 @@ async fn restore_call(
         }
         Inserted::Existing(_) if moved => report.advanced += 1,
         Inserted::Existing(_) => report.unchanged += 1,
+        Inserted::RoomTaken => {}
     }
     if status != CallStatus::Ended && inserted == Inserted::New {
         warn!(call_id = %call_id, %status, "a call rebuilt from Matrix is still open");

@@ -17,7 +17,7 @@ use crate::{AppState, Error, Result, router};
 pub async fn build_state(config: Config, secrets: Secrets) -> Result<AppState> {
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| Error::Config(format!("creating data_dir: {e}")))?;
-    let store = Store::connect(&config.database_url()).await?;
+    let store = Store::connect(config.store_url(&secrets)?.dangerous_expose()).await?;
     info!(backend = ?store.backend(), "store ready");
     let bot = crate::matrix::Bot::start(&config, &secrets).await?;
     let state = AppState::new(config, secrets, store, Some(bot.clone()))?;

@@ -27,6 +27,7 @@ struct Inner {
     matrix: Option<crate::matrix::Bot>,
     user_bindings: std::collections::HashMap<String, String>,
     webhooks: tokio::sync::broadcast::Sender<crate::livekit::WebhookEvent>,
+    webhook_ids: crate::replay::SeenWebhooks,
     key_cache: crate::apikey::KeyCache,
     audit: crate::audit::AuditLog,
 }
@@ -80,6 +81,7 @@ impl AppState {
             matrix,
             user_bindings,
             webhooks: tokio::sync::broadcast::channel(64).0,
+            webhook_ids: crate::replay::SeenWebhooks::default(),
         })))
     }
 
@@ -116,6 +118,9 @@ impl AppState {
     pub(crate) fn webhook_seen(&self, ev: &crate::livekit::WebhookEvent) {
         // Nobody listening is fine.
         let _ = self.0.webhooks.send(ev.clone());
+    }
+    pub(crate) fn webhook_ids(&self) -> &crate::replay::SeenWebhooks {
+        &self.0.webhook_ids
     }
     pub(crate) fn user_bindings(&self) -> &std::collections::HashMap<String, String> {
         &self.0.user_bindings

@@ -132,6 +132,8 @@ pub enum Inserted {
     New,
     /// A call with this id was already stored; here it is, unchanged.
     Existing(Box<CallRecord>),
+    /// Another call holds the room name: nothing was stored.
+    RoomTaken,
 }
 
 impl Store {
@@ -192,7 +194,9 @@ impl Store {
         sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
     }
 
-    /// Stores a new pending call, or returns the one already stored under its id.
+    /// Stores a new pending call, or returns the one already stored under its id. A room name
+    /// belongs to one call: when another call holds it, nothing is stored
+    /// ([`Inserted::RoomTaken`]).
     ///
     /// # Errors
     /// [`Error::Store`].
@@ -214,7 +218,7 @@ impl Store {
                 room_name, call_type, status, encryption_key, key_derivation, content_json,
                 call_started_at, call_ended_at, reason, key_blocked, created_at, updated_at)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, NULL, NULL, 0, $14, $14)
-             ON CONFLICT (call_id) DO NOTHING",
+             ON CONFLICT DO NOTHING",
         )
         .bind(call_id.as_str())
         .bind(matrix_room_id)
@@ -237,11 +241,11 @@ impl Store {
         if done.rows_affected() == 1 {
             return Ok(Inserted::New);
         }
-        let existing = self
-            .call(call_id)
-            .await?
-            .ok_or_else(|| Error::Internal("insert conflicted but the call is not there".into()))?;
-        Ok(Inserted::Existing(Box::new(existing)))
+        match self.call(call_id).await? {
+            Some(existing) => Ok(Inserted::Existing(Box::new(existing))),
+            // The only other unique key is the room name (migration 0003).
+            None => Ok(Inserted::RoomTaken),
+        }
     }
 
     /// The call with this id.
@@ -303,7 +307,9 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
-    /// Records an agent's report; `keyDecryptionFailed` also blocks the key endpoint.
+    /// Records a report on a call that has not ended; `keyDecryptionFailed` also blocks the
+    /// key endpoint. Returns false, changing nothing, when the call has ended (or does not
+    /// exist): an ended call's reason is final.
     ///
     /// # Errors
     /// [`Error::Store`].
@@ -312,12 +318,12 @@ impl Store {
         call_id: &CallId,
         reason: CallReason,
         now_ms: i64,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         let block = i64::from(reason == CallReason::KeyDecryptionFailed);
         let done = sqlx::query(
             "UPDATE calls SET reason = $1, key_blocked = CASE WHEN $2 = 1 THEN 1 ELSE key_blocked END,
                  updated_at = $3
-             WHERE call_id = $4",
+             WHERE call_id = $4 AND status <> 'ended'",
         )
         .bind(reason_str(reason))
         .bind(block)
@@ -325,6 +331,22 @@ impl Store {
         .bind(call_id.as_str())
         .execute(&self.pool)
         .await;
+        self.forget(call_id);
+        Ok(done?.rows_affected() == 1)
+    }
+
+    /// Blocks the key endpoint for the call (the agent could not open its envelope), whatever
+    /// its status, without touching its reason.
+    ///
+    /// # Errors
+    /// [`Error::Store`].
+    pub async fn block_key(&self, call_id: &CallId, now_ms: i64) -> Result<()> {
+        let done =
+            sqlx::query("UPDATE calls SET key_blocked = 1, updated_at = $1 WHERE call_id = $2")
+                .bind(now_ms)
+                .bind(call_id.as_str())
+                .execute(&self.pool)
+                .await;
         self.forget(call_id);
         done?;
         Ok(())
@@ -483,7 +505,7 @@ fn reason_str(r: CallReason) -> String {
 }
 
 fn migrator(backend: Backend) -> Migrator {
-    let steps: [(i64, &'static str, &'static str, &'static str); 2] = [
+    let steps: [(i64, &'static str, &'static str, &'static str); 3] = [
         (
             1,
             "init",
@@ -495,6 +517,12 @@ fn migrator(backend: Backend) -> Migrator {
             "mirror",
             include_str!("../migrations/sqlite/0002_mirror.sql"),
             include_str!("../migrations/postgres/0002_mirror.sql"),
+        ),
+        (
+            3,
+            "room names",
+            include_str!("../migrations/sqlite/0003_room_names.sql"),
+            include_str!("../migrations/postgres/0003_room_names.sql"),
         ),
     ];
     Migrator::with_migrations(
@@ -518,16 +546,15 @@ fn migrator(backend: Backend) -> Migrator {
 }
 
 impl Store {
-    /// The newest call in LiveKit room `room` that has not ended.
+    /// The call of LiveKit room `room` (a room name belongs to one call), whatever its status.
     ///
     /// # Errors
     /// [`Error::Store`].
-    pub async fn open_call_in_room(&self, room: &str) -> Result<Option<CallRecord>> {
+    pub async fn call_in_room(&self, room: &str) -> Result<Option<CallRecord>> {
         let row = sqlx::query(
             "SELECT call_id, matrix_room_id, sender, content_json, status, call_ended_at, reason,
                     key_blocked, created_at
-             FROM calls WHERE room_name = $1 AND status <> 'ended'
-             ORDER BY created_at DESC LIMIT 1",
+             FROM calls WHERE room_name = $1",
         )
         .bind(room)
         .fetch_optional(&self.pool)

@@ -15,8 +15,9 @@ use crate::{AppState, Error, Result, state};
 /// Validates, stores, activates and answers with a join token.
 ///
 /// # Errors
-/// 403 another user's call, 404 no such event, 410 ended, 422 a failed check (named),
-/// 502/503 Matrix or LiveKit trouble.
+/// 403 another user's call, 404 no such event, 409 the room name belongs to another call (or
+/// to a LiveKit room this call did not make), 410 ended or older than the maximum call age,
+/// 422 a failed check (named), 502/503 Matrix or LiveKit trouble.
 pub async fn sync(
     state: &AppState,
     call_id: &CallId,
@@ -25,6 +26,15 @@ pub async fn sync(
 ) -> Result<SyncResponse> {
     if let Some(rec) = state.store().call(call_id).await? {
         return activate(state, rec, user, req).await;
+    }
+    // A room name belongs to one call: refuse before asking Matrix for anything.
+    if state
+        .store()
+        .call_in_room(call_id.room_name().as_str())
+        .await?
+        .is_some()
+    {
+        return Err(room_taken());
     }
     let bot = state
         .matrix()
@@ -48,8 +58,13 @@ pub async fn sync(
             state.store().call(call_id).await?.ok_or(Error::NotFound)?
         }
         Inserted::Existing(rec) => *rec,
+        Inserted::RoomTaken => return Err(room_taken()),
     };
     activate(state, rec, user, req).await
+}
+
+fn room_taken() -> Error {
+    Error::Conflict("roomId is already the room of another call".into())
 }
 
 /// Every check of DESIGN §3 step 6 that needs the event. The error names the failed check.
@@ -60,21 +75,28 @@ pub(crate) fn validate(
     now_ms: i64,
 ) -> Result<OraclesCallContent> {
     let content = validate_stored(state, call_id, ev)?;
-    let window = i64::try_from(state.config().validation.max_clock_skew_secs)
-        .unwrap_or(i64::MAX / 1000)
-        .saturating_mul(1000);
     let started = content.call_started_at.unix_millis();
-    if started.abs_diff(ev.origin_server_ts) > window.unsigned_abs() {
+    if !fresh(state, started, ev.origin_server_ts) {
         return Err(Error::Validation(
             "callStartedAt is too far from the event's origin_server_ts".into(),
         ));
     }
-    if started.abs_diff(now_ms) > window.unsigned_abs() {
+    if !fresh(state, started, now_ms) {
         return Err(Error::Validation(
             "callStartedAt is too far from now (stale or replayed event)".into(),
         ));
     }
     Ok(content)
+}
+
+/// True when two instants (Unix ms) are within `validation.max_clock_skew_secs` of each other.
+fn fresh(state: &AppState, a_ms: i64, b_ms: i64) -> bool {
+    let window = state
+        .config()
+        .validation
+        .max_clock_skew_secs
+        .saturating_mul(1000);
+    a_ms.abs_diff(b_ms) <= window
 }
 
 /// The checks of [`validate`] that hold for an event of any age (what a rebuild of the store
@@ -111,7 +133,9 @@ pub(crate) fn validate_stored(
 }
 
 /// `userDid` ↔ Matrix user: the explicit mapping first, then the ixo convention
-/// `did:ixo:X` ↔ `@did-ixo-X:<server>`.
+/// `did:ixo:X` ↔ `@did-ixo-X:<server>`, compared exactly (a DID whose id has upper-case
+/// letters binds to no one by convention: Matrix user ids are lower-case, and case variants
+/// of one DID must not share an account).
 fn sender_bound(state: &AppState, user_did: &Did, sender: &str) -> bool {
     let v = &state.config().validation;
     v.dangerous_accept_any_sender
@@ -132,16 +156,16 @@ fn binding_holds(
     if let Some(mapped) = explicit.get(user_did.as_str()) {
         return mapped == sender;
     }
+    let id = user_did.method_specific_id();
     user_did.method() == "ixo"
-        && sender
-            == format!(
-                "@did-ixo-{}:{server_name}",
-                user_did.method_specific_id().to_lowercase()
-            )
+        && !id.bytes().any(|b| b.is_ascii_uppercase())
+        && sender == format!("@did-ixo-{id}:{server_name}")
 }
 
 /// Brings a stored call to `active` (room with dispatch, Matrix edit) and answers. Only the
-/// call's own user gets an answer; an ended call is gone.
+/// call's own user gets an answer; an ended call, or one older than the maximum call age, is
+/// gone; a pending call is activated only while it is fresh (within the clock-skew window of
+/// its start, as at its first sync).
 async fn activate(
     state: &AppState,
     rec: CallRecord,
@@ -163,13 +187,24 @@ async fn activate(
     if rec.status == CallStatus::Ended {
         return Err(Error::Gone);
     }
+    let now_ms = state::now().unix_millis();
+    if crate::calls::too_old(state, &rec, now_ms) {
+        return Err(Error::TooOld);
+    }
+    if rec.status == CallStatus::Pending
+        && !fresh(state, rec.content.call_started_at.unix_millis(), now_ms)
+    {
+        return Err(Error::Validation(
+            "callStartedAt is too far from now (stale or replayed event)".into(),
+        ));
+    }
     let room = rec.call_id.room_name().clone();
     state
         .livekit()
-        .create_room(
+        .open_call_room(
             &room,
             &state.config().oracle.agent_name,
-            &rec.call_id.to_string(),
+            rec.call_id.as_str(),
         )
         .await?;
     let rec = crate::calls::transition(state, rec, CallStatus::Active, None).await?;
@@ -214,6 +249,20 @@ mod tests {
             "localhost",
             &did("did:key:abc1"),
             "@did-key-abc1:localhost"
+        ));
+        // Exact: a DID with upper-case letters binds to no account by convention, neither the
+        // lower-cased one nor (should one exist) the same-case one.
+        for sender in ["@did-ixo-abc1:localhost", "@did-ixo-ABC1:localhost"] {
+            assert!(
+                !binding_holds(&none, "localhost", &did("did:ixo:ABC1"), sender),
+                "{sender}"
+            );
+        }
+        assert!(!binding_holds(
+            &none,
+            "localhost",
+            &did("did:ixo:Abc1"),
+            "@did-ixo-abc1:localhost"
         ));
         let explicit: HashMap<String, String> =
             [("did:ixo:abc1".to_owned(), "@alice:localhost".to_owned())].into();

@@ -11,12 +11,18 @@
 
 #[path = "integration/api.rs"]
 mod api;
+#[path = "integration/freshness.rs"]
+mod freshness;
+#[path = "integration/hygiene.rs"]
+mod hygiene;
 #[path = "integration/livekit.rs"]
 mod livekit;
 #[path = "integration/matrix.rs"]
 mod matrix;
 #[path = "integration/resilience.rs"]
 mod resilience;
+#[path = "integration/rooms.rs"]
+mod rooms;
 #[path = "integration/schema.rs"]
 mod schema;
 #[path = "integration/support.rs"]

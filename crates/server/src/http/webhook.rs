@@ -6,13 +6,15 @@ use axum::http::{HeaderMap, StatusCode, header};
 use oracle_calls_proto::ApiErrorBody;
 use tracing::info;
 
+use crate::livekit::WebhookEvent;
 use crate::{AppState, Result, state};
 
 /// A LiveKit webhook (signed JWT in `Authorization`, no `Bearer`). `room_finished` and the
-/// call's user leaving end the call.
+/// call's user leaving end the call whose room it is. Each event id is acted on once: a replay
+/// answers 200 and changes nothing.
 #[utoipa::path(post, path = "/livekit/webhook", tag = "livekit",
     request_body(content = String, content_type = "application/webhook+json"),
-    responses((status = 200, description = "accepted"),
+    responses((status = 200, description = "accepted (or a replay, ignored)"),
         (status = 400, body = ApiErrorBody), (status = 401, body = ApiErrorBody)),
     security(("livekitSignature" = [])))]
 pub async fn receive(
@@ -23,31 +25,46 @@ pub async fn receive(
     let auth = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    let ev = state.livekit().verify_webhook(&body, auth, state::now())?;
+    let now = state::now();
+    let ev = state.livekit().verify_webhook(&body, auth, now)?;
+    if !state
+        .webhook_ids()
+        .claim(&ev.id, ev.signature_valid_until, now.unix_millis() / 1000)
+    {
+        state.metrics().call_event("webhook_replayed");
+        info!(id = %ev.id, event = %ev.event, "replayed LiveKit webhook ignored");
+        return Ok(StatusCode::OK);
+    }
     state.metrics().call_event("webhook");
-    let room = ev
-        .room
-        .as_ref()
-        .map(|r| r.name.as_str())
-        .unwrap_or_default();
-    info!(event = %ev.event, room, "livekit webhook");
+    let handled = handle(&state, &ev).await;
+    if handled.is_err() {
+        state.webhook_ids().release(&ev.id);
+    }
+    handled?;
+    state.webhook_seen(&ev);
+    Ok(StatusCode::OK)
+}
+
+async fn handle(state: &AppState, ev: &WebhookEvent) -> Result<()> {
+    let Some(room) = ev.room.as_ref().filter(|r| !r.name.is_empty()) else {
+        info!(event = %ev.event, "livekit webhook");
+        return Ok(());
+    };
+    info!(event = %ev.event, room = %room.name, "livekit webhook");
     let ended = match ev.event.as_str() {
-        "room_finished" if !room.is_empty() => {
-            crate::calls::end_from_webhook(&state, room, None).await?
-        }
-        "participant_left" if !room.is_empty() => {
+        "room_finished" => crate::calls::end_from_webhook(state, room, None).await?,
+        "participant_left" => {
             let who = ev
                 .participant
                 .as_ref()
                 .map(|p| p.identity.as_str())
                 .unwrap_or_default();
-            crate::calls::end_from_webhook(&state, room, Some(who)).await?
+            crate::calls::end_from_webhook(state, room, Some(who)).await?
         }
         _ => None,
     };
     if let Some(id) = ended {
         info!(call_id = %id, event = %ev.event, "call ended by LiveKit");
     }
-    state.webhook_seen(&ev);
-    Ok(StatusCode::OK)
+    Ok(())
 }

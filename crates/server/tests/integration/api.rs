@@ -4,7 +4,7 @@ use oracle_calls_proto::{CallStatus, Did};
 use oracle_calls_server::apikey;
 use serde_json::json;
 
-use crate::support::{Db, MatrixUser, TestServer, answer, both_backends, unique};
+use crate::support::{Db, MatrixUser, TestServer, answer, both_backends, room_name, unique};
 
 async fn meta_endpoints(db: Db) {
     let s = TestServer::start(db).await;
@@ -125,7 +125,7 @@ async fn key_endpoint(db: Db) {
     )
     .await;
     assert_eq!(st, 403);
-    let unknown = s.url("/calls/%24nope@oc-none/key");
+    let unknown = s.url(&format!("/calls/%24nope@{}/key", room_name()));
     let (st, _) = answer(http.get(&unknown).bearer_auth(&real).send().await.unwrap()).await;
     assert_eq!(st, 404);
     // Revoked (by another process, as `oracle-calls apikey revoke` does): 401 once the
@@ -277,6 +277,76 @@ async fn update_endpoint(db: Db) {
     assert_eq!(st, 409);
 }
 both_backends!(update_enforces_transitions_and_key_block, update_endpoint);
+
+/// An ended call's reason is final (security review L3): a reason alone is recorded only while
+/// the call is open, and ending it again changes nothing.
+async fn reasons_after_the_end(db: Db) {
+    let s = TestServer::start(db).await;
+    let http = reqwest::Client::new();
+    let alice = MatrixUser::new(&unique("alice")).await;
+    let a_tok = alice.openid_token().await;
+    let now = oracle_calls_server::now().unix_millis();
+    let key = apikey::create(s.store(), &s.pepper, s.oracle.clone(), "agent", now)
+        .await
+        .unwrap();
+    let agent = key.key.dangerous_expose();
+    let id = s.seed_call(&alice.user_id, "s1", &s.oracle).await;
+    let up = s.url(&format!("/calls/{}/update", id.to_path_segment()));
+    let post = |tok: &str, body: serde_json::Value| {
+        let req = http.post(&up).bearer_auth(tok).json(&body);
+        async move { answer(req.send().await.unwrap()).await }
+    };
+    let stored_reason = || async {
+        s.store()
+            .call(&id)
+            .await
+            .unwrap()
+            .unwrap()
+            .reason
+            .map(|r| format!("{r:?}"))
+    };
+
+    // While the call is open, a reason alone is recorded.
+    let (st, b) = post(agent, json!({"reason": "mediaFailed"})).await;
+    assert_eq!(
+        (st, b["reason"].as_str()),
+        (200, Some("mediaFailed")),
+        "{b}"
+    );
+    let (st, b) = post(
+        &a_tok,
+        json!({"callStatus": "ended", "reason": "userHangup"}),
+    )
+    .await;
+    assert_eq!(
+        (st, b["callStatus"].as_str(), b["reason"].as_str()),
+        (200, Some("ended"), Some("userHangup")),
+        "{b}"
+    );
+
+    // Once it ended, no one rewrites it: a reason alone is a 409 and changes nothing...
+    for (tok, reason) in [
+        (a_tok.as_str(), "agentHangup"),
+        (agent, "keyDecryptionFailed"),
+        (agent, "mediaFailed"),
+    ] {
+        let (st, b) = post(tok, json!({"reason": reason})).await;
+        assert_eq!(
+            (st, b["error"]["code"].as_str()),
+            (409, Some("conflict")),
+            "{reason}: {b}"
+        );
+        assert!(
+            b["error"]["message"].as_str().unwrap().contains("ended"),
+            "{b}"
+        );
+    }
+    // ...and ending it again with another reason is an idempotent 200 that keeps the first.
+    let (st, b) = post(&a_tok, json!({"callStatus": "ended", "reason": "timeout"})).await;
+    assert_eq!((st, b["reason"].as_str()), (200, Some("userHangup")), "{b}");
+    assert_eq!(stored_reason().await.as_deref(), Some("UserHangup"));
+}
+both_backends!(a_reason_is_final_once_the_call_ended, reasons_after_the_end);
 
 async fn list_endpoint(db: Db) {
     let s = TestServer::start(db).await;

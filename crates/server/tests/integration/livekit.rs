@@ -4,11 +4,11 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use hmac::{Hmac, KeyInit as _, Mac as _};
-use oracle_calls_proto::RoomName;
+use oracle_calls_proto::{CallId, EventId, RoomName};
 use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
 
-use crate::support::{Db, TestServer, answer, read_file, stack_var, unique};
+use crate::support::{Db, TestServer, answer, metric, read_file, room_name, stack_var, unique};
 
 /// Signs like livekit-server's webhook notifier does (independently of the server's code).
 fn webhook_auth(body: &[u8], secret: &str, api_key: &str) -> String {
@@ -30,7 +30,7 @@ fn webhook_auth(body: &[u8], secret: &str, api_key: &str) -> String {
 async fn rooms_are_created_with_dispatch_listed_and_deleted() {
     let s = TestServer::start(Db::Sqlite).await;
     let lk = s.state.livekit();
-    let room = RoomName::parse(&unique("oc-lk-")).unwrap();
+    let room = RoomName::parse(&room_name()).unwrap();
     lk.create_room(&room, "agent-x", "").await.unwrap();
     lk.create_room(&room, "agent-x", "")
         .await
@@ -74,10 +74,10 @@ async fn forged_webhooks_are_rejected_and_signed_ones_end_calls() {
     let secret = read_file(&stack_var("LIVEKIT_API_SECRET_FILE"));
     let key = stack_var("LIVEKIT_API_KEY");
     let id = s.seed_call("@u:localhost", "s", &s.oracle).await;
-    let body =
-        json!({"event": "room_finished", "room": {"sid": "RM_x", "name": id.room_name().as_str()},
-        "id": "EV_1", "createdAt": "1700000000"})
-        .to_string();
+    let body = json!({"event": "room_finished",
+        "room": {"sid": "RM_x", "name": id.room_name().as_str(), "metadata": id.as_str()},
+        "id": unique("EV_"), "createdAt": "1700000000"})
+    .to_string();
     let post = |auth: Option<String>, body: String| {
         let mut r = http
             .post(s.url("/livekit/webhook"))
@@ -104,6 +104,7 @@ async fn forged_webhooks_are_rejected_and_signed_ones_end_calls() {
             "signature of another body",
         ),
         (Some(format!("Bearer {good}")), "Bearer prefix"),
+        (Some("not.a.jwt".into()), "garbage"),
     ] {
         let (st, b) = answer(post(auth, body.clone()).await.unwrap()).await;
         assert_eq!(
@@ -124,13 +125,32 @@ async fn forged_webhooks_are_rejected_and_signed_ones_end_calls() {
         ("ended", Some("RoomFinished".into()))
     );
 
-    // participant_left: only the call's user ends it.
+    // participant_left: only the call's user ends it, and only in the room made for the
+    // call (its metadata is the call id), not in another room of that name.
     let id = s.seed_call("@u:localhost", "s", &s.oracle).await;
-    let left = |who: &str| {
-        json!({"event": "participant_left", "room": {"name": id.room_name().as_str()},
-        "participant": {"identity": who}})
+    let left_in = |who: &str, metadata: &str| {
+        json!({"event": "participant_left",
+        "room": {"name": id.room_name().as_str(), "metadata": metadata},
+        "participant": {"identity": who}, "id": unique("EV_")})
         .to_string()
     };
+    let left = |who: &str| left_in(who, id.as_str());
+    for b in [
+        left("agent-identity"),
+        left_in("@u:localhost", "another-room"),
+    ] {
+        let (st, _) = answer(
+            post(Some(webhook_auth(b.as_bytes(), &secret, &key)), b)
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(st, 200);
+    }
+    assert_eq!(
+        s.store().call(&id).await.unwrap().unwrap().status.as_str(),
+        "pending"
+    );
     let b = left("agent-identity");
     let (st, _) = answer(
         post(Some(webhook_auth(b.as_bytes(), &secret, &key)), b)
@@ -165,7 +185,7 @@ async fn real_webhook_from_livekit_arrives_and_verifies() {
         .to_owned();
     let s = TestServer::start_on(Db::Sqlite, &addr).await;
     let mut events = s.state.subscribe_webhooks();
-    let room = RoomName::parse(&unique("oc-hook-")).unwrap();
+    let room = RoomName::parse(&room_name()).unwrap();
     s.state
         .livekit()
         .create_room(&room, "agent-x", "")
@@ -186,4 +206,120 @@ async fn real_webhook_from_livekit_arrives_and_verifies() {
     assert!(!got.id.is_empty());
     s.state.livekit().delete_room(&room).await.unwrap();
     let _: Value = json!(null);
+}
+
+/// A signed webhook is acted on once (security review L4): a replay of the same event id
+/// answers 200 and changes nothing, even where the event would now apply.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replayed_webhooks_change_nothing() {
+    let s = TestServer::start(Db::Sqlite).await;
+    let http = reqwest::Client::new();
+    let secret = read_file(&stack_var("LIVEKIT_API_SECRET_FILE"));
+    let key = stack_var("LIVEKIT_API_KEY");
+    let post = |body: &str| {
+        http.post(s.url("/livekit/webhook"))
+            .header("content-type", "application/webhook+json")
+            .header(
+                "authorization",
+                webhook_auth(body.as_bytes(), &secret, &key),
+            )
+            .body(body.to_owned())
+            .send()
+    };
+    let ended = |id: &CallId| {
+        let store = s.store().clone();
+        let id = id.clone();
+        async move { store.call(&id).await.unwrap().unwrap().status.as_str() == "ended" }
+    };
+    let finished = |id: &CallId, ev: &str| {
+        json!({"event": "room_finished",
+            "room": {"sid": "RM_x", "name": id.room_name().as_str(), "metadata": id.as_str()},
+            "id": ev, "createdAt": "1700000000"})
+        .to_string()
+    };
+
+    // The event ends the call once; its replay is a 200 that is counted as a replay.
+    let id = s.seed_call("@u:localhost", "s", &s.oracle).await;
+    let body = finished(&id, &unique("EV_"));
+    let (st, _) = answer(post(&body).await.unwrap()).await;
+    assert_eq!(st, 200);
+    assert!(ended(&id).await);
+    let handled = metric(&s, r#"oracle_calls_call_events_total{event="webhook"}"#).await;
+    let (st, _) = answer(post(&body).await.unwrap()).await;
+    assert_eq!(st, 200, "LiveKit sees a replay accepted");
+    assert_eq!(
+        metric(&s, r#"oracle_calls_call_events_total{event="webhook"}"#).await,
+        handled,
+        "a replay is not handled again"
+    );
+    assert_eq!(
+        metric(
+            &s,
+            r#"oracle_calls_call_events_total{event="webhook_replayed"}"#
+        )
+        .await,
+        1.0
+    );
+
+    // An event that arrived before its call was in the store (a store lost and rebuilt from
+    // Matrix, say), replayed once the call is there: it would end the call, and does not.
+    let later = CallId::new(
+        EventId::parse(&unique("$ev")).unwrap(),
+        RoomName::parse(&room_name()).unwrap(),
+    );
+    let mut left = serde_json::from_str::<Value>(&finished(&later, &unique("EV_"))).unwrap();
+    left["event"] = json!("participant_left");
+    left["participant"] = json!({"identity": "@u:localhost"});
+    let left = left.to_string();
+    let (st, _) = answer(post(&left).await.unwrap()).await;
+    assert_eq!(st, 200);
+    let now = oracle_calls_server::now().unix_millis();
+    s.seed_call_id(&later, "@u:localhost", "s", &s.oracle, now)
+        .await;
+    let (st, _) = answer(post(&left).await.unwrap()).await;
+    assert_eq!(st, 200);
+    assert!(!ended(&later).await, "the replay changed nothing");
+    assert_eq!(
+        metric(
+            &s,
+            r#"oracle_calls_call_events_total{event="webhook_replayed"}"#
+        )
+        .await,
+        2.0
+    );
+}
+
+/// The signature is checked before the body is parsed: garbage with a bad signature is 401
+/// (not 400), garbage with a good one is 400.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_signature_is_checked_before_the_body_is_parsed() {
+    let s = TestServer::start(Db::Sqlite).await;
+    let secret = read_file(&stack_var("LIVEKIT_API_SECRET_FILE"));
+    let key = stack_var("LIVEKIT_API_KEY");
+    let garbage = b"{this is not json".to_vec();
+    for (auth, want) in [
+        (
+            webhook_auth(&garbage, "not-the-secret", &key),
+            (401, "unauthorized"),
+        ),
+        (webhook_auth(b"{}", &secret, &key), (401, "unauthorized")),
+        (webhook_auth(&garbage, &secret, &key), (400, "bad_request")),
+    ] {
+        let (st, b) = answer(
+            reqwest::Client::new()
+                .post(s.url("/livekit/webhook"))
+                .header("content-type", "application/webhook+json")
+                .header("authorization", auth)
+                .body(garbage.clone())
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(
+            (st, b["error"]["code"].as_str()),
+            (want.0, Some(want.1)),
+            "{b}"
+        );
+    }
 }

@@ -12,7 +12,8 @@ use oracle_calls_proto::CallStatus;
 use serde_json::{Value, json};
 
 use crate::support::{
-    Db, MatrixUser, TempDir, TestServer, answer, both_backends, stack_var, temp_dir, unique,
+    Db, MatrixUser, TempDir, TestServer, answer, both_backends, room_name, stack_var, temp_dir,
+    unique,
 };
 
 /// The user's side: a matrix-sdk client with its own device.
@@ -151,7 +152,7 @@ async fn sync_validates_and_activates(db: Db) {
     let token = alice.user.openid_token().await;
 
     // The good call.
-    let lk_room = unique("oc-");
+    let lk_room = room_name();
     let ev = alice
         .send(&room, &alice.content(&oracle, &lk_room, now_ms()))
         .await;
@@ -261,38 +262,33 @@ async fn sync_validates_and_activates(db: Db) {
             assert_rejected(st, &b, want);
         }
     };
-    let lk = unique("oc-");
+    let lk = room_name();
     check(
         alice.content("did:ixo:someoneelse", &lk, now_ms()),
         "oracleDid",
         lk,
     )
     .await;
-    let lk = unique("oc-");
+    let lk = room_name();
     check(
         alice.content(&oracle, &lk, now_ms() - 3_600_000),
         "callStartedAt",
         lk,
     )
     .await;
-    let lk = unique("oc-");
-    check(
-        alice.content(&oracle, &unique("oc-other-"), now_ms()),
-        "roomId",
-        lk,
-    )
-    .await;
-    let lk = unique("oc-");
+    let lk = room_name();
+    check(alice.content(&oracle, &room_name(), now_ms()), "roomId", lk).await;
+    let lk = room_name();
     let mut forged = alice.content(&oracle, &lk, now_ms());
     forged["userDid"] = json!("did:ixo:victim");
     check(forged, "not bound to userDid", lk).await;
-    let lk = unique("oc-");
+    let lk = room_name();
     let mut active = alice.content(&oracle, &lk, now_ms());
     active["callStatus"] = json!("active");
     check(active, "not pending", lk).await;
 
     // A plaintext call event in the encrypted room (Synapse accepts it).
-    let lk = unique("oc-");
+    let lk = room_name();
     let plain: Value = reqwest::Client::new()
         .put(format!(
             "{}/_matrix/client/v3/rooms/{}/send/m.ixo.oracles_call/{}",
@@ -318,7 +314,7 @@ async fn sync_validates_and_activates(db: Db) {
 
     // A call event in an unencrypted room.
     let open_room = alice.room_with(&bot, false).await;
-    let lk = unique("oc-");
+    let lk = room_name();
     let ev = alice
         .send(&open_room, &alice.content(&oracle, &lk, now_ms()))
         .await;
@@ -326,7 +322,7 @@ async fn sync_validates_and_activates(db: Db) {
     assert_rejected(st, &b, "not encrypted");
 
     // Unknown event: 404. None of the rejected events was stored.
-    let (st, _) = sync_call(&s, &token, &format!("$nosuchevent@{}", unique("oc-"))).await;
+    let (st, _) = sync_call(&s, &token, &format!("$nosuchevent@{}", room_name())).await;
     assert_eq!(st, 404);
     let (_, list) = answer(
         reqwest::Client::new()

@@ -15,7 +15,8 @@ use serde_json::{Value, json};
 
 use crate::matrix::{UserSide, now_ms, sync_call};
 use crate::support::{
-    Db, Gate, MatrixUser, Restartable, TestServer, answer, both_backends, metric, stack_var, unique,
+    Db, Gate, MatrixUser, Restartable, TestServer, answer, both_backends, metric, room_name,
+    stack_var, unique,
 };
 
 /// The `callStatus` of every `m.replace` edit of `event` that `sender` wrote, newest first, as
@@ -99,7 +100,7 @@ async fn synced_call(
     room: &Room,
     token: &str,
 ) -> (String, CallId) {
-    let lk_room = unique("oc-");
+    let lk_room = room_name();
     let ev = alice
         .send(room, &alice.content(s.oracle.as_str(), &lk_room, now_ms()))
         .await;
@@ -224,7 +225,7 @@ async fn livekit_down_at_sync_is_a_503_and_the_call_waits() {
     let token = alice.user.openid_token().await;
 
     livekit.close();
-    let lk_room = unique("oc-");
+    let lk_room = room_name();
     let ev = alice
         .send(&room, &alice.content(s.oracle.as_str(), &lk_room, now_ms()))
         .await;
@@ -300,9 +301,10 @@ async fn restart_mid_call(db: Db) {
     stop(s).await;
 
     let rec = {
-        let store = oracle_calls_server::store::Store::connect(&config.database_url())
-            .await
-            .unwrap();
+        let store =
+            oracle_calls_server::store::Store::connect(config.database_url().dangerous_expose())
+                .await
+                .unwrap();
         store.call(&b).await.unwrap().unwrap()
     };
     let edit = oracle_calls_proto::OraclesCallEdit::new(
@@ -387,7 +389,7 @@ async fn the_store_is_rebuilt_from_matrix() {
     alice
         .send(
             &room,
-            &alice.content("did:ixo:someone-else", &unique("oc-"), now_ms()),
+            &alice.content("did:ixo:someone-else", &room_name(), now_ms()),
         )
         .await;
     let before_a = s.store().call(&a).await.unwrap().unwrap();

@@ -8,7 +8,7 @@ use std::process::Command;
 use matrix_sdk::ruma::{OwnedUserId, UserId};
 
 use crate::matrix::{UserSide, now_ms, sync_call};
-use crate::support::{Db, MatrixUser, TestServer, temp_dir, unique};
+use crate::support::{Db, MatrixUser, TestServer, room_name, temp_dir, unique};
 
 /// The checks the issue asks for: no server errors, no schema violations.
 const CHECKS: &str = "not_a_server_error,status_code_conformance,content_type_conformance,\
@@ -62,7 +62,7 @@ async fn schemathesis_finds_no_server_error_or_schema_violation() {
     let alice = UserSide::new().await;
     let room = alice.room_with(&bot, true).await;
     let token = alice.user.openid_token().await;
-    let lk_room = unique("oc-");
+    let lk_room = room_name();
     let ev = alice
         .send(&room, &alice.content(s.oracle.as_str(), &lk_room, now_ms()))
         .await;

@@ -69,6 +69,13 @@ pub fn read_file(path: &str) -> String {
     std::fs::read_to_string(path).unwrap().trim().to_owned()
 }
 
+/// A fresh room name of the shape a client makes: `oc-` and 32 lower-case hex characters.
+pub fn room_name() -> String {
+    let mut b = [0u8; 16];
+    rand::fill(&mut b);
+    RoomName::from_random(b).as_str().to_owned()
+}
+
 pub fn unique(prefix: &str) -> String {
     let mut b = [0u8; 6];
     rand::fill(&mut b);
@@ -284,7 +291,9 @@ impl TestServer {
             Config::from_toml(&config_toml(&oracle, "@oracle:localhost", &dir.0, db)).unwrap();
         let secrets = secrets(None);
         let pepper = secrets.api_key_pepper.clone();
-        let store = Store::connect(&config.database_url()).await.unwrap();
+        let store = Store::connect(config.store_url(&secrets).unwrap().dangerous_expose())
+            .await
+            .unwrap();
         let state = AppState::new(config, secrets, store, None).unwrap();
         Self::spawn(state, addr, oracle, pepper, dir).await
     }
@@ -365,27 +374,57 @@ impl TestServer {
 
     /// Stores a pending call of `user` (as a sync would), returns its id.
     pub async fn seed_call(&self, sender: &str, session: &str, oracle: &Did) -> CallId {
-        let room = RoomName::parse(&unique("oc-")).unwrap();
+        let now = oracle_calls_server::now().unix_millis();
+        self.seed_call_started(sender, session, oracle, now).await
+    }
+
+    /// As [`Self::seed_call`], for a call whose `callStartedAt` is `started_ms` (Unix ms).
+    pub async fn seed_call_started(
+        &self,
+        sender: &str,
+        session: &str,
+        oracle: &Did,
+        started_ms: i64,
+    ) -> CallId {
+        let id = CallId::new(
+            EventId::parse(&unique("$ev")).unwrap(),
+            RoomName::parse(&room_name()).unwrap(),
+        );
+        self.seed_call_id(&id, sender, session, oracle, started_ms)
+            .await;
+        id
+    }
+
+    /// Stores the pending call `id` as [`Self::seed_call_started`] does.
+    pub async fn seed_call_id(
+        &self,
+        id: &CallId,
+        sender: &str,
+        session: &str,
+        oracle: &Did,
+        started_ms: i64,
+    ) {
+        let room = id.room_name().clone();
         let content = OraclesCallContent {
             call_id: None,
             call_type: CallType::Audio,
             call_status: CallStatus::Pending,
-            call_started_at: oracle_calls_server::now(),
+            call_started_at: oracle_calls_proto::Timestamp::from_unix_millis(started_ms).unwrap(),
             call_ended_at: None,
             encryption_key: KeyEnvelope::parse("v1.hpke-p256.QUJD").unwrap(),
             session_id: SessionId::parse(session).unwrap(),
-            room_id: room.clone(),
+            room_id: room,
             user_did: Did::parse("did:ixo:user1").unwrap(),
             oracle_did: oracle.clone(),
             key_derivation: KeyDerivation::Hkdf,
         };
-        let id = CallId::new(EventId::parse(&unique("$ev")).unwrap(), room);
         let now = oracle_calls_server::now().unix_millis();
-        self.store()
-            .insert_call(&id, "!room:localhost", sender, &content, now)
+        let done = self
+            .store()
+            .insert_call(id, "!room:localhost", sender, &content, now)
             .await
             .unwrap();
-        id
+        assert_eq!(done, oracle_calls_server::store::Inserted::New);
     }
 }
 
