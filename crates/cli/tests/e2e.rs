@@ -304,6 +304,180 @@ async fn a_key_sealed_to_another_agents_key_is_left_to_the_pool() {
     dep.stop().await;
 }
 
+/// Security claim 26 on the real stack: an envelope sealed to the oracle's real key — the one
+/// the agent holds — but bound to another call's context (here the same room, user, oracle and
+/// type under another session id, as if lifted from another call of that room) keeps the agent
+/// out. The agent accepts the job (the key is its own), fails to open the envelope for this
+/// call's context, never joins, reports `keyDecryptionFailed`; the server ends the call with
+/// that reason, the key endpoint hands the envelope out no more, and the user sees the call
+/// ended with that reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_envelope_bound_to_another_call_keeps_the_agent_out_and_blocks_the_key_endpoint() {
+    use oracle_calls_proto::{
+        CallReason, EventId, ListCallsQuery, OraclesCallContent, RoomName, SessionId, Timestamp,
+    };
+    use rand::RngExt as _;
+    init_logs();
+    let _serial = SERIAL.lock().await;
+    let dep = Deployment::start(Stack::running().unwrap(), DeployOptions::new(temp_dir()))
+        .await
+        .unwrap();
+    let agent = dep.agent.as_ref().unwrap();
+    let stat = || {
+        let s = agent.stats();
+        let l = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+        (
+            l(&s.keys_not_held),
+            l(&s.jobs_accepted),
+            l(&s.calls_joined),
+            l(&s.key_failures),
+        )
+    };
+    // A good call first: the encrypted DM with the bot exists, the bot is joined and its
+    // device is pinned and verified, so the crafted event below reaches the bot like any other.
+    let client = dep.new_user().await.unwrap();
+    let mut good = client.call_oracle(CallType::Audio).await.unwrap();
+    let room = good.matrix_room().clone();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while !matches!(
+            good.next_event().await,
+            Some(CallEvent::OracleJoined { .. }) | None
+        ) {}
+    })
+    .await
+    .expect("the agent joins the good call");
+    good.end().await.unwrap();
+    let report = tokio::time::timeout(Duration::from_secs(10), agent.next_report())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(report.outcome, JobOutcome::Served { .. }),
+        "{report:?}"
+    );
+    assert_eq!(stat(), (0, 1, 1, 0), "the good call was served");
+
+    // The crafted call: sealed to the key the agent holds, bound to another session's context.
+    let oracle_key = oracle_calls::keyfile::read_private_key(&dep.key_file).unwrap();
+    let rand16 = || {
+        let mut b = [0u8; 16];
+        rand::rng().fill(&mut b);
+        b
+    };
+    let hex = |b: [u8; 16]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    let room_name = RoomName::from_random(rand16());
+    let session_id = SessionId::parse(&format!("sess-{}", hex(rand16()))).unwrap();
+    let other_session = SessionId::parse(&format!("sess-{}", hex(rand16()))).unwrap();
+    let other_context = oracle_calls_crypto::CallContext::new(
+        other_session,
+        room_name.clone(),
+        client.user_did().clone(),
+        dep.oracle_did.clone(),
+        CallType::Audio,
+    );
+    let envelope = {
+        let mut rng = rand::rng();
+        let key = oracle_calls_crypto::CallKey::generate(&mut rng);
+        oracle_calls_crypto::seal(&oracle_key.public_key(), &key, &other_context, &mut rng).unwrap()
+    };
+    let now_ms = i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .unwrap();
+    let content = OraclesCallContent {
+        call_id: None,
+        call_type: CallType::Audio,
+        call_status: CallStatus::Pending,
+        call_started_at: Timestamp::from_unix_millis(now_ms).unwrap(),
+        call_ended_at: None,
+        encryption_key: envelope,
+        session_id: session_id.clone(),
+        room_id: room_name,
+        user_did: client.user_did().clone(),
+        oracle_did: dep.oracle_did.clone(),
+        key_derivation: oracle_calls_proto::KeyDerivation::Hkdf,
+    };
+    let sent = room
+        .send_raw(
+            oracle_calls_proto::CALL_EVENT_TYPE,
+            serde_json::to_value(&content).unwrap(),
+        )
+        .await
+        .unwrap();
+    let call_id = content.call_id_for(EventId::parse(sent.response.event_id.as_str()).unwrap());
+    // The sync activates the call and dispatches the agent.
+    let token = client.openid_token().await.unwrap();
+    let synced = client.api().sync(&call_id, &token).await.unwrap();
+    assert_eq!(synced.call_id, call_id);
+    assert_eq!(synced.status, CallStatus::Active);
+
+    let report = tokio::time::timeout(Duration::from_secs(15), agent.next_report())
+        .await
+        .expect("the agent reports the call")
+        .unwrap();
+    assert_eq!(report.call_id.as_ref(), Some(&call_id), "{report:?}");
+    assert!(
+        matches!(&report.outcome, JobOutcome::KeyDecryptionFailed(why)
+            if why.contains("different call context")),
+        "the open failed on the context: {report:?}"
+    );
+    assert!(
+        report.joined_after.is_none() && report.key_ready_after.is_none(),
+        "the agent never had the key nor joined: {report:?}"
+    );
+    assert_eq!(
+        stat(),
+        (0, 2, 1, 1),
+        "its own key (not declined), accepted, never joined, one key failure"
+    );
+    // The server ended the call with the agent's reason.
+    let rec = dep
+        .server
+        .state
+        .store()
+        .call(&call_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(rec.status, CallStatus::Ended);
+    assert_eq!(rec.reason, Some(CallReason::KeyDecryptionFailed));
+    // The key endpoint hands the envelope out no more (410 for an ended call, 403 blocked).
+    let r = reqwest::Client::new()
+        .get(format!(
+            "{}/calls/{}/key",
+            dep.server.url,
+            call_id.to_path_segment()
+        ))
+        .bearer_auth(dep.agent_api_key.as_str())
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        matches!(r.status().as_u16(), 403 | 410),
+        "no envelope after the failure: {}",
+        r.status()
+    );
+    // The user learns it from the server: the call is ended, as keyDecryptionFailed.
+    let page = client
+        .list_calls(&ListCallsQuery {
+            status: Some(CallStatus::Ended),
+            session_id: Some(session_id),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let seen = page
+        .calls
+        .iter()
+        .find(|c| c.call_id == call_id)
+        .expect("the user's list shows the call as ended");
+    assert_eq!(seen.reason, Some(CallReason::KeyDecryptionFailed));
+    dep.stop().await;
+}
+
 /// A participant with a valid LiveKit token for the call's room but without the call key is
 /// not the user: the agent logs it as unexpected, and when the user hangs up the agent ends
 /// the call although the intruder is still in the room (who counts as the user is proven in
