@@ -339,14 +339,7 @@ fn require_encrypted_url(
             "expected {encrypted}:// (or {plain}:// to loopback)"
         )));
     }
-    let host = parsed.host_str().unwrap_or_default();
-    let loopback = host.eq_ignore_ascii_case("localhost")
-        || host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback());
-    if loopback {
+    if oracle_calls_proto::is_loopback_host(parsed.host_str().unwrap_or_default()) {
         Ok(())
     } else {
         Err(ConfigError::InsecureUrl {

@@ -170,13 +170,7 @@ fn message(body: &[u8]) -> String {
 /// [`CallError::InsecureUrl`] naming the URL, [`CallError::Setup`] if it does not parse.
 pub(crate) fn require_secure(url: &str) -> Result<(), CallError> {
     let u = reqwest::Url::parse(url).map_err(|e| CallError::Setup(format!("{url}: {e}")))?;
-    let host = u.host_str().unwrap_or_default();
-    let loopback = host.eq_ignore_ascii_case("localhost")
-        || host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|a| a.is_loopback());
+    let loopback = oracle_calls_proto::is_loopback_host(u.host_str().unwrap_or_default());
     match u.scheme() {
         "https" => Ok(()),
         "http" if loopback => Ok(()),

@@ -27,6 +27,7 @@ mod call_id;
 mod did;
 mod error;
 mod event;
+mod net;
 #[cfg(feature = "openapi")]
 mod openapi;
 mod status;
@@ -34,8 +35,9 @@ mod text;
 mod timestamp;
 
 pub use api::{
-    ApiError, ApiErrorBody, CallReason, CallSummary, ErrorCode, KeyResponse, ListCallsQuery,
-    BotDevice, ListCallsResponse, OracleKeyInfo, SyncRequest, SyncResponse, UpdateRequest, WellKnown,
+    ApiError, ApiErrorBody, BotDevice, CallReason, CallSummary, ErrorCode, KeyResponse,
+    ListCallsQuery, ListCallsResponse, OracleKeyInfo, SyncRequest, SyncResponse, UpdateRequest,
+    WellKnown,
 };
 pub use call_id::{CallId, EventId, RoomName};
 pub use did::Did;
@@ -44,5 +46,6 @@ pub use event::{
     CALL_EVENT_TYPE, KeyDerivation, KeyEnvelope, KeyScheme, OraclesCallContent, OraclesCallEdit,
     RelatesTo, SessionId,
 };
+pub use net::is_loopback_host;
 pub use status::{CallStatus, CallType, IllegalTransition};
 pub use timestamp::Timestamp;

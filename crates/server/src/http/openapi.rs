@@ -1,9 +1,9 @@
 //! The OpenAPI document, generated from the handlers and the proto types.
 
 use oracle_calls_proto::{
-    ApiError, ApiErrorBody, CallReason, CallStatus, CallSummary, CallType, ErrorCode, KeyResponse,
-    BotDevice, KeyScheme, ListCallsResponse, OracleKeyInfo, SyncRequest, SyncResponse, UpdateRequest,
-    WellKnown,
+    ApiError, ApiErrorBody, BotDevice, CallReason, CallStatus, CallSummary, CallType, ErrorCode,
+    KeyResponse, KeyScheme, ListCallsResponse, OracleKeyInfo, SyncRequest, SyncResponse,
+    UpdateRequest, WellKnown,
 };
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
