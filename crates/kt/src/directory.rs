@@ -1,11 +1,13 @@
 //! The directory: akd's tree of oracle records, with a signed checkpoint for every epoch.
 //!
-//! Storage is akd's `AsyncInMemoryDatabase` for now (or any `akd::storage::Database`); the
-//! checkpoints live in memory next to it. A persistent store (SQLite, PostgreSQL) that keeps
-//! the tree and the checkpoints together is the next step, with `oracle-calls kt serve`.
+//! The tree is akd's `AsyncInMemoryDatabase` (or any `akd::storage::Database`); the
+//! checkpoints live in memory next to it. [`Directory::open`] adds persistence: every epoch
+//! (its updates and its signed checkpoint) is appended to an [`EpochLog`], and the tree is
+//! rebuilt from that log on start, each replayed root checked against its signed checkpoint.
 
 use std::collections::HashSet;
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use akd::directory::Directory as AkdDirectory;
 use akd::ecvrf::{VRFKeyStorage, VrfError};
@@ -18,7 +20,10 @@ use oracle_calls_proto::Did;
 use tokio::sync::RwLock;
 use zeroize::Zeroizing;
 
-use crate::checkpoint::{Checkpoint, DirectoryKeyId, DirectoryPublicKey, SignedCheckpoint};
+use crate::checkpoint::{
+    Checkpoint, DirectoryKeyId, DirectoryPublicKey, SignedCheckpoint, verify_checkpoint,
+};
+use crate::epoch_log::EpochLog;
 use crate::error::{Error, Result};
 use crate::proof::{
     AppendOnlyProof, AuditProof, HistoryProof, HistoryResponse, LookupProof, LookupResponse,
@@ -165,6 +170,11 @@ pub struct Directory<S: Database + 'static = AsyncInMemoryDatabase> {
     public: DirectoryPublicKey,
     /// `checkpoints[e]` is epoch `e`'s; the write lock is held for a whole publish.
     checkpoints: RwLock<Vec<SignedCheckpoint>>,
+    /// Where every new epoch is appended (none: in memory only).
+    log: Option<EpochLog>,
+    /// Set when akd made an epoch that could not be stored: the tree is ahead of the log and
+    /// of the checkpoints, so nothing more is published until a restart replays the log.
+    poisoned: AtomicBool,
 }
 
 impl<S: Database + 'static> fmt::Debug for Directory<S> {
@@ -188,6 +198,61 @@ impl Directory<AsyncInMemoryDatabase> {
         let storage = StorageManager::new_no_cache(AsyncInMemoryDatabase::new());
         Self::new(signing, vrf, storage, time_ms).await
     }
+
+    /// The directory kept in `log`: a new log is started with epoch 0 signed at `time_ms`;
+    /// a log that holds epochs is replayed into a fresh in-memory tree, epoch by epoch, and
+    /// every replayed root hash must equal the root of the signed checkpoint stored with it
+    /// (signed by this directory's key). Every later publish is appended to the log before
+    /// it is answered.
+    ///
+    /// # Errors
+    /// [`Error::Replay`] if the log was written under another directory key (signing or VRF)
+    /// or does not replay to its own signed checkpoints (a row was changed, removed or added);
+    /// [`Error::Store`]; those of [`Directory::new`].
+    pub async fn open(
+        signing: CheckpointSigningKey,
+        vrf: VrfSecretKey,
+        log: EpochLog,
+        time_ms: i64,
+    ) -> Result<Self> {
+        let public = DirectoryPublicKey::new(signing.public_key(), vrf.public_key()?)?;
+        let stored_key = log.directory_key().await?;
+        if stored_key.as_ref().is_some_and(|k| *k != public) {
+            return Err(Error::Replay {
+                epoch: 0,
+                what: "the log was written under another directory key",
+            });
+        }
+        let stored = log.load().await?;
+        if stored_key.is_none() != stored.is_empty() {
+            return Err(Error::Replay {
+                epoch: 0,
+                what: "the log has epochs without a directory key, or a key without epochs",
+            });
+        }
+        let storage = StorageManager::new_no_cache(AsyncInMemoryDatabase::new());
+        let akd = AkdDirectory::new(storage, vrf, AzksParallelismConfig::default())
+            .await
+            .map_err(Error::Directory)?;
+        let mut checkpoints = Vec::with_capacity(stored.len().max(1));
+        if stored.is_empty() {
+            let genesis = genesis(&akd, &signing, time_ms).await?;
+            log.start(&public, &genesis).await?;
+            checkpoints.push(genesis);
+        }
+        for epoch in stored {
+            let signed = replay(&akd, &public, checkpoints.last(), epoch).await?;
+            checkpoints.push(signed);
+        }
+        Ok(Self {
+            akd,
+            signing,
+            public,
+            checkpoints: RwLock::new(checkpoints),
+            log: Some(log),
+            poisoned: AtomicBool::new(false),
+        })
+    }
 }
 
 impl<S: Database + 'static> Directory<S> {
@@ -208,22 +273,14 @@ impl<S: Database + 'static> Directory<S> {
         let akd = AkdDirectory::new(storage, vrf, AzksParallelismConfig::default())
             .await
             .map_err(Error::Directory)?;
-        let epoch_hash = akd.get_epoch_hash().await.map_err(Error::Directory)?;
-        if epoch_hash.epoch() != 0 {
-            return Err(Error::BadRequest(
-                "the storage already holds epochs whose checkpoints are not known",
-            ));
-        }
-        let genesis = signing.sign(Checkpoint {
-            epoch: 0,
-            root_hash: epoch_hash.hash(),
-            time_ms,
-        })?;
+        let genesis = genesis(&akd, &signing, time_ms).await?;
         Ok(Self {
             akd,
             signing,
             public,
             checkpoints: RwLock::new(vec![genesis]),
+            log: None,
+            poisoned: AtomicBool::new(false),
         })
     }
 
@@ -239,9 +296,13 @@ impl<S: Database + 'static> Directory<S> {
     ///
     /// Authorizing the publisher (the oracle operator's credential) is the service's job.
     ///
+    /// A directory with a log appends the new epoch to it before answering; if that fails, the
+    /// directory refuses every later publish (its tree is ahead of its log) until it is opened
+    /// again.
+    ///
     /// # Errors
     /// [`Error::BadRequest`] for no updates, a DID twice, or a record over
-    /// [`MAX_RECORD_BYTES`]; [`Error::Directory`]; [`Error::Inconsistent`].
+    /// [`MAX_RECORD_BYTES`]; [`Error::Directory`]; [`Error::Store`]; [`Error::Inconsistent`].
     pub async fn publish(
         &self,
         updates: Vec<(Did, OracleRecord)>,
@@ -252,6 +313,7 @@ impl<S: Database + 'static> Directory<S> {
         }
         let mut seen = HashSet::with_capacity(updates.len());
         let mut entries = Vec::with_capacity(updates.len());
+        let mut logged = Vec::with_capacity(updates.len());
         for (did, record) in updates {
             if !seen.insert(did.clone()) {
                 return Err(Error::BadRequest("a DID appears twice in one publish"));
@@ -262,10 +324,16 @@ impl<S: Database + 'static> Directory<S> {
                     "a record is larger than MAX_RECORD_BYTES",
                 ));
             }
-            entries.push((label(&did), AkdValue(value)));
+            entries.push((label(&did), AkdValue(value.clone())));
+            logged.push((did, value));
         }
 
         let mut checkpoints = self.checkpoints.write().await;
+        if self.poisoned.load(Ordering::Acquire) {
+            return Err(Error::Inconsistent(
+                "an epoch could not be stored; reopen the directory to replay its log",
+            ));
+        }
         let last = *checkpoints
             .last()
             .map(|c| &c.checkpoint)
@@ -288,6 +356,12 @@ impl<S: Database + 'static> Directory<S> {
             root_hash: epoch_hash.hash(),
             time_ms: time_ms.max(last.time_ms),
         })?;
+        if let Some(log) = &self.log
+            && let Err(e) = log.append(&signed, &logged).await
+        {
+            self.poisoned.store(true, Ordering::Release);
+            return Err(e);
+        }
         checkpoints.push(signed.clone());
         Ok(signed)
     }
@@ -361,6 +435,74 @@ impl<S: Database + 'static> Directory<S> {
             proof: AppendOnlyProof::encode(&proof)?,
         })
     }
+}
+
+/// Signs epoch 0 of a tree that must hold no epoch yet.
+async fn genesis<S: Database + 'static>(
+    akd: &AkdDirectory<TreeConfig, S, VrfSecretKey>,
+    signing: &CheckpointSigningKey,
+    time_ms: i64,
+) -> Result<SignedCheckpoint> {
+    let epoch_hash = akd.get_epoch_hash().await.map_err(Error::Directory)?;
+    if epoch_hash.epoch() != 0 {
+        return Err(Error::BadRequest(
+            "the storage already holds epochs whose checkpoints are not known",
+        ));
+    }
+    signing.sign(Checkpoint {
+        epoch: 0,
+        root_hash: epoch_hash.hash(),
+        time_ms,
+    })
+}
+
+/// Replays one stored epoch onto the tree (which holds every epoch before it) and checks the
+/// result against the stored checkpoint: signed by this directory, the next epoch, dated no
+/// earlier than `previous`, with exactly the replayed root hash.
+async fn replay(
+    akd: &AkdDirectory<TreeConfig, AsyncInMemoryDatabase, VrfSecretKey>,
+    public: &DirectoryPublicKey,
+    previous: Option<&SignedCheckpoint>,
+    stored: crate::epoch_log::StoredEpoch,
+) -> Result<SignedCheckpoint> {
+    let epoch = stored.checkpoint.checkpoint.epoch;
+    let bad = |what| Error::Replay { epoch, what };
+    let checkpoint = verify_checkpoint(&stored.checkpoint, public)
+        .map_err(|_| bad("the stored checkpoint is not signed by this directory"))?;
+    let expected = previous.map_or(Some(0), |p| p.checkpoint.epoch.checked_add(1));
+    if Some(epoch) != expected {
+        return Err(bad("the stored epochs are not contiguous"));
+    }
+    if previous.is_some_and(|p| checkpoint.time_ms < p.checkpoint.time_ms) {
+        return Err(bad("a stored checkpoint is dated before its predecessor"));
+    }
+    let epoch_hash = if epoch == 0 {
+        if !stored.updates.is_empty() {
+            return Err(bad("epoch 0 holds updates"));
+        }
+        akd.get_epoch_hash().await.map_err(Error::Directory)?
+    } else {
+        let mut seen = HashSet::with_capacity(stored.updates.len());
+        let mut entries = Vec::with_capacity(stored.updates.len());
+        for (did, value) in stored.updates {
+            // Only what `publish` accepts can have been logged.
+            OracleRecord::from_bytes(&value).map_err(|_| bad("a stored record is malformed"))?;
+            if !seen.insert(did.clone()) {
+                return Err(bad("a DID appears twice in a stored epoch"));
+            }
+            entries.push((label(&did), AkdValue(value)));
+        }
+        if entries.is_empty() {
+            return Err(bad("a stored epoch holds no update"));
+        }
+        akd.publish(entries).await.map_err(Error::Directory)?
+    };
+    if epoch_hash.epoch() != epoch || epoch_hash.hash() != checkpoint.root_hash {
+        return Err(bad(
+            "the replayed root hash differs from the stored signed checkpoint's",
+        ));
+    }
+    Ok(stored.checkpoint)
 }
 
 fn label(did: &Did) -> AkdLabel {

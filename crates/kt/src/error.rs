@@ -98,6 +98,21 @@ pub enum Error {
     #[cfg(feature = "directory")]
     #[error("directory state is inconsistent: {0}")]
     Inconsistent(&'static str),
+    /// The directory's persistent log failed (directory side only).
+    #[cfg(feature = "directory")]
+    #[error("the directory's store failed")]
+    Store(#[source] sqlx::Error),
+    /// The directory's persistent log does not replay to the signed checkpoints stored in it,
+    /// or was written under another directory key: the log was tampered with or belongs to
+    /// another directory. The directory refuses to start.
+    #[cfg(feature = "directory")]
+    #[error("the stored log does not replay at epoch {epoch}: {what}")]
+    Replay {
+        /// The first epoch that does not replay.
+        epoch: u64,
+        /// What is wrong with it.
+        what: &'static str,
+    },
     /// The operating system's random number generator failed.
     #[cfg(feature = "directory")]
     #[error("the system random number generator failed")]

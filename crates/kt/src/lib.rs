@@ -11,7 +11,9 @@
 //!   [`verify_lookup`], [`verify_history`], and the [`Verifier`] that remembers the newest
 //!   checkpoint and refuses rollbacks and forks. Clients and agents use this.
 //! - **Directory side** (feature `directory`): `Directory` (publish, lookup, history and audit
-//!   proofs, signed checkpoints; akd's in-memory storage for now) and the auditor's `audit`.
+//!   proofs, signed checkpoints; akd's tree in memory, persisted as an `EpochLog` of every
+//!   epoch's updates and checkpoint in SQLite or PostgreSQL and replayed on start) and the
+//!   auditor's `audit`.
 //!
 //! Proofs travel as akd's protobuf messages, base64url in JSON ([`LookupProof`] and friends).
 //! This crate links no key-opening code (never `oracle-calls-crypto`).
@@ -38,6 +40,8 @@ mod checkpoint;
 #[cfg(feature = "directory")]
 mod directory;
 mod encoding;
+#[cfg(feature = "directory")]
+mod epoch_log;
 mod error;
 mod proof;
 mod record;
@@ -51,6 +55,8 @@ pub use checkpoint::{
 };
 #[cfg(feature = "directory")]
 pub use directory::{CheckpointSigningKey, Directory, VrfSecretKey};
+#[cfg(feature = "directory")]
+pub use epoch_log::EpochLog;
 pub use error::{Error, Result};
 pub use proof::{
     AppendOnlyProof, AuditProof, HistoryProof, HistoryResponse, LookupProof, LookupResponse,
