@@ -9,6 +9,7 @@ mod bench_opus;
 mod call_cmd;
 mod call_demo;
 mod demo;
+mod kt_cmd;
 mod serve;
 
 use oracle_calls::keyfile;
@@ -109,6 +110,11 @@ enum Command {
         config: PathBuf,
         #[command(subcommand)]
         action: apikey::Action,
+    },
+    /// Key transparency: the directory service, its keys, operator tokens, the auditor.
+    Kt {
+        #[command(subcommand)]
+        action: kt_cmd::KtCmd,
     },
 }
 
@@ -270,6 +276,7 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Serve { config, reindex } => serve::run(&config, reindex),
         Command::Apikey { config, action } => apikey::run(&config, action),
+        Command::Kt { action } => kt_cmd::run(action),
     }
 }
 

@@ -1,0 +1,301 @@
+//! The directory's HTTP API (`/kt/v1/…`): reads for everyone, publishing with an operator
+//! token scoped to one oracle DID. Errors are `{"error":{"code","message"}}` as in the
+//! server's API; a 5xx body is generic and its cause is logged once.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use oracle_calls_kt::{
+    AuditProof, Directory, DirectoryPublicKey, EpochLog, HistoryResponse, LookupResponse,
+    OracleRecord, SignedCheckpoint,
+};
+use oracle_calls_proto::{ApiErrorBody, Did, ErrorCode};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+use subtle::ConstantTimeEq as _;
+
+use super::{Config, DirectoryKeys, Publisher};
+
+/// The most epochs one audit proof covers; an auditor asks for longer runs in pieces.
+pub const MAX_AUDIT_EPOCHS: u64 = 128;
+
+/// Opens the directory (replaying its log, refusing a log that does not replay), binds, prints
+/// `listening on ADDR` on standard output and serves until SIGINT/SIGTERM.
+pub async fn serve(config: Config, keys: DirectoryKeys) -> anyhow::Result<()> {
+    let log = EpochLog::connect(&config.database_url()?)
+        .await
+        .context("opening the directory's store")?;
+    let directory = Directory::open(keys.signing, keys.vrf, log, now_ms())
+        .await
+        .context("refusing to start")?;
+    let latest = directory.latest_checkpoint().await?.checkpoint;
+    tracing::info!(
+        key_id = %directory.public_key().key_id(),
+        epoch = latest.epoch,
+        publishers = config.publishers.len(),
+        "directory ready"
+    );
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding {}", config.listen))?;
+    let addr = listener.local_addr().context("the bound address")?;
+    println!("listening on {addr}");
+    let app = router(Arc::new(AppState {
+        directory,
+        publishers: config.publishers,
+    }))
+    .layer(DefaultBodyLimit::max(config.body_limit_bytes));
+    axum::serve(listener, app)
+        .with_graceful_shutdown(crate::serve::shutdown_signal())
+        .await
+        .context("serving")
+}
+
+/// SHA-256 of an operator token, as kt.toml stores it.
+pub fn token_sha256(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+struct AppState {
+    directory: Directory,
+    publishers: Vec<Publisher>,
+}
+
+fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/kt/v1/public-key", get(public_key))
+        .route("/kt/v1/checkpoint", get(latest_checkpoint))
+        .route("/kt/v1/checkpoint/{epoch}", get(checkpoint))
+        .route("/kt/v1/lookup/{did}", get(lookup))
+        .route("/kt/v1/history/{did}", get(history))
+        .route("/kt/v1/audit", get(audit))
+        .route("/kt/v1/publish", post(publish))
+        .fallback(no_route)
+        .with_state(state)
+}
+
+/// Every error a request can get, mapped to HTTP in [`ApiError::into_response`].
+#[derive(Debug)]
+enum ApiError {
+    BadRequest(String),
+    Unauthorized(&'static str),
+    Forbidden(&'static str),
+    NotFound(&'static str),
+    PayloadTooLarge,
+    /// Logged once here; the body says nothing more.
+    Internal(oracle_calls_kt::Error),
+}
+
+impl From<oracle_calls_kt::Error> for ApiError {
+    fn from(e: oracle_calls_kt::Error) -> Self {
+        use oracle_calls_kt::Error as E;
+        match e {
+            E::NotFound => Self::NotFound("no record for this DID"),
+            E::BadRequest(why) => Self::BadRequest(why.to_owned()),
+            other => Self::Internal(other),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code, message) = match self {
+            Self::BadRequest(m) => (StatusCode::BAD_REQUEST, ErrorCode::BadRequest, m),
+            Self::Unauthorized(m) => (StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, m.into()),
+            Self::Forbidden(m) => (StatusCode::FORBIDDEN, ErrorCode::Forbidden, m.into()),
+            Self::NotFound(m) => (StatusCode::NOT_FOUND, ErrorCode::NotFound, m.into()),
+            Self::PayloadTooLarge => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                ErrorCode::PayloadTooLarge,
+                "request body is too large".into(),
+            ),
+            Self::Internal(e) => {
+                tracing::error!(error = %e, source = ?std::error::Error::source(&e), "directory request failed");
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    ErrorCode::Internal,
+                    "internal error".into(),
+                )
+            }
+        };
+        let mut response = (status, Json(ApiErrorBody::new(code, message))).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
+        }
+        response
+    }
+}
+
+type ApiResult<T> = Result<Json<T>, ApiError>;
+
+async fn no_route() -> ApiError {
+    ApiError::NotFound("no such endpoint")
+}
+
+async fn public_key(State(s): State<Arc<AppState>>) -> Json<DirectoryPublicKey> {
+    Json(s.directory.public_key().clone())
+}
+
+async fn latest_checkpoint(State(s): State<Arc<AppState>>) -> ApiResult<SignedCheckpoint> {
+    Ok(Json(s.directory.latest_checkpoint().await?))
+}
+
+async fn checkpoint(
+    State(s): State<Arc<AppState>>,
+    epoch: Result<Path<u64>, PathRejection>,
+) -> ApiResult<SignedCheckpoint> {
+    let Path(epoch) =
+        epoch.map_err(|_| ApiError::BadRequest("the epoch must be a number".into()))?;
+    s.directory
+        .checkpoint(epoch)
+        .await
+        .map(Json)
+        .ok_or(ApiError::NotFound(
+            "the directory has not reached this epoch",
+        ))
+}
+
+async fn lookup(
+    State(s): State<Arc<AppState>>,
+    did: Result<Path<String>, PathRejection>,
+) -> ApiResult<LookupResponse> {
+    let did = path_did(did)?;
+    Ok(Json(s.directory.lookup(&did).await?))
+}
+
+async fn history(
+    State(s): State<Arc<AppState>>,
+    did: Result<Path<String>, PathRejection>,
+) -> ApiResult<HistoryResponse> {
+    let did = path_did(did)?;
+    Ok(Json(s.directory.history(&did).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditQuery {
+    from: u64,
+    to: u64,
+}
+
+async fn audit(
+    State(s): State<Arc<AppState>>,
+    query: Result<Query<AuditQuery>, QueryRejection>,
+) -> ApiResult<AuditProof> {
+    let Query(AuditQuery { from, to }) = query.map_err(|_| {
+        ApiError::BadRequest("expected ?from=E1&to=E2 with epochs as numbers".into())
+    })?;
+    if to.checked_sub(from).is_some_and(|n| n > MAX_AUDIT_EPOCHS) {
+        return Err(ApiError::BadRequest(format!(
+            "an audit proof covers at most {MAX_AUDIT_EPOCHS} epochs; ask in pieces"
+        )));
+    }
+    Ok(Json(s.directory.audit_proof(from, to).await?))
+}
+
+/// `POST /kt/v1/publish`: one oracle's new record.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PublishRequest {
+    did: Did,
+    record: OracleRecord,
+}
+
+#[derive(Serialize)]
+struct PublishResponse {
+    /// The checkpoint of the epoch that holds the record (the latest one if the record was
+    /// already the current one).
+    checkpoint: SignedCheckpoint,
+}
+
+async fn publish(
+    State(s): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<PublishResponse> {
+    // Authenticate before reading anything the caller sent.
+    let allowed = authenticate(&s.publishers, &headers)?;
+    let body = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge
+        } else {
+            ApiError::BadRequest("the request body could not be read".into())
+        }
+    })?;
+    let request: PublishRequest = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::BadRequest(format!(
+            "expected {{\"did\", \"record\"}} with an oracle record: {e}"
+        ))
+    })?;
+    if !allowed.contains(&&request.did) {
+        return Err(ApiError::Forbidden(
+            "this credential may not publish for that DID",
+        ));
+    }
+    // Clients decode the record bytes strictly: publish only what decodes back to itself.
+    let bytes = request.record.to_bytes();
+    if OracleRecord::from_bytes(&bytes).ok().as_ref() != Some(&request.record) {
+        return Err(ApiError::BadRequest(
+            "the record does not survive its own encoding (too large, or not a valid record)"
+                .into(),
+        ));
+    }
+    let checkpoint = s
+        .directory
+        .publish(vec![(request.did.clone(), request.record)], now_ms())
+        .await?;
+    tracing::info!(did = %request.did.as_str(), epoch = checkpoint.checkpoint.epoch, "published");
+    Ok(Json(PublishResponse { checkpoint }))
+}
+
+/// The DIDs the request's bearer token may publish for (every configured hash is compared,
+/// in constant time).
+fn authenticate<'a>(
+    publishers: &'a [Publisher],
+    headers: &HeaderMap,
+) -> Result<Vec<&'a Did>, ApiError> {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or(ApiError::Unauthorized(
+            "publishing needs the oracle operator's bearer token",
+        ))?;
+    let presented = token_sha256(token);
+    let allowed: Vec<&Did> = publishers
+        .iter()
+        .filter(|p| bool::from(p.token_sha256.ct_eq(&presented)))
+        .map(|p| &p.did)
+        .collect();
+    if allowed.is_empty() {
+        return Err(ApiError::Unauthorized("unknown operator token"));
+    }
+    Ok(allowed)
+}
+
+fn path_did(did: Result<Path<String>, PathRejection>) -> Result<Did, ApiError> {
+    did.ok()
+        .and_then(|Path(d)| Did::parse(&d).ok())
+        .ok_or(ApiError::BadRequest("the path does not hold a DID".into()))
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .ok()
+        .and_then(|d| i64::try_from(d.as_millis()).ok())
+        .unwrap_or(0)
+}
