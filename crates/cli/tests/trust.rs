@@ -1,6 +1,9 @@
 //! The trust issue's end-to-end tests on the real stack (Synapse, livekit-server): a
 //! compromised oracle server cannot move a call to another oracle or key, and a compromised
-//! homeserver that adds a device to the oracle bot's account cannot read the call event.
+//! homeserver that adds a device to the oracle bot's account cannot read the call event; and
+//! with key transparency (the real `oracle-calls kt serve`), the server must agree with the
+//! oracle's verified record, a key change names its epoch, and a rolled-back directory is
+//! refused.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -8,14 +11,20 @@
     clippy::indexing_slicing
 )]
 
+use std::io::{BufRead as _, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use matrix_sdk::config::SyncSettings;
 use matrix_sdk::deserialized_responses::TimelineEventKind;
 use oracle_calls::analysis;
 use oracle_calls::local::{DeployOptions, Deployment, Stack, unique_hex};
-use oracle_calls_client::{Call, CallError, CallEvent, ClientConfig, Login, OracleClient};
-use oracle_calls_proto::{CallType, KeyScheme};
+use oracle_calls_client::{
+    Call, CallError, CallEvent, ClientConfig, KtConfig, Login, OracleClient,
+};
+use oracle_calls_kt::{DirectoryPublicKey, OracleRecord, SignedCheckpoint};
+use oracle_calls_proto::{CallType, Did, KeyScheme, WellKnown};
 
 /// One deployment at a time: they share two cores with the servers.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -294,5 +303,316 @@ async fn a_device_the_homeserver_adds_to_the_bot_cannot_read_the_call_event() {
             .len(),
         before
     );
+    dep.stop().await;
+}
+
+const BIN: &str = env!("CARGO_BIN_EXE_oracle-calls");
+
+/// A key-transparency directory for one oracle, as its operator sets it up: `kt keygen`,
+/// `kt token` for the oracle's DID, then `kt serve` on a free loopback port (see tests/kt.rs).
+struct KtDirectory {
+    dir: PathBuf,
+    public: DirectoryPublicKey,
+    token: String,
+    publisher: String,
+}
+
+/// A running `kt serve`, killed when dropped.
+struct KtService {
+    child: Child,
+    base: String,
+}
+
+impl Drop for KtService {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl KtDirectory {
+    fn new(dir: PathBuf, oracle: &Did) -> Self {
+        std::fs::create_dir_all(&dir).unwrap();
+        let kt = |args: &[&str]| {
+            let out = Command::new(BIN)
+                .arg("kt")
+                .args(args)
+                .env_remove("ORACLE_CALLS_KT_CONFIG")
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8(out.stdout).unwrap()
+        };
+        let keys = dir.join("keys");
+        let public =
+            serde_json::from_str(&kt(&["keygen", "--out-dir", keys.to_str().unwrap()])).unwrap();
+        let out = kt(&["token", "--did", oracle.as_str()]);
+        let (token, publisher) = out.split_once('\n').unwrap();
+        Self {
+            dir,
+            public,
+            token: token.to_owned(),
+            publisher: publisher.to_owned(),
+        }
+    }
+
+    /// Starts `kt serve` on the log in `data` (a folder under the directory's).
+    fn start(&self, data: &str) -> KtService {
+        let config = self.dir.join(format!("kt-{data}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\n{}",
+                self.dir.join(data).display(),
+                self.publisher
+            ),
+        )
+        .unwrap();
+        let keys = self.dir.join("keys");
+        let mut child = Command::new(BIN)
+            .args(["kt", "serve", "--config"])
+            .arg(&config)
+            .env("ORACLE_CALLS_KT_SIGNING_KEY_FILE", keys.join("signing.key"))
+            .env("ORACLE_CALLS_KT_VRF_KEY_FILE", keys.join("vrf.key"))
+            .env_remove("ORACLE_CALLS_KT_SIGNING_KEY")
+            .env_remove("ORACLE_CALLS_KT_VRF_KEY")
+            .env_remove("ORACLE_CALLS_KT_DATABASE_URL")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(self.dir.join(format!("serve-{data}.log"))).unwrap())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(addr) = line.strip_prefix("listening on ") {
+                    let _ = tx.send(addr.to_owned());
+                }
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| {
+                let _ = child.kill();
+                panic!("kt serve did not start")
+            });
+        KtService {
+            child,
+            base: format!("http://{addr}"),
+        }
+    }
+
+    fn config(&self, service: &KtService) -> KtConfig {
+        KtConfig {
+            url: service.base.clone(),
+            directory_key: self.public.clone(),
+        }
+    }
+}
+
+/// The oracle's server's well-known, once its bot publishes a device.
+async fn well_known(dep: &Deployment) -> WellKnown {
+    for _ in 0..100 {
+        let wk: WellKnown = reqwest::get(format!("{}/.well-known/oracle-calls", dep.server.url))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if !wk.matrix_devices.is_empty() {
+            return wk;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the oracle's bot publishes no device")
+}
+
+/// What the operator publishes: the keys, bot, bot devices and agent its server describes.
+fn record_of(wk: &WellKnown) -> OracleRecord {
+    OracleRecord {
+        keys: wk.keys.clone(),
+        matrix_user_id: wk.matrix_user_id.clone(),
+        bot_devices: wk.matrix_devices.clone(),
+        agent_name: wk.agent_name.clone(),
+    }
+}
+
+async fn publish(
+    service: &KtService,
+    token: &str,
+    did: &Did,
+    record: &OracleRecord,
+) -> SignedCheckpoint {
+    let r = reqwest::Client::new()
+        .post(format!("{}/kt/v1/publish", service.base))
+        .bearer_auth(token)
+        .json(&serde_json::json!({"did": did, "record": record}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = r.json().await.unwrap();
+    serde_json::from_value(v["checkpoint"].clone()).unwrap()
+}
+
+async fn call_count(client: &OracleClient) -> usize {
+    client
+        .list_calls(&Default::default())
+        .await
+        .unwrap()
+        .calls
+        .len()
+}
+
+fn stored_checkpoint(store_dir: &Path, directory: &DirectoryPublicKey) -> SignedCheckpoint {
+    let pins: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(store_dir.join("pins.json")).unwrap())
+            .unwrap();
+    serde_json::from_value(pins["ktCheckpoints"][directory.key_id().to_string()].clone()).unwrap()
+}
+
+/// Key transparency (PROTOCOL §12): the client checks the oracle's server against the record
+/// the directory proves. (1) With the record published, the call connects; the record and the
+/// directory's checkpoint are stored. (2) The server swaps its key without the operator
+/// publishing it: refused as a mismatch with the verified record, nothing sent. (3) Once the
+/// new record is published, the changed key is refused naming the epoch of the change; (4)
+/// accepting exactly the new key, the call connects. (5) A directory restarted from an older
+/// copy of its log (a rollback) is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_key_transparency_the_server_must_agree_with_the_oracles_verified_record() {
+    init_logs();
+    let _serial = SERIAL.lock().await;
+    let mut dep = Deployment::start(Stack::running().unwrap(), DeployOptions::new(temp_dir()))
+        .await
+        .unwrap();
+    let kt = KtDirectory::new(dep.dir.join("kt"), &dep.oracle_did);
+    let service = kt.start("data");
+    let first = record_of(&well_known(&dep).await);
+    let one = publish(&service, &kt.token, &dep.oracle_did, &first).await;
+    assert_eq!(one.checkpoint.epoch, 1);
+    // An older copy of the directory's log, for (5).
+    drop(service);
+    let copy = kt.dir.join("data-epoch1");
+    std::fs::create_dir_all(&copy).unwrap();
+    for f in std::fs::read_dir(kt.dir.join("data")).unwrap() {
+        let f = f.unwrap();
+        std::fs::copy(f.path(), copy.join(f.file_name())).unwrap();
+    }
+    let service = kt.start("data");
+
+    // (1)
+    let (client, cfg) = user(&dep, |c| c.key_transparency = Some(kt.config(&service))).await;
+    let mut call = client.call_oracle(CallType::Audio).await.unwrap();
+    assert!(echo_envelope(&mut call, 2.0).await > 0.6);
+    call.end().await.unwrap();
+    let pinned = client.oracle_trust().unwrap().unwrap();
+    assert_eq!(
+        (
+            pinned.kt_epoch,
+            pinned.kt_version,
+            pinned.kt_record.as_ref()
+        ),
+        (Some(1), Some(1), Some(&first))
+    );
+    assert_eq!(pinned.matrix_user_id, first.matrix_user_id);
+    assert_eq!(pinned.bot_devices, first.bot_devices);
+    assert_eq!(stored_checkpoint(&cfg.store_dir, &kt.public), one);
+    let old_key = pinned.keys[0].key_id.clone();
+    let calls_before = call_count(&client).await;
+
+    // (2)
+    let new = dep.replace_oracle_key(KeyScheme::HpkeP256).await.unwrap();
+    let new_key = new.key_id().to_string();
+    match client.call_oracle(CallType::Audio).await {
+        Err(CallError::KtMismatch {
+            oracle,
+            what,
+            record,
+            served,
+        }) => {
+            assert_eq!(oracle, dep.oracle_did.to_string());
+            assert_eq!(what, "keys");
+            assert_eq!((record, served), (old_key.clone(), new_key.clone()));
+        }
+        Err(e) => panic!("expected KtMismatch, got {e}"),
+        Ok(_) => panic!("a call was sealed to a key the directory does not list"),
+    }
+    assert_eq!(call_count(&client).await, calls_before, "nothing was sent");
+
+    // (3)
+    let second = record_of(&well_known(&dep).await);
+    assert_eq!(second.keys.len(), 1);
+    assert_eq!(second.keys[0].key_id, new_key);
+    let two = publish(&service, &kt.token, &dep.oracle_did, &second).await;
+    assert_eq!(two.checkpoint.epoch, 2);
+    match client.call_oracle(CallType::Audio).await {
+        Err(e @ CallError::OracleKeyChanged { .. }) => {
+            let text = e.to_string();
+            let CallError::OracleKeyChanged {
+                pinned,
+                offered,
+                epoch,
+                ..
+            } = e
+            else {
+                unreachable!()
+            };
+            assert_eq!(
+                (pinned, offered, epoch),
+                (old_key, new_key.clone(), Some(2))
+            );
+            assert!(text.contains("epoch 2"), "{text}");
+        }
+        Err(e) => panic!("expected OracleKeyChanged, got {e}"),
+        Ok(_) => panic!("a call was sealed to a key the user never accepted"),
+    }
+    assert_eq!(call_count(&client).await, calls_before, "nothing was sent");
+    drop(client);
+
+    // (4)
+    let mut cfg = cfg;
+    cfg.trust_override.oracle_key = Some(new_key.clone());
+    let client = OracleClient::connect(cfg.clone(), Login::Restore)
+        .await
+        .unwrap();
+    let mut call = client.call_oracle(CallType::Audio).await.unwrap();
+    assert!(echo_envelope(&mut call, 2.0).await > 0.6);
+    call.end().await.unwrap();
+    let now = client.oracle_trust().unwrap().unwrap();
+    assert_eq!(now.keys[0].key_id, new_key);
+    assert_eq!(
+        (now.kt_epoch, now.kt_version, now.kt_record.as_ref()),
+        (Some(2), Some(2), Some(&second))
+    );
+    assert_eq!(stored_checkpoint(&cfg.store_dir, &kt.public), two);
+    let calls_before = call_count(&client).await;
+    drop(client);
+
+    // (5) The directory, restarted from the copy of its log at epoch 1.
+    drop(service);
+    let old = kt.start("data-epoch1");
+    cfg.key_transparency = Some(kt.config(&old));
+    let client = OracleClient::connect(cfg.clone(), Login::Restore)
+        .await
+        .unwrap();
+    match client.call_oracle(CallType::Audio).await {
+        Err(CallError::KeyTransparency(oracle_calls_kt::Error::Rollback { stored, offered })) => {
+            assert_eq!((stored, offered), (2, 1));
+        }
+        Err(e) => panic!("expected a rollback, got {e}"),
+        Ok(_) => panic!("a call went through a rolled-back directory"),
+    }
+    assert_eq!(call_count(&client).await, calls_before, "nothing was sent");
+    assert_eq!(
+        stored_checkpoint(&cfg.store_dir, &kt.public),
+        two,
+        "the stored checkpoint is kept"
+    );
+    drop(old);
     dep.stop().await;
 }

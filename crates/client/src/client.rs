@@ -25,7 +25,8 @@ use tracing::{info, warn};
 use zeroize::Zeroizing;
 
 use crate::call::{Call, Phase, Timeline};
-use crate::trust::{OracleTrust, TrustOverride, TrustStore};
+use crate::kt::{KtApi, KtConfig};
+use crate::trust::{KtVerified, OracleTrust, TrustOverride, TrustStore, Trusted};
 use crate::{CallError, UserApi};
 
 /// Matrix send attempts (one transaction id for all, so a retry never duplicates the event).
@@ -55,6 +56,10 @@ pub struct ClientConfig {
     /// The microphone's Opus encoder complexity (0..=10); `None` keeps libopus's default (9).
     /// Lower values save CPU on small devices (`oracle-calls bench opus`).
     pub opus_complexity: Option<u8>,
+    /// Check the oracle's keys, bot and bot devices against this key-transparency directory
+    /// (PROTOCOL §12) instead of trusting the server on first use. `None` (the default):
+    /// trust on first use.
+    pub key_transparency: Option<KtConfig>,
 }
 
 impl ClientConfig {
@@ -75,6 +80,7 @@ impl ClientConfig {
             key_derivation: KeyDerivation::Hkdf,
             bot_join_timeout: Duration::from_secs(15),
             opus_complexity: None,
+            key_transparency: None,
         }
     }
 }
@@ -97,6 +103,7 @@ pub(crate) struct Inner {
     pub(crate) cfg: ClientConfig,
     pub(crate) matrix: Client,
     pub(crate) api: UserApi,
+    kt: Option<KtApi>,
     pub(crate) user_did: Did,
     trust: TrustStore,
     openid: Mutex<Option<(Zeroizing<String>, Instant)>>,
@@ -129,6 +136,7 @@ impl OracleClient {
     pub async fn connect(cfg: ClientConfig, login: Login) -> Result<Self, CallError> {
         crate::server::require_secure(&cfg.homeserver_url)?;
         let api = UserApi::new(&cfg.server_url)?;
+        let kt = cfg.key_transparency.as_ref().map(KtApi::new).transpose()?;
         let dir = cfg.store_dir.join("matrix");
         private_dir(&cfg.store_dir)?;
         private_dir(&dir)?;
@@ -208,6 +216,7 @@ impl OracleClient {
             cfg,
             matrix,
             api,
+            kt,
             user_did,
             trust,
             openid: Mutex::new(None),
@@ -292,12 +301,17 @@ impl OracleClient {
         let mut tl = Timeline::start();
         // 1. Resolve the oracle the caller chose: the server's description must match what
         //    the trust store verified (key, bot, bot devices), or is pinned on first use.
+        //    With key transparency, the directory's verified record decides and the server
+        //    must agree with it.
         let wk = self.0.api.well_known().await?;
         let oracle_did = self.0.cfg.oracle_did.clone();
-        let trusted = self
-            .0
-            .trust
-            .check(&oracle_did, &wk, &self.0.cfg.trust_override)?;
+        let trusted = match (&self.0.kt, &self.0.cfg.key_transparency) {
+            (Some(api), Some(cfg)) => self.resolve_verified(api, cfg, &wk).await?,
+            _ => self
+                .0
+                .trust
+                .check(&oracle_did, &wk, &self.0.cfg.trust_override)?,
+        };
         let bot = UserId::parse(trusted.bot.as_str())
             .map_err(|e| CallError::Setup(format!("the oracle's matrixUserId: {e}")))?;
         tl.mark(Phase::Resolve);
@@ -429,6 +443,73 @@ impl OracleClient {
             camera,
             tl,
         ))
+    }
+
+    /// Step 1 with key transparency: the oracle's record from the directory, verified against
+    /// a checkpoint signed by the configured key and not older than (nor a fork of) the one
+    /// stored for that directory; its key history when it is not the record pinned before;
+    /// then the server's well-known must agree with it, and the trust store decides on the
+    /// record. The newest verified checkpoint is stored whatever the outcome.
+    async fn resolve_verified(
+        &self,
+        api: &KtApi,
+        cfg: &KtConfig,
+        wk: &oracle_calls_proto::WellKnown,
+    ) -> Result<Trusted, CallError> {
+        let oracle = &self.0.cfg.oracle_did;
+        if wk.oracle_did != *oracle {
+            return Err(CallError::WrongOracle {
+                expected: oracle.to_string(),
+                served: wk.oracle_did.to_string(),
+            });
+        }
+        let trust = &self.0.trust;
+        let directory = cfg.directory_key.clone();
+        let mut verifier = match trust.kt_checkpoint(directory.key_id())? {
+            Some(stored) => oracle_calls_kt::Verifier::resume(directory, stored)
+                .map_err(CallError::KeyTransparency)?,
+            None => oracle_calls_kt::Verifier::new(directory),
+        };
+        let lookup = api.lookup(oracle).await?;
+        let verified = verifier
+            .verify_lookup(&lookup.checkpoint, oracle, &lookup.proof)
+            .map_err(CallError::KeyTransparency)?;
+        if let Some(latest) = verifier.latest() {
+            trust.store_kt_checkpoint(latest)?;
+        }
+        let known = trust.get(oracle)?;
+        let change_epoch = match known.as_ref() {
+            Some(pinned) if crate::kt::changed_since_pinned(Some(pinned), &verified) => {
+                let history = api.history(oracle).await?;
+                let history = verifier
+                    .verify_history(&history.checkpoint, oracle, &history.proof)
+                    .map_err(CallError::KeyTransparency)?;
+                if let Some(latest) = verifier.latest() {
+                    trust.store_kt_checkpoint(latest)?;
+                }
+                match (&pinned.kt_record, pinned.kt_version) {
+                    (Some(record), Some(version)) => {
+                        crate::kt::change_epoch(&history, record, version)?
+                    }
+                    _ => None,
+                }
+            }
+            _ => None,
+        }
+        // Pinned without key transparency (or no later version): the change is at latest in
+        // the epoch of the record now served.
+        .or(Some(verified.epoch));
+        let view = crate::kt::agree(oracle, wk, &verified.record)?;
+        info!(%oracle, epoch = verified.epoch, version = verified.version, "the oracle's record verified against the key-transparency directory");
+        trust.check_verified(
+            oracle,
+            &view,
+            &self.0.cfg.trust_override,
+            Some(KtVerified {
+                record: &verified,
+                change_epoch,
+            }),
+        )
     }
 
     /// Tells the server the call ended (best effort; the Matrix edit is the record).

@@ -37,6 +37,38 @@ pub enum CallError {
         /// The key-transparency epoch of the change, when key transparency is in use.
         epoch: Option<u64>,
     },
+    /// Key transparency is configured and the directory's answer does not verify: a bad
+    /// checkpoint signature or proof, a rollback to an older checkpoint than the one stored,
+    /// a fork, or a key history that no longer holds the record pinned earlier. Nothing was
+    /// sent.
+    #[error(
+        "key transparency: the directory's answer for the oracle does not verify ({0}); \
+         refusing to call"
+    )]
+    KeyTransparency(#[source] oracle_calls_kt::Error),
+    /// Key transparency is configured but the oracle's record could not be fetched (the
+    /// directory is unreachable, answers an error, or has no record for the oracle). Nothing
+    /// was sent.
+    #[error("key transparency: {0}; refusing to call (the oracle's record cannot be verified)")]
+    KtUnavailable(String),
+    /// The oracle's server describes the oracle otherwise than the record the key-transparency
+    /// directory proved: `what` names the field (`keys`, `matrixUserId`, `matrixDevices`).
+    /// Nothing was sent.
+    #[error(
+        "the server's {what} for the oracle {oracle} ({served}) is not what its verified \
+         key-transparency record holds ({record}); refusing to call (a misconfigured or \
+         compromised server, or a change its operator has not published)"
+    )]
+    KtMismatch {
+        /// The oracle.
+        oracle: String,
+        /// The field that differs: `keys`, `matrixUserId` or `matrixDevices`.
+        what: &'static str,
+        /// What the verified record holds.
+        record: String,
+        /// What the server's well-known says.
+        served: String,
+    },
     /// The oracle's Matrix bot is another user than the one the client verified.
     #[error(
         "the oracle {oracle}'s bot is now {offered} but {pinned} was verified; refusing to call \

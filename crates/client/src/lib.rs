@@ -26,16 +26,27 @@
 //! post the `m.ixo.oracles_call` event into the encrypted DM with the oracle's bot (retried
 //! under one transaction id), have the server validate it, and join the LiveKit room with
 //! end-to-end encryption. Every failure is a typed [`CallError`] and leaves nothing open.
+//!
+//! With [`ClientConfig::key_transparency`] set ([`KtConfig`]: the directory's URL and public
+//! key), step 1 does not trust the server on first use: the oracle's record is fetched from the
+//! directory and verified (VRF and Merkle path against a checkpoint signed by the configured
+//! key, never older than the checkpoint stored for that directory), the server's well-known
+//! must agree with it ([`CallError::KtMismatch`]), and the verified record is pinned; a pinned
+//! record that changed is checked through its key history, and a changed key names the epoch
+//! of the change ([`CallError::OracleKeyChanged`]).
 #![deny(missing_docs)]
 
 mod call;
 mod client;
 mod error;
+mod kt;
 mod server;
 mod trust;
 
 pub use call::{Call, CallEvent, Phase, Timeline};
 pub use client::{ClientConfig, Login, OracleClient};
 pub use error::CallError;
+pub use kt::KtConfig;
+pub use oracle_calls_kt::DirectoryPublicKey;
 pub use server::UserApi;
 pub use trust::{OracleTrust, PinnedKey, TrustOverride};

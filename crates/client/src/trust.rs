@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use oracle_calls_crypto::OraclePublicKey;
+use oracle_calls_kt::{DirectoryKeyId, OracleRecord, SignedCheckpoint, VerifiedRecord};
 use oracle_calls_proto::{BotDevice, Did, KeyScheme, WellKnown};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
@@ -44,9 +45,18 @@ pub struct OracleTrust {
     /// The bot devices that may receive the call event's room key.
     #[serde(default)]
     pub bot_devices: Vec<BotDevice>,
-    /// The last key-transparency epoch seen for this oracle (none without key transparency).
+    /// The last key-transparency epoch seen for this oracle (none without key transparency):
+    /// with key transparency, the epoch in which the pinned record was published.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kt_epoch: Option<u64>,
+    /// The version (1, 2, ...) of the oracle's key-transparency record that was pinned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kt_version: Option<u64>,
+    /// The key-transparency record that was pinned (verified against the directory); a later
+    /// record is accepted only through a key history that still holds this one at
+    /// `kt_version`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kt_record: Option<OracleRecord>,
 }
 
 /// Explicit acceptance of a change, after the user verified it out of band.
@@ -80,6 +90,25 @@ const PREFERENCE: [KeyScheme; 4] = [
 struct TrustFile {
     version: u32,
     oracles: BTreeMap<String, OracleTrust>,
+    /// Per key-transparency directory (its signing key's id, hex): the newest checkpoint
+    /// accepted, so that the directory cannot roll back or fork unnoticed. Older clients
+    /// ignore the field.
+    #[serde(
+        rename = "ktCheckpoints",
+        default,
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
+    kt_checkpoints: BTreeMap<String, SignedCheckpoint>,
+}
+
+/// What key transparency verified for the oracle, handed to [`TrustStore::check_verified`].
+#[derive(Debug)]
+pub(crate) struct KtVerified<'a> {
+    /// The record the lookup proved.
+    pub(crate) record: &'a VerifiedRecord,
+    /// The epoch in which the pinned record was replaced (from the key history), for
+    /// [`CallError::OracleKeyChanged`].
+    pub(crate) change_epoch: Option<u64>,
 }
 
 /// The file format before the trust store: oracle DID → one key.
@@ -125,10 +154,13 @@ impl TrustStore {
                         matrix_user_id: String::new(),
                         bot_devices: Vec::new(),
                         kt_epoch: None,
+                        kt_version: None,
+                        kt_record: None,
                     };
                     (did, t)
                 })
                 .collect(),
+            kt_checkpoints: BTreeMap::new(),
         })
     }
 
@@ -164,6 +196,33 @@ impl TrustStore {
         Ok(self.load()?.oracles.remove(oracle.as_str()))
     }
 
+    /// The newest checkpoint accepted from the directory with signing key `directory`.
+    pub(crate) fn kt_checkpoint(
+        &self,
+        directory: DirectoryKeyId,
+    ) -> Result<Option<SignedCheckpoint>, CallError> {
+        Ok(self
+            .load()?
+            .kt_checkpoints
+            .remove(directory.to_string().as_str()))
+    }
+
+    /// Stores `checkpoint` as the newest accepted from its directory (the caller's verifier
+    /// checked it is not older than the stored one).
+    pub(crate) fn store_kt_checkpoint(
+        &self,
+        checkpoint: &SignedCheckpoint,
+    ) -> Result<(), CallError> {
+        let mut file = self.load()?;
+        let id = checkpoint.key_id.to_string();
+        if file.kt_checkpoints.get(&id) == Some(checkpoint) {
+            return Ok(());
+        }
+        file.version = 2;
+        file.kt_checkpoints.insert(id, checkpoint.clone());
+        self.save(&file)
+    }
+
     /// Checks the server's description `wk` of the oracle the caller chose (`expected`)
     /// against the store, pins what is new, and answers what the call may use.
     pub(crate) fn check(
@@ -171,6 +230,19 @@ impl TrustStore {
         expected: &Did,
         wk: &WellKnown,
         ov: &TrustOverride,
+    ) -> Result<Trusted, CallError> {
+        self.check_verified(expected, wk, ov, None)
+    }
+
+    /// As [`TrustStore::check`], where `wk` is the description key transparency verified
+    /// (`kt`): the record's version and epoch are pinned with it, and a changed key names the
+    /// epoch of the change.
+    pub(crate) fn check_verified(
+        &self,
+        expected: &Did,
+        wk: &WellKnown,
+        ov: &TrustOverride,
+        kt: Option<KtVerified<'_>>,
     ) -> Result<Trusted, CallError> {
         if wk.oracle_did != *expected {
             return Err(CallError::WrongOracle {
@@ -214,7 +286,10 @@ impl TrustStore {
                         oracle,
                         pinned: ids(&t.keys),
                         offered: ids(&offered),
-                        epoch: t.kt_epoch,
+                        epoch: match &kt {
+                            Some(kt) => kt.change_epoch,
+                            None => t.kt_epoch,
+                        },
                     });
                 }
             }
@@ -280,7 +355,18 @@ impl TrustStore {
             keys,
             matrix_user_id: bot.clone(),
             bot_devices: devices.clone(),
-            kt_epoch: known.as_ref().and_then(|t| t.kt_epoch),
+            kt_epoch: match &kt {
+                Some(kt) => Some(kt.record.epoch),
+                None => known.as_ref().and_then(|t| t.kt_epoch),
+            },
+            kt_version: match &kt {
+                Some(kt) => Some(kt.record.version),
+                None => known.as_ref().and_then(|t| t.kt_version),
+            },
+            kt_record: match &kt {
+                Some(kt) => Some(kt.record.record.clone()),
+                None => known.as_ref().and_then(|t| t.kt_record.clone()),
+            },
         };
         if known.as_ref() != Some(&entry) {
             file.version = 2;
@@ -594,6 +680,127 @@ mod tests {
             .check(&did("did:ixo:o"), &wk(vec![info(&x), info(&p256)]), &NONE)
             .unwrap();
         assert_eq!(t.key.scheme, KeyScheme::HpkeP256);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn key_transparency_pins_the_verified_record_and_keeps_the_newest_checkpoint_per_directory() {
+        use oracle_calls_kt::Checkpoint;
+        let mut rng = rand::rng();
+        let a = OracleKeyPair::generate(KeyScheme::HpkeP256, &mut rng).unwrap();
+        let b = OracleKeyPair::generate(KeyScheme::HpkeP256, &mut rng).unwrap();
+        let (s, dir) = store();
+        let o = did("did:ixo:o");
+        let rec = |k: &OracleKeyPair| OracleRecord {
+            keys: vec![info(k)],
+            matrix_user_id: "@o:localhost".into(),
+            bot_devices: vec![dev("BOT", "ed-a")],
+            agent_name: "a".into(),
+        };
+        let v1 = VerifiedRecord {
+            record: rec(&a),
+            epoch: 4,
+            version: 1,
+        };
+        let kt = |record, change_epoch| {
+            Some(KtVerified {
+                record,
+                change_epoch,
+            })
+        };
+        s.check_verified(&o, &wk(vec![info(&a)]), &NONE, kt(&v1, None))
+            .unwrap();
+        let pinned = s.get(&o).unwrap().unwrap();
+        assert_eq!(
+            (pinned.kt_epoch, pinned.kt_version, pinned.kt_record.clone()),
+            (Some(4), Some(1), Some(rec(&a)))
+        );
+        // A new record with another key: refused naming the epoch of the change; nothing
+        // pinned.
+        let v2 = VerifiedRecord {
+            record: rec(&b),
+            epoch: 9,
+            version: 2,
+        };
+        match s.check_verified(&o, &wk(vec![info(&b)]), &NONE, kt(&v2, Some(7))) {
+            Err(CallError::OracleKeyChanged { epoch, .. }) => assert_eq!(epoch, Some(7)),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(s.get(&o).unwrap().unwrap(), pinned);
+        // Without key transparency the pinned record is kept, and its epoch named.
+        match s.check(&o, &wk(vec![info(&b)]), &NONE) {
+            Err(CallError::OracleKeyChanged { epoch, .. }) => assert_eq!(epoch, Some(4)),
+            other => panic!("{other:?}"),
+        }
+        assert!(s.check(&o, &wk(vec![info(&a)]), &NONE).is_ok());
+        assert_eq!(s.get(&o).unwrap().unwrap(), pinned);
+        // Accepting exactly the new key pins the new record.
+        let accept_b = TrustOverride {
+            oracle_key: Some(b.key_id().to_string()),
+            bot_device: None,
+        };
+        s.check_verified(&o, &wk(vec![info(&b)]), &accept_b, kt(&v2, Some(7)))
+            .unwrap();
+        let now = s.get(&o).unwrap().unwrap();
+        assert_eq!(
+            (now.kt_epoch, now.kt_version, now.kt_record),
+            (Some(9), Some(2), Some(rec(&b)))
+        );
+
+        // One checkpoint per directory key.
+        let cp = |seed: u8, epoch: u64| SignedCheckpoint {
+            checkpoint: Checkpoint {
+                epoch,
+                root_hash: [seed; 32],
+                time_ms: 1,
+            },
+            signature: [0; 64],
+            key_id: DirectoryKeyId::of(&[seed; 32]),
+        };
+        let (one, two) = (DirectoryKeyId::of(&[1; 32]), DirectoryKeyId::of(&[2; 32]));
+        assert_eq!(s.kt_checkpoint(one).unwrap(), None);
+        s.store_kt_checkpoint(&cp(1, 3)).unwrap();
+        s.store_kt_checkpoint(&cp(2, 8)).unwrap();
+        s.store_kt_checkpoint(&cp(1, 5)).unwrap();
+        assert_eq!(s.kt_checkpoint(one).unwrap(), Some(cp(1, 5)));
+        assert_eq!(s.kt_checkpoint(two).unwrap(), Some(cp(2, 8)));
+        assert_eq!(s.get(&o).unwrap().unwrap().kt_version, Some(2));
+
+        // The file stays readable by a client that knows nothing of key transparency ...
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct OldTrust {
+            keys: Vec<PinnedKey>,
+            matrix_user_id: String,
+            kt_epoch: Option<u64>,
+        }
+        #[derive(Deserialize)]
+        struct OldFile {
+            version: u32,
+            oracles: BTreeMap<String, OldTrust>,
+        }
+        let text = std::fs::read_to_string(dir.join("pins.json")).unwrap();
+        let old: OldFile = serde_json::from_str(&text).unwrap();
+        let t = &old.oracles["did:ixo:o"];
+        assert_eq!(old.version, 2);
+        assert_eq!(t.keys[0].key_id, b.key_id().to_string());
+        assert_eq!(
+            (t.matrix_user_id.as_str(), t.kt_epoch),
+            ("@o:localhost", Some(9))
+        );
+        // ... and a file such a client wrote (no checkpoints, no record) reads here.
+        let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        v.as_object_mut().unwrap().remove("ktCheckpoints");
+        let entry = v["oracles"]["did:ixo:o"].as_object_mut().unwrap();
+        entry.remove("ktRecord");
+        entry.remove("ktVersion");
+        std::fs::write(dir.join("pins.json"), v.to_string()).unwrap();
+        let t = s.get(&o).unwrap().unwrap();
+        assert_eq!(
+            (t.kt_epoch, t.kt_version, t.kt_record),
+            (Some(9), None, None)
+        );
+        assert_eq!(s.kt_checkpoint(one).unwrap(), None);
         std::fs::remove_dir_all(dir).unwrap();
     }
 
