@@ -7,7 +7,9 @@ use anyhow::{Context as _, bail};
 use clap::Args;
 use oracle_calls::ivf as crate_ivf;
 use oracle_calls::wav;
-use oracle_calls_client::{CallEvent, ClientConfig, Login, OracleClient, TrustOverride};
+use oracle_calls_client::{
+    CallEvent, ClientConfig, DirectoryPublicKey, KtConfig, Login, OracleClient, TrustOverride,
+};
 use oracle_calls_proto::{CallStatus, CallType, Did, ListCallsQuery};
 use zeroize::Zeroizing;
 
@@ -51,6 +53,13 @@ pub struct UserArgs {
     /// bot) changed (after verifying it; the refusal names it).
     #[arg(long, value_name = "ED25519")]
     accept_bot_device: Option<String>,
+    /// A key-transparency directory (`oracle-calls kt serve`, https:// or loopback): the
+    /// oracle's key, bot and bot devices must be what the directory's verified record says.
+    #[arg(long, env = "ORACLE_CALLS_KT_URL", requires = "kt_public_key")]
+    kt_url: Option<String>,
+    /// The directory's public key JSON (`kt keygen` prints it), obtained out of band.
+    #[arg(long, env = "ORACLE_CALLS_KT_PUBLIC_KEY", requires = "kt_url")]
+    kt_public_key: Option<PathBuf>,
 }
 
 impl UserArgs {
@@ -61,6 +70,16 @@ impl UserArgs {
             self.state.join(&self.user),
             self.oracle.clone(),
         );
+        if let (Some(url), Some(path)) = (&self.kt_url, &self.kt_public_key) {
+            let text =
+                std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            let directory_key: DirectoryPublicKey = serde_json::from_slice(&text)
+                .with_context(|| format!("{} is not a directory public key", path.display()))?;
+            cfg.key_transparency = Some(KtConfig {
+                url: url.clone(),
+                directory_key,
+            });
+        }
         cfg.trust_override = TrustOverride {
             oracle_key: self.accept_oracle_key.clone(),
             bot_device: self.accept_bot_device.clone(),

@@ -985,6 +985,43 @@ async fn the_call_command_says_a_wav_and_records_the_answer() {
     .unwrap();
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown call type"));
+    // A key-transparency directory must be reached over TLS (or on loopback), and its public
+    // key comes with it.
+    let kt_keys = dep.dir.join("kt-keys");
+    let keygen = std::process::Command::new(env!("CARGO_BIN_EXE_oracle-calls"))
+        .args(["kt", "keygen", "--out-dir"])
+        .arg(&kt_keys)
+        .output()
+        .unwrap();
+    assert!(
+        keygen.status.success(),
+        "{}",
+        String::from_utf8_lossy(&keygen.stderr)
+    );
+    let kt_public = kt_keys.join("public-key.json");
+    let bad = tokio::task::spawn_blocking({
+        let mut cmd = run(&["--kt-url", "http://kt.example.org", "--kt-public-key"]);
+        cmd.arg(&kt_public);
+        move || cmd.output().unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(!bad.status.success());
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        stderr.contains("refusing http://kt.example.org"),
+        "{stderr}"
+    );
+    let bad = tokio::task::spawn_blocking({
+        let mut cmd = run(&["--kt-url", "https://kt.example.org"]);
+        move || cmd.output().unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        !bad.status.success(),
+        "a directory URL without its key is refused"
+    );
     // A server that describes another oracle than the one asked for is refused before any
     // event is sent.
     let bad = tokio::task::spawn_blocking({
