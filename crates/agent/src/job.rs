@@ -87,6 +87,25 @@ pub struct CallReport {
     pub first_heard_after: Option<Duration>,
 }
 
+impl CallReport {
+    /// The report of job `job_id`, assigned at `at`, before anything happened in it.
+    pub(crate) fn assigned(job_id: String, at: Instant) -> Self {
+        Self {
+            job_id,
+            call_id: None,
+            outcome: JobOutcome::BadJob(String::new()),
+            frames_heard: 0,
+            frames_spoken: 0,
+            decrypt_failures: 0,
+            unencrypted_tracks: 0,
+            assigned_at: at,
+            key_ready_after: None,
+            joined_after: None,
+            first_heard_after: None,
+        }
+    }
+}
+
 pub(crate) struct Assignment {
     pub(crate) job: lk::Job,
     pub(crate) token: String,
@@ -103,19 +122,7 @@ pub(crate) async fn run<O: Oracle>(
     out: mpsc::Sender<lk::WorkerMessage>,
 ) -> CallReport {
     let started = Instant::now();
-    let mut report = CallReport {
-        job_id: a.job.id.clone(),
-        assigned_at: started,
-        call_id: None,
-        outcome: JobOutcome::BadJob(String::new()),
-        frames_heard: 0,
-        frames_spoken: 0,
-        decrypt_failures: 0,
-        unencrypted_tracks: 0,
-        key_ready_after: None,
-        joined_after: None,
-        first_heard_after: None,
-    };
+    let mut report = CallReport::assigned(a.job.id.clone(), started);
     let call_id = match call_of(&a.job) {
         Ok(c) => c,
         Err(why) => {

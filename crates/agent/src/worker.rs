@@ -610,22 +610,9 @@ mod tests {
     use std::time::Instant;
 
     use super::*;
-    use crate::JobOutcome;
 
     fn report(n: usize) -> CallReport {
-        CallReport {
-            job_id: format!("AJ_{n}"),
-            call_id: None,
-            outcome: JobOutcome::BadJob(String::new()),
-            frames_heard: 0,
-            frames_spoken: 0,
-            decrypt_failures: 0,
-            unencrypted_tracks: 0,
-            assigned_at: Instant::now(),
-            key_ready_after: None,
-            joined_after: None,
-            first_heard_after: None,
-        }
+        CallReport::assigned(format!("AJ_{n}"), Instant::now())
     }
 
     /// An agent whose reports nobody reads (`oracle-calls agent`) keeps the newest

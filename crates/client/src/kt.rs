@@ -13,7 +13,7 @@ use oracle_calls_kt::{
     DirectoryPublicKey, HistoryResponse, LookupResponse, OracleRecord, VerifiedHistory,
     VerifiedRecord,
 };
-use oracle_calls_proto::{ApiErrorBody, BotDevice, Did, OracleKeyInfo, WellKnown};
+use oracle_calls_proto::{ApiErrorBody, Did, OracleKeyInfo, WellKnown};
 use tracing::warn;
 
 use crate::CallError;
@@ -202,8 +202,8 @@ pub(crate) fn agree(
     if !same_devices {
         return Err(mismatch(
             "matrixDevices",
-            devices(&record.bot_devices),
-            devices(&wk.matrix_devices),
+            crate::trust::devices_text(&record.bot_devices),
+            crate::trust::devices_text(&wk.matrix_devices),
         ));
     }
     Ok(WellKnown {
@@ -252,23 +252,13 @@ pub(crate) fn change_epoch(
 }
 
 fn key_ids(keys: &[OracleKeyInfo]) -> String {
-    keys.iter()
-        .map(|k| k.key_id.as_str())
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-fn devices(d: &[BotDevice]) -> String {
-    d.iter()
-        .map(|d| format!("{} (ed25519 {})", d.device_id, d.ed25519))
-        .collect::<Vec<_>>()
-        .join(", ")
+    crate::trust::joined(keys.iter().map(|k| k.key_id.as_str()))
 }
 
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
-    use oracle_calls_proto::KeyScheme;
+    use oracle_calls_proto::{BotDevice, KeyScheme};
 
     use super::*;
 

@@ -401,13 +401,16 @@ fn preferred(keys: &[PinnedKey]) -> Result<(PinnedKey, OraclePublicKey), CallErr
 }
 
 fn ids(keys: &[PinnedKey]) -> String {
-    keys.iter()
-        .map(|k| k.key_id.as_str())
-        .collect::<Vec<_>>()
-        .join(", ")
+    joined(keys.iter().map(|k| k.key_id.as_str()))
 }
 
-fn devices_text(d: &[BotDevice]) -> String {
+/// `a, b, c`: how errors and logs list key ids.
+pub(crate) fn joined<'a>(items: impl Iterator<Item = &'a str>) -> String {
+    items.collect::<Vec<_>>().join(", ")
+}
+
+/// How errors and logs list bot devices: `ID (ed25519 KEY), …`.
+pub(crate) fn devices_text(d: &[BotDevice]) -> String {
     d.iter()
         .map(|d| format!("{} (ed25519 {})", d.device_id, d.ed25519))
         .collect::<Vec<_>>()
