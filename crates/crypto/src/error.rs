@@ -2,7 +2,7 @@
 
 use oracle_calls_proto::KeyScheme;
 
-use crate::KeyId;
+use crate::{KeyId, PrekeyId};
 
 /// Any error of this crate.
 #[derive(Debug, thiserror::Error)]
@@ -17,6 +17,9 @@ pub enum Error {
     /// A media frame or data packet could not be encrypted or decrypted.
     #[error(transparent)]
     Frame(#[from] FrameError),
+    /// A signed prekey, prekey id or prekey signing key was refused.
+    #[error(transparent)]
+    Prekey(#[from] PrekeyError),
 }
 
 /// Why an envelope was refused. The structural variants describe the text; the crypto
@@ -24,13 +27,15 @@ pub enum Error {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum EnvelopeError {
-    /// `vN.` with N other than 1.
-    #[error("envelope version is not supported (expected `v1.`)")]
+    /// `vN.` with N other than 1 and 2.
+    #[error("envelope version is not supported (expected `v1.` or `v2.`)")]
     UnknownVersion,
-    /// `v1.<scheme>.` names no scheme we know.
+    /// `vN.<scheme>.` names no scheme we know.
     #[error("envelope scheme is not supported")]
     UnknownScheme,
-    /// The text is not `v1.<scheme>.<base64url>` nor legacy base58.
+    /// The text is not `v1.<scheme>.<base64url>`, `v2.<scheme>.<base64url>` nor legacy
+    /// base58; or the inner envelope of a `v2.` envelope is not a `v1.` envelope of the outer
+    /// scheme.
     #[error("envelope is malformed: {0}")]
     Malformed(&'static str),
     /// The base64url (or base58) payload does not decode.
@@ -68,6 +73,54 @@ pub enum EnvelopeError {
     /// Sealing failed (the public key is unusable).
     #[error("envelope could not be sealed")]
     SealFailed,
+    /// [`crate::open`] was given a `v2.` envelope: its outer layer is sealed to a prekey and
+    /// must be opened first with [`crate::open_prekey_layer`] (by the prekey's holder).
+    #[error("envelope is sealed to a prekey: open its prekey layer first")]
+    PrekeyLayer,
+    /// [`crate::open_prekey_layer`] was given a `v1.` or legacy envelope: it has no prekey
+    /// layer and opens with the long-term key alone ([`crate::open`]).
+    #[error("envelope is not sealed to a prekey: open it with the long-term key")]
+    NoPrekeyLayer,
+    /// The `v2.` envelope names another prekey than the one offered to open it.
+    #[error("envelope is sealed to prekey {envelope}, not to this prekey ({ours})")]
+    WrongPrekey {
+        /// Prekey id in the envelope.
+        envelope: PrekeyId,
+        /// Prekey id of the prekey offered.
+        ours: PrekeyId,
+    },
+}
+
+/// Why a signed prekey, a prekey id or a prekey signing key was refused. `field` is the JSON
+/// name of the offending value (`prekeyId`, `publicKey`, `signature`, `prekeySigningKey`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PrekeyError {
+    /// Not base64url without padding (or, for a prekey id file name, not lower-case hex).
+    #[error("{field} is not valid {encoding}")]
+    Encoding {
+        /// The field.
+        field: &'static str,
+        /// The encoding it should have had.
+        encoding: &'static str,
+    },
+    /// Decodes to the wrong number of bytes.
+    #[error("{field} decodes to {len} bytes, expected {expected}")]
+    BadLength {
+        /// The field.
+        field: &'static str,
+        /// Its decoded length.
+        len: usize,
+        /// The length it must have.
+        expected: usize,
+    },
+    /// The prekey signing key is not a usable Ed25519 public key (not a curve point, or of
+    /// small order).
+    #[error("prekey signing key is not a valid Ed25519 public key")]
+    InvalidKey,
+    /// The signature does not verify under the oracle's prekey signing key for this oracle.
+    #[error("prekey signature is not valid for this oracle's prekey signing key")]
+    BadSignature,
 }
 
 /// Why an oracle key was refused.

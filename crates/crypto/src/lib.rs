@@ -6,6 +6,10 @@
 //! - [`seal`] / [`open`]: key envelopes (`v1.<scheme>.<base64url>`) that wrap a call key to an
 //!   oracle public key and bind it to the call's [`CallContext`]; [`recipient`] reads which key
 //!   an envelope is for; [`open_legacy`] opens a legacy ixo envelope (no context, no prefix).
+//! - Prekeys (forward secrecy): the key holder makes [`Prekey`]s and signs them with its
+//!   [`PrekeySigningKey`] ([`Prekey::sign`] gives the published [`SignedPrekey`]); a client
+//!   checks a claimed one with [`verify_prekey`] against the oracle's
+//!   [`PrekeySigningPublicKey`] and DID.
 //! - The wire types the API takes ([`CallType`], [`Did`], [`RoomName`], [`SessionId`],
 //!   [`KeyEnvelope`], [`KeyScheme`], [`KeyDerivation`]) are re-exported from
 //!   `oracle-calls-proto`.
@@ -41,14 +45,20 @@ mod envelope;
 mod error;
 pub mod frame;
 mod oracle_key;
+mod prekey;
 
 pub use call_key::CallKey;
 pub use context::CallContext;
 pub use envelope::{OpenedKey, Recipient, UnboundCallKey, open, open_legacy, recipient, seal};
-pub use error::{EnvelopeError, Error, FrameError, KeyError};
+pub use error::{EnvelopeError, Error, FrameError, KeyError, PrekeyError};
 /// The wire types this crate's API takes and returns, so a caller needs no direct dependency
 /// on `oracle-calls-proto` (their `parse` errors are [`ParseError`]).
 pub use oracle_calls_proto::{
     CallType, Did, KeyDerivation, KeyEnvelope, KeyScheme, ParseError, RoomName, SessionId,
+    SignedPrekey,
 };
 pub use oracle_key::{KeyId, OracleKeyPair, OraclePublicKey};
+pub use prekey::{
+    PREKEY_ID_LEN, PREKEY_SIGNATURE_LABEL, Prekey, PrekeyId, PrekeySecret, PrekeySigningKey,
+    PrekeySigningPublicKey, VerifiedPrekey, verify_prekey,
+};

@@ -379,7 +379,7 @@ impl std::fmt::Debug for OracleKeyPair {
     }
 }
 
-fn x25519_public(sk: &[u8; 32]) -> [u8; 32] {
+pub(crate) fn x25519_public(sk: &[u8; 32]) -> [u8; 32] {
     use hpke::Deserializable as _;
     use hpke::Kem as _;
     use hpke::Serializable as _;
