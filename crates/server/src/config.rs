@@ -62,6 +62,11 @@ pub struct OracleConfig {
     /// Public keys (from `oracle-calls key-info`), preferred first.
     #[serde(default)]
     pub keys: Vec<OracleKeyInfo>,
+    /// The oracle's prekey signing key (Ed25519 public key, 32 bytes, base64url without
+    /// padding), published as `prekeySigningKey` at `/.well-known/oracle-calls`. Absent: the
+    /// oracle offers no prekeys.
+    #[serde(default)]
+    pub prekey_signing_key: Option<String>,
 }
 
 /// Matrix settings. The password comes from [`Secrets`].
@@ -258,6 +263,15 @@ impl Config {
                 "body_limit_bytes and livekit.token_ttl_secs must be positive".into(),
             ));
         }
+        if let Some(key) = &self.oracle.prekey_signing_key
+            && !decodes_to(key, 32)
+        {
+            return Err(Error::Config(
+                "oracle.prekey_signing_key must be an Ed25519 public key: 32 bytes, base64url \
+                 without padding (43 characters)"
+                    .into(),
+            ));
+        }
         if self.validation.max_call_age_secs < self.validation.max_clock_skew_secs {
             return Err(Error::Config(
                 "validation.max_call_age_secs must be at least validation.max_clock_skew_secs"
@@ -266,6 +280,15 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// True when `text` is base64url without padding (canonical: no stray trailing bits) of
+/// exactly `len` bytes.
+pub(crate) fn decodes_to(text: &str, len: usize) -> bool {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(text)
+        .is_ok_and(|bytes| bytes.len() == len)
 }
 
 /// The server's secrets, each read from `ORACLE_CALLS_<NAME>` or from the file named by
@@ -380,6 +403,40 @@ mod tests {
             .is_err(),
             "a call cannot be older than the freshness window allows"
         );
+    }
+
+    #[test]
+    fn the_prekey_signing_key_is_32_bytes_of_base64url_without_padding() {
+        let with = |key: &str| {
+            Config::from_toml(&MINIMAL.replace(
+                "agent_name = \"oracle-1\"",
+                &format!("agent_name = \"oracle-1\"\nprekey_signing_key = \"{key}\""),
+            ))
+        };
+        assert_eq!(
+            Config::from_toml(MINIMAL)
+                .unwrap()
+                .oracle
+                .prekey_signing_key,
+            None
+        );
+        let good = "A".repeat(43);
+        assert_eq!(
+            with(&good).unwrap().oracle.prekey_signing_key.as_deref(),
+            Some(good.as_str())
+        );
+        let bad = [
+            format!("{good}="),             // padded
+            "A".repeat(42),                 // 31 bytes and stray bits
+            "A".repeat(44),                 // 33 bytes
+            format!("{}B", "A".repeat(42)), // 32 bytes, non-zero trailing bits
+            format!("+{}", "A".repeat(42)), // standard alphabet
+            String::new(),
+        ];
+        for key in bad {
+            let err = with(&key).unwrap_err().to_string();
+            assert!(err.contains("oracle.prekey_signing_key"), "{key:?}: {err}");
+        }
     }
 
     #[test]

@@ -20,6 +20,7 @@ pub async fn well_known(State(state): State<AppState>) -> Json<WellKnown> {
         agent_name: c.oracle.agent_name.clone(),
         livekit_url: c.livekit.url.clone(),
         keys: c.oracle.keys.clone(),
+        prekey_signing_key: c.oracle.prekey_signing_key.clone(),
         matrix_devices: state
             .matrix()
             .and_then(|b| b.device().cloned())
