@@ -14,9 +14,11 @@ use crate::{Error, Result};
 
 mod api_keys;
 mod cursor;
+mod prekeys;
 
 pub use api_keys::{ApiKeyRecord, KeyRequestRecord};
 pub use cursor::ListFilter;
+pub use prekeys::{Claimed, MAX_UNCLAIMED_ONE_TIME, Published};
 
 /// Which database a [`Store`] talks to.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -505,7 +507,7 @@ fn reason_str(r: CallReason) -> String {
 }
 
 fn migrator(backend: Backend) -> Migrator {
-    let steps: [(i64, &'static str, &'static str, &'static str); 3] = [
+    let steps: [(i64, &'static str, &'static str, &'static str); 4] = [
         (
             1,
             "init",
@@ -523,6 +525,12 @@ fn migrator(backend: Backend) -> Migrator {
             "room names",
             include_str!("../migrations/sqlite/0003_room_names.sql"),
             include_str!("../migrations/postgres/0003_room_names.sql"),
+        ),
+        (
+            4,
+            "prekeys",
+            include_str!("../migrations/sqlite/0004_prekeys.sql"),
+            include_str!("../migrations/postgres/0004_prekeys.sql"),
         ),
     ];
     Migrator::with_migrations(
