@@ -23,6 +23,9 @@ pub enum Error {
     /// No such call.
     #[error("no such call")]
     NotFound,
+    /// `POST /prekeys/claim` found neither a one-time nor a last-resort prekey.
+    #[error("the oracle has published no prekeys")]
+    NoPrekeys,
     /// An illegal status transition or conflicting state.
     #[error("{0}")]
     Conflict(String),
@@ -72,7 +75,7 @@ impl Error {
             Self::BadRequest(_) => (StatusCode::BAD_REQUEST, ErrorCode::BadRequest),
             Self::Unauthorized(_) => (StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized),
             Self::Forbidden(_) => (StatusCode::FORBIDDEN, ErrorCode::Forbidden),
-            Self::NotFound => (StatusCode::NOT_FOUND, ErrorCode::NotFound),
+            Self::NotFound | Self::NoPrekeys => (StatusCode::NOT_FOUND, ErrorCode::NotFound),
             Self::Conflict(_) => (StatusCode::CONFLICT, ErrorCode::Conflict),
             Self::Gone | Self::TooOld => (StatusCode::GONE, ErrorCode::Gone),
             Self::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::PayloadTooLarge),

@@ -17,6 +17,7 @@ mod calls;
 mod extract;
 mod meta;
 mod openapi;
+mod prekeys;
 mod webhook;
 
 pub use openapi::ApiDoc;
@@ -34,6 +35,13 @@ pub fn router(state: AppState) -> Router {
         .route("/calls/{call_id}/sync", post(calls::sync))
         .route("/calls/{call_id}/key", get(calls::key).post(calls::key))
         .route("/calls/{call_id}/update", post(calls::update))
+        .route(
+            "/prekeys",
+            get(prekeys::stock)
+                .post(prekeys::publish)
+                .layer(DefaultBodyLimit::max(prekeys::PUBLISH_BODY_LIMIT)),
+        )
+        .route("/prekeys/claim", post(prekeys::claim))
         .route(
             "/livekit/webhook",
             post(webhook::receive).layer(DefaultBodyLimit::max(WEBHOOK_BODY_LIMIT)),

@@ -20,6 +20,9 @@ pub struct Metrics {
     pub matrix_writes: IntCounterVec,
     /// Calls whose status Matrix does not show yet.
     pub matrix_backlog: IntGauge,
+    /// Prekeys handed out by `POST /prekeys/claim`, by kind (`one_time`, `last_resort`), and
+    /// claims that found none (`none`).
+    pub prekey_claims: IntCounterVec,
 }
 
 impl Metrics {
@@ -71,7 +74,18 @@ impl Metrics {
             "calls whose status Matrix does not show yet",
         )
         .map_err(bug)?;
+        let prekey_claims = IntCounterVec::new(
+            Opts::new(
+                "prekey_claims_total",
+                "prekeys handed out, by kind (one_time, last_resort), and claims that found none",
+            ),
+            &["kind"],
+        )
+        .map_err(bug)?;
         registry.register(Box::new(calls.clone())).map_err(bug)?;
+        registry
+            .register(Box::new(prekey_claims.clone()))
+            .map_err(bug)?;
         registry
             .register(Box::new(matrix_writes.clone()))
             .map_err(bug)?;
@@ -85,6 +99,7 @@ impl Metrics {
             calls,
             matrix_writes,
             matrix_backlog,
+            prekey_claims,
         })
     }
 
@@ -96,6 +111,11 @@ impl Metrics {
     /// Counts one Matrix write attempt's outcome.
     pub fn matrix_write(&self, outcome: &str) {
         self.matrix_writes.with_label_values(&[outcome]).inc();
+    }
+
+    /// Counts one prekey claim by the kind handed out (`one_time`, `last_resort`, `none`).
+    pub fn prekey_claim(&self, kind: &str) {
+        self.prekey_claims.with_label_values(&[kind]).inc();
     }
 
     /// The Prometheus text exposition.

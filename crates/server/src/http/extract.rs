@@ -41,7 +41,8 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
     }
 }
 
-fn json_rejection(e: &JsonRejection, limit: usize) -> Error {
+/// The error of a JSON body that did not parse: 413 over `limit` bytes, else 400.
+pub(super) fn json_rejection(e: &JsonRejection, limit: usize) -> Error {
     if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
         Error::PayloadTooLarge(limit)
     } else {

@@ -2,8 +2,8 @@
 
 use oracle_calls_proto::{
     ApiError, ApiErrorBody, BotDevice, CallReason, CallStatus, CallSummary, CallType, ErrorCode,
-    KeyResponse, KeyScheme, ListCallsResponse, OracleKeyInfo, SyncRequest, SyncResponse,
-    UpdateRequest, WellKnown,
+    KeyResponse, KeyScheme, ListCallsResponse, OracleKeyInfo, PrekeyStock, PublishPrekeysRequest,
+    SignedPrekey, SyncRequest, SyncResponse, UpdateRequest, WellKnown,
 };
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
@@ -11,16 +11,17 @@ use utoipa::{Modify, OpenApi};
 /// `/openapi.json`.
 #[derive(OpenApi, Debug)]
 #[openapi(
-    info(title = "oracle-calls server", description = "Call API of an AI oracle: sync, key, update, list."),
+    info(title = "oracle-calls server", description = "Call API of an AI oracle: sync, key, update, list; the oracle's prekeys."),
     paths(
         super::calls::sync, super::calls::key, super::calls::update, super::calls::list,
+        super::prekeys::publish, super::prekeys::stock, super::prekeys::claim,
         super::webhook::receive,
         super::meta::well_known, super::meta::healthz, super::meta::metrics, super::meta::openapi,
     ),
     components(schemas(
         SyncRequest, SyncResponse, KeyResponse, UpdateRequest, CallSummary, ListCallsResponse,
         WellKnown, OracleKeyInfo, BotDevice, ApiErrorBody, ApiError, ErrorCode, CallReason, CallStatus,
-        CallType, KeyScheme,
+        CallType, KeyScheme, SignedPrekey, PublishPrekeysRequest, PrekeyStock,
     )),
     modifiers(&Security),
 )]
