@@ -9,7 +9,9 @@
 //! - Prekeys (forward secrecy): the key holder makes [`Prekey`]s and signs them with its
 //!   [`PrekeySigningKey`] ([`Prekey::sign`] gives the published [`SignedPrekey`]); a client
 //!   checks a claimed one with [`verify_prekey`] against the oracle's
-//!   [`PrekeySigningPublicKey`] and DID.
+//!   [`PrekeySigningPublicKey`] and DID, and [`seal_with_prekey`] wraps the v1 envelope in a
+//!   `v2.<scheme>.<base64url>` envelope sealed to that prekey. The prekey's holder opens the
+//!   outer layer ([`open_prekey_layer`]), the oracle's agent the inner v1 envelope ([`open`]).
 //! - The wire types the API takes ([`CallType`], [`Did`], [`RoomName`], [`SessionId`],
 //!   [`KeyEnvelope`], [`KeyScheme`], [`KeyDerivation`]) are re-exported from
 //!   `oracle-calls-proto`.
@@ -49,7 +51,10 @@ mod prekey;
 
 pub use call_key::CallKey;
 pub use context::CallContext;
-pub use envelope::{OpenedKey, Recipient, UnboundCallKey, open, open_legacy, recipient, seal};
+pub use envelope::{
+    MAX_INNER_ENVELOPE_LEN, OpenedKey, Recipient, UnboundCallKey, open, open_legacy,
+    open_prekey_layer, recipient, seal, seal_with_prekey,
+};
 pub use error::{EnvelopeError, Error, FrameError, KeyError, PrekeyError};
 /// The wire types this crate's API takes and returns, so a caller needs no direct dependency
 /// on `oracle-calls-proto` (their `parse` errors are [`ParseError`]).

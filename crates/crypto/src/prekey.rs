@@ -304,6 +304,10 @@ impl PrekeySecret {
     pub fn public_key(&self) -> [u8; 32] {
         x25519_public(&self.0)
     }
+
+    pub(crate) fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
 }
 
 impl std::fmt::Debug for PrekeySecret {

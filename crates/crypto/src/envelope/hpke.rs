@@ -18,7 +18,7 @@ pub(super) fn seal_p256(
 ) -> Result<Vec<u8>, EnvelopeError> {
     let pk = <DhP256HkdfSha256 as Kem>::PublicKey::from_bytes(&pk.to_sec1_bytes())
         .map_err(|_| EnvelopeError::SealFailed)?;
-    seal::<DhP256HkdfSha256>(&pk, key, info, aad, rng)
+    seal::<DhP256HkdfSha256>(&pk, key.as_bytes(), info, aad, rng)
 }
 
 pub(super) fn seal_x25519(
@@ -30,7 +30,33 @@ pub(super) fn seal_x25519(
 ) -> Result<Vec<u8>, EnvelopeError> {
     let pk = <X25519HkdfSha256 as Kem>::PublicKey::from_bytes(pk)
         .map_err(|_| EnvelopeError::SealFailed)?;
-    seal::<X25519HkdfSha256>(&pk, key, info, aad, rng)
+    seal::<X25519HkdfSha256>(&pk, key.as_bytes(), info, aad, rng)
+}
+
+/// Seals any plaintext to an X25519 key: `enc (32) || ciphertext || tag (16)` (the prekey
+/// layer of a `v2.` envelope).
+pub(super) fn seal_x25519_bytes(
+    pk: &[u8; 32],
+    plaintext: &[u8],
+    info: &[u8],
+    aad: &[u8],
+    rng: &mut impl CryptoRng,
+) -> Result<Vec<u8>, EnvelopeError> {
+    let pk = <X25519HkdfSha256 as Kem>::PublicKey::from_bytes(pk)
+        .map_err(|_| EnvelopeError::SealFailed)?;
+    seal::<X25519HkdfSha256>(&pk, plaintext, info, aad, rng)
+}
+
+/// Opens what [`seal_x25519_bytes`] sealed. The caller has checked the length bounds.
+pub(super) fn open_x25519_bytes(
+    sk: &[u8; 32],
+    payload: &[u8],
+    info: &[u8],
+    aad: &[u8],
+) -> Result<Zeroizing<Vec<u8>>, EnvelopeError> {
+    let sk = <X25519HkdfSha256 as Kem>::PrivateKey::from_bytes(sk)
+        .map_err(|_| EnvelopeError::DecryptionFailed)?;
+    open_bytes::<X25519HkdfSha256>(&sk, payload, info, aad)
 }
 
 pub(super) fn open_p256(
@@ -58,7 +84,7 @@ pub(super) fn open_x25519(
 
 fn seal<K: Kem>(
     pk: &K::PublicKey,
-    key: &CallKey,
+    plaintext: &[u8],
     info: &[u8],
     aad: &[u8],
     rng: &mut impl CryptoRng,
@@ -67,7 +93,7 @@ fn seal<K: Kem>(
         &OpModeS::Base,
         pk,
         info,
-        key.as_bytes(),
+        plaintext,
         aad,
         rng,
     )
@@ -88,11 +114,23 @@ fn open<K: Kem>(
     if payload.len() != enc_len + 48 {
         return Err(EnvelopeError::BadLength);
     }
-    let (enc, ct) = payload.split_at(enc_len);
-    let enc = K::EncappedKey::from_bytes(enc).map_err(|_| EnvelopeError::DecryptionFailed)?;
-    let pt =
-        hpke::single_shot_open::<AesGcm256, HkdfSha256, K>(&OpModeR::Base, sk, &enc, info, ct, aad)
-            .map_err(|_| EnvelopeError::DecryptionFailed)?;
-    let pt = Zeroizing::new(pt);
+    let pt = open_bytes::<K>(sk, payload, info, aad)?;
     CallKey::from_slice(&pt).ok_or(EnvelopeError::DecryptionFailed)
+}
+
+/// Single-shot open of `enc || ciphertext || tag`.
+fn open_bytes<K: Kem>(
+    sk: &K::PrivateKey,
+    payload: &[u8],
+    info: &[u8],
+    aad: &[u8],
+) -> Result<Zeroizing<Vec<u8>>, EnvelopeError> {
+    let enc_len = <K::EncappedKey as Serializable>::size();
+    let (enc, ct) = payload
+        .split_at_checked(enc_len)
+        .ok_or(EnvelopeError::BadLength)?;
+    let enc = K::EncappedKey::from_bytes(enc).map_err(|_| EnvelopeError::DecryptionFailed)?;
+    hpke::single_shot_open::<AesGcm256, HkdfSha256, K>(&OpModeR::Base, sk, &enc, info, ct, aad)
+        .map(Zeroizing::new)
+        .map_err(|_| EnvelopeError::DecryptionFailed)
 }

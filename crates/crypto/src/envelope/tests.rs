@@ -107,7 +107,8 @@ fn every_failure_has_its_own_error() {
     }
     let kp = &kps[0];
     let e = |s: &str| open(kp, &KeyEnvelope::parse(s).unwrap(), &ctx("s1")).unwrap_err();
-    assert_eq!(e("v2.hpke-p256.AAAA"), EnvelopeError::UnknownVersion);
+    assert_eq!(e("v3.hpke-p256.AAAA"), EnvelopeError::UnknownVersion);
+    assert_eq!(e("v2.hpke-p256.AAAA"), EnvelopeError::BadLength);
     assert_eq!(e("v1.hpke-p999.AAAA"), EnvelopeError::UnknownScheme);
     assert_eq!(
         e("v1.hpke-p256.AA*A"),
@@ -167,8 +168,12 @@ fn recipient_names_the_key_without_opening() {
     let r = |s: &str| recipient(&KeyEnvelope::parse(s).unwrap());
     assert_eq!(r("3mJr7AoUXx2Wqd").unwrap(), Recipient::LegacySecp256k1);
     assert_eq!(
-        r("v2.hpke-p256.AAAA").unwrap_err(),
+        r("v3.hpke-p256.AAAA").unwrap_err(),
         EnvelopeError::UnknownVersion
+    );
+    assert_eq!(
+        r("v2.hpke-p256.AAAA").unwrap_err(),
+        EnvelopeError::BadLength
     );
     assert_eq!(
         r("v1.hpke-p999.AAAA").unwrap_err(),
