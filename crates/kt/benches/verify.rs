@@ -29,6 +29,7 @@ fn record(n: u32) -> OracleRecord {
             ed25519: "E".repeat(43),
         }],
         agent_name: format!("agent-{n}"),
+        prekey_signing_key: None,
     }
 }
 

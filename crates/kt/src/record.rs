@@ -8,14 +8,17 @@ use crate::error::{Error, Result};
 /// The largest encoded record the directory publishes and a verifier decodes.
 pub const MAX_RECORD_BYTES: usize = 16 * 1024;
 
-/// The tag every encoded record starts with (inside its length prefix).
+/// The tag of a record without a prekey signing key (inside its length prefix).
 const RECORD_TAG: &str = "oracle-calls/kt-record/v1";
+/// The tag of a record with a prekey signing key: the v1 fields, then the key.
+const RECORD_TAG_V2: &str = "oracle-calls/kt-record/v2";
 
 /// One oracle's entry in the directory: the AKD value under the label "the oracle's DID".
 ///
 /// It holds what a client pins on first use today from `/.well-known/oracle-calls`: the keys
 /// envelopes are sealed to, the bot that receives call events, the bot devices that may
-/// receive the event's room key, and the LiveKit agent name.
+/// receive the event's room key, the LiveKit agent name, and the key that signs the oracle's
+/// prekeys (when it offers forward secrecy).
 ///
 /// # Encoding (the AKD value, `oracle-calls/kt-record/v1`)
 ///
@@ -32,6 +35,11 @@ const RECORD_TAG: &str = "oracle-calls/kt-record/v1";
 /// str(s) = u32be(length of s in UTF-8 bytes) || the UTF-8 bytes of s
 /// ```
 ///
+/// A record with a prekey signing key starts with `str("oracle-calls/kt-record/v2")` instead
+/// and has one more field at the end, `str(prekeySigningKey)` (the Ed25519 public key,
+/// base64url without padding, as in `/.well-known/oracle-calls`). A record without one is
+/// always encoded as v1, so each record still has exactly one encoding.
+///
 /// `scheme` is the wire name (`hpke-p256`, `hpke-x25519`, `rsa-oaep-256`, `ecies-secp256k1`);
 /// the other strings are exactly the JSON strings of `OracleKeyInfo` and `BotDevice`. Order
 /// matters (keys are in the oracle's order of preference) and is kept. Decoding is strict:
@@ -40,7 +48,8 @@ const RECORD_TAG: &str = "oracle-calls/kt-record/v1";
 /// encoding and [`OracleRecord::from_bytes`] inverts [`OracleRecord::to_bytes`].
 ///
 /// In JSON (the service's API) the record is camelCase:
-/// `{"keys":[{"keyId":…,"scheme":…,"publicKey":…}],"matrixUserId":…,"botDevices":[{"deviceId":…,"ed25519":…}],"agentName":…}`.
+/// `{"keys":[{"keyId":…,"scheme":…,"publicKey":…}],"matrixUserId":…,"botDevices":[{"deviceId":…,"ed25519":…}],"agentName":…,"prekeySigningKey":…}`
+/// (`prekeySigningKey` absent when the oracle has none).
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct OracleRecord {
@@ -52,6 +61,10 @@ pub struct OracleRecord {
     pub bot_devices: Vec<BotDevice>,
     /// The LiveKit agent name that serves this oracle.
     pub agent_name: String,
+    /// The Ed25519 key that signs the oracle's prekeys (base64url without padding); `None`
+    /// when the oracle offers no prekeys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prekey_signing_key: Option<String>,
 }
 
 impl OracleRecord {
@@ -59,7 +72,12 @@ impl OracleRecord {
     /// to.
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(256);
-        put_str(&mut out, RECORD_TAG);
+        let tag = if self.prekey_signing_key.is_some() {
+            RECORD_TAG_V2
+        } else {
+            RECORD_TAG
+        };
+        put_str(&mut out, tag);
         put_len(&mut out, self.keys.len());
         for key in &self.keys {
             put_str(&mut out, key.scheme.as_str());
@@ -73,6 +91,9 @@ impl OracleRecord {
             put_str(&mut out, &device.ed25519);
         }
         put_str(&mut out, &self.agent_name);
+        if let Some(key) = &self.prekey_signing_key {
+            put_str(&mut out, key);
+        }
         out
     }
 
@@ -90,9 +111,11 @@ impl OracleRecord {
             });
         }
         let mut r = Reader(bytes);
-        if r.str()? != RECORD_TAG {
-            return Err(Error::MalformedRecord("unknown record tag"));
-        }
+        let v2 = match r.str()? {
+            RECORD_TAG => false,
+            RECORD_TAG_V2 => true,
+            _ => return Err(Error::MalformedRecord("unknown record tag")),
+        };
         let mut keys = Vec::new();
         for _ in 0..r.u32()? {
             let scheme = r
@@ -115,6 +138,7 @@ impl OracleRecord {
             bot_devices.push(BotDevice { device_id, ed25519 });
         }
         let agent_name = r.str()?.to_owned();
+        let prekey_signing_key = if v2 { Some(r.str()?.to_owned()) } else { None };
         if !r.0.is_empty() {
             return Err(Error::MalformedRecord("trailing bytes"));
         }
@@ -123,6 +147,7 @@ impl OracleRecord {
             matrix_user_id,
             bot_devices,
             agent_name,
+            prekey_signing_key,
         })
     }
 }
@@ -185,6 +210,7 @@ mod tests {
                 ed25519: "ed".into(),
             }],
             agent_name: "echo".into(),
+            prekey_signing_key: None,
         }
     }
 
@@ -238,13 +264,17 @@ mod tests {
             ".{0,40}",
             prop::collection::vec(device, 0..4),
             ".{0,40}",
+            prop::option::of(".{0,44}"),
         )
             .prop_map(
-                |(keys, matrix_user_id, bot_devices, agent_name)| OracleRecord {
-                    keys,
-                    matrix_user_id,
-                    bot_devices,
-                    agent_name,
+                |(keys, matrix_user_id, bot_devices, agent_name, prekey_signing_key)| {
+                    OracleRecord {
+                        keys,
+                        matrix_user_id,
+                        bot_devices,
+                        agent_name,
+                        prekey_signing_key,
+                    }
                 },
             )
     }

@@ -237,6 +237,51 @@ pub struct WellKnown {
     /// is not running.
     #[serde(default)]
     pub matrix_devices: Vec<BotDevice>,
+    /// The oracle's prekey signing key (Ed25519, 32 bytes, base64url without padding): it
+    /// signs the one-time and last-resort prekeys clients claim at `POST /prekeys/claim`
+    /// (docs/PROTOCOL.md §13). Absent: the oracle offers no prekeys (no forward secrecy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prekey_signing_key: Option<String>,
+}
+
+/// One signed prekey of the oracle (docs/PROTOCOL.md §13): an X25519 HPKE public key that a
+/// client seals one call's key envelope to, signed by the oracle's prekey signing key. A
+/// one-time prekey is handed out at most once; the last-resort prekey is handed out when no
+/// one-time prekey is left.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct SignedPrekey {
+    /// 16 random bytes, base64url without padding (22 characters).
+    pub prekey_id: String,
+    /// The X25519 public key, 32 bytes, base64url without padding (43 characters).
+    pub public_key: String,
+    /// The last-resort prekey (handed out when no one-time prekey is left, never used up).
+    pub last_resort: bool,
+    /// Ed25519 signature (64 bytes, base64url without padding, 86 characters) by the prekey
+    /// signing key over the bytes docs/PROTOCOL.md §13 gives.
+    pub signature: String,
+}
+
+/// `POST /prekeys`: the oracle's agent (or its key holder) publishes prekeys.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct PublishPrekeysRequest {
+    /// 1 to 100 prekeys; at most one of them the last-resort prekey, which replaces the one
+    /// published before.
+    pub prekeys: Vec<SignedPrekey>,
+}
+
+/// What the server holds for the oracle: the answer of `POST /prekeys` and `GET /prekeys`.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct PrekeyStock {
+    /// One-time prekeys not yet claimed.
+    pub one_time: u64,
+    /// Whether a last-resort prekey is published.
+    pub last_resort: bool,
 }
 
 /// One Matrix device of the oracle's bot, as published at `/.well-known/oracle-calls`.
@@ -398,6 +443,7 @@ mod tests {
                 device_id: "BOTDEVICE".into(),
                 ed25519: "k".into(),
             }],
+            prekey_signing_key: None,
         };
         assert_eq!(
             serde_json::to_value(&wk).unwrap(),

@@ -36,8 +36,8 @@ mod timestamp;
 
 pub use api::{
     ApiError, ApiErrorBody, BotDevice, CallReason, CallSummary, ErrorCode, KeyResponse,
-    ListCallsQuery, ListCallsResponse, OracleKeyInfo, SyncRequest, SyncResponse, UpdateRequest,
-    WellKnown,
+    ListCallsQuery, ListCallsResponse, OracleKeyInfo, PrekeyStock, PublishPrekeysRequest,
+    SignedPrekey, SyncRequest, SyncResponse, UpdateRequest, WellKnown,
 };
 pub use call_id::{CallId, EventId, RoomName};
 pub use did::Did;

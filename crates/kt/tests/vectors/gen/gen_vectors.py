@@ -25,7 +25,9 @@ def s(text: str) -> bytes:
 
 
 def record_bytes(rec: dict) -> bytes:
-    out = s("oracle-calls/kt-record/v1")
+    # A record with a prekey signing key is v2: the same fields, then that key.
+    v2 = "prekeySigningKey" in rec
+    out = s("oracle-calls/kt-record/v2" if v2 else "oracle-calls/kt-record/v1")
     out += struct.pack(">I", len(rec["keys"]))
     for k in rec["keys"]:
         out += s(k["scheme"]) + s(k["keyId"]) + s(k["publicKey"])
@@ -34,6 +36,8 @@ def record_bytes(rec: dict) -> bytes:
     for d in rec["botDevices"]:
         out += s(d["deviceId"]) + s(d["ed25519"])
     out += s(rec["agentName"])
+    if v2:
+        out += s(rec["prekeySigningKey"])
     return out
 
 
@@ -75,6 +79,13 @@ for rec in [
         "agentName": "echo",
     },
     {"keys": [], "matrixUserId": "", "botDevices": [], "agentName": "ünïcødé-agent"},
+    {
+        "keys": [{"keyId": "00112233445566778899aabbccddeeff", "scheme": "hpke-x25519", "publicKey": "X25519"}],
+        "matrixUserId": "@oracle:example.org",
+        "botDevices": [{"deviceId": "BOTDEV", "ed25519": "edkey"}],
+        "agentName": "echo",
+        "prekeySigningKey": b64url(public),
+    },
 ]:
     records.append({"record": rec, "bytesHex": record_bytes(rec).hex()})
 
