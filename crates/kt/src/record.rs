@@ -310,10 +310,25 @@ mod tests {
         ));
         // Another tag.
         let mut tag = good.clone();
-        tag[4 + 24] = b'2';
+        tag[4 + 24] = b'9';
         assert!(matches!(
             OracleRecord::from_bytes(&tag),
             Err(Error::MalformedRecord("unknown record tag"))
+        ));
+        // A v1 body under the v2 tag lacks the prekey signing key; a v2 record relabelled v1
+        // has a byte too many.
+        tag[4 + 24] = b'2';
+        assert!(matches!(
+            OracleRecord::from_bytes(&tag),
+            Err(Error::MalformedRecord("truncated"))
+        ));
+        let mut v2 = sample();
+        v2.prekey_signing_key = Some("A6EHv_POEL4dcN0Y50vAmWfk1jCbpQ1fHdyGZBJVMbg".into());
+        let mut relabelled = v2.to_bytes();
+        relabelled[4 + 24] = b'1';
+        assert!(matches!(
+            OracleRecord::from_bytes(&relabelled),
+            Err(Error::MalformedRecord("trailing bytes"))
         ));
         // An unknown scheme.
         let bad_scheme = String::from_utf8(good.clone())
