@@ -1,5 +1,6 @@
-//! The reverse direction: envelopes and frames made by this crate are opened by independent
-//! implementations — Python `cryptography` (HPKE, RSA-OAEP, AES-GCM), the npm `eciesjs`
+//! The reverse direction: envelopes, v2 (prekey) envelopes, signed prekeys and frames made by
+//! this crate are opened or verified by independent implementations — Python `cryptography`
+//! (HPKE, RSA-OAEP, AES-GCM, Ed25519), the npm `eciesjs`
 //! package, and Node's WebCrypto (the API livekit-client uses). Needs `python3` with
 //! `cryptography` >= 48 and `npm ci` in tests/vectors/gen (scripts/test does both).
 #![allow(
@@ -221,6 +222,110 @@ fn a_raw_secp256k1_secret_is_the_key_python_and_eciesjs_derive() {
             let env = oracle_calls_crypto::KeyEnvelope::parse(env.as_str().unwrap()).unwrap();
             let opened = oracle_calls_crypto::open_legacy(&kp, &env).unwrap();
             assert!(opened.ct_eq(&CallKey::from_bytes(*key)));
+        }
+    }
+}
+
+/// Prekeys signed here verify with Python's Ed25519, and v2 envelopes sealed here open in two
+/// steps elsewhere: Python `cryptography` opens the prekey layer, then Python or `eciesjs`
+/// opens the inner v1 envelope with the long-term key.
+#[test]
+fn our_prekeys_and_v2_envelopes_open_in_python_and_eciesjs() {
+    use oracle_calls_crypto::{Prekey, PrekeySigningKey, seal_with_prekey, verify_prekey};
+
+    let mut rng = rand::rngs::StdRng::seed_from_u64(13);
+    let signer = PrekeySigningKey::generate(&mut rng);
+    let ctxs = contexts();
+    let oracle = ctxs[0].oracle_did().clone();
+    let prekeys = [
+        Prekey::generate(false, &mut rng),
+        Prekey::generate(true, &mut rng),
+    ];
+    let signed: Vec<_> = prekeys.iter().map(|p| p.sign(&signer, &oracle)).collect();
+
+    // Python checks our signatures; under another DID they must fail there too.
+    let mut items = vec![];
+    for (s, did) in signed
+        .iter()
+        .flat_map(|s| [(s, oracle.as_str()), (s, "did:ixo:entity:someone-else")])
+    {
+        items.push(json!({
+            "signed": serde_json::to_value(s).unwrap(),
+            "signing_public_key": signer.public_key().to_string(),
+            "oracle_did": did,
+        }));
+    }
+    let out = run("python3", "verify_prekeys.py", &json!(items));
+    for (i, r) in out.as_array().unwrap().iter().enumerate() {
+        let want = if i % 2 == 0 {
+            json!({"ok": true})
+        } else {
+            json!({"error": "BadSignature"})
+        };
+        assert_eq!(r, &want, "verify_prekeys.py #{i}");
+    }
+
+    for scheme in KeyScheme::ALL {
+        let kp = OracleKeyPair::generate(scheme, &mut rng).unwrap();
+        let pem = kp.to_pkcs8_pem().unwrap();
+        let mut outer = vec![];
+        let mut keys = vec![];
+        for (i, ctx) in ctxs.iter().enumerate() {
+            let prekey = &prekeys[i % 2];
+            // Each context names its own oracle: the prekey is signed for that one.
+            let signed = prekey.sign(&signer, ctx.oracle_did());
+            let verified = verify_prekey(&signed, &signer.public_key(), ctx.oracle_did()).unwrap();
+            let key = CallKey::generate(&mut rng);
+            let env = seal_with_prekey(&kp.public_key(), &verified, &key, ctx, &mut rng).unwrap();
+            outer.push(json!({
+                "prekey_private_hex": hex::encode(*prekey.secret.to_bytes()),
+                "prekey_id": prekey.id.to_string(),
+                "context_hex": hex::encode(ctx.to_bytes()),
+                "envelope": env.as_str(),
+            }));
+            keys.push(hex::encode(key.dangerous_expose_bytes()));
+        }
+        // Negative controls: another context, another prekey.
+        let mut wrong_ctx = outer[0].clone();
+        wrong_ctx["context_hex"] = outer[1]["context_hex"].clone();
+        let mut wrong_prekey = outer[0].clone();
+        wrong_prekey["prekey_id"] = outer[1]["prekey_id"].clone();
+        wrong_prekey["prekey_private_hex"] = outer[1]["prekey_private_hex"].clone();
+        outer.push(wrong_ctx);
+        outer.push(wrong_prekey);
+
+        let opened = run("python3", "open_prekey_envelopes.py", &json!(outer));
+        let opened = opened.as_array().unwrap();
+        assert_eq!(opened[keys.len()]["error"], "ContextMismatch", "{scheme}");
+        assert_eq!(opened[keys.len() + 1]["error"], "WrongPrekey", "{scheme}");
+        let inner: Vec<Value> = ctxs
+            .iter()
+            .zip(opened)
+            .map(|(ctx, o)| {
+                let text = o["inner_envelope"]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("{scheme}: {o}"));
+                assert!(text.starts_with(&format!("v1.{scheme}.")), "{text}");
+                json!({
+                    "scheme": scheme.as_str(),
+                    "private_pkcs8_pem": pem.as_str(),
+                    "context_hex": hex::encode(ctx.to_bytes()),
+                    "envelope": text,
+                })
+            })
+            .collect();
+        let (program, script) = match scheme {
+            KeyScheme::EciesSecp256k1 => ("node", "open_ecies.mjs"),
+            _ => ("python3", "open_envelopes.py"),
+        };
+        let out = run(program, script, &json!(inner));
+        for (i, want) in keys.iter().enumerate() {
+            assert_eq!(
+                out[i]["call_key_hex"].as_str(),
+                Some(want.as_str()),
+                "{scheme} #{i}: {}",
+                out[i]
+            );
         }
     }
 }

@@ -18,6 +18,13 @@
   cross-checked against cryptography's ECDH x-coordinate).
 * open_envelopes.py and open_ecies.mjs on every case (ok -> the call key,
   negatives -> exactly expect_error), with the private key inlined as PKCS#8 PEM.
+* prekey_envelopes.json: every signed prekey's bytes and signature again with
+  verify_prekeys.py (Python Ed25519), every signature case as named; every v2
+  case's header and length records, and that each negative case fails exactly
+  the one check its expect_error names (length, prekey id, context digest) or
+  none of them; open_prekey_envelopes.py on every case, hpke_ref.py on every ok
+  layer, and the inner envelopes of ok cases through open_envelopes.py /
+  open_ecies.mjs to their call keys.
 * frames.json == frames_webcrypto.json; decrypt_frames.py and
   decrypt_frames.mjs on every frame and data packet, plus tampered frames.
 Exits non-zero on the first failure. Needs `npm ci` in this folder first.
@@ -38,11 +45,12 @@ import _common as C  # noqa: E402
 C.require_cryptography()
 
 from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
-from cryptography.hazmat.primitives.asymmetric import ec, padding  # noqa: E402
+from cryptography.hazmat.primitives.asymmetric import ec, padding, x25519  # noqa: E402
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # noqa: E402
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF  # noqa: E402
 
 import hpke_ref  # noqa: E402
+import verify_prekeys as VP  # noqa: E402
 
 GEN = os.path.dirname(os.path.abspath(__file__))
 HEADER = C.HEADER_LEN
@@ -463,6 +471,152 @@ def check_envelopes():
           f"{n_ecies} ecies payloads decrypted from the eciesjs_format description")
 
 
+# ----------------------------------------------------------------- prekeys
+
+# v2 expect -> expect_error (None: the layer opens).
+PREKEY_ERRORS = {
+    "ok": None,
+    "ok_layer": None,
+    "wrong_prekey": "WrongPrekey",
+    "wrong_context": "ContextMismatch",
+    "tampered_enc": "DecryptionFailed",
+    "tampered_ciphertext": "DecryptionFailed",
+    "tampered_tag": "DecryptionFailed",
+    "header_prekey_id_forged": "DecryptionFailed",
+    "header_digest_forged": "DecryptionFailed",
+    "scheme_swapped": "Malformed",
+    "inner_not_v1": "Malformed",
+    "too_long": "BadLength",
+}
+V2_MIN_BODY, V2_MAX_BODY = 80, 80 + 4096
+
+
+def check_prekeys():
+    data = load("prekey_envelopes.json")
+    for field in ("generator", "signature_rule", "envelope_rule", "signing_keys", "prekeys", "signature_cases",
+                  "cases"):
+        if field not in data:
+            fail(f"prekey_envelopes.json lacks {field}")
+    signers = data["signing_keys"]
+    prekeys = data["prekeys"]
+
+    # Signed prekeys: the bytes, the signature (Python Ed25519), the key pairs.
+    for name, p in prekeys.items():
+        sk = x25519.X25519PrivateKey.from_private_bytes(bytes.fromhex(p["private_hex"]))
+        public = sk.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        if public.hex() != p["public_hex"] or C.b64url_decode_strict(p["prekey_id"]).hex() != p["prekey_id_hex"]:
+            fail(f"prekey {name}: public key or id")
+        want = VP.signed_bytes(p["oracle_did"], bytes.fromhex(p["prekey_id_hex"]), public, p["last_resort"])
+        if want.hex() != p["signed_bytes_hex"]:
+            fail(f"prekey {name}: signed_bytes_hex")
+        signed = p["signed"]
+        if (signed["prekeyId"], signed["lastResort"]) != (p["prekey_id"], p["last_resort"]) or \
+                C.b64url_decode_strict(signed["publicKey"]) != public:
+            fail(f"prekey {name}: signed fields")
+        signer = signers[p["signing_key_ref"]]
+        ssk = serialization.load_pem_private_key(signer["private_pkcs8_pem"].encode(), password=None)
+        spub = ssk.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        if C.b64url_encode(spub) != signer["public_b64url"]:
+            fail(f"signing key {signer['name']}: public key")
+        if ssk.sign(want) != C.b64url_decode_strict(signed["signature"]):
+            fail(f"prekey {name}: signature is not Ed25519(signed_bytes)")
+    if sorted(p["last_resort"] for p in prekeys.values()).count(True) != 1:
+        fail("prekey_envelopes.json: need exactly one last-resort prekey")
+
+    items = [{k: c[k] for k in ("signed", "signing_public_key", "oracle_did")} for c in data["signature_cases"]]
+    for c, r in zip(data["signature_cases"], run([sys.executable, "verify_prekeys.py"], items)):
+        got = "ok" if r.get("ok") else r.get("error")
+        if got != c["expect"] or r.get("field") != c.get("field"):
+            fail(f"verify_prekeys.py on {c['name']}: {r}, want {c['expect']} {c.get('field')}")
+    kinds = {c["expect"] for c in data["signature_cases"]}
+    if kinds != {"ok", "BadSignature", "BadLength", "Encoding"}:
+        fail(f"signature cases: {sorted(kinds)}")
+
+    # v2 cases: records, and which structural checks each one fails.
+    seen = set()
+    for c in data["cases"]:
+        name = c["name"]
+        for field in ("name", "scheme", "expect", "prekey_ref", "context", "context_hex", "inner_hex", "envelope",
+                      "body_len", "header_prekey_id_hex", "header_context_digest_hex"):
+            if field not in c:
+                fail(f"v2 case {name} lacks {field}")
+        expect = c["expect"]
+        if expect not in PREKEY_ERRORS and not expect.startswith("truncated_"):
+            fail(f"v2 case {name}: unknown expect {expect}")
+        if expect in PREKEY_ERRORS and c.get("expect_error") != PREKEY_ERRORS[expect]:
+            fail(f"v2 case {name}: expect_error {c.get('expect_error')} for {expect}")
+        seen.add(expect.split("_")[0] if expect.startswith("truncated_") else expect)
+        for ctx_field in ("context", "open_context"):
+            if ctx_field in c and C.context_bytes(c[ctx_field]).hex() != c[ctx_field + "_hex"]:
+                fail(f"v2 case {name}: {ctx_field}_hex")
+        parts = c["envelope"].split(".")
+        if len(parts) != 3 or parts[0] != "v2" or parts[1] != c["scheme"]:
+            fail(f"v2 case {name}: text form")
+        body = C.b64url_decode_strict(parts[2])
+        if len(body) != c["body_len"] or body[:16].hex() != c["header_prekey_id_hex"] or \
+                body[16:32].hex() != c["header_context_digest_hex"]:
+            fail(f"v2 case {name}: body_len or header records")
+        sealed_to = prekeys[c["prekey_ref"]]
+        opener = prekeys[c.get("open_prekey_ref", c["prekey_ref"])]
+        context = bytes.fromhex(c.get("open_context_hex", c["context_hex"]))
+        fails = set()
+        if not V2_MIN_BODY <= len(body) <= V2_MAX_BODY:
+            fails.add("BadLength")
+        if body[:16].hex() != opener["prekey_id_hex"]:
+            fails.add("WrongPrekey")
+        if body[16:32] != C.context_digest(context):
+            fails.add("ContextMismatch")
+        err = c.get("expect_error")
+        if (err in (None, "DecryptionFailed", "Malformed") and fails) or \
+                (err not in (None, "DecryptionFailed", "Malformed") and fails != {err}):
+            fail(f"v2 case {name}: fails the checks {sorted(fails)}, expect_error {err}")
+        if expect in ("ok", "ok_layer", "scheme_swapped", "inner_not_v1"):
+            # The layer itself opens (hpke_ref.py, from RFC 9180) to inner_hex; an empty aad does not.
+            sk = x25519.X25519PrivateKey.from_private_bytes(bytes.fromhex(sealed_to["private_hex"]))
+            kem, aead = hpke_ref.KEM_X25519, hpke_ref.AEAD_AES256GCM
+            if hpke_ref.open_base(kem, aead, sk, context, body[32:], body[:32]).hex() != c["inner_hex"]:
+                fail(f"v2 case {name}: hpke_ref does not open the layer to inner_hex")
+            try:
+                hpke_ref.open_base(kem, aead, sk, context, body[32:], b"")
+            except Exception:  # noqa: BLE001 - expected
+                pass
+            else:
+                fail(f"v2 case {name}: the layer opens with an empty aad")
+    need = set(PREKEY_ERRORS) | {"truncated"}
+    if not need <= seen:
+        fail(f"prekey_envelopes.json: missing expectations {sorted(need - seen)}")
+
+    # open_prekey_envelopes.py on every case; then the inner envelopes of ok cases.
+    items = []
+    for c in data["cases"]:
+        opener = prekeys[c.get("open_prekey_ref", c["prekey_ref"])]
+        items.append({"prekey_private_hex": opener["private_hex"], "prekey_id": opener["prekey_id"],
+                      "context_hex": c.get("open_context_hex", c["context_hex"]), "envelope": c["envelope"]})
+    inner_py, inner_js = [], []
+    for c, r in zip(data["cases"], run([sys.executable, "open_prekey_envelopes.py"], items)):
+        if c["expect"] in ("ok", "ok_layer"):
+            if r.get("inner_envelope", "").encode("ascii").hex() != c["inner_hex"]:
+                fail(f"open_prekey_envelopes.py on {c['name']}: {r}")
+        elif r.get("error") != c["expect_error"]:
+            fail(f"open_prekey_envelopes.py on {c['name']}: {r}, want {c['expect_error']}")
+        if c["expect"] == "ok":
+            if r["inner_envelope"] != c["inner_envelope"]:
+                fail(f"v2 case {c['name']}: inner_envelope")
+            item = {"scheme": c["scheme"], "private_pkcs8_pem": c["inner_private_pkcs8_pem"],
+                    "context_hex": c["context_hex"], "envelope": r["inner_envelope"]}
+            (inner_js if c["scheme"] == "ecies-secp256k1" else inner_py).append((c, item))
+    for cmd, batch in (([sys.executable, "open_envelopes.py"], inner_py), (["node", "open_ecies.mjs"], inner_js)):
+        for (c, _), r in zip(batch, run(cmd, [i for _, i in batch])):
+            if r.get("call_key_hex") != c["call_key_hex"]:
+                fail(f"{cmd[-1]} on the inner envelope of {c['name']}: {r}")
+    n_ok = len(inner_py) + len(inner_js)
+    if {c["scheme"] for c in data["cases"] if c["expect"] == "ok"} != set(C.SCHEMES):
+        fail("prekey_envelopes.json: an ok case for every scheme is needed")
+    print(f"check_vectors.py: {len(prekeys)} signed prekeys and {len(data['signature_cases'])} signature cases ok "
+          f"in verify_prekeys.py; {len(data['cases'])} v2 cases ok in open_prekey_envelopes.py, {n_ok} of them "
+          f"through both layers to the call key")
+
+
 # ------------------------------------------------------------------ frames
 
 
@@ -523,5 +677,6 @@ def check_frames():
 if __name__ == "__main__":
     C.b58_selftest()
     check_envelopes()
+    check_prekeys()
     check_frames()
     print("check_vectors.py: all checks passed")

@@ -40,6 +40,9 @@ echo "== keys.json + HPKE/RSA envelopes (Python cryptography)"
 echo "== ecies-secp256k1 envelopes (eciesjs)"
 node gen_ecies.mjs
 
+echo "== signed prekeys + v2 envelopes around envelopes.json's v1 ones (Python cryptography)"
+"$PYTHON" gen_prekey_envelopes.py
+
 echo "== LiveKit frames (Python cryptography)"
 "$PYTHON" gen_frames.py
 
