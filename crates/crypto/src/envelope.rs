@@ -153,7 +153,7 @@ fn id16(body: &[u8]) -> Result<[u8; 16], EnvelopeError> {
 
 /// Opens an envelope with the oracle's key pair, checking it is bound to `context`. A v2
 /// envelope is refused with [`EnvelopeError::PrekeyLayer`]: open its prekey layer first
-/// ([`open_prekey_layer`]) and this the inner envelope it gives.
+/// ([`open_prekey_layer`]), then the inner envelope it returns with this function.
 ///
 /// # Errors
 /// [`EnvelopeError::PrekeyLayer`], [`EnvelopeError::UnknownVersion`], [`EnvelopeError::UnknownScheme`],
