@@ -4,7 +4,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use oracle_calls_proto::{ApiErrorBody, CallId, ErrorCode, KeyResponse, UpdateRequest, WellKnown};
+use oracle_calls_proto::{
+    ApiErrorBody, CallId, ErrorCode, KeyResponse, PrekeyStock, PublishPrekeysRequest, SignedPrekey,
+    UpdateRequest, WellKnown,
+};
 use tracing::{debug, warn};
 use zeroize::Zeroizing;
 
@@ -124,6 +127,39 @@ impl ServerApi {
             .await
             .map(drop)
         })
+        .await
+    }
+}
+
+impl ServerApi {
+    /// `GET /prekeys`: how many one-time prekeys the server still holds, and whether it holds
+    /// a last-resort one. Retried like [`ServerApi::key`].
+    ///
+    /// # Errors
+    /// [`ApiError`].
+    pub async fn prekey_stock(&self) -> Result<PrekeyStock, ApiError> {
+        let url = format!("{}/prekeys", self.base);
+        retry("prekey stock", || {
+            json(self.http.get(&url).bearer_auth(self.api_key.as_str()))
+        })
+        .await
+    }
+
+    /// `POST /prekeys`: publishes signed prekeys (1 to 100). Not retried: a retry after a lost
+    /// answer would be refused as a duplicate.
+    ///
+    /// # Errors
+    /// [`ApiError`].
+    pub async fn publish_prekeys(&self, prekeys: &[SignedPrekey]) -> Result<PrekeyStock, ApiError> {
+        let body = PublishPrekeysRequest {
+            prekeys: prekeys.to_vec(),
+        };
+        json(
+            self.http
+                .post(format!("{}/prekeys", self.base))
+                .bearer_auth(self.api_key.as_str())
+                .json(&body),
+        )
         .await
     }
 }

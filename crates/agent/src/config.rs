@@ -4,13 +4,16 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use oracle_calls_crypto::OracleKeyPair;
+use std::sync::Arc;
+
+use oracle_calls_crypto::{OracleKeyPair, PrekeySigningKey};
 use oracle_calls_proto::{Did, WellKnown};
 use oracle_calls_rtc::token::ApiCredentials;
 use reqwest::Url;
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
+use crate::prekeys::{PrekeyStore, StockPolicy};
 use crate::{HeldKeys, ServerApi};
 
 /// Why the configuration cannot be used. Each message names the setting to fix.
@@ -62,6 +65,13 @@ pub enum ConfigError {
         /// What is wrong.
         reason: String,
     },
+    /// The oracle's key-transparency record does not verify, cannot be fetched, or the server
+    /// or this agent's keys disagree with it.
+    #[error("key transparency: {0}")]
+    KeyTransparency(String),
+    /// The prekey settings do not fit what the server publishes (see `[prekeys]`).
+    #[error("[prekeys]: {0}")]
+    Prekeys(String),
     /// The private key is not one the server publishes for this oracle: callers would wrap
     /// call keys this agent cannot open.
     #[error(
@@ -90,6 +100,11 @@ pub enum ConfigError {
 /// max_calls = 16
 /// [livekit]
 /// api_key = "devkey"
+/// # Forward secrecy (docs/PROTOCOL.md §13): where the prekeys' private halves live, and the
+/// # key that signs them (only the process that keeps the server stocked needs it).
+/// [prekeys]
+/// store_dir = "/var/lib/oracle-calls/prekeys"
+/// signing_key_file = "/etc/oracle-calls/prekey-signing.pem"
 /// ```
 ///
 /// Secrets are read from the environment, directly or from a file named by `<VAR>_FILE`:
@@ -127,6 +142,67 @@ pub struct FileConfig {
     pub opus_complexity: Option<u8>,
     /// LiveKit settings.
     pub livekit: LiveKitSection,
+    /// Prekeys (forward secrecy). Required when the server publishes a `prekeySigningKey`.
+    #[serde(default)]
+    pub prekeys: Option<PrekeysSection>,
+    /// Key transparency: at start the agent verifies the oracle's record in this directory
+    /// and refuses to run unless the server describes the oracle as the record does.
+    #[serde(default)]
+    pub key_transparency: Option<KtSection>,
+}
+
+/// `[key_transparency]` of [`FileConfig`].
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KtSection {
+    /// The directory service (`https://`, or `http://` to a loopback host only).
+    pub url: String,
+    /// The directory's public key (the JSON `oracle-calls kt keygen` prints).
+    pub public_key_file: PathBuf,
+}
+
+/// `[prekeys]` of [`FileConfig`].
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrekeysSection {
+    /// The key holder's store of prekey private halves (a directory, 0700). Agent processes of
+    /// one host may share it; each prekey opens in exactly one of them.
+    pub store_dir: PathBuf,
+    /// The prekey signing key (PKCS#8 PEM, `oracle-calls prekey keygen`). Set: this process
+    /// keeps the server stocked with prekeys it makes, signs and stores. Its public half must
+    /// be the server's `prekeySigningKey`.
+    #[serde(default)]
+    pub signing_key_file: Option<PathBuf>,
+    /// Publish more one-time prekeys when fewer than this are left (default 20).
+    #[serde(default = "default_low_water")]
+    pub low_water: u64,
+    /// How many one-time prekeys to keep published (default 100, at most 1000).
+    #[serde(default = "default_target")]
+    pub target: u64,
+    /// Replace the last-resort prekey after this many seconds (default 7 days).
+    #[serde(default = "default_last_resort_age")]
+    pub last_resort_max_age_secs: u64,
+}
+
+fn default_low_water() -> u64 {
+    20
+}
+fn default_target() -> u64 {
+    100
+}
+fn default_last_resort_age() -> u64 {
+    7 * 24 * 3600
+}
+
+/// The prekeys an agent opens and, with the signing key, keeps stocked.
+#[derive(Clone, Debug)]
+pub struct PrekeyConfig {
+    /// The key holder's store.
+    pub store: Arc<PrekeyStore>,
+    /// The signing key, when this process keeps the server stocked.
+    pub signer: Option<Arc<PrekeySigningKey>>,
+    /// How the stock is kept.
+    pub policy: StockPolicy,
 }
 
 /// `[livekit]` of [`FileConfig`].
@@ -191,6 +267,8 @@ pub struct AgentConfig {
     pub accept_legacy_envelopes: bool,
     /// See [`FileConfig::opus_complexity`].
     pub opus_complexity: Option<u8>,
+    /// See [`FileConfig::prekeys`].
+    pub prekeys: Option<PrekeyConfig>,
 }
 
 /// Reads secret `name` from `env(name)` or from the file named by `env(name + "_FILE")`.
@@ -257,6 +335,10 @@ impl AgentConfig {
             .await
             .map_err(|e| ConfigError::Server(e.to_string()))?;
         every_key_is_published(&keys, &wk, &file.server_url)?;
+        if let Some(kt) = &file.key_transparency {
+            crate::kt::check(kt, &wk, &keys).await?;
+        }
+        let prekeys = prekey_config(file.prekeys.as_ref(), &wk)?;
         let livekit_url = match &file.livekit.url {
             Some(url) => url.clone(),
             None => {
@@ -281,8 +363,68 @@ impl AgentConfig {
             user_join_timeout: Duration::from_secs(file.user_join_timeout_secs.max(1)),
             accept_legacy_envelopes: file.accept_legacy_envelopes,
             opus_complexity: file.opus_complexity.map(|c| c.min(10)),
+            prekeys,
         })
     }
+}
+
+/// The prekey settings, checked against the server: an oracle that publishes a prekey signing
+/// key gets prekey envelopes, so the agent needs the store; a signing key must be the one the
+/// server publishes.
+///
+/// # Errors
+/// [`ConfigError::Prekeys`], [`ConfigError::Key`].
+fn prekey_config(
+    section: Option<&PrekeysSection>,
+    wk: &WellKnown,
+) -> Result<Option<PrekeyConfig>, ConfigError> {
+    let Some(section) = section else {
+        return match &wk.prekey_signing_key {
+            Some(k) => Err(ConfigError::Prekeys(format!(
+                "the server publishes the prekey signing key {k}, so callers seal to prekeys; \
+                 set [prekeys] store_dir to the key holder's store"
+            ))),
+            None => Ok(None),
+        };
+    };
+    let store =
+        PrekeyStore::open(&section.store_dir).map_err(|e| ConfigError::Prekeys(e.to_string()))?;
+    let signer = match &section.signing_key_file {
+        None => None,
+        Some(path) => {
+            let err = |reason: String| ConfigError::Key {
+                path: path.display().to_string(),
+                reason,
+            };
+            let pem =
+                Zeroizing::new(std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?);
+            let key = PrekeySigningKey::from_pkcs8_pem(&pem).map_err(|e| err(e.to_string()))?;
+            let ours = key.public_key().to_string();
+            if wk.prekey_signing_key.as_deref() != Some(ours.as_str()) {
+                return Err(ConfigError::Prekeys(format!(
+                    "signing_key_file's public key is {ours} but the server publishes {}; \
+                     clients would refuse every prekey it signs",
+                    wk.prekey_signing_key.as_deref().unwrap_or("none")
+                )));
+            }
+            Some(Arc::new(key))
+        }
+    };
+    if section.target == 0 || section.target > 1000 || section.low_water > section.target {
+        return Err(ConfigError::Prekeys(format!(
+            "need 1 <= target <= 1000 and low_water <= target (target {}, low_water {})",
+            section.target, section.low_water
+        )));
+    }
+    Ok(Some(PrekeyConfig {
+        store: Arc::new(store),
+        signer,
+        policy: StockPolicy {
+            low_water: section.low_water,
+            target: section.target,
+            last_resort_max_age: Duration::from_secs(section.last_resort_max_age_secs.max(60)),
+        },
+    }))
 }
 
 /// Each key we hold must be one the server publishes: otherwise callers could seal to a key
@@ -318,7 +460,7 @@ fn every_key_is_published(
 ///
 /// # Errors
 /// [`ConfigError::InsecureUrl`], [`ConfigError::BadUrl`].
-fn require_encrypted_url(
+pub(crate) fn require_encrypted_url(
     setting: &'static str,
     url: &str,
     encrypted: &str,

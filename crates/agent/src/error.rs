@@ -10,6 +10,9 @@ pub enum AgentError {
     /// The LiveKit `/agent` socket could not be opened or registration was refused.
     #[error("agent worker registration failed: {0}")]
     Register(String),
+    /// The prekey store could not be stocked or the server refused its prekeys.
+    #[error("prekeys: {0}")]
+    Prekeys(#[from] crate::prekeys::PrekeyError),
     /// The worker socket broke and could not be re-established.
     #[error("agent worker connection lost: {0}")]
     Connection(String),

@@ -242,6 +242,7 @@ async fn serve<O: Oracle>(
         );
         open_call_key(
             &cfg.keys,
+            cfg.prekeys.as_ref().map(|p| p.store.as_ref()),
             &key.encryption_key,
             &ctx,
             cfg.accept_legacy_envelopes,

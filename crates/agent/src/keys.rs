@@ -5,8 +5,10 @@ use std::sync::Arc;
 
 use oracle_calls_crypto::{
     CallContext, CallKey, EnvelopeError, KeyEnvelope, KeyId, KeyScheme, OpenedKey, OracleKeyPair,
-    Recipient,
+    PrekeyId, Recipient,
 };
+
+use crate::prekeys::{PrekeyError, PrekeyStore};
 use tracing::warn;
 
 /// The oracle private keys this agent holds. `Debug` shows their schemes and key ids only.
@@ -86,13 +88,18 @@ pub(crate) enum Opening {
     Failed(String),
 }
 
-/// Why `envelope` is none of this agent's business — sealed to a key it does not hold (or a
-/// legacy envelope, accepted, while it holds no secp256k1 key) — or `None` when it is.
+/// Why `envelope` is none of this agent's business — sealed to a key it does not hold, to a
+/// prekey its store does not hold (or a legacy envelope, accepted, while it holds no secp256k1
+/// key) — or `None` when it is.
 pub(crate) fn not_held(
     keys: &HeldKeys,
+    prekeys: Option<&PrekeyStore>,
     envelope: &KeyEnvelope,
     accept_legacy: bool,
 ) -> Option<String> {
+    if let Ok(Recipient::Prekey { scheme, prekey_id }) = oracle_calls_crypto::recipient(envelope) {
+        return prekey_not_held(keys, prekeys, scheme, &prekey_id);
+    }
     match keys.for_envelope(envelope) {
         Choice::NotHeld { scheme, key_id } => Some(not_held_reason(keys, scheme, key_id)),
         Choice::Legacy(c) if accept_legacy && c.is_empty() => Some(legacy_not_held_reason(keys)),
@@ -102,12 +109,35 @@ pub(crate) fn not_held(
 
 /// Opens `envelope` with the held key it names, bound to `context`; a legacy envelope only
 /// when `accept_legacy`, with each secp256k1 key held until one opens it.
+///
+/// A `v2` envelope is sealed to a prekey first: the prekey store opens that layer (and
+/// destroys the one-time prekey), then the inner `v1` envelope opens with the held key it
+/// names.
 pub(crate) fn open_call_key(
     keys: &HeldKeys,
+    prekeys: Option<&PrekeyStore>,
     envelope: &KeyEnvelope,
     context: &CallContext,
     accept_legacy: bool,
 ) -> Opening {
+    if let Ok(Recipient::Prekey { scheme, prekey_id }) = oracle_calls_crypto::recipient(envelope) {
+        if let Some(why) = prekey_not_held(keys, prekeys, scheme, &prekey_id) {
+            return Opening::NotHeld(why);
+        }
+        let Some(store) = prekeys else {
+            return Opening::NotHeld("no prekey store".to_owned());
+        };
+        return match store.open_layer(envelope, context) {
+            Ok(inner) => match oracle_calls_crypto::recipient(&inner) {
+                // The inner envelope must be a v1 envelope to a key we hold: never a legacy
+                // one, never another prekey layer.
+                Ok(Recipient::Key { .. }) => open_call_key(keys, None, &inner, context, false),
+                _ => Opening::Failed("the prekey layer holds no v1 envelope".to_owned()),
+            },
+            Err(PrekeyError::Unknown(why)) => Opening::NotHeld(why),
+            Err(e) => Opening::Failed(e.to_string()),
+        };
+    }
     match keys.for_envelope(envelope) {
         Choice::Held(kp) => match oracle_calls_crypto::open(kp, envelope, context) {
             Ok(OpenedKey::Bound(k)) => Opening::Opened(k),
@@ -138,6 +168,30 @@ pub(crate) fn open_call_key(
             }
             Opening::Failed(format!("legacy envelope: {last}"))
         }
+    }
+}
+
+/// Why a call sealed to prekey `id` (wrapping a `scheme` envelope) is not this agent's:
+/// no prekey store, a store without that prekey, or no held key of that scheme.
+fn prekey_not_held(
+    keys: &HeldKeys,
+    prekeys: Option<&PrekeyStore>,
+    scheme: KeyScheme,
+    id: &PrekeyId,
+) -> Option<String> {
+    match prekeys {
+        None => Some(format!(
+            "the call key is sealed to prekey {id}, and this agent has no prekey store"
+        )),
+        Some(store) if !store.holds(id) => Some(format!(
+            "the call key is sealed to prekey {id}, which the prekey store {} does not hold",
+            store.dir().display()
+        )),
+        Some(_) if !keys.iter().any(|k| k.scheme() == scheme) => Some(format!(
+            "the call key is sealed (under a prekey) to a {scheme} key, and this agent holds {}",
+            held_list(keys)
+        )),
+        Some(_) => None,
     }
 }
 
@@ -196,7 +250,7 @@ mod tests {
         for pk in [old_pub, new_pub] {
             let key = CallKey::generate(&mut rng);
             let env = seal(&pk, &key, &ctx("s"), &mut rng).unwrap();
-            match open_call_key(&keys, &env, &ctx("s"), false) {
+            match open_call_key(&keys, None, &env, &ctx("s"), false) {
                 Opening::Opened(k) => assert!(k.ct_eq(&key), "{}", pk.key_id()),
                 other => panic!("{other:?}"),
             }
@@ -214,7 +268,7 @@ mod tests {
         for scheme in [KeyScheme::HpkeP256, KeyScheme::EciesSecp256k1] {
             let other = key_pair(scheme, &mut rng);
             let env = seal(&other.public_key(), &key, &ctx("s"), &mut rng).unwrap();
-            match open_call_key(&keys, &env, &ctx("s"), false) {
+            match open_call_key(&keys, None, &env, &ctx("s"), false) {
                 Opening::NotHeld(why) => {
                     assert!(why.contains(&other.key_id().to_string()), "{why}");
                     assert!(why.contains(&ours_pub.key_id().to_string()), "{why}");
@@ -230,12 +284,12 @@ mod tests {
             &mut rng,
         )
         .unwrap();
-        assert!(not_held(&keys, &env, false).is_some());
+        assert!(not_held(&keys, None, &env, false).is_some());
         let env = seal(&ours_pub, &key, &ctx("other"), &mut rng).unwrap();
-        assert!(not_held(&keys, &env, false).is_none());
+        assert!(not_held(&keys, None, &env, false).is_none());
         // Sealed to our key for another call: ours to judge, and it fails.
         let env = seal(&ours_pub, &key, &ctx("other"), &mut rng).unwrap();
-        match open_call_key(&keys, &env, &ctx("s"), false) {
+        match open_call_key(&keys, None, &env, &ctx("s"), false) {
             Opening::Failed(why) => assert!(why.contains("different call"), "{why}"),
             other => panic!("{other:?}"),
         }
@@ -246,13 +300,13 @@ mod tests {
         text.push(if last == 'A' { 'B' } else { 'A' });
         let env = KeyEnvelope::parse(&text).unwrap();
         assert!(matches!(
-            open_call_key(&keys, &env, &ctx("s"), false),
+            open_call_key(&keys, None, &env, &ctx("s"), false),
             Opening::Failed(_)
         ));
         // Unparseable text fails for everyone.
         let env = KeyEnvelope::parse("v9.hpke-p256.AAAA").unwrap();
         assert!(matches!(
-            open_call_key(&keys, &env, &ctx("s"), false),
+            open_call_key(&keys, None, &env, &ctx("s"), false),
             Opening::Failed(_)
         ));
     }
@@ -264,18 +318,18 @@ mod tests {
         let legacy = KeyEnvelope::parse("3mJr7AoUXx2Wqd").unwrap();
         let p256 = HeldKeys::new(vec![key_pair(KeyScheme::HpkeP256, &mut rng)]).unwrap();
         assert!(matches!(
-            open_call_key(&p256, &legacy, &ctx("s"), false),
+            open_call_key(&p256, None, &legacy, &ctx("s"), false),
             Opening::Failed(why) if why.contains("accept_legacy_envelopes is off")
         ));
         assert!(matches!(
-            open_call_key(&p256, &legacy, &ctx("s"), true),
+            open_call_key(&p256, None, &legacy, &ctx("s"), true),
             Opening::NotHeld(why) if why.contains("secp256k1")
         ));
-        assert!(not_held(&p256, &legacy, true).is_some());
-        assert!(not_held(&p256, &legacy, false).is_none());
+        assert!(not_held(&p256, None, &legacy, true).is_some());
+        assert!(not_held(&p256, None, &legacy, false).is_none());
         let k1 = HeldKeys::new(vec![key_pair(KeyScheme::EciesSecp256k1, &mut rng)]).unwrap();
         assert!(matches!(
-            open_call_key(&k1, &legacy, &ctx("s"), true),
+            open_call_key(&k1, None, &legacy, &ctx("s"), true),
             Opening::Failed(why) if why.contains("legacy")
         ));
     }

@@ -30,12 +30,14 @@ mod config;
 mod error;
 pub mod job;
 mod keys;
+mod kt;
 mod oracle;
 pub mod oracles;
+pub mod prekeys;
 mod worker;
 
 pub use api::ServerApi;
-pub use config::{AgentConfig, ConfigError, FileConfig};
+pub use config::{AgentConfig, ConfigError, FileConfig, KtSection, PrekeyConfig, PrekeysSection};
 pub use error::AgentError;
 pub use job::{CallReport, JobOutcome};
 pub use keys::HeldKeys;

@@ -16,6 +16,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tracing::{Instrument as _, debug, error, info, info_span, warn};
 
 use crate::job::{self, Assignment, CallReport, EndedBy};
+use crate::prekeys::replenish;
 use crate::{AgentConfig, AgentError, Oracle};
 
 use oracle_calls_rtc::Ws;
@@ -107,11 +108,39 @@ impl<O: Oracle> Agent<O> {
             stats: stats.clone(),
             reports: reports_tx,
         });
+        // Before taking calls: the server holds prekeys this store can open.
+        if let Some(p) = &shared.cfg.prekeys
+            && let Some(signer) = &p.signer
+        {
+            let stock = replenish(
+                &p.store,
+                signer,
+                &shared.cfg.oracle_did,
+                &shared.cfg.server,
+                &p.policy,
+            )
+            .await?;
+            info!(
+                one_time = stock.one_time,
+                last_resort = stock.last_resort,
+                "prekeys published"
+            );
+        }
         let (ws, worker_id) = connect(&shared.cfg).await?;
         info!(%worker_id, agent_name = %shared.cfg.agent_name, max_calls = shared.cfg.max_calls,
               "registered with LiveKit as an agent worker");
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let span = info_span!("agent", agent_name = %shared.cfg.agent_name);
+        if shared
+            .cfg
+            .prekeys
+            .as_ref()
+            .is_some_and(|p| p.signer.is_some())
+        {
+            tokio::spawn(
+                keep_stocked(shared.clone(), shutdown_rx.clone()).instrument(span.clone()),
+            );
+        }
         let task = tokio::spawn(Worker::new(shared, shutdown_rx).run(ws).instrument(span));
         Ok(AgentHandle {
             worker_id,
@@ -564,6 +593,32 @@ impl<O: Oracle> Worker<O> {
     }
 }
 
+/// How often the prekey stock on the server is checked.
+const STOCK_INTERVAL: Duration = Duration::from_secs(15);
+
+/// Keeps the server stocked with prekeys until shutdown; a failure is logged and tried again
+/// at the next tick (calls meanwhile use what is left, then the last-resort prekey).
+async fn keep_stocked<O: Oracle>(shared: Arc<Shared<O>>, mut shutdown: watch::Receiver<bool>) {
+    let Some(p) = shared.cfg.prekeys.clone() else {
+        return;
+    };
+    let Some(signer) = p.signer.clone() else {
+        return;
+    };
+    let mut tick = tokio::time::interval(STOCK_INTERVAL);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                if let Err(e) = replenish(&p.store, &signer, &shared.cfg.oracle_did, &shared.cfg.server, &p.policy).await {
+                    warn!(error = %e, "could not restock prekeys; trying again");
+                }
+            }
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
 /// Fetches the offered call's key response (bounded by [`KEY_CHECK_TIMEOUT`]) and reads whom
 /// its envelope is sealed to. Anything that goes wrong here accepts the job: the job fetches
 /// again and reports what it finds, as it would without this look.
@@ -583,8 +638,12 @@ async fn key_check<O: Oracle>(
     let cfg = &shared.cfg;
     match tokio::time::timeout(KEY_CHECK_TIMEOUT, cfg.server.key(&call)).await {
         Ok(Ok(key)) => {
-            check.not_held =
-                crate::keys::not_held(&cfg.keys, &key.encryption_key, cfg.accept_legacy_envelopes);
+            check.not_held = crate::keys::not_held(
+                &cfg.keys,
+                cfg.prekeys.as_ref().map(|p| p.store.as_ref()),
+                &key.encryption_key,
+                cfg.accept_legacy_envelopes,
+            );
             if check.not_held.is_none() {
                 check.key = Some(key);
             }
