@@ -15,7 +15,7 @@ use crate::{CallError, OracleClient};
 pub enum Phase {
     /// Fetch the oracle's well-known document and check its pinned key.
     Resolve,
-    /// Make the call key and wrap it.
+    /// Claim a prekey (with forward secrecy), make the call key and wrap it.
     Wrap,
     /// Find or create the encrypted DM with the oracle's bot.
     Room,

@@ -12,7 +12,7 @@ use matrix_sdk::ruma::{OwnedTransactionId, UserId};
 use matrix_sdk::{Client, Room};
 use matrix_sdk_base::crypto::CollectStrategy;
 use oracle_calls_crypto::frame::{KeyRing, KeyRingOptions};
-use oracle_calls_crypto::{CallContext, CallKey};
+use oracle_calls_crypto::{CallContext, CallKey, PrekeySigningPublicKey, VerifiedPrekey};
 use oracle_calls_proto::{
     CALL_EVENT_TYPE, CallId, CallReason, CallStatus, CallType, Did, EventId, KeyDerivation,
     ListCallsQuery, ListCallsResponse, OraclesCallContent, OraclesCallEdit, RoomName, SessionId,
@@ -331,11 +331,22 @@ impl OracleClient {
             oracle_did.clone(),
             call_type,
         );
+        // With forward secrecy, the key is sealed to a one-time prekey the oracle signed
+        // (docs/PROTOCOL.md §13), inside the envelope to its long-term key.
+        let prekey = match &trusted.prekey_signer {
+            Some(signer) => Some(self.claim_prekey(signer, &oracle_did).await?),
+            None => None,
+        };
         let (call_key, envelope) = {
             let mut rng = rand::rng();
             let key = CallKey::generate(&mut rng);
-            let env = oracle_calls_crypto::seal(&trusted.public, &key, &ctx, &mut rng)
-                .map_err(|e| CallError::Crypto(e.to_string()))?;
+            let env = match &prekey {
+                Some(p) => {
+                    oracle_calls_crypto::seal_with_prekey(&trusted.public, p, &key, &ctx, &mut rng)
+                }
+                None => oracle_calls_crypto::seal(&trusted.public, &key, &ctx, &mut rng),
+            }
+            .map_err(|e| CallError::Crypto(e.to_string()))?;
             (key, env)
         };
         let key_ring = KeyRing::with_call_key(
@@ -369,7 +380,10 @@ impl OracleClient {
         let event_id = EventId::parse(&event_id).map_err(|e| CallError::Matrix(e.to_string()))?;
         let call_id = content.call_id_for(event_id);
         tl.mark(Phase::Send);
-        info!(%call_id, key_id = %trusted.key.key_id, "call event sent");
+        info!(%call_id, key_id = %trusted.key.key_id,
+              prekey = %prekey.as_ref().map_or_else(|| "none".to_owned(), |p| p.id().to_string()),
+              last_resort = prekey.as_ref().is_some_and(|p| p.last_resort()),
+              "call event sent");
 
         // 6. The server validates, activates, creates the room and answers with a token.
         let synced = async {
@@ -536,6 +550,28 @@ impl OracleClient {
     /// is blacklisted. With the `OnlyTrustedDevices` strategy only verified devices get keys.
     /// A room key shared while the bot's devices are still unknown would reach nobody, so
     /// the device list is fetched first when needed.
+    /// Claims one of the oracle's prekeys and checks that its prekey signing key signed it
+    /// for this oracle.
+    async fn claim_prekey(
+        &self,
+        signer: &PrekeySigningPublicKey,
+        oracle: &Did,
+    ) -> Result<VerifiedPrekey, CallError> {
+        let token = self.openid_token().await?;
+        let signed = self.0.api.claim_prekey(&token).await.map_err(|e| match e {
+            CallError::Server { status, message } if status == 404 || status == 409 => {
+                CallError::PrekeyUnavailable(format!("server answered {status}: {message}"))
+            }
+            other => other,
+        })?;
+        let prekey = oracle_calls_crypto::verify_prekey(&signed, signer, oracle)
+            .map_err(|e| CallError::PrekeyInvalid(format!("prekey {}: {e}", signed.prekey_id)))?;
+        if prekey.last_resort() {
+            warn!(prekey = %prekey.id(), "the oracle has no one-time prekey left; sealing to its last-resort prekey (forward secrecy only from its rotation on)");
+        }
+        Ok(prekey)
+    }
+
     async fn trust_bot_devices(
         &self,
         bot: &UserId,

@@ -95,6 +95,29 @@ pub enum CallError {
         /// Devices published now.
         offered: String,
     },
+    /// The oracle's prekey signing key differs from the one verified earlier, or the oracle
+    /// stopped offering prekeys (`offered` is `none`): calls would lose forward secrecy or go
+    /// to prekeys someone else made. Nothing was sent.
+    #[error(
+        "the oracle {oracle}'s prekey signing key is now {offered} but {pinned} was verified; \
+         refusing to call (verify the change, then accept exactly the new key, or `none`)"
+    )]
+    PrekeySigningKeyChanged {
+        /// The oracle.
+        oracle: String,
+        /// The key verified earlier.
+        pinned: String,
+        /// The key published now, or `none`.
+        offered: String,
+    },
+    /// The oracle offers forward secrecy but the server handed out no prekey (`POST
+    /// /prekeys/claim` failed). Nothing was sent.
+    #[error("no prekey of the oracle could be claimed: {0}")]
+    PrekeyUnavailable(String),
+    /// The prekey the server handed out is not signed by the oracle's prekey signing key (a
+    /// server that substitutes prekeys). Nothing was sent.
+    #[error("the server handed out a prekey the oracle did not sign: {0}")]
+    PrekeyInvalid(String),
     /// The bot device that may receive the call event is unknown or not on the homeserver.
     #[error("no trusted device of the oracle's bot: {0}")]
     BotDeviceUnknown(String),

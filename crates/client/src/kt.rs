@@ -206,6 +206,14 @@ pub(crate) fn agree(
             crate::trust::devices_text(&wk.matrix_devices),
         ));
     }
+    if wk.prekey_signing_key != record.prekey_signing_key {
+        let text = |k: &Option<String>| k.clone().unwrap_or_else(|| "none".to_owned());
+        return Err(mismatch(
+            "prekeySigningKey",
+            text(&record.prekey_signing_key),
+            text(&wk.prekey_signing_key),
+        ));
+    }
     Ok(WellKnown {
         oracle_did: wk.oracle_did.clone(),
         matrix_user_id: record.matrix_user_id.clone(),
@@ -218,6 +226,7 @@ pub(crate) fn agree(
             .cloned()
             .collect(),
         matrix_devices: record.bot_devices.clone(),
+        prekey_signing_key: record.prekey_signing_key.clone(),
     })
 }
 
@@ -287,6 +296,7 @@ mod tests {
             matrix_user_id: "@o:localhost".into(),
             bot_devices: vec![dev("A"), dev("B")],
             agent_name: "agent".into(),
+            prekey_signing_key: None,
         }
     }
 
@@ -295,6 +305,7 @@ mod tests {
             oracle_did: did(),
             matrix_user_id: bot.into(),
             agent_name: "agent".into(),
+            prekey_signing_key: None,
             livekit_url: "ws://x".into(),
             keys,
             matrix_devices: devs,
@@ -397,6 +408,33 @@ mod tests {
     }
 
     #[test]
+    fn the_server_must_publish_exactly_the_records_prekey_signing_key() {
+        let mut r = record();
+        let served = |k: Option<&str>| {
+            let mut w = wk(vec![key("k1")], "@o:localhost", vec![dev("A"), dev("B")]);
+            w.prekey_signing_key = k.map(str::to_owned);
+            w
+        };
+        // Neither has one; then both the same one: agreed, and the record's key is used.
+        assert!(agree(&did(), &served(None), &r).is_ok());
+        r.prekey_signing_key = Some("pk-1".into());
+        let agreed = agree(&did(), &served(Some("pk-1")), &r).unwrap();
+        assert_eq!(agreed.prekey_signing_key.as_deref(), Some("pk-1"));
+        // Another key, or none (a server that strips forward secrecy), is refused.
+        assert_eq!(
+            what(agree(&did(), &served(Some("pk-2")), &r)),
+            "prekeySigningKey"
+        );
+        assert_eq!(what(agree(&did(), &served(None), &r)), "prekeySigningKey");
+        // A server that adds a key the record lacks is refused too.
+        r.prekey_signing_key = None;
+        assert_eq!(
+            what(agree(&did(), &served(Some("pk-1")), &r)),
+            "prekeySigningKey"
+        );
+    }
+
+    #[test]
     fn only_a_record_other_than_the_pinned_one_needs_the_history() {
         let verified = VerifiedRecord {
             record: record(),
@@ -410,6 +448,7 @@ mod tests {
             kt_epoch: Some(3),
             kt_version: version,
             kt_record: record,
+            prekey_signing_key: None,
         };
         assert!(!changed_since_pinned(None, &verified));
         assert!(!changed_since_pinned(Some(&pinned(None, None)), &verified));

@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use oracle_calls_proto::{
-    ApiErrorBody, CallId, ListCallsQuery, ListCallsResponse, SyncRequest, SyncResponse,
-    UpdateRequest, WellKnown,
+    ApiErrorBody, CallId, ListCallsQuery, ListCallsResponse, SignedPrekey, SyncRequest,
+    SyncResponse, UpdateRequest, WellKnown,
 };
 use tracing::warn;
 
@@ -70,6 +70,23 @@ impl UserApi {
         };
         self.retry(|| self.http.post(&url).bearer_auth(openid).json(&body))
             .await
+    }
+
+    /// `POST /prekeys/claim`: one of the oracle's signed prekeys, never handed out before
+    /// (or its last-resort prekey when none is left). Not retried: each attempt would use up
+    /// another one-time prekey.
+    ///
+    /// # Errors
+    /// [`CallError::Server`] (404: the oracle published none), [`CallError::ServerUnreachable`].
+    pub async fn claim_prekey(&self, openid: &str) -> Result<SignedPrekey, CallError> {
+        let url = format!("{}/prekeys/claim", self.base);
+        match once(self.http.post(&url).bearer_auth(openid)).await {
+            Ok(p) => Ok(p),
+            Err(Failure::Final(e)) => Err(e),
+            Err(Failure::Transient(last)) => {
+                Err(CallError::ServerUnreachable { attempts: 1, last })
+            }
+        }
     }
 
     /// `POST /calls/{callId}/update`.

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use oracle_calls_crypto::OraclePublicKey;
+use oracle_calls_crypto::{OraclePublicKey, PrekeySigningPublicKey};
 use oracle_calls_kt::{DirectoryKeyId, OracleRecord, SignedCheckpoint, VerifiedRecord};
 use oracle_calls_proto::{BotDevice, Did, KeyScheme, WellKnown};
 use serde::{Deserialize, Serialize};
@@ -57,6 +57,11 @@ pub struct OracleTrust {
     /// `kt_version`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kt_record: Option<OracleRecord>,
+    /// The key that signs the oracle's prekeys (Ed25519, base64url), once the oracle offered
+    /// one: from then on every call is sealed to a prekey it signed (forward secrecy), and a
+    /// changed or withdrawn key is refused like a changed oracle key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prekey_signing_key: Option<String>,
 }
 
 /// Explicit acceptance of a change, after the user verified it out of band.
@@ -67,7 +72,13 @@ pub struct TrustOverride {
     /// Accept exactly the bot device with this Ed25519 key (unpadded base64); it may belong
     /// to a new bot user.
     pub bot_device: Option<String>,
+    /// Accept exactly this new prekey signing key (base64url); [`NO_PREKEYS`] accepts an
+    /// oracle that stopped offering prekeys (its calls lose forward secrecy).
+    pub prekey_signing_key: Option<String>,
 }
+
+/// The [`TrustOverride::prekey_signing_key`] value that accepts an oracle without prekeys.
+pub const NO_PREKEYS: &str = "none";
 
 /// What a call may use: the key to seal to, the bot to talk to, its devices to share with.
 #[derive(Clone, Debug)]
@@ -76,6 +87,8 @@ pub(crate) struct Trusted {
     pub(crate) public: OraclePublicKey,
     pub(crate) bot: String,
     pub(crate) devices: Vec<BotDevice>,
+    /// Set: the call's key is sealed to a prekey this key signed (forward secrecy).
+    pub(crate) prekey_signer: Option<PrekeySigningPublicKey>,
 }
 
 /// Preference among published schemes: the default first, the legacy fallback last.
@@ -156,6 +169,7 @@ impl TrustStore {
                         kt_epoch: None,
                         kt_version: None,
                         kt_record: None,
+                        prekey_signing_key: None,
                     };
                     (did, t)
                 })
@@ -351,6 +365,37 @@ impl TrustStore {
             }
         };
 
+        // The prekey signing key: pinned once offered; changing or withdrawing it (a
+        // downgrade to no forward secrecy) needs the explicit override.
+        let pinned_signer = known.as_ref().and_then(|t| t.prekey_signing_key.clone());
+        let offered_signer = wk.prekey_signing_key.clone();
+        let signer = match (&pinned_signer, &offered_signer) {
+            (Some(p), o) if o.as_ref() != Some(p) => {
+                let offered_text = o.clone().unwrap_or_else(|| NO_PREKEYS.to_owned());
+                if ov.prekey_signing_key.as_deref() == Some(offered_text.as_str()) {
+                    warn!(%oracle, old = %p, new = %offered_text, "the oracle's prekey signing key changed; accepting it as explicitly allowed");
+                    o.clone()
+                } else {
+                    return Err(CallError::PrekeySigningKeyChanged {
+                        oracle,
+                        pinned: p.clone(),
+                        offered: offered_text,
+                    });
+                }
+            }
+            (None, Some(o)) => {
+                info!(%oracle, prekey_signing_key = %o, "pinned the oracle's prekey signing key (calls now have forward secrecy)");
+                Some(o.clone())
+            }
+            _ => offered_signer.clone(),
+        };
+        let prekey_signer = match &signer {
+            Some(text) => Some(PrekeySigningPublicKey::parse(text).map_err(|e| {
+                CallError::NoUsableKey(format!("the prekey signing key {text}: {e}"))
+            })?),
+            None => None,
+        };
+
         let entry = OracleTrust {
             keys,
             matrix_user_id: bot.clone(),
@@ -367,6 +412,7 @@ impl TrustStore {
                 Some(kt) => Some(kt.record.record.clone()),
                 None => known.as_ref().and_then(|t| t.kt_record.clone()),
             },
+            prekey_signing_key: signer,
         };
         if known.as_ref() != Some(&entry) {
             file.version = 2;
@@ -378,6 +424,7 @@ impl TrustStore {
             public,
             bot,
             devices,
+            prekey_signer,
         })
     }
 }
@@ -469,6 +516,7 @@ mod tests {
             livekit_url: "ws://x".into(),
             keys,
             matrix_devices: devs,
+            prekey_signing_key: None,
         }
     }
 
@@ -489,7 +537,73 @@ mod tests {
     const NONE: TrustOverride = TrustOverride {
         oracle_key: None,
         bot_device: None,
+        prekey_signing_key: None,
     };
+
+    #[test]
+    fn a_prekey_signing_key_is_pinned_once_offered_and_a_change_or_withdrawal_needs_the_override() {
+        let mut rng = rand::rng();
+        let a = OracleKeyPair::generate(KeyScheme::HpkeP256, &mut rng).unwrap();
+        let k1 = oracle_calls_crypto::PrekeySigningKey::generate(&mut rng)
+            .public_key()
+            .to_string();
+        let k2 = oracle_calls_crypto::PrekeySigningKey::generate(&mut rng)
+            .public_key()
+            .to_string();
+        let (s, dir) = store();
+        let o = did("did:ixo:o");
+        let with = |k: Option<&str>| {
+            let mut w = wk(vec![info(&a)]);
+            w.prekey_signing_key = k.map(str::to_owned);
+            w
+        };
+        // An oracle without prekeys: calls have no forward secrecy, nothing is pinned.
+        assert!(
+            s.check(&o, &with(None), &NONE)
+                .unwrap()
+                .prekey_signer
+                .is_none()
+        );
+        // Offered later: pinned (an upgrade needs no override).
+        let t = s.check(&o, &with(Some(&k1)), &NONE).unwrap();
+        assert_eq!(t.prekey_signer.unwrap().to_string(), k1);
+        // Another key, or none at all (a downgrade), is refused naming both.
+        for (offered, named) in [(Some(k2.as_str()), k2.as_str()), (None, NO_PREKEYS)] {
+            match s.check(&o, &with(offered), &NONE) {
+                Err(CallError::PrekeySigningKeyChanged {
+                    pinned, offered, ..
+                }) => {
+                    assert_eq!(pinned, k1);
+                    assert_eq!(offered, named);
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        // Accepting another value than the one offered changes nothing.
+        let accept = |v: &str| TrustOverride {
+            prekey_signing_key: Some(v.to_owned()),
+            ..NONE
+        };
+        assert!(matches!(
+            s.check(&o, &with(Some(&k2)), &accept(NO_PREKEYS)),
+            Err(CallError::PrekeySigningKeyChanged { .. })
+        ));
+        // Exactly the new key: pinned from now on.
+        let t = s.check(&o, &with(Some(&k2)), &accept(&k2)).unwrap();
+        assert_eq!(t.prekey_signer.unwrap().to_string(), k2);
+        assert!(s.check(&o, &with(Some(&k2)), &NONE).is_ok());
+        // Exactly `none`: the withdrawal is accepted and calls go without prekeys.
+        let t = s.check(&o, &with(None), &accept(NO_PREKEYS)).unwrap();
+        assert!(t.prekey_signer.is_none());
+        // A key that is not an Ed25519 public key is unusable.
+        let (s2, dir2) = store();
+        assert!(matches!(
+            s2.check(&o, &with(Some("not-a-key")), &NONE),
+            Err(CallError::NoUsableKey(_))
+        ));
+        let _ = std::fs::remove_dir_all(dir);
+        let _ = std::fs::remove_dir_all(dir2);
+    }
 
     #[test]
     fn first_use_pins_and_a_changed_key_is_refused_unless_exactly_that_key_is_accepted() {
@@ -521,6 +635,7 @@ mod tests {
         let wrong = TrustOverride {
             oracle_key: Some(c.key_id().to_string()),
             bot_device: None,
+            prekey_signing_key: None,
         };
         assert!(matches!(
             s.check(&o, &wk(vec![info(&b)]), &wrong),
@@ -529,6 +644,7 @@ mod tests {
         let accept_b = TrustOverride {
             oracle_key: Some(b.key_id().to_string()),
             bot_device: None,
+            prekey_signing_key: None,
         };
         // With b and c offered, accepting b pins b, never c.
         let t = s
@@ -581,6 +697,7 @@ mod tests {
         let all = TrustOverride {
             oracle_key: Some(b.key_id().to_string()),
             bot_device: Some("ed-a".into()),
+            prekey_signing_key: None,
         };
         assert!(matches!(
             fresh.check(&o, &other, &all),
@@ -641,6 +758,7 @@ mod tests {
         let accept = TrustOverride {
             oracle_key: None,
             bot_device: Some("ed-n".into()),
+            prekey_signing_key: None,
         };
         let t = s.check(&o, &moved, &accept).unwrap();
         assert_eq!(t.bot, "@o2:localhost");
@@ -699,6 +817,7 @@ mod tests {
             matrix_user_id: "@o:localhost".into(),
             bot_devices: vec![dev("BOT", "ed-a")],
             agent_name: "a".into(),
+            prekey_signing_key: None,
         };
         let v1 = VerifiedRecord {
             record: rec(&a),
@@ -741,6 +860,7 @@ mod tests {
         let accept_b = TrustOverride {
             oracle_key: Some(b.key_id().to_string()),
             bot_device: None,
+            prekey_signing_key: None,
         };
         s.check_verified(&o, &wk(vec![info(&b)]), &accept_b, kt(&v2, Some(7)))
             .unwrap();
