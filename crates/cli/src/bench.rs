@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use oracle_calls::local::{DeployOptions, Deployment, Stack};
+use oracle_calls::local_kt::{self, KtDirectory, KtService};
 use oracle_calls_agent::CallReport;
-use oracle_calls_client::{Call, CallEvent, OracleClient, Phase};
+use oracle_calls_client::{Call, CallEvent, KtConfig, OracleClient, Phase};
 use oracle_calls_proto::CallType;
 use tokio::sync::Mutex;
 
@@ -87,65 +88,123 @@ fn pct(v: &mut [f64], p: f64) -> f64 {
     v.get(i).copied().unwrap_or(f64::NAN)
 }
 
-/// `bench setup`.
+/// One configuration measured by `bench setup`: its deployment, users and samples.
+struct Side {
+    name: &'static str,
+    dep: Arc<Deployment>,
+    reports: Mutex<BTreeMap<String, CallReport>>,
+    samples: Mutex<Vec<Sample>>,
+    /// With key transparency: what its users configure, and the service (kept running while
+    /// the side is measured).
+    kt: Option<(KtConfig, KtService)>,
+}
+
+impl Side {
+    /// A deployment with forward secrecy and key transparency (`trusted`) or without them.
+    async fn start(
+        name: &'static str,
+        dir: PathBuf,
+        trusted: bool,
+        max_calls: usize,
+    ) -> anyhow::Result<Self> {
+        let mut opts = DeployOptions::new(&dir);
+        opts.max_calls = max_calls;
+        opts.forward_secrecy = trusted;
+        let dep = Deployment::start(Stack::running()?, opts).await?;
+        let kt = if trusted {
+            let exe = std::env::current_exe().context("this program's path")?;
+            let kt = KtDirectory::new(&exe, dir.join("kt"), &dep.oracle_did)?;
+            let service = kt.start("data")?;
+            let record = local_kt::record_of(&local_kt::well_known(&dep.server.url).await?);
+            local_kt::publish(&service, &kt.token, &dep.oracle_did, &record).await?;
+            Some((kt.config(&service), service))
+        } else {
+            None
+        };
+        Ok(Self {
+            name,
+            dep: Arc::new(dep),
+            reports: Mutex::new(BTreeMap::new()),
+            samples: Mutex::new(Vec::new()),
+            kt,
+        })
+    }
+
+    /// A returning user: its first call (which creates the DM room with the bot) is not
+    /// measured.
+    async fn user(&self) -> anyhow::Result<OracleClient> {
+        let kt = self.kt.as_ref().map(|(c, _)| c.clone());
+        let c = self
+            .dep
+            .new_user_with(|cfg| cfg.key_transparency = kt)
+            .await?;
+        let (call, _, _) = one_call(&c).await?;
+        self.report_for(&call.id().to_string()).await?;
+        Ok(c)
+    }
+
+    /// The agent's report of call `id` (reports may arrive out of order).
+    async fn report_for(&self, id: &str) -> anyhow::Result<CallReport> {
+        loop {
+            if let Some(r) = self.reports.lock().await.remove(id) {
+                return Ok(r);
+            }
+            let r = tokio::time::timeout(
+                Duration::from_secs(15),
+                self.dep.agent.as_ref().context("agent")?.next_report(),
+            )
+            .await
+            .context("no agent report")?
+            .context("agent stopped")?;
+            let rid = r
+                .call_id
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default();
+            if rid == id {
+                return Ok(r);
+            }
+            self.reports.lock().await.insert(rid, r);
+        }
+    }
+
+    async fn measure(&self, client: &OracleClient) -> anyhow::Result<()> {
+        let (call, t0, first) = one_call(client).await?;
+        let r = self.report_for(&call.id().to_string()).await?;
+        self.samples.lock().await.push(sample(&call, t0, first, &r));
+        Ok(())
+    }
+}
+
+/// `bench setup`: the same returning users call two oracles on the same stack in turn — the
+/// reference without forward secrecy and key transparency, and one with both (a one-time
+/// prekey claimed and verified per call, the oracle's record verified against the directory) —
+/// so both are measured under the same load and noise.
 pub fn setup(calls: usize, concurrency: usize, dir: PathBuf) -> anyhow::Result<()> {
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
-        let stack = Stack::running()?;
-        let mut opts = DeployOptions::new(&dir);
-        opts.max_calls = concurrency.max(1) * 2;
-        let dep = Arc::new(Deployment::start(stack, opts).await?);
-        let mut clients = Vec::new();
-        for _ in 0..concurrency.max(1) {
-            let c = dep.new_user().await?;
-            // Warm-up: the first call of a user creates its DM room with the bot (once per
-            // user and oracle); measured calls reuse it, as a returning user's would.
-            let (_c, _, _) = one_call(&c).await?;
-            let _ = dep.agent.as_ref().context("agent")?.next_report().await;
-            clients.push(c);
+        let users = concurrency.max(1);
+        let reference =
+            Arc::new(Side::start("reference", dir.join("reference"), false, users * 2).await?);
+        let trusted =
+            Arc::new(Side::start("kt+prekeys", dir.join("trusted"), true, users * 2).await?);
+        let mut pairs = Vec::new();
+        for _ in 0..users {
+            pairs.push((reference.user().await?, trusted.user().await?));
         }
-        let samples = Arc::new(Mutex::new(Vec::<Sample>::new()));
-        let reports = Arc::new(Mutex::new(BTreeMap::<String, CallReport>::new()));
-        let per_worker = calls.div_ceil(concurrency.max(1));
+        let per_user = calls.div_ceil(users);
         eprintln!(
-            "{calls} calls, concurrency {concurrency}, {} users",
-            clients.len()
+            "{calls} calls each for {} and {}, concurrency {users}, alternating",
+            reference.name, trusted.name
         );
         let mut tasks = Vec::new();
-        for client in clients {
-            let samples = samples.clone();
-            let reports = reports.clone();
-            let dep = dep.clone();
+        for (a, b) in pairs {
+            let (reference, trusted) = (reference.clone(), trusted.clone());
             tasks.push(tokio::spawn(async move {
-                for _ in 0..per_worker {
-                    let (call, t0, first) = one_call(&client).await?;
-                    // The agent's report for this call (reports may arrive out of order).
-                    let id = call.id().to_string();
-                    let r = loop {
-                        if let Some(r) = reports.lock().await.remove(&id) {
-                            break r;
-                        }
-                        let r = tokio::time::timeout(
-                            Duration::from_secs(15),
-                            dep.agent.as_ref().context("agent")?.next_report(),
-                        )
-                        .await
-                        .context("no agent report")?
-                        .context("agent stopped")?;
-                        let rid = r
-                            .call_id
-                            .as_ref()
-                            .map(ToString::to_string)
-                            .unwrap_or_default();
-                        if rid == id {
-                            break r;
-                        }
-                        reports.lock().await.insert(rid, r);
-                    };
-                    let s = sample(&call, t0, first, &r);
-                    let mut all = samples.lock().await;
-                    all.push(s);
-                    eprint!("\r  {} calls done", all.len());
+                for _ in 0..per_user {
+                    reference.measure(&a).await?;
+                    trusted.measure(&b).await?;
+                    eprint!("\r  {} calls done", 2 * trusted.samples.lock().await.len());
                 }
                 Ok::<_, anyhow::Error>(())
             }));
@@ -154,24 +213,40 @@ pub fn setup(calls: usize, concurrency: usize, dir: PathBuf) -> anyhow::Result<(
             t.await??;
         }
         eprintln!();
-        let all = samples.lock().await.clone();
+        let a = reference.samples.lock().await.clone();
+        let b = trusted.samples.lock().await.clone();
         println!(
-            "bench setup: {} calls, concurrency {concurrency} (ms)",
-            all.len()
+            "bench setup: {} + {} calls, concurrency {users}, returning users (ms)",
+            a.len(),
+            b.len()
         );
-        println!("{:<30} {:>8} {:>8} {:>8}", "phase", "p50", "p95", "max");
+        println!(
+            "{:<30} {:>9} {:>9} {:>11} {:>11} {:>7}",
+            "phase", "ref p50", "ref p95", "kt+pk p50", "kt+pk p95", "p50 ×"
+        );
         for p in PHASES {
-            let mut v: Vec<f64> = all
-                .iter()
-                .filter_map(|s| s.get(p).copied())
-                .filter(|x| x.is_finite())
-                .collect();
-            let (a, b, c) = (pct(&mut v, 0.5), pct(&mut v, 0.95), pct(&mut v, 1.0));
-            println!("{p:<30} {a:>8.1} {b:>8.1} {c:>8.1}");
+            let col = |all: &[Sample]| {
+                let mut v: Vec<f64> = all
+                    .iter()
+                    .filter_map(|s| s.get(p).copied())
+                    .filter(|x| x.is_finite())
+                    .collect();
+                (pct(&mut v, 0.5), pct(&mut v, 0.95))
+            };
+            let ((a50, a95), (b50, b95)) = (col(&a), col(&b));
+            println!(
+                "{p:<30} {a50:>9.1} {a95:>9.1} {b50:>11.1} {b95:>11.1} {:>7.2}",
+                b50 / a50
+            );
         }
-        match Arc::try_unwrap(dep) {
-            Ok(d) => d.stop().await,
-            Err(_) => bail!("deployment still shared"),
+        for side in [reference, trusted] {
+            match Arc::try_unwrap(side) {
+                Ok(s) => match Arc::try_unwrap(s.dep) {
+                    Ok(d) => d.stop().await,
+                    Err(_) => bail!("deployment still shared"),
+                },
+                Err(_) => bail!("side still shared"),
+            }
         }
         Ok(())
     })

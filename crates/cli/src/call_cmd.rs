@@ -53,6 +53,11 @@ pub struct UserArgs {
     /// bot) changed (after verifying it; the refusal names it).
     #[arg(long, value_name = "ED25519")]
     accept_bot_device: Option<String>,
+    /// Accept exactly this new prekey signing key when the oracle's changed (after verifying
+    /// it; the refusal names it), or `none` for an oracle that stopped offering prekeys (its
+    /// calls then have no forward secrecy).
+    #[arg(long, value_name = "ED25519")]
+    accept_prekey_signing_key: Option<String>,
     /// A key-transparency directory (`oracle-calls kt serve`, https:// or loopback): the
     /// oracle's key, bot and bot devices must be what the directory's verified record says.
     #[arg(long, env = "ORACLE_CALLS_KT_URL", requires = "kt_public_key")]
@@ -83,6 +88,7 @@ impl UserArgs {
         cfg.trust_override = TrustOverride {
             oracle_key: self.accept_oracle_key.clone(),
             bot_device: self.accept_bot_device.clone(),
+            prekey_signing_key: self.accept_prekey_signing_key.clone(),
         };
         let password = match (
             std::env::var("ORACLE_CALLS_MATRIX_PASSWORD").ok(),

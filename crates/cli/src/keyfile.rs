@@ -5,7 +5,7 @@ use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
-use oracle_calls_crypto::OracleKeyPair;
+use oracle_calls_crypto::{OracleKeyPair, PrekeySigningKey};
 use zeroize::Zeroizing;
 
 /// Writes the private key with mode 0600, atomically: the whole file is written to a fresh
@@ -19,6 +19,15 @@ use zeroize::Zeroizing;
 /// hard links refuses too (nothing is written then).
 pub fn write_private_key(path: &Path, kp: &OracleKeyPair, force: bool) -> anyhow::Result<()> {
     let pem = kp.to_pkcs8_pem().context("encoding the private key")?;
+    write_secret_file(path, pem.as_bytes(), force)
+}
+
+/// Writes any secret (a PEM key) as [`write_private_key`] does: 0600, atomically, never over
+/// an existing file unless `force`.
+///
+/// # Errors
+/// As [`write_private_key`].
+pub fn write_secret_file(path: &Path, secret: &[u8], force: bool) -> anyhow::Result<()> {
     let tmp = temp_path(path);
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create_new(true);
@@ -31,7 +40,7 @@ pub fn write_private_key(path: &Path, kp: &OracleKeyPair, force: bool) -> anyhow
         .open(&tmp)
         .with_context(|| format!("creating {}", tmp.display()))?;
     let written = f
-        .write_all(pem.as_bytes())
+        .write_all(secret)
         .and_then(|()| f.sync_all())
         .with_context(|| format!("writing {}", tmp.display()))
         .and_then(|()| publish(&tmp, path, force));
@@ -62,6 +71,16 @@ pub fn read_private_key(path: &Path) -> anyhow::Result<OracleKeyPair> {
     );
     OracleKeyPair::from_pkcs8_pem(&pem)
         .with_context(|| format!("loading the key in {}", path.display()))
+}
+
+/// Reads a prekey signing key file, warning when other users can read it.
+pub fn read_prekey_signing_key(path: &Path) -> anyhow::Result<PrekeySigningKey> {
+    warn_if_readable_by_others(path)?;
+    let pem = Zeroizing::new(
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
+    );
+    PrekeySigningKey::from_pkcs8_pem(&pem)
+        .with_context(|| format!("loading the prekey signing key in {}", path.display()))
 }
 
 /// Where `oracle-calls key import` reads the secret from.

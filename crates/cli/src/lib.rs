@@ -5,6 +5,7 @@ pub mod analysis;
 pub mod ivf;
 pub mod keyfile;
 pub mod local;
+pub mod local_kt;
 pub mod speech;
 pub mod verify;
 pub mod wav;

@@ -11,9 +11,9 @@ use anyhow::{Context as _, bail};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use oracle_calls_agent::oracles::Builtin;
-use oracle_calls_agent::{Agent, AgentConfig, AgentHandle, FileConfig};
+use oracle_calls_agent::{Agent, AgentConfig, AgentHandle, FileConfig, PrekeysSection};
 use oracle_calls_client::{ClientConfig, Login, OracleClient};
-use oracle_calls_crypto::{KeyScheme, OracleKeyPair};
+use oracle_calls_crypto::{KeyScheme, OracleKeyPair, PrekeySigningKey};
 use oracle_calls_proto::Did;
 use oracle_calls_rtc::token::ApiCredentials;
 use oracle_calls_server::{AppState, Config, Secrets};
@@ -198,6 +198,10 @@ pub struct DeployOptions {
     pub max_calls: usize,
     /// The server's address (port 0: any free one).
     pub listen: SocketAddr,
+    /// Forward secrecy: the oracle gets a prekey signing key (published by the server), the
+    /// agent a prekey store it keeps the server stocked from, and calls are sealed to
+    /// one-time prekeys (docs/PROTOCOL.md §13).
+    pub forward_secrecy: bool,
 }
 
 impl DeployOptions {
@@ -210,6 +214,7 @@ impl DeployOptions {
             oracle: Some(Builtin::Echo(oracle_calls_agent::oracles::Echo::default())),
             max_calls: 16,
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            forward_secrecy: true,
         }
     }
 }
@@ -271,6 +276,10 @@ struct RestartInputs {
     pepper: Zeroizing<String>,
     max_calls: usize,
     oracle: Option<Builtin>,
+    /// The prekey signing key's file and public half, with forward secrecy.
+    prekey_signer: Option<(PathBuf, String)>,
+    /// The agents' shared prekey store.
+    prekey_store: PathBuf,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -283,6 +292,7 @@ fn config_toml(
     dir: &Path,
     database_url: &str,
     listen: SocketAddr,
+    prekey_signing_key: Option<&str>,
 ) -> anyhow::Result<String> {
     let keys: Vec<String> = keys
         .iter()
@@ -304,7 +314,7 @@ database_url = "{database_url}"
 did = "{oracle}"
 agent_name = "{agent_name}"
 keys = [{keys}]
-[matrix]
+{prekey}[matrix]
 homeserver_url = "{matrix}"
 server_name = "{server}"
 user_id = "{bot}"
@@ -315,6 +325,9 @@ api_key = "{lkkey}"
 "#,
         data = dir.join("server").display(),
         keys = keys.join(", "),
+        prekey = prekey_signing_key
+            .map(|k| format!("prekey_signing_key = \"{k}\"\n"))
+            .unwrap_or_default(),
         matrix = stack.get("MATRIX_URL")?,
         server = stack.get("MATRIX_SERVER_NAME")?,
         lk = stack.get("LIVEKIT_URL")?,
@@ -343,6 +356,7 @@ async fn start_server(
         &r.server_data,
         database_url,
         listen,
+        r.prekey_signer.as_ref().map(|(_, public)| public.as_str()),
     )?;
     let config = Config::from_toml(&toml)?;
     let lk_secret = stack.secret("LIVEKIT_API_SECRET_FILE")?;
@@ -417,6 +431,14 @@ impl Deployment {
         };
         let mut published: Vec<&OracleKeyPair> = extra.into_iter().collect();
         published.push(&kp);
+        let prekey_signer = if opts.forward_secrecy {
+            let signer = PrekeySigningKey::generate(&mut rand::rng());
+            let path = opts.dir.join(format!("prekey-signing-{id}.pem"));
+            crate::keyfile::write_secret_file(&path, signer.to_pkcs8_pem().as_bytes(), false)?;
+            Some((path, signer.public_key().to_string()))
+        } else {
+            None
+        };
         let restart = RestartInputs {
             server_data: opts.dir.join(format!("server-{id}")),
             agent_name: format!("oracle-{}", unique_hex(6)),
@@ -424,6 +446,8 @@ impl Deployment {
             pepper: Zeroizing::new(unique_hex(32)),
             max_calls: opts.max_calls,
             oracle: opts.oracle,
+            prekey_signer,
+            prekey_store: opts.dir.join(format!("prekeys-{id}")),
         };
         let (server, pepper_secret) = start_server(
             &stack,
@@ -539,6 +563,18 @@ impl Deployment {
                 "api_key = \"{}\"",
                 self.stack.get("LIVEKIT_API_KEY")?
             ))?,
+            prekeys: self
+                .restart
+                .prekey_signer
+                .as_ref()
+                .map(|(path, _)| PrekeysSection {
+                    store_dir: self.restart.prekey_store.clone(),
+                    signing_key_file: Some(path.clone()),
+                    low_water: 20,
+                    target: 50,
+                    last_resort_max_age_secs: 7 * 24 * 3600,
+                }),
+            key_transparency: None,
         })
     }
 
@@ -584,14 +620,25 @@ impl Deployment {
         std::fs::write(
             &cfg,
             format!(
-                "server_url = \"{}\"\noracle_key_file = \"{}\"\nmax_calls = {}\n{}[livekit]\napi_key = \"{}\"\n",
+                "server_url = \"{}\"\noracle_key_file = \"{}\"\nmax_calls = {}\n{}[livekit]\napi_key = \"{}\"\n{}",
                 file.server_url,
                 file.oracle_key_file.display(),
                 file.max_calls,
                 opus_complexity
                     .map(|c| format!("opus_complexity = {c}\n"))
                     .unwrap_or_default(),
-                file.livekit.api_key
+                file.livekit.api_key,
+                file.prekeys
+                    .as_ref()
+                    .map(|p| format!(
+                        "[prekeys]\nstore_dir = \"{}\"\n{}",
+                        p.store_dir.display(),
+                        p.signing_key_file
+                            .as_ref()
+                            .map(|f| format!("signing_key_file = \"{}\"\n", f.display()))
+                            .unwrap_or_default()
+                    ))
+                    .unwrap_or_default()
             ),
         )?;
         let key = self.dir.join(format!("agent-api-key-{tag}"));

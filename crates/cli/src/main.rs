@@ -111,6 +111,11 @@ enum Command {
         #[command(subcommand)]
         action: apikey::Action,
     },
+    /// The oracle's prekey signing key (forward secrecy, docs/PROTOCOL.md §13).
+    Prekey {
+        #[command(subcommand)]
+        action: PrekeyCmd,
+    },
     /// Key transparency: the directory service, its keys, operator tokens, the auditor.
     Kt {
         #[command(subcommand)]
@@ -138,8 +143,32 @@ enum KeyCmd {
 }
 
 #[derive(Subcommand, Debug)]
+enum PrekeyCmd {
+    /// Generate the Ed25519 key that signs the oracle's prekeys (PKCS#8 PEM, mode 0600) and
+    /// print its public half for the server's `[oracle] prekey_signing_key` and the oracle's
+    /// key-transparency record. The agent that keeps prekeys stocked names the file in
+    /// `[prekeys] signing_key_file`.
+    Keygen {
+        /// Where to write the private key.
+        #[arg(long)]
+        out: PathBuf,
+        /// Replace an existing file.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Print the public half of a prekey signing key file.
+    Info {
+        /// The PKCS#8 PEM file.
+        #[arg(long)]
+        key: PathBuf,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 enum BenchCmd {
-    /// Time from call_oracle() to the first decrypted oracle audio, split by phase.
+    /// Time from call_oracle() to the first decrypted oracle audio, split by phase, for
+    /// returning users of two oracles on the same stack called in turn: the reference without
+    /// forward secrecy and key transparency, and one with both.
     Setup {
         /// Calls to measure.
         #[arg(long, default_value_t = 50)]
@@ -274,10 +303,32 @@ fn main() -> anyhow::Result<()> {
             print_public(&kp);
             Ok(())
         }
+        Command::Prekey {
+            action: PrekeyCmd::Keygen { out, force },
+        } => {
+            let key = oracle_calls_crypto::PrekeySigningKey::generate(&mut rand::rng());
+            keyfile::write_secret_file(&out, key.to_pkcs8_pem().as_bytes(), force)?;
+            println!("wrote the prekey signing key to {}", out.display());
+            print_prekey_public(&key);
+            Ok(())
+        }
+        Command::Prekey {
+            action: PrekeyCmd::Info { key },
+        } => {
+            let key = keyfile::read_prekey_signing_key(&key)?;
+            print_prekey_public(&key);
+            Ok(())
+        }
         Command::Serve { config, reindex } => serve::run(&config, reindex),
         Command::Apikey { config, action } => apikey::run(&config, action),
         Command::Kt { action } => kt_cmd::run(action),
     }
+}
+
+fn print_prekey_public(key: &oracle_calls_crypto::PrekeySigningKey) {
+    let public = key.public_key();
+    println!("prekey signing key: {public}");
+    println!("server config ([oracle]):  prekey_signing_key = \"{public}\"");
 }
 
 fn print_public(kp: &oracle_calls_crypto::OracleKeyPair) {

@@ -240,6 +240,7 @@ fn record(agent: &str) -> OracleRecord {
             ed25519: "ZWQyNTUxOQ".into(),
         }],
         agent_name: agent.into(),
+        prekey_signing_key: None,
     }
 }
 

@@ -11,18 +11,15 @@
     clippy::indexing_slicing
 )]
 
-use std::io::{BufRead as _, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::Duration;
 
 use matrix_sdk::config::SyncSettings;
 use matrix_sdk::deserialized_responses::TimelineEventKind;
 use oracle_calls::analysis;
 use oracle_calls::local::{DeployOptions, Deployment, Stack, unique_hex};
-use oracle_calls_client::{
-    Call, CallError, CallEvent, ClientConfig, KtConfig, Login, OracleClient,
-};
+use oracle_calls::local_kt::{self, KtDirectory, KtService, record_of};
+use oracle_calls_client::{Call, CallError, CallEvent, ClientConfig, Login, OracleClient};
 use oracle_calls_kt::{DirectoryPublicKey, OracleRecord, SignedCheckpoint};
 use oracle_calls_proto::{CallType, Did, KeyScheme, WellKnown};
 
@@ -308,138 +305,12 @@ async fn a_device_the_homeserver_adds_to_the_bot_cannot_read_the_call_event() {
 
 const BIN: &str = env!("CARGO_BIN_EXE_oracle-calls");
 
-/// A key-transparency directory for one oracle, as its operator sets it up: `kt keygen`,
-/// `kt token` for the oracle's DID, then `kt serve` on a free loopback port (see tests/kt.rs).
-struct KtDirectory {
-    dir: PathBuf,
-    public: DirectoryPublicKey,
-    token: String,
-    publisher: String,
+fn kt_directory(dep: &Deployment) -> KtDirectory {
+    KtDirectory::new(Path::new(BIN), dep.dir.join("kt"), &dep.oracle_did).unwrap()
 }
 
-/// A running `kt serve`, killed when dropped.
-struct KtService {
-    child: Child,
-    base: String,
-}
-
-impl Drop for KtService {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl KtDirectory {
-    fn new(dir: PathBuf, oracle: &Did) -> Self {
-        std::fs::create_dir_all(&dir).unwrap();
-        let kt = |args: &[&str]| {
-            let out = Command::new(BIN)
-                .arg("kt")
-                .args(args)
-                .env_remove("ORACLE_CALLS_KT_CONFIG")
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            String::from_utf8(out.stdout).unwrap()
-        };
-        let keys = dir.join("keys");
-        let public =
-            serde_json::from_str(&kt(&["keygen", "--out-dir", keys.to_str().unwrap()])).unwrap();
-        let out = kt(&["token", "--did", oracle.as_str()]);
-        let (token, publisher) = out.split_once('\n').unwrap();
-        Self {
-            dir,
-            public,
-            token: token.to_owned(),
-            publisher: publisher.to_owned(),
-        }
-    }
-
-    /// Starts `kt serve` on the log in `data` (a folder under the directory's).
-    fn start(&self, data: &str) -> KtService {
-        let config = self.dir.join(format!("kt-{data}.toml"));
-        std::fs::write(
-            &config,
-            format!(
-                "listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\n{}",
-                self.dir.join(data).display(),
-                self.publisher
-            ),
-        )
-        .unwrap();
-        let keys = self.dir.join("keys");
-        let mut child = Command::new(BIN)
-            .args(["kt", "serve", "--config"])
-            .arg(&config)
-            .env("ORACLE_CALLS_KT_SIGNING_KEY_FILE", keys.join("signing.key"))
-            .env("ORACLE_CALLS_KT_VRF_KEY_FILE", keys.join("vrf.key"))
-            .env_remove("ORACLE_CALLS_KT_SIGNING_KEY")
-            .env_remove("ORACLE_CALLS_KT_VRF_KEY")
-            .env_remove("ORACLE_CALLS_KT_DATABASE_URL")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(self.dir.join(format!("serve-{data}.log"))).unwrap())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(addr) = line.strip_prefix("listening on ") {
-                    let _ = tx.send(addr.to_owned());
-                }
-            }
-        });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(60))
-            .unwrap_or_else(|_| {
-                let _ = child.kill();
-                panic!("kt serve did not start")
-            });
-        KtService {
-            child,
-            base: format!("http://{addr}"),
-        }
-    }
-
-    fn config(&self, service: &KtService) -> KtConfig {
-        KtConfig {
-            url: service.base.clone(),
-            directory_key: self.public.clone(),
-        }
-    }
-}
-
-/// The oracle's server's well-known, once its bot publishes a device.
 async fn well_known(dep: &Deployment) -> WellKnown {
-    for _ in 0..100 {
-        let wk: WellKnown = reqwest::get(format!("{}/.well-known/oracle-calls", dep.server.url))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if !wk.matrix_devices.is_empty() {
-            return wk;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("the oracle's bot publishes no device")
-}
-
-/// What the operator publishes: the keys, bot, bot devices and agent its server describes.
-fn record_of(wk: &WellKnown) -> OracleRecord {
-    OracleRecord {
-        keys: wk.keys.clone(),
-        matrix_user_id: wk.matrix_user_id.clone(),
-        bot_devices: wk.matrix_devices.clone(),
-        agent_name: wk.agent_name.clone(),
-    }
+    local_kt::well_known(&dep.server.url).await.unwrap()
 }
 
 async fn publish(
@@ -448,16 +319,9 @@ async fn publish(
     did: &Did,
     record: &OracleRecord,
 ) -> SignedCheckpoint {
-    let r = reqwest::Client::new()
-        .post(format!("{}/kt/v1/publish", service.base))
-        .bearer_auth(token)
-        .json(&serde_json::json!({"did": did, "record": record}))
-        .send()
+    local_kt::publish(service, token, did, record)
         .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let v: serde_json::Value = r.json().await.unwrap();
-    serde_json::from_value(v["checkpoint"].clone()).unwrap()
+        .unwrap()
 }
 
 async fn call_count(client: &OracleClient) -> usize {
@@ -490,8 +354,8 @@ async fn with_key_transparency_the_server_must_agree_with_the_oracles_verified_r
     let mut dep = Deployment::start(Stack::running().unwrap(), DeployOptions::new(temp_dir()))
         .await
         .unwrap();
-    let kt = KtDirectory::new(dep.dir.join("kt"), &dep.oracle_did);
-    let service = kt.start("data");
+    let kt = kt_directory(&dep);
+    let service = kt.start("data").unwrap();
     let first = record_of(&well_known(&dep).await);
     let one = publish(&service, &kt.token, &dep.oracle_did, &first).await;
     assert_eq!(one.checkpoint.epoch, 1);
@@ -503,7 +367,7 @@ async fn with_key_transparency_the_server_must_agree_with_the_oracles_verified_r
         let f = f.unwrap();
         std::fs::copy(f.path(), copy.join(f.file_name())).unwrap();
     }
-    let service = kt.start("data");
+    let service = kt.start("data").unwrap();
 
     // (1)
     let (client, cfg) = user(&dep, |c| c.key_transparency = Some(kt.config(&service))).await;
@@ -595,7 +459,7 @@ async fn with_key_transparency_the_server_must_agree_with_the_oracles_verified_r
 
     // (5) The directory, restarted from the copy of its log at epoch 1.
     drop(service);
-    let old = kt.start("data-epoch1");
+    let old = kt.start("data-epoch1").unwrap();
     cfg.key_transparency = Some(kt.config(&old));
     let client = OracleClient::connect(cfg.clone(), Login::Restore)
         .await
