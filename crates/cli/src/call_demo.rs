@@ -81,6 +81,11 @@ async fn demo(opts: Options) -> anyhow::Result<()> {
     let _ = std::fs::remove_dir_all(&state);
     let dep = Deployment::start(stack.clone(), DeployOptions::new(&state)).await?;
     s.done(&format!("({}, server {})", dep.oracle_did, dep.server.url));
+    // An auditor's copy of the key holder's store before the call: with the oracle key it
+    // opens the call's envelope, so the database can be searched for the call key; the store
+    // itself will not open it after the call (forward secrecy).
+    let store = dep.prekey_store().context("no prekey store")?.to_owned();
+    let prekeys_before = verify::read_prekey_store(&store)?;
 
     let s = Step::start(3, total, "provision the user and log in its Matrix device");
     let client = dep.new_user().await?;
@@ -213,7 +218,7 @@ async fn demo(opts: Options) -> anyhow::Result<()> {
     });
     let key_pair = oracle_calls::keyfile::read_private_key(&dep.key_file)?;
     let db_check = match dep.sqlite_file() {
-        Some(f) => verify::database_holds_no_key(&f, &key_pair, &call, call.id())
+        Some(f) => verify::database_holds_no_key(&f, &key_pair, &prekeys_before, &call, call.id())
             .map(|n| format!("the server's database holds no call key ({n} bytes of SQLite files searched for the key as raw bytes, hex and base64)")),
         None => Err(anyhow::anyhow!("not a SQLite deployment")),
     };
@@ -224,6 +229,20 @@ async fn demo(opts: Options) -> anyhow::Result<()> {
             line: format!("the server's database holds no call key: {e}"),
         },
     });
+    checks.push(
+        match verify::past_call_stays_closed(&key_pair, &store, &call, call.id()) {
+            Ok(id) => Check {
+                ok: true,
+                line: format!(
+                    "forward secrecy: the call key was sealed to one-time prekey {id}, destroyed once the agent opened it; the oracle's long-term key with everything left in its key holder's store does not open the envelope"
+                ),
+            },
+            Err(e) => Check {
+                ok: false,
+                line: format!("forward secrecy: {e}"),
+            },
+        },
+    );
     let stored = dep
         .server
         .state

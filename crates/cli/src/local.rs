@@ -489,6 +489,14 @@ impl Deployment {
         Ok(dep)
     }
 
+    /// The agents' prekey store (the key holder's), with forward secrecy.
+    pub fn prekey_store(&self) -> Option<&Path> {
+        self.restart
+            .prekey_signer
+            .as_ref()
+            .map(|_| self.restart.prekey_store.as_path())
+    }
+
     /// The bot account's password (tests use it to act as a homeserver that adds a device to
     /// the bot's account).
     pub fn bot_password(&self) -> &Zeroizing<String> {

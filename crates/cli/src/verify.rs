@@ -9,7 +9,9 @@ use matrix_sdk::room::{IncludeRelations, RelationsOptions};
 use matrix_sdk::ruma::api::Direction;
 use matrix_sdk::ruma::events::relation::RelationType;
 use oracle_calls_client::{Call, OracleClient};
-use oracle_calls_crypto::{CallContext, OpenedKey, OracleKeyPair};
+use oracle_calls_crypto::{
+    CallContext, OpenedKey, OracleKeyPair, Prekey, PrekeyId, PrekeySecret, Recipient,
+};
 use oracle_calls_proto::{CallId, CallStatus};
 use serde_json::Value;
 use zeroize::Zeroizing;
@@ -98,21 +100,29 @@ pub async fn latest_status_in_matrix(
 ///
 /// # Errors
 /// The key was found, or the files cannot be read.
+///
+/// A call sealed to a prekey is opened with the copy of the prekey store taken before the call
+/// (`prekeys_before`): after the call the store no longer holds it.
 pub fn database_holds_no_key(
     sqlite: &Path,
     oracle_key: &OracleKeyPair,
+    prekeys_before: &[Prekey],
     call: &Call,
     call_id: &CallId,
 ) -> anyhow::Result<usize> {
     let c = call.content();
-    let ctx = CallContext::new(
-        c.session_id.clone(),
-        call_id.room_name().clone(),
-        c.user_did.clone(),
-        c.oracle_did.clone(),
-        c.call_type,
-    );
-    let key = match oracle_calls_crypto::open(oracle_key, &c.encryption_key, &ctx)? {
+    let ctx = context(call, call_id);
+    let envelope = match oracle_calls_crypto::recipient(&c.encryption_key)? {
+        Recipient::Prekey { prekey_id, .. } => {
+            let prekey = prekeys_before
+                .iter()
+                .find(|p| p.id == prekey_id)
+                .context("the call's prekey is not in the copy of the store taken before it")?;
+            oracle_calls_crypto::open_prekey_layer(prekey, &c.encryption_key, &ctx)?
+        }
+        _ => c.encryption_key.clone(),
+    };
+    let key = match oracle_calls_crypto::open(oracle_key, &envelope, &ctx)? {
         OpenedKey::Bound(k) => k,
         OpenedKey::Unbound(_) => bail!("the demo call used an unbound envelope"),
     };
@@ -149,6 +159,84 @@ pub fn database_holds_no_key(
         bail!("no database file at {}", sqlite.display());
     }
     Ok(scanned)
+}
+
+fn context(call: &Call, call_id: &CallId) -> CallContext {
+    let c = call.content();
+    CallContext::new(
+        c.session_id.clone(),
+        call_id.room_name().clone(),
+        c.user_did.clone(),
+        c.oracle_did.clone(),
+        c.call_type,
+    )
+}
+
+/// Every prekey private half in a key holder's store (what someone who copies it gets).
+///
+/// # Errors
+/// The store cannot be read.
+pub fn read_prekey_store(dir: &Path) -> anyhow::Result<Vec<Prekey>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let path = entry?.path();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let Some((hex, kind)) = name.split_once('.') else {
+            continue;
+        };
+        let Ok(id) = PrekeyId::from_hex(hex) else {
+            continue;
+        };
+        let bytes = Zeroizing::new(std::fs::read(&path)?);
+        let Ok(secret) = <[u8; 32]>::try_from(bytes.as_slice()) else {
+            continue;
+        };
+        out.push(Prekey {
+            id,
+            secret: PrekeySecret::from_bytes(secret),
+            last_resort: kind == "last-resort",
+        });
+    }
+    Ok(out)
+}
+
+/// Forward secrecy after the call: the envelope is sealed to a one-time prekey, the key
+/// holder's store no longer holds it, the oracle's long-term key alone meets the prekey layer,
+/// and no prekey left in the store opens the envelope. Returns the prekey's id.
+///
+/// # Errors
+/// Any of those does not hold.
+pub fn past_call_stays_closed(
+    oracle_key: &OracleKeyPair,
+    store: &Path,
+    call: &Call,
+    call_id: &CallId,
+) -> anyhow::Result<String> {
+    let c = call.content();
+    let ctx = context(call, call_id);
+    let Recipient::Prekey { prekey_id, .. } = oracle_calls_crypto::recipient(&c.encryption_key)?
+    else {
+        bail!("the call's key was not sealed to a prekey");
+    };
+    match oracle_calls_crypto::open(oracle_key, &c.encryption_key, &ctx) {
+        Err(oracle_calls_crypto::EnvelopeError::PrekeyLayer) => {}
+        other => bail!("the long-term key alone: {other:?}"),
+    }
+    let left = read_prekey_store(store)?;
+    if left.iter().any(|p| p.id == prekey_id) {
+        bail!("the store still holds prekey {prekey_id}");
+    }
+    for p in &left {
+        if let Ok(inner) = oracle_calls_crypto::open_prekey_layer(p, &c.encryption_key, &ctx)
+            && oracle_calls_crypto::open(oracle_key, &inner, &ctx).is_ok()
+        {
+            bail!("prekey {} of the store opened the envelope", p.id);
+        }
+    }
+    Ok(format!("{prekey_id} ({} prekeys left tried)", left.len()))
 }
 
 fn hex_lower(b: &[u8]) -> String {
