@@ -19,6 +19,8 @@ mod hygiene;
 mod livekit;
 #[path = "integration/matrix.rs"]
 mod matrix;
+#[path = "integration/prekeys.rs"]
+mod prekeys;
 #[path = "integration/resilience.rs"]
 mod resilience;
 #[path = "integration/rooms.rs"]

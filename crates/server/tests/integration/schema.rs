@@ -83,13 +83,13 @@ async fn schemathesis_finds_no_server_error_or_schema_violation() {
         (
             "user",
             token.clone(),
-            "^/(calls(/\\{[^}]+\\}/(sync|update))?|\\.well-known/.*|healthz|openapi\\.json)$",
+            "^/(calls(/\\{[^}]+\\}/(sync|update))?|prekeys/claim|\\.well-known/.*|healthz|openapi\\.json)$",
         ),
         // The agent's endpoints, as the agent.
         (
             "agent",
             key.key.dangerous_expose().to_owned(),
-            "^/calls/\\{[^}]+\\}/(key|update)$",
+            "^/(calls/\\{[^}]+\\}/(key|update)|prekeys)$",
         ),
     ];
     for (who, bearer, include) in runs {

@@ -285,10 +285,19 @@ impl TestServer {
     }
 
     pub async fn start_on(db: Db, addr: &str) -> Self {
+        Self::start_edited_on(db, addr, |t| t).await
+    }
+
+    /// A server without the bot whose config is first passed through `edit` (the TOML text).
+    pub async fn start_edited(db: Db, edit: impl FnOnce(String) -> String) -> Self {
+        Self::start_edited_on(db, "127.0.0.1:0", edit).await
+    }
+
+    async fn start_edited_on(db: Db, addr: &str, edit: impl FnOnce(String) -> String) -> Self {
         let dir = temp_dir();
         let oracle = Did::parse(&unique("did:ixo:oracle")).unwrap();
-        let config =
-            Config::from_toml(&config_toml(&oracle, "@oracle:localhost", &dir.0, db)).unwrap();
+        let text = edit(config_toml(&oracle, "@oracle:localhost", &dir.0, db));
+        let config = Config::from_toml(&text).unwrap();
         let secrets = secrets(None);
         let pepper = secrets.api_key_pepper.clone();
         let store = Store::connect(config.store_url(&secrets).unwrap().dangerous_expose())
