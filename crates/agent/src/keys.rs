@@ -91,14 +91,27 @@ pub(crate) enum Opening {
 /// Why `envelope` is none of this agent's business — sealed to a key it does not hold, to a
 /// prekey its store does not hold (or a legacy envelope, accepted, while it holds no secp256k1
 /// key) — or `None` when it is.
+///
+/// For a prekey envelope the prekey layer is opened without using the prekey up (so
+/// `context` is needed) to read which key the inner envelope names.
 pub(crate) fn not_held(
     keys: &HeldKeys,
     prekeys: Option<&PrekeyStore>,
     envelope: &KeyEnvelope,
+    context: &CallContext,
     accept_legacy: bool,
 ) -> Option<String> {
     if let Ok(Recipient::Prekey { scheme, prekey_id }) = oracle_calls_crypto::recipient(envelope) {
-        return prekey_not_held(keys, prekeys, scheme, &prekey_id);
+        if let Some(why) = prekey_not_held(keys, prekeys, scheme, &prekey_id) {
+            return Some(why);
+        }
+        // A layer that does not open is the job's to report; an inner key we do not hold is
+        // another agent's call.
+        let inner = prekeys?.peek_layer(envelope, context).ok()?;
+        return match keys.for_envelope(&inner) {
+            Choice::NotHeld { scheme, key_id } => Some(not_held_reason(keys, scheme, key_id)),
+            _ => None,
+        };
     }
     match keys.for_envelope(envelope) {
         Choice::NotHeld { scheme, key_id } => Some(not_held_reason(keys, scheme, key_id)),
@@ -127,6 +140,13 @@ pub(crate) fn open_call_key(
         let Some(store) = prekeys else {
             return Opening::NotHeld("no prekey store".to_owned());
         };
+        // Whom the inner envelope is for, before the prekey is used up: a key this agent does
+        // not hold leaves the prekey to the agent of the pool that holds it.
+        if let Ok(inner) = store.peek_layer(envelope, context)
+            && let Choice::NotHeld { scheme, key_id } = keys.for_envelope(&inner)
+        {
+            return Opening::NotHeld(not_held_reason(keys, scheme, key_id));
+        }
         return match store.open_layer(envelope, context) {
             Ok(inner) => match oracle_calls_crypto::recipient(&inner) {
                 // The inner envelope must be a v1 envelope to a key we hold: never a legacy
@@ -284,9 +304,9 @@ mod tests {
             &mut rng,
         )
         .unwrap();
-        assert!(not_held(&keys, None, &env, false).is_some());
+        assert!(not_held(&keys, None, &env, &ctx("s"), false).is_some());
         let env = seal(&ours_pub, &key, &ctx("other"), &mut rng).unwrap();
-        assert!(not_held(&keys, None, &env, false).is_none());
+        assert!(not_held(&keys, None, &env, &ctx("s"), false).is_none());
         // Sealed to our key for another call: ours to judge, and it fails.
         let env = seal(&ours_pub, &key, &ctx("other"), &mut rng).unwrap();
         match open_call_key(&keys, None, &env, &ctx("s"), false) {
@@ -325,8 +345,8 @@ mod tests {
             open_call_key(&p256, None, &legacy, &ctx("s"), true),
             Opening::NotHeld(why) if why.contains("secp256k1")
         ));
-        assert!(not_held(&p256, None, &legacy, true).is_some());
-        assert!(not_held(&p256, None, &legacy, false).is_none());
+        assert!(not_held(&p256, None, &legacy, &ctx("s"), true).is_some());
+        assert!(not_held(&p256, None, &legacy, &ctx("s"), false).is_none());
         let k1 = HeldKeys::new(vec![key_pair(KeyScheme::EciesSecp256k1, &mut rng)]).unwrap();
         assert!(matches!(
             open_call_key(&k1, None, &legacy, &ctx("s"), true),

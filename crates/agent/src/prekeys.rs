@@ -134,6 +134,35 @@ impl PrekeyStore {
         self.path(id, ONE_TIME).exists() || self.path(id, LAST_RESORT).exists()
     }
 
+    /// Opens the prekey layer of a `v2` envelope without using the prekey up, to read whom
+    /// the inner envelope is sealed to (an agent of the pool that does not hold that key
+    /// leaves the call, and its prekey, to another).
+    ///
+    /// # Errors
+    /// As [`PrekeyStore::open_layer`].
+    pub fn peek_layer(
+        &self,
+        envelope: &KeyEnvelope,
+        context: &CallContext,
+    ) -> Result<KeyEnvelope, PrekeyError> {
+        let id = match oracle_calls_crypto::recipient(envelope) {
+            Ok(Recipient::Prekey { prekey_id, .. }) => prekey_id,
+            Ok(_) => return Err(PrekeyError::NotPrekeyEnvelope),
+            Err(e) => return Err(PrekeyError::Open(e.to_string())),
+        };
+        let (path, last_resort) = match self.path(&id, LAST_RESORT) {
+            p if p.exists() => (p, true),
+            _ => (self.path(&id, ONE_TIME), false),
+        };
+        let prekey = match read_prekey(&path, id, last_resort) {
+            Ok(p) => p,
+            Err(_) if !path.exists() => return Err(PrekeyError::Unknown(id.to_string())),
+            Err(e) => return Err(e),
+        };
+        oracle_calls_crypto::open_prekey_layer(&prekey, envelope, context)
+            .map_err(|e| PrekeyError::Open(e.to_string()))
+    }
+
     /// Opens the prekey layer of a `v2` envelope and answers the inner `v1` envelope (still
     /// sealed to the oracle's long-term key). A one-time prekey is destroyed once its layer
     /// opened; if it does not open, the prekey is kept.
@@ -492,6 +521,37 @@ mod tests {
             .map(|t| usize::from(t.join().unwrap()))
             .sum();
         assert_eq!(wins, 1);
+    }
+
+    #[test]
+    fn a_prekey_envelope_to_a_key_this_agent_does_not_hold_leaves_the_prekey_to_the_pool() {
+        use crate::HeldKeys;
+        use crate::keys::{Opening, not_held, open_call_key};
+        let (store, one_time, _, foreign, signer) = setup(1);
+        let (key, env) = seal_to(&one_time[0], &signer, &foreign, &ctx("s"));
+        let ours = HeldKeys::new(vec![
+            OracleKeyPair::generate(KeyScheme::HpkeX25519, &mut rand::rng()).unwrap(),
+        ])
+        .unwrap();
+        let id = PrekeyId::parse(&one_time[0].prekey_id).unwrap();
+        // The agent without the inner key declines, and the prekey is not used up.
+        assert!(not_held(&ours, Some(&store), &env, &ctx("s"), false).is_some());
+        assert!(matches!(
+            open_call_key(&ours, Some(&store), &env, &ctx("s"), false),
+            Opening::NotHeld(_)
+        ));
+        assert!(store.holds(&id));
+        // The agent of the pool that holds it opens the call, and then the prekey is gone.
+        let theirs = HeldKeys::new(vec![foreign]).unwrap();
+        assert!(not_held(&theirs, Some(&store), &env, &ctx("s"), false).is_none());
+        match open_call_key(&theirs, Some(&store), &env, &ctx("s"), false) {
+            Opening::Opened(k) => assert!(k.ct_eq(&key)),
+            other => panic!("{other:?}"),
+        }
+        assert!(!store.holds(&id));
+        // Without a store, or with one that lacks the prekey, it is another key holder's call.
+        assert!(not_held(&theirs, None, &env, &ctx("s"), false).is_some());
+        assert!(not_held(&theirs, Some(&store), &env, &ctx("s"), false).is_some());
     }
 
     #[cfg(unix)]

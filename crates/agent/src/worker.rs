@@ -638,10 +638,18 @@ async fn key_check<O: Oracle>(
     let cfg = &shared.cfg;
     match tokio::time::timeout(KEY_CHECK_TIMEOUT, cfg.server.key(&call)).await {
         Ok(Ok(key)) => {
+            let context = oracle_calls_crypto::CallContext::new(
+                key.session_id.clone(),
+                call.room_name().clone(),
+                key.user_did.clone(),
+                key.oracle_did.clone(),
+                key.call_type,
+            );
             check.not_held = crate::keys::not_held(
                 &cfg.keys,
                 cfg.prekeys.as_ref().map(|p| p.store.as_ref()),
                 &key.encryption_key,
+                &context,
                 cfg.accept_legacy_envelopes,
             );
             if check.not_held.is_none() {
