@@ -3,8 +3,11 @@
 //! oracle-calls server and its echo agent). It does not use the project's client SDK: the
 //! Matrix side is a plain `matrix_sdk::Client`, the server API is plain HTTP with JSON written
 //! from the document, the call context and envelope header are built here from §3–4, and the
-//! HPKE seal is Python `cryptography`'s. Media uses the project's LiveKit crate with keys
-//! derived per §5.1 (its interop with LiveKit's own SDKs is proven in the rtc crate's tests).
+//! HPKE seal is Python `cryptography`'s. With forward secrecy (§13, the deployment's default)
+//! the client claims a signed prekey, checks its Ed25519 signature in Python over the bytes
+//! §13.2 names, and wraps the v1 envelope into a v2 one (§13.3) with Python's HPKE. Media uses
+//! the project's LiveKit crate with keys derived per §5.1 (its interop with LiveKit's own SDKs
+//! is proven in the rtc crate's tests).
 //! Where the server and the document disagree, this test asserts what the DOCUMENT says.
 #![allow(
     clippy::unwrap_used,
@@ -150,6 +153,112 @@ text = base64.urlsafe_b64encode(header + payload).decode("ascii").rstrip("=")
 print(json.dumps({"envelope": "v1." + req["scheme"] + "." + text, "payloadLen": len(payload)}))
 "#;
 
+/// §13.2 with an implementation no one here wrote: the signed prekey's fields decoded as the
+/// document says (base64url, no padding, no stray bits, exact lengths, no unknown field), the
+/// signed bytes built from the document, and the signature checked with Python
+/// `cryptography`'s Ed25519 (OpenSSL), with S < L (RFC 8032 §5.1.7) checked here. Any failure
+/// exits non-zero: the client refuses the call and sends nothing.
+const PY_VERIFY_PREKEY: &str = r#"
+import base64, json, struct, sys
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric import ed25519
+L = 2**252 + 27742317777372353535851937790883648493  # RFC 8032: the group order
+def b64url(field, text, n):
+    if not isinstance(text, str) or "=" in text:
+        sys.exit(field + ": not base64url without padding")
+    try:
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except ValueError:
+        sys.exit(field + ": not base64url without padding")
+    if base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=") != text:
+        sys.exit(field + ": not base64url (stray bits or characters)")
+    if len(raw) != n:
+        sys.exit(f"{field}: must decode to {n} bytes, not {len(raw)}")
+    return raw
+def string(s):  # str(s) = u32be(length of s in UTF-8 bytes) || the UTF-8 bytes of s
+    b = s.encode("utf-8")
+    return struct.pack(">I", len(b)) + b
+def signed_bytes(did, prekey_id, public, last_resort):
+    return (string("oracle-calls/prekey/v1") + string(did) + prekey_id + public
+            + bytes([1 if last_resort else 0]))
+req = json.load(sys.stdin)
+p = req["signedPrekey"]
+if not isinstance(p, dict) or set(p) != {"prekeyId", "publicKey", "lastResort", "signature"}:
+    sys.exit("a signed prekey has exactly prekeyId, publicKey, lastResort, signature: " + json.dumps(p))
+if not isinstance(p["lastResort"], bool):
+    sys.exit("lastResort: not a boolean")
+signer = ed25519.Ed25519PublicKey.from_public_bytes(b64url("prekeySigningKey", req["prekeySigningKey"], 32))
+prekey_id = b64url("prekeyId", p["prekeyId"], 16)
+public = b64url("publicKey", p["publicKey"], 32)
+signature = b64url("signature", p["signature"], 64)
+if int.from_bytes(signature[32:], "little") >= L:
+    sys.exit("signature: S is not below L")
+message = signed_bytes(req["oracleDid"], prekey_id, public, p["lastResort"])
+try:
+    signer.verify(signature, message)
+except InvalidSignature:
+    sys.exit("the prekey is not signed by the oracle's prekey signing key for " + req["oracleDid"])
+# The signature binds what §13.2 says it binds: another DID, or the other lastResort, fails.
+for other in (signed_bytes(req["oracleDid"] + "-other", prekey_id, public, p["lastResort"]),
+              signed_bytes(req["oracleDid"], prekey_id, public, not p["lastResort"])):
+    try:
+        signer.verify(signature, other)
+        sys.exit("the signature also verifies over other bytes")
+    except InvalidSignature:
+        pass
+print(json.dumps({"prekeyId": prekey_id.hex(), "publicKey": public.hex(),
+                  "lastResort": p["lastResort"], "signedLen": len(message)}))
+"#;
+
+/// §13.3 with Python `cryptography`'s HPKE: the inner v1 envelope's ASCII text sealed to the
+/// verified prekey (DHKEM X25519 / HKDF-SHA256 / AES-256-GCM, base mode, single shot), `info`
+/// = the context bytes, `aad` = `prekeyId || context_digest`, through the same
+/// `_encrypt_with_aad` as [`PY_SEAL`].
+const PY_PREKEY_SEAL: &str = r#"
+import base64, hashlib, json, sys
+from cryptography.hazmat.primitives import hpke
+from cryptography.hazmat.primitives.asymmetric import x25519
+from cryptography.hazmat.bindings._rust import openssl as rust_openssl
+req = json.load(sys.stdin)
+inner = req["inner"]
+version, scheme, _ = inner.split(".", 2)
+if version != "v1" or len(inner) > 4096 or not all(0x21 <= ord(c) <= 0x7e for c in inner):
+    sys.exit("the inner envelope must be a v1 envelope of at most 4096 printable ASCII bytes")
+context = bytes.fromhex(req["context"])
+header = bytes.fromhex(req["prekeyId"]) + hashlib.sha256(context).digest()[:16]
+suite = hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM)
+pk = x25519.X25519PublicKey.from_public_bytes(bytes.fromhex(req["publicKey"]))
+payload = rust_openssl.hpke._encrypt_with_aad(
+    suite, inner.encode("ascii"), pk, info=context, aad=header
+)
+body = header + payload
+text = base64.urlsafe_b64encode(body).decode("ascii").rstrip("=")
+print(json.dumps({"envelope": "v2." + scheme + "." + text, "payloadLen": len(payload)}))
+"#;
+
+/// Runs one of the Python scripts with `input` as JSON on stdin: its JSON answer, or what it
+/// said on stderr when it exited non-zero.
+fn python(script: &str, input: &Value) -> Result<Value, String> {
+    let mut child = Command::new("python3")
+        .args(["-c", script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3 with `cryptography` >= 48 (scripts/test installs it)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.to_string().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    Ok(serde_json::from_slice(&out.stdout).unwrap())
+}
+
 fn python_hpke_seal(
     scheme: &str,
     public_key: &str,
@@ -164,26 +273,7 @@ fn python_hpke_seal(
         "context": hex(context),
         "callKey": hex(call_key),
     });
-    let mut child = Command::new("python3")
-        .args(["-c", PY_SEAL])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("python3 with `cryptography` >= 48 (scripts/test installs it)");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.to_string().as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "the Python HPKE seal failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = python(PY_SEAL, &input).unwrap_or_else(|e| panic!("the Python HPKE seal failed: {e}"));
     (
         v["envelope"].as_str().unwrap().to_owned(),
         usize::try_from(v["payloadLen"].as_u64().unwrap()).unwrap(),
@@ -351,6 +441,20 @@ async fn an_outside_client_following_protocol_md_places_and_ends_a_call() {
         .next()
         .expect("a published HPKE key whose keyId is its fingerprint");
     assert_eq!(scheme, "hpke-p256", "the deployment publishes hpke-p256");
+    // §6.1 + §13.1: prekeySigningKey, the Ed25519 key that signs the oracle's prekeys (32
+    // bytes, base64url, 43 chars). The deployment offers forward secrecy, so it is published;
+    // this client pins it on first use with the rest (§13.4).
+    let prekey_signing_key = wk["prekeySigningKey"]
+        .as_str()
+        .expect("§6.1: prekeySigningKey (the deployment offers forward secrecy)")
+        .to_owned();
+    assert!(
+        prekey_signing_key.len() == 43
+            && URL_SAFE_NO_PAD
+                .decode(&prekey_signing_key)
+                .is_ok_and(|k| k.len() == 32),
+        "§13.1: prekeySigningKey is 32 bytes in base64url (43 chars): {prekey_signing_key}"
+    );
     // matrixDevices: a client refuses a well-known without them; we pin them all.
     let pinned: Vec<(String, String)> = wk["matrixDevices"]
         .as_array()
@@ -445,27 +549,209 @@ async fn an_outside_client_following_protocol_md_places_and_ends_a_call() {
         "§9.1: a pinned bot device is on the homeserver"
     );
 
-    // ---- §3–4: the call key, the context, the envelope. ----
+    // ---- §8.1: the OpenID token, from the homeserver, by raw HTTP (§13.6 step 1: the prekey
+    // claim needs it before the envelope is made; sync uses it too). ----
+    let access_token = matrix.access_token().expect("logged in");
+    let r = http
+        .post(format!(
+            "{homeserver}/_matrix/client/v3/user/{}/openid/request_token",
+            percent_encode(&user_id)
+        ))
+        .bearer_auth(&access_token)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let openid: Value = r.json().await.unwrap();
+    assert_eq!(openid["token_type"], "Bearer");
+    assert_eq!(
+        openid["matrix_server_name"].as_str(),
+        Some(server_name.as_str())
+    );
+    assert!(openid["expires_in"].as_u64().is_some());
+    let user_token = openid["access_token"].as_str().unwrap().to_owned();
+
+    // ---- §13.4 (§13.6 step 2): claim a new prekey for this call, never retried (a retry uses
+    // up another); a failed claim would refuse the call, never fall back to a v1 envelope. ----
+    // The operator's view first (GET /prekeys, agent API key): the agent stocks the server at
+    // its start (§13.5), so wait for one-time prekeys and the last-resort one to be there.
+    let stock = |http: reqwest::Client, server: String, key: String| async move {
+        let r = http
+            .get(format!("{server}/prekeys"))
+            .bearer_auth(key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200, "§13.4 GET /prekeys");
+        let v: Value = r.json().await.unwrap();
+        (
+            v["oneTime"].as_u64().expect("§13.4 oneTime"),
+            v["lastResort"].as_bool().expect("§13.4 lastResort"),
+        )
+    };
+    let agent_key = dep.agent_api_key.to_string();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let stock_before = loop {
+        let (one_time, last_resort) = stock(http.clone(), server.clone(), agent_key.clone()).await;
+        if one_time > 0 && last_resort {
+            break one_time;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "§13.5: the agent stocks the server with prekeys at its start ({one_time} one-time, last-resort {last_resort})"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    // No credentials: 401; an agent API key: 403 (the claim is the user's). Neither uses a
+    // prekey up (checked with the stock below).
+    let r = http
+        .post(format!("{server}/prekeys/claim"))
+        .send()
+        .await
+        .unwrap();
+    expect_error(r, 401, "unauthorized", "§13.4 claim without credentials")
+        .await
+        .unwrap();
+    let r = http
+        .post(format!("{server}/prekeys/claim"))
+        .bearer_auth(dep.agent_api_key.as_str())
+        .send()
+        .await
+        .unwrap();
+    expect_error(r, 403, "forbidden", "§13.4 claim with an agent API key")
+        .await
+        .unwrap();
+    // The claim: the user's OpenID token, the body ignored.
+    let r = http
+        .post(format!("{server}/prekeys/claim"))
+        .bearer_auth(&user_token)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let signed_prekey: Value = r.json().await.unwrap();
+    assert_eq!(status, 200, "§13.4 claim: {signed_prekey}");
+    // One one-time prekey handed out and removed; the last-resort prekey untouched.
+    assert_eq!(
+        stock(http.clone(), server.clone(), agent_key.clone()).await,
+        (stock_before - 1, true),
+        "§13.4: a claim removes the oldest one-time prekey (stock was {stock_before})"
+    );
+
+    // ---- §13.2 (§13.6 step 3): verify the signed prekey (in Python, from the document)
+    // against the prekeySigningKey read above and the oracle DID we call; refuse the call
+    // otherwise. ----
+    let verified = python(
+        PY_VERIFY_PREKEY,
+        &json!({
+            "signedPrekey": signed_prekey,
+            "prekeySigningKey": prekey_signing_key,
+            "oracleDid": oracle_did,
+        }),
+    )
+    .unwrap_or_else(|e| panic!("§13.2: the claimed prekey does not verify: {e}"));
+    assert_eq!(
+        verified["lastResort"], false,
+        "§13.1: with one-time prekeys in stock, the claim hands out a one-time prekey"
+    );
+    assert_eq!(
+        verified["signedLen"].as_u64(),
+        u64::try_from(4 + 22 + 4 + oracle_did.len() + 16 + 32 + 1).ok(),
+        "§13.2: the signed bytes"
+    );
+    let prekey_id_hex = verified["prekeyId"].as_str().unwrap().to_owned();
+    let prekey_public_hex = verified["publicKey"].as_str().unwrap().to_owned();
+    // The same signed prekey with another oracle's DID is refused (§13.2: "and the DID it
+    // called"), so nothing would be sent.
+    let refused = python(
+        PY_VERIFY_PREKEY,
+        &json!({
+            "signedPrekey": signed_prekey,
+            "prekeySigningKey": prekey_signing_key,
+            "oracleDid": format!("{oracle_did}-other"),
+        }),
+    );
+    assert!(
+        refused.is_err(),
+        "§13.2: a prekey signed for another oracle DID is refused"
+    );
+    // §13.5 (ours): until the call opens it, the key holder's store holds the prekey's
+    // private half (one file per prekey, named by the id's hex, crates/agent/src/prekeys.rs).
+    let key_holder = dep
+        .prekey_store()
+        .expect("§13.5: the deployment has a key holder")
+        .to_owned();
+    let holds_prekey = |id_hex: &str| {
+        std::fs::read_dir(&key_holder)
+            .unwrap()
+            .any(|e| e.unwrap().file_name().to_string_lossy().starts_with(id_hex))
+    };
+    assert!(
+        holds_prekey(&prekey_id_hex),
+        "§13.5: the claimed prekey is the key holder's"
+    );
+
+    // ---- §3–4 (§13.6 step 4): the call key, the context, the (inner) v1 envelope. ----
     let call_key: [u8; 32] = random();
     let room_name = format!("oc-{}", hex(&random::<16>())); // §1: 16 CSPRNG bytes
     let session_id = format!("sess-{}", hex(&random::<16>()));
     let context = context_bytes([&session_id, &room_name, &user_did, &oracle_did, "audio"]);
     let digest: [u8; 16] = Sha256::digest(&context)[..16].try_into().unwrap();
     let header = [key_id.as_slice(), digest.as_slice()].concat(); // §4.2
-    let (envelope, payload_len) =
-        python_hpke_seal(&scheme, &public_key, &header, &context, &call_key);
+    let (inner, payload_len) = python_hpke_seal(&scheme, &public_key, &header, &context, &call_key);
     assert_eq!(
         payload_len,
         65 + 48,
         "§4.2: hpke-p256 payload = enc (65) || ct (48)"
     );
-    assert!(envelope.starts_with("v1.hpke-p256."));
+    assert!(inner.starts_with("v1.hpke-p256."));
+    assert!(
+        (1..=4096).contains(&inner.len()) && inner.bytes().all(|c| c.is_ascii_graphic()),
+        "§13.3: the inner text is at most 4096 printable ASCII bytes"
+    );
+
+    // ---- §13.3 (§13.6 step 5): the v2 envelope: the inner v1 text sealed to the verified
+    // prekey, with the same context. ----
+    let sealed = python(
+        PY_PREKEY_SEAL,
+        &json!({
+            "inner": inner,
+            "context": hex(&context),
+            "prekeyId": prekey_id_hex,
+            "publicKey": prekey_public_hex,
+        }),
+    )
+    .unwrap_or_else(|e| panic!("the Python prekey seal failed: {e}"));
+    let envelope = sealed["envelope"].as_str().unwrap().to_owned();
+    assert_eq!(
+        sealed["payloadLen"].as_u64(),
+        u64::try_from(32 + inner.len() + 16).ok(),
+        "§13.3: payload = enc (32) || ct, len(ct) = len(inner) + 16"
+    );
+    // `<scheme>` names the inner envelope's; the body starts with prekeyId and the context
+    // digest, and is 80 to 4176 bytes.
+    let body = URL_SAFE_NO_PAD
+        .decode(
+            envelope
+                .strip_prefix("v2.hpke-p256.")
+                .expect("§13.3: v2.<inner scheme>."),
+        )
+        .unwrap();
+    assert_eq!(
+        hex(&body[..16]),
+        prekey_id_hex,
+        "§13.3: body[0..16] = prekeyId"
+    );
+    assert_eq!(body[16..32], digest, "§13.3: body[16..32] = context_digest");
+    assert_eq!(body.len(), 80 + inner.len(), "§13.3: the body's length");
+    assert!((80..=4176).contains(&body.len()), "§13.3: 80 to 4176 bytes");
     assert!(
         (1..=8192).contains(&envelope.len()) && envelope.bytes().all(|c| c.is_ascii_graphic()),
         "§2: 1–8192 printable ASCII, no spaces"
     );
 
-    // ---- §2 + §9: the call event, sent once as a message event. ----
+    // ---- §2 + §9: the call event, sent once as a message event, carrying the v2 envelope. ----
     let started_at = now_timestamp();
     let content = json!({
         "callType": "audio",
@@ -495,28 +781,6 @@ async fn an_outside_client_following_protocol_md_places_and_ends_a_call() {
     let call_id = format!("{event_id}@{room_name}");
     let call_path = format!("{server}/calls/{}", percent_encode(&call_id));
     assert!(!call_path.contains('$') && call_path.contains("%40oc-"));
-
-    // ---- §8.1: the OpenID token, from the homeserver, by raw HTTP. ----
-    let access_token = matrix.access_token().expect("logged in");
-    let r = http
-        .post(format!(
-            "{homeserver}/_matrix/client/v3/user/{}/openid/request_token",
-            percent_encode(&user_id)
-        ))
-        .bearer_auth(&access_token)
-        .json(&json!({}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 200);
-    let openid: Value = r.json().await.unwrap();
-    assert_eq!(openid["token_type"], "Bearer");
-    assert_eq!(
-        openid["matrix_server_name"].as_str(),
-        Some(server_name.as_str())
-    );
-    assert!(openid["expires_in"].as_u64().is_some());
-    let user_token = openid["access_token"].as_str().unwrap().to_owned();
 
     // ---- §6.7: failures before any call exists, each with the error body. ----
     // A path callId whose room name is not oc- + 32 hex: 400, checked before credentials.
@@ -608,7 +872,7 @@ async fn an_outside_client_following_protocol_md_places_and_ends_a_call() {
         assert_eq!(video[grant], true, "§7 grant {grant}: {claims}");
     }
 
-    // ---- §6.3: the key endpoint hands the agent our envelope and its context. ----
+    // ---- §6.3 + §13.5: the key endpoint hands the agent our (v2) envelope and its context. ----
     let r = http
         .get(format!("{call_path}/key"))
         .bearer_auth(dep.agent_api_key.as_str())
@@ -840,6 +1104,25 @@ async fn an_outside_client_following_protocol_md_places_and_ends_a_call() {
     if let Err(e) = expect_error(r, 410, "gone", "§6.3 the key endpoint after the end").await {
         check(false, e);
     }
+    // §13: the claimed prekey is gone. The server's stock is still one down (the claim took
+    // it, the call used no other, and the deployment's agent restocks only below 20 of its 50),
+    // with the last-resort prekey kept …
+    let after = stock(http.clone(), server.clone(), agent_key.clone()).await;
+    check(
+        after == (stock_before - 1, true),
+        format!(
+            "§13.4: after the call the stock is {} one-time prekeys and the last-resort one, got {after:?}",
+            stock_before - 1
+        ),
+    );
+    // … and the key holder destroyed its private half once the call's layer was opened
+    // (§13, §13.5: forward secrecy from here on).
+    check(
+        !holds_prekey(&prekey_id_hex),
+        format!(
+            "§13.5: the key holder still holds the one-time prekey {prekey_id_hex} after the call"
+        ),
+    );
 
     dep.stop().await;
     assert!(
