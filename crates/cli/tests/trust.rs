@@ -324,6 +324,28 @@ async fn publish(
         .unwrap()
 }
 
+/// An agent's configuration for `dep` with `[key_transparency]` naming `service`, resolved
+/// (which verifies the oracle's record).
+async fn agent_checking_kt(
+    dep: &Deployment,
+    kt: &KtDirectory,
+    service: &KtService,
+) -> Result<oracle_calls_agent::AgentConfig, oracle_calls_agent::ConfigError> {
+    let mut file = dep.agent_file_config(1, None).unwrap();
+    file.key_transparency = Some(oracle_calls_agent::KtSection {
+        url: service.base.clone(),
+        public_key_file: kt.dir.join("keys").join("public-key.json"),
+    });
+    let api_key = dep.agent_api_key.clone();
+    let lk = dep.stack.secret("LIVEKIT_API_SECRET_FILE").unwrap();
+    let env = move |k: &str| match k {
+        "ORACLE_CALLS_AGENT_API_KEY" => Some(api_key.to_string()),
+        "ORACLE_CALLS_LIVEKIT_API_SECRET" => Some(lk.to_string()),
+        _ => None,
+    };
+    oracle_calls_agent::AgentConfig::resolve(&file, &env).await
+}
+
 async fn call_count(client: &OracleClient) -> usize {
     client
         .list_calls(&Default::default())
@@ -388,10 +410,23 @@ async fn with_key_transparency_the_server_must_agree_with_the_oracles_verified_r
     assert_eq!(stored_checkpoint(&cfg.store_dir, &kt.public), one);
     let old_key = pinned.keys[0].key_id.clone();
     let calls_before = call_count(&client).await;
+    // An agent configured with the directory verifies the record at start and runs.
+    agent_checking_kt(&dep, &kt, &service).await.unwrap();
 
     // (2)
     let new = dep.replace_oracle_key(KeyScheme::HpkeP256).await.unwrap();
     let new_key = new.key_id().to_string();
+    // An agent holding the new, unpublished key refuses to start: callers who verify the
+    // record would never seal to it.
+    match agent_checking_kt(&dep, &kt, &service).await {
+        Err(oracle_calls_agent::ConfigError::KeyTransparency(why)) => {
+            assert!(
+                why.contains(&new_key) && why.contains("verified record"),
+                "{why}"
+            )
+        }
+        other => panic!("expected a key-transparency refusal, got {other:?}"),
+    }
     match client.call_oracle(CallType::Audio).await {
         Err(CallError::KtMismatch {
             oracle,
