@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use oracle_calls::analysis::{self, Match};
 use oracle_calls::local::{DeployOptions, Deployment, Stack};
+use oracle_calls::local_kt::{self, KtDirectory};
 use oracle_calls::{speech, verify, wav};
 use oracle_calls_agent::JobOutcome;
 use oracle_calls_client::{CallEvent, Phase};
@@ -75,21 +76,38 @@ async fn demo(opts: Options) -> anyhow::Result<()> {
     let s = Step::start(
         2,
         total,
-        "provision the oracle (key pair, Matrix bot, API key), start the server and an echo agent",
+        "provision the oracle (key pair, Matrix bot, API key, prekeys), start the server, an echo agent and its key-transparency directory",
     );
     let state = out.join("state");
     let _ = std::fs::remove_dir_all(&state);
     let dep = Deployment::start(stack.clone(), DeployOptions::new(&state)).await?;
-    s.done(&format!("({}, server {})", dep.oracle_did, dep.server.url));
     // An auditor's copy of the key holder's store before the call: with the oracle key it
     // opens the call's envelope, so the database can be searched for the call key; the store
     // itself will not open it after the call (forward secrecy).
     let store = dep.prekey_store().context("no prekey store")?.to_owned();
     let prekeys_before = verify::read_prekey_store(&store)?;
+    // The oracle's operator publishes its record in a key-transparency directory; the user's
+    // client takes the oracle's keys, bot devices and prekey signing key from it, verified.
+    let exe = std::env::current_exe().context("this program's path")?;
+    let kt = KtDirectory::new(&exe, state.join("kt"), &dep.oracle_did)?;
+    let kt_service = kt.start("data")?;
+    let record = local_kt::record_of(&local_kt::well_known(&dep.server.url).await?);
+    let published = local_kt::publish(&kt_service, &kt.token, &dep.oracle_did, &record).await?;
+    s.done(&format!(
+        "({}, server {}, directory {})",
+        dep.oracle_did, dep.server.url, kt_service.base
+    ));
 
     let s = Step::start(3, total, "provision the user and log in its Matrix device");
-    let client = dep.new_user().await?;
-    s.done(&format!("({})", client.user_did()));
+    let kt_config = kt.config(&kt_service);
+    let client = dep
+        .new_user_with(|c| c.key_transparency = Some(kt_config))
+        .await?;
+    s.done(&format!(
+        "({}; the oracle's record is in the key-transparency directory at epoch {})",
+        client.user_did(),
+        published.checkpoint.epoch
+    ));
 
     let s = Step::start(4, total, "call_oracle(audio)");
     let mut call = client.call_oracle(CallType::Audio).await?;
@@ -228,6 +246,20 @@ async fn demo(opts: Options) -> anyhow::Result<()> {
             ok: false,
             line: format!("the server's database holds no call key: {e}"),
         },
+    });
+    let trust = client.oracle_trust()?;
+    let verified = trust.as_ref().and_then(|t| t.kt_record.as_ref());
+    checks.push(Check {
+        ok: verified == Some(&record)
+            && trust.as_ref().and_then(|t| t.prekey_signing_key.as_ref())
+                == record.prekey_signing_key.as_ref(),
+        line: format!(
+            "the client took the oracle's keys, bot devices and prekey signing key from its key-transparency record, verified against a checkpoint the directory signed (epoch {})",
+            trust
+                .as_ref()
+                .and_then(|t| t.kt_epoch)
+                .map_or_else(|| "none".to_owned(), |e| e.to_string())
+        ),
     });
     checks.push(
         match verify::past_call_stays_closed(&key_pair, &store, &call, call.id()) {
