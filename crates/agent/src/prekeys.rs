@@ -145,11 +145,7 @@ impl PrekeyStore {
         envelope: &KeyEnvelope,
         context: &CallContext,
     ) -> Result<KeyEnvelope, PrekeyError> {
-        let id = match oracle_calls_crypto::recipient(envelope) {
-            Ok(Recipient::Prekey { prekey_id, .. }) => prekey_id,
-            Ok(_) => return Err(PrekeyError::NotPrekeyEnvelope),
-            Err(e) => return Err(PrekeyError::Open(e.to_string())),
-        };
+        let id = prekey_of(envelope)?;
         let (path, last_resort) = match self.path(&id, LAST_RESORT) {
             p if p.exists() => (p, true),
             _ => (self.path(&id, ONE_TIME), false),
@@ -175,11 +171,7 @@ impl PrekeyStore {
         envelope: &KeyEnvelope,
         context: &CallContext,
     ) -> Result<KeyEnvelope, PrekeyError> {
-        let id = match oracle_calls_crypto::recipient(envelope) {
-            Ok(Recipient::Prekey { prekey_id, .. }) => prekey_id,
-            Ok(_) => return Err(PrekeyError::NotPrekeyEnvelope),
-            Err(e) => return Err(PrekeyError::Open(e.to_string())),
-        };
+        let id = prekey_of(envelope)?;
         // The last-resort prekey is read in place and kept.
         let last = self.path(&id, LAST_RESORT);
         if last.exists() {
@@ -322,6 +314,15 @@ async fn publish(
             store.forget(&made);
             Err(PrekeyError::Publish(e))
         }
+    }
+}
+
+/// The prekey a `v2` envelope names.
+fn prekey_of(envelope: &KeyEnvelope) -> Result<PrekeyId, PrekeyError> {
+    match oracle_calls_crypto::recipient(envelope) {
+        Ok(Recipient::Prekey { prekey_id, .. }) => Ok(prekey_id),
+        Ok(_) => Err(PrekeyError::NotPrekeyEnvelope),
+        Err(e) => Err(PrekeyError::Open(e.to_string())),
     }
 }
 

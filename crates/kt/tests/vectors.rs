@@ -53,7 +53,11 @@ fn records_encode_as_python_encodes_them() {
     let cases = v["records"].as_array().unwrap();
     assert_eq!(cases.len(), 3);
     // One of them is a v2 record (with a prekey signing key).
-    assert!(cases.iter().any(|c| c["record"]["prekeySigningKey"].is_string()));
+    assert!(
+        cases
+            .iter()
+            .any(|c| c["record"]["prekeySigningKey"].is_string())
+    );
     for case in cases {
         let record: OracleRecord = serde_json::from_value(case["record"].clone()).unwrap();
         let bytes = hex::decode(case["bytesHex"].as_str().unwrap()).unwrap();
