@@ -1,5 +1,6 @@
-//! The directory on its persistent log (SQLite files): it survives a restart with the same
-//! checkpoints, and refuses to start from a log that does not replay to them.
+//! The directory on its persistent log (SQLite files, and the stack's PostgreSQL): it survives
+//! a restart with the same checkpoints, and refuses to start from a log that does not replay
+//! to them.
 #![cfg(feature = "directory")]
 #![allow(
     clippy::unwrap_used,
@@ -118,7 +119,72 @@ async fn tamper(url: &str, sql: &'static str) {
 #[tokio::test]
 async fn a_reopened_directory_serves_the_same_checkpoints_and_publishes_on() {
     let tmp = TempDir::new();
-    let url = tmp.url();
+    reopened_round_trip(&tmp.url()).await;
+}
+
+/// The same on the stack's PostgreSQL (`scripts/stack up`), in a schema of its own.
+#[tokio::test]
+async fn on_postgresql_a_reopened_directory_serves_the_same_checkpoints_and_refuses_a_rewrite() {
+    let (base, schema, url) = pg_schema().await;
+    reopened_round_trip(&url).await;
+    drop_schema(&base, &schema).await;
+    let (base, schema, url) = pg_schema().await;
+    tampered_row_refused(&url).await;
+    drop_schema(&base, &schema).await;
+}
+
+async fn drop_schema(base: &str, schema: &str) {
+    let pool = sqlx::AnyPool::connect(base).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+}
+
+/// A fresh schema in the stack's PostgreSQL database: the database's URL, the schema, and a
+/// URL whose connections use the schema.
+async fn pg_schema() -> (String, String, String) {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let out = std::process::Command::new(root.join("scripts/stack"))
+        .arg("env")
+        .output()
+        .expect("running scripts/stack env");
+    assert!(
+        out.status.success(),
+        "scripts/stack env failed: is the stack up?"
+    );
+    let base = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("DATABASE_URL="))
+        .expect("the stack's DATABASE_URL")
+        .trim_matches('\'')
+        .to_owned();
+    static N: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let schema = format!(
+        "kt_test_{}_{}_{nanos}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    );
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&base).await.unwrap();
+    // The name is made of digits and underscores only.
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    let sep = if base.contains('?') { '&' } else { '?' };
+    let url = format!("{base}{sep}options=-c%20search_path%3D{schema}");
+    (base, schema, url)
+}
+
+async fn reopened_round_trip(url: &str) {
+    let url = url.to_owned();
     let dir = open(&url).await.unwrap();
     let before = three_epochs(&dir).await;
     let public = dir.public_key().clone();
@@ -176,7 +242,11 @@ async fn a_reopened_directory_serves_the_same_checkpoints_and_publishes_on() {
 #[tokio::test]
 async fn a_tampered_record_row_is_refused_at_start() {
     let tmp = TempDir::new();
-    let url = tmp.url();
+    tampered_row_refused(&tmp.url()).await;
+}
+
+async fn tampered_row_refused(url: &str) {
+    let url = url.to_owned();
     three_epochs(&open(&url).await.unwrap()).await;
     // Epoch 2's second update now holds agent-b's record under oracle 3's DID ...
     tamper(
