@@ -399,7 +399,13 @@ pub fn verify_prekey(
 ) -> Result<VerifiedPrekey, PrekeyError> {
     let id = PrekeyId::parse(&signed.prekey_id)?;
     let public_key = decode_fixed::<32>("publicKey", &signed.public_key)?;
-    let signature = Signature::from_bytes(&decode_fixed::<64>("signature", &signed.signature)?);
+    let sig_bytes = decode_fixed::<64>("signature", &signed.signature)?;
+    // S < L, checked here: ed25519-dalek skips the check when another crate in the build
+    // turns on its `legacy_compatibility` feature (features are unified across a build).
+    if !scalar_is_canonical(sig_bytes.get(32..).unwrap_or_default()) {
+        return Err(PrekeyError::BadSignature);
+    }
+    let signature = Signature::from_bytes(&sig_bytes);
     let msg = signed_bytes(oracle_did, &id, &public_key, signed.last_resort);
     signing_key
         .0
@@ -410,6 +416,27 @@ pub fn verify_prekey(
         public_key,
         last_resort: signed.last_resort,
     })
+}
+
+/// The order of the Ed25519 group, L = 2^252 + 27742317777372353535851937790883648493, as 32
+/// little-endian bytes.
+const GROUP_ORDER_LE: [u8; 32] = [
+    0xed, 0xd3, 0xf5, 0x5c, 0x1a, 0x63, 0x12, 0x58, 0xd6, 0x9c, 0xf7, 0xa2, 0xde, 0xf9, 0xde, 0x14,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
+];
+
+/// Whether the 32 little-endian bytes `s` are a scalar below L (RFC 8032 §5.1.7). The
+/// signature is public: no need for constant time.
+fn scalar_is_canonical(s: &[u8]) -> bool {
+    if s.len() != 32 {
+        return false;
+    }
+    for (a, l) in s.iter().rev().zip(GROUP_ORDER_LE.iter().rev()) {
+        if a != l {
+            return a < l;
+        }
+    }
+    false
 }
 
 /// `str(label) || str(oracleDid) || prekeyId || publicKey || u8(lastResort)`.

@@ -360,3 +360,23 @@ fn signed_prekey_fields_are_checked_for_encoding_and_length() {
         );
     }
 }
+
+#[test]
+fn only_scalars_below_the_group_order_are_canonical() {
+    let l = super::GROUP_ORDER_LE;
+    assert!(!super::scalar_is_canonical(&l), "L itself");
+    let mut below = l;
+    below[0] -= 1;
+    assert!(super::scalar_is_canonical(&below), "L - 1");
+    let mut above = l;
+    above[0] += 1;
+    assert!(!super::scalar_is_canonical(&above), "L + 1");
+    assert!(super::scalar_is_canonical(&[0u8; 32]));
+    assert!(!super::scalar_is_canonical(&[0xffu8; 32]));
+    let mut high = [0u8; 32];
+    high[31] = 0x10;
+    assert!(super::scalar_is_canonical(&high), "2^252 < L");
+    high[31] = 0x20;
+    assert!(!super::scalar_is_canonical(&high), "2^253 > L");
+    assert!(!super::scalar_is_canonical(&[0u8; 31]), "a short slice");
+}
