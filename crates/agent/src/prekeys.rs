@@ -155,8 +155,7 @@ impl PrekeyStore {
             Err(_) if !path.exists() => return Err(PrekeyError::Unknown(id.to_string())),
             Err(e) => return Err(e),
         };
-        oracle_calls_crypto::open_prekey_layer(&prekey, envelope, context)
-            .map_err(|e| PrekeyError::Open(e.to_string()))
+        open_with(&prekey, envelope, context)
     }
 
     /// Opens the prekey layer of a `v2` envelope and answers the inner `v1` envelope (still
@@ -172,12 +171,9 @@ impl PrekeyStore {
         context: &CallContext,
     ) -> Result<KeyEnvelope, PrekeyError> {
         let id = prekey_of(envelope)?;
-        // The last-resort prekey is read in place and kept.
-        let last = self.path(&id, LAST_RESORT);
-        if last.exists() {
-            let prekey = read_prekey(&last, id, true)?;
-            return oracle_calls_crypto::open_prekey_layer(&prekey, envelope, context)
-                .map_err(|e| PrekeyError::Open(e.to_string()));
+        // The last-resort prekey is kept: opening it is what a peek does.
+        if self.path(&id, LAST_RESORT).exists() {
+            return self.peek_layer(envelope, context);
         }
         // A one-time prekey is taken: only the process whose rename succeeds may use it.
         let path = self.path(&id, ONE_TIME);
@@ -194,10 +190,8 @@ impl PrekeyStore {
             }
             Err(e) => return Err(store_err(&path, e)),
         }
-        let opened = read_prekey(&taken, id, false).and_then(|prekey| {
-            oracle_calls_crypto::open_prekey_layer(&prekey, envelope, context)
-                .map_err(|e| PrekeyError::Open(e.to_string()))
-        });
+        let opened =
+            read_prekey(&taken, id, false).and_then(|prekey| open_with(&prekey, envelope, context));
         match &opened {
             Ok(_) => {
                 destroy(&taken);
@@ -324,6 +318,16 @@ fn prekey_of(envelope: &KeyEnvelope) -> Result<PrekeyId, PrekeyError> {
         Ok(_) => Err(PrekeyError::NotPrekeyEnvelope),
         Err(e) => Err(PrekeyError::Open(e.to_string())),
     }
+}
+
+/// Opens the prekey layer of `envelope` with `prekey`.
+fn open_with(
+    prekey: &Prekey,
+    envelope: &KeyEnvelope,
+    context: &CallContext,
+) -> Result<KeyEnvelope, PrekeyError> {
+    oracle_calls_crypto::open_prekey_layer(prekey, envelope, context)
+        .map_err(|e| PrekeyError::Open(e.to_string()))
 }
 
 fn kind(last_resort: bool) -> &'static str {

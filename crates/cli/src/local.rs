@@ -597,6 +597,16 @@ impl Deployment {
         key_file: Option<&Path>,
     ) -> anyhow::Result<AgentHandle> {
         let file = self.agent_file_config(max_calls, key_file)?;
+        let cfg = self.resolve_agent_config(&file).await?;
+        Ok(Agent::new(cfg, oracle).start().await?)
+    }
+
+    /// Resolves an agent's settings for this deployment with its secrets (the agent API key,
+    /// the LiveKit secret) — what `oracle-calls agent` does at start, checks included.
+    ///
+    /// # Errors
+    /// The stack's LiveKit secret cannot be read, or [`AgentConfig::resolve`] refuses.
+    pub async fn resolve_agent_config(&self, file: &FileConfig) -> anyhow::Result<AgentConfig> {
         let api_key = self.agent_api_key.clone();
         let lk = self.stack.secret("LIVEKIT_API_SECRET_FILE")?;
         let env = move |k: &str| match k {
@@ -604,8 +614,7 @@ impl Deployment {
             "ORACLE_CALLS_LIVEKIT_API_SECRET" => Some(lk.to_string()),
             _ => None,
         };
-        let cfg = AgentConfig::resolve(&file, &env).await?;
-        Ok(Agent::new(cfg, oracle).start().await?)
+        Ok(AgentConfig::resolve(file, &env).await?)
     }
 
     /// Runs `exe agent` (an `oracle-calls` binary) as its own process for this oracle: writes

@@ -14,10 +14,11 @@ use std::time::Duration;
 
 use oracle_calls::analysis;
 use oracle_calls::local::{DeployOptions, Deployment, Stack, unique_hex};
+use oracle_calls::verify::read_prekey_store;
 use oracle_calls_client::{Call, CallEvent};
 use oracle_calls_crypto::{
-    CallContext, CallKey, EnvelopeError, KeyEnvelope, OpenedKey, OracleKeyPair, Prekey, PrekeyId,
-    PrekeySecret, PrekeySigningPublicKey, Recipient, open, open_prekey_layer,
+    CallContext, CallKey, EnvelopeError, KeyEnvelope, OpenedKey, OracleKeyPair, Prekey,
+    PrekeySigningPublicKey, Recipient, open, open_prekey_layer,
 };
 use oracle_calls_proto::{CallType, Did, RoomName, SessionId, SignedPrekey, WellKnown};
 use sqlx::Row as _;
@@ -42,25 +43,6 @@ async fn echo_envelope(call: &mut Call, secs: f64) -> f64 {
     }
     let _ = speaker.await.unwrap();
     analysis::compare(&speech, &heard, 150).envelope
-}
-
-/// Every prekey private half left in the store: `(id, last_resort, secret)`.
-fn stolen_store(dir: &Path) -> Vec<Prekey> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        let name = path.file_name().unwrap().to_string_lossy().into_owned();
-        let Some((hex, kind)) = name.split_once('.') else {
-            continue;
-        };
-        let bytes: [u8; 32] = std::fs::read(&path).unwrap().try_into().unwrap();
-        out.push(Prekey {
-            id: PrekeyId::from_hex(hex).unwrap(),
-            secret: PrekeySecret::from_bytes(bytes),
-            last_resort: kind == "last-resort",
-        });
-    }
-    out
 }
 
 /// Tries everything the attacker holds on `envelope`; answers the call key if anything opens.
@@ -192,7 +174,7 @@ async fn after_a_call_its_envelope_does_not_open_with_the_long_term_key_the_data
         "the Matrix history holds the envelope"
     );
     // (4) Everything left in the key holder's store.
-    let store = stolen_store(&store_dir);
+    let store = read_prekey_store(&store_dir).unwrap();
     assert!(!store.is_empty(), "the store still holds other prekeys");
     assert!(
         store.iter().all(|p| p.id != claimed),
@@ -228,8 +210,13 @@ async fn after_a_call_its_envelope_does_not_open_with_the_long_term_key_the_data
         &mut rng,
     )
     .unwrap();
-    let opened = attack(&long_term, &stolen_store(&store_dir), &unused, &ctx)
-        .expect("an envelope to a prekey still in the store opens with the stolen material");
+    let opened = attack(
+        &long_term,
+        &read_prekey_store(&store_dir).unwrap(),
+        &unused,
+        &ctx,
+    )
+    .expect("an envelope to a prekey still in the store opens with the stolen material");
     assert!(opened.ct_eq(&key));
 }
 

@@ -336,14 +336,10 @@ async fn agent_checking_kt(
         url: service.base.clone(),
         public_key_file: kt.dir.join("keys").join("public-key.json"),
     });
-    let api_key = dep.agent_api_key.clone();
-    let lk = dep.stack.secret("LIVEKIT_API_SECRET_FILE").unwrap();
-    let env = move |k: &str| match k {
-        "ORACLE_CALLS_AGENT_API_KEY" => Some(api_key.to_string()),
-        "ORACLE_CALLS_LIVEKIT_API_SECRET" => Some(lk.to_string()),
-        _ => None,
-    };
-    oracle_calls_agent::AgentConfig::resolve(&file, &env).await
+    dep.resolve_agent_config(&file).await.map_err(|e| {
+        e.downcast::<oracle_calls_agent::ConfigError>()
+            .unwrap_or_else(|e| panic!("not a configuration error: {e}"))
+    })
 }
 
 async fn call_count(client: &OracleClient) -> usize {
