@@ -8,13 +8,14 @@
     clippy::indexing_slicing
 )]
 
+mod common;
 use aws_lc_rs::signature::Ed25519KeyPair;
+use common::{did, record};
 use oracle_calls_kt::{
     AuditProof, Checkpoint, CheckpointSigningKey, Directory, Error, HistoryResponse, LookupProof,
-    LookupResponse, OracleRecord, SignedCheckpoint, Verifier, VrfSecretKey, audit,
-    verify_checkpoint, verify_history, verify_lookup,
+    LookupResponse, SignedCheckpoint, Verifier, VrfSecretKey, audit, verify_checkpoint,
+    verify_history, verify_lookup,
 };
-use oracle_calls_proto::{BotDevice, Did, KeyScheme, OracleKeyInfo};
 use zeroize::Zeroizing;
 
 const SIGNING_SEED: [u8; 32] = [1; 32];
@@ -33,27 +34,6 @@ async fn directory_with(signing_seed: [u8; 32]) -> Directory {
 
 async fn directory() -> Directory {
     directory_with(SIGNING_SEED).await
-}
-
-fn did(n: u32) -> Did {
-    Did::parse(&format!("did:ixo:oracle{n}")).unwrap()
-}
-
-fn record(agent: &str) -> OracleRecord {
-    OracleRecord {
-        keys: vec![OracleKeyInfo {
-            key_id: format!("{:0>32}", agent.len()),
-            scheme: KeyScheme::HpkeP256,
-            public_key: format!("pk-of-{agent}"),
-        }],
-        matrix_user_id: "@oracle:example.org".into(),
-        bot_devices: vec![BotDevice {
-            device_id: "BOTDEVICE".into(),
-            ed25519: "ZWQyNTUxOQ".into(),
-        }],
-        agent_name: agent.into(),
-        prekey_signing_key: None,
-    }
 }
 
 /// Signs any checkpoint with the directory's key: what a dishonest directory can do.

@@ -9,14 +9,15 @@
     clippy::indexing_slicing
 )]
 
+mod common;
+use common::{did, record};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use oracle_calls_kt::{
-    CheckpointSigningKey, Directory, EpochLog, Error, OracleRecord, SignedCheckpoint, Verifier,
-    VrfSecretKey, audit,
+    CheckpointSigningKey, Directory, EpochLog, Error, SignedCheckpoint, Verifier, VrfSecretKey,
+    audit,
 };
-use oracle_calls_proto::{BotDevice, Did, KeyScheme, OracleKeyInfo};
 use zeroize::Zeroizing;
 
 const SIGNING_SEED: [u8; 32] = [1; 32];
@@ -63,27 +64,6 @@ async fn open_with(url: &str, signing: [u8; 32], vrf: [u8; 32]) -> Result<Direct
 
 async fn open(url: &str) -> Result<Directory, Error> {
     open_with(url, SIGNING_SEED, VRF_KEY).await
-}
-
-fn did(n: u32) -> Did {
-    Did::parse(&format!("did:ixo:oracle{n}")).unwrap()
-}
-
-fn record(agent: &str) -> OracleRecord {
-    OracleRecord {
-        keys: vec![OracleKeyInfo {
-            key_id: format!("{:0>32}", agent.len()),
-            scheme: KeyScheme::HpkeP256,
-            public_key: format!("pk-of-{agent}"),
-        }],
-        matrix_user_id: "@oracle:example.org".into(),
-        bot_devices: vec![BotDevice {
-            device_id: "BOTDEVICE".into(),
-            ed25519: "ZWQyNTUxOQ".into(),
-        }],
-        agent_name: agent.into(),
-        prekey_signing_key: None,
-    }
 }
 
 /// Epochs 1-3: two oracles, then one of them changes its record.
