@@ -761,3 +761,32 @@ impl Deployment {
         self.server.stop().await;
     }
 }
+
+/// Says `secs` seconds of synthesized speech into `call` and answers how well the oracle's
+/// echo follows it (the envelope correlation of `analysis::compare`, 150 frames of delay at
+/// most). What the tests use to hear that a call really connected.
+///
+/// # Errors
+/// When a frame from a participant did not decrypt, or the microphone task panicked.
+pub async fn echo_envelope(call: &mut oracle_calls_client::Call, secs: f64) -> anyhow::Result<f64> {
+    use oracle_calls_client::CallEvent;
+    let speech = crate::speech::synthesize(secs, 5);
+    let mic = call.microphone();
+    let said = speech.clone();
+    let speaker = tokio::spawn(async move { mic.play(&said).await });
+    let mut heard = Vec::new();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs_f64(secs + 2.0);
+    while let Ok(Some(ev)) = tokio::time::timeout_at(deadline, call.next_event()).await {
+        match ev {
+            CallEvent::OracleAudio { pcm } => heard.extend(pcm),
+            CallEvent::DecryptionFailed { identity, failures } => {
+                speaker.abort();
+                bail!("{failures} frames from {identity} did not decrypt")
+            }
+            _ => {}
+        }
+    }
+    // How the microphone's playback ended does not matter here, only what was heard.
+    let _ = speaker.await.context("the microphone task")?;
+    Ok(crate::analysis::compare(&speech, &heard, 150).envelope)
+}

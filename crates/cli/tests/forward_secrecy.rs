@@ -10,12 +10,9 @@
 )]
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-use oracle_calls::analysis;
-use oracle_calls::local::{DeployOptions, Deployment, Stack, unique_hex};
+use oracle_calls::local::{DeployOptions, Deployment, Stack, echo_envelope, unique_hex};
 use oracle_calls::verify::read_prekey_store;
-use oracle_calls_client::{Call, CallEvent};
 use oracle_calls_crypto::{
     CallContext, CallKey, EnvelopeError, KeyEnvelope, OpenedKey, OracleKeyPair, Prekey,
     PrekeySigningPublicKey, Recipient, open, open_prekey_layer,
@@ -27,22 +24,6 @@ fn temp_dir() -> PathBuf {
     let d = std::env::temp_dir().join(format!("oc-fs-{}", unique_hex(6)));
     std::fs::create_dir_all(&d).unwrap();
     d
-}
-
-async fn echo_envelope(call: &mut Call, secs: f64) -> f64 {
-    let speech = oracle_calls::speech::synthesize(secs, 5);
-    let mic = call.microphone();
-    let said = speech.clone();
-    let speaker = tokio::spawn(async move { mic.play(&said).await });
-    let mut heard = Vec::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(secs + 2.0);
-    while let Ok(Some(ev)) = tokio::time::timeout_at(deadline, call.next_event()).await {
-        if let CallEvent::OracleAudio { pcm } = ev {
-            heard.extend(pcm);
-        }
-    }
-    let _ = speaker.await.unwrap();
-    analysis::compare(&speech, &heard, 150).envelope
 }
 
 /// Tries everything the attacker holds on `envelope`; answers the call key if anything opens.
@@ -103,7 +84,7 @@ async fn after_a_call_its_envelope_does_not_open_with_the_long_term_key_the_data
     let client = dep.new_user().await.unwrap();
     let mut call = client.call_oracle(CallType::Audio).await.unwrap();
     assert!(
-        echo_envelope(&mut call, 2.0).await > 0.6,
+        echo_envelope(&mut call, 2.0).await.unwrap() > 0.6,
         "the echo was heard"
     );
     let call_id = call.id().clone();
