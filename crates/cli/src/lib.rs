@@ -9,3 +9,4 @@ pub mod local_kt;
 pub mod speech;
 pub mod verify;
 pub mod wav;
+pub mod web;
