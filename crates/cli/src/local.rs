@@ -202,6 +202,9 @@ pub struct DeployOptions {
     /// agent a prekey store it keeps the server stocked from, and calls are sealed to
     /// one-time prekeys (docs/PROTOCOL.md §13).
     pub forward_secrecy: bool,
+    /// Web pages (exact origins, `scheme://host[:port]`) the server lets call its API from a
+    /// browser (the server's `[cors] allowed_origins`); none by default.
+    pub cors_allowed_origins: Vec<String>,
 }
 
 impl DeployOptions {
@@ -215,6 +218,7 @@ impl DeployOptions {
             max_calls: 16,
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             forward_secrecy: true,
+            cors_allowed_origins: Vec::new(),
         }
     }
 }
@@ -280,6 +284,8 @@ struct RestartInputs {
     prekey_signer: Option<(PathBuf, String)>,
     /// The agents' shared prekey store.
     prekey_store: PathBuf,
+    /// The server's `[cors] allowed_origins`.
+    cors_allowed_origins: Vec<String>,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -293,6 +299,7 @@ fn config_toml(
     database_url: &str,
     listen: SocketAddr,
     prekey_signing_key: Option<&str>,
+    cors_allowed_origins: &[String],
 ) -> anyhow::Result<String> {
     let keys: Vec<String> = keys
         .iter()
@@ -322,7 +329,14 @@ user_id = "{bot}"
 url = "{lk}"
 http_url = "{lkhttp}"
 api_key = "{lkkey}"
+[cors]
+allowed_origins = [{cors}]
 "#,
+        cors = cors_allowed_origins
+            .iter()
+            .map(|o| format!("{o:?}"))
+            .collect::<Vec<_>>()
+            .join(", "),
         data = dir.join("server").display(),
         keys = keys.join(", "),
         prekey = prekey_signing_key
@@ -357,6 +371,7 @@ async fn start_server(
         database_url,
         listen,
         r.prekey_signer.as_ref().map(|(_, public)| public.as_str()),
+        &r.cors_allowed_origins,
     )?;
     let config = Config::from_toml(&toml)?;
     let lk_secret = stack.secret("LIVEKIT_API_SECRET_FILE")?;
@@ -448,6 +463,7 @@ impl Deployment {
             oracle: opts.oracle,
             prekey_signer,
             prekey_store: opts.dir.join(format!("prekeys-{id}")),
+            cors_allowed_origins: opts.cors_allowed_origins,
         };
         let (server, pepper_secret) = start_server(
             &stack,

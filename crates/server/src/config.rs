@@ -49,6 +49,73 @@ pub struct Config {
     /// Checks of `POST /calls/{callId}/sync`.
     #[serde(default)]
     pub validation: ValidationConfig,
+    /// Which web pages (origins) may call the API from a browser.
+    #[serde(default)]
+    pub cors: CorsConfig,
+}
+
+/// Cross-origin access for browser clients (a web page on another origin than this server,
+/// e.g. the browser SDK's demo page). Off unless origins are listed: the default allows no
+/// page to read the API's answers.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CorsConfig {
+    /// Exact origins, `scheme://host[:port]` (no path, no trailing slash, no wildcard), each
+    /// allowed `GET`/`POST` with the `authorization` and `content-type` headers and no
+    /// cookies.
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
+    /// How long a browser may cache a preflight answer, in seconds (default 600).
+    #[serde(default)]
+    pub max_age_secs: Option<u64>,
+}
+
+impl CorsConfig {
+    /// Checks one origin's form: `http`/`https`, a host, an optional port, nothing else.
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming the origin and what is wrong with it.
+    pub fn check_origin(origin: &str) -> Result<()> {
+        let bad = |why: &str| {
+            Err(Error::Config(format!(
+                "cors.allowed_origins: {origin:?} {why} (write scheme://host[:port], e.g. \
+                 https://app.example.org)"
+            )))
+        };
+        let Some((scheme, rest)) = origin.split_once("://") else {
+            return bad("has no scheme");
+        };
+        if scheme != "http" && scheme != "https" {
+            return bad("is not http or https");
+        }
+        if rest.is_empty() {
+            return bad("has no host");
+        }
+        if rest.contains(['/', '?', '#', '@', '*', ' ']) || origin.chars().any(char::is_control) {
+            return bad("is not an origin (a path, query, user, wildcard or space)");
+        }
+        if rest.chars().any(|c| c.is_ascii_uppercase()) {
+            return bad("has upper-case letters (browsers send origins in lower case)");
+        }
+        let host = match rest.rsplit_once(':') {
+            Some((host, port)) if !rest.ends_with(']') => {
+                if port.is_empty() || port.parse::<u16>().is_err() {
+                    return bad("has a bad port");
+                }
+                host
+            }
+            _ => rest,
+        };
+        if host.is_empty() {
+            return bad("has no host");
+        }
+        Ok(())
+    }
+
+    /// The preflight cache lifetime in effect.
+    pub fn max_age(&self) -> Duration {
+        Duration::from_secs(self.max_age_secs.unwrap_or(600))
+    }
 }
 
 /// The oracle's identity, published at `/.well-known/oracle-calls`.
@@ -271,6 +338,9 @@ impl Config {
                  without padding (43 characters)"
                     .into(),
             ));
+        }
+        for origin in &self.cors.allowed_origins {
+            CorsConfig::check_origin(origin)?;
         }
         if self.validation.max_call_age_secs < self.validation.max_clock_skew_secs {
             return Err(Error::Config(

@@ -30,7 +30,7 @@ pub fn router(state: AppState) -> Router {
     let config = state.config();
     let body_limit = config.body_limit_bytes;
     let timeout = config.request_timeout();
-    Router::new()
+    let routes = Router::new()
         .route("/calls", get(calls::list))
         .route("/calls/{call_id}/sync", post(calls::sync))
         .route("/calls/{call_id}/key", get(calls::key).post(calls::key))
@@ -68,8 +68,35 @@ pub fn router(state: AppState) -> Router {
                 route,
                 call_id = tracing::field::Empty
             )
-        }))
-        .with_state(state)
+        }));
+    match cors(&config.cors) {
+        Some(layer) => routes.layer(layer).with_state(state),
+        None => routes.with_state(state),
+    }
+}
+
+/// The CORS layer of `[cors]`: exactly the listed origins, `GET`/`POST`, the `authorization`
+/// and `content-type` request headers, `retry-after` readable, no credentials (users send an
+/// OpenID token, never cookies). No listed origin: no layer, no CORS headers at all, so a
+/// browser lets no page read an answer.
+fn cors(config: &crate::config::CorsConfig) -> Option<tower_http::cors::CorsLayer> {
+    use axum::http::{HeaderValue, header};
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    let origins: Vec<HeaderValue> = config
+        .allowed_origins
+        .iter()
+        .filter_map(|o| HeaderValue::from_str(o).ok())
+        .collect();
+    if origins.is_empty() {
+        return None;
+    }
+    let layer = CorsLayer::new()
+        .allow_origin(AllowOrigin::list(origins))
+        .allow_methods([Method::GET, Method::POST])
+        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+        .expose_headers([header::RETRY_AFTER])
+        .max_age(config.max_age());
+    Some(layer)
 }
 
 async fn track(State(state): State<AppState>, req: Request, next: Next) -> Response {

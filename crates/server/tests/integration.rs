@@ -11,6 +11,8 @@
 
 #[path = "integration/api.rs"]
 mod api;
+#[path = "integration/cors.rs"]
+mod cors;
 #[path = "integration/freshness.rs"]
 mod freshness;
 #[path = "integration/hygiene.rs"]
