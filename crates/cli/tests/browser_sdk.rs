@@ -1,0 +1,743 @@
+//! The browser SDK (`sdk/browser`, `@oracle-calls/browser`) in a real browser: its demo page,
+//! served by `oracle-calls web` (`oracle_calls::web`) under its strict CSP, is driven in
+//! Debian's headless Chromium by `sdk/browser/test/e2e/driver.mjs` (playwright-core) against
+//! the real stack (Synapse, livekit-server), the oracle-calls server and its echo agent, with
+//! forward secrecy on. The page signs in, calls, hears its own microphone tone come back from
+//! the oracle through end-to-end encrypted media, and hangs up; this test then asks the real
+//! systems what happened: the homeserver (the call event and its edit are `m.room.encrypted`),
+//! the server's store (active, then ended by `userHangup`), the agent's report, and the
+//! browser's console (no CSP violation, no unexpected error, never the call key).
+//!
+//! Needs the demo built (`cd sdk/browser && npm ci && npm run build`; `scripts/test` does it),
+//! Debian's chromium, and the stack up.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::io::{Read as _, Write as _};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use base64::Engine as _;
+use oracle_calls::local::{DeployOptions, Deployment, Stack, unique_hex};
+use oracle_calls::web::{self, PageConfig, WebOptions};
+use oracle_calls::{keyfile, verify};
+use oracle_calls_agent::JobOutcome;
+use oracle_calls_crypto::{CallContext, OpenedKey, Recipient};
+use oracle_calls_proto::{CallId, CallReason, CallStatus};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use zeroize::Zeroizing;
+
+/// One browser call at a time: Chromium, the stack and the agent share two cores.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The tone Chromium's fake microphone plays, and the page listens for in the oracle's audio.
+const TONE_HZ: f64 = 660.0;
+/// Seconds the page listens once the call is active.
+const LISTEN_SECONDS: f64 = 5.0;
+
+fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+fn repo() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
+}
+
+fn temp_dir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("oc-browser-{tag}-{}", unique_hex(5)));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// The built demo page; the test does not build it.
+fn demo_dist() -> PathBuf {
+    let dist = repo().join("sdk/browser/demo/dist");
+    assert!(
+        dist.join("index.html").is_file(),
+        "the demo page is not built ({} has no index.html): run `cd sdk/browser && npm ci && \
+         npm run build` (scripts/test does)",
+        dist.display()
+    );
+    dist
+}
+
+/// What the driver printed and logged.
+struct DriverRun {
+    ok: bool,
+    result: Value,
+    stderr: String,
+}
+
+/// Runs the driver with `cfg` on stdin (the password travels there, not on argv).
+fn run_driver(cfg: &Value) -> DriverRun {
+    assert!(
+        Path::new("/usr/bin/chromium").exists(),
+        "Debian's chromium is needed (apt-get install chromium; scripts/test installs it)"
+    );
+    let driver = repo().join("sdk/browser/test/e2e/driver.mjs");
+    let mut child = Command::new("node")
+        .arg(&driver)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("node runs the driver");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(cfg.to_string().as_bytes())
+        .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let out = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    // Echoed as it runs (the driver logs each step), and kept for the assertions.
+    let err = std::thread::spawn(move || {
+        let mut all = String::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = err.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            let s = String::from_utf8_lossy(&buf[..n]).into_owned();
+            eprint!("{s}");
+            all.push_str(&s);
+        }
+        all
+    });
+    // The driver has its own hard timeout (cfg.timeoutS); this one is for a driver that hangs.
+    let limit = Duration::from_secs(cfg["timeoutS"].as_u64().unwrap_or(150) + 30);
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            panic!("the driver ran past {} s", limit.as_secs());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let stdout = out.join().unwrap();
+    let stderr = err.join().unwrap();
+    let result: Value = serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("the driver's result is not JSON ({e}): {stdout}"));
+    DriverRun {
+        ok: status.success() && result["ok"] == true,
+        result,
+        stderr,
+    }
+}
+
+/// Console errors a working page still shows: matrix-js-sdk probes for a key backup and for
+/// MatrixRTC transports, which this homeserver has not (404).
+fn allowed_console_error(e: &Value) -> bool {
+    let url = e["url"].as_str().unwrap_or("");
+    let text = e["text"].as_str().unwrap_or("");
+    let probe = url.contains("/_matrix/client/v3/room_keys/version")
+        || url.contains("/_matrix/client/unstable/org.matrix.msc4143/rtc/transports");
+    probe && text.contains("404")
+}
+
+/// A raw Matrix session of the user (a new device), for what the homeserver stores.
+struct RawMatrix {
+    base: String,
+    token: String,
+    http: reqwest::Client,
+}
+
+impl RawMatrix {
+    async fn login(base: &str, user: &str, password: &str) -> Self {
+        let http = reqwest::Client::new();
+        let r: Value = http
+            .post(format!("{base}/_matrix/client/v3/login"))
+            .json(&json!({
+                "type": "m.login.password",
+                "identifier": {"type": "m.id.user", "user": user},
+                "password": password,
+                "initial_device_display_name": "browser_sdk test (raw reads)",
+            }))
+            .send()
+            .await
+            .unwrap()
+            .error_for_status()
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        Self {
+            base: base.to_owned(),
+            token: r["access_token"].as_str().unwrap().to_owned(),
+            http,
+        }
+    }
+
+    async fn get(&self, path: &str) -> Value {
+        let r = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "GET {path}: {}", r.status());
+        r.json().await.unwrap()
+    }
+
+    async fn logout(self) {
+        let _ = self
+            .http
+            .post(format!("{}/_matrix/client/v3/logout", self.base))
+            .bearer_auth(&self.token)
+            .json(&json!({}))
+            .send()
+            .await;
+    }
+}
+
+fn urlenc(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// The call key, opened as an auditor holding the oracle key and a copy of the key holder's
+/// prekey store taken before the call — only to search the browser's output for it.
+fn open_call_key(
+    dep: &Deployment,
+    prekeys_before: &[oracle_calls_crypto::Prekey],
+    rec: &oracle_calls_server::store::CallRecord,
+) -> Zeroizing<Vec<u8>> {
+    let c = &rec.content;
+    let ctx = CallContext::new(
+        c.session_id.clone(),
+        rec.call_id.room_name().clone(),
+        c.user_did.clone(),
+        c.oracle_did.clone(),
+        c.call_type,
+    );
+    let envelope = match oracle_calls_crypto::recipient(&c.encryption_key).unwrap() {
+        Recipient::Prekey { prekey_id, .. } => {
+            let prekey = prekeys_before
+                .iter()
+                .find(|p| p.id == prekey_id)
+                .expect("the call's prekey is in the copy taken before the call");
+            oracle_calls_crypto::open_prekey_layer(prekey, &c.encryption_key, &ctx).unwrap()
+        }
+        other => panic!("with forward secrecy the key is sealed to a prekey: {other:?}"),
+    };
+    let oracle = keyfile::read_private_key(&dep.key_file).unwrap();
+    match oracle_calls_crypto::open(&oracle, &envelope, &ctx).unwrap() {
+        OpenedKey::Bound(k) => Zeroizing::new(k.dangerous_expose_bytes().to_vec()),
+        OpenedKey::Unbound(_) => panic!("the browser sealed an unbound envelope"),
+    }
+}
+
+/// The forms a careless log line would show a key in.
+fn key_forms(key: &[u8]) -> Vec<Zeroizing<String>> {
+    let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+    vec![
+        Zeroizing::new(hex.to_uppercase()),
+        Zeroizing::new(hex),
+        Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(key)),
+        Zeroizing::new(base64::engine::general_purpose::STANDARD_NO_PAD.encode(key)),
+        Zeroizing::new(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key)),
+        // As a JS array / Uint8Array printed by console.log.
+        Zeroizing::new(key.iter().map(u8::to_string).collect::<Vec<_>>().join(",")),
+    ]
+}
+
+async fn audio_call(key_derivation: &str) {
+    init_logs();
+    let _serial = SERIAL.lock().await;
+    let dist = demo_dist();
+    let stack = Stack::running().unwrap();
+    let dir = temp_dir(key_derivation);
+    eprintln!(
+        "browser_sdk ({key_derivation}): working directory {}",
+        dir.display()
+    );
+
+    // The page's origin first: the oracle server's CORS allow-list names it.
+    let site = web::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .await
+        .unwrap();
+    let origin = site.url().to_owned();
+    let mut opts = DeployOptions::new(dir.join("deployment"));
+    opts.cors_allowed_origins = vec![origin.clone()];
+    assert!(opts.forward_secrecy, "forward secrecy is the default");
+    let dep = Deployment::start(stack.clone(), opts).await.unwrap();
+    let prekeys_before =
+        verify::read_prekey_store(dep.prekey_store().expect("forward secrecy")).unwrap();
+    let homeserver = stack.get("MATRIX_URL").unwrap().to_owned();
+    let site = site
+        .serve(WebOptions {
+            dir: dist,
+            config: PageConfig {
+                homeserver_url: homeserver.clone(),
+                server_url: dep.server.url.clone(),
+                oracle_did: dep.oracle_did.to_string(),
+            },
+            livekit_urls: vec![
+                stack.get("LIVEKIT_URL").unwrap().to_owned(),
+                stack.get("LIVEKIT_HTTP_URL").unwrap().to_owned(),
+            ],
+        })
+        .unwrap();
+    eprintln!("browser_sdk: page {origin}/ (CSP: {})", site.csp());
+
+    let name = format!("did-ixo-web{}", unique_hex(5));
+    let (user_id, password) = stack.user(&name).unwrap();
+
+    // The server's view while the call runs: every status it stored for this user's calls.
+    let state = dep.server.state.clone();
+    let watched_user = user_id.clone();
+    let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let watcher = tokio::spawn(async move {
+        let mut seen: Vec<(String, CallStatus)> = Vec::new();
+        loop {
+            for rec in state.store().open_calls().await.unwrap() {
+                if rec.sender == watched_user
+                    && !seen
+                        .iter()
+                        .any(|(id, s)| id == rec.call_id.as_str() && *s == rec.status)
+                {
+                    seen.push((rec.call_id.as_str().to_owned(), rec.status));
+                }
+            }
+            tokio::select! {
+                _ = &mut stop_rx => return seen,
+                () = tokio::time::sleep(Duration::from_millis(100)) => {}
+            }
+        }
+    });
+
+    let shots = dir.join("screenshots");
+    let cfg = json!({
+        "pageUrl": format!("{origin}/"),
+        "user": name,
+        "password": password.as_str(),
+        "scenario": "audio",
+        "seconds": LISTEN_SECONDS,
+        "toneHz": TONE_HZ,
+        "toneWav": dir.join("tone.wav"),
+        "screenshotsDir": shots,
+        "keyDerivation": key_derivation,
+        "errorShot": true,
+        "timeoutS": 150,
+    });
+    let run = tokio::task::spawn_blocking(move || run_driver(&cfg))
+        .await
+        .unwrap();
+    let _ = stop_tx.send(());
+    let seen = watcher.await.unwrap();
+    let r = &run.result;
+    if let Some(s) = r["screenshots"].as_object() {
+        for (what, path) in s {
+            eprintln!(
+                "browser_sdk: screenshot {what}: {}",
+                path.as_str().unwrap_or("")
+            );
+        }
+    }
+    assert!(
+        run.ok,
+        "the driver failed: {}\nresult: {r}",
+        r["error"].as_str().unwrap_or("(no error)")
+    );
+
+    // 1. The page heard its own tone come back from the oracle.
+    let power: Vec<f64> = r["power"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["ms"].as_f64().unwrap() >= 1000.0)
+        .map(|p| p["power"].as_f64().unwrap())
+        .collect();
+    let best = power.iter().copied().fold(0.0, f64::max);
+    let mut sorted = power.clone();
+    sorted.sort_by(f64::total_cmp);
+    let median = sorted[sorted.len() / 2];
+    eprintln!(
+        "browser_sdk ({key_derivation}): {TONE_HZ} Hz power in the oracle's audio: median {median:.3}, max {best:.3} ({} samples)",
+        power.len()
+    );
+    assert!(power.len() >= 4, "too few measurements: {}", r["power"]);
+    assert!(
+        median > 0.5,
+        "the page did not hear its {TONE_HZ} Hz tone back: {}",
+        r["power"]
+    );
+
+    // 2. Every phase of the timeline, and encryption everywhere.
+    let active = &r["snapshots"]["active"];
+    let timeline: Vec<(&str, f64)> = active["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| (t["phase"].as_str().unwrap(), t["ms"].as_f64().unwrap()))
+        .collect();
+    eprintln!("browser_sdk ({key_derivation}): timeline {timeline:?}");
+    for phase in [
+        "resolve",
+        "wrap",
+        "room",
+        "send",
+        "sync",
+        "join",
+        "agentJoined",
+        "firstAudio",
+    ] {
+        assert!(
+            timeline.iter().any(|(p, _)| *p == phase),
+            "phase {phase} missing from the timeline: {timeline:?}"
+        );
+    }
+    let before = &r["snapshots"]["beforeHangup"];
+    assert_eq!(before["phase"], "active", "{before}");
+    assert_eq!(
+        before["encryption"],
+        json!({"matrixEvent": true, "localMedia": true, "oracleMedia": true}),
+        "{before}"
+    );
+    assert_eq!(before["refusedTracks"], 0, "{before}");
+    let at2 = r["decryptionFailuresAt2s"]
+        .as_u64()
+        .expect("measured at 2 s");
+    let end = before["decryptionFailures"].as_u64().unwrap();
+    assert_eq!(
+        end, at2,
+        "decryption failures after the first 2 s: {at2} → {end}"
+    );
+    assert_eq!(r["lockVisible"], true, "the lock is shown during the call");
+    assert_eq!(
+        r["lockVisibleEnded"], false,
+        "the lock is gone after the call"
+    );
+    assert_eq!(r["keyDerivation"], key_derivation);
+
+    // 3. The page's end of the call and its history (GET /calls).
+    let ended = &r["snapshots"]["ended"];
+    assert_eq!(ended["phase"], "ended", "{ended}");
+    assert_eq!(ended["endReason"], "userHangup", "{ended}");
+    let call_id_s = before["callId"].as_str().expect("a call id").to_owned();
+    let listed = r["calls"]
+        .as_array()
+        .expect("calls() lists")
+        .iter()
+        .find(|c| c["callId"] == call_id_s.as_str())
+        .unwrap_or_else(|| panic!("the call is in the page's history: {}", r["calls"]));
+    assert_eq!(listed["callStatus"], "ended", "{listed}");
+    assert_eq!(listed["reason"], "userHangup", "{listed}");
+
+    // 4. The server's store: active during the call, then ended by the user's hang-up.
+    let call_id = CallId::parse(&call_id_s).unwrap();
+    eprintln!("browser_sdk ({key_derivation}): statuses the server stored: {seen:?}");
+    assert!(
+        seen.iter()
+            .any(|(id, s)| *id == call_id_s && *s == CallStatus::Active),
+        "the server never stored the call as active: {seen:?}"
+    );
+    let rec = dep
+        .server
+        .state
+        .store()
+        .call(&call_id)
+        .await
+        .unwrap()
+        .expect("the server stores the call");
+    assert_eq!(rec.status, CallStatus::Ended);
+    assert_eq!(rec.reason, Some(CallReason::UserHangup));
+    assert_eq!(rec.sender, user_id);
+    assert_eq!(
+        serde_json::to_value(rec.content.key_derivation).unwrap(),
+        json!(key_derivation),
+        "the call event names the key derivation the page used"
+    );
+
+    // 5. The agent served the call, every frame decrypted.
+    let report = tokio::time::timeout(
+        Duration::from_secs(10),
+        dep.agent.as_ref().unwrap().next_report(),
+    )
+    .await
+    .expect("the agent reports the call within 10 s of the hang-up")
+    .unwrap();
+    eprintln!("browser_sdk ({key_derivation}): agent report {report:?}");
+    assert!(
+        matches!(report.outcome, JobOutcome::Served { .. }),
+        "{report:?}"
+    );
+    assert!(report.frames_heard > 100, "{report:?}");
+    assert_eq!(report.decrypt_failures, 0, "{report:?}");
+
+    // 6. The homeserver holds the call event and the user's m.replace edit encrypted only.
+    let raw = RawMatrix::login(&homeserver, &name, &password).await;
+    let ev = raw
+        .get(&format!(
+            "/_matrix/client/v3/rooms/{}/event/{}",
+            urlenc(&rec.matrix_room_id),
+            urlenc(call_id.event_id().as_str())
+        ))
+        .await;
+    assert_eq!(
+        ev["type"], "m.room.encrypted",
+        "the stored call event: {ev}"
+    );
+    assert!(
+        !ev.to_string().contains("encryptionKey"),
+        "the stored event shows its content: {ev}"
+    );
+    let rel = raw
+        .get(&format!(
+            "/_matrix/client/v1/rooms/{}/relations/{}/m.replace",
+            urlenc(&rec.matrix_room_id),
+            urlenc(call_id.event_id().as_str())
+        ))
+        .await;
+    let edits: Vec<&Value> = rel["chunk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["sender"] == user_id.as_str())
+        .collect();
+    assert!(!edits.is_empty(), "no m.replace edit by the user: {rel}");
+    assert!(
+        edits.iter().all(|e| e["type"] == "m.room.encrypted"),
+        "the user's edits are stored encrypted: {rel}"
+    );
+    raw.logout().await;
+
+    // 7. The browser: no CSP violation, only the expected console errors, never the key.
+    assert_eq!(
+        r["cspViolations"].as_array().unwrap().len(),
+        0,
+        "CSP violations: {}",
+        r["cspViolations"]
+    );
+    assert_eq!(
+        r["pageErrors"].as_array().unwrap().len(),
+        0,
+        "uncaught page errors: {}",
+        r["pageErrors"]
+    );
+    let console = r["console"].as_array().unwrap();
+    let unexpected: Vec<&Value> = console
+        .iter()
+        .filter(|e| e["page"] == "main" && e["type"] == "error" && !allowed_console_error(e))
+        .collect();
+    assert!(
+        unexpected.is_empty(),
+        "unexpected console errors: {unexpected:#?}"
+    );
+    assert!(
+        !console.iter().any(|e| e["text"]
+            .as_str()
+            .unwrap_or("")
+            .contains("Content Security Policy")),
+        "the console reports a CSP refusal"
+    );
+    let key = open_call_key(&dep, &prekeys_before, &rec);
+    let everything = Zeroizing::new(format!("{r}\n{}", run.stderr));
+    for form in key_forms(&key) {
+        assert!(
+            !everything.contains(form.as_str()),
+            "the call key appears in the browser's console or the driver's output"
+        );
+    }
+    eprintln!(
+        "browser_sdk ({key_derivation}): {} console lines, none holds the call key in hex, base64 or as a byte list",
+        console.len()
+    );
+
+    // 8. The error state: a wrong password is reported with a code, shown on the page.
+    let err = &r["errorState"];
+    assert!(
+        err["lastError"]["code"]
+            .as_str()
+            .is_some_and(|c| !c.is_empty()),
+        "a wrong password gives a typed error: {err}"
+    );
+    assert_eq!(err["errorVisible"], true, "{err}");
+    assert!(
+        err["errorCode"]
+            .as_str()
+            .is_some_and(|c| c.contains(err["lastError"]["code"].as_str().unwrap())),
+        "the page shows the error's code: {err}"
+    );
+
+    site.stop().await;
+    dep.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_audio_call_from_the_demo_page_in_chromium_hkdf() {
+    audio_call("hkdf").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_audio_call_from_the_demo_page_in_chromium_pbkdf2() {
+    audio_call("pbkdf2").await;
+}
+
+/// A raw HTTP/1.1 request (no client-side path normalisation); returns (status, headers, body).
+async fn raw_get(addr: &str, method: &str, target: &str) -> (u16, String, Vec<u8>) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(
+        format!("{method} {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.unwrap();
+    let split = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a header block");
+    let head = String::from_utf8(buf[..split].to_vec()).unwrap();
+    let body = buf[split + 4..].to_vec();
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, head.to_ascii_lowercase(), body)
+}
+
+/// The web server alone (no browser, no stack): MIME types, headers on every answer, the
+/// config, and no way out of the served directory.
+#[tokio::test]
+async fn the_web_server_serves_wasm_with_the_csp_and_refuses_traversal() {
+    let root = temp_dir("web");
+    let dist = root.join("dist");
+    std::fs::create_dir_all(dist.join("assets")).unwrap();
+    std::fs::write(dist.join("index.html"), "<!doctype html><title>t</title>").unwrap();
+    let wasm = b"\0asm\x01\0\0\0";
+    std::fs::write(dist.join("assets/crypto_bg.wasm"), wasm).unwrap();
+    std::fs::write(dist.join("app.js"), "export {};").unwrap();
+    std::fs::write(dist.join(".hidden"), "no").unwrap();
+    std::fs::write(root.join("secret.txt"), "outside").unwrap();
+    #[cfg(unix)]
+    std::os::unix::fs::symlink(root.join("secret.txt"), dist.join("link.txt")).unwrap();
+
+    let server = web::serve(
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        WebOptions {
+            dir: dist.clone(),
+            config: PageConfig {
+                homeserver_url: "http://127.0.0.1:18008".into(),
+                server_url: "http://127.0.0.1:18080/".into(),
+                oracle_did: "did:ixo:oracle1".into(),
+            },
+            livekit_urls: vec![
+                "ws://127.0.0.1:17880".into(),
+                "http://127.0.0.1:17880".into(),
+            ],
+        },
+    )
+    .await
+    .unwrap();
+    let addr = server.url().strip_prefix("http://").unwrap().to_owned();
+    let csp = "content-security-policy: default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; \
+               worker-src 'self'; style-src 'self'; img-src 'self' data:; media-src 'self' blob:; \
+               connect-src 'self' http://127.0.0.1:18008 http://127.0.0.1:18080 ws://127.0.0.1:17880 \
+               http://127.0.0.1:17880; frame-ancestors 'none'; base-uri 'none'; form-action 'none'";
+    let hardened = |head: &str| {
+        assert!(head.contains(csp), "{head}");
+        assert!(head.contains("x-content-type-options: nosniff"), "{head}");
+        assert!(head.contains("referrer-policy: no-referrer"), "{head}");
+    };
+
+    let (st, head, body) = raw_get(&addr, "GET", "/assets/crypto_bg.wasm").await;
+    assert_eq!(st, 200);
+    assert!(head.contains("content-type: application/wasm"), "{head}");
+    assert_eq!(body, wasm);
+    hardened(&head);
+
+    let (st, head, body) = raw_get(&addr, "GET", "/").await;
+    assert_eq!(st, 200);
+    assert!(head.contains("content-type: text/html"), "{head}");
+    assert!(
+        String::from_utf8(body)
+            .unwrap()
+            .contains("<title>t</title>")
+    );
+    hardened(&head);
+
+    let (st, head, _) = raw_get(&addr, "GET", "/app.js").await;
+    assert_eq!(st, 200);
+    assert!(head.contains("content-type: text/javascript"), "{head}");
+
+    let (st, head, body) = raw_get(&addr, "GET", "/config.json").await;
+    assert_eq!(st, 200);
+    assert!(head.contains("content-type: application/json"), "{head}");
+    hardened(&head);
+    let cfg: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        cfg,
+        json!({"homeserverUrl": "http://127.0.0.1:18008", "serverUrl": "http://127.0.0.1:18080/",
+               "oracleDid": "did:ixo:oracle1"})
+    );
+
+    for target in [
+        "/../secret.txt",
+        "/assets/../../secret.txt",
+        "/%2e%2e/secret.txt",
+        "/%2E%2E%2Fsecret.txt",
+        "/assets/%2e%2e/%2e%2e/secret.txt",
+        "/..%5csecret.txt",
+        "/.hidden",
+        "/app.js%00.png",
+    ] {
+        let (st, head, body) = raw_get(&addr, "GET", target).await;
+        assert_eq!(st, 400, "{target}: {head}");
+        assert!(
+            !String::from_utf8_lossy(&body).contains("outside"),
+            "{target}"
+        );
+        hardened(&head);
+    }
+    // A symlink out of the directory is not followed.
+    let (st, head, body) = raw_get(&addr, "GET", "/link.txt").await;
+    assert_eq!(st, 404, "{head}");
+    assert!(!String::from_utf8_lossy(&body).contains("outside"));
+    hardened(&head);
+
+    let (st, head, _) = raw_get(&addr, "GET", "/missing.js").await;
+    assert_eq!(st, 404);
+    hardened(&head);
+    let (st, head, _) = raw_get(&addr, "POST", "/index.html").await;
+    assert_eq!(st, 405);
+    hardened(&head);
+    let (st, head, body) = raw_get(&addr, "HEAD", "/assets/crypto_bg.wasm").await;
+    assert_eq!(st, 200);
+    assert!(head.contains("content-type: application/wasm"), "{head}");
+    assert!(body.is_empty());
+
+    // Loopback only.
+    assert!(
+        web::bind(SocketAddr::from(([0, 0, 0, 0], 0)))
+            .await
+            .is_err()
+    );
+    server.stop().await;
+    let _ = std::fs::remove_dir_all(&root);
+}

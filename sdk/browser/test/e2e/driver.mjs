@@ -1,0 +1,474 @@
+#!/usr/bin/env node
+// Drives the browser SDK's demo page (sdk/browser/demo, served by `oracle-calls web`) in
+// Debian's headless Chromium through playwright-core, as a person would: signs in, calls the
+// oracle, listens, hangs up. What it saw is printed as ONE JSON line on stdout; progress and
+// diagnostics go to stderr. The Rust test crates/cli/tests/browser_sdk.rs runs it against the
+// real stack, the oracle-calls server and its echo agent, and asserts on both.
+//
+// Usage: node sdk/browser/test/e2e/driver.mjs < config.json   (the password only on stdin)
+//
+// stdin (one JSON object):
+//   {"pageUrl": "http://127.0.0.1:PORT/", "user": "<localpart or @id>", "password": "…",
+//    "scenario": "audio", "seconds": 4, "toneHz": 660, "toneWav": "/tmp/…/tone.wav",
+//    "screenshotsDir": "/tmp/…/shots", "keyDerivation": "hkdf" | "pbkdf2",
+//    "errorShot": true, "timeoutS": 150}
+//   toneWav is written (a sine at toneHz) when it does not exist; Chromium's fake microphone
+//   plays it in a loop.
+// Scenarios:
+//   audio: sign in; Call (audio); wait for the phase `active` with first oracle audio; measure
+//     window.ocDemo.oracleAudioPower(toneHz) every 500 ms for `seconds`; read the snapshot
+//     (timeline, encryption, decryption failures) and the lock; Hang up; wait for `ended`;
+//     read window.ocDemo.calls(). With errorShot, then a sign-in with a wrong password in a
+//     fresh browser context, for the error state.
+// stdout (one line): {"ok", "scenario", "error", "chromium", "console": [{type, text, url}],
+//   "pageErrors", "cspViolations", "screenshots": {name: path}, "steps": {name: ms}, …}
+// Exit status: 0 the scenario ran; 1 it failed (the result line says where); 2 bad input;
+//   3 hard timeout; 128+n on signal n. The browser is closed on every path.
+
+import { access, mkdir } from 'node:fs/promises';
+import { join } from 'node:path';
+
+import { chromium } from 'playwright-core';
+
+import { writeToneWav } from './tone.mjs';
+
+const CHROMIUM = process.env.BROWSER_PEER_CHROMIUM || '/usr/bin/chromium';
+const START = Date.now();
+
+// As tests/browser/peer.mjs, plus the fake camera/microphone (the microphone plays the tone).
+function chromiumArgs(toneWav) {
+  return [
+    '--disable-gpu',
+    '--disable-quic',
+    '--no-first-run',
+    '--disable-background-networking',
+    '--disable-component-update',
+    '--disable-sync',
+    '--autoplay-policy=no-user-gesture-required',
+    '--use-fake-ui-for-media-stream',
+    '--use-fake-device-for-media-stream',
+    `--use-file-for-fake-audio-capture=${toneWav}`,
+  ];
+}
+
+const say = (msg) => process.stderr.write(`driver: ${msg}\n`);
+const elapsed = () => Date.now() - START;
+
+class InputError extends Error {}
+class StepError extends Error {}
+
+async function readStdin() {
+  const chunks = [];
+  for await (const chunk of process.stdin) {
+    chunks.push(chunk);
+  }
+  return Buffer.concat(chunks).toString('utf8');
+}
+
+const SCENARIOS = new Set(['audio']);
+
+function parseConfig(text) {
+  let cfg;
+  try {
+    cfg = JSON.parse(text);
+  } catch (e) {
+    throw new InputError(`stdin is not one JSON object: ${e.message}`);
+  }
+  if (cfg === null || typeof cfg !== 'object' || Array.isArray(cfg)) {
+    throw new InputError('stdin must hold one JSON object');
+  }
+  const need = (ok, what) => {
+    if (!ok) {
+      throw new InputError(what);
+    }
+  };
+  const str = (v) => typeof v === 'string' && v.length > 0;
+  need(str(cfg.pageUrl) && /^https?:\/\//.test(cfg.pageUrl), '"pageUrl" must be an http(s) URL');
+  need(str(cfg.user), '"user" must be a non-empty string');
+  need(str(cfg.password), '"password" must be a non-empty string');
+  const scenario = cfg.scenario ?? 'audio';
+  need(SCENARIOS.has(scenario), `"scenario" must be one of: ${[...SCENARIOS].join(', ')}`);
+  const num = (v, d) => (v === undefined || v === null ? d : v);
+  const seconds = num(cfg.seconds, 4);
+  const toneHz = num(cfg.toneHz, 660);
+  const timeoutS = num(cfg.timeoutS, 150);
+  for (const [name, v] of [['seconds', seconds], ['toneHz', toneHz], ['timeoutS', timeoutS]]) {
+    need(typeof v === 'number' && Number.isFinite(v) && v > 0, `"${name}" must be a positive number`);
+  }
+  need(seconds <= 120 && timeoutS <= 600, '"seconds" at most 120, "timeoutS" at most 600');
+  need(toneHz < 4000, '"toneHz" must be below 4000');
+  need(str(cfg.toneWav), '"toneWav" must be a file path');
+  need(str(cfg.screenshotsDir), '"screenshotsDir" must be a directory path');
+  const keyDerivation = cfg.keyDerivation ?? 'hkdf';
+  need(keyDerivation === 'hkdf' || keyDerivation === 'pbkdf2', '"keyDerivation" must be "hkdf" or "pbkdf2"');
+  return {
+    pageUrl: cfg.pageUrl,
+    user: cfg.user,
+    password: cfg.password,
+    scenario,
+    seconds,
+    toneHz,
+    toneWav: cfg.toneWav,
+    screenshotsDir: cfg.screenshotsDir,
+    keyDerivation,
+    errorShot: cfg.errorShot ?? true,
+    timeoutS,
+  };
+}
+
+let browser = null;
+let shotsDir = '.';
+let cleaning = null;
+let stopping = false;
+// What every path reports: filled as the run goes.
+const result = {
+  ok: false,
+  scenario: null,
+  error: null,
+  chromium: null,
+  console: [],
+  pageErrors: [],
+  cspViolations: [],
+  screenshots: {},
+  steps: {},
+};
+
+function cleanup() {
+  if (!cleaning) {
+    cleaning = (async () => {
+      if (browser) {
+        const closed = browser.close().catch(() => {});
+        const timedOut = await Promise.race([
+          closed.then(() => false),
+          new Promise((r) => setTimeout(() => r(true), 5000).unref()),
+        ]);
+        if (timedOut) {
+          say('browser did not close in 5 s; it is killed on exit');
+        }
+      }
+    })();
+  }
+  return cleaning;
+}
+
+let printed = false;
+function printResult() {
+  if (!printed) {
+    printed = true;
+    process.stdout.write(`${JSON.stringify(result)}\n`);
+  }
+}
+
+async function exitWith(code) {
+  await cleanup();
+  printResult();
+  process.exit(code);
+}
+
+for (const [sig, n] of [['SIGINT', 2], ['SIGTERM', 15], ['SIGHUP', 1]]) {
+  process.on(sig, () => {
+    say(`${sig}: closing the browser`);
+    stopping = true;
+    result.error = `stopped by ${sig}`;
+    exitWith(128 + n);
+  });
+}
+
+/** Records console messages, page errors and CSP violations of every page of `context`. */
+async function watch(context, label) {
+  await context.exposeFunction('__ocDriverCsp', (v) => {
+    result.cspViolations.push({ page: label, ...v });
+    say(`[${label}] CSP violation: ${JSON.stringify(v)}`);
+  });
+  await context.addInitScript(() => {
+    document.addEventListener('securitypolicyviolation', (e) => {
+      // eslint-disable-next-line no-undef
+      window.__ocDriverCsp({
+        directive: e.effectiveDirective,
+        blocked: e.blockedURI,
+        source: e.sourceFile,
+        line: e.lineNumber,
+        sample: e.sample,
+      });
+    });
+  });
+  context.on('page', (page) => attachPage(page, label));
+}
+
+function attachPage(page, label) {
+  page.on('console', (msg) => {
+    const entry = { page: label, type: msg.type(), text: msg.text(), url: msg.location()?.url ?? '' };
+    result.console.push(entry);
+    say(`[${label}] [${entry.type}] ${entry.text}${entry.url ? ` (${entry.url})` : ''}`);
+  });
+  page.on('pageerror', (err) => {
+    const text = String(err?.message ?? err);
+    result.pageErrors.push({ page: label, text });
+    say(`[${label}] page error: ${text}`);
+  });
+  page.on('crash', () => {
+    result.pageErrors.push({ page: label, text: 'page crashed' });
+    say(`[${label}] page crashed`);
+  });
+  page.on('worker', (worker) => {
+    say(`[${label}] worker started: ${worker.url()}`);
+  });
+}
+
+async function shot(page, name) {
+  const path = join(shotsDir, `${String(Object.keys(result.screenshots).length).padStart(2, '0')}-${name}.png`);
+  try {
+    await page.screenshot({ path, fullPage: true, timeout: 10000 });
+    result.screenshots[name] = path;
+    say(`screenshot ${name}: ${path}`);
+  } catch (e) {
+    say(`screenshot ${name} failed: ${e.message}`);
+  }
+}
+
+/** Runs `fn` as the step `name`, timing it; a failure names the step. */
+async function step(name, fn) {
+  const t = Date.now();
+  say(`step ${name} …`);
+  try {
+    const v = await fn();
+    result.steps[name] = Date.now() - t;
+    say(`step ${name} done in ${Date.now() - t} ms`);
+    return v;
+  } catch (e) {
+    result.steps[name] = Date.now() - t;
+    const msg = String(e?.message ?? e).split('\n')[0];
+    throw new StepError(`${name}: ${msg}`);
+  }
+}
+
+const snapshot = (page) => page.evaluate(() => window.ocDemo?.snapshot() ?? null);
+const lastError = (page) => page.evaluate(() => window.ocDemo?.lastError ?? null);
+const visible = (page, sel) => page.locator(sel).isVisible();
+const text = (page, sel) => page.locator(sel).innerText({ timeout: 2000 }).catch(() => null);
+
+async function waitReady(page) {
+  await page.waitForFunction(() => window.ocDemo?.ready === true, null, { timeout: 20000 });
+}
+
+async function signIn(page, cfg) {
+  await page.fill('#user', cfg.user);
+  await page.fill('#password', cfg.password);
+  await page.click('#signin');
+}
+
+/** Signed in: Log out shown and Call (audio) enabled, or the page reported an error. */
+async function waitSignedIn(page, timeout) {
+  await page.waitForFunction(
+    () => {
+      const call = document.querySelector('#call-audio');
+      const logout = document.querySelector('#logout');
+      const shown = (el) => el && el.offsetParent !== null && !el.hidden;
+      return (shown(logout) && shown(call) && !call.disabled) || window.ocDemo?.lastError != null;
+    },
+    null,
+    { timeout, polling: 100 },
+  );
+  const err = await lastError(page);
+  if (err) {
+    throw new Error(`sign-in failed: ${err.code}: ${err.message}`);
+  }
+}
+
+const CONNECTING = new Set(['resolving', 'wrapping', 'room', 'sending', 'syncing', 'joining', 'waitingForOracle']);
+
+/** Polls the snapshot until `done(snap)`; screenshots the first connecting phase seen. */
+async function followCall(page, done, timeoutMs, shotConnecting) {
+  const deadline = Date.now() + timeoutMs;
+  let last = null;
+  const seen = [];
+  while (Date.now() < deadline) {
+    last = await snapshot(page);
+    if (last && seen[seen.length - 1] !== last.phase) {
+      seen.push(last.phase);
+      say(`phase ${last.phase} (${elapsed()} ms)`);
+      if (shotConnecting && CONNECTING.has(last.phase) && !result.screenshots.connecting) {
+        await shot(page, 'connecting');
+      }
+    }
+    if (last && done(last)) {
+      return { snap: last, seen };
+    }
+    if (last?.phase === 'failed') {
+      const e = last.error ? `${last.error.code}: ${last.error.message}` : 'no error';
+      throw new Error(`the call failed (${e}); phases ${seen.join(' → ')}`);
+    }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error(`timed out; phases ${seen.join(' → ')}; last snapshot ${JSON.stringify(last)}`);
+}
+
+async function audioScenario(context, cfg) {
+  const page = await context.newPage();
+  await step('load', async () => {
+    await page.goto(cfg.pageUrl, { timeout: 20000 });
+    await waitReady(page);
+  });
+  await shot(page, 'idle');
+  await step('signIn', async () => {
+    await signIn(page, cfg);
+    await waitSignedIn(page, 60000);
+  });
+  await shot(page, 'signed-in');
+  await page.evaluate((kd) => {
+    window.ocDemo.keyDerivation = kd;
+  }, cfg.keyDerivation);
+  result.keyDerivation = await page.evaluate(() => window.ocDemo.keyDerivation);
+
+  const active = await step('call', async () => {
+    await page.click('#call-audio');
+    return followCall(
+      page,
+      (s) => s.phase === 'active' && s.timeline.some((t) => t.phase === 'firstAudio'),
+      60000,
+      true,
+    );
+  });
+  result.phasesSeen = active.seen;
+  result.snapshots = { active: active.snap };
+  // Listen: the echo agent sends the tone back; the page measures it in what it decoded.
+  const power = [];
+  const listenStart = Date.now();
+  await step('listen', async () => {
+    while (Date.now() - listenStart < cfg.seconds * 1000) {
+      await new Promise((r) => setTimeout(r, 500));
+      const t = Date.now() - listenStart;
+      const p = await page.evaluate((hz) => window.ocDemo.oracleAudioPower(hz), cfg.toneHz);
+      const s = await snapshot(page);
+      power.push({ ms: t, power: p, decryptionFailures: s?.decryptionFailures ?? null });
+      if (t >= 2000 && result.decryptionFailuresAt2s === undefined) {
+        result.decryptionFailuresAt2s = s?.decryptionFailures ?? null;
+      }
+    }
+  });
+  result.power = power;
+  result.lockVisible = await visible(page, '#lock');
+  result.phaseText = await text(page, '#phase');
+  result.oracleKeyText = await text(page, '#oracle-key');
+  result.timelineText = await text(page, '#timeline');
+  await shot(page, 'active');
+  result.snapshots.beforeHangup = await snapshot(page);
+
+  const ended = await step('hangup', async () => {
+    await page.click('#hangup');
+    return followCall(page, (s) => s.phase === 'ended', 30000, false);
+  });
+  result.snapshots.ended = ended.snap;
+  result.lockVisibleEnded = await visible(page, '#lock');
+  await step('history', async () => {
+    // The list is read after the hang-up reached the server (end() awaits it).
+    result.calls = await page.evaluate(() => window.ocDemo.calls());
+  });
+  result.historyText = await text(page, '#history');
+  await shot(page, 'ended');
+  result.lastError = await lastError(page);
+  await page.close();
+}
+
+/** A wrong password in a fresh context: the page's error state, with its code. */
+async function errorState(cfg) {
+  const context = await browser.newContext();
+  await watch(context, 'wrong-password');
+  const page = await context.newPage();
+  await step('wrongPassword', async () => {
+    await page.goto(cfg.pageUrl, { timeout: 20000 });
+    await waitReady(page);
+    await page.fill('#user', cfg.user);
+    await page.fill('#password', `${cfg.password}-wrong`);
+    await page.click('#signin');
+    await page.waitForFunction(() => window.ocDemo?.lastError != null, null, { timeout: 30000, polling: 100 });
+  });
+  result.errorState = {
+    lastError: await lastError(page),
+    errorText: await text(page, '#error'),
+    errorCode: await text(page, '#error-code'),
+    errorVisible: await visible(page, '#error'),
+  };
+  await shot(page, 'error');
+  await context.close();
+}
+
+async function main() {
+  let cfg;
+  const stdinTimer = setTimeout(() => {
+    say('bad input: no config on stdin within 30 s (is stdin closed after writing it?)');
+    result.error = 'no config on stdin';
+    exitWith(2);
+  }, 30000);
+  try {
+    cfg = parseConfig(await readStdin());
+    clearTimeout(stdinTimer);
+  } catch (e) {
+    clearTimeout(stdinTimer);
+    result.error = e instanceof InputError ? `bad input: ${e.message}` : `cannot read stdin: ${e.message}`;
+    say(result.error);
+    return exitWith(2);
+  }
+  result.scenario = cfg.scenario;
+  setTimeout(() => {
+    say(`hard timeout: no result after ${cfg.timeoutS} s`);
+    stopping = true;
+    result.error = `hard timeout after ${cfg.timeoutS} s`;
+    exitWith(3);
+  }, cfg.timeoutS * 1000).unref();
+
+  try {
+    await mkdir(cfg.screenshotsDir, { recursive: true });
+    shotsDir = cfg.screenshotsDir;
+    try {
+      await access(cfg.toneWav);
+    } catch {
+      await writeToneWav(cfg.toneWav, { hz: cfg.toneHz, seconds: 10 });
+      say(`wrote a ${cfg.toneHz} Hz tone to ${cfg.toneWav}`);
+    }
+    browser = await chromium.launch({
+      executablePath: CHROMIUM,
+      headless: true,
+      args: chromiumArgs(cfg.toneWav),
+      timeout: 30000,
+      handleSIGINT: false,
+      handleSIGTERM: false,
+      handleSIGHUP: false,
+    });
+    result.chromium = browser.version();
+    say(`chromium ${result.chromium} up after ${elapsed()} ms`);
+    const context = await browser.newContext({ viewport: { width: 1100, height: 900 } });
+    await watch(context, 'main');
+    if (cfg.scenario === 'audio') {
+      await audioScenario(context, cfg);
+    }
+    await context.close();
+    if (cfg.errorShot) {
+      await errorState(cfg);
+    }
+    result.ok = true;
+    say(`done after ${elapsed()} ms`);
+    return exitWith(0);
+  } catch (e) {
+    if (stopping) {
+      return cleanup();
+    }
+    result.error = String(e?.message ?? e).split('\n')[0];
+    say(`failed: ${result.error}`);
+    // The state it failed in, for whoever reads the report.
+    try {
+      const pages = browser?.contexts().flatMap((c) => c.pages()) ?? [];
+      const page = pages[pages.length - 1];
+      if (page) {
+        result.failedSnapshot = await snapshot(page).catch(() => null);
+        result.lastError = await lastError(page).catch(() => null);
+        await shot(page, 'failed');
+      }
+    } catch {
+      // nothing more to report
+    }
+    return exitWith(1);
+  }
+}
+
+main();
