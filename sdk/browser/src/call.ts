@@ -201,7 +201,13 @@ export class Call {
       }
       callKey.fill(0);
       callKey = null;
-      await this.#media.setKey(material);
+      try {
+        await this.#media.setKey(material);
+      } finally {
+        if (typeof material !== "string") {
+          new Uint8Array(material).fill(0);
+        }
+      }
       this.#checkpoint();
       store.mark("wrap");
 

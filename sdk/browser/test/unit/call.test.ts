@@ -1,0 +1,584 @@
+// The call's state machine with a fake Matrix, server, trust step and media room: every step,
+// what is sent and in which order, and how each failure ends the call (crates/client's rules).
+
+import { describe, expect, it } from "vitest";
+
+import { Call, type CallDeps, type CallOptions, type ResolvedOracleView } from "../../src/call.js";
+import { OracleCallError } from "../../src/errors.js";
+import { assertEncryptedRoom, type CallMatrix, type TrustedBotDevice } from "../../src/matrix.js";
+import type { KeyMaterial, MediaEvents, MediaOptions, MediaSession } from "../../src/media.js";
+import type { CallContextFields } from "../../src/protocol.js";
+
+const ORACLE = "did:ixo:entity:oracle1";
+const USER_DID = "did:ixo:alice";
+const KEY_ID = "0123456789abcdef0123456789abcdef";
+const BOT = "@oracle-bot:localhost";
+const DEVICES: TrustedBotDevice[] = [{ deviceId: "BOTDEV", ed25519: "ed25519keyinbase64" }];
+const ENVELOPE = "v1.hpke-p256.AAAA";
+
+type Log = string[];
+
+class Deferred<T = void> {
+  promise: Promise<T>;
+  resolve!: (v: T) => void;
+  reject!: (e: unknown) => void;
+  constructor() {
+    this.promise = new Promise<T>((res, rej) => {
+      this.resolve = res;
+      this.reject = rej;
+    });
+  }
+}
+
+const tick = () => new Promise<void>((r) => setTimeout(r, 0));
+async function until(cond: () => boolean, what: string, ms = 2000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > end) {
+      throw new Error(`timed out waiting for ${what}`);
+    }
+    await new Promise((r) => setTimeout(r, 2));
+  }
+}
+
+class FakeMatrix implements CallMatrix {
+  readonly userId = "@did-ixo-alice:localhost";
+  readonly deviceId = "ALICEDEV";
+  sent: { roomId: string; type: string; content: Record<string, unknown> }[] = [];
+  prepared: { bot: string; devices: readonly TrustedBotDevice[] }[] = [];
+  prepareGate: Deferred<void> | null = null;
+  sendError: unknown = null;
+  tokens = 0;
+  constructor(private readonly log: Log) {}
+  async prepareRoom(bot: string, devices: readonly TrustedBotDevice[]): Promise<string> {
+    this.log.push("room");
+    this.prepared.push({ bot, devices });
+    if (this.prepareGate !== null) {
+      await this.prepareGate.promise;
+    }
+    return "!dm:localhost";
+  }
+  async send(roomId: string, type: string, content: object): Promise<string> {
+    const c = content as Record<string, unknown>;
+    const isEdit = c["m.relates_to"] !== undefined;
+    this.log.push(isEdit ? "edit" : "send");
+    if (this.sendError !== null && !isEdit) {
+      throw this.sendError;
+    }
+    this.sent.push({ roomId, type, content: JSON.parse(JSON.stringify(c)) as Record<string, unknown> });
+    return isEdit ? `$edit${this.sent.length}` : "$ev1:localhost";
+  }
+  async openIdToken(): Promise<string> {
+    this.tokens += 1;
+    return "openid-token";
+  }
+}
+
+class FakeServer {
+  syncs: { callId: string; token: string }[] = [];
+  ends: { callId: string; reason: string }[] = [];
+  syncError: unknown = null;
+  endedReasonAnswer: string | null = null;
+  stuckReason: string | null = null;
+  constructor(private readonly log: Log) {}
+  async sync(callId: string, token: string) {
+    this.log.push("sync");
+    this.syncs.push({ callId, token });
+    if (this.syncError !== null) {
+      throw this.syncError;
+    }
+    return { livekitUrl: "ws://127.0.0.1:7880", token: "lk-jwt" };
+  }
+  async end(callId: string, _token: string, reason: string): Promise<string | null> {
+    this.log.push(`end:${reason}`);
+    this.ends.push({ callId, reason });
+    return this.stuckReason ?? reason;
+  }
+  async endedReason(): Promise<string | null> {
+    return this.endedReasonAnswer;
+  }
+}
+
+class FakeMedia implements MediaSession {
+  events!: MediaEvents;
+  material: KeyMaterial | null = null;
+  materialSeen: string | number[] | null = null;
+  connected: { url: string; token: string } | null = null;
+  published: string | null = null;
+  left = 0;
+  connectError: unknown = null;
+  micOn = true;
+  constructor(private readonly log: Log) {}
+  async setKey(material: KeyMaterial): Promise<void> {
+    this.log.push("setKey");
+    this.material = material;
+    this.materialSeen = typeof material === "string" ? material : [...new Uint8Array(material)];
+  }
+  async connect(url: string, token: string): Promise<void> {
+    this.log.push("connect");
+    if (this.connectError !== null) {
+      throw this.connectError;
+    }
+    this.connected = { url, token };
+  }
+  async publish(type: "audio" | "video"): Promise<void> {
+    this.log.push(`publish:${type}`);
+    this.published = type;
+  }
+  async setMicrophoneEnabled(on: boolean): Promise<void> {
+    this.micOn = on;
+  }
+  attach(): void {}
+  oracleAudio() {
+    return null;
+  }
+  async leave(): Promise<void> {
+    this.log.push("leave");
+    this.left += 1;
+  }
+}
+
+interface Rig {
+  log: Log;
+  matrix: FakeMatrix;
+  server: FakeServer;
+  media: FakeMedia;
+  wrapped: { callKey: Uint8Array; copy: number[]; context: CallContextFields }[];
+  deps: CallDeps;
+  resolveError: unknown;
+  mediaError: unknown;
+}
+
+function rig(): Rig {
+  const log: Log = [];
+  const r: Rig = {
+    log,
+    matrix: new FakeMatrix(log),
+    server: new FakeServer(log),
+    media: new FakeMedia(log),
+    wrapped: [],
+    resolveError: null,
+    mediaError: null,
+    deps: undefined as unknown as CallDeps,
+  };
+  r.deps = {
+    userDid: USER_DID,
+    matrix: r.matrix,
+    server: r.server,
+    media: (opts: MediaOptions) => {
+      if (r.mediaError !== null) {
+        throw r.mediaError;
+      }
+      r.media.events = opts.events;
+      return r.media;
+    },
+    trust: {
+      resolve: async (): Promise<ResolvedOracleView> => {
+        log.push("resolve");
+        if (r.resolveError !== null) {
+          throw r.resolveError;
+        }
+        return { keyId: KEY_ID, pinnedOnFirstUse: true, botUserId: BOT, botDevices: DEVICES };
+      },
+      wrap: async (_resolved, callKey, context, token) => {
+        log.push("wrap");
+        expect(await token()).toBe("openid-token");
+        r.wrapped.push({ callKey, copy: [...callKey], context });
+        return ENVELOPE;
+      },
+    },
+  };
+  return r;
+}
+
+function place(r: Rig, opts: Partial<CallOptions> = {}): Call {
+  return new Call(r.deps, { oracleDid: ORACLE, type: "audio", readyTimeoutMs: 5000, ...opts });
+}
+
+async function joined(r: Rig, call: Call): Promise<void> {
+  await until(() => call.getSnapshot().phase === "waitingForOracle", "waitingForOracle");
+  expect(r.media.connected).toEqual({ url: "ws://127.0.0.1:7880", token: "lk-jwt" });
+}
+
+describe("a call, step by step", () => {
+  it("resolves, wraps, sends into the DM, syncs, joins, and is ready on the oracle's first audio", async () => {
+    const r = rig();
+    const call = place(r);
+    const phases: string[] = [];
+    call.subscribe(() => {
+      const p = call.getSnapshot().phase;
+      if (phases.at(-1) !== p) phases.push(p);
+    });
+    await joined(r, call);
+    expect(r.log).toEqual(["resolve", "wrap", "setKey", "room", "send", "sync", "connect", "publish:audio"]);
+    expect(phases).toEqual(["resolving", "wrapping", "room", "sending", "syncing", "joining", "waitingForOracle"]);
+
+    // The event: PROTOCOL §2 content, pending, bound to the context the key was wrapped with.
+    expect(r.matrix.prepared).toEqual([{ bot: BOT, devices: DEVICES }]);
+    expect(r.matrix.sent).toHaveLength(1);
+    const ev = r.matrix.sent[0]!;
+    expect(ev.roomId).toBe("!dm:localhost");
+    expect(ev.type).toBe("m.ixo.oracles_call");
+    const ctx = r.wrapped[0]!.context;
+    expect(ctx.roomId).toMatch(/^oc-[0-9a-f]{32}$/);
+    expect(ctx.sessionId).toMatch(/^sess-[0-9a-f]{32}$/);
+    expect(ev.content).toMatchObject({
+      callType: "audio",
+      callStatus: "pending",
+      encryptionKey: ENVELOPE,
+      sessionId: ctx.sessionId,
+      roomId: ctx.roomId,
+      userDid: USER_DID,
+      oracleDid: ORACLE,
+      keyDerivation: "hkdf",
+    });
+    expect(ev.content["callId"]).toBeUndefined();
+    expect(ev.content["callStartedAt"]).toMatch(/^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/);
+
+    // callId = <eventId>@<room>, synced with the OpenID token.
+    const callId = `$ev1:localhost@${ctx.roomId}`;
+    expect(r.server.syncs).toEqual([{ callId, token: "openid-token" }]);
+    const s = call.getSnapshot();
+    expect(s.callId).toBe(callId);
+    expect(s.callStatus).toBe("active");
+    expect(s.encryption.matrixEvent).toBe(true);
+    expect(s.oracle).toMatchObject({ did: ORACLE, keyId: KEY_ID, pinnedOnFirstUse: true, joined: false });
+    expect(s.timeline.map((t) => t.phase)).toEqual(["resolve", "wrap", "room", "send", "sync", "join"]);
+
+    // The call key: 32 random bytes, zeroed once wrapped and handed to LiveKit (HKDF: raw bytes).
+    const key = r.wrapped[0]!.callKey;
+    expect(key).toHaveLength(32);
+    expect([...key].every((b) => b === 0)).toBe(true);
+    expect(Array.isArray(r.media.materialSeen) && r.media.materialSeen.length).toBe(32);
+    expect(r.media.materialSeen).toEqual(r.wrapped[0]!.copy);
+    expect(r.wrapped[0]!.copy.some((b) => b !== 0)).toBe(true);
+    expect([...new Uint8Array(r.media.material as ArrayBuffer)].every((b) => b === 0)).toBe(true);
+
+    // The oracle arrives; its audio decrypts.
+    r.media.events.localEncryption(true);
+    r.media.events.oracleJoined("agent-AJ_1");
+    r.media.events.oracleTrack("audio", true);
+    let ready = false;
+    void call.ready.then(() => (ready = true));
+    await tick();
+    expect(ready).toBe(false);
+    r.media.events.firstAudio();
+    await call.ready;
+    const a = call.getSnapshot();
+    expect(a.phase).toBe("active");
+    expect(a.oracle.joined).toBe(true);
+    expect(a.encryption).toEqual({ matrixEvent: true, localMedia: true, oracleMedia: true });
+    expect(a.timeline.map((t) => t.phase)).toEqual(["resolve", "wrap", "room", "send", "sync", "join", "agentJoined", "firstAudio"]);
+    const ms = a.timeline.map((t) => t.ms);
+    expect([...ms].sort((x, y) => x - y)).toEqual(ms);
+    expect(a.error).toBeNull();
+    await call.end();
+  });
+
+  it("pbkdf2 keys the media with the 64 lower-case hex characters and says so in the event", async () => {
+    const r = rig();
+    const call = place(r, { keyDerivation: "pbkdf2" });
+    await joined(r, call);
+    expect(typeof r.media.material).toBe("string");
+    const hex = r.wrapped[0]!.copy.map((b) => b.toString(16).padStart(2, "0")).join("");
+    expect(r.media.material).toBe(hex);
+    expect(r.matrix.sent[0]!.content["keyDerivation"]).toBe("pbkdf2");
+    await call.end();
+  });
+
+  it("a video call publishes the camera too", async () => {
+    const r = rig();
+    const call = place(r, { type: "video" });
+    await joined(r, call);
+    expect(r.media.published).toBe("video");
+    expect(r.wrapped[0]!.context.callType).toBe("video");
+    await call.end();
+  });
+
+  it("keeps the application's sessionId", async () => {
+    const r = rig();
+    const call = place(r, { sessionId: "my-session-7" });
+    await joined(r, call);
+    expect(r.matrix.sent[0]!.content["sessionId"]).toBe("my-session-7");
+    expect(call.sessionId).toBe("my-session-7");
+    await call.end();
+  });
+
+  it("the test hook keys our media with another key than the sealed one", async () => {
+    const r = rig();
+    const call = place(r, { dangerousTestHooks: { wrongMediaKey: true }, keyDerivation: "pbkdf2" });
+    await joined(r, call);
+    const sealed = r.wrapped[0]!.copy.map((b) => b.toString(16).padStart(2, "0")).join("");
+    const hex = r.media.material as string;
+    expect(hex).toMatch(/^[0-9a-f]{64}$/);
+    expect(hex).not.toBe(sealed);
+    expect(hex.slice(1)).toBe(sealed.slice(1));
+    await call.end();
+  });
+});
+
+describe("hanging up", () => {
+  it("tells the server first (userHangup), leaves LiveKit, then edits the event to ended; twice is once", async () => {
+    const r = rig();
+    const call = place(r);
+    await joined(r, call);
+    r.media.events.firstAudio();
+    await call.ready;
+    r.log.length = 0;
+    const first = call.end();
+    const second = call.end();
+    expect(second).toBe(first);
+    await Promise.all([first, second]);
+    await call.end();
+    expect(r.log).toEqual(["end:userHangup", "leave", "edit"]);
+    expect(r.server.ends).toEqual([{ callId: call.callId, reason: "userHangup" }]);
+    const edit = r.matrix.sent[1]!;
+    expect(edit.type).toBe("m.ixo.oracles_call");
+    expect(edit.content["m.relates_to"]).toEqual({ rel_type: "m.replace", event_id: "$ev1:localhost" });
+    expect(edit.content["m.new_content"]).toMatchObject({ callStatus: "ended", callId: call.callId });
+    expect((edit.content["m.new_content"] as Record<string, unknown>)["callEndedAt"]).toMatch(/Z$/);
+    const s = call.getSnapshot();
+    expect(s).toMatchObject({ phase: "ended", callStatus: "ended", endReason: "userHangup", error: null });
+  });
+
+  it("keeps the reason that stuck at the server", async () => {
+    const r = rig();
+    r.server.stuckReason = "participantLeft";
+    const call = place(r);
+    await joined(r, call);
+    await call.end();
+    expect(call.getSnapshot().endReason).toBe("participantLeft");
+  });
+
+  it("during setup: stops before the event, sends nothing, tells no one", async () => {
+    const r = rig();
+    r.matrix.prepareGate = new Deferred();
+    const call = place(r);
+    await until(() => r.log.includes("room"), "the room step");
+    const ending = call.end();
+    r.matrix.prepareGate.resolve();
+    await ending;
+    expect(r.matrix.sent).toHaveLength(0);
+    expect(r.server.syncs).toHaveLength(0);
+    expect(r.server.ends).toHaveLength(0);
+    expect(r.media.left).toBe(1);
+    expect(call.getSnapshot()).toMatchObject({ phase: "ended", callId: null, endReason: "userHangup" });
+    await expect(call.ready).rejects.toMatchObject({ code: "callEnded" });
+  });
+
+  it("before the oracle was heard: ready rejects as callEnded", async () => {
+    const r = rig();
+    const call = place(r);
+    await joined(r, call);
+    await call.end();
+    await expect(call.ready).rejects.toMatchObject({ code: "callEnded", reason: "userHangup" });
+  });
+
+  it("mute and unmute reach the media and the snapshot", async () => {
+    const r = rig();
+    const call = place(r);
+    await joined(r, call);
+    await call.setMicrophoneEnabled(false);
+    expect(r.media.micOn).toBe(false);
+    expect(call.getSnapshot().mic.muted).toBe(true);
+    await call.setMicrophoneEnabled(true);
+    expect(call.getSnapshot().mic.muted).toBe(false);
+    await call.end();
+  });
+});
+
+describe("failures", () => {
+  it("the plaintext guard: a refused send fails the call with plaintextRoom; nothing else happens", async () => {
+    const r = rig();
+    r.matrix.sendError = new OracleCallError("plaintextRoom", "the room is not known; nothing was sent");
+    const call = place(r);
+    await expect(call.ready).rejects.toMatchObject({ code: "plaintextRoom" });
+    expect(r.matrix.sent).toHaveLength(0);
+    expect(r.server.syncs).toHaveLength(0);
+    expect(r.media.connected).toBeNull();
+    expect(r.media.left).toBe(1);
+    const s = call.getSnapshot();
+    expect(s).toMatchObject({ phase: "failed", callId: null, callStatus: null });
+    expect(s.error?.code).toBe("plaintextRoom");
+    expect(s.encryption.matrixEvent).toBe(false);
+  });
+
+  it("a changed oracle key is refused before anything is made or sent", async () => {
+    const r = rig();
+    r.resolveError = new OracleCallError("oracleKeyChanged", "the oracle now publishes key B but A was verified");
+    const call = place(r);
+    await expect(call.ready).rejects.toMatchObject({ code: "oracleKeyChanged" });
+    expect(r.log).toEqual(["resolve", "leave"]);
+    expect(call.getSnapshot().error?.code).toBe("oracleKeyChanged");
+  });
+
+  it("a browser without frame encryption fails before the oracle is even resolved", async () => {
+    const r = rig();
+    r.mediaError = new OracleCallError("e2eeUnsupported", "no encoded transforms");
+    const call = place(r);
+    await expect(call.ready).rejects.toMatchObject({ code: "e2eeUnsupported" });
+    expect(r.log).toEqual([]);
+  });
+
+  it("an untyped failure still surfaces as a typed error", async () => {
+    const r = rig();
+    r.resolveError = new TypeError("boom");
+    const call = place(r);
+    const e = await call.ready.then(
+      () => null,
+      (x: unknown) => x,
+    );
+    expect(e).toBeInstanceOf(OracleCallError);
+    expect(call.getSnapshot().error?.message).toContain("boom");
+  });
+
+  it("sync refused: the event is edited to ended, LiveKit never joined, the error is the server's", async () => {
+    const r = rig();
+    r.server.syncError = new OracleCallError("server", "server answered 422: callStartedAt too far", { status: 422 });
+    const call = place(r);
+    await expect(call.ready).rejects.toMatchObject({ code: "server", status: 422 });
+    expect(r.log).toEqual(["resolve", "wrap", "setKey", "room", "send", "sync", "edit", "leave"]);
+    expect(r.matrix.sent[1]!.content["m.new_content"]).toMatchObject({ callStatus: "ended" });
+    expect(r.server.ends).toHaveLength(0);
+    expect(call.getSnapshot()).toMatchObject({ phase: "failed", callStatus: "ended" });
+  });
+
+  it("LiveKit join fails: mediaFailed at the server, edit to ended, error media", async () => {
+    const r = rig();
+    r.media.connectError = new Error("could not establish signal connection");
+    const call = place(r);
+    await expect(call.ready).rejects.toMatchObject({ code: "media" });
+    expect(r.log).toEqual(["resolve", "wrap", "setKey", "room", "send", "sync", "connect", "leave", "end:mediaFailed", "edit"]);
+    expect(call.getSnapshot()).toMatchObject({ phase: "failed", endReason: "mediaFailed", callStatus: "ended" });
+  });
+
+  it("LiveKit join fails because the call was ended elsewhere: callEnded with the server's reason", async () => {
+    const r = rig();
+    r.media.connectError = new Error("room deleted");
+    r.server.endedReasonAnswer = "keyDecryptionFailed";
+    const call = place(r);
+    await expect(call.ready).rejects.toMatchObject({ code: "callEnded", reason: "keyDecryptionFailed" });
+    expect(r.server.ends).toHaveLength(0);
+    expect(call.getSnapshot().endReason).toBe("keyDecryptionFailed");
+  });
+
+  it("the room closes before the oracle is heard (the agent could not open the key)", async () => {
+    const r = rig();
+    r.server.endedReasonAnswer = "keyDecryptionFailed";
+    const call = place(r);
+    await joined(r, call);
+    r.media.events.disconnected("ROOM_DELETED");
+    await expect(call.ready).rejects.toMatchObject({ code: "callEnded", reason: "keyDecryptionFailed" });
+    expect(call.getSnapshot()).toMatchObject({ phase: "failed", endReason: "keyDecryptionFailed", callStatus: "ended" });
+    expect(r.media.left).toBe(1);
+  });
+
+  it("the room closes mid-call: ended with the server's reason, no error", async () => {
+    const r = rig();
+    r.server.endedReasonAnswer = "agentHangup";
+    const call = place(r);
+    await joined(r, call);
+    r.media.events.firstAudio();
+    await call.ready;
+    r.media.events.disconnected("ROOM_DELETED");
+    await until(() => call.getSnapshot().phase === "ended", "ended");
+    expect(call.getSnapshot()).toMatchObject({ endReason: "agentHangup", error: null, callStatus: "ended" });
+    await call.end();
+    expect(r.server.ends).toHaveLength(0);
+  });
+
+  it("no oracle audio in time: the call is ended as mediaFailed and ready rejects", async () => {
+    const r = rig();
+    const call = place(r, { readyTimeoutMs: 50 });
+    await joined(r, call);
+    r.media.events.oracleJoined("agent-x");
+    r.media.events.decryptionFailure("agent-x", "InvalidKey: decryption failed");
+    r.media.events.decryptionFailure("agent-x", "InvalidKey: decryption failed");
+    await expect(call.ready).rejects.toMatchObject({ code: "media" });
+    const s = call.getSnapshot();
+    expect(s.error?.message).toContain("2 decryption failures");
+    expect(s).toMatchObject({ phase: "failed", endReason: "mediaFailed", decryptionFailures: 2 });
+    expect(r.server.ends).toEqual([{ callId: call.callId, reason: "mediaFailed" }]);
+  });
+});
+
+describe("the oracle's media", () => {
+  it("an unencrypted oracle track is refused and shown; encrypted ones are not", async () => {
+    const r = rig();
+    const call = place(r);
+    await joined(r, call);
+    r.media.events.oracleTrack("audio", true);
+    expect(call.getSnapshot().encryption.oracleMedia).toBe(true);
+    r.media.events.oracleTrack("video", false);
+    const s = call.getSnapshot();
+    expect(s.refusedTracks).toBe(1);
+    expect(s.encryption.oracleMedia).toBe(false);
+    expect(s.error?.code).toBe("media");
+    r.media.events.oracleTrack("audio", true);
+    expect(call.getSnapshot().encryption.oracleMedia).toBe(false);
+    await call.end();
+  });
+
+  it("counts decryption failures and levels, rounded, without needless snapshots", async () => {
+    const r = rig();
+    const call = place(r);
+    await joined(r, call);
+    r.media.events.decryptionFailure(null, "MissingKey");
+    expect(call.getSnapshot().decryptionFailures).toBe(1);
+    r.media.events.levels(0.123, 0.456);
+    const s1 = call.getSnapshot();
+    expect(s1.mic.level).toBe(0.12);
+    expect(s1.oracle.level).toBe(0.46);
+    r.media.events.levels(0.1201, 0.4599);
+    expect(call.getSnapshot()).toBe(s1);
+    await call.end();
+  });
+
+  it("the oracle leaving is shown", async () => {
+    const r = rig();
+    const call = place(r);
+    await joined(r, call);
+    r.media.events.oracleJoined("agent-1");
+    expect(call.getSnapshot().oracle.joined).toBe(true);
+    r.media.events.oracleLeft("agent-1");
+    expect(call.getSnapshot().oracle.joined).toBe(false);
+    await call.end();
+  });
+});
+
+describe("the plaintext guard itself", () => {
+  const room = (encrypted: boolean) => ({ hasEncryptionStateEvent: () => encrypted });
+  const crypto = (enabled: boolean | Error) => ({
+    isEncryptionEnabledInRoom: async () => {
+      if (enabled instanceof Error) throw enabled;
+      return enabled;
+    },
+  });
+
+  it("refuses an unknown room (matrix-js-sdk would send it in the clear)", async () => {
+    await expect(assertEncryptedRoom({ getRoom: () => null, getCrypto: () => crypto(true) }, "!r")).rejects.toMatchObject({
+      code: "plaintextRoom",
+    });
+  });
+  it("refuses a room without m.room.encryption", async () => {
+    await expect(assertEncryptedRoom({ getRoom: () => room(false), getCrypto: () => crypto(true) }, "!r")).rejects.toMatchObject({
+      code: "plaintextRoom",
+    });
+  });
+  it("refuses when the crypto layer does not know the room as encrypted, or fails", async () => {
+    await expect(assertEncryptedRoom({ getRoom: () => room(true), getCrypto: () => crypto(false) }, "!r")).rejects.toMatchObject({
+      code: "plaintextRoom",
+    });
+    await expect(
+      assertEncryptedRoom({ getRoom: () => room(true), getCrypto: () => crypto(new Error("store closed")) }, "!r"),
+    ).rejects.toMatchObject({ code: "plaintextRoom" });
+  });
+  it("refuses a client without crypto", async () => {
+    await expect(assertEncryptedRoom({ getRoom: () => room(true), getCrypto: () => undefined }, "!r")).rejects.toMatchObject({
+      code: "plaintextRoom",
+    });
+  });
+  it("passes a known, encrypted room", async () => {
+    await expect(assertEncryptedRoom({ getRoom: () => room(true), getCrypto: () => crypto(true) }, "!r")).resolves.toBeUndefined();
+  });
+});
