@@ -324,6 +324,16 @@ async fn handle(State(site): State<Arc<Site>>, method: Method, uri: Uri) -> Resp
     let inside = tokio::fs::canonicalize(&file)
         .await
         .is_ok_and(|real| real.starts_with(&site.dir));
+    // Browsers ask for /favicon.ico on their own: none is no error on the page's console.
+    if !inside && uri.path() == "/favicon.ico" {
+        return respond(
+            &site,
+            StatusCode::NO_CONTENT,
+            "image/x-icon",
+            Vec::new(),
+            head,
+        );
+    }
     let body = if inside {
         tokio::fs::read(&file).await.ok()
     } else {

@@ -384,6 +384,27 @@ async fn audio_call(key_derivation: &str) {
         power.len()
     );
     assert!(power.len() >= 4, "too few measurements: {}", r["power"]);
+    // Controls: the same measurement finds nothing before the call, nor at a frequency the
+    // tone does not hold.
+    let before_call = r["powerBeforeCall"]
+        .as_f64()
+        .expect("measured before the call");
+    assert!(
+        before_call < 0.05,
+        "tone power before any call: {before_call}"
+    );
+    let control: Vec<f64> = r["power"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["ms"].as_f64().unwrap() >= 1000.0)
+        .map(|p| p["control"].as_f64().unwrap())
+        .collect();
+    assert!(
+        control.iter().all(|c| *c < 0.1),
+        "power at {} Hz, which the tone does not hold: {control:?}",
+        TONE_HZ * 1.5
+    );
     assert!(
         median > 0.5,
         "the page did not hear its {TONE_HZ} Hz tone back: {}",

@@ -151,17 +151,21 @@ function cleanup() {
   return cleaning;
 }
 
-let printed = false;
+let printed = null;
+/** Writes the result line once; resolves when it is flushed (a pipe takes 64 KiB at a time, and
+ * process.exit() would cut the rest). */
 function printResult() {
   if (!printed) {
-    printed = true;
-    process.stdout.write(`${JSON.stringify(result)}\n`);
+    printed = new Promise((resolve) => {
+      process.stdout.write(`${JSON.stringify(result)}\n`, () => resolve());
+    });
   }
+  return printed;
 }
 
 async function exitWith(code) {
   await cleanup();
-  printResult();
+  await printResult();
   process.exit(code);
 }
 
@@ -199,6 +203,9 @@ function attachPage(page, label) {
   page.on('console', (msg) => {
     const entry = { page: label, type: msg.type(), text: msg.text(), url: msg.location()?.url ?? '' };
     result.console.push(entry);
+    if (entry.type === 'debug' || entry.type === 'info') {
+      return; // kept in the result; too many for stderr (matrix-sdk-crypto's tracing)
+    }
     say(`[${label}] [${entry.type}] ${entry.text}${entry.url ? ` (${entry.url})` : ''}`);
   });
   page.on('pageerror', (err) => {
@@ -319,6 +326,8 @@ async function audioScenario(context, cfg) {
     window.ocDemo.keyDerivation = kd;
   }, cfg.keyDerivation);
   result.keyDerivation = await page.evaluate(() => window.ocDemo.keyDerivation);
+  // Before any call there is no oracle audio: the measurement must say so.
+  result.powerBeforeCall = await page.evaluate((hz) => window.ocDemo.oracleAudioPower(hz), cfg.toneHz);
 
   const active = await step('call', async () => {
     await page.click('#call-audio');
@@ -338,9 +347,14 @@ async function audioScenario(context, cfg) {
     while (Date.now() - listenStart < cfg.seconds * 1000) {
       await new Promise((r) => setTimeout(r, 500));
       const t = Date.now() - listenStart;
-      const p = await page.evaluate((hz) => window.ocDemo.oracleAudioPower(hz), cfg.toneHz);
+      // The tone, and a frequency it does not hold (a control: a measurement that reads
+      // anything as the tone fails there).
+      const [p, control] = await page.evaluate(
+        ([hz, off]) => [window.ocDemo.oracleAudioPower(hz), window.ocDemo.oracleAudioPower(off)],
+        [cfg.toneHz, cfg.toneHz * 1.5],
+      );
       const s = await snapshot(page);
-      power.push({ ms: t, power: p, decryptionFailures: s?.decryptionFailures ?? null });
+      power.push({ ms: t, power: p, control, decryptionFailures: s?.decryptionFailures ?? null });
       if (t >= 2000 && result.decryptionFailuresAt2s === undefined) {
         result.decryptionFailuresAt2s = s?.decryptionFailures ?? null;
       }
