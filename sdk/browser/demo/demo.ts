@@ -33,6 +33,12 @@ interface OcDemo {
   keyDerivation: KeyDerivation;
   /** Test-only: key our media with a wrong key (the lock must not show, audio must not play). */
   wrongMediaKey: boolean;
+  /** Test-only: send the call event into a room the plaintext guard must refuse. */
+  plaintextRoom: "unknown" | "unencrypted" | null;
+  /** Accept exactly this new oracle key id on the next call (the "accept" button sets it). */
+  acceptOracleKey: string | null;
+  /** Video frames of the oracle's video shown so far. */
+  oracleVideoFrames(): number;
   /** Test-only: the capture constraints for the next call. */
   capture: { audio?: MediaTrackConstraints; video?: MediaTrackConstraints } | null;
   userId(): string | null;
@@ -91,6 +97,8 @@ const ui = {
   logout: el<HTMLButtonElement>("logout"),
   oracleDid: el<HTMLElement>("oracle-did"),
   oracleKey: el<HTMLElement>("oracle-key"),
+  acceptBox: el<HTMLElement>("accept-box"),
+  acceptKey: el<HTMLButtonElement>("accept-key"),
   callAudio: el<HTMLButtonElement>("call-audio"),
   callVideo: el<HTMLButtonElement>("call-video"),
   mute: el<HTMLButtonElement>("mute"),
@@ -126,6 +134,9 @@ const ocDemo: OcDemo = {
   },
   keyDerivation: "hkdf",
   wrongMediaKey: false,
+  plaintextRoom: null,
+  acceptOracleKey: null,
+  oracleVideoFrames: () => ui.video.getVideoPlaybackQuality().totalVideoFrames,
   capture: null,
   userId: () => client?.userId ?? null,
   deviceId: () => client?.deviceId ?? null,
@@ -295,11 +306,24 @@ ui.logout.addEventListener("click", () => {
 
 // ---- the oracle -----------------------------------------------------------------------------
 
+/** The key ids the oracle publishes now, from an `oracleKeyChanged` error's details. */
+function offeredKeys(details: Readonly<Record<string, unknown>> | undefined): string[] {
+  const offered = details?.["offered"];
+  return typeof offered === "string" ? offered.split(", ").filter((k) => /^[0-9a-f]{32}$/.test(k)) : [];
+}
+
 async function renderOracleKey(s: CallSnapshot | null): Promise<void> {
   ui.oracleKey.classList.remove("key-changed");
   if (s?.error?.code === "oracleKeyChanged") {
-    ui.oracleKey.textContent = "key changed! The oracle publishes a key you have not verified; the call was refused.";
+    const offered = offeredKeys(s.error.details);
+    ui.oracleKey.textContent = `key changed! The oracle now publishes ${offered.join(", ") || "another key"}, not the key you verified; the call was refused. Check the new key with the oracle's operator before accepting it.`;
     ui.oracleKey.classList.add("key-changed");
+    const first = offered[0];
+    ui.acceptBox.hidden = first === undefined;
+    if (first !== undefined) {
+      ui.acceptKey.textContent = `I verified ${first}: accept it and call again`;
+      ui.acceptKey.dataset["key"] = first;
+    }
     return;
   }
   if (s !== null && s.oracle.keyId !== null) {
@@ -334,8 +358,18 @@ function startCall(type: "audio" | "video"): void {
     e2eeWorker,
     ...(iceServers === undefined ? {} : { rtcConfig: { iceServers } }),
     ...(ocDemo.capture === null ? {} : { capture: ocDemo.capture }),
-    ...(ocDemo.wrongMediaKey ? { dangerousTestHooks: { wrongMediaKey: true } } : {}),
+    ...(ocDemo.acceptOracleKey === null ? {} : { acceptOracleKey: ocDemo.acceptOracleKey }),
+    ...(ocDemo.wrongMediaKey || ocDemo.plaintextRoom !== null
+      ? {
+          dangerousTestHooks: {
+            wrongMediaKey: ocDemo.wrongMediaKey,
+            ...(ocDemo.plaintextRoom === null ? {} : { plaintextRoom: ocDemo.plaintextRoom }),
+          },
+        }
+      : {}),
   });
+  ocDemo.acceptOracleKey = null;
+  ui.acceptBox.hidden = true;
   call = c;
   c.attachOracleMedia(ui.audio, ui.video);
   let lastPhase = "";
@@ -353,6 +387,13 @@ function startCall(type: "audio" | "video"): void {
   c.ready.catch(() => undefined);
 }
 
+ui.acceptKey.addEventListener("click", () => {
+  const key = ui.acceptKey.dataset["key"];
+  if (key !== undefined) {
+    ocDemo.acceptOracleKey = key;
+    startCall("audio");
+  }
+});
 ui.callAudio.addEventListener("click", () => startCall("audio"));
 ui.callVideo.addEventListener("click", () => startCall("video"));
 ui.hangup.addEventListener("click", () => {

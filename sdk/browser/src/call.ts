@@ -70,6 +70,12 @@ export interface CallDeps<R extends ResolvedOracleView = ResolvedOracleView> {
 export interface DangerousTestHooks {
   /** Key our media with another key than the one sealed to the oracle (no audio decrypts). */
   wrongMediaKey?: boolean;
+  /**
+   * Send the call event into a room that must make the plaintext guard refuse: `unknown` (a
+   * room this client has not synced, where matrix-js-sdk would send in the clear) or
+   * `unencrypted` (a new room with the bot without `m.room.encryption`).
+   */
+  plaintextRoom?: "unknown" | "unencrypted";
 }
 
 export interface CallOptions {
@@ -213,7 +219,16 @@ export class Call {
 
       // 4. The encrypted DM with the bot (joined, only pinned devices get the room key).
       store.setPhase("room");
-      const roomId = await deps.matrix.prepareRoom(resolved.botUserId, resolved.botDevices);
+      let roomId = await deps.matrix.prepareRoom(resolved.botUserId, resolved.botDevices);
+      const plain = opts.dangerousTestHooks?.plaintextRoom;
+      if (plain === "unknown") {
+        roomId = `!not-synced-${newRoomName()}:${deps.matrix.userId.split(":").slice(1).join(":")}`;
+      } else if (plain === "unencrypted") {
+        if (deps.matrix.createUnencryptedRoomForTest === undefined) {
+          throw new OracleCallError("setup", "this Matrix side cannot make an unencrypted test room");
+        }
+        roomId = await deps.matrix.createUnencryptedRoomForTest(resolved.botUserId);
+      }
       this.#matrixRoom = roomId;
       this.#checkpoint();
       store.mark("room");
@@ -386,7 +401,7 @@ export class Call {
       this.#fail(err, reason);
       return;
     }
-    this.#store.update((s) => ({ ...s, phase: "ended", callStatus: "ended", endReason: reason }));
+    this.#store.update((s) => ({ ...silenced(s), phase: "ended", callStatus: "ended", endReason: reason }));
   }
 
   // ------------------------------------------------------------------------------------------
@@ -434,7 +449,7 @@ export class Call {
       this.#fail(err, finalReason);
       return;
     }
-    this.#store.update((s) => ({ ...s, phase: "ended", callStatus: "ended", endReason: finalReason }));
+    this.#store.update((s) => ({ ...silenced(s), phase: "ended", callStatus: "ended", endReason: finalReason }));
     this.#settleReady(new OracleCallError("callEnded", `the call ended before the oracle was heard: ${finalReason}`, { reason: finalReason }));
   }
 
@@ -446,7 +461,7 @@ export class Call {
       this.#fail(err, null);
       return;
     }
-    this.#store.update((s) => ({ ...s, phase: "ended", endReason: "userHangup" }));
+    this.#store.update((s) => ({ ...silenced(s), phase: "ended", endReason: "userHangup" }));
     this.#settleReady(new OracleCallError("callEnded", "the call was hung up before it connected", { reason: "userHangup" }));
   }
 
@@ -454,11 +469,11 @@ export class Call {
     this.#closing = true;
     this.#clearReadyTimer();
     this.#store.update((s) => ({
-      ...s,
+      ...silenced(s),
       phase: "failed",
       callStatus: s.callStatus === null ? null : "ended",
       endReason: reason ?? s.endReason,
-      error: { code: err.code, message: err.message },
+      error: { code: err.code, message: err.message, ...(err.details === undefined ? {} : { details: err.details }) },
     }));
     this.#settleReady(err);
   }
@@ -563,6 +578,11 @@ export class Call {
   oracleAudio(): { samples: Float32Array; sampleRate: number } | null {
     return this.#media?.oracleAudio() ?? null;
   }
+}
+
+/** A final snapshot shows no levels (nothing is heard any more). */
+function silenced(s: CallSnapshot): CallSnapshot {
+  return { ...s, mic: { ...s.mic, level: 0 }, oracle: { ...s.oracle, level: 0 } };
 }
 
 function round2(x: number): number {

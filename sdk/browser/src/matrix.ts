@@ -42,6 +42,8 @@ export interface CallMatrix {
   send(roomId: string, type: string, content: object): Promise<string>;
   /** An OpenID token for the oracle's server (cached until shortly before it expires). */
   openIdToken(): Promise<string>;
+  /** Tests of the plaintext guard only: a new room with `bot` WITHOUT encryption, once synced. */
+  createUnencryptedRoomForTest?(bot: string): Promise<string>;
 }
 
 /** The saved session: enough to rebuild the same device without logging in again. */
@@ -450,6 +452,21 @@ export class MatrixDevice implements CallMatrix {
     }
   }
 
+  async createUnencryptedRoomForTest(bot: string): Promise<string> {
+    let roomId: string;
+    try {
+      const r = await this.client.createRoom({ preset: Preset.PrivateChat, invite: [bot] });
+      roomId = r.room_id;
+    } catch (e) {
+      throw matrixError("creating an unencrypted test room", e);
+    }
+    const deadline = Date.now() + BOT_JOIN_TIMEOUT_MS;
+    while (this.client.getRoom(roomId) === null && Date.now() < deadline) {
+      await sleep(100);
+    }
+    return roomId;
+  }
+
   /**
    * Sends one event with one transaction id: a retry (bounded, backing off) resends the same
    * local event, so the homeserver never stores it twice. Guarded against plaintext.
@@ -465,13 +482,14 @@ export class MatrixDevice implements CallMatrix {
           const r = await this.client.sendEvent(roomId, type as never, content as never, txnId);
           return r.event_id;
         }
-        const local = this.#localEcho(roomId, txnId);
-        if (local === null) {
+        const room = this.client.getRoom(roomId);
+        const local = room === null ? null : localEcho(room, txnId);
+        if (room === null || local === null) {
           break;
         }
         // The guard again: the room must still be encrypted for the resend.
         await assertEncryptedRoom(this.client, roomId);
-        const r = await this.client.resendEvent(local, this.client.getRoom(roomId)!);
+        const r = await this.client.resendEvent(local, room);
         return r.event_id;
       } catch (e) {
         if (e instanceof OracleCallError) {
@@ -485,7 +503,8 @@ export class MatrixDevice implements CallMatrix {
       }
     }
     // Give up: drop the unsent local echo so it does not block later sends.
-    const local = this.#localEcho(roomId, txnId);
+    const room = this.client.getRoom(roomId);
+    const local = room === null ? null : localEcho(room, txnId);
     if (local !== null && local.status === EventStatus.NOT_SENT) {
       try {
         this.client.cancelPendingEvent(local);
@@ -494,21 +513,6 @@ export class MatrixDevice implements CallMatrix {
       }
     }
     throw matrixError(`sending the ${type === CALL_EVENT_TYPE ? "call event" : "event"} failed ${SEND_ATTEMPTS} times`, last);
-  }
-
-  #localEcho(roomId: string, txnId: string): MatrixEvent | null {
-    const room = this.client.getRoom(roomId);
-    if (room === null) {
-      return null;
-    }
-    let pending: MatrixEvent[] = [];
-    try {
-      pending = room.getPendingEvents();
-    } catch {
-      // chronological ordering: local echoes live in the timeline
-    }
-    const all = [...pending, ...room.getLiveTimeline().getEvents()];
-    return all.find((e) => e.getTxnId() === txnId) ?? null;
   }
 
   /**
@@ -546,6 +550,18 @@ export class MatrixDevice implements CallMatrix {
       this.client.stopClient();
     }
   }
+}
+
+/** The local echo of the event sent under `txnId` (pending list or live timeline). */
+function localEcho(room: Room, txnId: string): MatrixEvent | null {
+  let pending: MatrixEvent[] = [];
+  try {
+    pending = room.getPendingEvents();
+  } catch {
+    // chronological ordering: local echoes live in the timeline
+  }
+  const all = [...pending, ...room.getLiveTimeline().getEvents()];
+  return all.find((e) => e.getTxnId() === txnId) ?? null;
 }
 
 let wasmLoaded: Promise<void> | null = null;

@@ -64,7 +64,12 @@ export interface CallSnapshot {
   readonly refusedTracks: number;
   /** Why the call ended (`userHangup`, `mediaFailed`, the server's reason, …). */
   readonly endReason: string | null;
-  readonly error: { readonly code: ErrorCode; readonly message: string } | null;
+  /** Why the call failed; `details` as the error's (e.g. `pinned` / `offered` key ids). */
+  readonly error: {
+    readonly code: ErrorCode;
+    readonly message: string;
+    readonly details?: Readonly<Record<string, unknown>>;
+  } | null;
 }
 
 export function initialSnapshot(oracleDid: string): CallSnapshot {
