@@ -224,6 +224,42 @@ async fn build() -> Value {
             }
         }
     }
+    // A directory with one record: the root's other child is empty, so the freshness proof's
+    // children are the leaf and the empty node (akd's empty label, longest prefix the root).
+    let single = Directory::in_memory(
+        CheckpointSigningKey::from_seed(Zeroizing::new(SIGNING_SEED)).unwrap(),
+        VrfSecretKey::from_bytes(Zeroizing::new(VRF_KEY)),
+        T0,
+    )
+    .await
+    .unwrap();
+    single
+        .publish(
+            vec![(
+                did(o1),
+                record("agent-one", "00000000000000000000000000000001", None),
+            )],
+            T0 + 60_000,
+        )
+        .await
+        .unwrap();
+    let lone = single.lookup(&did(o1)).await.unwrap();
+    case("a directory with one record", o1, body_of(&lone), None);
+    case(
+        "a directory with one record: empty child's label changed",
+        o1,
+        mutated(&lone, |m| {
+            let f = m.freshness_proof.mut_or_insert_default();
+            for c in &mut f.longest_prefix_children {
+                let l = c.label.mut_or_insert_default();
+                if l.label_len() == 0 {
+                    l.set_label_val(vec![0; 32]);
+                }
+            }
+        }),
+        None,
+    );
+
     let latest = directory.latest_checkpoint().await.unwrap();
     let mut checkpoints = Vec::new();
     for e in 0..=latest.checkpoint.epoch {
