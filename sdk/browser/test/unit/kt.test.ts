@@ -4,12 +4,14 @@
 //   or its refusal reason), incl. tampered proofs, foreign checkpoints, rollback and fork;
 // - crates/kt/tests/vectors/kt.json: checkpoints signed and records encoded by Python.
 
-import { readFileSync } from 'node:fs';
+import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { homedir, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 import { ed25519 } from '@noble/curves/ed25519.js';
-import { describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import {
   KtError,
@@ -343,5 +345,144 @@ describe('verifyOracleRecord over HTTP', () => {
       expect(lookupUrl(u, 'did:ixo:o').pathname.endsWith('/kt/v1/lookup/did:ixo:o')).toBe(true);
     }
     expect(reasonOf(() => lookupUrl('not a url', 'did:ixo:o'))).toBe('invalid_argument');
+  });
+});
+
+// The real service: `oracle-calls kt serve` (built by `cargo build -p oracle-calls`), with a
+// fresh directory of its own (kt keygen, kt token, SQLite in a temporary directory). Skipped
+// only when the binary is not built.
+const BIN =
+  process.env.ORACLE_CALLS_BIN ??
+  join(process.env.CARGO_TARGET_DIR ?? join(homedir(), '.cache/oracle-calls/target'), 'debug/oracle-calls');
+
+describe.skipIf(!existsSync(BIN))('against a running `oracle-calls kt serve`', () => {
+  const dids = ['did:ixo:kt-e2e-1', 'did:web:kt-e2e.example%3A8443'] as const;
+  let tmp = '';
+  let child: ChildProcess | undefined;
+  let base = '';
+  let publicKey: unknown;
+  const tokens: string[] = [];
+
+  beforeAll(async () => {
+    tmp = mkdtempSync(join(tmpdir(), 'kt-e2e-'));
+    const env = { ...process.env };
+    for (const v of ['ORACLE_CALLS_KT_CONFIG', 'ORACLE_CALLS_KT_SIGNING_KEY', 'ORACLE_CALLS_KT_VRF_KEY', 'ORACLE_CALLS_KT_DATABASE_URL']) {
+      delete env[v];
+    }
+    const keys = join(tmp, 'keys');
+    publicKey = JSON.parse(execFileSync(BIN, ['kt', 'keygen', '--out-dir', keys], { env, encoding: 'utf8' }));
+    let publishers = '';
+    for (const did of dids) {
+      const out = execFileSync(BIN, ['kt', 'token', '--did', did], { env, encoding: 'utf8' });
+      const nl = out.indexOf('\n');
+      tokens.push(out.slice(0, nl));
+      publishers += out.slice(nl + 1);
+    }
+    writeFileSync(join(tmp, 'kt.toml'), `listen = "127.0.0.1:0"\ndata_dir = "${join(tmp, 'data')}"\n${publishers}`);
+    const proc = spawn(BIN, ['kt', 'serve', '--config', join(tmp, 'kt.toml')], {
+      env: {
+        ...env,
+        ORACLE_CALLS_KT_SIGNING_KEY_FILE: join(keys, 'signing.key'),
+        ORACLE_CALLS_KT_VRF_KEY_FILE: join(keys, 'vrf.key'),
+        RUST_LOG: 'warn',
+      },
+      stdio: ['ignore', 'pipe', 'inherit'],
+    });
+    child = proc;
+    base = await new Promise<string>((resolve, reject) => {
+      let out = '';
+      const timer = setTimeout(() => reject(new Error(`kt serve did not start: ${out}`)), 60_000);
+      proc.stdout?.on('data', (chunk: Buffer) => {
+        out += chunk.toString('utf8');
+        const m = /listening on (\S+)/.exec(out);
+        if (m) {
+          clearTimeout(timer);
+          resolve(`http://${m[1]}`);
+        }
+      });
+      proc.on('exit', (code) => reject(new Error(`kt serve exited with ${code}`)));
+    });
+  }, 90_000);
+
+  afterAll(() => {
+    child?.kill();
+    if (tmp) rmSync(tmp, { recursive: true, force: true });
+  });
+
+  const record = (keyId: string, prekeySigningKey?: string): OracleRecord => ({
+    keys: [{ keyId, scheme: 'hpke-x25519', publicKey: `pk-${keyId}` }],
+    matrixUserId: '@kt-e2e:localhost',
+    botDevices: [{ deviceId: 'KTDEV', ed25519: 'ed-kt' }],
+    agentName: 'kt-e2e',
+    ...(prekeySigningKey === undefined ? {} : { prekeySigningKey }),
+  });
+
+  async function publish(i: number, r: OracleRecord): Promise<any> {
+    const resp = await fetch(`${base}/kt/v1/publish`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${tokens[i]}`, 'content-type': 'application/json' },
+      body: JSON.stringify({ did: dids[i], record: r }),
+    });
+    expect(resp.status).toBe(200);
+    return resp.json();
+  }
+
+  it('verifies published records, a key change with the stored checkpoint, and a percent-encoded DID', async () => {
+    await publish(0, record('00000000000000000000000000000aaa'));
+    const first = await verifyOracleRecord({ directoryUrl: base, directoryPublicKey: publicKey, oracleDid: dids[0] });
+    expect(first.record).toEqual(record('00000000000000000000000000000aaa'));
+    expect([first.epoch, first.version, first.stored.checkpoint.epoch]).toEqual([1, 1, 1]);
+
+    const changed = record('00000000000000000000000000000bbb', 'cHJla2V5LXNpZ25pbmcta2V5LW9mLXRoZS1lMmUtb3JhY2xl');
+    const published = await publish(0, changed);
+    expect(published.checkpoint.checkpoint.epoch).toBe(2);
+    const second = await verifyOracleRecord({
+      directoryUrl: `${base}/`,
+      directoryPublicKey: publicKey,
+      oracleDid: dids[0],
+      stored: first.stored,
+    });
+    expect(second.record).toEqual(changed);
+    expect([second.epoch, second.version]).toEqual([2, 2]);
+    expect(second.stored).toEqual(published.checkpoint);
+
+    // The record agrees with a well-known that serves it, and not with one that serves the old key.
+    const wellKnown = {
+      oracleDid: dids[0],
+      matrixUserId: changed.matrixUserId,
+      agentName: changed.agentName,
+      livekitUrl: 'ws://127.0.0.1:7880',
+      keys: changed.keys,
+      matrixDevices: changed.botDevices,
+      prekeySigningKey: changed.prekeySigningKey,
+    };
+    expect(compareRecordWithWellKnown(second.record, wellKnown)).toEqual([]);
+    expect(compareRecordWithWellKnown(second.record, { ...wellKnown, keys: first.record.keys }).map((m) => m.what)).toEqual(['keys']);
+
+    // A DID with `%` in it travels as one path segment.
+    await publish(1, record('00000000000000000000000000000ccc'));
+    const third = await verifyOracleRecord({
+      directoryUrl: base,
+      directoryPublicKey: publicKey,
+      oracleDid: dids[1],
+      stored: second.stored,
+    });
+    expect(third.record).toEqual(record('00000000000000000000000000000ccc'));
+    expect(third.stored.checkpoint.epoch).toBe(3);
+    // The first DID is now answered at epoch 3, its record still the one of epoch 2.
+    const again = await verifyOracleRecord({ directoryUrl: base, directoryPublicKey: publicKey, oracleDid: dids[0], stored: third.stored });
+    expect([again.checkpoint.epoch, again.epoch, again.version]).toEqual([3, 2, 2]);
+    expect(again.record).toEqual(changed);
+  });
+
+  it('answers not_found for a DID never published, and refuses another directory key', async () => {
+    expect(
+      await reasonOfAsync(() => verifyOracleRecord({ directoryUrl: base, directoryPublicKey: publicKey, oracleDid: 'did:ixo:never' })),
+    ).toBe('not_found');
+    expect(
+      await reasonOfAsync(() =>
+        verifyOracleRecord({ directoryUrl: base, directoryPublicKey: lookups.directoryPublicKey, oracleDid: dids[0] }),
+      ),
+    ).toBe('unknown_key');
   });
 });
