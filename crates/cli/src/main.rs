@@ -121,6 +121,17 @@ enum Command {
         #[command(subcommand)]
         action: kt_cmd::KtCmd,
     },
+    /// The browser SDK's demo page on the local stack: starts an oracle (server + echo agent)
+    /// that allows the page's origin, provisions a user (its password stays in the stack's
+    /// file), and serves the built page under a strict CSP on 127.0.0.1 until Ctrl-C.
+    Web {
+        /// The built page (cd sdk/browser && npm run build).
+        #[arg(long, default_value = "sdk/browser/demo/dist")]
+        dir: PathBuf,
+        /// Port on 127.0.0.1 (0: any free port).
+        #[arg(long, default_value_t = 0)]
+        port: u16,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -244,7 +255,7 @@ fn main() -> anyhow::Result<()> {
     // as an error, which the commands print.
     // `RUST_LOG` replaces the whole filter.
     let default_filter = match cli.command {
-        Command::Demo { .. } | Command::Bench { .. } => {
+        Command::Demo { .. } | Command::Bench { .. } | Command::Web { .. } => {
             "warn,matrix_sdk=error,matrix_sdk_crypto=error,matrix_sdk_base=error,\
              matrix_sdk::http_client=off,str0m::format::payload_params=error"
         }
@@ -330,6 +341,7 @@ fn main() -> anyhow::Result<()> {
         Command::Serve { config, reindex } => serve::run(&config, reindex),
         Command::Apikey { config, action } => apikey::run(&config, action),
         Command::Kt { action } => kt_cmd::run(action),
+        Command::Web { dir, port } => oracle_calls::web::run_command(&dir, port),
     }
 }
 

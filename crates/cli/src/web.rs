@@ -382,6 +382,72 @@ fn respond(
     r
 }
 
+/// `oracle-calls web`: the stack (brought up if needed), an oracle with its server and echo agent
+/// (forward secrecy on) allowing the page's origin, a provisioned user, and the page in `dir`
+/// served on `127.0.0.1:port` (0: any free port) until Ctrl-C.
+///
+/// # Errors
+/// When the page is not built, or the stack, the deployment or the server cannot start.
+pub fn run_command(dir: &Path, port: u16) -> anyhow::Result<()> {
+    if !dir.join("index.html").is_file() {
+        bail!(
+            "{} has no index.html: build the demo first (cd sdk/browser && npm ci && npm run build)",
+            dir.display()
+        );
+    }
+    let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    rt.block_on(run_async(dir, port))
+}
+
+async fn run_async(dir: &Path, port: u16) -> anyhow::Result<()> {
+    use crate::local::{DeployOptions, Deployment, Stack, unique_hex};
+    eprintln!("oracle-calls web: the browser demo on the local stack (scripts/stack up) …");
+    let stack = tokio::task::spawn_blocking(Stack::up)
+        .await
+        .context("the stack task")??;
+    let site = bind(SocketAddr::from(([127, 0, 0, 1], port))).await?;
+    let origin = site.url().to_owned();
+    let state = std::env::temp_dir().join(format!("oracle-calls-web-{}", unique_hex(5)));
+    let mut opts = DeployOptions::new(&state);
+    opts.cors_allowed_origins = vec![origin.clone()];
+    let dep = Deployment::start(stack.clone(), opts).await?;
+    let name = format!("did-ixo-web{}", unique_hex(5));
+    let (user_id, _password) = stack.user(&name)?;
+    let password_file = Path::new(stack.get("MATRIX_USERS_DIR")?).join(format!("{name}.password"));
+    let server = site.serve(WebOptions {
+        dir: dir.to_owned(),
+        config: PageConfig {
+            homeserver_url: stack.get("MATRIX_URL")?.to_owned(),
+            server_url: dep.server.url.clone(),
+            oracle_did: dep.oracle_did.to_string(),
+        },
+        livekit_urls: vec![
+            stack.get("LIVEKIT_URL")?.to_owned(),
+            stack.get("LIVEKIT_HTTP_URL")?.to_owned(),
+        ],
+    })?;
+    eprintln!(
+        "  oracle:   {} (server {}, echo agent)",
+        dep.oracle_did, dep.server.url
+    );
+    eprintln!("  user:     {name} ({user_id})");
+    if password_file.is_file() {
+        eprintln!("  password: in {} (mode 0600)", password_file.display());
+    } else {
+        eprintln!("  password: `scripts/stack user {name}` names the file that holds it");
+    }
+    eprintln!("  state:    {}", state.display());
+    println!("{}/", server.url());
+    eprintln!("open the URL above in Chromium; Ctrl-C stops");
+    tokio::signal::ctrl_c()
+        .await
+        .context("waiting for Ctrl-C")?;
+    eprintln!("stopping …");
+    server.stop().await;
+    dep.stop().await;
+    Ok(())
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
