@@ -411,6 +411,14 @@ ui.video.addEventListener("resize", () => {
   ui.video.dataset["live"] = "1";
 });
 
+/** An RMS level (0..1) on a meter: −60 dBFS … 0 dBFS. */
+function meter(rms: number): number {
+  if (rms <= 0.001) {
+    return 0;
+  }
+  return Math.min(1, (20 * Math.log10(rms) + 60) / 60);
+}
+
 function render(s: CallSnapshot | null): void {
   const phase = s?.phase ?? "idle";
   ui.phase.textContent = PHASE_WORDS[phase] + (s?.endReason ? ` (${s.endReason})` : "");
@@ -423,15 +431,15 @@ function render(s: CallSnapshot | null): void {
   ui.lock.hidden = !(secure && live);
   const problems: string[] = [];
   if (failures > 0) {
-    problems.push(`${failures} oracle frame${failures === 1 ? "" : "s"} failed to decrypt (not played)`);
+    problems.push(`${failures} decryption failure${failures === 1 ? "" : "s"}: the oracle's media is not played`);
   }
   if ((s?.refusedTracks ?? 0) > 0) {
     problems.push("an unencrypted oracle track was refused");
   }
   ui.insecure.hidden = problems.length === 0;
   ui.insecure.textContent = problems.length === 0 ? "" : `⚠ ${problems.join("; ")}`;
-  ui.micLevel.value = s?.mic.level ?? 0;
-  ui.oracleLevel.value = s?.oracle.level ?? 0;
+  ui.micLevel.value = meter(s?.mic.level ?? 0);
+  ui.oracleLevel.value = meter(s?.oracle.level ?? 0);
   ui.mute.textContent = s?.mic.muted ? "Unmute" : "Mute";
   const items = (s?.timeline ?? []).map((t) => {
     const li = document.createElement("li");
