@@ -544,12 +544,6 @@ impl OracleClient {
         r.err()
     }
 
-    /// Makes sure the call event's room key reaches the pinned bot devices and no other:
-    /// each pinned device must be on the homeserver with the pinned Ed25519 key and is marked
-    /// verified; every other device of the bot account (one a compromised homeserver added)
-    /// is blacklisted. With the `OnlyTrustedDevices` strategy only verified devices get keys.
-    /// A room key shared while the bot's devices are still unknown would reach nobody, so
-    /// the device list is fetched first when needed.
     /// Claims one of the oracle's prekeys and checks that its prekey signing key signed it
     /// for this oracle.
     async fn claim_prekey(
@@ -572,6 +566,12 @@ impl OracleClient {
         Ok(prekey)
     }
 
+    /// Makes sure the call event's room key reaches the pinned bot devices and no other:
+    /// each pinned device must be on the homeserver with the pinned Ed25519 key and is marked
+    /// verified; every other device of the bot account (one a compromised homeserver added)
+    /// is blacklisted. With the `OnlyTrustedDevices` strategy only verified devices get keys.
+    /// A room key shared while the bot's devices are still unknown would reach nobody, so
+    /// the device list is fetched first when needed.
     async fn trust_bot_devices(
         &self,
         bot: &UserId,

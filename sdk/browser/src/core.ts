@@ -98,15 +98,17 @@ export interface WrappedCallKey {
 /**
  * Claims one prekey and verifies it against the pinned signing key and the called DID.
  *
- * @throws OracleCallError `prekeyUnavailable` (any failed claim: 404, 401, 403, 5xx, network;
- *   `status`/`serverCode` kept), `prekeyInvalid`.
+ * @throws OracleCallError `prekeyUnavailable` (the server has no prekey to give: 404/409,
+ *   `status`/`serverCode` kept), `server` (another refusal, e.g. 401/403), `serverUnreachable`
+ *   (5xx, network), as the Rust client; `prekeyInvalid`. Each refuses the call: there is no
+ *   fallback to a v1 envelope.
  */
 export async function claimVerifiedPrekey(api: ServerApi, openIdToken: string, signingKey: Uint8Array, oracleDid: string): Promise<VerifiedPrekey> {
   let signed;
   try {
     signed = await api.claimPrekey(openIdToken, oracleDid);
   } catch (e) {
-    if (e instanceof OracleCallError && (e.code === 'server' || e.code === 'serverUnreachable')) {
+    if (e instanceof OracleCallError && e.code === 'server' && (e.status === 404 || e.status === 409)) {
       throw new OracleCallError('prekeyUnavailable', `no prekey of the oracle could be claimed: ${e.message}`, {
         ...(e.status === undefined ? {} : { status: e.status }),
         ...(e.serverCode === undefined ? {} : { serverCode: e.serverCode }),

@@ -247,13 +247,11 @@ export class ServerApi {
     checkToken(openIdToken);
     const r = await this.once('POST', '/prekeys/claim', openIdToken, {});
     if (r instanceof Transient) {
-      if (r.status !== undefined) {
-        throw new OracleCallError('server', `server answered ${r.status}: ${r.message}`, {
-          status: r.status,
-          ...(r.serverCode === undefined ? {} : { serverCode: r.serverCode }),
-        });
-      }
+      // Not repeated (a claim is not idempotent); a 5xx or a network failure is reported like
+      // the Rust client's: the server could not be used, with its status when it answered.
       throw new OracleCallError('serverUnreachable', `server unreachable after 1 attempt: ${r.message}`, {
+        ...(r.status === undefined ? {} : { status: r.status }),
+        ...(r.serverCode === undefined ? {} : { serverCode: r.serverCode }),
         details: { attempts: 1, last: r.message },
       });
     }

@@ -165,7 +165,7 @@ describe('ServerApi', () => {
     expect(await err(api(g).claimPrekey(TOKEN))).toMatchObject({ code: 'serverUnreachable' });
     expect(g.seen).toHaveLength(1);
     const h = fakeFetch({ 'POST /prekeys/claim': [{ status: 503, text: 'down' }] });
-    expect(await err(api(h).claimPrekey(TOKEN))).toMatchObject({ code: 'server', status: 503 });
+    expect(await err(api(h).claimPrekey(TOKEN))).toMatchObject({ code: 'serverUnreachable', status: 503 });
     expect(h.seen).toHaveLength(1);
     const i = fakeFetch({ 'POST /prekeys/claim': [{ status: 200, body: { ...signed, extra: true } }] });
     expect(await err(api(i).claimPrekey(TOKEN))).toMatchObject({ code: 'prekeyInvalid' });
@@ -222,9 +222,10 @@ describe('resolveOracle + wrapCallKey', () => {
     const callKey = crypto.getRandomValues(new Uint8Array(32));
     for (const [reply, codeWanted, status] of [
       [{ status: 404, body: { error: { code: 'not_found', message: 'the oracle has published no prekeys' } } }, 'prekeyUnavailable', 404],
-      [{ status: 401, body: { error: { code: 'unauthorized', message: 'x' } } }, 'prekeyUnavailable', 401],
-      [{ status: 503, text: 'down' }, 'prekeyUnavailable', 503],
-      [new TypeError('reset'), 'prekeyUnavailable', undefined],
+      [{ status: 409, body: { error: { code: 'conflict', message: 'no prekey left' } } }, 'prekeyUnavailable', 409],
+      [{ status: 401, body: { error: { code: 'unauthorized', message: 'x' } } }, 'server', 401],
+      [{ status: 503, text: 'down' }, 'serverUnreachable', 503],
+      [new TypeError('reset'), 'serverUnreachable', undefined],
       [{ status: 200, body: PRE.signature_cases.find((c: any) => c.name === 'signature_bit_flipped').signed }, 'prekeyInvalid', undefined],
     ] as const) {
       const f = fakeFetch({ 'GET /.well-known/oracle-calls': [{ status: 200, body: wkFs }], 'POST /prekeys/claim': [reply as Reply] });
