@@ -24,8 +24,9 @@
 use akd_core::proto::specs::types as pb;
 use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair as _};
 use oracle_calls_kt::{
-    Checkpoint, CheckpointSigningKey, Directory, DirectoryKeyId, Error, LookupProof,
-    LookupResponse, OracleRecord, SignedCheckpoint, Verifier, VrfSecretKey,
+    Checkpoint, CheckpointSigningKey, Directory, DirectoryKeyId, Error, HistoryProof,
+    HistoryResponse, LookupProof, LookupResponse, OracleRecord, SignedCheckpoint, Verifier,
+    VrfSecretKey,
 };
 use oracle_calls_proto::{BotDevice, Did, KeyScheme, OracleKeyInfo};
 use protobuf::Message as _;
@@ -260,6 +261,7 @@ async fn build() -> Value {
         None,
     );
 
+    let histories = history_cases(&directory, &key, [o1, o2, o3]).await;
     let latest = directory.latest_checkpoint().await.unwrap();
     let mut checkpoints = Vec::new();
     for e in 0..=latest.checkpoint.epoch {
@@ -846,7 +848,279 @@ async fn build() -> Value {
         "directoryPublicKey": key,
         "checkpoints": checkpoints,
         "cases": cases,
+        "histories": histories,
     })
+}
+
+/// What the Rust verifier makes of one key-history answer: `{"ok": true, versions: [{record,
+/// epoch, version}], checkpointEpoch, change}` (`change`: the version that replaced `pinned`,
+/// `null` if none; `{"reason"}` when `change_since` refuses) or `{"ok": false, "reason"}`.
+fn history_outcome(
+    directory_key: &Value,
+    did_text: &str,
+    body: &str,
+    stored: Option<&Value>,
+    pinned: Option<&Value>,
+) -> Value {
+    let key = serde_json::from_value(directory_key.clone()).unwrap();
+    let mut verifier = match stored {
+        None => Verifier::new(key),
+        Some(s) => Verifier::resume(key, serde_json::from_value(s.clone()).unwrap()).unwrap(),
+    };
+    let did = did(did_text);
+    let result = HistoryResponse::from_json(body.as_bytes()).and_then(|r| {
+        verifier
+            .verify_history(&r.checkpoint, &did, &r.proof)
+            .map(|h| (h, r.checkpoint.checkpoint.epoch))
+    });
+    match result {
+        Ok((h, checkpoint_epoch)) => {
+            let versions: Vec<Value> = h
+                .versions()
+                .iter()
+                .map(|v| {
+                    json!({
+                        "record": serde_json::to_value(&v.record).unwrap(),
+                        "epoch": v.epoch,
+                        "version": v.version,
+                    })
+                })
+                .collect();
+            let mut out =
+                json!({"ok": true, "versions": versions, "checkpointEpoch": checkpoint_epoch});
+            if let Some(p) = pinned {
+                let record: OracleRecord = serde_json::from_value(p["record"].clone()).unwrap();
+                let version = p["version"].as_u64().unwrap();
+                out["change"] = match h.change_since(&record, version) {
+                    Ok(Some(v)) => json!({"epoch": v.epoch, "version": v.version}),
+                    Ok(None) => Value::Null,
+                    Err(e) => json!({"reason": history_reason(&e)}),
+                };
+            }
+            out
+        }
+        Err(e) => json!({"ok": false, "reason": history_reason(&e)}),
+    }
+}
+
+fn history_reason(e: &Error) -> &'static str {
+    match e {
+        Error::HistoryProof => "history_proof",
+        Error::HistoryRewritten { .. } => "history_rewritten",
+        other => reason(other),
+    }
+}
+
+fn history_mutated(r: &HistoryResponse, change: impl FnOnce(&mut pb::HistoryProof)) -> String {
+    let mut message = pb::HistoryProof::parse_from_bytes(r.proof.as_bytes()).unwrap();
+    change(&mut message);
+    history_with_proof(r, message.write_to_bytes().unwrap())
+}
+
+fn history_with_proof(r: &HistoryResponse, bytes: Vec<u8>) -> String {
+    serde_json::to_string(&HistoryResponse {
+        checkpoint: r.checkpoint.clone(),
+        proof: HistoryProof::from_bytes(bytes),
+    })
+    .unwrap()
+}
+
+/// Key histories of the directory's three oracles at its latest epoch (and of oracle1 when
+/// it had one version), what a pinned record learns from them, and tampered ones.
+async fn history_cases(directory: &Directory, key: &Value, dids: [&str; 3]) -> Vec<Value> {
+    let mut out = Vec::new();
+    let mut case =
+        |name: &str, did: &str, body: String, stored: Option<Value>, pinned: Option<Value>| {
+            let expect = history_outcome(key, did, &body, stored.as_ref(), pinned.as_ref());
+            let mut c = json!({"name": name, "did": did, "body": body, "expect": expect});
+            if let Some(s) = stored {
+                c["stored"] = s;
+            }
+            if let Some(p) = pinned {
+                c["pinned"] = p;
+            }
+            out.push(c);
+        };
+    let [o1, o2, o3] = dids;
+    let h1 = directory.history(&did(o1)).await.unwrap();
+    let h2 = directory.history(&did(o2)).await.unwrap();
+    let h3 = directory.history(&did(o3)).await.unwrap();
+    let body = |h: &HistoryResponse| serde_json::to_string(h).unwrap();
+    let v1 = record("agent-one", "00000000000000000000000000000001", None);
+    let v2 = record("agent-one", "00000000000000000000000000000011", None);
+    let pin = |r: &OracleRecord, version: u64| {
+        Some(json!({"record": serde_json::to_value(r).unwrap(), "version": version}))
+    };
+    case(
+        "oracle1: two versions, pinned at version 1",
+        o1,
+        body(&h1),
+        None,
+        pin(&v1, 1),
+    );
+    case(
+        "oracle1: pinned at the latest version",
+        o1,
+        body(&h1),
+        None,
+        pin(&v2, 2),
+    );
+    case(
+        "oracle1: pinned record rewritten",
+        o1,
+        body(&h1),
+        None,
+        pin(&v2, 1),
+    );
+    case(
+        "oracle1: pinned at a version never published",
+        o1,
+        body(&h1),
+        None,
+        pin(&v2, 3),
+    );
+    case(
+        "oracle2: a prekey signing key added",
+        o2,
+        body(&h2),
+        None,
+        None,
+    );
+    case("oracle3: one version", o3, body(&h3), None, None);
+    case("oracle1's history for oracle2", o2, body(&h1), None, None);
+    let newer = serde_json::to_value(directory.checkpoint(4).await.unwrap()).unwrap();
+    case("stored: the same epoch", o1, body(&h1), Some(newer), None);
+    let mut bad_sig = h1.checkpoint.clone();
+    bad_sig.signature[0] ^= 1;
+    case(
+        "checkpoint signature flipped",
+        o1,
+        serde_json::to_string(&HistoryResponse {
+            checkpoint: bad_sig,
+            proof: h1.proof.clone(),
+        })
+        .unwrap(),
+        None,
+        None,
+    );
+    case(
+        "update proofs: the newest dropped",
+        o1,
+        history_mutated(&h1, |m| {
+            m.update_proofs.remove(0);
+        }),
+        None,
+        None,
+    );
+    case(
+        "update proofs: the oldest dropped",
+        o1,
+        history_mutated(&h1, |m| {
+            m.update_proofs.pop();
+        }),
+        None,
+        None,
+    );
+    case(
+        "update proofs: none",
+        o1,
+        history_mutated(&h1, |m| m.update_proofs.clear()),
+        None,
+        None,
+    );
+    case(
+        "update proofs: swapped",
+        o1,
+        history_mutated(&h1, |m| m.update_proofs.swap(0, 1)),
+        None,
+        None,
+    );
+    case(
+        "update proofs: the newest value replaced by the oldest",
+        o1,
+        history_mutated(&h1, |m| {
+            let old = m.update_proofs[1].value().to_vec();
+            m.update_proofs[0].set_value(old);
+        }),
+        None,
+        None,
+    );
+    case(
+        "update proofs: previous-version proof missing",
+        o1,
+        history_mutated(&h1, |m| m.update_proofs[0].previous_version_proof.clear()),
+        None,
+        None,
+    );
+    case(
+        "update proofs: previous-version VRF proof flipped",
+        o1,
+        history_mutated(&h1, |m| {
+            m.update_proofs[0].mut_previous_version_vrf_proof()[50] ^= 1
+        }),
+        None,
+        None,
+    );
+    case(
+        "update proofs: epoch of the newest claimed 1",
+        o1,
+        history_mutated(&h1, |m| m.update_proofs[0].set_epoch(1)),
+        None,
+        None,
+    );
+    case(
+        "update proofs: version 0",
+        o1,
+        history_mutated(&h1, |m| m.update_proofs[1].set_version(0)),
+        None,
+        None,
+    );
+    case(
+        "future marker proof dropped",
+        o1,
+        history_mutated(&h1, |m| {
+            m.future_marker_vrf_proofs.pop();
+            m.non_existence_of_future_marker_proofs.pop();
+        }),
+        None,
+        None,
+    );
+    case(
+        "future marker VRF proofs swapped",
+        o1,
+        history_mutated(&h1, |m| {
+            let n = m.future_marker_vrf_proofs.len();
+            m.future_marker_vrf_proofs.swap(0, n - 1);
+        }),
+        None,
+        None,
+    );
+    case(
+        "a past marker proof added",
+        o1,
+        history_mutated(&h1, |m| {
+            let e = m.update_proofs[0].existence_vrf_proof().to_vec();
+            let p = m.update_proofs[0].existence_proof.clone().unwrap();
+            m.past_marker_vrf_proofs.push(e);
+            m.existence_of_past_marker_proofs.push(p);
+        }),
+        None,
+        None,
+    );
+    let bytes = h1.proof.as_bytes();
+    for i in 0..16 {
+        let pos = (i * bytes.len()) / 16 + (i % 7);
+        let mut b = bytes.to_vec();
+        b[pos] ^= 1 << (i % 8);
+        case(
+            &format!("history proof byte {pos} bit {} flipped", i % 8),
+            o1,
+            history_with_proof(&h1, b),
+            None,
+            None,
+        );
+    }
+    out
 }
 
 fn parse(r: &LookupResponse) -> pb::LookupProof {
@@ -909,6 +1183,27 @@ fn every_committed_case_gets_its_recorded_outcome_from_the_rust_verifier() {
         } else {
             reasons.insert(got["reason"].as_str().unwrap().to_owned());
         }
+    }
+    let histories = v["histories"].as_array().unwrap();
+    let mut history_reasons = std::collections::BTreeSet::new();
+    for c in histories {
+        let got = history_outcome(
+            key,
+            c["did"].as_str().unwrap(),
+            c["body"].as_str().unwrap(),
+            c.get("stored"),
+            c.get("pinned"),
+        );
+        assert_eq!(got, c["expect"], "{}", c["name"]);
+        if let Some(r) = got["reason"].as_str().or(got["change"]["reason"].as_str()) {
+            history_reasons.insert(r.to_owned());
+        }
+    }
+    for r in ["history_proof", "history_rewritten", "bad_signature"] {
+        assert!(
+            history_reasons.contains(r),
+            "no history case refused with {r}"
+        );
     }
     // Positives and every kind of refusal are there (malformed_record and too_large cannot
     // come out of a real directory's answer; the TypeScript tests cover them).

@@ -17,10 +17,17 @@
  *   `GET /kt/v1/lookup/{did}` answer (its JSON text or parsed value): the stored checkpoint
  *   checks (as the Rust `Verifier`), the checkpoint signature, the lookup proof; returns the
  *   record, its epoch and version, and the checkpoint to store for next time.
- * - `verifyOracleRecord({directoryUrl, directoryPublicKey, oracleDid, stored?, fetchImpl?,
- *   signal?})` → `VerifiedLookup`: the same over HTTP (`{directoryUrl}/kt/v1/lookup/{did}`,
- *   `https://`, or `http://` on loopback only; up to 4 attempts on network errors and 5xx,
- *   200 ms backoff doubling, 15 s per attempt, answers over 256 KiB refused).
+ * - `verifyHistory({directoryPublicKey, did, response, stored?})` → `VerifiedHistory`: one
+ *   `GET /kt/v1/history/{did}` answer: every version of the record, newest first, each proved
+ *   in the tree at its epoch, no later version hidden; `changeSince(history, pinned, version)`
+ *   → the version that replaced a pinned one (`history_rewritten` if the history lacks it).
+ * - `verifyOracleRecord({directoryUrl, directoryPublicKey, oracleDid, stored?, pinned?,
+ *   fetchImpl?, signal?})` → `VerifiedOracleRecord`: what the Rust client does, over HTTP:
+ *   `{directoryUrl}/kt/v1/lookup/{did}` verified; when `pinned` (record and version) is not
+ *   what is served now, `{directoryUrl}/kt/v1/history/{did}` verified too and `changeEpoch`
+ *   set. `https://`, or `http://` on loopback only; up to 4 attempts on network errors and
+ *   5xx, 200 ms backoff doubling, 15 s per attempt; answers over 256 KiB (history: 8 MiB)
+ *   refused. Persist the result's `stored` (also on a `KtError` that carries one).
  * - `compareRecordWithWellKnown(record, wellKnownJson)` → `KtMismatch[]`: what the oracle's
  *   server (`/.well-known/oracle-calls`) says differently from the verified record (`keys`:
  *   a served key not in the record; `matrixUserId`; `matrixDevices`: not exactly the record's
@@ -31,8 +38,9 @@
  * are those of the Rust verifier (the vectors `crates/kt/tests/vectors/kt_lookup.json` hold
  * its reason for each refused answer). Proof failures carry no detail, as in Rust.
  *
- * Wire details mirrored from akd_core 0.13 and rust-protobuf 3.7 (so that this verifier
- * accepts exactly what the Rust one accepts): the proof is a proto2 `LookupProof` message;
+ * The byte-level description is docs/PROTOCOL.md §12.2. Wire details mirrored from akd_core
+ * 0.13 and rust-protobuf 3.7 (so that this verifier accepts exactly what the Rust one
+ * accepts): the proofs are proto2 `LookupProof` / `HistoryProof` messages;
  * fields are matched on the whole tag (a known field number with another wire type is an
  * unknown field), unknown fields and groups are skipped, a repeated singular field keeps its
  * last value, varints are at most 10 bytes (the 10th at most 1), 32-bit fields refuse larger
@@ -43,7 +51,9 @@
  *
  * Known differences from the Rust side, all on JSON that no directory sends: `JSON.parse`
  * keeps the last of duplicate keys (serde refuses them) and reads `4.0` as `4` (serde refuses
- * a float for an integer); epochs and times beyond 2^53 are refused as malformed.
+ * a float for an integer); epochs and times beyond 2^53 are refused as malformed. Ed25519
+ * checkpoint signatures are checked strictly (noble, RFC 8032 without ZIP-215), which also
+ * refuses a small-order signing key that aws-lc would take.
  */
 
 import { ed25519 } from "@noble/curves/ed25519.js";
@@ -73,6 +83,10 @@ export type KtErrorReason =
   | "malformed_record"
   /** The lookup proof (VRF, membership, freshness) does not verify. */
   | "lookup_proof"
+  /** The key-history proof does not verify. */
+  | "history_proof"
+  /** The verified history lacks the pinned record at its version: a value once proved was rewritten. */
+  | "history_rewritten"
   /** A key given to the API is not a valid key (caller's configuration). */
   | "invalid_key"
   /** An argument given to the API is not valid (a DID, a URL). */
@@ -88,10 +102,16 @@ export type KtErrorReason =
 export class KtError extends Error {
   override readonly name = "KtError";
   readonly reason: KtErrorReason;
+  /**
+   * Set when a lookup verified before a later step failed (`verifyOracleRecord` with a pinned
+   * record): the newer checkpoint to store anyway, as the Rust client does.
+   */
+  readonly stored: StoredCheckpoint | undefined;
 
-  constructor(reason: KtErrorReason, message: string) {
+  constructor(reason: KtErrorReason, message: string, stored?: StoredCheckpoint) {
     super(message);
     this.reason = reason;
+    this.stored = stored;
   }
 }
 
@@ -196,10 +216,14 @@ export interface KtMismatch {
 
 /** The largest lookup proof parsed (as the Rust verifier). */
 export const MAX_LOOKUP_PROOF_BYTES = 128 * 1024;
+/** The largest key-history proof parsed. */
+export const MAX_HISTORY_PROOF_BYTES = 4 * 1024 * 1024;
 /** The largest encoded record decoded. */
 export const MAX_RECORD_BYTES = 16 * 1024;
 /** The largest lookup answer read from the directory. */
 const MAX_LOOKUP_BODY = 2 * MAX_LOOKUP_PROOF_BYTES;
+/** The largest key-history answer read from the directory. */
+const MAX_HISTORY_BODY = 2 * MAX_HISTORY_PROOF_BYTES;
 const ATTEMPTS = 4;
 const ATTEMPT_TIMEOUT_MS = 15_000;
 const MAX_DID_LEN = 256;
@@ -839,6 +863,81 @@ function wireLookupProof(r: PbReader): RawLookupProof {
   return m;
 }
 
+interface RawUpdateProof {
+  epoch?: bigint;
+  value?: Uint8Array;
+  version?: bigint;
+  existenceVrfProof?: Uint8Array;
+  existenceProof?: RawMembershipProof;
+  previousVersionVrfProof?: Uint8Array;
+  previousVersionProof?: RawMembershipProof;
+  commitmentNonce?: Uint8Array;
+}
+
+interface RawHistoryProof {
+  updateProofs: RawUpdateProof[];
+  pastMarkerVrfProofs: Uint8Array[];
+  pastMarkerProofs: RawMembershipProof[];
+  futureMarkerVrfProofs: Uint8Array[];
+  futureMarkerProofs: RawNonMembershipProof[];
+}
+
+function wireUpdateProof(r: PbReader, depth: number): RawUpdateProof {
+  const m: RawUpdateProof = {};
+  readFields(r, depth, (tag) => {
+    switch (tag) {
+      case 8:
+        m.epoch = r.varint64();
+        break;
+      case 18:
+        m.value = r.bytes();
+        break;
+      case 24:
+        m.version = r.varint64();
+        break;
+      case 34:
+        m.existenceVrfProof = r.bytes();
+        break;
+      case 42:
+        m.existenceProof = wireMembershipProof(r.message(depth), depth + 1);
+        break;
+      case 50:
+        m.previousVersionVrfProof = r.bytes();
+        break;
+      case 58:
+        m.previousVersionProof = wireMembershipProof(r.message(depth), depth + 1);
+        break;
+      case 66:
+        m.commitmentNonce = r.bytes();
+        break;
+      default:
+        return false;
+    }
+    return true;
+  });
+  return m;
+}
+
+function wireHistoryProof(r: PbReader): RawHistoryProof {
+  const m: RawHistoryProof = {
+    updateProofs: [],
+    pastMarkerVrfProofs: [],
+    pastMarkerProofs: [],
+    futureMarkerVrfProofs: [],
+    futureMarkerProofs: [],
+  };
+  readFields(r, 0, (tag) => {
+    if (tag === 10) m.updateProofs.push(wireUpdateProof(r.message(0), 1));
+    else if (tag === 18) m.pastMarkerVrfProofs.push(r.bytes());
+    else if (tag === 26) m.pastMarkerProofs.push(wireMembershipProof(r.message(0), 1));
+    else if (tag === 34) m.futureMarkerVrfProofs.push(r.bytes());
+    else if (tag === 42) m.futureMarkerProofs.push(wireNonMembershipProof(r.message(0), 1));
+    else return false;
+    return true;
+  });
+  return m;
+}
+
 // akd_core's types, converted from the wire form.
 
 interface NodeLabel {
@@ -953,6 +1052,53 @@ function parseLookupProof(bytes: Uint8Array): LookupProof {
     freshnessVrfProof: need(m.freshnessVrfProof),
     freshnessProof: toNonMembershipProof(m.freshnessProof),
     commitmentNonce: need(m.commitmentNonce),
+  };
+}
+
+interface UpdateProof {
+  readonly epoch: bigint;
+  readonly value: Uint8Array;
+  readonly version: bigint;
+  readonly existenceVrfProof: Uint8Array;
+  readonly existenceProof: MembershipProof;
+  readonly previousVersionVrfProof: Uint8Array | undefined;
+  readonly previousVersionProof: MembershipProof | undefined;
+  readonly commitmentNonce: Uint8Array;
+}
+
+interface HistoryProof {
+  readonly updateProofs: readonly UpdateProof[];
+  readonly pastMarkerVrfProofs: readonly Uint8Array[];
+  readonly pastMarkerProofs: readonly MembershipProof[];
+  readonly futureMarkerVrfProofs: readonly Uint8Array[];
+  readonly futureMarkerProofs: readonly NonMembershipProof[];
+}
+
+function toUpdateProof(m: RawUpdateProof): UpdateProof {
+  return {
+    epoch: need(m.epoch),
+    value: need(m.value),
+    version: need(m.version),
+    existenceVrfProof: need(m.existenceVrfProof),
+    existenceProof: toMembershipProof(m.existenceProof),
+    previousVersionVrfProof: m.previousVersionVrfProof,
+    previousVersionProof: m.previousVersionProof === undefined ? undefined : toMembershipProof(m.previousVersionProof),
+    commitmentNonce: need(m.commitmentNonce),
+  };
+}
+
+/** Parses akd_core's `HistoryProof` protobuf message (at most 4 MiB). */
+function parseHistoryProof(bytes: Uint8Array): HistoryProof {
+  if (bytes.length > MAX_HISTORY_PROOF_BYTES) {
+    fail("too_large", `key-history proof is too large (${bytes.length} bytes, at most ${MAX_HISTORY_PROOF_BYTES})`);
+  }
+  const m = wireHistoryProof(new PbReader(bytes, 0, bytes.length));
+  return {
+    updateProofs: m.updateProofs.map(toUpdateProof),
+    pastMarkerVrfProofs: m.pastMarkerVrfProofs,
+    pastMarkerProofs: m.pastMarkerProofs.map((p) => toMembershipProof(p)),
+    futureMarkerVrfProofs: m.futureMarkerVrfProofs,
+    futureMarkerProofs: m.futureMarkerProofs.map((p) => toNonMembershipProof(p)),
   };
 }
 
@@ -1125,6 +1271,125 @@ function lookupVerify(
   verifyNonMembership(root, proof.freshnessProof);
 }
 
+const MARKER_SKIPLIST: readonly bigint[] = [1n, 2n, 4n, 16n, 256n, 65536n, 1n << 32n];
+
+function bitLength(n: bigint): number {
+  return n === 0n ? 0 : n.toString(2).length;
+}
+
+function log2(n: bigint): number {
+  return bitLength(n) - 1;
+}
+
+/** The largest index whose skiplist entry is not above `n` (n >= 1). */
+function skiplistIndex(n: bigint): number {
+  let i = 0;
+  while (i < MARKER_SKIPLIST.length && n >= (MARKER_SKIPLIST[i] ?? 0n)) i++;
+  return i - 1;
+}
+
+/** akd_core's `get_marker_versions(start, end, epoch)` (1 <= start <= end <= epoch). */
+function markerVersions(start: bigint, end: bigint, epoch: bigint): { past: bigint[]; future: bigint[] } {
+  const past: bigint[] = [];
+  const pushPast = (v: bigint): void => {
+    if (past.length === 0 || past[past.length - 1] !== v) past.push(v);
+  };
+  const skip = MARKER_SKIPLIST[skiplistIndex(start)] ?? 1n;
+  if (skip !== start) past.push(skip);
+  const startLog2 = 1n << BigInt(log2(start));
+  if (startLog2 !== start) pushPast(startLog2);
+  for (let i = bitLength(start) - 1; i >= 0; i--) {
+    const shift = 1n << BigInt(i);
+    if ((start & shift) !== 0n) {
+      const pv = start & ~(shift | (shift - 1n));
+      if (pv !== 0n) pushPast(pv);
+    }
+  }
+  const future: bigint[] = [];
+  let fv = end;
+  for (let i = 0; i < bitLength(end); i++) {
+    const shift = 1n << BigInt(i);
+    if ((end & shift) === 0n) {
+      fv |= shift;
+      fv &= ~(shift - 1n);
+      if (fv <= epoch) future.push(fv);
+    }
+  }
+  const slice = MARKER_SKIPLIST.slice(skiplistIndex(end) + 1, skiplistIndex(epoch) + 1);
+  for (let i = log2(end) + 1; i <= log2(epoch); i++) {
+    const val = 1n << BigInt(i);
+    if (slice.length > 0 && val >= (slice[0] ?? 0n)) break;
+    future.push(val);
+  }
+  future.push(...slice);
+  return { past, future };
+}
+
+/** akd_core's `key_history_verify` (complete history, no tombstones). */
+function historyVerify(
+  vrf: { bytes: Uint8Array; point: Point },
+  root: Uint8Array,
+  epoch: bigint,
+  akdLabel: Uint8Array,
+  proof: HistoryProof,
+): void {
+  const updates = proof.updateProofs;
+  const first = updates[0];
+  if (first === undefined) throw new ProofFailure();
+  for (let i = 1; i < updates.length; i++) {
+    if ((updates[i]?.version ?? 0n) + 1n !== updates[i - 1]?.version) throw new ProofFailure();
+  }
+  let start = first.version;
+  let end = first.version;
+  for (const u of updates) {
+    if (u.version < start) start = u.version;
+    if (u.version > end) end = u.version;
+  }
+  if (start === 0n || end > epoch || start !== 1n) throw new ProofFailure();
+  const { past, future } = markerVersions(start, end, epoch);
+  if (past.length !== proof.pastMarkerVrfProofs.length || proof.pastMarkerVrfProofs.length !== proof.pastMarkerProofs.length) {
+    throw new ProofFailure();
+  }
+  if (
+    future.length !== proof.futureMarkerVrfProofs.length ||
+    proof.futureMarkerVrfProofs.length !== proof.futureMarkerProofs.length
+  ) {
+    throw new ProofFailure();
+  }
+  let previousEpoch: bigint | undefined;
+  for (const u of updates) {
+    if (previousEpoch !== undefined && u.epoch > previousEpoch) throw new ProofFailure();
+    previousEpoch = u.epoch;
+    const commitment = blake3(concat(lengthPrefixed(u.value), lengthPrefixed(u.commitmentNonce)));
+    if (!bytesEqual(blake3(concat(commitment, u64be(u.epoch))), u.existenceProof.hashVal)) throw new ProofFailure();
+    verifyLabel(vrf, akdLabel, FRESH, u.version, u.existenceVrfProof, u.existenceProof.label);
+    verifyMembership(root, u.existenceProof);
+    if (u.version <= 1n) continue;
+    // The version before was made stale in this epoch: a leaf with the stale value H(0x00).
+    const previous = u.previousVersionProof;
+    const previousVrf = u.previousVersionVrfProof;
+    if (previous === undefined || previousVrf === undefined) throw new ProofFailure();
+    const staleLeaf = blake3(concat(blake3(Uint8Array.of(0)), u64be(u.epoch)));
+    if (!bytesEqual(staleLeaf, previous.hashVal)) throw new ProofFailure();
+    verifyLabel(vrf, akdLabel, STALE, u.version - 1n, previousVrf, previous.label);
+    verifyMembership(root, previous);
+  }
+  past.forEach((version, i) => {
+    const p = proof.pastMarkerProofs[i];
+    const v = proof.pastMarkerVrfProofs[i];
+    if (p === undefined || v === undefined) throw new ProofFailure();
+    verifyLabel(vrf, akdLabel, FRESH, version, v, p.label);
+    verifyMembership(root, p);
+  });
+  future.forEach((version, i) => {
+    const p = proof.futureMarkerProofs[i];
+    const v = proof.futureMarkerVrfProofs[i];
+    if (p === undefined || v === undefined) throw new ProofFailure();
+    verifyLabel(vrf, akdLabel, FRESH, version, v, p.label);
+    verifyNonMembership(root, p);
+  });
+}
+
 // ---------------------------------------------------------------------------------------------
 // Lookups
 
@@ -1187,10 +1452,7 @@ export interface VerifyLookupInput {
  * DID's latest record against the offered root hash.
  */
 export function verifyLookup(input: VerifyLookupInput): VerifiedLookup {
-  const key = resolveKey(input.directoryPublicKey);
-  if (!isValidDid(input.did)) fail("invalid_argument", "not a valid DID");
-  const stored = input.stored == null ? undefined : parseSignedCheckpoint(input.stored);
-  if (stored !== undefined) verifyCheckpoint(stored, key);
+  const { key, stored } = prologue(input);
   const response = isLookupResponse(input.response) ? input.response : parseLookupResponse(input.response);
   const checkpoint = checkAgainstStored(key, response.checkpoint, stored);
   const proof = parseLookupProof(response.proof);
@@ -1198,23 +1460,122 @@ export function verifyLookup(input: VerifyLookupInput): VerifiedLookup {
   // akd_core assumes 1 <= version, epoch <= the checkpoint's epoch; check first.
   const inRange = (n: bigint): boolean => n >= 1n && n <= epoch;
   if (!inRange(proof.version) || !inRange(proof.epoch)) fail("lookup_proof", "lookup proof does not verify");
-  const vrfPoint = decompress(key.vrfKey);
-  if (vrfPoint === undefined) return fail("invalid_key", "VRF public key is not a valid Ed25519 point");
   try {
-    lookupVerify({ bytes: key.vrfKey, point: vrfPoint }, checkpoint.rootHash, epoch, utf8.encode(input.did), proof);
+    lookupVerify(vrfOf(key), checkpoint.rootHash, epoch, utf8.encode(input.did), proof);
   } catch (e) {
     if (e instanceof ProofFailure) fail("lookup_proof", "lookup proof does not verify");
     throw e;
   }
   const record = decodeRecord(proof.value);
-  const newer = stored === undefined || checkpoint.epoch > stored.checkpoint.epoch;
   return {
     record,
     epoch: Number(proof.epoch),
     version: Number(proof.version),
     checkpoint,
-    stored: newer ? response.checkpoint.json : (stored as SignedCheckpoint).json,
+    stored: newest(stored, response.checkpoint),
   };
+}
+
+function prologue(input: { directoryPublicKey: unknown; did: string; stored?: StoredCheckpoint | null | undefined }): {
+  key: DirectoryPublicKey;
+  stored: SignedCheckpoint | undefined;
+} {
+  const key = resolveKey(input.directoryPublicKey);
+  if (!isValidDid(input.did)) fail("invalid_argument", "not a valid DID");
+  const stored = input.stored == null ? undefined : parseSignedCheckpoint(input.stored);
+  if (stored !== undefined) verifyCheckpoint(stored, key);
+  return { key, stored };
+}
+
+function vrfOf(key: DirectoryPublicKey): { bytes: Uint8Array; point: Point } {
+  const point = decompress(key.vrfKey);
+  if (point === undefined) return fail("invalid_key", "VRF public key is not a valid Ed25519 point");
+  return { bytes: key.vrfKey, point };
+}
+
+function newest(stored: SignedCheckpoint | undefined, offered: SignedCheckpoint): StoredCheckpoint {
+  return stored === undefined || offered.checkpoint.epoch > stored.checkpoint.epoch ? offered.json : stored.json;
+}
+
+/** One version of a DID's record, as a verified key history proves it. */
+export interface VerifiedVersion {
+  readonly record: OracleRecord;
+  readonly epoch: number;
+  readonly version: number;
+}
+
+/** A verified key history: every version, newest first, down to version 1. */
+export interface VerifiedHistory {
+  readonly versions: readonly VerifiedVersion[];
+  readonly checkpoint: Checkpoint;
+  /** The checkpoint to store: the newer of the stored and this one. */
+  readonly stored: StoredCheckpoint;
+}
+
+/** Input of `verifyHistory`: as `verifyLookup`, with a `GET /kt/v1/history/{did}` answer. */
+export type VerifyHistoryInput = VerifyLookupInput;
+
+/**
+ * Verifies a key-history answer, as the Rust `Verifier::verify_history`: the same checkpoint
+ * checks as `verifyLookup`, then every version from 1 to the latest, each in the tree at its
+ * epoch, the one before it made stale then, and no later version hidden.
+ */
+export function verifyHistory(input: VerifyHistoryInput): VerifiedHistory {
+  const { key, stored } = prologue(input);
+  let response: LookupResponse;
+  try {
+    response = isLookupResponse(input.response) ? input.response : parseLookupResponse(input.response);
+  } catch (e) {
+    if (e instanceof KtError && e.reason === "malformed") throw new KtError("malformed", "malformed key-history response");
+    throw e;
+  }
+  const checkpoint = checkAgainstStored(key, response.checkpoint, stored);
+  let proof: HistoryProof;
+  try {
+    proof = parseHistoryProof(response.proof);
+  } catch (e) {
+    if (e instanceof KtError && e.reason === "malformed") throw new KtError("malformed", "malformed key-history proof");
+    throw e;
+  }
+  const epoch = BigInt(checkpoint.epoch);
+  // akd_core adds to versions before it bounds them by the epoch; bound them first.
+  const inRange = (n: bigint): boolean => n >= 1n && n <= epoch;
+  if (proof.updateProofs.length === 0 || !proof.updateProofs.every((u) => inRange(u.version) && inRange(u.epoch))) {
+    fail("history_proof", "key-history proof does not verify");
+  }
+  try {
+    historyVerify(vrfOf(key), checkpoint.rootHash, epoch, utf8.encode(input.did), proof);
+  } catch (e) {
+    if (e instanceof ProofFailure) fail("history_proof", "key-history proof does not verify");
+    throw e;
+  }
+  const versions = proof.updateProofs.map((u) => ({
+    record: decodeRecord(u.value),
+    epoch: Number(u.epoch),
+    version: Number(u.version),
+  }));
+  return { versions, checkpoint, stored: newest(stored, response.checkpoint) };
+}
+
+function sameRecord(a: OracleRecord, b: OracleRecord): boolean {
+  return bytesEqual(encodeRecord(a), encodeRecord(b));
+}
+
+/**
+ * For a record pinned at `pinnedVersion` (from an earlier verified lookup): the version that
+ * replaced it (its `epoch` is when the change was published), or `undefined` if none did.
+ * `history_rewritten` if the history does not hold the pinned record at that version.
+ */
+export function changeSince(
+  history: VerifiedHistory,
+  pinned: OracleRecord,
+  pinnedVersion: number,
+): VerifiedVersion | undefined {
+  const at = history.versions.find((v) => v.version === pinnedVersion);
+  if (at === undefined || !sameRecord(at.record, pinned)) {
+    fail("history_rewritten", `the verified history does not contain the pinned record at version ${pinnedVersion}`);
+  }
+  return history.versions.find((v) => v.version === pinnedVersion + 1);
 }
 
 function isLookupResponse(v: unknown): v is LookupResponse {
@@ -1238,6 +1599,23 @@ export interface VerifyOracleRecordInput {
   readonly fetchImpl?: typeof fetch;
   /** Aborts the whole operation. */
   readonly signal?: AbortSignal;
+  /**
+   * The record pinned after an earlier verified lookup and its version: when the directory
+   * now serves another one, its key history is fetched (`GET /kt/v1/history/{did}`) and
+   * verified, and `changeEpoch` says when the pinned version was replaced.
+   */
+  readonly pinned?: { readonly record: OracleRecord; readonly version: number } | null | undefined;
+}
+
+/** What `verifyOracleRecord` proved. */
+export interface VerifiedOracleRecord extends VerifiedLookup {
+  /** The verified key history, when the record is not the pinned one. */
+  readonly history?: VerifiedHistory;
+  /**
+   * When the record is not the pinned one: the epoch in which the pinned version was
+   * replaced, or (no later version in the history) the served record's epoch.
+   */
+  readonly changeEpoch?: number;
 }
 
 function isLoopbackHost(hostname: string): boolean {
@@ -1248,8 +1626,8 @@ function isLoopbackHost(hostname: string): boolean {
   return m !== null && m[1] === "127" && m.slice(1).every((x) => Number(x) <= 255);
 }
 
-/** `{directoryUrl}/kt/v1/lookup/{did}` (the DID one path segment, `%` escaped). */
-export function lookupUrl(directoryUrl: string, did: string): URL {
+/** `{directoryUrl}/kt/v1/{lookup|history}/{did}` (the DID one path segment, `%` escaped). */
+export function lookupUrl(directoryUrl: string, did: string, what: "lookup" | "history" = "lookup"): URL {
   let url: URL;
   try {
     url = new URL(directoryUrl);
@@ -1261,7 +1639,7 @@ export function lookupUrl(directoryUrl: string, did: string): URL {
   }
   if (!isValidDid(did)) fail("invalid_argument", "not a valid DID");
   const base = url.pathname.endsWith("/") ? url.pathname.slice(0, -1) : url.pathname;
-  url.pathname = `${base}/kt/v1/lookup/${did.replaceAll("%", "%25")}`;
+  url.pathname = `${base}/kt/v1/${what}/${did.replaceAll("%", "%25")}`;
   return url;
 }
 
@@ -1311,6 +1689,7 @@ async function fetchOnce(
   fetchImpl: typeof fetch,
   url: URL,
   did: string,
+  limit: number,
   outer: AbortSignal | undefined,
 ): Promise<Uint8Array> {
   const controller = new AbortController();
@@ -1328,7 +1707,7 @@ async function fetchOnce(
         redirect: "error",
         credentials: "omit",
       });
-      body = await readLimited(resp, MAX_LOOKUP_BODY);
+      body = await readLimited(resp, limit);
     } catch (e) {
       if (e instanceof KtError) throw e;
       if (outer?.aborted) throw new KtError("unavailable", "aborted");
@@ -1365,28 +1744,65 @@ function sleep(ms: number, signal: AbortSignal | undefined): Promise<void> {
  * the Rust client does before it trusts an oracle. Persist the answer's `stored` and pass it
  * next time; compare the record with the oracle's well-known (`compareRecordWithWellKnown`).
  */
-export async function verifyOracleRecord(input: VerifyOracleRecordInput): Promise<VerifiedLookup> {
+export async function verifyOracleRecord(input: VerifyOracleRecordInput): Promise<VerifiedOracleRecord> {
   const key = resolveKey(input.directoryPublicKey);
-  const url = lookupUrl(input.directoryUrl, input.oracleDid);
+  const lookupAt = lookupUrl(input.directoryUrl, input.oracleDid, "lookup");
+  const historyAt = lookupUrl(input.directoryUrl, input.oracleDid, "history");
   const fetchImpl = input.fetchImpl ?? globalThis.fetch.bind(globalThis);
+  const get = (url: URL, limit: number): Promise<string> =>
+    fetchText(fetchImpl, url, input.oracleDid, limit, input.signal);
+
+  const lookup = verifyLookup({
+    directoryPublicKey: key,
+    did: input.oracleDid,
+    response: await get(lookupAt, MAX_LOOKUP_BODY),
+    stored: input.stored,
+  });
+  const pinned = input.pinned ?? undefined;
+  if (pinned === undefined || (pinned.version === lookup.version && sameRecord(pinned.record, lookup.record))) {
+    return lookup;
+  }
+  // Another record than the pinned one: the complete key history says when it changed.
+  try {
+    const history = verifyHistory({
+      directoryPublicKey: key,
+      did: input.oracleDid,
+      response: await get(historyAt, MAX_HISTORY_BODY),
+      stored: lookup.stored,
+    });
+    const change = changeSince(history, pinned.record, pinned.version);
+    return { ...lookup, stored: history.stored, history, changeEpoch: change?.epoch ?? lookup.epoch };
+  } catch (e) {
+    // The lookup's checkpoint was verified: the caller stores it whatever the outcome.
+    if (e instanceof KtError) throw new KtError(e.reason, e.message, lookup.stored);
+    throw e;
+  }
+}
+
+/** GET with bounded retries (network errors, timeouts, 5xx) and a bounded body, as UTF-8. */
+async function fetchText(
+  fetchImpl: typeof fetch,
+  url: URL,
+  did: string,
+  limit: number,
+  signal: AbortSignal | undefined,
+): Promise<string> {
   let backoff = 200;
   let last = "";
   for (let attempt = 1; attempt <= ATTEMPTS; attempt++) {
-    if (input.signal?.aborted) fail("unavailable", "aborted");
+    if (signal?.aborted) fail("unavailable", "aborted");
     try {
-      const body = await fetchOnce(fetchImpl, url, input.oracleDid, input.signal);
-      let text: string;
+      const body = await fetchOnce(fetchImpl, url, did, limit, signal);
       try {
-        text = utf8Strict.decode(body);
+        return utf8Strict.decode(body);
       } catch {
-        return fail("malformed", "malformed lookup response: not UTF-8");
+        return fail("malformed", "malformed directory answer: not UTF-8");
       }
-      return verifyLookup({ directoryPublicKey: key, did: input.oracleDid, response: text, stored: input.stored });
     } catch (e) {
       if (!(e instanceof Transient)) throw e;
       last = e.message;
       if (attempt < ATTEMPTS) {
-        await sleep(backoff, input.signal);
+        await sleep(backoff, signal);
         backoff *= 2;
       }
     }

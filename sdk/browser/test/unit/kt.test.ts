@@ -23,7 +23,9 @@ import {
   lookupUrl,
   parseDirectoryPublicKey,
   parseSignedCheckpoint,
+  changeSince,
   verifyCheckpoint,
+  verifyHistory,
   verifyLookup,
   verifyOracleRecord,
   type OracleRecord,
@@ -145,6 +147,64 @@ describe('lookup answers of a real akd directory (Rust vectors)', () => {
       reasonOf(() => parseDirectoryPublicKey({ signingKey: b64(key.signingKey), vrfKey: b64(identity) })),
     ).toBe('invalid_key');
     expect(reasonOf(() => parseDirectoryPublicKey('{"signingKey":"AA","vrfKey":"AA"}'))).toBe('invalid_key');
+  });
+});
+
+describe('key histories of a real akd directory (Rust vectors)', () => {
+  const histories: any[] = lookups.histories;
+
+  it('has positives, a change, a rewritten pin and refusals', () => {
+    expect(histories.filter((c) => c.expect.ok).length).toBeGreaterThanOrEqual(5);
+    expect(histories.some((c) => c.expect.change?.epoch !== undefined)).toBe(true);
+    expect(histories.some((c) => c.expect.change?.reason === 'history_rewritten')).toBe(true);
+    const reasons = new Set(histories.filter((c) => !c.expect.ok).map((c) => c.expect.reason));
+    for (const r of ['history_proof', 'bad_signature', 'malformed']) expect(reasons.has(r), r).toBe(true);
+  });
+
+  it.each(histories.map((c) => [c.name, c] as const))('%s', (_name, c) => {
+    const run = () =>
+      verifyHistory({ directoryPublicKey: lookups.directoryPublicKey, did: c.did, response: c.body, stored: c.stored });
+    if (!c.expect.ok) {
+      expect(reasonOf(run)).toBe(c.expect.reason);
+      return;
+    }
+    const h = run();
+    expect(h.versions).toEqual(c.expect.versions);
+    expect(h.checkpoint.epoch).toBe(c.expect.checkpointEpoch);
+    if (c.pinned !== undefined) {
+      const change = () => changeSince(h, c.pinned.record, c.pinned.version);
+      if (c.expect.change === null) expect(change()).toBeUndefined();
+      else if (c.expect.change.reason !== undefined) expect(reasonOf(change)).toBe(c.expect.change.reason);
+      else expect(change()).toMatchObject(c.expect.change);
+    }
+  });
+
+  it('verifyOracleRecord fetches the history when the pinned record changed, and not otherwise', async () => {
+    const lookup = lookups.cases.find((x: any) => x.name === 'epoch 4: did:ixo:oracle1');
+    const history = histories.find((x: any) => x.name === 'oracle1: two versions, pinned at version 1');
+    const urls: string[] = [];
+    const fetchImpl = (async (u: string) => {
+      urls.push(u);
+      return new Response(u.includes('/history/') ? history.body : lookup.body, { status: 200 });
+    }) as unknown as typeof fetch;
+    const base = { directoryUrl: 'https://kt.example', directoryPublicKey: lookups.directoryPublicKey, oracleDid: lookup.did, fetchImpl };
+    const changed = await verifyOracleRecord({ ...base, pinned: history.pinned });
+    expect(changed.changeEpoch).toBe(2);
+    expect(changed.history?.versions.map((v) => v.version)).toEqual([2, 1]);
+    expect(urls).toEqual(['https://kt.example/kt/v1/lookup/did:ixo:oracle1', 'https://kt.example/kt/v1/history/did:ixo:oracle1']);
+    urls.length = 0;
+    const same = await verifyOracleRecord({ ...base, pinned: { record: lookup.expect.record, version: 2 } });
+    expect(same.changeEpoch).toBeUndefined();
+    expect(urls.length).toBe(1);
+    // A pin the history does not hold: refused, with the lookup's checkpoint to store anyway.
+    try {
+      await verifyOracleRecord({ ...base, pinned: { record: lookup.expect.record, version: 1 } });
+      expect.unreachable();
+    } catch (e) {
+      expect(e).toBeInstanceOf(KtError);
+      expect((e as KtError).reason).toBe('history_rewritten');
+      expect((e as KtError).stored?.checkpoint.epoch).toBe(4);
+    }
   });
 });
 
