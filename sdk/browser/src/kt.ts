@@ -1439,7 +1439,7 @@ export interface VerifyLookupInput {
   readonly directoryPublicKey: DirectoryPublicKey | unknown;
   /** The oracle's DID the answer is for. */
   readonly did: string;
-  /** The directory's answer: its JSON text, parsed value, or `LookupResponse`. */
+  /** The directory's answer: its JSON text, or that text parsed with `JSON.parse`. */
   readonly response: string | unknown;
   /** The checkpoint stored after the last verified lookup, if any. */
   readonly stored?: StoredCheckpoint | null | undefined;
@@ -1453,7 +1453,7 @@ export interface VerifyLookupInput {
  */
 export function verifyLookup(input: VerifyLookupInput): VerifiedLookup {
   const { key, stored } = prologue(input);
-  const response = isLookupResponse(input.response) ? input.response : parseLookupResponse(input.response);
+  const response = parseLookupResponse(input.response);
   const checkpoint = checkAgainstStored(key, response.checkpoint, stored);
   const proof = parseLookupProof(response.proof);
   const epoch = BigInt(checkpoint.epoch);
@@ -1524,7 +1524,7 @@ export function verifyHistory(input: VerifyHistoryInput): VerifiedHistory {
   const { key, stored } = prologue(input);
   let response: LookupResponse;
   try {
-    response = isLookupResponse(input.response) ? input.response : parseLookupResponse(input.response);
+    response = parseLookupResponse(input.response);
   } catch (e) {
     if (e instanceof KtError && e.reason === "malformed") throw new KtError("malformed", "malformed key-history response");
     throw e;
@@ -1578,9 +1578,6 @@ export function changeSince(
   return history.versions.find((v) => v.version === pinnedVersion + 1);
 }
 
-function isLookupResponse(v: unknown): v is LookupResponse {
-  return isObject(v) && v["proof"] instanceof Uint8Array && isParsedCheckpoint(v["checkpoint"]);
-}
 
 // ---------------------------------------------------------------------------------------------
 // Over HTTP (§12.1)

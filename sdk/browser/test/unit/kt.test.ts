@@ -505,6 +505,22 @@ describe.skipIf(!existsSync(BIN))('against a running `oracle-calls kt serve`', (
     expect(second.record).toEqual(changed);
     expect([second.epoch, second.version]).toEqual([2, 2]);
     expect(second.stored).toEqual(published.checkpoint);
+    expect(second.changeEpoch).toBeUndefined();
+
+    // A client that pinned version 1 learns from the verified history when it changed.
+    const pinnedBefore = await verifyOracleRecord({
+      directoryUrl: base,
+      directoryPublicKey: publicKey,
+      oracleDid: dids[0],
+      stored: first.stored,
+      pinned: { record: first.record, version: first.version },
+    });
+    expect(pinnedBefore.changeEpoch).toBe(2);
+    expect(pinnedBefore.history?.versions.map((v) => [v.version, v.epoch])).toEqual([
+      [2, 2],
+      [1, 1],
+    ]);
+    expect(pinnedBefore.history?.versions[1]?.record).toEqual(first.record);
 
     // The record agrees with a well-known that serves it, and not with one that serves the old key.
     const wellKnown = {
