@@ -56,9 +56,9 @@
  * refuses a small-order signing key that aws-lc would take.
  */
 
-import { ed25519 } from "@noble/curves/ed25519.js";
-import { blake3 } from "@noble/hashes/blake3.js";
-import { sha256, sha512 } from "@noble/hashes/sha2.js";
+import { ed25519 } from '@noble/curves/ed25519.js';
+import { blake3 } from '@noble/hashes/blake3.js';
+import { sha256, sha512 } from '@noble/hashes/sha2.js';
 
 // ---------------------------------------------------------------------------------------------
 // Errors
@@ -66,41 +66,41 @@ import { sha256, sha512 } from "@noble/hashes/sha2.js";
 /** Why a key-transparency check failed. */
 export type KtErrorReason =
   /** A checkpoint names another signing key than the configured directory key. */
-  | "unknown_key"
+  | 'unknown_key'
   /** A checkpoint's Ed25519 signature does not verify. */
-  | "bad_signature"
+  | 'bad_signature'
   /** A checkpoint older than the stored one. */
-  | "rollback"
+  | 'rollback'
   /** Another checkpoint for the stored checkpoint's epoch. */
-  | "fork"
+  | 'fork'
   /** A newer checkpoint dated before the stored one. */
-  | "time_went_backwards"
+  | 'time_went_backwards'
   /** JSON, base64url or protobuf that is not well-formed. */
-  | "malformed"
+  | 'malformed'
   /** A proof or record over its size limit. */
-  | "too_large"
+  | 'too_large'
   /** The proved value is not a well-formed oracle record. */
-  | "malformed_record"
+  | 'malformed_record'
   /** The lookup proof (VRF, membership, freshness) does not verify. */
-  | "lookup_proof"
+  | 'lookup_proof'
   /** The key-history proof does not verify. */
-  | "history_proof"
+  | 'history_proof'
   /** The verified history lacks the pinned record at its version: a value once proved was rewritten. */
-  | "history_rewritten"
+  | 'history_rewritten'
   /** A key given to the API is not a valid key (caller's configuration). */
-  | "invalid_key"
+  | 'invalid_key'
   /** An argument given to the API is not valid (a DID, a URL). */
-  | "invalid_argument"
+  | 'invalid_argument'
   /** The directory URL is plain `http://` outside loopback. */
-  | "insecure_url"
+  | 'insecure_url'
   /** The directory has no record for the DID (HTTP 404). */
-  | "not_found"
+  | 'not_found'
   /** The directory could not be reached or answered an error. */
-  | "unavailable";
+  | 'unavailable';
 
 /** The one error type of this module. */
 export class KtError extends Error {
-  override readonly name = "KtError";
+  override readonly name = 'KtError';
   readonly reason: KtErrorReason;
   /**
    * Set when a lookup verified before a later step failed (`verifyOracleRecord` with a pinned
@@ -175,9 +175,9 @@ export interface RecordDevice {
 }
 
 /** The key schemes a record may name (a record naming another is malformed). */
-export type KeyScheme = "hpke-p256" | "hpke-x25519" | "rsa-oaep-256" | "ecies-secp256k1";
+export type KeyScheme = 'hpke-p256' | 'hpke-x25519' | 'rsa-oaep-256' | 'ecies-secp256k1';
 
-const KEY_SCHEMES: readonly string[] = ["hpke-p256", "hpke-x25519", "rsa-oaep-256", "ecies-secp256k1"];
+const KEY_SCHEMES: readonly string[] = ['hpke-p256', 'hpke-x25519', 'rsa-oaep-256', 'ecies-secp256k1'];
 
 /** An oracle's key-transparency record (§12), in its JSON shape. */
 export interface OracleRecord {
@@ -204,7 +204,7 @@ export interface VerifiedLookup {
 
 /** A field in which the oracle's server disagrees with the verified record. */
 export interface KtMismatch {
-  readonly what: "keys" | "matrixUserId" | "matrixDevices" | "prekeySigningKey";
+  readonly what: 'keys' | 'matrixUserId' | 'matrixDevices' | 'prekeySigningKey';
   /** The record's value, as text. */
   readonly record: string;
   /** The server's value, as text. */
@@ -228,13 +228,13 @@ const ATTEMPTS = 4;
 const ATTEMPT_TIMEOUT_MS = 15_000;
 const MAX_DID_LEN = 256;
 
-const CHECKPOINT_CONTEXT = "oracle-calls/kt-checkpoint/v1";
-const RECORD_TAG_V1 = "oracle-calls/kt-record/v1";
-const RECORD_TAG_V2 = "oracle-calls/kt-record/v2";
+const CHECKPOINT_CONTEXT = 'oracle-calls/kt-checkpoint/v1';
+const RECORD_TAG_V1 = 'oracle-calls/kt-record/v1';
+const RECORD_TAG_V2 = 'oracle-calls/kt-record/v2';
 const SPKI_ED25519_PREFIX = Uint8Array.of(0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00);
 
 const utf8 = new TextEncoder();
-const utf8Strict = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
+const utf8Strict = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
 
 // ---------------------------------------------------------------------------------------------
 // Bytes, hex, base64url
@@ -276,11 +276,11 @@ function i64be(n: bigint): Uint8Array {
   return out;
 }
 
-const HEX = "0123456789abcdef";
+const HEX = '0123456789abcdef';
 
 function toHex(bytes: Uint8Array): string {
-  let s = "";
-  for (const b of bytes) s += (HEX[b >> 4] ?? "") + (HEX[b & 15] ?? "");
+  let s = '';
+  for (const b of bytes) s += (HEX[b >> 4] ?? '') + (HEX[b & 15] ?? '');
   return s;
 }
 
@@ -292,7 +292,7 @@ function fromHex(text: string, n: number): Uint8Array | undefined {
   return out;
 }
 
-const B64URL = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+const B64URL = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_';
 const B64URL_INDEX: ReadonlyMap<string, number> = new Map([...B64URL].map((c, i) => [c, i]));
 
 /** Unpadded base64url, strict (no padding, no other alphabet, no stray bits), or `undefined`. */
@@ -323,39 +323,39 @@ function fromBase64Url(text: string): Uint8Array | undefined {
 type JsonObject = Record<string, unknown>;
 
 function isObject(v: unknown): v is JsonObject {
-  return typeof v === "object" && v !== null && !Array.isArray(v);
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
 }
 
 function parseJsonText(text: string, what: string): unknown {
   try {
     return JSON.parse(text) as unknown;
   } catch {
-    return fail("malformed", `malformed ${what}: not JSON`);
+    return fail('malformed', `malformed ${what}: not JSON`);
   }
 }
 
 function strictObject(v: unknown, fields: readonly string[], what: string): JsonObject {
-  if (!isObject(v)) return fail("malformed", `malformed ${what}: not an object`);
+  if (!isObject(v)) return fail('malformed', `malformed ${what}: not an object`);
   for (const k of Object.keys(v)) {
-    if (!fields.includes(k)) fail("malformed", `malformed ${what}: unknown field`);
+    if (!fields.includes(k)) fail('malformed', `malformed ${what}: unknown field`);
   }
   for (const k of fields) {
-    if (!(k in v)) fail("malformed", `malformed ${what}: missing ${k}`);
+    if (!(k in v)) fail('malformed', `malformed ${what}: missing ${k}`);
   }
   return v;
 }
 
 function safeInteger(v: unknown, min: number, what: string): number {
-  if (typeof v !== "number" || !Number.isSafeInteger(v) || v < min) {
-    return fail("malformed", `malformed ${what}`);
+  if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < min) {
+    return fail('malformed', `malformed ${what}`);
   }
   return v;
 }
 
 function b64Field(v: unknown, n: number | undefined, what: string): Uint8Array {
-  const bytes = typeof v === "string" ? fromBase64Url(v) : undefined;
+  const bytes = typeof v === 'string' ? fromBase64Url(v) : undefined;
   if (bytes === undefined || (n !== undefined && bytes.length !== n)) {
-    return fail("malformed", `malformed ${what}: expected ${n ?? "some"} bytes of unpadded base64url`);
+    return fail('malformed', `malformed ${what}: expected ${n ?? 'some'} bytes of unpadded base64url`);
   }
   return bytes;
 }
@@ -387,16 +387,16 @@ function leToBigint(bytes: Uint8Array): bigint {
 
 /** The id of an Ed25519 key: SHA-256 of its SubjectPublicKeyInfo DER, first 16 bytes, hex. */
 export function directoryKeyId(signingKey: Uint8Array): string {
-  if (signingKey.length !== 32) fail("invalid_key", "an Ed25519 public key is 32 bytes");
+  if (signingKey.length !== 32) fail('invalid_key', 'an Ed25519 public key is 32 bytes');
   return toHex(sha256(concat(SPKI_ED25519_PREFIX, signingKey)).subarray(0, 16));
 }
 
 /** A directory key from its raw parts; the VRF key must be a point of large order. */
 export function directoryPublicKey(signingKey: Uint8Array, vrfKey: Uint8Array): DirectoryPublicKey {
-  if (signingKey.length !== 32) fail("invalid_key", "the signing key is not 32 bytes");
+  if (signingKey.length !== 32) fail('invalid_key', 'the signing key is not 32 bytes');
   const vrf = vrfKey.length === 32 ? decompress(vrfKey) : undefined;
   if (vrf === undefined || vrf.isSmallOrder()) {
-    fail("invalid_key", "VRF public key is not a valid Ed25519 point");
+    fail('invalid_key', 'VRF public key is not a valid Ed25519 point');
   }
   return {
     signingKey: Uint8Array.from(signingKey),
@@ -409,13 +409,13 @@ export function directoryPublicKey(signingKey: Uint8Array, vrfKey: Uint8Array): 
 export function parseDirectoryPublicKey(json: unknown): DirectoryPublicKey {
   try {
     const v = strictObject(
-      typeof json === "string" ? parseJsonText(json, "directory public key") : json,
-      ["signingKey", "vrfKey"],
-      "directory public key",
+      typeof json === 'string' ? parseJsonText(json, 'directory public key') : json,
+      ['signingKey', 'vrfKey'],
+      'directory public key',
     );
-    return directoryPublicKey(b64Field(v["signingKey"], 32, "signingKey"), b64Field(v["vrfKey"], 32, "vrfKey"));
+    return directoryPublicKey(b64Field(v['signingKey'], 32, 'signingKey'), b64Field(v['vrfKey'], 32, 'vrfKey'));
   } catch (e) {
-    if (e instanceof KtError) throw new KtError("invalid_key", e.message);
+    if (e instanceof KtError) throw new KtError('invalid_key', e.message);
     throw e;
   }
 }
@@ -428,20 +428,20 @@ export function checkpointSignedBytes(c: Checkpoint): Uint8Array {
 /** Parses a signed checkpoint (a value or JSON text); only its shape, not its signature. */
 export function parseSignedCheckpoint(json: unknown): SignedCheckpoint {
   const v = strictObject(
-    typeof json === "string" ? parseJsonText(json, "signed checkpoint") : json,
-    ["checkpoint", "signature", "keyId"],
-    "signed checkpoint",
+    typeof json === 'string' ? parseJsonText(json, 'signed checkpoint') : json,
+    ['checkpoint', 'signature', 'keyId'],
+    'signed checkpoint',
   );
-  const c = strictObject(v["checkpoint"], ["epoch", "rootHash", "timeMs"], "checkpoint");
-  const epoch = safeInteger(c["epoch"], 0, "checkpoint epoch");
-  const timeMs = safeInteger(c["timeMs"], Number.MIN_SAFE_INTEGER, "checkpoint timeMs");
-  const rootHex = c["rootHash"];
-  const rootHash = typeof rootHex === "string" ? fromHex(rootHex, 32) : undefined;
-  if (rootHash === undefined) return fail("malformed", "malformed checkpoint rootHash: expected 64 hex digits");
-  const signature = b64Field(v["signature"], 64, "checkpoint signature");
-  const keyId = v["keyId"];
-  if (typeof keyId !== "string" || fromHex(keyId, 16) === undefined) {
-    return fail("malformed", "malformed checkpoint keyId: expected 32 hex digits");
+  const c = strictObject(v['checkpoint'], ['epoch', 'rootHash', 'timeMs'], 'checkpoint');
+  const epoch = safeInteger(c['epoch'], 0, 'checkpoint epoch');
+  const timeMs = safeInteger(c['timeMs'], Number.MIN_SAFE_INTEGER, 'checkpoint timeMs');
+  const rootHex = c['rootHash'];
+  const rootHash = typeof rootHex === 'string' ? fromHex(rootHex, 32) : undefined;
+  if (rootHash === undefined) return fail('malformed', 'malformed checkpoint rootHash: expected 64 hex digits');
+  const signature = b64Field(v['signature'], 64, 'checkpoint signature');
+  const keyId = v['keyId'];
+  if (typeof keyId !== 'string' || fromHex(keyId, 16) === undefined) {
+    return fail('malformed', 'malformed checkpoint keyId: expected 32 hex digits');
   }
   return {
     checkpoint: { epoch, rootHash, timeMs },
@@ -449,7 +449,7 @@ export function parseSignedCheckpoint(json: unknown): SignedCheckpoint {
     keyId,
     json: {
       checkpoint: { epoch, rootHash: rootHex as string, timeMs },
-      signature: v["signature"] as string,
+      signature: v['signature'] as string,
       keyId,
     },
   };
@@ -472,7 +472,7 @@ export function verifyCheckpoint(
   const signed = isParsedCheckpoint(doc) ? doc : parseSignedCheckpoint(doc);
   const { signingKey, keyId } = signingKeyOf(directoryKey);
   if (signed.keyId !== keyId) {
-    fail("unknown_key", `checkpoint signed by an unknown directory key (key id ${signed.keyId})`);
+    fail('unknown_key', `checkpoint signed by an unknown directory key (key id ${signed.keyId})`);
   }
   let ok = false;
   try {
@@ -480,12 +480,12 @@ export function verifyCheckpoint(
   } catch {
     ok = false;
   }
-  if (!ok) fail("bad_signature", "checkpoint signature does not verify");
+  if (!ok) fail('bad_signature', 'checkpoint signature does not verify');
   return signed.checkpoint;
 }
 
 function isParsedCheckpoint(v: unknown): v is SignedCheckpoint {
-  return isObject(v) && v["signature"] instanceof Uint8Array && isObject(v["json"]);
+  return isObject(v) && v['signature'] instanceof Uint8Array && isObject(v['json']);
 }
 
 function sameCheckpoint(a: Checkpoint, b: Checkpoint): boolean {
@@ -502,13 +502,13 @@ function checkAgainstStored(
   if (stored !== undefined) {
     const s = stored.checkpoint;
     if (cp.epoch < s.epoch) {
-      fail("rollback", `rollback: checkpoint for epoch ${cp.epoch} offered after epoch ${s.epoch} was seen`);
+      fail('rollback', `rollback: checkpoint for epoch ${cp.epoch} offered after epoch ${s.epoch} was seen`);
     }
     if (cp.epoch === s.epoch && !sameCheckpoint(cp, s)) {
-      fail("fork", `fork: two different signed checkpoints for epoch ${cp.epoch}`);
+      fail('fork', `fork: two different signed checkpoints for epoch ${cp.epoch}`);
     }
     if (cp.timeMs < s.timeMs) {
-      fail("time_went_backwards", `checkpoint for epoch ${cp.epoch} is dated before an earlier epoch's checkpoint`);
+      fail('time_went_backwards', `checkpoint for epoch ${cp.epoch} is dated before an earlier epoch's checkpoint`);
     }
   }
   return cp;
@@ -546,12 +546,12 @@ export function encodeRecord(record: OracleRecord): Uint8Array {
 /** Decodes a record, strictly: known tag and schemes, UTF-8, no trailing bytes, ≤ 16 KiB. */
 export function decodeRecord(bytes: Uint8Array): OracleRecord {
   if (bytes.length > MAX_RECORD_BYTES) {
-    fail("too_large", `oracle record is too large (${bytes.length} bytes, at most ${MAX_RECORD_BYTES})`);
+    fail('too_large', `oracle record is too large (${bytes.length} bytes, at most ${MAX_RECORD_BYTES})`);
   }
   let at = 0;
-  const bad = (what: string): never => fail("malformed_record", `malformed oracle record: ${what}`);
+  const bad = (what: string): never => fail('malformed_record', `malformed oracle record: ${what}`);
   const take = (n: number): Uint8Array => {
-    if (n > bytes.length - at) bad("truncated");
+    if (n > bytes.length - at) bad('truncated');
     const out = bytes.subarray(at, at + n);
     at += n;
     return out;
@@ -562,15 +562,15 @@ export function decodeRecord(bytes: Uint8Array): OracleRecord {
     try {
       return utf8Strict.decode(b);
     } catch {
-      return bad("not UTF-8");
+      return bad('not UTF-8');
     }
   };
   const tag = str();
-  if (tag !== RECORD_TAG_V1 && tag !== RECORD_TAG_V2) bad("unknown record tag");
+  if (tag !== RECORD_TAG_V1 && tag !== RECORD_TAG_V2) bad('unknown record tag');
   const keys: RecordKey[] = [];
   for (let i = u32(); i > 0; i--) {
     const scheme = str();
-    if (!KEY_SCHEMES.includes(scheme)) bad("unknown key scheme");
+    if (!KEY_SCHEMES.includes(scheme)) bad('unknown key scheme');
     const keyId = str();
     const publicKey = str();
     keys.push({ keyId, scheme: scheme as KeyScheme, publicKey });
@@ -584,7 +584,7 @@ export function decodeRecord(bytes: Uint8Array): OracleRecord {
   }
   const agentName = str();
   const prekeySigningKey = tag === RECORD_TAG_V2 ? str() : undefined;
-  if (at !== bytes.length) bad("trailing bytes");
+  if (at !== bytes.length) bad('trailing bytes');
   const record: OracleRecord = { keys, matrixUserId, botDevices, agentName };
   return prekeySigningKey === undefined ? record : { ...record, prekeySigningKey };
 }
@@ -594,7 +594,7 @@ export function decodeRecord(bytes: Uint8Array): OracleRecord {
 
 const RECURSION_LIMIT = 100;
 
-const malformedProof = (): never => fail("malformed", "malformed lookup proof");
+const malformedProof = (): never => fail('malformed', 'malformed lookup proof');
 
 class PbReader {
   pos: number;
@@ -1038,7 +1038,7 @@ function toNonMembershipProof(m: RawNonMembershipProof | undefined): NonMembersh
 /** Parses akd_core's `LookupProof` protobuf message (at most 128 KiB). */
 function parseLookupProof(bytes: Uint8Array): LookupProof {
   if (bytes.length > MAX_LOOKUP_PROOF_BYTES) {
-    fail("too_large", `lookup proof is too large (${bytes.length} bytes, at most ${MAX_LOOKUP_PROOF_BYTES})`);
+    fail('too_large', `lookup proof is too large (${bytes.length} bytes, at most ${MAX_LOOKUP_PROOF_BYTES})`);
   }
   const m = wireLookupProof(new PbReader(bytes, 0, bytes.length));
   return {
@@ -1090,7 +1090,7 @@ function toUpdateProof(m: RawUpdateProof): UpdateProof {
 /** Parses akd_core's `HistoryProof` protobuf message (at most 4 MiB). */
 function parseHistoryProof(bytes: Uint8Array): HistoryProof {
   if (bytes.length > MAX_HISTORY_PROOF_BYTES) {
-    fail("too_large", `key-history proof is too large (${bytes.length} bytes, at most ${MAX_HISTORY_PROOF_BYTES})`);
+    fail('too_large', `key-history proof is too large (${bytes.length} bytes, at most ${MAX_HISTORY_PROOF_BYTES})`);
   }
   const m = wireHistoryProof(new PbReader(bytes, 0, bytes.length));
   return {
@@ -1403,32 +1403,32 @@ export interface LookupResponse {
 export function parseLookupResponse(body: unknown): LookupResponse {
   try {
     const v = strictObject(
-      typeof body === "string" ? parseJsonText(body, "lookup response") : body,
-      ["checkpoint", "proof"],
-      "lookup response",
+      typeof body === 'string' ? parseJsonText(body, 'lookup response') : body,
+      ['checkpoint', 'proof'],
+      'lookup response',
     );
-    return { checkpoint: parseSignedCheckpoint(v["checkpoint"]), proof: b64Field(v["proof"], undefined, "proof") };
+    return { checkpoint: parseSignedCheckpoint(v['checkpoint']), proof: b64Field(v['proof'], undefined, 'proof') };
   } catch (e) {
-    if (e instanceof KtError && e.reason === "malformed") throw new KtError("malformed", "malformed lookup response");
+    if (e instanceof KtError && e.reason === 'malformed') throw new KtError('malformed', 'malformed lookup response');
     throw e;
   }
 }
 
 /** Checks a DID's shape as the Rust `Did::parse` does. */
 export function isValidDid(did: string): boolean {
-  if (utf8.encode(did).length > MAX_DID_LEN || !did.startsWith("did:")) return false;
+  if (utf8.encode(did).length > MAX_DID_LEN || !did.startsWith('did:')) return false;
   const rest = did.slice(4);
-  const colon = rest.indexOf(":");
+  const colon = rest.indexOf(':');
   if (colon < 0) return false;
   const method = rest.slice(0, colon);
   const id = rest.slice(colon + 1);
-  if (!/^[a-z0-9]+$/.test(method) || id.length === 0 || id.endsWith(":")) return false;
+  if (!/^[a-z0-9]+$/.test(method) || id.length === 0 || id.endsWith(':')) return false;
   return /^(?:[A-Za-z0-9._:-]|%[0-9A-Fa-f]{2})+$/.test(id);
 }
 
 function resolveKey(key: DirectoryPublicKey | unknown): DirectoryPublicKey {
-  if (isObject(key) && key["signingKey"] instanceof Uint8Array && key["vrfKey"] instanceof Uint8Array) {
-    return directoryPublicKey(key["signingKey"], key["vrfKey"]);
+  if (isObject(key) && key['signingKey'] instanceof Uint8Array && key['vrfKey'] instanceof Uint8Array) {
+    return directoryPublicKey(key['signingKey'], key['vrfKey']);
   }
   return parseDirectoryPublicKey(key);
 }
@@ -1459,11 +1459,11 @@ export function verifyLookup(input: VerifyLookupInput): VerifiedLookup {
   const epoch = BigInt(checkpoint.epoch);
   // akd_core assumes 1 <= version, epoch <= the checkpoint's epoch; check first.
   const inRange = (n: bigint): boolean => n >= 1n && n <= epoch;
-  if (!inRange(proof.version) || !inRange(proof.epoch)) fail("lookup_proof", "lookup proof does not verify");
+  if (!inRange(proof.version) || !inRange(proof.epoch)) fail('lookup_proof', 'lookup proof does not verify');
   try {
     lookupVerify(vrfOf(key), checkpoint.rootHash, epoch, utf8.encode(input.did), proof);
   } catch (e) {
-    if (e instanceof ProofFailure) fail("lookup_proof", "lookup proof does not verify");
+    if (e instanceof ProofFailure) fail('lookup_proof', 'lookup proof does not verify');
     throw e;
   }
   const record = decodeRecord(proof.value);
@@ -1481,7 +1481,7 @@ function prologue(input: { directoryPublicKey: unknown; did: string; stored?: St
   stored: SignedCheckpoint | undefined;
 } {
   const key = resolveKey(input.directoryPublicKey);
-  if (!isValidDid(input.did)) fail("invalid_argument", "not a valid DID");
+  if (!isValidDid(input.did)) fail('invalid_argument', 'not a valid DID');
   const stored = input.stored == null ? undefined : parseSignedCheckpoint(input.stored);
   if (stored !== undefined) verifyCheckpoint(stored, key);
   return { key, stored };
@@ -1489,7 +1489,7 @@ function prologue(input: { directoryPublicKey: unknown; did: string; stored?: St
 
 function vrfOf(key: DirectoryPublicKey): { bytes: Uint8Array; point: Point } {
   const point = decompress(key.vrfKey);
-  if (point === undefined) return fail("invalid_key", "VRF public key is not a valid Ed25519 point");
+  if (point === undefined) return fail('invalid_key', 'VRF public key is not a valid Ed25519 point');
   return { bytes: key.vrfKey, point };
 }
 
@@ -1526,7 +1526,7 @@ export function verifyHistory(input: VerifyHistoryInput): VerifiedHistory {
   try {
     response = parseLookupResponse(input.response);
   } catch (e) {
-    if (e instanceof KtError && e.reason === "malformed") throw new KtError("malformed", "malformed key-history response");
+    if (e instanceof KtError && e.reason === 'malformed') throw new KtError('malformed', 'malformed key-history response');
     throw e;
   }
   const checkpoint = checkAgainstStored(key, response.checkpoint, stored);
@@ -1534,19 +1534,19 @@ export function verifyHistory(input: VerifyHistoryInput): VerifiedHistory {
   try {
     proof = parseHistoryProof(response.proof);
   } catch (e) {
-    if (e instanceof KtError && e.reason === "malformed") throw new KtError("malformed", "malformed key-history proof");
+    if (e instanceof KtError && e.reason === 'malformed') throw new KtError('malformed', 'malformed key-history proof');
     throw e;
   }
   const epoch = BigInt(checkpoint.epoch);
   // akd_core adds to versions before it bounds them by the epoch; bound them first.
   const inRange = (n: bigint): boolean => n >= 1n && n <= epoch;
   if (proof.updateProofs.length === 0 || !proof.updateProofs.every((u) => inRange(u.version) && inRange(u.epoch))) {
-    fail("history_proof", "key-history proof does not verify");
+    fail('history_proof', 'key-history proof does not verify');
   }
   try {
     historyVerify(vrfOf(key), checkpoint.rootHash, epoch, utf8.encode(input.did), proof);
   } catch (e) {
-    if (e instanceof ProofFailure) fail("history_proof", "key-history proof does not verify");
+    if (e instanceof ProofFailure) fail('history_proof', 'key-history proof does not verify');
     throw e;
   }
   const versions = proof.updateProofs.map((u) => ({
@@ -1573,7 +1573,7 @@ export function changeSince(
 ): VerifiedVersion | undefined {
   const at = history.versions.find((v) => v.version === pinnedVersion);
   if (at === undefined || !sameRecord(at.record, pinned)) {
-    fail("history_rewritten", `the verified history does not contain the pinned record at version ${pinnedVersion}`);
+    fail('history_rewritten', `the verified history does not contain the pinned record at version ${pinnedVersion}`);
   }
   return history.versions.find((v) => v.version === pinnedVersion + 1);
 }
@@ -1616,27 +1616,27 @@ export interface VerifiedOracleRecord extends VerifiedLookup {
 }
 
 function isLoopbackHost(hostname: string): boolean {
-  const host = hostname.startsWith("[") && hostname.endsWith("]") ? hostname.slice(1, -1) : hostname;
-  if (host.toLowerCase() === "localhost") return true;
-  if (host === "::1") return true;
+  const host = hostname.startsWith('[') && hostname.endsWith(']') ? hostname.slice(1, -1) : hostname;
+  if (host.toLowerCase() === 'localhost') return true;
+  if (host === '::1') return true;
   const m = /^(\d+)\.(\d+)\.(\d+)\.(\d+)$/.exec(host);
-  return m !== null && m[1] === "127" && m.slice(1).every((x) => Number(x) <= 255);
+  return m !== null && m[1] === '127' && m.slice(1).every((x) => Number(x) <= 255);
 }
 
 /** `{directoryUrl}/kt/v1/{lookup|history}/{did}` (the DID one path segment, `%` escaped). */
-export function lookupUrl(directoryUrl: string, did: string, what: "lookup" | "history" = "lookup"): URL {
+export function lookupUrl(directoryUrl: string, did: string, what: 'lookup' | 'history' = 'lookup'): URL {
   let url: URL;
   try {
     url = new URL(directoryUrl);
   } catch {
-    return fail("invalid_argument", "the directory URL does not parse");
+    return fail('invalid_argument', 'the directory URL does not parse');
   }
-  if (url.protocol !== "https:" && !(url.protocol === "http:" && isLoopbackHost(url.hostname))) {
-    fail("insecure_url", `the directory URL must be https:// (http:// on loopback only): ${directoryUrl}`);
+  if (url.protocol !== 'https:' && !(url.protocol === 'http:' && isLoopbackHost(url.hostname))) {
+    fail('insecure_url', `the directory URL must be https:// (http:// on loopback only): ${directoryUrl}`);
   }
-  if (!isValidDid(did)) fail("invalid_argument", "not a valid DID");
-  const base = url.pathname.endsWith("/") ? url.pathname.slice(0, -1) : url.pathname;
-  url.pathname = `${base}/kt/v1/${what}/${did.replaceAll("%", "%25")}`;
+  if (!isValidDid(did)) fail('invalid_argument', 'not a valid DID');
+  const base = url.pathname.endsWith('/') ? url.pathname.slice(0, -1) : url.pathname;
+  url.pathname = `${base}/kt/v1/${what}/${did.replaceAll('%', '%25')}`;
   return url;
 }
 
@@ -1647,23 +1647,23 @@ function errorMessage(body: Uint8Array): string {
   try {
     text = utf8Strict.decode(body);
   } catch {
-    return "(not UTF-8)";
+    return '(not UTF-8)';
   }
   try {
     const v: unknown = JSON.parse(text);
-    if (isObject(v) && isObject(v["error"]) && typeof v["error"]["message"] === "string") {
-      return v["error"]["message"];
+    if (isObject(v) && isObject(v['error']) && typeof v['error']['message'] === 'string') {
+      return v['error']['message'];
     }
   } catch {
     // not JSON: the text itself
   }
-  return [...text].slice(0, 200).join("");
+  return [...text].slice(0, 200).join('');
 }
 
 async function readLimited(resp: Response, limit: number): Promise<Uint8Array> {
-  const declared = resp.headers.get("content-length");
+  const declared = resp.headers.get('content-length');
   if (declared !== null && Number(declared) > limit) {
-    throw new KtError("unavailable", `the directory's answer is larger than ${limit} bytes`);
+    throw new KtError('unavailable', `the directory's answer is larger than ${limit} bytes`);
   }
   if (resp.body === null) return new Uint8Array(0);
   const reader = resp.body.getReader();
@@ -1675,7 +1675,7 @@ async function readLimited(resp: Response, limit: number): Promise<Uint8Array> {
     n += value.length;
     if (n > limit) {
       await reader.cancel().catch(() => undefined);
-      throw new KtError("unavailable", `the directory's answer is larger than ${limit} bytes`);
+      throw new KtError('unavailable', `the directory's answer is larger than ${limit} bytes`);
     }
     chunks.push(value);
   }
@@ -1692,33 +1692,33 @@ async function fetchOnce(
   const controller = new AbortController();
   const timer = setTimeout(() => controller.abort(), ATTEMPT_TIMEOUT_MS);
   const onAbort = (): void => controller.abort();
-  outer?.addEventListener("abort", onAbort, { once: true });
+  outer?.addEventListener('abort', onAbort, { once: true });
   try {
     let resp: Response;
     let body: Uint8Array;
     try {
       resp = await fetchImpl(url.toString(), {
-        method: "GET",
-        headers: { accept: "application/json" },
+        method: 'GET',
+        headers: { accept: 'application/json' },
         signal: controller.signal,
-        redirect: "error",
-        credentials: "omit",
+        redirect: 'error',
+        credentials: 'omit',
       });
       body = await readLimited(resp, limit);
     } catch (e) {
       if (e instanceof KtError) throw e;
-      if (outer?.aborted) throw new KtError("unavailable", "aborted");
+      if (outer?.aborted) throw new KtError('unavailable', 'aborted');
       throw new Transient(e instanceof Error ? e.message : String(e));
     }
     if (resp.status >= 500) throw new Transient(`HTTP ${resp.status}: ${errorMessage(body)}`);
-    if (resp.status === 404) throw new KtError("not_found", `the directory has no record for ${did}`);
+    if (resp.status === 404) throw new KtError('not_found', `the directory has no record for ${did}`);
     if (resp.status < 200 || resp.status >= 300) {
-      throw new KtError("unavailable", `the directory answered ${resp.status}: ${errorMessage(body)}`);
+      throw new KtError('unavailable', `the directory answered ${resp.status}: ${errorMessage(body)}`);
     }
     return body;
   } finally {
     clearTimeout(timer);
-    outer?.removeEventListener("abort", onAbort);
+    outer?.removeEventListener('abort', onAbort);
   }
 }
 
@@ -1726,7 +1726,7 @@ function sleep(ms: number, signal: AbortSignal | undefined): Promise<void> {
   return new Promise((resolve) => {
     const t = setTimeout(resolve, ms);
     signal?.addEventListener(
-      "abort",
+      'abort',
       () => {
         clearTimeout(t);
         resolve();
@@ -1743,8 +1743,8 @@ function sleep(ms: number, signal: AbortSignal | undefined): Promise<void> {
  */
 export async function verifyOracleRecord(input: VerifyOracleRecordInput): Promise<VerifiedOracleRecord> {
   const key = resolveKey(input.directoryPublicKey);
-  const lookupAt = lookupUrl(input.directoryUrl, input.oracleDid, "lookup");
-  const historyAt = lookupUrl(input.directoryUrl, input.oracleDid, "history");
+  const lookupAt = lookupUrl(input.directoryUrl, input.oracleDid, 'lookup');
+  const historyAt = lookupUrl(input.directoryUrl, input.oracleDid, 'history');
   const fetchImpl = input.fetchImpl ?? globalThis.fetch.bind(globalThis);
   const get = (url: URL, limit: number): Promise<string> =>
     fetchText(fetchImpl, url, input.oracleDid, limit, input.signal);
@@ -1785,15 +1785,15 @@ async function fetchText(
   signal: AbortSignal | undefined,
 ): Promise<string> {
   let backoff = 200;
-  let last = "";
+  let last = '';
   for (let attempt = 1; attempt <= ATTEMPTS; attempt++) {
-    if (signal?.aborted) fail("unavailable", "aborted");
+    if (signal?.aborted) fail('unavailable', 'aborted');
     try {
       const body = await fetchOnce(fetchImpl, url, did, limit, signal);
       try {
         return utf8Strict.decode(body);
       } catch {
-        return fail("malformed", "malformed directory answer: not UTF-8");
+        return fail('malformed', 'malformed directory answer: not UTF-8');
       }
     } catch (e) {
       if (!(e instanceof Transient)) throw e;
@@ -1804,34 +1804,34 @@ async function fetchText(
       }
     }
   }
-  return fail("unavailable", `the directory is unreachable after ${ATTEMPTS} attempts: ${last}`);
+  return fail('unavailable', `the directory is unreachable after ${ATTEMPTS} attempts: ${last}`);
 }
 
 // ---------------------------------------------------------------------------------------------
 // The record against the oracle's well-known
 
 function readKeys(v: unknown): RecordKey[] {
-  if (!Array.isArray(v)) return fail("malformed", "malformed well-known: keys is not an array");
+  if (!Array.isArray(v)) return fail('malformed', 'malformed well-known: keys is not an array');
   return v.map((k: unknown) => {
-    if (!isObject(k) || typeof k["keyId"] !== "string" || typeof k["publicKey"] !== "string") {
-      return fail("malformed", "malformed well-known: a key");
+    if (!isObject(k) || typeof k['keyId'] !== 'string' || typeof k['publicKey'] !== 'string') {
+      return fail('malformed', 'malformed well-known: a key');
     }
-    const scheme = k["scheme"];
-    if (typeof scheme !== "string" || !KEY_SCHEMES.includes(scheme)) {
-      return fail("malformed", "malformed well-known: a key's scheme");
+    const scheme = k['scheme'];
+    if (typeof scheme !== 'string' || !KEY_SCHEMES.includes(scheme)) {
+      return fail('malformed', "malformed well-known: a key's scheme");
     }
-    return { keyId: k["keyId"], scheme: scheme as KeyScheme, publicKey: k["publicKey"] };
+    return { keyId: k['keyId'], scheme: scheme as KeyScheme, publicKey: k['publicKey'] };
   });
 }
 
 function readDevices(v: unknown): RecordDevice[] {
   if (v === undefined) return [];
-  if (!Array.isArray(v)) return fail("malformed", "malformed well-known: matrixDevices is not an array");
+  if (!Array.isArray(v)) return fail('malformed', 'malformed well-known: matrixDevices is not an array');
   return v.map((d: unknown) => {
-    if (!isObject(d) || typeof d["deviceId"] !== "string" || typeof d["ed25519"] !== "string") {
-      return fail("malformed", "malformed well-known: a device");
+    if (!isObject(d) || typeof d['deviceId'] !== 'string' || typeof d['ed25519'] !== 'string') {
+      return fail('malformed', 'malformed well-known: a device');
     }
-    return { deviceId: d["deviceId"], ed25519: d["ed25519"] };
+    return { deviceId: d['deviceId'], ed25519: d['ed25519'] };
   });
 }
 
@@ -1839,7 +1839,7 @@ const sameKey = (a: RecordKey, b: RecordKey): boolean =>
   a.keyId === b.keyId && a.scheme === b.scheme && a.publicKey === b.publicKey;
 const sameDevice = (a: RecordDevice, b: RecordDevice): boolean => a.deviceId === b.deviceId && a.ed25519 === b.ed25519;
 const devicesText = (ds: readonly RecordDevice[]): string =>
-  ds.map((d) => `${d.deviceId} (ed25519 ${d.ed25519})`).join(", ");
+  ds.map((d) => `${d.deviceId} (ed25519 ${d.ed25519})`).join(', ');
 
 /**
  * What the oracle's server (`/.well-known/oracle-calls`, parsed JSON) says differently from
@@ -1849,37 +1849,37 @@ const devicesText = (ds: readonly RecordDevice[]): string =>
  * An empty list: they agree.
  */
 export function compareRecordWithWellKnown(record: OracleRecord, wellKnownJson: unknown): KtMismatch[] {
-  if (!isObject(wellKnownJson)) return fail("malformed", "malformed well-known: not an object");
-  const keys = readKeys(wellKnownJson["keys"]);
-  const userId = wellKnownJson["matrixUserId"];
-  if (typeof userId !== "string") return fail("malformed", "malformed well-known: matrixUserId");
-  const devices = readDevices(wellKnownJson["matrixDevices"]);
-  const prekey = wellKnownJson["prekeySigningKey"];
-  if (prekey !== undefined && prekey !== null && typeof prekey !== "string") {
-    return fail("malformed", "malformed well-known: prekeySigningKey");
+  if (!isObject(wellKnownJson)) return fail('malformed', 'malformed well-known: not an object');
+  const keys = readKeys(wellKnownJson['keys']);
+  const userId = wellKnownJson['matrixUserId'];
+  if (typeof userId !== 'string') return fail('malformed', 'malformed well-known: matrixUserId');
+  const devices = readDevices(wellKnownJson['matrixDevices']);
+  const prekey = wellKnownJson['prekeySigningKey'];
+  if (prekey !== undefined && prekey !== null && typeof prekey !== 'string') {
+    return fail('malformed', 'malformed well-known: prekeySigningKey');
   }
-  const served = typeof prekey === "string" ? prekey : undefined;
+  const served = typeof prekey === 'string' ? prekey : undefined;
 
   const out: KtMismatch[] = [];
   if (keys.some((k) => !record.keys.some((r) => sameKey(k, r)))) {
     out.push({
-      what: "keys",
-      record: record.keys.map((k) => k.keyId).join(", "),
-      served: keys.map((k) => k.keyId).join(", "),
+      what: 'keys',
+      record: record.keys.map((k) => k.keyId).join(', '),
+      served: keys.map((k) => k.keyId).join(', '),
     });
   }
   if (userId !== record.matrixUserId) {
-    out.push({ what: "matrixUserId", record: record.matrixUserId, served: userId });
+    out.push({ what: 'matrixUserId', record: record.matrixUserId, served: userId });
   }
   const sameDevices =
     devices.length === record.botDevices.length &&
     devices.every((d) => record.botDevices.some((r) => sameDevice(d, r))) &&
     record.botDevices.every((r) => devices.some((d) => sameDevice(d, r)));
   if (!sameDevices) {
-    out.push({ what: "matrixDevices", record: devicesText(record.botDevices), served: devicesText(devices) });
+    out.push({ what: 'matrixDevices', record: devicesText(record.botDevices), served: devicesText(devices) });
   }
   if (served !== record.prekeySigningKey) {
-    out.push({ what: "prekeySigningKey", record: record.prekeySigningKey ?? "none", served: served ?? "none" });
+    out.push({ what: 'prekeySigningKey', record: record.prekeySigningKey ?? 'none', served: served ?? 'none' });
   }
   return out;
 }
