@@ -95,6 +95,7 @@ export function rms(buf: Float32Array): number {
 /** Below this RMS the oracle's audio counts as silence (a wrong key gives exact silence). */
 const AUDIBLE_RMS = 0.001;
 const LEVEL_INTERVAL_MS = 100;
+const FIRST_AUDIO_POLL_MS = 10;
 
 function defaultWorker(): Worker {
   return new Worker(new URL("./e2ee-worker.js", import.meta.url), { type: "module" });
@@ -137,6 +138,7 @@ class LiveKitMedia implements MediaSession {
   #oracleVideoTrack: RemoteTrack | null = null;
   #targets: { audio: HTMLAudioElement; video: HTMLVideoElement | undefined } | null = null;
   #timer: ReturnType<typeof setInterval> | null = null;
+  #firstTimer: ReturnType<typeof setInterval> | null = null;
   #heard = false;
   #left = false;
   readonly #buf = new Float32Array(2048);
@@ -238,6 +240,7 @@ class LiveKitMedia implements MediaSession {
       src.connect(this.#oracleWide);
       this.#sources.push(src);
       this.#startLevels();
+      this.#watchFirstAudio();
     } else {
       this.#oracleVideoTrack = track;
     }
@@ -271,12 +274,29 @@ class LiveKitMedia implements MediaSession {
     this.#timer = setInterval(() => {
       const mic = this.#level(this.#micAnalyser);
       const oracle = this.#level(this.#oracleAnalyser);
-      if (!this.#heard && oracle > AUDIBLE_RMS) {
-        this.#heard = true;
-        this.#events.firstAudio();
-      }
+      this.#checkHeard(oracle);
       this.#events.levels(mic, oracle);
     }, LEVEL_INTERVAL_MS);
+  }
+
+  /** Looks for the oracle's first audible audio every 10 ms (the timeline's `firstAudio`). */
+  #watchFirstAudio(): void {
+    if (this.#firstTimer !== null || this.#heard || this.#left) {
+      return;
+    }
+    this.#firstTimer = setInterval(() => this.#checkHeard(this.#level(this.#oracleAnalyser)), FIRST_AUDIO_POLL_MS);
+  }
+
+  #checkHeard(oracle: number): void {
+    if (this.#heard || oracle <= AUDIBLE_RMS) {
+      return;
+    }
+    this.#heard = true;
+    if (this.#firstTimer !== null) {
+      clearInterval(this.#firstTimer);
+      this.#firstTimer = null;
+    }
+    this.#events.firstAudio();
   }
 
   async setKey(material: KeyMaterial): Promise<void> {
@@ -363,10 +383,13 @@ class LiveKitMedia implements MediaSession {
       return;
     }
     this.#left = true;
-    if (this.#timer !== null) {
-      clearInterval(this.#timer);
-      this.#timer = null;
+    for (const t of [this.#timer, this.#firstTimer]) {
+      if (t !== null) {
+        clearInterval(t);
+      }
     }
+    this.#timer = null;
+    this.#firstTimer = null;
     try {
       await this.#room.disconnect(true);
     } catch {
