@@ -73,6 +73,25 @@ fn demo_dist() -> PathBuf {
     dist
 }
 
+/// A copy of the built page: a rebuild while the test runs must not mix two builds.
+fn snapshot_of(dist: &Path, into: &Path) -> PathBuf {
+    fn copy(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for e in std::fs::read_dir(from).unwrap() {
+            let e = e.unwrap();
+            let ty = e.file_type().unwrap();
+            if ty.is_dir() {
+                copy(&e.path(), &to.join(e.file_name()));
+            } else if ty.is_file() {
+                std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+            }
+        }
+    }
+    let to = into.join("dist");
+    copy(dist, &to);
+    to
+}
+
 /// What the driver printed and logged.
 struct DriverRun {
     ok: bool,
@@ -146,13 +165,20 @@ fn run_driver(cfg: &Value) -> DriverRun {
 }
 
 /// Console errors a working page still shows: matrix-js-sdk probes for a key backup and for
-/// MatrixRTC transports, which this homeserver has not (404).
-fn allowed_console_error(e: &Value) -> bool {
+/// MatrixRTC transports, which this homeserver has not (404); and, once the user hung up,
+/// livekit-client's complaint that its data channels closed (the server closes the room).
+fn allowed_console_error(e: &Value, r: &Value) -> bool {
     let url = e["url"].as_str().unwrap_or("");
     let text = e["text"].as_str().unwrap_or("");
     let probe = url.contains("/_matrix/client/v3/room_keys/version")
         || url.contains("/_matrix/client/unstable/org.matrix.msc4143/rtc/transports");
-    probe && text.contains("404")
+    let after_hangup = r["hangupAt"]
+        .as_f64()
+        .is_some_and(|h| e["ms"].as_f64().is_some_and(|t| t >= h));
+    let channel_closed = (text.starts_with("DataChannel error on ")
+        && text.contains("User-Initiated Abort"))
+        || (text.starts_with("publisher data channel '") && text.contains("closed unexpectedly"));
+    (probe && text.contains("404")) || (after_hangup && channel_closed)
 }
 
 /// A raw Matrix session of the user (a new device), for what the homeserver stores.
@@ -223,12 +249,13 @@ fn urlenc(s: &str) -> String {
 }
 
 /// The call key, opened as an auditor holding the oracle key and a copy of the key holder's
-/// prekey store taken before the call — only to search the browser's output for it.
+/// prekey store taken before the call — only to search the browser's output for it, and to say
+/// which layer failed when a call did not connect. Errors name the layer, never key bytes.
 fn open_call_key(
     dep: &Deployment,
     prekeys_before: &[oracle_calls_crypto::Prekey],
     rec: &oracle_calls_server::store::CallRecord,
-) -> Zeroizing<Vec<u8>> {
+) -> Result<Zeroizing<Vec<u8>>, String> {
     let c = &rec.content;
     let ctx = CallContext::new(
         c.session_id.clone(),
@@ -237,20 +264,30 @@ fn open_call_key(
         c.oracle_did.clone(),
         c.call_type,
     );
-    let envelope = match oracle_calls_crypto::recipient(&c.encryption_key).unwrap() {
+    let envelope = match oracle_calls_crypto::recipient(&c.encryption_key)
+        .map_err(|e| format!("the envelope's header: {e}"))?
+    {
         Recipient::Prekey { prekey_id, .. } => {
             let prekey = prekeys_before
                 .iter()
                 .find(|p| p.id == prekey_id)
-                .expect("the call's prekey is in the copy taken before the call");
-            oracle_calls_crypto::open_prekey_layer(prekey, &c.encryption_key, &ctx).unwrap()
+                .ok_or(format!(
+                    "prekey {prekey_id} is not in the store's copy taken before the call"
+                ))?;
+            oracle_calls_crypto::open_prekey_layer(prekey, &c.encryption_key, &ctx)
+                .map_err(|e| format!("the prekey layer: {e}"))?
         }
-        other => panic!("with forward secrecy the key is sealed to a prekey: {other:?}"),
+        other => {
+            return Err(format!(
+                "with forward secrecy the key is sealed to a prekey, not {other:?}"
+            ));
+        }
     };
-    let oracle = keyfile::read_private_key(&dep.key_file).unwrap();
-    match oracle_calls_crypto::open(&oracle, &envelope, &ctx).unwrap() {
-        OpenedKey::Bound(k) => Zeroizing::new(k.dangerous_expose_bytes().to_vec()),
-        OpenedKey::Unbound(_) => panic!("the browser sealed an unbound envelope"),
+    let oracle = keyfile::read_private_key(&dep.key_file).map_err(|e| e.to_string())?;
+    match oracle_calls_crypto::open(&oracle, &envelope, &ctx) {
+        Ok(OpenedKey::Bound(k)) => Ok(Zeroizing::new(k.dangerous_expose_bytes().to_vec())),
+        Ok(OpenedKey::Unbound(_)) => Err("the browser sealed an unbound envelope".into()),
+        Err(e) => Err(format!("the inner envelope (oracle key): {e}")),
     }
 }
 
@@ -268,122 +305,214 @@ fn key_forms(key: &[u8]) -> Vec<Zeroizing<String>> {
     ]
 }
 
-async fn audio_call(key_derivation: &str) {
-    init_logs();
-    let _serial = SERIAL.lock().await;
-    let dist = demo_dist();
-    let stack = Stack::running().unwrap();
-    let dir = temp_dir(key_derivation);
-    eprintln!(
-        "browser_sdk ({key_derivation}): working directory {}",
-        dir.display()
-    );
+/// A deployment, the page served for it, and a provisioned user: one per test.
+struct Harness {
+    tag: String,
+    dep: Deployment,
+    site: web::WebServer,
+    dir: PathBuf,
+    homeserver: String,
+    name: String,
+    user_id: String,
+    password: Zeroizing<String>,
+    prekeys_before: Vec<oracle_calls_crypto::Prekey>,
+}
 
-    // The page's origin first: the oracle server's CORS allow-list names it.
-    let site = web::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
-        .await
-        .unwrap();
-    let origin = site.url().to_owned();
-    let mut opts = DeployOptions::new(dir.join("deployment"));
-    opts.cors_allowed_origins = vec![origin.clone()];
-    assert!(opts.forward_secrecy, "forward secrecy is the default");
-    let dep = Deployment::start(stack.clone(), opts).await.unwrap();
-    let prekeys_before =
-        verify::read_prekey_store(dep.prekey_store().expect("forward secrecy")).unwrap();
-    let homeserver = stack.get("MATRIX_URL").unwrap().to_owned();
-    let site = site
-        .serve(WebOptions {
-            dir: dist,
-            config: PageConfig {
-                homeserver_url: homeserver.clone(),
-                server_url: dep.server.url.clone(),
-                oracle_did: dep.oracle_did.to_string(),
-            },
-            livekit_urls: vec![
-                stack.get("LIVEKIT_URL").unwrap().to_owned(),
-                stack.get("LIVEKIT_HTTP_URL").unwrap().to_owned(),
-            ],
-        })
-        .unwrap();
-    eprintln!("browser_sdk: page {origin}/ (CSP: {})", site.csp());
+/// Statuses the server stored for the user's calls while the driver ran: (call id, status).
+type Seen = Vec<(String, CallStatus)>;
 
-    let name = format!("did-ixo-web{}", unique_hex(5));
-    let (user_id, password) = stack.user(&name).unwrap();
-
-    // The server's view while the call runs: every status it stored for this user's calls.
-    let state = dep.server.state.clone();
-    let watched_user = user_id.clone();
-    let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let watcher = tokio::spawn(async move {
-        let mut seen: Vec<(String, CallStatus)> = Vec::new();
-        loop {
-            for rec in state.store().open_calls().await.unwrap() {
-                if rec.sender == watched_user
-                    && !seen
-                        .iter()
-                        .any(|(id, s)| id == rec.call_id.as_str() && *s == rec.status)
-                {
-                    seen.push((rec.call_id.as_str().to_owned(), rec.status));
-                }
-            }
-            tokio::select! {
-                _ = &mut stop_rx => return seen,
-                () = tokio::time::sleep(Duration::from_millis(100)) => {}
-            }
-        }
-    });
-
-    let shots = dir.join("screenshots");
-    let cfg = json!({
-        "pageUrl": format!("{origin}/"),
-        "user": name,
-        "password": password.as_str(),
-        "scenario": "audio",
-        "seconds": LISTEN_SECONDS,
-        "toneHz": TONE_HZ,
-        "toneWav": dir.join("tone.wav"),
-        "screenshotsDir": shots,
-        "keyDerivation": key_derivation,
-        "errorShot": true,
-        "timeoutS": 150,
-    });
-    let run = tokio::task::spawn_blocking(move || run_driver(&cfg))
-        .await
-        .unwrap();
-    let _ = stop_tx.send(());
-    let seen = watcher.await.unwrap();
-    let r = &run.result;
-    if let Some(s) = r["screenshots"].as_object() {
-        for (what, path) in s {
-            eprintln!(
-                "browser_sdk: screenshot {what}: {}",
-                path.as_str().unwrap_or("")
-            );
+impl Harness {
+    async fn start(tag: &str) -> Self {
+        init_logs();
+        let dist = demo_dist();
+        let stack = Stack::running().unwrap();
+        let dir = temp_dir(tag);
+        eprintln!("browser_sdk ({tag}): working directory {}", dir.display());
+        // The page's origin first: the oracle server's CORS allow-list names it.
+        let site = web::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+            .await
+            .unwrap();
+        let origin = site.url().to_owned();
+        let mut opts = DeployOptions::new(dir.join("deployment"));
+        opts.cors_allowed_origins = vec![origin.clone()];
+        assert!(opts.forward_secrecy, "forward secrecy is the default");
+        let dep = Deployment::start(stack.clone(), opts).await.unwrap();
+        let prekeys_before =
+            verify::read_prekey_store(dep.prekey_store().expect("forward secrecy")).unwrap();
+        let homeserver = stack.get("MATRIX_URL").unwrap().to_owned();
+        let site = site
+            .serve(WebOptions {
+                dir: snapshot_of(&dist, &dir),
+                config: PageConfig {
+                    homeserver_url: homeserver.clone(),
+                    server_url: dep.server.url.clone(),
+                    oracle_did: dep.oracle_did.to_string(),
+                },
+                livekit_urls: vec![
+                    stack.get("LIVEKIT_URL").unwrap().to_owned(),
+                    stack.get("LIVEKIT_HTTP_URL").unwrap().to_owned(),
+                ],
+            })
+            .unwrap();
+        eprintln!("browser_sdk ({tag}): page {origin}/ (CSP: {})", site.csp());
+        let name = format!("did-ixo-web{}", unique_hex(5));
+        let (user_id, password) = stack.user(&name).unwrap();
+        Self {
+            tag: tag.to_owned(),
+            dep,
+            site,
+            dir,
+            homeserver,
+            name,
+            user_id,
+            password,
+            prekeys_before,
         }
     }
-    assert!(
-        run.ok,
-        "the driver failed: {}\nresult: {r}",
-        r["error"].as_str().unwrap_or("(no error)")
-    );
 
-    // 1. The page heard its own tone come back from the oracle.
-    let power: Vec<f64> = r["power"]
+    /// Runs `scenario` in the driver (`extra` merged into its config) while watching the
+    /// server's store; a failed run is diagnosed (the envelopes of the calls it made) and
+    /// fails the test.
+    async fn drive(&self, scenario: &str, extra: Value) -> (DriverRun, Seen) {
+        let state = self.dep.server.state.clone();
+        let watched_user = self.user_id.clone();
+        let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let watcher = tokio::spawn(async move {
+            let mut seen: Seen = Vec::new();
+            loop {
+                for rec in state.store().open_calls().await.unwrap() {
+                    if rec.sender == watched_user
+                        && !seen
+                            .iter()
+                            .any(|(id, s)| id == rec.call_id.as_str() && *s == rec.status)
+                    {
+                        seen.push((rec.call_id.as_str().to_owned(), rec.status));
+                    }
+                }
+                tokio::select! {
+                    _ = &mut stop_rx => return seen,
+                    () = tokio::time::sleep(Duration::from_millis(100)) => {}
+                }
+            }
+        });
+        let mut cfg = json!({
+            "pageUrl": format!("{}/", self.site.url()),
+            "user": self.name,
+            "password": self.password.as_str(),
+            "scenario": scenario,
+            "seconds": LISTEN_SECONDS,
+            "toneHz": TONE_HZ,
+            "toneWav": self.dir.join("tone.wav"),
+            "screenshotsDir": self.dir.join("screenshots"),
+            "keyDerivation": "hkdf",
+            "errorShot": false,
+            "timeoutS": 150,
+        });
+        for (k, v) in extra.as_object().unwrap() {
+            cfg[k] = v.clone();
+        }
+        let run = tokio::task::spawn_blocking(move || run_driver(&cfg))
+            .await
+            .unwrap();
+        let _ = stop_tx.send(());
+        let seen = watcher.await.unwrap();
+        let r = &run.result;
+        if let Some(s) = r["screenshots"].as_object() {
+            for (what, path) in s {
+                eprintln!(
+                    "browser_sdk ({}): screenshot {what}: {}",
+                    self.tag,
+                    path.as_str().unwrap_or("")
+                );
+            }
+        }
+        if !run.ok {
+            // Which calls the server saw, and whether their envelopes open as an auditor's
+            // would.
+            let mut ids: Vec<String> = seen.iter().map(|(id, _)| id.clone()).collect();
+            if let Some(id) = r["failedSnapshot"]["callId"].as_str() {
+                ids.push(id.to_owned());
+            }
+            ids.dedup();
+            for id in ids {
+                let Ok(call_id) = CallId::parse(&id) else {
+                    continue;
+                };
+                if let Ok(Some(rec)) = self.dep.server.state.store().call(&call_id).await {
+                    let opened = self.call_key(&rec).map(|_| "opens");
+                    eprintln!(
+                        "browser_sdk ({}): call {id}: status {:?}, reason {:?}, envelope {opened:?}",
+                        self.tag, rec.status, rec.reason
+                    );
+                }
+            }
+            panic!(
+                "the driver failed: {}\nresult: {r}",
+                r["error"].as_str().unwrap_or("(no error)")
+            );
+        }
+        (run, seen)
+    }
+
+    fn call_key(
+        &self,
+        rec: &oracle_calls_server::store::CallRecord,
+    ) -> Result<Zeroizing<Vec<u8>>, String> {
+        open_call_key(&self.dep, &self.prekeys_before, rec)
+    }
+
+    async fn record(&self, call_id: &CallId) -> oracle_calls_server::store::CallRecord {
+        self.dep
+            .server
+            .state
+            .store()
+            .call(call_id)
+            .await
+            .unwrap()
+            .expect("the server stores the call")
+    }
+
+    async fn agent_report(&self) -> oracle_calls_agent::CallReport {
+        let report = tokio::time::timeout(
+            Duration::from_secs(10),
+            self.dep.agent.as_ref().unwrap().next_report(),
+        )
+        .await
+        .expect("the agent reports the call within 10 s of its end")
+        .unwrap();
+        eprintln!("browser_sdk ({}): agent report {report:?}", self.tag);
+        report
+    }
+
+    async fn stop(self) {
+        self.site.stop().await;
+        self.dep.stop().await;
+    }
+}
+
+/// The measurements after the first second of listening: (tone power, control power).
+fn powers(r: &Value) -> Vec<(f64, f64)> {
+    r["power"]
         .as_array()
         .unwrap()
         .iter()
         .filter(|p| p["ms"].as_f64().unwrap() >= 1000.0)
-        .map(|p| p["power"].as_f64().unwrap())
-        .collect();
-    let best = power.iter().copied().fold(0.0, f64::max);
-    let mut sorted = power.clone();
-    sorted.sort_by(f64::total_cmp);
-    let median = sorted[sorted.len() / 2];
+        .map(|p| (p["power"].as_f64().unwrap(), p["control"].as_f64().unwrap()))
+        .collect()
+}
+
+/// The page heard its own tone come back from the oracle, and the measurement's controls hold.
+fn assert_heard_tone(tag: &str, r: &Value) {
+    let p = powers(r);
+    assert!(p.len() >= 4, "too few measurements: {}", r["power"]);
+    let mut tone: Vec<f64> = p.iter().map(|(t, _)| *t).collect();
+    tone.sort_by(f64::total_cmp);
+    let median = tone[tone.len() / 2];
     eprintln!(
-        "browser_sdk ({key_derivation}): {TONE_HZ} Hz power in the oracle's audio: median {median:.3}, max {best:.3} ({} samples)",
-        power.len()
+        "browser_sdk ({tag}): {TONE_HZ} Hz power in the oracle's audio: median {median:.3}, min {:.3} ({} samples)",
+        tone[0],
+        tone.len()
     );
-    assert!(power.len() >= 4, "too few measurements: {}", r["power"]);
     // Controls: the same measurement finds nothing before the call, nor at a frequency the
     // tone does not hold.
     let before_call = r["powerBeforeCall"]
@@ -393,25 +522,22 @@ async fn audio_call(key_derivation: &str) {
         before_call < 0.05,
         "tone power before any call: {before_call}"
     );
-    let control: Vec<f64> = r["power"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|p| p["ms"].as_f64().unwrap() >= 1000.0)
-        .map(|p| p["control"].as_f64().unwrap())
-        .collect();
     assert!(
-        control.iter().all(|c| *c < 0.1),
-        "power at {} Hz, which the tone does not hold: {control:?}",
-        TONE_HZ * 1.5
+        p.iter().all(|(_, c)| *c < 0.1),
+        "power at {} Hz, which the tone does not hold: {}",
+        TONE_HZ * 1.5,
+        r["power"]
     );
     assert!(
         median > 0.5,
         "the page did not hear its {TONE_HZ} Hz tone back: {}",
         r["power"]
     );
+}
 
-    // 2. Every phase of the timeline, and encryption everywhere.
+/// Every phase in the timeline, encryption everywhere, no decryption failure after the first
+/// 2 s, the lock shown in the call and gone after it. Returns the call id.
+fn assert_connected(tag: &str, r: &Value) -> CallId {
     let active = &r["snapshots"]["active"];
     let timeline: Vec<(&str, f64)> = active["timeline"]
         .as_array()
@@ -419,7 +545,7 @@ async fn audio_call(key_derivation: &str) {
         .iter()
         .map(|t| (t["phase"].as_str().unwrap(), t["ms"].as_f64().unwrap()))
         .collect();
-    eprintln!("browser_sdk ({key_derivation}): timeline {timeline:?}");
+    eprintln!("browser_sdk ({tag}): timeline {timeline:?}");
     for phase in [
         "resolve",
         "wrap",
@@ -456,56 +582,55 @@ async fn audio_call(key_derivation: &str) {
         r["lockVisibleEnded"], false,
         "the lock is gone after the call"
     );
-    assert_eq!(r["keyDerivation"], key_derivation);
-
-    // 3. The page's end of the call and its history (GET /calls).
+    // The page's end of the call and its history (GET /calls).
     let ended = &r["snapshots"]["ended"];
     assert_eq!(ended["phase"], "ended", "{ended}");
     assert_eq!(ended["endReason"], "userHangup", "{ended}");
-    let call_id_s = before["callId"].as_str().expect("a call id").to_owned();
+    let call_id = before["callId"].as_str().expect("a call id");
     let listed = r["calls"]
         .as_array()
         .expect("calls() lists")
         .iter()
-        .find(|c| c["callId"] == call_id_s.as_str())
+        .find(|c| c["callId"] == call_id)
         .unwrap_or_else(|| panic!("the call is in the page's history: {}", r["calls"]));
     assert_eq!(listed["callStatus"], "ended", "{listed}");
     assert_eq!(listed["reason"], "userHangup", "{listed}");
+    CallId::parse(call_id).unwrap()
+}
 
-    // 4. The server's store: active during the call, then ended by the user's hang-up.
-    let call_id = CallId::parse(&call_id_s).unwrap();
-    eprintln!("browser_sdk ({key_derivation}): statuses the server stored: {seen:?}");
+/// The server stored the call active, then ended by the user; the agent served it with every
+/// frame decrypted; the homeserver holds the call event and the user's edit encrypted only.
+async fn assert_server_side(
+    h: &Harness,
+    seen: &Seen,
+    call_id: &CallId,
+    key_derivation: &str,
+    call_type: &str,
+) -> oracle_calls_server::store::CallRecord {
+    eprintln!(
+        "browser_sdk ({}): statuses the server stored: {seen:?}",
+        h.tag
+    );
     assert!(
         seen.iter()
-            .any(|(id, s)| *id == call_id_s && *s == CallStatus::Active),
+            .any(|(id, s)| id == call_id.as_str() && *s == CallStatus::Active),
         "the server never stored the call as active: {seen:?}"
     );
-    let rec = dep
-        .server
-        .state
-        .store()
-        .call(&call_id)
-        .await
-        .unwrap()
-        .expect("the server stores the call");
+    let rec = h.record(call_id).await;
     assert_eq!(rec.status, CallStatus::Ended);
     assert_eq!(rec.reason, Some(CallReason::UserHangup));
-    assert_eq!(rec.sender, user_id);
+    assert_eq!(rec.sender, h.user_id);
     assert_eq!(
         serde_json::to_value(rec.content.key_derivation).unwrap(),
         json!(key_derivation),
         "the call event names the key derivation the page used"
     );
+    assert_eq!(
+        serde_json::to_value(rec.content.call_type).unwrap(),
+        json!(call_type)
+    );
 
-    // 5. The agent served the call, every frame decrypted.
-    let report = tokio::time::timeout(
-        Duration::from_secs(10),
-        dep.agent.as_ref().unwrap().next_report(),
-    )
-    .await
-    .expect("the agent reports the call within 10 s of the hang-up")
-    .unwrap();
-    eprintln!("browser_sdk ({key_derivation}): agent report {report:?}");
+    let report = h.agent_report().await;
     assert!(
         matches!(report.outcome, JobOutcome::Served { .. }),
         "{report:?}"
@@ -513,8 +638,7 @@ async fn audio_call(key_derivation: &str) {
     assert!(report.frames_heard > 100, "{report:?}");
     assert_eq!(report.decrypt_failures, 0, "{report:?}");
 
-    // 6. The homeserver holds the call event and the user's m.replace edit encrypted only.
-    let raw = RawMatrix::login(&homeserver, &name, &password).await;
+    let raw = RawMatrix::login(&h.homeserver, &h.name, &h.password).await;
     let ev = raw
         .get(&format!(
             "/_matrix/client/v3/rooms/{}/event/{}",
@@ -541,7 +665,7 @@ async fn audio_call(key_derivation: &str) {
         .as_array()
         .unwrap()
         .iter()
-        .filter(|e| e["sender"] == user_id.as_str())
+        .filter(|e| e["sender"] == h.user_id.as_str())
         .collect();
     assert!(!edits.is_empty(), "no m.replace edit by the user: {rel}");
     assert!(
@@ -549,8 +673,17 @@ async fn audio_call(key_derivation: &str) {
         "the user's edits are stored encrypted: {rel}"
     );
     raw.logout().await;
+    rec
+}
 
-    // 7. The browser: no CSP violation, only the expected console errors, never the key.
+/// No CSP violation, no uncaught error, console errors only from the allowlist, and the call
+/// key in none of the browser's output.
+fn assert_browser_clean(
+    h: &Harness,
+    run: &DriverRun,
+    recs: &[&oracle_calls_server::store::CallRecord],
+) {
+    let r = &run.result;
     assert_eq!(
         r["cspViolations"].as_array().unwrap().len(),
         0,
@@ -566,7 +699,7 @@ async fn audio_call(key_derivation: &str) {
     let console = r["console"].as_array().unwrap();
     let unexpected: Vec<&Value> = console
         .iter()
-        .filter(|e| e["page"] == "main" && e["type"] == "error" && !allowed_console_error(e))
+        .filter(|e| e["page"] == "main" && e["type"] == "error" && !allowed_console_error(e, r))
         .collect();
     assert!(
         unexpected.is_empty(),
@@ -579,37 +712,56 @@ async fn audio_call(key_derivation: &str) {
             .contains("Content Security Policy")),
         "the console reports a CSP refusal"
     );
-    let key = open_call_key(&dep, &prekeys_before, &rec);
     let everything = Zeroizing::new(format!("{r}\n{}", run.stderr));
-    for form in key_forms(&key) {
-        assert!(
-            !everything.contains(form.as_str()),
-            "the call key appears in the browser's console or the driver's output"
-        );
+    for rec in recs {
+        let key = h.call_key(rec).unwrap();
+        for form in key_forms(&key) {
+            assert!(
+                !everything.contains(form.as_str()),
+                "the call key appears in the browser's console or the driver's output"
+            );
+        }
     }
     eprintln!(
-        "browser_sdk ({key_derivation}): {} console lines, none holds the call key in hex, base64 or as a byte list",
+        "browser_sdk ({}): {} console lines, no CSP violation, none holds a call key in hex, base64 or as a byte list",
+        h.tag,
         console.len()
     );
+}
 
-    // 8. The error state: a wrong password is reported with a code, shown on the page.
-    let err = &r["errorState"];
-    assert!(
-        err["lastError"]["code"]
-            .as_str()
-            .is_some_and(|c| !c.is_empty()),
-        "a wrong password gives a typed error: {err}"
-    );
-    assert_eq!(err["errorVisible"], true, "{err}");
-    assert!(
-        err["errorCode"]
-            .as_str()
-            .is_some_and(|c| c.contains(err["lastError"]["code"].as_str().unwrap())),
-        "the page shows the error's code: {err}"
-    );
-
-    site.stop().await;
-    dep.stop().await;
+async fn audio_call(key_derivation: &str) {
+    let _serial = SERIAL.lock().await;
+    let h = Harness::start(key_derivation).await;
+    let (run, seen) = h
+        .drive(
+            "audio",
+            json!({"keyDerivation": key_derivation, "errorShot": key_derivation == "hkdf"}),
+        )
+        .await;
+    let r = &run.result;
+    assert_eq!(r["keyDerivation"], key_derivation);
+    assert_heard_tone(&h.tag, r);
+    let call_id = assert_connected(&h.tag, r);
+    let rec = assert_server_side(&h, &seen, &call_id, key_derivation, "audio").await;
+    assert_browser_clean(&h, &run, &[&rec]);
+    if key_derivation == "hkdf" {
+        // The error state: a wrong password is reported with a code, shown on the page.
+        let err = &r["errorState"];
+        assert!(
+            err["lastError"]["code"]
+                .as_str()
+                .is_some_and(|c| !c.is_empty()),
+            "a wrong password gives a typed error: {err}"
+        );
+        assert_eq!(err["errorVisible"], true, "{err}");
+        assert!(
+            err["errorCode"]
+                .as_str()
+                .is_some_and(|c| c.contains(err["lastError"]["code"].as_str().unwrap())),
+            "the page shows the error's code: {err}"
+        );
+    }
+    h.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -620,6 +772,205 @@ async fn an_audio_call_from_the_demo_page_in_chromium_hkdf() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_audio_call_from_the_demo_page_in_chromium_pbkdf2() {
     audio_call("pbkdf2").await;
+}
+
+/// A video call: the fake camera goes out encrypted, the echo agent's video comes back and is
+/// shown, the tone comes back too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_video_call_from_the_demo_page_in_chromium() {
+    let _serial = SERIAL.lock().await;
+    let h = Harness::start("video").await;
+    let (run, seen) = h.drive("video", json!({})).await;
+    let r = &run.result;
+    assert_heard_tone(&h.tag, r);
+    let frames: Vec<u64> = r["power"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["videoFrames"].as_u64())
+        .collect();
+    eprintln!(
+        "browser_sdk (video): oracle video frames shown {frames:?}, size {}",
+        r["videoSize"]
+    );
+    let (first, last) = (frames[0], frames[frames.len() - 1]);
+    assert!(
+        last > first + 20,
+        "the oracle's video is not shown: {frames:?}"
+    );
+    assert!(
+        r["videoSize"]["width"].as_u64().is_some_and(|w| w > 0),
+        "{}",
+        r["videoSize"]
+    );
+    let call_id = assert_connected(&h.tag, r);
+    let rec = assert_server_side(&h, &seen, &call_id, "hkdf", "video").await;
+    assert_browser_clean(&h, &run, &[&rec]);
+    h.stop().await;
+}
+
+/// The page keys its media with a wrong key (the demo's test hook): nothing of the oracle
+/// plays, the failures are counted, the lock never shows; the agent cannot decrypt the page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_media_key_plays_nothing_and_shows_no_lock() {
+    let _serial = SERIAL.lock().await;
+    let h = Harness::start("wrong-key").await;
+    let (run, seen) = h.drive("wrongKey", json!({})).await;
+    let r = &run.result;
+    let samples = r["power"].as_array().unwrap();
+    eprintln!(
+        "browser_sdk (wrong-key): {} samples, last snapshot {}",
+        samples.len(),
+        r["snapshots"]["beforeHangup"]
+    );
+    assert!(samples.len() >= 4, "{}", r["power"]);
+    assert!(
+        samples
+            .iter()
+            .all(|s| s["power"].as_f64().unwrap() < 0.1 && s["lock"] == false),
+        "a wrong key: no tone, no lock: {}",
+        r["power"]
+    );
+    assert_eq!(r["lockVisible"], false);
+    let before = &r["snapshots"]["beforeHangup"];
+    assert!(
+        before["decryptionFailures"].as_u64().unwrap() > 0,
+        "the oracle's undecryptable frames are counted: {before}"
+    );
+    assert!(
+        r["insecureVisible"] == true,
+        "the page says the media does not decrypt: {}",
+        r["insecureText"]
+    );
+    let call_id = CallId::parse(before["callId"].as_str().expect("a call id")).unwrap();
+    assert!(
+        seen.iter().any(|(id, _)| id == call_id.as_str()),
+        "{seen:?}"
+    );
+    let report = h.agent_report().await;
+    assert!(report.decrypt_failures > 0, "{report:?}");
+    let rec = h.record(&call_id).await;
+    assert_eq!(rec.status, CallStatus::Ended, "{:?}", rec.reason);
+    assert_browser_clean_but_decryption(&h, &run, &rec);
+    h.stop().await;
+}
+
+/// As [`assert_browser_clean`], where livekit-client's own decryption errors are expected.
+fn assert_browser_clean_but_decryption(
+    h: &Harness,
+    run: &DriverRun,
+    rec: &oracle_calls_server::store::CallRecord,
+) {
+    let r = &run.result;
+    assert_eq!(r["cspViolations"].as_array().unwrap().len(), 0);
+    let unexpected: Vec<&Value> = r["console"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| {
+            e["page"] == "main"
+                && e["type"] == "error"
+                && !allowed_console_error(e, r)
+                && !e["text"]
+                    .as_str()
+                    .unwrap_or("")
+                    .starts_with("InvalidKey: Decryption failed")
+        })
+        .collect();
+    assert!(
+        unexpected.is_empty(),
+        "unexpected console errors: {unexpected:#?}"
+    );
+    let everything = Zeroizing::new(format!("{r}\n{}", run.stderr));
+    let key = h.call_key(rec).unwrap();
+    for form in key_forms(&key) {
+        assert!(!everything.contains(form.as_str()), "the call key leaked");
+    }
+}
+
+/// The plaintext guard (the demo's test hook): into a room the page does not know, or an
+/// unencrypted one, the call event is not sent; the call fails with `plaintextRoom`, and the
+/// homeserver holds no plaintext call event of the user.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_plaintext_guard_sends_nothing_into_an_unknown_or_unencrypted_room() {
+    let _serial = SERIAL.lock().await;
+    let h = Harness::start("plaintext").await;
+    let (run, seen) = h.drive("plaintextGuard", json!({})).await;
+    let r = &run.result;
+    let outcomes = r["plaintext"].as_array().unwrap();
+    assert_eq!(outcomes.len(), 2, "{}", r["plaintext"]);
+    for o in outcomes {
+        eprintln!("browser_sdk (plaintext): {o}");
+        assert_eq!(o["phase"], "failed", "{o}");
+        assert_eq!(o["error"]["code"], "plaintextRoom", "{o}");
+        assert!(
+            o["shownCode"]
+                .as_str()
+                .is_some_and(|c| c.contains("plaintextRoom")),
+            "{o}"
+        );
+        assert!(
+            !o["timeline"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|t| t["phase"] == "send"),
+            "nothing was sent: {o}"
+        );
+    }
+    assert!(seen.is_empty(), "the server saw calls: {seen:?}");
+    // What the homeserver holds in the user's rooms: no call event in the clear.
+    let raw = RawMatrix::login(&h.homeserver, &h.name, &h.password).await;
+    let sync = raw.get("/_matrix/client/v3/sync?timeout=0").await;
+    let mut rooms = 0;
+    if let Some(joined) = sync["rooms"]["join"].as_object() {
+        for (room, v) in joined {
+            rooms += 1;
+            for ev in v["timeline"]["events"].as_array().unwrap() {
+                assert_ne!(
+                    ev["type"], "m.ixo.oracles_call",
+                    "a plaintext call event in {room}: {ev}"
+                );
+                assert!(
+                    !ev.to_string().contains("encryptionKey"),
+                    "a call event's content in the clear in {room}: {ev}"
+                );
+            }
+        }
+    }
+    eprintln!("browser_sdk (plaintext): {rooms} rooms of the user, no call event in the clear");
+    raw.logout().await;
+    assert_eq!(r["cspViolations"].as_array().unwrap().len(), 0);
+    h.stop().await;
+}
+
+/// A reload offers the saved session, which restores the same device without a new login;
+/// a call from the restored session works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_restores_the_same_device_and_it_calls() {
+    let _serial = SERIAL.lock().await;
+    let h = Harness::start("restore").await;
+    let (run, seen) = h.drive("restore", json!({})).await;
+    let r = &run.result;
+    let rs = &r["restore"];
+    eprintln!(
+        "browser_sdk (restore): {rs}; offered as {}",
+        r["restoreText"]
+    );
+    assert!(
+        rs["before"]["deviceId"]
+            .as_str()
+            .is_some_and(|d| !d.is_empty()),
+        "{rs}"
+    );
+    assert_eq!(rs["before"], rs["after"], "the same user and device");
+    assert_eq!(rs["after"]["userId"], h.user_id.as_str());
+    assert_eq!(rs["loginsAfterReload"], 0, "no new login after the reload");
+    assert_heard_tone(&h.tag, r);
+    let call_id = assert_connected(&h.tag, r);
+    let rec = assert_server_side(&h, &seen, &call_id, "hkdf", "audio").await;
+    assert_browser_clean(&h, &run, &[&rec]);
+    h.stop().await;
 }
 
 /// A raw HTTP/1.1 request (no client-side path normalisation); returns (status, headers, body).

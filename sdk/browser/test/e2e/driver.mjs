@@ -65,7 +65,6 @@ async function readStdin() {
   return Buffer.concat(chunks).toString('utf8');
 }
 
-const SCENARIOS = new Set(['audio']);
 
 function parseConfig(text) {
   let cfg;
@@ -87,7 +86,7 @@ function parseConfig(text) {
   need(str(cfg.user), '"user" must be a non-empty string');
   need(str(cfg.password), '"password" must be a non-empty string');
   const scenario = cfg.scenario ?? 'audio';
-  need(SCENARIOS.has(scenario), `"scenario" must be one of: ${[...SCENARIOS].join(', ')}`);
+  need(SCENARIOS.has(scenario), `"scenario" must be one of: ${[...SCENARIOS.keys()].join(', ')}`);
   const num = (v, d) => (v === undefined || v === null ? d : v);
   const seconds = num(cfg.seconds, 4);
   const toneHz = num(cfg.toneHz, 660);
@@ -201,7 +200,7 @@ async function watch(context, label) {
 
 function attachPage(page, label) {
   page.on('console', (msg) => {
-    const entry = { page: label, type: msg.type(), text: msg.text(), url: msg.location()?.url ?? '' };
+    const entry = { page: label, ms: elapsed(), type: msg.type(), text: msg.text(), url: msg.location()?.url ?? '' };
     result.console.push(entry);
     if (entry.type === 'debug' || entry.type === 'info') {
       return; // kept in the result; too many for stderr (matrix-sdk-crypto's tracing)
@@ -310,7 +309,8 @@ async function followCall(page, done, timeoutMs, shotConnecting) {
   throw new Error(`timed out; phases ${seen.join(' → ')}; last snapshot ${JSON.stringify(last)}`);
 }
 
-async function audioScenario(context, cfg) {
+/** Opens the page in `context` and signs in; screenshots idle and signed-in. */
+async function openAndSignIn(context, cfg) {
   const page = await context.newPage();
   await step('load', async () => {
     await page.goto(cfg.pageUrl, { timeout: 20000 });
@@ -321,16 +321,20 @@ async function audioScenario(context, cfg) {
     await signIn(page, cfg);
     await waitSignedIn(page, 60000);
   });
+  result.userId = await page.evaluate(() => window.ocDemo.userId());
+  result.deviceId = await page.evaluate(() => window.ocDemo.deviceId());
   await shot(page, 'signed-in');
   await page.evaluate((kd) => {
     window.ocDemo.keyDerivation = kd;
   }, cfg.keyDerivation);
   result.keyDerivation = await page.evaluate(() => window.ocDemo.keyDerivation);
-  // Before any call there is no oracle audio: the measurement must say so.
-  result.powerBeforeCall = await page.evaluate((hz) => window.ocDemo.oracleAudioPower(hz), cfg.toneHz);
+  return page;
+}
 
-  const active = await step('call', async () => {
-    await page.click('#call-audio');
+/** Clicks `button` and follows the call until it is active with first oracle audio. */
+async function placeCall(page, button, name = 'call') {
+  const active = await step(name, async () => {
+    await page.click(button);
     return followCall(
       page,
       (s) => s.phase === 'active' && s.timeline.some((t) => t.phase === 'firstAudio'),
@@ -339,48 +343,209 @@ async function audioScenario(context, cfg) {
     );
   });
   result.phasesSeen = active.seen;
-  result.snapshots = { active: active.snap };
-  // Listen: the echo agent sends the tone back; the page measures it in what it decoded.
-  const power = [];
-  const listenStart = Date.now();
-  await step('listen', async () => {
-    while (Date.now() - listenStart < cfg.seconds * 1000) {
+  result.snapshots = { ...(result.snapshots ?? {}), active: active.snap };
+  return active.snap;
+}
+
+/** Every 500 ms for `seconds`: the tone's power in the oracle's decoded audio, a control
+ * frequency, the decryption failures and (video) the oracle's frames shown. */
+async function listen(page, cfg, name = 'listen') {
+  const samples = [];
+  const start = Date.now();
+  await step(name, async () => {
+    while (Date.now() - start < cfg.seconds * 1000) {
       await new Promise((r) => setTimeout(r, 500));
-      const t = Date.now() - listenStart;
+      const t = Date.now() - start;
       // The tone, and a frequency it does not hold (a control: a measurement that reads
       // anything as the tone fails there).
-      const [p, control] = await page.evaluate(
-        ([hz, off]) => [window.ocDemo.oracleAudioPower(hz), window.ocDemo.oracleAudioPower(off)],
+      const [p, control, frames] = await page.evaluate(
+        ([hz, off]) => [
+          window.ocDemo.oracleAudioPower(hz),
+          window.ocDemo.oracleAudioPower(off),
+          window.ocDemo.oracleVideoFrames?.() ?? null,
+        ],
         [cfg.toneHz, cfg.toneHz * 1.5],
       );
       const s = await snapshot(page);
-      power.push({ ms: t, power: p, control, decryptionFailures: s?.decryptionFailures ?? null });
+      samples.push({
+        ms: t,
+        power: p,
+        control,
+        videoFrames: frames,
+        decryptionFailures: s?.decryptionFailures ?? null,
+        lock: await visible(page, '#lock'),
+      });
       if (t >= 2000 && result.decryptionFailuresAt2s === undefined) {
         result.decryptionFailuresAt2s = s?.decryptionFailures ?? null;
       }
     }
   });
-  result.power = power;
-  result.lockVisible = await visible(page, '#lock');
-  result.phaseText = await text(page, '#phase');
-  result.oracleKeyText = await text(page, '#oracle-key');
-  result.timelineText = await text(page, '#timeline');
-  await shot(page, 'active');
-  result.snapshots.beforeHangup = await snapshot(page);
+  return samples;
+}
 
+/** Hangs up and waits for `ended`; reads the history after (end() awaits the server). */
+async function hangUp(page) {
   const ended = await step('hangup', async () => {
+    result.hangupAt = elapsed();
     await page.click('#hangup');
     return followCall(page, (s) => s.phase === 'ended', 30000, false);
   });
   result.snapshots.ended = ended.snap;
   result.lockVisibleEnded = await visible(page, '#lock');
   await step('history', async () => {
-    // The list is read after the hang-up reached the server (end() awaits it).
     result.calls = await page.evaluate(() => window.ocDemo.calls());
   });
   result.historyText = await text(page, '#history');
   await shot(page, 'ended');
   result.lastError = await lastError(page);
+}
+
+/** A call of `button`'s type: connect, listen, look, hang up. */
+async function callListenHangUp(page, cfg, button) {
+  // Before any call there is no oracle audio: the measurement must say so.
+  result.powerBeforeCall = await page.evaluate((hz) => window.ocDemo.oracleAudioPower(hz), cfg.toneHz);
+  await placeCall(page, button);
+  result.power = await listen(page, cfg);
+  result.lockVisible = await visible(page, '#lock');
+  result.phaseText = await text(page, '#phase');
+  result.oracleKeyText = await text(page, '#oracle-key');
+  result.timelineText = await text(page, '#timeline');
+  result.videoSize = await page.evaluate(() => {
+    const v = document.querySelector('#oracle-video');
+    return v ? { width: v.videoWidth, height: v.videoHeight } : null;
+  });
+  await shot(page, 'active');
+  result.snapshots.beforeHangup = await snapshot(page);
+  await hangUp(page);
+}
+
+async function audioScenario(context, cfg) {
+  const page = await openAndSignIn(context, cfg);
+  await callListenHangUp(page, cfg, '#call-audio');
+  await page.close();
+}
+
+async function videoScenario(context, cfg) {
+  const page = await openAndSignIn(context, cfg);
+  await callListenHangUp(page, cfg, '#call-video');
+  await page.close();
+}
+
+/** The page keys its media with a wrong key (test hook): the oracle's audio must not play, the
+ * failures must be counted and shown, and the lock must stay hidden. */
+async function wrongKeyScenario(context, cfg) {
+  const page = await openAndSignIn(context, cfg);
+  await page.evaluate(() => {
+    window.ocDemo.wrongMediaKey = true;
+  });
+  const joined = await step('call', async () => {
+    await page.click('#call-audio');
+    // Until the oracle's agent is in the room (its frames then arrive and do not decrypt).
+    return followCall(
+      page,
+      (s) => s.timeline.some((t) => t.phase === 'agentJoined') || s.phase === 'active',
+      60000,
+      true,
+    );
+  });
+  result.phasesSeen = joined.seen;
+  result.snapshots = { joined: joined.snap };
+  result.power = await listen(page, cfg);
+  result.lockVisible = await visible(page, '#lock');
+  result.insecureText = await text(page, '#insecure');
+  result.insecureVisible = await visible(page, '#insecure');
+  await shot(page, 'wrong-key');
+  result.snapshots.beforeHangup = await snapshot(page);
+  const s = result.snapshots.beforeHangup;
+  if (s && s.phase !== 'failed' && s.phase !== 'ended') {
+    const ended = await step('hangup', async () => {
+      result.hangupAt = elapsed();
+      await page.click('#hangup');
+      return followCall(page, (x) => x.phase === 'ended' || x.phase === 'failed', 30000, false);
+    }).catch((e) => ({ snap: null, error: e.message }));
+    result.snapshots.ended = ended.snap;
+  }
+  result.lastError = await lastError(page);
+  await page.close();
+}
+
+/** The plaintext guard (test hook): the call event must not be sent into a room the page does
+ * not know, nor into an unencrypted one. */
+async function plaintextGuardScenario(context, cfg) {
+  const page = await openAndSignIn(context, cfg);
+  result.plaintext = [];
+  for (const mode of ['unknown', 'unencrypted']) {
+    await page.evaluate((m) => {
+      window.ocDemo.plaintextRoom = m;
+    }, mode);
+    const out = await step(`call-${mode}`, async () => {
+      await page.click('#call-audio');
+      const deadline = Date.now() + 60000;
+      for (;;) {
+        const s = await snapshot(page);
+        if (s && (s.phase === 'failed' || s.phase === 'active' || s.phase === 'ended')) {
+          return s;
+        }
+        if (Date.now() > deadline) {
+          throw new Error(`no outcome; last snapshot ${JSON.stringify(s)}`);
+        }
+        await new Promise((r) => setTimeout(r, 100));
+      }
+    });
+    result.plaintext.push({
+      mode,
+      phase: out.phase,
+      error: out.error,
+      callId: out.callId,
+      timeline: out.timeline,
+      shownCode: await text(page, '#error-code'),
+    });
+    await shot(page, `plaintext-${mode}`);
+    if (out.phase === 'active') {
+      await page.click('#hangup');
+      await followCall(page, (x) => x.phase === 'ended', 30000, false).catch(() => null);
+    }
+    await page.evaluate(() => {
+      window.ocDemo.plaintextRoom = null;
+    });
+  }
+  await page.close();
+}
+
+/** Sign in, reload: the saved session is offered and restores the same device, with no new
+ * login; then a call from the restored session. */
+async function restoreScenario(context, cfg) {
+  const page = await openAndSignIn(context, cfg);
+  const before = { userId: result.userId, deviceId: result.deviceId };
+  await step('reload', async () => {
+    await page.reload({ timeout: 20000 });
+    await waitReady(page);
+    await page.waitForSelector('#restore', { state: 'visible', timeout: 10000 });
+  });
+  result.restoreText = await text(page, '#restore');
+  await shot(page, 'restore-offered');
+  const logins = [];
+  page.on('request', (req) => {
+    if (req.url().includes('/_matrix/client/v3/login') && req.method() === 'POST') {
+      logins.push(req.url());
+    }
+  });
+  await step('restore', async () => {
+    await page.click('#restore');
+    await waitSignedIn(page, 60000);
+  });
+  result.restore = {
+    before,
+    after: {
+      userId: await page.evaluate(() => window.ocDemo.userId()),
+      deviceId: await page.evaluate(() => window.ocDemo.deviceId()),
+    },
+    loginsAfterReload: logins.length,
+  };
+  await page.evaluate((kd) => {
+    window.ocDemo.keyDerivation = kd;
+  }, cfg.keyDerivation);
+  await callListenHangUp(page, cfg, '#call-audio');
   await page.close();
 }
 
@@ -406,6 +571,14 @@ async function errorState(cfg) {
   await shot(page, 'error');
   await context.close();
 }
+
+const SCENARIOS = new Map([
+  ['audio', audioScenario],
+  ['video', videoScenario],
+  ['wrongKey', wrongKeyScenario],
+  ['plaintextGuard', plaintextGuardScenario],
+  ['restore', restoreScenario],
+]);
 
 async function main() {
   let cfg;
@@ -453,9 +626,7 @@ async function main() {
     say(`chromium ${result.chromium} up after ${elapsed()} ms`);
     const context = await browser.newContext({ viewport: { width: 1100, height: 900 } });
     await watch(context, 'main');
-    if (cfg.scenario === 'audio') {
-      await audioScenario(context, cfg);
-    }
+    await SCENARIOS.get(cfg.scenario)(context, cfg);
     await context.close();
     if (cfg.errorShot) {
       await errorState(cfg);
