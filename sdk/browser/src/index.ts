@@ -31,3 +31,7 @@ export type { CallSummary, ListCallsQuery, ListCallsResponse, SyncResponse } fro
 export { LocalStoragePinStore, MemoryPinStore } from "./pins.js";
 export type { OraclePins, PinStore, TrustOverride } from "./pins.js";
 export type { CallType, KeyDerivation } from "./protocol.js";
+export { keyTransparency } from "./keyTransparency.js";
+export type { KeyTransparencyOptions } from "./keyTransparency.js";
+export { KtError, verifyOracleRecord, compareRecordWithWellKnown } from "./kt.js";
+export type { KtErrorReason, OracleRecord, StoredCheckpoint } from "./kt.js";
