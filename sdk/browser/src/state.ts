@@ -128,8 +128,11 @@ export class SnapshotStore {
     for (const l of [...this.#listeners]) {
       try {
         l();
-      } catch {
-        // A subscriber's bug must not break the call or the other subscribers.
+      } catch (e) {
+        // A subscriber's bug must not break the call or the other subscribers; the browser
+        // still reports it (window "error" event, console).
+        const report = (globalThis as { reportError?: (e: unknown) => void }).reportError;
+        report?.(e);
       }
     }
   }
