@@ -17,7 +17,7 @@
     clippy::indexing_slicing
 )]
 
-use std::io::{Read as _, Write as _};
+use std::io::{BufRead as _, Read as _, Write as _};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -99,8 +99,10 @@ struct DriverRun {
     stderr: String,
 }
 
-/// Runs the driver with `cfg` on stdin (the password travels there, not on argv).
-fn run_driver(cfg: &Value) -> DriverRun {
+/// Runs the driver with `cfg` on stdin (the password travels there, not on argv). Each
+/// `driver: checkpoint <name>` line it logs is sent to `checkpoints` (the scenario then waits
+/// for its `continueFile`).
+fn run_driver(cfg: &Value, checkpoints: &tokio::sync::mpsc::UnboundedSender<String>) -> DriverRun {
     assert!(
         Path::new("/usr/bin/chromium").exists(),
         "Debian's chromium is needed (apt-get install chromium; scripts/test installs it)"
@@ -120,23 +122,23 @@ fn run_driver(cfg: &Value) -> DriverRun {
         .write_all(cfg.to_string().as_bytes())
         .unwrap();
     let mut out = child.stdout.take().unwrap();
-    let mut err = child.stderr.take().unwrap();
+    let err = child.stderr.take().unwrap();
     let out = std::thread::spawn(move || {
         let mut s = String::new();
         let _ = out.read_to_string(&mut s);
         s
     });
     // Echoed as it runs (the driver logs each step), and kept for the assertions.
+    let checkpoints = checkpoints.clone();
     let err = std::thread::spawn(move || {
         let mut all = String::new();
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = err.read(&mut buf) {
-            if n == 0 {
-                break;
+        for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+            eprintln!("{line}");
+            if let Some(name) = line.strip_prefix("driver: checkpoint ") {
+                let _ = checkpoints.send(name.trim().to_owned());
             }
-            let s = String::from_utf8_lossy(&buf[..n]).into_owned();
-            eprint!("{s}");
-            all.push_str(&s);
+            all.push_str(&line);
+            all.push('\n');
         }
         all
     });
@@ -252,7 +254,7 @@ fn urlenc(s: &str) -> String {
 /// prekey store taken before the call — only to search the browser's output for it, and to say
 /// which layer failed when a call did not connect. Errors name the layer, never key bytes.
 fn open_call_key(
-    dep: &Deployment,
+    oracle_key_file: &Path,
     prekeys_before: &[oracle_calls_crypto::Prekey],
     rec: &oracle_calls_server::store::CallRecord,
 ) -> Result<Zeroizing<Vec<u8>>, String> {
@@ -283,7 +285,7 @@ fn open_call_key(
             ));
         }
     };
-    let oracle = keyfile::read_private_key(&dep.key_file).map_err(|e| e.to_string())?;
+    let oracle = keyfile::read_private_key(oracle_key_file).map_err(|e| e.to_string())?;
     match oracle_calls_crypto::open(&oracle, &envelope, &ctx) {
         Ok(OpenedKey::Bound(k)) => Ok(Zeroizing::new(k.dangerous_expose_bytes().to_vec())),
         Ok(OpenedKey::Unbound(_)) => Err("the browser sealed an unbound envelope".into()),
@@ -320,6 +322,17 @@ struct Harness {
 
 /// Statuses the server stored for the user's calls while the driver ran: (call id, status).
 type Seen = Vec<(String, CallStatus)>;
+
+/// A driver run in progress.
+struct Running {
+    driver: tokio::task::JoinHandle<DriverRun>,
+    /// The scenario's checkpoints, as it reaches them.
+    checkpoints: tokio::sync::mpsc::UnboundedReceiver<String>,
+    /// Created to let the scenario go on after a checkpoint.
+    continue_file: PathBuf,
+    stop_watcher: tokio::sync::oneshot::Sender<()>,
+    watcher: tokio::task::JoinHandle<Seen>,
+}
 
 impl Harness {
     async fn start(tag: &str) -> Self {
@@ -374,6 +387,12 @@ impl Harness {
     /// server's store; a failed run is diagnosed (the envelopes of the calls it made) and
     /// fails the test.
     async fn drive(&self, scenario: &str, extra: Value) -> (DriverRun, Seen) {
+        let running = self.launch(scenario, extra);
+        self.finish(running).await
+    }
+
+    /// Starts the driver on `scenario` and the store's watcher; [`Harness::finish`] waits.
+    fn launch(&self, scenario: &str, extra: Value) -> Running {
         let state = self.dep.server.state.clone();
         let watched_user = self.user_id.clone();
         let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -395,6 +414,7 @@ impl Harness {
                 }
             }
         });
+        let continue_file = self.dir.join(format!("continue-{}", unique_hex(3)));
         let mut cfg = json!({
             "pageUrl": format!("{}/", self.site.url()),
             "user": self.name,
@@ -406,16 +426,27 @@ impl Harness {
             "screenshotsDir": self.dir.join("screenshots"),
             "keyDerivation": "hkdf",
             "errorShot": false,
+            "continueFile": continue_file,
             "timeoutS": 150,
         });
         for (k, v) in extra.as_object().unwrap() {
             cfg[k] = v.clone();
         }
-        let run = tokio::task::spawn_blocking(move || run_driver(&cfg))
-            .await
-            .unwrap();
-        let _ = stop_tx.send(());
-        let seen = watcher.await.unwrap();
+        let (tx, checkpoints) = tokio::sync::mpsc::unbounded_channel();
+        let driver = tokio::task::spawn_blocking(move || run_driver(&cfg, &tx));
+        Running {
+            driver,
+            checkpoints,
+            continue_file,
+            stop_watcher: stop_tx,
+            watcher,
+        }
+    }
+
+    async fn finish(&self, running: Running) -> (DriverRun, Seen) {
+        let run = running.driver.await.unwrap();
+        let _ = running.stop_watcher.send(());
+        let seen = running.watcher.await.unwrap();
         let r = &run.result;
         if let Some(s) = r["screenshots"].as_object() {
             for (what, path) in s {
@@ -458,7 +489,7 @@ impl Harness {
         &self,
         rec: &oracle_calls_server::store::CallRecord,
     ) -> Result<Zeroizing<Vec<u8>>, String> {
-        open_call_key(&self.dep, &self.prekeys_before, rec)
+        open_call_key(&self.dep.key_file, &self.prekeys_before, rec)
     }
 
     async fn record(&self, call_id: &CallId) -> oracle_calls_server::store::CallRecord {
@@ -969,6 +1000,114 @@ async fn a_reload_restores_the_same_device_and_it_calls() {
     assert_heard_tone(&h.tag, r);
     let call_id = assert_connected(&h.tag, r);
     let rec = assert_server_side(&h, &seen, &call_id, "hkdf", "audio").await;
+    assert_browser_clean(&h, &run, &[&rec]);
+    h.stop().await;
+}
+
+/// Trust on first use: a call pins the oracle's key; the operator (or an intruder) replaces
+/// it; the next call is refused with `oracleKeyChanged` before anything is sent, the page says
+/// "key changed!" and offers the new key id; accepting it calls again and connects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_oracle_key_is_refused_until_accepted() {
+    let _serial = SERIAL.lock().await;
+    let mut h = Harness::start("key-changed").await;
+    let old_key_file = h.dep.key_file.clone();
+    let mut running = h.launch("keyChanged", json!({}));
+    let cp = tokio::time::timeout(Duration::from_secs(120), running.checkpoints.recv())
+        .await
+        .expect("the first call ends within 120 s");
+    assert_eq!(
+        cp.as_deref(),
+        Some("keyChanged"),
+        "the driver stopped early"
+    );
+    let first_agent = h.agent_report().await;
+    let new_key = h
+        .dep
+        .replace_oracle_key(oracle_calls_crypto::KeyScheme::HpkeP256)
+        .await
+        .unwrap();
+    // The restarted agent stocks the server with prekeys the copy taken at start lacks.
+    h.prekeys_before
+        .extend(verify::read_prekey_store(h.dep.prekey_store().unwrap()).unwrap());
+    std::fs::write(&running.continue_file, b"go").unwrap();
+    let (run, seen) = h.finish(running).await;
+    let r = &run.result;
+
+    // The first call pinned the old key.
+    let first = &r["firstCall"];
+    assert_eq!(first["ended"]["phase"], "ended", "{first}");
+    let old_id = first["active"]["oracle"]["keyId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_ne!(old_id, new_key.key_id().to_string());
+    assert_eq!(
+        first["active"]["oracle"]["pinnedOnFirstUse"], true,
+        "{first}"
+    );
+    assert!(
+        matches!(first_agent.outcome, JobOutcome::Served { .. }),
+        "{first_agent:?}"
+    );
+
+    // The second was refused before anything was sent, and the page offers the new key.
+    let refused = &r["refused"];
+    eprintln!("browser_sdk (key-changed): refused: {refused}");
+    assert_eq!(refused["phase"], "failed", "{refused}");
+    assert_eq!(refused["error"]["code"], "oracleKeyChanged", "{refused}");
+    assert!(
+        refused["callId"].is_null(),
+        "no call event was sent: {refused}"
+    );
+    assert!(
+        !refused["timeline"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["phase"] == "send"),
+        "{refused}"
+    );
+    let new_id = new_key.key_id().to_string();
+    assert!(
+        refused["oracleKeyText"]
+            .as_str()
+            .is_some_and(|t| t.contains("key changed") && t.contains(&new_id)),
+        "the page names the new key: {refused}"
+    );
+    assert_eq!(refused["acceptVisible"], true, "{refused}");
+    assert!(
+        refused["acceptText"]
+            .as_str()
+            .is_some_and(|t| t.contains(&new_id)),
+        "{refused}"
+    );
+
+    // Accepted: the call connects with the new key pinned.
+    assert_heard_tone(&h.tag, r);
+    let call_id = assert_connected(&h.tag, r);
+    assert_eq!(
+        r["snapshots"]["active"]["oracle"]["keyId"],
+        new_id.as_str(),
+        "the accepted call uses the new key"
+    );
+    let calls: std::collections::BTreeSet<&String> = seen.iter().map(|(id, _)| id).collect();
+    assert_eq!(
+        calls.len(),
+        2,
+        "the server saw the first and the accepted call only: {seen:?}"
+    );
+    let rec = assert_server_side(&h, &seen, &call_id, "hkdf", "audio").await;
+    let first_id = CallId::parse(first["active"]["callId"].as_str().unwrap()).unwrap();
+    let first_rec = h.record(&first_id).await;
+    let first_key = open_call_key(&old_key_file, &h.prekeys_before, &first_rec).unwrap();
+    let everything = Zeroizing::new(format!("{r}\n{}", run.stderr));
+    for form in key_forms(&first_key) {
+        assert!(
+            !everything.contains(form.as_str()),
+            "the first call's key leaked"
+        );
+    }
     assert_browser_clean(&h, &run, &[&rec]);
     h.stop().await;
 }

@@ -11,15 +11,26 @@
 //   {"pageUrl": "http://127.0.0.1:PORT/", "user": "<localpart or @id>", "password": "…",
 //    "scenario": "audio", "seconds": 4, "toneHz": 660, "toneWav": "/tmp/…/tone.wav",
 //    "screenshotsDir": "/tmp/…/shots", "keyDerivation": "hkdf" | "pbkdf2",
-//    "errorShot": true, "timeoutS": 150}
+//    "errorShot": true, "continueFile": "/tmp/…/go", "timeoutS": 150}
 //   toneWav is written (a sine at toneHz) when it does not exist; Chromium's fake microphone
-//   plays it in a loop.
-// Scenarios:
-//   audio: sign in; Call (audio); wait for the phase `active` with first oracle audio; measure
-//     window.ocDemo.oracleAudioPower(toneHz) every 500 ms for `seconds`; read the snapshot
-//     (timeline, encryption, decryption failures) and the lock; Hang up; wait for `ended`;
-//     read window.ocDemo.calls(). With errorShot, then a sign-in with a wrong password in a
-//     fresh browser context, for the error state.
+//   plays it in a loop (and the fake camera shows its test pattern).
+// Scenarios (through the page's element ids and window.ocDemo):
+//   audio: sign in; Call (audio); wait for the phase `active` with first oracle audio; every
+//     500 ms for `seconds`: window.ocDemo.oracleAudioPower(toneHz) and at 1.5x toneHz (a
+//     control), decryption failures, the lock; read the snapshot (timeline, encryption);
+//     Hang up; wait for `ended`; read window.ocDemo.calls().
+//   video: the same with Call (video), plus the oracle's video frames shown and its size.
+//   wrongKey: ocDemo.wrongMediaKey (test hook); call; listen until `seconds` after the agent
+//     joined: power, failures, lock, the #insecure warning; hang up.
+//   plaintextGuard: ocDemo.plaintextRoom = 'unknown', then 'unencrypted' (test hook); each call
+//     must fail; its error code and timeline are reported.
+//   restore: sign in, reload, the #restore offer, restore (POST /login requests counted), then
+//     an audio call as `audio`.
+//   keyChanged: an audio call; hang up; "driver: checkpoint keyChanged" on stderr, then wait
+//     for continueFile (the caller replaces the oracle's key meanwhile); a call that must be
+//     refused (error, #oracle-key text, #accept-key offer); accept; an audio call as `audio`.
+//   With errorShot, afterwards a sign-in with a wrong password in a fresh browser context, for
+//   the error state (errorState in the result).
 // stdout (one line): {"ok", "scenario", "error", "chromium", "console": [{type, text, url}],
 //   "pageErrors", "cspViolations", "screenshots": {name: path}, "steps": {name: ms}, …}
 // Exit status: 0 the scenario ran; 1 it failed (the result line says where); 2 bad input;
@@ -111,6 +122,7 @@ function parseConfig(text) {
     screenshotsDir: cfg.screenshotsDir,
     keyDerivation,
     errorShot: cfg.errorShot ?? true,
+    continueFile: typeof cfg.continueFile === 'string' ? cfg.continueFile : null,
     timeoutS,
   };
 }
@@ -402,6 +414,7 @@ async function hangUp(page) {
 
 /** A call of `button`'s type: connect, listen, look, hang up. */
 async function callListenHangUp(page, cfg, button) {
+  result.decryptionFailuresAt2s = undefined;
   // Before any call there is no oracle audio: the measurement must say so.
   result.powerBeforeCall = await page.evaluate((hz) => window.ocDemo.oracleAudioPower(hz), cfg.toneHz);
   await placeCall(page, button);
@@ -572,7 +585,74 @@ async function errorState(cfg) {
   await context.close();
 }
 
+/** Tells the caller (stderr) that the scenario reached `name`, and waits for its go-ahead: the
+ * file `cfg.continueFile` appearing. */
+async function checkpoint(name, cfg) {
+  if (!cfg.continueFile) {
+    throw new Error(`checkpoint ${name}: no "continueFile" in the config`);
+  }
+  say(`checkpoint ${name}`);
+  const deadline = Date.now() + 90000;
+  for (;;) {
+    try {
+      await access(cfg.continueFile);
+      return;
+    } catch {
+      // not yet
+    }
+    if (Date.now() > deadline) {
+      throw new Error(`no go-ahead within 90 s after checkpoint ${name}`);
+    }
+    await new Promise((r) => setTimeout(r, 200));
+  }
+}
+
+/** A call pins the oracle's key; the caller replaces the oracle's key (checkpoint keyChanged);
+ * the next call is refused with oracleKeyChanged before anything is sent, the page says so and
+ * offers the new key; accepting it calls again, and that call connects. */
+async function keyChangedScenario(context, cfg) {
+  const page = await openAndSignIn(context, cfg);
+  await placeCall(page, '#call-audio', 'firstCall');
+  result.firstCall = { active: await snapshot(page) };
+  await step('firstHangup', async () => {
+    await page.click('#hangup');
+    return followCall(page, (s) => s.phase === 'ended', 30000, false);
+  });
+  result.firstCall.ended = await snapshot(page);
+  await step('checkpoint', () => checkpoint('keyChanged', cfg));
+  const refused = await step('refusedCall', async () => {
+    await page.click('#call-audio');
+    const deadline = Date.now() + 60000;
+    for (;;) {
+      const s = await snapshot(page);
+      if (s && (s.phase === 'failed' || s.phase === 'active')) {
+        return s;
+      }
+      if (Date.now() > deadline) {
+        throw new Error(`no outcome; last snapshot ${JSON.stringify(s)}`);
+      }
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  });
+  await page.waitForSelector('#accept-box', { state: 'visible', timeout: 5000 }).catch(() => null);
+  result.refused = {
+    phase: refused.phase,
+    error: refused.error,
+    callId: refused.callId,
+    timeline: refused.timeline,
+    oracleKeyText: await text(page, '#oracle-key'),
+    acceptVisible: await visible(page, '#accept-key'),
+    acceptText: await text(page, '#accept-key'),
+    shownCode: await text(page, '#error-code'),
+  };
+  await shot(page, 'key-changed');
+  result.snapshots = {};
+  await callListenHangUp(page, cfg, '#accept-key');
+  await page.close();
+}
+
 const SCENARIOS = new Map([
+  ['keyChanged', keyChangedScenario],
   ['audio', audioScenario],
   ['video', videoScenario],
   ['wrongKey', wrongKeyScenario],
