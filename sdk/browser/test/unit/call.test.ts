@@ -1,11 +1,12 @@
 // The call's state machine with a fake Matrix, server, trust step and media room: every step,
 // what is sent and in which order, and how each failure ends the call (crates/client's rules).
 
+import type { MatrixClient } from "matrix-js-sdk";
 import { describe, expect, it } from "vitest";
 
 import { Call, type CallDeps, type CallOptions, type ResolvedOracleView } from "../../src/call.js";
 import { OracleCallError } from "../../src/errors.js";
-import { assertEncryptedRoom, type CallMatrix, type TrustedBotDevice } from "../../src/matrix.js";
+import { MatrixDevice, assertEncryptedRoom, type CallMatrix, type TrustedBotDevice } from "../../src/matrix.js";
 import type { KeyMaterial, MediaEvents, MediaOptions, MediaSession } from "../../src/media.js";
 import type { CallContextFields } from "../../src/protocol.js";
 
@@ -580,5 +581,237 @@ describe("the plaintext guard itself", () => {
   });
   it("passes a known, encrypted room", async () => {
     await expect(assertEncryptedRoom({ getRoom: () => room(true), getCrypto: () => crypto(true) }, "!r")).resolves.toBeUndefined();
+  });
+});
+
+// ---------------------------------------------------------------------------------------------
+// The Matrix side (src/matrix.ts) against a fake matrix-js-sdk client: the DM, the bot's
+// devices, one transaction id per event, the guard before every send.
+interface FakeRoomState {
+  roomId: string;
+  encrypted: boolean;
+  members: Map<string, string>;
+  blacklist: boolean | null;
+  timeline: FakeEvent[];
+}
+
+class FakeEvent {
+  status: string | null = "sending";
+  constructor(
+    readonly txnId: string,
+    readonly content: unknown,
+  ) {}
+  getTxnId(): string {
+    return this.txnId;
+  }
+}
+
+class FakeDevice {
+  constructor(
+    readonly deviceId: string,
+    private readonly ed: string,
+  ) {}
+  getFingerprint(): string {
+    return this.ed;
+  }
+}
+
+class FakeClient {
+  rooms = new Map<string, FakeRoomState>();
+  direct: Record<string, string[]> = {};
+  created: Record<string, unknown>[] = [];
+  sends: { roomId: string; txnId: string; attempt: "send" | "resend" }[] = [];
+  failSends = 0;
+  cancelled: FakeEvent[] = [];
+  botDevices: FakeDevice[] = [];
+  verified = new Map<string, boolean>();
+  joinBotAfterMs = 30;
+  syncState: string | null = "SYNCING";
+  crypto: object | undefined;
+  openIdCalls = 0;
+  constructor(readonly bot: string) {
+    const self = this;
+    this.crypto = {
+      isEncryptionEnabledInRoom: async (id: string) => self.rooms.get(id)?.encrypted ?? false,
+      getUserDeviceInfo: async (users: string[]) => new Map(users.map((u) => [u, new Map(self.botDevices.map((d) => [d.deviceId, d]))])),
+      getDeviceVerificationStatus: async (_u: string, d: string) => ({ localVerified: self.verified.get(d) ?? false }),
+      setDeviceVerified: async (_u: string, d: string, v = true) => {
+        self.verified.set(d, v);
+      },
+    };
+  }
+  getUserId() {
+    return "@did-ixo-alice:localhost";
+  }
+  getSafeUserId() {
+    return "@did-ixo-alice:localhost";
+  }
+  getDeviceId() {
+    return "ALICE";
+  }
+  getSyncState() {
+    return this.syncState;
+  }
+  getCrypto() {
+    return this.crypto;
+  }
+  room(r: FakeRoomState) {
+    return {
+      roomId: r.roomId,
+      hasEncryptionStateEvent: () => r.encrypted,
+      getMyMembership: () => "join",
+      getMember: (u: string) => (r.members.has(u) ? { membership: r.members.get(u) } : null),
+      getJoinedMemberCount: () => [...r.members.values()].filter((m) => m === "join").length,
+      setBlacklistUnverifiedDevices: (v: boolean) => {
+        r.blacklist = v;
+      },
+      getPendingEvents: () => {
+        throw new Error("chronological");
+      },
+      getLiveTimeline: () => ({ getEvents: () => r.timeline }),
+    };
+  }
+  getRoom(id: string) {
+    const r = this.rooms.get(id);
+    return r === undefined ? null : this.room(r);
+  }
+  getRooms() {
+    return [...this.rooms.values()].map((r) => this.room(r));
+  }
+  getAccountData(type: string) {
+    return type === "m.direct" ? { getContent: () => this.direct } : undefined;
+  }
+  async setAccountData(_type: string, content: Record<string, string[]>) {
+    this.direct = content;
+  }
+  async createRoom(opts: Record<string, unknown>) {
+    this.created.push(opts);
+    const id = `!new${this.created.length}:localhost`;
+    const initial = (opts["initial_state"] as { type: string }[] | undefined) ?? [];
+    const r: FakeRoomState = {
+      roomId: id,
+      encrypted: initial.some((s) => s.type === "m.room.encryption"),
+      members: new Map([["@did-ixo-alice:localhost", "join"], [this.bot, "invite"]]),
+      blacklist: null,
+      timeline: [],
+    };
+    this.rooms.set(id, r);
+    setTimeout(() => r.members.set(this.bot, "join"), this.joinBotAfterMs);
+    return { room_id: id };
+  }
+  async sendEvent(roomId: string, _type: string, content: unknown, txnId: string) {
+    const ev = new FakeEvent(txnId, content);
+    this.rooms.get(roomId)?.timeline.push(ev);
+    this.sends.push({ roomId, txnId, attempt: "send" });
+    return this.deliver(ev);
+  }
+  async resendEvent(ev: FakeEvent, room: { roomId: string }) {
+    this.sends.push({ roomId: room.roomId, txnId: ev.txnId, attempt: "resend" });
+    return this.deliver(ev);
+  }
+  private deliver(ev: FakeEvent) {
+    if (this.failSends > 0) {
+      this.failSends -= 1;
+      ev.status = "not_sent";
+      throw new Error("connection reset");
+    }
+    ev.status = null;
+    return { event_id: `$sent${this.sends.length}` };
+  }
+  cancelPendingEvent(ev: FakeEvent) {
+    this.cancelled.push(ev);
+  }
+  async getOpenIdToken() {
+    this.openIdCalls += 1;
+    return { access_token: `oid${this.openIdCalls}`, expires_in: 3600, token_type: "Bearer", matrix_server_name: "localhost" };
+  }
+}
+
+const device = (c: FakeClient) => MatrixDevice.fromClient(c as unknown as MatrixClient);
+
+describe("the Matrix device", () => {
+  it("takes an application's client only with crypto and while syncing", async () => {
+    const noCrypto = new FakeClient(BOT);
+    noCrypto.crypto = undefined;
+    await expect(device(noCrypto)).rejects.toMatchObject({ code: "setup" });
+    const stopped = new FakeClient(BOT);
+    stopped.syncState = null;
+    await expect(device(stopped)).rejects.toMatchObject({ code: "setup" });
+    const ok = await device(new FakeClient(BOT));
+    expect(ok.userId).toBe("@did-ixo-alice:localhost");
+    expect(ok.deviceId).toBe("ALICE");
+  });
+
+  it("creates the encrypted DM, waits for the bot, trusts only the pinned device", async () => {
+    const c = new FakeClient(BOT);
+    c.botDevices = [new FakeDevice("BOTDEV", "ed25519keyinbase64"), new FakeDevice("ROGUE", "otherkey")];
+    c.verified.set("ROGUE", true);
+    const d = await device(c);
+    const roomId = await d.prepareRoom(BOT, DEVICES);
+    expect(c.created).toHaveLength(1);
+    expect(c.created[0]).toMatchObject({
+      preset: "trusted_private_chat",
+      is_direct: true,
+      invite: [BOT],
+      initial_state: [{ type: "m.room.encryption", state_key: "", content: { algorithm: "m.megolm.v1.aes-sha2" } }],
+    });
+    expect(c.rooms.get(roomId)?.members.get(BOT)).toBe("join");
+    expect(c.direct[BOT]).toEqual([roomId]);
+    expect(c.rooms.get(roomId)?.blacklist).toBe(true);
+    expect(c.verified.get("BOTDEV")).toBe(true);
+    expect(c.verified.get("ROGUE")).toBe(false);
+    // The next call reuses it.
+    expect(await d.prepareRoom(BOT, DEVICES)).toBe(roomId);
+    expect(c.created).toHaveLength(1);
+  });
+
+  it("a device id with another Ed25519 key is not the pinned device: botDeviceUnknown", async () => {
+    const c = new FakeClient(BOT);
+    c.botDevices = [new FakeDevice("BOTDEV", "a-different-key")];
+    const d = await device(c);
+    await expect(d.prepareRoom(BOT, DEVICES)).rejects.toMatchObject({ code: "botDeviceUnknown" });
+    expect(c.verified.get("BOTDEV")).toBeUndefined();
+  });
+
+  it("sends under one transaction id, resending the same local event after a failure", async () => {
+    const c = new FakeClient(BOT);
+    c.botDevices = [new FakeDevice("BOTDEV", "ed25519keyinbase64")];
+    const d = await device(c);
+    const roomId = await d.prepareRoom(BOT, DEVICES);
+    c.failSends = 1;
+    const id = await d.send(roomId, "m.ixo.oracles_call", { callStatus: "pending" });
+    expect(id).toBe("$sent2");
+    expect(c.sends.map((s) => s.attempt)).toEqual(["send", "resend"]);
+    expect(new Set(c.sends.map((s) => s.txnId)).size).toBe(1);
+  });
+
+  it("gives up after bounded tries and drops the unsent echo", async () => {
+    const c = new FakeClient(BOT);
+    c.botDevices = [new FakeDevice("BOTDEV", "ed25519keyinbase64")];
+    const d = await device(c);
+    const roomId = await d.prepareRoom(BOT, DEVICES);
+    c.failSends = 99;
+    await expect(d.send(roomId, "m.ixo.oracles_call", {})).rejects.toMatchObject({ code: "matrix" });
+    expect(c.sends).toHaveLength(5);
+    expect(c.cancelled).toHaveLength(1);
+  }, 10_000);
+
+  it("refuses to send into a room it does not know or that is not encrypted", async () => {
+    const c = new FakeClient(BOT);
+    const d = await device(c);
+    await expect(d.send("!unknown:localhost", "m.ixo.oracles_call", {})).rejects.toMatchObject({ code: "plaintextRoom" });
+    c.rooms.set("!plain:localhost", { roomId: "!plain:localhost", encrypted: false, members: new Map(), blacklist: null, timeline: [] });
+    await expect(d.send("!plain:localhost", "m.ixo.oracles_call", {})).rejects.toMatchObject({ code: "plaintextRoom" });
+    expect(c.sends).toHaveLength(0);
+  });
+
+  it("reuses an OpenID token until shortly before it expires", async () => {
+    const c = new FakeClient(BOT);
+    const d = await device(c);
+    const [a, b] = await Promise.all([d.openIdToken(), d.openIdToken()]);
+    expect(a).toBe("oid1");
+    expect(b).toBe("oid1");
+    expect(await d.openIdToken()).toBe("oid1");
+    expect(c.openIdCalls).toBe(1);
   });
 });
