@@ -1112,6 +1112,121 @@ async fn a_changed_oracle_key_is_refused_until_accepted() {
     h.stop().await;
 }
 
+/// Failures are typed, shown with their code, and leave nothing half-open: the server
+/// unreachable and the OpenID token refused fail before anything is sent; a refused sync
+/// leaves the sent event edited to ended; a denied microphone ends the call on the server as
+/// `mediaFailed`; a browser without encoded transforms is refused before anything is sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_are_typed_and_leave_nothing_half_open() {
+    let _serial = SERIAL.lock().await;
+    let h = Harness::start("failures").await;
+    let (run, seen) = h.drive("failures", json!({})).await;
+    let r = &run.result;
+    let cases: Vec<&Value> = r["failures"].as_array().unwrap().iter().collect();
+    for c in &cases {
+        eprintln!("browser_sdk (failures): {c}");
+    }
+    let case = |name: &str| -> &Value {
+        cases
+            .iter()
+            .find(|c| c["case"] == name)
+            .unwrap_or_else(|| panic!("no case {name}: {}", r["failures"]))
+    };
+    let sent = |c: &Value| {
+        c["timeline"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["phase"] == "send")
+    };
+    for (name, code) in [
+        ("serverUnreachable", "serverUnreachable"),
+        ("openid", "matrix"),
+        ("syncRefused", "server"),
+        ("micDenied", "media"),
+        ("e2eeUnsupported", "e2eeUnsupported"),
+    ] {
+        let c = case(name);
+        assert_eq!(c["phase"], "failed", "{c}");
+        assert_eq!(c["error"]["code"], code, "{c}");
+        assert!(
+            c["shownCode"].as_str().is_some_and(|s| s.contains(code)),
+            "the page shows {code}: {c}"
+        );
+    }
+    assert_eq!(
+        r["historyError"]["code"], "matrix",
+        "the call list without an OpenID token: {}",
+        r["historyError"]
+    );
+    assert!(
+        r["openidRefused"].as_u64().is_some_and(|n| n > 0),
+        "the OpenID requests were refused: {}",
+        r["openidRefused"]
+    );
+    for name in ["serverUnreachable", "openid", "e2eeUnsupported"] {
+        let c = case(name);
+        assert!(!sent(c) && c["callId"].is_null(), "nothing sent: {c}");
+    }
+
+    // The refused sync: the event was sent, and the user edited it to ended.
+    let refused = case("syncRefused");
+    assert!(sent(refused), "{refused}");
+    let refused_id = CallId::parse(refused["callId"].as_str().unwrap()).unwrap();
+    // The denied microphone: the server took the call, then heard it ended as mediaFailed.
+    let denied = case("micDenied");
+    let denied_id = CallId::parse(denied["callId"].as_str().unwrap()).unwrap();
+    assert_eq!(denied["endReason"], "mediaFailed", "{denied}");
+    let rec = h.record(&denied_id).await;
+    assert_eq!(rec.status, CallStatus::Ended);
+    assert_eq!(rec.reason, Some(CallReason::MediaFailed));
+    eprintln!("browser_sdk (failures): statuses the server stored: {seen:?}");
+
+    let raw = RawMatrix::login(&h.homeserver, &h.name, &h.password).await;
+    // The refused call never reached the server; the page reuses its DM with the bot, so its
+    // event is in the same room as the denied one's.
+    let room = rec.matrix_room_id.clone();
+    for id in [&refused_id, &denied_id] {
+        let ev = raw
+            .get(&format!(
+                "/_matrix/client/v3/rooms/{}/event/{}",
+                urlenc(&room),
+                urlenc(id.event_id().as_str())
+            ))
+            .await;
+        assert_eq!(ev["type"], "m.room.encrypted", "{ev}");
+        let rel = raw
+            .get(&format!(
+                "/_matrix/client/v1/rooms/{}/relations/{}/m.replace",
+                urlenc(&room),
+                urlenc(id.event_id().as_str())
+            ))
+            .await;
+        assert!(
+            rel["chunk"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["sender"] == h.user_id.as_str() && e["type"] == "m.room.encrypted"),
+            "the user edited call {} to ended: {rel}",
+            id.as_str()
+        );
+    }
+    raw.logout().await;
+    assert_eq!(
+        r["cspViolations"].as_array().unwrap().len(),
+        0,
+        "{}",
+        r["cspViolations"]
+    );
+    let everything = Zeroizing::new(format!("{r}\n{}", run.stderr));
+    let key = h.call_key(&rec).unwrap();
+    for form in key_forms(&key) {
+        assert!(!everything.contains(form.as_str()), "the call key leaked");
+    }
+    h.stop().await;
+}
+
 /// A raw HTTP/1.1 request (no client-side path normalisation); returns (status, headers, body).
 async fn raw_get(addr: &str, method: &str, target: &str) -> (u16, String, Vec<u8>) {
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();

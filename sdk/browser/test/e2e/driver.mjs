@@ -29,6 +29,9 @@
 //   keyChanged: an audio call; hang up; "driver: checkpoint keyChanged" on stderr, then wait
 //     for continueFile (the caller replaces the oracle's key meanwhile); a call that must be
 //     refused (error, #oracle-key text, #accept-key offer); accept; an audio call as `audio`.
+//   failures: forced in the page: OpenID tokens refused from the sign-in on (page.route), the
+//     oracle server unreachable, the sync answered 403, getUserMedia denied, encoded transforms
+//     removed; each call's outcome (phase, error code, call id, timeline, shown code).
 //   With errorShot, afterwards a sign-in with a wrong password in a fresh browser context, for
 //   the error state (errorState in the result).
 // stdout (one line): {"ok", "scenario", "error", "chromium", "console": [{type, text, url}],
@@ -276,19 +279,21 @@ async function signIn(page, cfg) {
 }
 
 /** Signed in: Log out shown and Call (audio) enabled, or the page reported an error. */
-async function waitSignedIn(page, timeout) {
+async function waitSignedIn(page, timeout, { errorsFail = true } = {}) {
   await page.waitForFunction(
-    () => {
+    (failOnError) => {
       const call = document.querySelector('#call-audio');
       const logout = document.querySelector('#logout');
       const shown = (el) => el && el.offsetParent !== null && !el.hidden;
-      return (shown(logout) && shown(call) && !call.disabled) || window.ocDemo?.lastError != null;
+      return (
+        (shown(logout) && shown(call) && !call.disabled) || (failOnError && window.ocDemo?.lastError != null)
+      );
     },
-    null,
+    errorsFail,
     { timeout, polling: 100 },
   );
   const err = await lastError(page);
-  if (err) {
+  if (err && errorsFail) {
     throw new Error(`sign-in failed: ${err.code}: ${err.message}`);
   }
 }
@@ -651,7 +656,121 @@ async function keyChangedScenario(context, cfg) {
   await page.close();
 }
 
+/** Calls and waits for the outcome: `failed`, `active` or `ended` (60 s at most). */
+async function callOutcome(page, name) {
+  return step(name, async () => {
+    await page.click('#call-audio');
+    const deadline = Date.now() + 60000;
+    for (;;) {
+      const s = await snapshot(page);
+      if (s && (s.phase === 'failed' || s.phase === 'active' || s.phase === 'ended')) {
+        return s;
+      }
+      if (Date.now() > deadline) {
+        throw new Error(`no outcome; last snapshot ${JSON.stringify(s)}`);
+      }
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  });
+}
+
+/** Failures surface as typed errors, shown with their code, with nothing left half-open:
+ * the oracle server unreachable, the OpenID token refused, the sync refused, the microphone
+ * denied, and a browser without encoded transforms (each forced in the page). */
+async function failuresScenario(context, cfg) {
+  // 1. The homeserver will not issue OpenID tokens (needed for the call list and to claim a
+  // prekey), from the sign-in on: the page keeps a token for later calls once it has one.
+  const openid = '**/_matrix/client/v3/user/*/openid/request_token';
+  let openidRefused = 0;
+  const refuseOpenid = (route) => {
+    openidRefused += 1;
+    return route.fulfill({ status: 500, contentType: 'application/json', body: '{"errcode":"M_UNKNOWN","error":"test"}' });
+  };
+  const page = await context.newPage();
+  await page.route(openid, refuseOpenid);
+  await step('load', async () => {
+    await page.goto(cfg.pageUrl, { timeout: 20000 });
+    await waitReady(page);
+  });
+  await step('signIn', async () => {
+    await signIn(page, cfg);
+    await waitSignedIn(page, 60000, { errorsFail: false });
+  });
+  // The call list needs a token too: the page shows that failure.
+  await page.waitForFunction(() => window.ocDemo?.lastError != null, null, { timeout: 10000 }).catch(() => null);
+  result.historyError = await lastError(page);
+  const { serverUrl } = await page.evaluate(() => fetch('./config.json').then((r) => r.json()));
+  const origin = new URL(serverUrl).origin;
+  result.failures = [];
+  const record = async (kase, s) => {
+    result.failures.push({
+      case: kase,
+      phase: s.phase,
+      error: s.error,
+      callId: s.callId,
+      callStatus: s.callStatus,
+      endReason: s.endReason,
+      timeline: s.timeline,
+      shownCode: await text(page, '#error-code'),
+    });
+    await shot(page, `failure-${kase}`);
+    if (s.phase === 'active') {
+      // Not the failure it should have been: end it, so the next case can call.
+      await page.click('#hangup');
+      await followCall(page, (x) => x.phase === 'ended', 30000, false).catch(() => null);
+    }
+  };
+  // Playwright hands route predicates a URL object.
+  const isServer = (url) => String(url).startsWith(`${origin}/`);
+
+  await record('openid', await callOutcome(page, 'call-openid'));
+  await page.unroute(openid, refuseOpenid);
+  result.openidRefused = openidRefused;
+
+  // 2. The oracle's server refuses connections.
+  const unreachable = (route) => route.abort('connectionrefused');
+  await page.route(isServer, unreachable);
+  await record('serverUnreachable', await callOutcome(page, 'call-serverUnreachable'));
+  await page.unroute(isServer, unreachable);
+
+  // 3. The server refuses the sync (PROTOCOL §6.7 error body).
+  const isSync = (url) => isServer(url) && /\/calls\/[^/]+\/sync$/.test(new URL(String(url)).pathname);
+  const refuseSync = (route) =>
+    route.fulfill({
+      status: 403,
+      contentType: 'application/json',
+      body: JSON.stringify({ error: { code: 'forbidden', message: 'refused by the test' } }),
+    });
+  await page.route(isSync, refuseSync);
+  await record('syncRefused', await callOutcome(page, 'call-syncRefused'));
+  await page.unroute(isSync, refuseSync);
+
+  // 4. The microphone is denied.
+  await page.evaluate(() => {
+    window.__ocDriverGum = navigator.mediaDevices.getUserMedia.bind(navigator.mediaDevices);
+    navigator.mediaDevices.getUserMedia = () =>
+      Promise.reject(new DOMException('Permission denied (test)', 'NotAllowedError'));
+  });
+  const denied = await callOutcome(page, 'call-micDenied');
+  // The call ends everywhere (server update, edit): wait until the page says it is done.
+  await followCall(page, (s) => s.phase === 'failed' || s.phase === 'ended', 30000, false).catch(() => null);
+  await record('micDenied', (await snapshot(page)) ?? denied);
+  await page.evaluate(() => {
+    navigator.mediaDevices.getUserMedia = window.__ocDriverGum;
+  });
+
+  // 5. A browser without encoded transforms (no frame encryption).
+  await page.evaluate(() => {
+    delete window.RTCRtpScriptTransform;
+    delete RTCRtpSender.prototype.createEncodedStreams;
+    delete RTCRtpReceiver.prototype.createEncodedStreams;
+  });
+  await record('e2eeUnsupported', await callOutcome(page, 'call-e2eeUnsupported'));
+  await page.close();
+}
+
 const SCENARIOS = new Map([
+  ['failures', failuresScenario],
   ['keyChanged', keyChangedScenario],
   ['audio', audioScenario],
   ['video', videoScenario],
