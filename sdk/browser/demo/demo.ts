@@ -9,7 +9,7 @@ import {
   type CallSummary,
   type KeyDerivation,
   type TimelinePhase,
-} from "../src/index.js";
+} from '../src/index.js';
 
 interface DemoConfig {
   homeserverUrl: string;
@@ -34,7 +34,7 @@ interface OcDemo {
   /** Test-only: key our media with a wrong key (the lock must not show, audio must not play). */
   wrongMediaKey: boolean;
   /** Test-only: send the call event into a room the plaintext guard must refuse. */
-  plaintextRoom: "unknown" | "unencrypted" | null;
+  plaintextRoom: 'unknown' | 'unencrypted' | null;
   /** Accept exactly this new oracle key id on the next call (the "accept" button sets it). */
   acceptOracleKey: string | null;
   /** Video frames of the oracle's video shown so far. */
@@ -52,29 +52,29 @@ declare global {
 }
 
 const PHASE_NAMES: Record<TimelinePhase, string> = {
-  resolve: "resolve oracle",
-  wrap: "make + wrap call key",
-  room: "encrypted DM with bot",
-  send: "send call event",
-  sync: "server sync",
-  join: "LiveKit join (E2EE)",
-  agentJoined: "agent in room",
-  firstAudio: "first oracle audio",
+  resolve: 'resolve oracle',
+  wrap: 'make + wrap call key',
+  room: 'encrypted DM with bot',
+  send: 'send call event',
+  sync: 'server sync',
+  join: 'LiveKit join (E2EE)',
+  agentJoined: 'agent in room',
+  firstAudio: 'first oracle audio',
 };
 
-const PHASE_WORDS: Record<CallSnapshot["phase"], string> = {
-  idle: "idle",
-  resolving: "checking the oracle…",
-  wrapping: "sealing the call key…",
-  room: "opening the encrypted room…",
-  sending: "sending the call…",
+const PHASE_WORDS: Record<CallSnapshot['phase'], string> = {
+  idle: 'idle',
+  resolving: 'checking the oracle…',
+  wrapping: 'sealing the call key…',
+  room: 'opening the encrypted room…',
+  sending: 'sending the call…',
   syncing: "asking the oracle's server…",
-  joining: "joining the media room…",
-  waitingForOracle: "waiting for the oracle…",
-  active: "in call",
-  ending: "hanging up…",
-  ended: "ended",
-  failed: "failed",
+  joining: 'joining the media room…',
+  waitingForOracle: 'waiting for the oracle…',
+  active: 'in call',
+  ending: 'hanging up…',
+  ended: 'ended',
+  failed: 'failed',
 };
 
 function el<T extends HTMLElement>(id: string): T {
@@ -86,35 +86,35 @@ function el<T extends HTMLElement>(id: string): T {
 }
 
 const ui = {
-  form: el<HTMLFormElement>("signin-form"),
-  user: el<HTMLInputElement>("user"),
-  password: el<HTMLInputElement>("password"),
-  signin: el<HTMLButtonElement>("signin"),
-  restore: el<HTMLButtonElement>("restore"),
-  signedIn: el<HTMLDivElement>("signed-in"),
-  me: el<HTMLElement>("me"),
-  myDevice: el<HTMLElement>("my-device"),
-  logout: el<HTMLButtonElement>("logout"),
-  oracleDid: el<HTMLElement>("oracle-did"),
-  oracleKey: el<HTMLElement>("oracle-key"),
-  acceptBox: el<HTMLElement>("accept-box"),
-  acceptKey: el<HTMLButtonElement>("accept-key"),
-  callAudio: el<HTMLButtonElement>("call-audio"),
-  callVideo: el<HTMLButtonElement>("call-video"),
-  mute: el<HTMLButtonElement>("mute"),
-  hangup: el<HTMLButtonElement>("hangup"),
-  phase: el<HTMLElement>("phase"),
-  lock: el<HTMLElement>("lock"),
-  insecure: el<HTMLElement>("insecure"),
-  micLevel: el<HTMLMeterElement>("mic-level"),
-  oracleLevel: el<HTMLMeterElement>("oracle-level"),
-  timeline: el<HTMLOListElement>("timeline"),
-  audio: el<HTMLAudioElement>("oracle-audio"),
-  video: el<HTMLVideoElement>("oracle-video"),
-  errorBox: el<HTMLElement>("error-box"),
-  error: el<HTMLElement>("error"),
-  errorCode: el<HTMLElement>("error-code"),
-  history: el<HTMLTableSectionElement>("history"),
+  form: el<HTMLFormElement>('signin-form'),
+  user: el<HTMLInputElement>('user'),
+  password: el<HTMLInputElement>('password'),
+  signin: el<HTMLButtonElement>('signin'),
+  restore: el<HTMLButtonElement>('restore'),
+  signedIn: el<HTMLDivElement>('signed-in'),
+  me: el<HTMLElement>('me'),
+  myDevice: el<HTMLElement>('my-device'),
+  logout: el<HTMLButtonElement>('logout'),
+  oracleDid: el<HTMLElement>('oracle-did'),
+  oracleKey: el<HTMLElement>('oracle-key'),
+  acceptBox: el<HTMLElement>('accept-box'),
+  acceptKey: el<HTMLButtonElement>('accept-key'),
+  callAudio: el<HTMLButtonElement>('call-audio'),
+  callVideo: el<HTMLButtonElement>('call-video'),
+  mute: el<HTMLButtonElement>('mute'),
+  hangup: el<HTMLButtonElement>('hangup'),
+  phase: el<HTMLElement>('phase'),
+  lock: el<HTMLElement>('lock'),
+  insecure: el<HTMLElement>('insecure'),
+  micLevel: el<HTMLMeterElement>('mic-level'),
+  oracleLevel: el<HTMLMeterElement>('oracle-level'),
+  timeline: el<HTMLOListElement>('timeline'),
+  audio: el<HTMLAudioElement>('oracle-audio'),
+  video: el<HTMLVideoElement>('oracle-video'),
+  errorBox: el<HTMLElement>('error-box'),
+  error: el<HTMLElement>('error'),
+  errorCode: el<HTMLElement>('error-code'),
+  history: el<HTMLTableSectionElement>('history'),
 };
 
 let config: DemoConfig | null = null;
@@ -132,7 +132,7 @@ const ocDemo: OcDemo = {
     const a = call?.oracleAudio();
     return a ? goertzel(a.samples, freqHz, a.sampleRate) : 0;
   },
-  keyDerivation: "hkdf",
+  keyDerivation: 'hkdf',
   wrongMediaKey: false,
   plaintextRoom: null,
   acceptOracleKey: null,
@@ -170,42 +170,42 @@ function goertzel(samples: Float32Array, freq: number, rate: number): number {
 function showError(e: DemoError | null): void {
   ocDemo.lastError = e;
   ui.errorBox.hidden = e === null;
-  ui.errorCode.textContent = e?.code ?? "";
-  ui.error.textContent = e?.message ?? "";
+  ui.errorCode.textContent = e?.code ?? '';
+  ui.error.textContent = e?.message ?? '';
 }
 
 function asDemoError(e: unknown): DemoError {
   if (e instanceof OracleCallError) {
     return { code: e.code, message: e.message };
   }
-  return { code: "setup", message: e instanceof Error ? e.message : String(e) };
+  return { code: 'setup', message: e instanceof Error ? e.message : String(e) };
 }
 
 // ---- signing in ---------------------------------------------------------------------------
 
-const wasmUrl = new URL("./matrix_sdk_crypto_wasm_bg.wasm", location.href);
-const e2eeWorker = (): Worker => new Worker(new URL("./e2ee-worker.js", location.href), { type: "module" });
+const wasmUrl = new URL('./matrix_sdk_crypto_wasm_bg.wasm', location.href);
+const e2eeWorker = (): Worker => new Worker(new URL('./e2ee-worker.js', location.href), { type: 'module' });
 
 function renderAccount(): void {
   const signedIn = client !== null;
   ui.form.hidden = signedIn;
   ui.signedIn.hidden = !signedIn;
-  ui.me.textContent = client?.userId ?? "";
-  ui.myDevice.textContent = client?.deviceId ?? "";
+  ui.me.textContent = client?.userId ?? '';
+  ui.myDevice.textContent = client?.deviceId ?? '';
   const saved = OracleClient.savedUser(localStorage);
   ui.restore.hidden = signedIn || saved === null;
-  ui.restore.textContent = saved === null ? "Continue" : `Continue as ${saved}`;
+  ui.restore.textContent = saved === null ? 'Continue' : `Continue as ${saved}`;
   renderButtons();
 }
 
 function renderButtons(): void {
   const s = call?.getSnapshot();
-  const inCall = s !== undefined && s.phase !== "ended" && s.phase !== "failed";
+  const inCall = s !== undefined && s.phase !== 'ended' && s.phase !== 'failed';
   const can = client !== null && config !== null && !busy && !inCall;
   ui.callAudio.disabled = !can;
   ui.callVideo.disabled = !can;
   ui.hangup.disabled = !inCall;
-  ui.mute.disabled = !inCall || s?.phase === "ending";
+  ui.mute.disabled = !inCall || s?.phase === 'ending';
   ui.signin.disabled = busy || config === null;
   ui.restore.disabled = busy || config === null;
   ui.logout.disabled = busy || inCall;
@@ -213,13 +213,13 @@ function renderButtons(): void {
 
 async function signedIn(c: OracleClient): Promise<void> {
   client = c;
-  ui.password.value = "";
+  ui.password.value = '';
   renderAccount();
   await renderOracleKey(null);
   await refreshHistory();
 }
 
-ui.form.addEventListener("submit", (ev) => {
+ui.form.addEventListener('submit', (ev) => {
   ev.preventDefault();
   if (config === null || busy) {
     return;
@@ -228,7 +228,7 @@ ui.form.addEventListener("submit", (ev) => {
   busy = true;
   showError(null);
   renderButtons();
-  ui.signin.textContent = "Signing in…";
+  ui.signin.textContent = 'Signing in…';
   void (async () => {
     try {
       const c = await OracleClient.login({
@@ -238,20 +238,20 @@ ui.form.addEventListener("submit", (ev) => {
         password: ui.password.value,
         wasmUrl,
         storage: localStorage,
-        deviceName: "oracle-calls demo page",
+        deviceName: 'oracle-calls demo page',
       });
       await signedIn(c);
     } catch (e) {
       showError(asDemoError(e));
     } finally {
       busy = false;
-      ui.signin.textContent = "Sign in";
+      ui.signin.textContent = 'Sign in';
       renderAccount();
     }
   })();
 });
 
-ui.restore.addEventListener("click", () => {
+ui.restore.addEventListener('click', () => {
   if (config === null || busy) {
     return;
   }
@@ -268,7 +268,7 @@ ui.restore.addEventListener("click", () => {
         storage: localStorage,
       });
       if (c === null) {
-        showError({ code: "setup", message: "no saved session; sign in" });
+        showError({ code: 'setup', message: 'no saved session; sign in' });
       } else {
         await signedIn(c);
       }
@@ -281,7 +281,7 @@ ui.restore.addEventListener("click", () => {
   })();
 });
 
-ui.logout.addEventListener("click", () => {
+ui.logout.addEventListener('click', () => {
   const c = client;
   if (c === null || busy) {
     return;
@@ -308,33 +308,33 @@ ui.logout.addEventListener("click", () => {
 
 /** The key ids the oracle publishes now, from an `oracleKeyChanged` error's details. */
 function offeredKeys(details: Readonly<Record<string, unknown>> | undefined): string[] {
-  const offered = details?.["offered"];
-  return typeof offered === "string" ? offered.split(", ").filter((k) => /^[0-9a-f]{32}$/.test(k)) : [];
+  const offered = details?.['offered'];
+  return typeof offered === 'string' ? offered.split(', ').filter((k) => /^[0-9a-f]{32}$/.test(k)) : [];
 }
 
 async function renderOracleKey(s: CallSnapshot | null): Promise<void> {
-  ui.oracleKey.classList.remove("key-changed");
-  if (s?.error?.code === "oracleKeyChanged") {
+  ui.oracleKey.classList.remove('key-changed');
+  if (s?.error?.code === 'oracleKeyChanged') {
     const offered = offeredKeys(s.error.details);
-    ui.oracleKey.textContent = `key changed! The oracle now publishes ${offered.join(", ") || "another key"}, not the key you verified; the call was refused. Check the new key with the oracle's operator before accepting it.`;
-    ui.oracleKey.classList.add("key-changed");
+    ui.oracleKey.textContent = `key changed! The oracle now publishes ${offered.join(', ') || 'another key'}, not the key you verified; the call was refused. Check the new key with the oracle's operator before accepting it.`;
+    ui.oracleKey.classList.add('key-changed');
     const first = offered[0];
     ui.acceptBox.hidden = first === undefined;
     if (first !== undefined) {
       ui.acceptKey.textContent = `I verified ${first}: accept it and call again`;
-      ui.acceptKey.dataset["key"] = first;
+      ui.acceptKey.dataset['key'] = first;
     }
     return;
   }
   if (s !== null && s.oracle.keyId !== null) {
-    ui.oracleKey.textContent = `${s.oracle.keyId}${s.oracle.pinnedOnFirstUse ? " (pinned on first use)" : " (pinned)"}`;
+    ui.oracleKey.textContent = `${s.oracle.keyId}${s.oracle.pinnedOnFirstUse ? ' (pinned on first use)' : ' (pinned)'}`;
     return;
   }
   if (client !== null && config !== null) {
     try {
       const pins = await client.pins.get(config.oracleDid);
       const key = pins?.keys[0];
-      ui.oracleKey.textContent = key === undefined ? "not verified yet (pinned on first call)" : `${key.keyId} (pinned)`;
+      ui.oracleKey.textContent = key === undefined ? 'not verified yet (pinned on first call)' : `${key.keyId} (pinned)`;
     } catch (e) {
       ui.oracleKey.textContent = `pins unreadable: ${asDemoError(e).message}`;
     }
@@ -343,13 +343,13 @@ async function renderOracleKey(s: CallSnapshot | null): Promise<void> {
 
 // ---- the call -------------------------------------------------------------------------------
 
-function startCall(type: "audio" | "video"): void {
+function startCall(type: 'audio' | 'video'): void {
   if (client === null || config === null) {
     return;
   }
   showError(null);
   unsubscribe?.();
-  const loopback = ["127.0.0.1", "localhost", "[::1]"].includes(location.hostname);
+  const loopback = ['127.0.0.1', 'localhost', '[::1]'].includes(location.hostname);
   const iceServers = config.iceServers ?? (loopback ? [] : undefined);
   const c = client.callOracle({
     oracleDid: config.oracleDid,
@@ -372,13 +372,13 @@ function startCall(type: "audio" | "video"): void {
   ui.acceptBox.hidden = true;
   call = c;
   c.attachOracleMedia(ui.audio, ui.video);
-  let lastPhase = "";
+  let lastPhase = '';
   unsubscribe = c.subscribe(() => {
     const s = c.getSnapshot();
     render(s);
     if (s.phase !== lastPhase) {
       lastPhase = s.phase;
-      if (s.phase === "ended" || s.phase === "failed") {
+      if (s.phase === 'ended' || s.phase === 'failed') {
         void refreshHistory();
       }
     }
@@ -387,19 +387,19 @@ function startCall(type: "audio" | "video"): void {
   c.ready.catch(() => undefined);
 }
 
-ui.acceptKey.addEventListener("click", () => {
-  const key = ui.acceptKey.dataset["key"];
+ui.acceptKey.addEventListener('click', () => {
+  const key = ui.acceptKey.dataset['key'];
   if (key !== undefined) {
     ocDemo.acceptOracleKey = key;
-    startCall("audio");
+    startCall('audio');
   }
 });
-ui.callAudio.addEventListener("click", () => startCall("audio"));
-ui.callVideo.addEventListener("click", () => startCall("video"));
-ui.hangup.addEventListener("click", () => {
+ui.callAudio.addEventListener('click', () => startCall('audio'));
+ui.callVideo.addEventListener('click', () => startCall('video'));
+ui.hangup.addEventListener('click', () => {
   void call?.end().catch((e: unknown) => showError(asDemoError(e)));
 });
-ui.mute.addEventListener("click", () => {
+ui.mute.addEventListener('click', () => {
   const c = call;
   if (c === null) {
     return;
@@ -407,8 +407,8 @@ ui.mute.addEventListener("click", () => {
   const muted = c.getSnapshot().mic.muted;
   void c.setMicrophoneEnabled(muted).catch((e: unknown) => showError(asDemoError(e)));
 });
-ui.video.addEventListener("resize", () => {
-  ui.video.dataset["live"] = "1";
+ui.video.addEventListener('resize', () => {
+  ui.video.dataset['live'] = '1';
 });
 
 /** An RMS level (0..1) on a meter: −60 dBFS … 0 dBFS. */
@@ -420,32 +420,32 @@ function meter(rms: number): number {
 }
 
 function render(s: CallSnapshot | null): void {
-  const phase = s?.phase ?? "idle";
-  ui.phase.textContent = PHASE_WORDS[phase] + (s?.endReason ? ` (${s.endReason})` : "");
+  const phase = s?.phase ?? 'idle';
+  ui.phase.textContent = PHASE_WORDS[phase] + (s?.endReason ? ` (${s.endReason})` : '');
   ui.phase.className = `phase ${phase}`;
   const e = s?.encryption;
   const failures = s?.decryptionFailures ?? 0;
   const secure =
     s !== null && e !== undefined && e.matrixEvent && e.localMedia && e.oracleMedia === true && failures === 0;
-  const live = phase !== "ended" && phase !== "failed";
+  const live = phase !== 'ended' && phase !== 'failed';
   ui.lock.hidden = !(secure && live);
   const problems: string[] = [];
   if (failures > 0) {
-    problems.push(`${failures} decryption failure${failures === 1 ? "" : "s"}: the oracle's media is not played`);
+    problems.push(`${failures} decryption failure${failures === 1 ? '' : 's'}: the oracle's media is not played`);
   }
   if ((s?.refusedTracks ?? 0) > 0) {
-    problems.push("an unencrypted oracle track was refused");
+    problems.push('an unencrypted oracle track was refused');
   }
   ui.insecure.hidden = problems.length === 0;
-  ui.insecure.textContent = problems.length === 0 ? "" : `⚠ ${problems.join("; ")}`;
+  ui.insecure.textContent = problems.length === 0 ? '' : `⚠ ${problems.join('; ')}`;
   ui.micLevel.value = meter(s?.mic.level ?? 0);
   ui.oracleLevel.value = meter(s?.oracle.level ?? 0);
-  ui.mute.textContent = s?.mic.muted ? "Unmute" : "Mute";
+  ui.mute.textContent = s?.mic.muted ? 'Unmute' : 'Mute';
   const items = (s?.timeline ?? []).map((t) => {
-    const li = document.createElement("li");
+    const li = document.createElement('li');
     li.append(`${PHASE_NAMES[t.phase]} `);
-    const ms = document.createElement("span");
-    ms.className = "ms";
+    const ms = document.createElement('span');
+    ms.className = 'ms';
     ms.textContent = `${t.ms} ms`;
     li.append(ms);
     return li;
@@ -456,11 +456,11 @@ function render(s: CallSnapshot | null): void {
   if (s?.error) {
     showError({ code: s.error.code, message: s.error.message });
   }
-  if (s !== null && (s.oracle.keyId !== null || s.error?.code === "oracleKeyChanged")) {
+  if (s !== null && (s.oracle.keyId !== null || s.error?.code === 'oracleKeyChanged')) {
     void renderOracleKey(s);
   }
   if (!live) {
-    ui.video.removeAttribute("data-live");
+    ui.video.removeAttribute('data-live');
   }
   renderButtons();
 }
@@ -475,19 +475,19 @@ async function refreshHistory(): Promise<void> {
     const calls = await client.listCalls({ limit: 20 });
     ui.history.replaceChildren(
       ...calls.map((c) => {
-        const tr = document.createElement("tr");
+        const tr = document.createElement('tr');
         const cells = [
           new Date(c.callStartedAt).toLocaleString(),
           c.callType,
           c.callStatus,
-          c.reason ?? "",
+          c.reason ?? '',
           c.callId.length > 28 ? `${c.callId.slice(0, 14)}…${c.callId.slice(-10)}` : c.callId,
         ];
         cells.forEach((text, i) => {
-          const td = document.createElement("td");
+          const td = document.createElement('td');
           td.textContent = text;
           if (i === 4) {
-            td.className = "id";
+            td.className = 'id';
             td.title = c.callId;
           }
           tr.append(td);
@@ -503,22 +503,22 @@ async function refreshHistory(): Promise<void> {
 // ---- start ----------------------------------------------------------------------------------
 
 function parseConfig(v: unknown): DemoConfig {
-  if (typeof v !== "object" || v === null) {
-    throw new OracleCallError("setup", "config.json is not an object");
+  if (typeof v !== 'object' || v === null) {
+    throw new OracleCallError('setup', 'config.json is not an object');
   }
   const o = v as Record<string, unknown>;
-  for (const f of ["homeserverUrl", "serverUrl", "oracleDid"]) {
-    if (typeof o[f] !== "string" || (o[f] as string).length === 0) {
-      throw new OracleCallError("setup", `config.json: ${f} must be a non-empty string`);
+  for (const f of ['homeserverUrl', 'serverUrl', 'oracleDid']) {
+    if (typeof o[f] !== 'string' || (o[f] as string).length === 0) {
+      throw new OracleCallError('setup', `config.json: ${f} must be a non-empty string`);
     }
   }
   const cfg: DemoConfig = {
-    homeserverUrl: o["homeserverUrl"] as string,
-    serverUrl: o["serverUrl"] as string,
-    oracleDid: o["oracleDid"] as string,
+    homeserverUrl: o['homeserverUrl'] as string,
+    serverUrl: o['serverUrl'] as string,
+    oracleDid: o['oracleDid'] as string,
   };
-  if (Array.isArray(o["iceServers"])) {
-    cfg.iceServers = o["iceServers"] as RTCIceServer[];
+  if (Array.isArray(o['iceServers'])) {
+    cfg.iceServers = o['iceServers'] as RTCIceServer[];
   }
   return cfg;
 }
@@ -526,9 +526,9 @@ function parseConfig(v: unknown): DemoConfig {
 async function main(): Promise<void> {
   renderAccount();
   try {
-    const r = await fetch("./config.json", { cache: "no-store" });
+    const r = await fetch('./config.json', { cache: 'no-store' });
     if (!r.ok) {
-      throw new OracleCallError("setup", `config.json: HTTP ${r.status}`);
+      throw new OracleCallError('setup', `config.json: HTTP ${r.status}`);
     }
     config = parseConfig(await r.json());
     ui.oracleDid.textContent = config.oracleDid;

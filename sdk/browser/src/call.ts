@@ -3,9 +3,9 @@
 // wrapping, the server, Matrix, LiveKit) comes in through small interfaces, so the unit tests
 // drive it with fakes.
 
-import { OracleCallError, asOracleCallError, type ErrorCode } from "./errors.js";
-import type { CallMatrix, TrustedBotDevice } from "./matrix.js";
-import type { CaptureOptions, KeyMaterial, MediaFactory, MediaSession } from "./media.js";
+import { OracleCallError, asOracleCallError, type ErrorCode } from './errors.js';
+import type { CallMatrix, TrustedBotDevice } from './matrix.js';
+import type { CaptureOptions, KeyMaterial, MediaFactory, MediaSession } from './media.js';
 import {
   CALL_EVENT_TYPE,
   buildCallContent,
@@ -19,8 +19,8 @@ import {
   type CallContextFields,
   type CallType,
   type KeyDerivation,
-} from "./protocol.js";
-import { SnapshotStore, initialSnapshot, isFinal, type CallSnapshot } from "./state.js";
+} from './protocol.js';
+import { SnapshotStore, initialSnapshot, isFinal, type CallSnapshot } from './state.js';
 
 /** What the trust step verified about the oracle (what is pinned for it). */
 export interface ResolvedOracleView {
@@ -75,7 +75,7 @@ export interface DangerousTestHooks {
    * room this client has not synced, where matrix-js-sdk would send in the clear) or
    * `unencrypted` (a new room with the bot without `m.room.encryption`).
    */
-  plaintextRoom?: "unknown" | "unencrypted";
+  plaintextRoom?: 'unknown' | 'unencrypted';
 }
 
 export interface CallOptions {
@@ -128,7 +128,7 @@ export class Call {
   constructor(deps: CallDeps<ResolvedOracleView>, opts: CallOptions) {
     this.#deps = deps;
     this.#opts = opts;
-    this.#keyDerivation = opts.keyDerivation ?? "hkdf";
+    this.#keyDerivation = opts.keyDerivation ?? 'hkdf';
     this.#sessionId = opts.sessionId ?? newSessionId();
     this.#store = new SnapshotStore(initialSnapshot(opts.oracleDid), deps.now);
     this.ready = new Promise<void>((resolve, reject) => {
@@ -169,7 +169,7 @@ export class Call {
     const opts = this.#opts;
     let callKey: Uint8Array | null = null;
     try {
-      store.setPhase("resolving");
+      store.setPhase('resolving');
       // The media session first: a browser without frame encryption fails before anything is sent.
       this.#media = deps.media({
         events: this.#mediaEvents(),
@@ -187,10 +187,10 @@ export class Call {
         ...s,
         oracle: { ...s.oracle, keyId: resolved.keyId, pinnedOnFirstUse: resolved.pinnedOnFirstUse },
       }));
-      store.mark("resolve");
+      store.mark('resolve');
 
       // 2-3. A fresh call key, wrapped to the oracle and bound to this call.
-      store.setPhase("wrapping");
+      store.setPhase('wrapping');
       const context: CallContextFields = {
         sessionId: this.#sessionId,
         roomId: newRoomName(),
@@ -210,31 +210,31 @@ export class Call {
       try {
         await this.#media.setKey(material);
       } finally {
-        if (typeof material !== "string") {
+        if (typeof material !== 'string') {
           new Uint8Array(material).fill(0);
         }
       }
       this.#checkpoint();
-      store.mark("wrap");
+      store.mark('wrap');
 
       // 4. The encrypted DM with the bot (joined, only pinned devices get the room key).
-      store.setPhase("room");
+      store.setPhase('room');
       let roomId = await deps.matrix.prepareRoom(resolved.botUserId, resolved.botDevices);
       const plain = opts.dangerousTestHooks?.plaintextRoom;
-      if (plain === "unknown") {
-        roomId = `!not-synced-${newRoomName()}:${deps.matrix.userId.split(":").slice(1).join(":")}`;
-      } else if (plain === "unencrypted") {
+      if (plain === 'unknown') {
+        roomId = `!not-synced-${newRoomName()}:${deps.matrix.userId.split(':').slice(1).join(':')}`;
+      } else if (plain === 'unencrypted') {
         if (deps.matrix.createUnencryptedRoomForTest === undefined) {
-          throw new OracleCallError("setup", "this Matrix side cannot make an unencrypted test room");
+          throw new OracleCallError('setup', 'this Matrix side cannot make an unencrypted test room');
         }
         roomId = await deps.matrix.createUnencryptedRoomForTest(resolved.botUserId);
       }
       this.#matrixRoom = roomId;
       this.#checkpoint();
-      store.mark("room");
+      store.mark('room');
 
       // 5. The event (guarded against plaintext inside `send`), then the call id.
-      store.setPhase("sending");
+      store.setPhase('sending');
       const content = buildCallContent({ ...context, encryptionKey, keyDerivation: this.#keyDerivation });
       this.#content = content;
       const eventId = await deps.matrix.send(roomId, CALL_EVENT_TYPE, content);
@@ -243,10 +243,10 @@ export class Call {
       store.update((s) => ({
         ...s,
         callId: this.#callId,
-        callStatus: "pending",
+        callStatus: 'pending',
         encryption: { ...s.encryption, matrixEvent: true },
       }));
-      store.mark("send");
+      store.mark('send');
     } catch (e) {
       if (callKey !== null) {
         callKey.fill(0);
@@ -256,7 +256,7 @@ export class Call {
         return;
       }
       // Nothing was sent: leave the media room (never joined) and report.
-      await this.#closeUnsent(toCallError(e, "setup", "placing the call"));
+      await this.#closeUnsent(toCallError(e, 'setup', 'placing the call'));
       return;
     }
     // From here on the event exists: a failure ends the call everywhere (and an end() asked
@@ -267,13 +267,13 @@ export class Call {
     }
     let sync: SyncAnswer;
     try {
-      store.setPhase("syncing");
+      store.setPhase('syncing');
       const token = await deps.matrix.openIdToken();
       sync = await deps.server.sync(callId, token);
-      store.update((s) => ({ ...s, callStatus: "active" }));
-      store.mark("sync");
+      store.update((s) => ({ ...s, callStatus: 'active' }));
+      store.mark('sync');
     } catch (e) {
-      const err = toCallError(e, "server", "syncing the call");
+      const err = toCallError(e, 'server', 'syncing the call');
       // The server did not take the call: the Matrix record says ended (PROTOCOL §10).
       await this.#editEnded();
       await this.#leaveMedia();
@@ -284,32 +284,32 @@ export class Call {
       return;
     }
     try {
-      store.setPhase("joining");
+      store.setPhase('joining');
       const media = this.#media;
       if (media === null) {
-        throw new OracleCallError("media", "the media session is gone");
+        throw new OracleCallError('media', 'the media session is gone');
       }
       await media.connect(sync.livekitUrl, sync.token);
       await media.publish(opts.type, opts.capture);
-      store.mark("join");
-      store.setPhase("waitingForOracle");
+      store.mark('join');
+      store.setPhase('waitingForOracle');
       this.#armReadyTimeout();
     } catch (e) {
       if (this.#endRequested) {
         return;
       }
-      const err = toCallError(e, "media", "joining the media room");
+      const err = toCallError(e, 'media', 'joining the media room');
       await this.#leaveMedia();
       const reason = await this.#serverEndReason();
       if (reason !== null) {
         // The call was ended elsewhere before the media connected (e.g. keyDecryptionFailed).
         await this.#editEnded();
-        this.#fail(new OracleCallError("callEnded", `the call ended before it connected: ${reason}`, { reason }), reason);
+        this.#fail(new OracleCallError('callEnded', `the call ended before it connected: ${reason}`, { reason }), reason);
         return;
       }
-      await this.#reportEnd("mediaFailed");
+      await this.#reportEnd('mediaFailed');
       await this.#editEnded();
-      this.#fail(err, "mediaFailed");
+      this.#fail(err, 'mediaFailed');
     }
   }
 
@@ -323,7 +323,7 @@ export class Call {
       const why = s.oracle.joined
         ? `the oracle joined but none of its audio decrypted within ${ms / 1000} s (${s.decryptionFailures} decryption failures)`
         : `the oracle's agent did not join within ${ms / 1000} s`;
-      void this.#endWith(new OracleCallError("media", why), "mediaFailed");
+      void this.#endWith(new OracleCallError('media', why), 'mediaFailed');
     }, ms);
   }
 
@@ -335,7 +335,7 @@ export class Call {
     return {
       oracleJoined: (_identity: string): void => {
         store.update((s) => ({ ...s, oracle: { ...s.oracle, joined: true } }));
-        store.mark("agentJoined");
+        store.mark('agentJoined');
       },
       oracleLeft: (_identity: string): void => {
         store.update((s) => ({ ...s, oracle: { ...s.oracle, joined: false } }));
@@ -343,7 +343,7 @@ export class Call {
       unexpectedParticipant: (_identity: string): void => {
         // Never taken for the oracle; without the call key it hears and sees nothing.
       },
-      oracleTrack: (_kind: "audio" | "video", encrypted: boolean): void => {
+      oracleTrack: (_kind: 'audio' | 'video', encrypted: boolean): void => {
         store.update((s) => ({
           ...s,
           refusedTracks: s.refusedTracks + (encrypted ? 0 : 1),
@@ -353,7 +353,7 @@ export class Call {
           },
           error: encrypted
             ? s.error
-            : { code: "media" as ErrorCode, message: "the oracle sent a track that is not end-to-end encrypted; refused" },
+            : { code: 'media' as ErrorCode, message: 'the oracle sent a track that is not end-to-end encrypted; refused' },
         }));
       },
       decryptionFailure: (_identity: string | null, _message: string): void => {
@@ -365,8 +365,8 @@ export class Call {
         );
       },
       firstAudio: (): void => {
-        store.mark("firstAudio");
-        store.setPhase("active");
+        store.mark('firstAudio');
+        store.setPhase('active');
         this.#settleReady(null);
       },
       levels: (mic: number, oracle: number): void => {
@@ -392,16 +392,16 @@ export class Call {
       return;
     }
     this.#closing = true;
-    this.#store.setPhase("ending");
+    this.#store.setPhase('ending');
     await this.#leaveMedia();
     const reason = (await this.#serverEndReason()) ?? `roomClosed (${livekitReason})`;
     this.#clearReadyTimer();
     if (!this.#readySettled) {
-      const err = new OracleCallError("callEnded", `the call ended before the oracle was heard: ${reason}`, { reason });
+      const err = new OracleCallError('callEnded', `the call ended before the oracle was heard: ${reason}`, { reason });
       this.#fail(err, reason);
       return;
     }
-    this.#store.update((s) => ({ ...silenced(s), phase: "ended", callStatus: "ended", endReason: reason }));
+    this.#store.update((s) => ({ ...silenced(s), phase: 'ended', callStatus: 'ended', endReason: reason }));
   }
 
   // ------------------------------------------------------------------------------------------
@@ -429,7 +429,7 @@ export class Call {
     if (isFinal(this.#store.get().phase) || this.#closing) {
       return;
     }
-    await this.#endWith(null, "userHangup");
+    await this.#endWith(null, 'userHangup');
   }
 
   /** Ends an established (event sent) call everywhere with `reason`; `err` marks it failed. */
@@ -439,7 +439,7 @@ export class Call {
     }
     this.#closing = true;
     this.#clearReadyTimer();
-    this.#store.setPhase("ending");
+    this.#store.setPhase('ending');
     // The server first: leaving first would let LiveKit's webhook end it as participantLeft.
     const stuck = await this.#reportEnd(reason);
     await this.#leaveMedia();
@@ -449,8 +449,8 @@ export class Call {
       this.#fail(err, finalReason);
       return;
     }
-    this.#store.update((s) => ({ ...silenced(s), phase: "ended", callStatus: "ended", endReason: finalReason }));
-    this.#settleReady(new OracleCallError("callEnded", `the call ended before the oracle was heard: ${finalReason}`, { reason: finalReason }));
+    this.#store.update((s) => ({ ...silenced(s), phase: 'ended', callStatus: 'ended', endReason: finalReason }));
+    this.#settleReady(new OracleCallError('callEnded', `the call ended before the oracle was heard: ${finalReason}`, { reason: finalReason }));
   }
 
   /** Setup stopped before the event was sent (end() or a failure): nothing to tell anyone. */
@@ -461,8 +461,8 @@ export class Call {
       this.#fail(err, null);
       return;
     }
-    this.#store.update((s) => ({ ...silenced(s), phase: "ended", endReason: "userHangup" }));
-    this.#settleReady(new OracleCallError("callEnded", "the call was hung up before it connected", { reason: "userHangup" }));
+    this.#store.update((s) => ({ ...silenced(s), phase: 'ended', endReason: 'userHangup' }));
+    this.#settleReady(new OracleCallError('callEnded', 'the call was hung up before it connected', { reason: 'userHangup' }));
   }
 
   #fail(err: OracleCallError, reason: string | null): void {
@@ -470,8 +470,8 @@ export class Call {
     this.#clearReadyTimer();
     this.#store.update((s) => ({
       ...silenced(s),
-      phase: "failed",
-      callStatus: s.callStatus === null ? null : "ended",
+      phase: 'failed',
+      callStatus: s.callStatus === null ? null : 'ended',
       endReason: reason ?? s.endReason,
       error: { code: err.code, message: err.message, ...(err.details === undefined ? {} : { details: err.details }) },
     }));
@@ -591,8 +591,8 @@ function round2(x: number): number {
 
 /** A key that is not the call key (test hook): every media frame fails to decrypt. */
 function wrongKey(material: KeyMaterial): KeyMaterial {
-  if (typeof material === "string") {
-    const first = material[0] === "0" ? "1" : "0";
+  if (typeof material === 'string') {
+    const first = material[0] === '0' ? '1' : '0';
     return first + material.slice(1);
   }
   const b = new Uint8Array(material);

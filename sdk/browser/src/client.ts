@@ -1,15 +1,15 @@
 // OracleClient: a user's Matrix device plus the oracle's server; places calls.
 
-import type { MatrixClient } from "matrix-js-sdk";
+import type { MatrixClient } from 'matrix-js-sdk';
 
-import { Call, type CallDeps, type CallOptions, type CallServer, type CallTrust, type ResolvedOracleView } from "./call.js";
-import { resolveOracle, wrapCallKey, type KtVerifier, type ResolvedOracle } from "./core.js";
-import { OracleCallError } from "./errors.js";
-import { MatrixDevice, savedSessionUser, type CallMatrix } from "./matrix.js";
-import { createLiveKitMedia, type MediaFactory } from "./media.js";
-import { LocalStoragePinStore, MemoryPinStore, type PinStore } from "./pins.js";
-import { contextBytes, parseDid, userDidFromMatrixUserId, type CallReason } from "./protocol.js";
-import { ServerApi, type CallSummary, type ListCallsQuery } from "./server.js";
+import { Call, type CallDeps, type CallOptions, type CallServer, type CallTrust, type ResolvedOracleView } from './call.js';
+import { resolveOracle, wrapCallKey, type KtVerifier, type ResolvedOracle } from './core.js';
+import { OracleCallError } from './errors.js';
+import { MatrixDevice, savedSessionUser, type CallMatrix } from './matrix.js';
+import { createLiveKitMedia, type MediaFactory } from './media.js';
+import { LocalStoragePinStore, MemoryPinStore, type PinStore } from './pins.js';
+import { contextBytes, parseDid, userDidFromMatrixUserId, type CallReason } from './protocol.js';
+import { ServerApi, type CallSummary, type ListCallsQuery } from './server.js';
 
 export interface ClientOptions {
   /** The oracle's oracle-calls server (`https://`, or `http://` on loopback). */
@@ -22,7 +22,7 @@ export interface ClientOptions {
   kt?: KtVerifier;
 }
 
-export interface OracleLoginOptions extends Omit<ClientOptions, "serverUrl"> {
+export interface OracleLoginOptions extends Omit<ClientOptions, 'serverUrl'> {
   homeserverUrl: string;
   serverUrl: string;
   user: string;
@@ -34,7 +34,7 @@ export interface OracleLoginOptions extends Omit<ClientOptions, "serverUrl"> {
   deviceName?: string;
 }
 
-export interface OracleRestoreOptions extends Omit<ClientOptions, "serverUrl"> {
+export interface OracleRestoreOptions extends Omit<ClientOptions, 'serverUrl'> {
   homeserverUrl: string;
   serverUrl: string;
   wasmUrl: string | URL;
@@ -150,11 +150,11 @@ export class OracleClient {
       async resolve(): Promise<R> {
         if (userDid === undefined) {
           throw new OracleCallError(
-            "setup",
+            'setup',
             `${matrix.userId} does not follow @did-ixo-<id>:server; give the user's DID (userDid) explicitly`,
           );
         }
-        const oracleDid = parseDid(opts.oracleDid, "oracleDid");
+        const oracleDid = parseDid(opts.oracleDid, 'oracleDid');
         const before = await pins.get(oracleDid);
         const r = await resolveOracle({
           api,
@@ -180,13 +180,13 @@ export class OracleClient {
     const server: CallServer = {
       sync: (callId, token) => api.sync(callId, token),
       async end(callId, token, reason) {
-        const s = await api.update(callId, token, "ended", reason as CallReason);
+        const s = await api.update(callId, token, 'ended', reason as CallReason);
         return s.reason ?? null;
       },
       async endedReason(callId, sessionId, token) {
-        const page = await api.listCalls(token, { status: "ended", sessionId, limit: 50 });
+        const page = await api.listCalls(token, { status: 'ended', sessionId, limit: 50 });
         const c = page.calls.find((x) => x.callId === callId);
-        return c === undefined ? null : (c.reason ?? "unknown");
+        return c === undefined ? null : (c.reason ?? 'unknown');
       },
     };
     return {
@@ -194,7 +194,7 @@ export class OracleClient {
       server,
       matrix,
       media: this.#media,
-      userDid: userDid ?? "",
+      userDid: userDid ?? '',
     };
   }
 

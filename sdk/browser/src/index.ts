@@ -6,9 +6,9 @@
 //   await call.ready;       // the oracle's first decrypted audio
 //   await call.end();
 
-export { OracleClient } from "./client.js";
-export type { ClientOptions, ClientParts, OracleLoginOptions, OracleRestoreOptions } from "./client.js";
-export { Call } from "./call.js";
+export { OracleClient } from './client.js';
+export type { ClientOptions, ClientParts, OracleLoginOptions, OracleRestoreOptions } from './client.js';
+export { Call } from './call.js';
 export type {
   CallDeps,
   CallOptions,
@@ -17,21 +17,21 @@ export type {
   DangerousTestHooks,
   ResolvedOracleView,
   SyncAnswer,
-} from "./call.js";
-export type { CallPhase, CallSnapshot, CallStatus, TimelinePhase } from "./state.js";
-export { initialSnapshot } from "./state.js";
-export { MatrixDevice, assertEncryptedRoom, cryptoStorePrefix, savedSessionUser } from "./matrix.js";
-export type { CallMatrix, GuardClient, TrustedBotDevice } from "./matrix.js";
-export { createLiveKitMedia, isAgentIdentity } from "./media.js";
-export type { CaptureOptions, KeyMaterial, MediaEvents, MediaFactory, MediaOptions, MediaSession } from "./media.js";
-export { ERROR_CODES, OracleCallError, isOracleCallError } from "./errors.js";
-export type { ErrorCode } from "./errors.js";
-export { ServerApi } from "./server.js";
-export type { CallSummary, ListCallsQuery, ListCallsResponse, SyncResponse } from "./server.js";
-export { LocalStoragePinStore, MemoryPinStore } from "./pins.js";
-export type { OraclePins, PinStore, TrustOverride } from "./pins.js";
-export type { CallType, KeyDerivation } from "./protocol.js";
-export { keyTransparency } from "./keyTransparency.js";
-export type { KeyTransparencyOptions } from "./keyTransparency.js";
-export { KtError, verifyOracleRecord, compareRecordWithWellKnown } from "./kt.js";
-export type { KtErrorReason, OracleRecord, StoredCheckpoint } from "./kt.js";
+} from './call.js';
+export type { CallPhase, CallSnapshot, CallStatus, TimelinePhase } from './state.js';
+export { initialSnapshot } from './state.js';
+export { MatrixDevice, assertEncryptedRoom, cryptoStorePrefix, savedSessionUser } from './matrix.js';
+export type { CallMatrix, GuardClient, TrustedBotDevice } from './matrix.js';
+export { createLiveKitMedia, isAgentIdentity } from './media.js';
+export type { CaptureOptions, KeyMaterial, MediaEvents, MediaFactory, MediaOptions, MediaSession } from './media.js';
+export { ERROR_CODES, OracleCallError, isOracleCallError } from './errors.js';
+export type { ErrorCode } from './errors.js';
+export { ServerApi } from './server.js';
+export type { CallSummary, ListCallsQuery, ListCallsResponse, SyncResponse } from './server.js';
+export { LocalStoragePinStore, MemoryPinStore } from './pins.js';
+export type { OraclePins, PinStore, TrustOverride } from './pins.js';
+export type { CallType, KeyDerivation } from './protocol.js';
+export { keyTransparency } from './keyTransparency.js';
+export type { KeyTransparencyOptions } from './keyTransparency.js';
+export { KtError, verifyOracleRecord, compareRecordWithWellKnown } from './kt.js';
+export type { KtErrorReason, OracleRecord, StoredCheckpoint } from './kt.js';

@@ -5,7 +5,7 @@
 // matrix-js-sdk is a peer dependency: an application that already runs it hands its client to
 // `MatrixDevice.fromClient` and no second copy is loaded.
 
-import { initAsync } from "@matrix-org/matrix-sdk-crypto-wasm";
+import { initAsync } from '@matrix-org/matrix-sdk-crypto-wasm';
 import {
   ClientEvent,
   EventStatus,
@@ -16,11 +16,11 @@ import {
   type MatrixClient,
   type MatrixEvent,
   type Room,
-} from "matrix-js-sdk";
+} from 'matrix-js-sdk';
 
-import { OracleCallError, asOracleCallError } from "./errors.js";
-import { CALL_EVENT_TYPE } from "./protocol.js";
-import { requireSecureUrl } from "./server.js";
+import { OracleCallError, asOracleCallError } from './errors.js';
+import { CALL_EVENT_TYPE } from './protocol.js';
+import { requireSecureUrl } from './server.js';
 
 /** A bot device the application (pins / well-known) allows to receive the call event. */
 export interface TrustedBotDevice {
@@ -55,7 +55,7 @@ interface SavedSession {
   accessToken: string;
 }
 
-const SESSION_KEY = "oracle-calls/session";
+const SESSION_KEY = 'oracle-calls/session';
 const SYNC_TIMEOUT_MS = 30_000;
 const BOT_JOIN_TIMEOUT_MS = 15_000;
 const SEND_ATTEMPTS = 5;
@@ -63,7 +63,7 @@ const SEND_ATTEMPTS = 5;
 /** The homeserver's base URL: `https://`, or `http://` on loopback only (`insecureUrl`). */
 function homeserverBase(url: string): string {
   requireSecureUrl(url);
-  return url.replace(/\/+$/, "");
+  return url.replace(/\/+$/, '');
 }
 
 /** The IndexedDB prefix of one device's crypto store (one account per store, matrix-js-sdk#3974). */
@@ -85,10 +85,10 @@ function readSession(storage: Storage, homeserverUrl: string | null): SavedSessi
     const s = JSON.parse(raw) as Partial<SavedSession>;
     if (
       s.v === 1 &&
-      typeof s.homeserverUrl === "string" &&
-      typeof s.userId === "string" &&
-      typeof s.deviceId === "string" &&
-      typeof s.accessToken === "string" &&
+      typeof s.homeserverUrl === 'string' &&
+      typeof s.userId === 'string' &&
+      typeof s.deviceId === 'string' &&
+      typeof s.accessToken === 'string' &&
       (homeserverUrl === null || s.homeserverUrl === homeserverUrl)
     ) {
       return s as SavedSession;
@@ -119,28 +119,28 @@ export interface GuardClient {
 export async function assertEncryptedRoom(mx: GuardClient, roomId: string): Promise<void> {
   const room = mx.getRoom(roomId);
   if (room === null) {
-    throw new OracleCallError("plaintextRoom", `the room ${roomId} is not known to this client yet; nothing was sent`);
+    throw new OracleCallError('plaintextRoom', `the room ${roomId} is not known to this client yet; nothing was sent`);
   }
   if (!room.hasEncryptionStateEvent()) {
-    throw new OracleCallError("plaintextRoom", `the room ${roomId} has no m.room.encryption state; nothing was sent`);
+    throw new OracleCallError('plaintextRoom', `the room ${roomId} has no m.room.encryption state; nothing was sent`);
   }
   const crypto = mx.getCrypto();
   if (crypto === undefined) {
-    throw new OracleCallError("plaintextRoom", "this Matrix client has no end-to-end encryption; nothing was sent");
+    throw new OracleCallError('plaintextRoom', 'this Matrix client has no end-to-end encryption; nothing was sent');
   }
   let enabled: boolean;
   try {
     enabled = await crypto.isEncryptionEnabledInRoom(roomId);
   } catch (e) {
-    throw asOracleCallError(e, "plaintextRoom", "checking the room's encryption");
+    throw asOracleCallError(e, 'plaintextRoom', "checking the room's encryption");
   }
   if (!enabled) {
-    throw new OracleCallError("plaintextRoom", `the crypto layer does not consider ${roomId} encrypted; nothing was sent`);
+    throw new OracleCallError('plaintextRoom', `the crypto layer does not consider ${roomId} encrypted; nothing was sent`);
   }
 }
 
 function matrixError(what: string, e: unknown): OracleCallError {
-  return asOracleCallError(e, "matrix", what);
+  return asOracleCallError(e, 'matrix', what);
 }
 
 function sleep(ms: number): Promise<void> {
@@ -155,7 +155,7 @@ function waitForSync(mx: MatrixClient, timeoutMs: number): Promise<void> {
   return new Promise((resolve, reject) => {
     const timer = setTimeout(() => {
       mx.off(ClientEvent.Sync, onSync);
-      reject(new OracleCallError("matrix", `the first Matrix sync did not finish within ${timeoutMs} ms`));
+      reject(new OracleCallError('matrix', `the first Matrix sync did not finish within ${timeoutMs} ms`));
     }, timeoutMs);
     const onSync = (state: SyncState, _prev: SyncState | null, data?: { error?: Error }): void => {
       if (ready(state)) {
@@ -164,10 +164,10 @@ function waitForSync(mx: MatrixClient, timeoutMs: number): Promise<void> {
         resolve();
       } else if (state === SyncState.Error && data?.error !== undefined) {
         const err = data.error as Error & { errcode?: string };
-        if (err.errcode === "M_UNKNOWN_TOKEN") {
+        if (err.errcode === 'M_UNKNOWN_TOKEN') {
           clearTimeout(timer);
           mx.off(ClientEvent.Sync, onSync);
-          reject(new OracleCallError("matrix", "the homeserver no longer accepts this session (M_UNKNOWN_TOKEN); sign in again"));
+          reject(new OracleCallError('matrix', 'the homeserver no longer accepts this session (M_UNKNOWN_TOKEN); sign in again'));
         }
       }
     };
@@ -206,7 +206,7 @@ export class MatrixDevice implements CallMatrix {
   private constructor(client: MatrixClient, owned: { storage: Storage; prefix: string } | null) {
     this.client = client;
     this.userId = client.getSafeUserId();
-    this.deviceId = client.getDeviceId() ?? "";
+    this.deviceId = client.getDeviceId() ?? '';
     this.#owned = owned;
   }
 
@@ -219,19 +219,19 @@ export class MatrixDevice implements CallMatrix {
     try {
       const tmp = createClient({ baseUrl });
       const r = await tmp.loginRequest({
-        type: "m.login.password",
-        identifier: { type: "m.id.user", user: o.user },
+        type: 'm.login.password',
+        identifier: { type: 'm.id.user', user: o.user },
         password: o.password,
-        initial_device_display_name: o.deviceName ?? "oracle-calls (browser)",
+        initial_device_display_name: o.deviceName ?? 'oracle-calls (browser)',
       });
       session = { v: 1, homeserverUrl: baseUrl, userId: r.user_id, deviceId: r.device_id, accessToken: r.access_token };
     } catch (e) {
-      throw matrixError("logging in", e);
+      throw matrixError('logging in', e);
     }
     try {
       storage.setItem(SESSION_KEY, JSON.stringify(session));
     } catch (e) {
-      throw asOracleCallError(e, "setup", "saving the Matrix session");
+      throw asOracleCallError(e, 'setup', 'saving the Matrix session');
     }
     return MatrixDevice.#start(session, storage);
   }
@@ -254,14 +254,14 @@ export class MatrixDevice implements CallMatrix {
    */
   static async fromClient(mx: MatrixClient): Promise<MatrixDevice> {
     if (mx.getUserId() === null) {
-      throw new OracleCallError("setup", "the Matrix client is not logged in");
+      throw new OracleCallError('setup', 'the Matrix client is not logged in');
     }
     if (mx.getCrypto() === undefined) {
-      throw new OracleCallError("setup", "the Matrix client has no end-to-end encryption (call initRustCrypto first)");
+      throw new OracleCallError('setup', 'the Matrix client has no end-to-end encryption (call initRustCrypto first)');
     }
     const state = mx.getSyncState();
     if (state !== SyncState.Prepared && state !== SyncState.Syncing) {
-      throw new OracleCallError("setup", `the Matrix client is not syncing (sync state: ${state ?? "not started"})`);
+      throw new OracleCallError('setup', `the Matrix client is not syncing (sync state: ${state ?? 'not started'})`);
     }
     return new MatrixDevice(mx, null);
   }
@@ -277,12 +277,12 @@ export class MatrixDevice implements CallMatrix {
     try {
       await mx.initRustCrypto({ cryptoDatabasePrefix: prefix });
     } catch (e) {
-      throw matrixError("starting end-to-end encryption", e);
+      throw matrixError('starting end-to-end encryption', e);
     }
     try {
       await mx.startClient({ initialSyncLimit: 1 });
     } catch (e) {
-      throw matrixError("starting the Matrix client", e);
+      throw matrixError('starting the Matrix client', e);
     }
     try {
       await waitForSync(mx, SYNC_TIMEOUT_MS);
@@ -302,15 +302,15 @@ export class MatrixDevice implements CallMatrix {
       this.#openIdPending = (async () => {
         try {
           const t = await this.client.getOpenIdToken();
-          if (typeof t?.access_token !== "string" || t.access_token.length === 0) {
-            throw new OracleCallError("matrix", "the homeserver answered an OpenID token without access_token");
+          if (typeof t?.access_token !== 'string' || t.access_token.length === 0) {
+            throw new OracleCallError('matrix', 'the homeserver answered an OpenID token without access_token');
           }
-          const life = typeof t.expires_in === "number" && t.expires_in > 0 ? t.expires_in : 0;
+          const life = typeof t.expires_in === 'number' && t.expires_in > 0 ? t.expires_in : 0;
           // Reused until 60 s before it expires (PROTOCOL §8.1).
           this.#openId = { token: t.access_token, until: Date.now() + Math.max(0, life - 60) * 1000 };
           return t.access_token;
         } catch (e) {
-          throw matrixError("getting an OpenID token", e);
+          throw matrixError('getting an OpenID token', e);
         } finally {
           this.#openIdPending = null;
         }
@@ -345,11 +345,11 @@ export class MatrixDevice implements CallMatrix {
       room.getMyMembership() === KnownMembership.Join &&
       room.hasEncryptionStateEvent() &&
       room.getMember(bot)?.membership === KnownMembership.Join;
-    const direct = this.client.getAccountData("m.direct" as never)?.getContent() as Record<string, unknown> | undefined;
+    const direct = this.client.getAccountData('m.direct' as never)?.getContent() as Record<string, unknown> | undefined;
     const listed = direct?.[bot];
     if (Array.isArray(listed)) {
       for (const id of listed) {
-        if (typeof id === "string" && usable(this.client.getRoom(id))) {
+        if (typeof id === 'string' && usable(this.client.getRoom(id))) {
           return id;
         }
       }
@@ -370,7 +370,7 @@ export class MatrixDevice implements CallMatrix {
         is_direct: true,
         invite: [bot],
         initial_state: [
-          { type: "m.room.encryption", state_key: "", content: { algorithm: "m.megolm.v1.aes-sha2" } },
+          { type: 'm.room.encryption', state_key: '', content: { algorithm: 'm.megolm.v1.aes-sha2' } },
         ],
       });
       roomId = r.room_id;
@@ -379,10 +379,10 @@ export class MatrixDevice implements CallMatrix {
     }
     // A real DM for other clients too (m.direct account data); best effort.
     try {
-      const ev = this.client.getAccountData("m.direct" as never);
+      const ev = this.client.getAccountData('m.direct' as never);
       const current = (ev?.getContent() ?? {}) as Record<string, unknown>;
-      const list = Array.isArray(current[bot]) ? (current[bot] as unknown[]).filter((x) => typeof x === "string") : [];
-      await this.client.setAccountData("m.direct" as never, { ...current, [bot]: [...list, roomId] } as never);
+      const list = Array.isArray(current[bot]) ? (current[bot] as unknown[]).filter((x) => typeof x === 'string') : [];
+      await this.client.setAccountData('m.direct' as never, { ...current, [bot]: [...list, roomId] } as never);
     } catch {
       // The room works without it; the next call finds it by its members.
     }
@@ -399,7 +399,7 @@ export class MatrixDevice implements CallMatrix {
       }
       await sleep(100);
     }
-    throw new OracleCallError("botAbsent", `the oracle's Matrix bot ${bot} did not join the room within ${BOT_JOIN_TIMEOUT_MS / 1000} s`);
+    throw new OracleCallError('botAbsent', `the oracle's Matrix bot ${bot} did not join the room within ${BOT_JOIN_TIMEOUT_MS / 1000} s`);
   }
 
   /**
@@ -410,11 +410,11 @@ export class MatrixDevice implements CallMatrix {
   async #trustBotDevices(roomId: string, bot: string, pinned: readonly TrustedBotDevice[]): Promise<void> {
     const crypto = this.client.getCrypto();
     if (crypto === undefined) {
-      throw new OracleCallError("plaintextRoom", "this Matrix client has no end-to-end encryption; nothing was sent");
+      throw new OracleCallError('plaintextRoom', 'this Matrix client has no end-to-end encryption; nothing was sent');
     }
     const room = this.client.getRoom(roomId);
     if (room === null) {
-      throw new OracleCallError("plaintextRoom", `the room ${roomId} is not known to this client yet; nothing was sent`);
+      throw new OracleCallError('plaintextRoom', `the room ${roomId} is not known to this client yet; nothing was sent`);
     }
     room.setBlacklistUnverifiedDevices(true);
     const isPinned = (deviceId: string, ed25519: string | undefined): boolean =>
@@ -446,8 +446,8 @@ export class MatrixDevice implements CallMatrix {
     }
     if (trusted === 0) {
       throw new OracleCallError(
-        "botDeviceUnknown",
-        `${bot} has none of its pinned devices (${pinned.map((p) => p.deviceId).join(", ")}) on the homeserver`,
+        'botDeviceUnknown',
+        `${bot} has none of its pinned devices (${pinned.map((p) => p.deviceId).join(', ')}) on the homeserver`,
       );
     }
   }
@@ -458,7 +458,7 @@ export class MatrixDevice implements CallMatrix {
       const r = await this.client.createRoom({ preset: Preset.PrivateChat, invite: [bot] });
       roomId = r.room_id;
     } catch (e) {
-      throw matrixError("creating an unencrypted test room", e);
+      throw matrixError('creating an unencrypted test room', e);
     }
     const deadline = Date.now() + BOT_JOIN_TIMEOUT_MS;
     while (this.client.getRoom(roomId) === null && Date.now() < deadline) {
@@ -512,7 +512,7 @@ export class MatrixDevice implements CallMatrix {
         // already gone
       }
     }
-    throw matrixError(`sending the ${type === CALL_EVENT_TYPE ? "call event" : "event"} failed ${SEND_ATTEMPTS} times`, last);
+    throw matrixError(`sending the ${type === CALL_EVENT_TYPE ? 'call event' : 'event'} failed ${SEND_ATTEMPTS} times`, last);
   }
 
   /**
@@ -540,7 +540,7 @@ export class MatrixDevice implements CallMatrix {
     try {
       await this.client.clearStores({ cryptoDatabasePrefix: prefix });
     } catch (e) {
-      throw asOracleCallError(e, "setup", "deleting the crypto store");
+      throw asOracleCallError(e, 'setup', 'deleting the crypto store');
     }
   }
 
@@ -577,7 +577,7 @@ function loadWasm(url: string | URL): Promise<void> {
         await initAsync(url);
       } catch (e) {
         wasmLoaded = null;
-        throw asOracleCallError(e, "setup", "loading the Matrix crypto wasm");
+        throw asOracleCallError(e, 'setup', 'loading the Matrix crypto wasm');
       }
     })();
   }

@@ -16,9 +16,9 @@ import {
   type RemoteTrack,
   type RemoteTrackPublication,
   type VideoCaptureOptions,
-} from "livekit-client";
+} from 'livekit-client';
 
-import { OracleCallError } from "./errors.js";
+import { OracleCallError } from './errors.js';
 
 /** What the media layer tells the call. */
 export interface MediaEvents {
@@ -27,7 +27,7 @@ export interface MediaEvents {
   /** Someone who is not an oracle agent joined the call's room (never taken for the oracle). */
   unexpectedParticipant(identity: string): void;
   /** An oracle track arrived; `encrypted: false` means it was refused. */
-  oracleTrack(kind: "audio" | "video", encrypted: boolean): void;
+  oracleTrack(kind: 'audio' | 'video', encrypted: boolean): void;
   decryptionFailure(identity: string | null, message: string): void;
   /** Our own sender's encryption state, as LiveKit's worker reports it. */
   localEncryption(enabled: boolean): void;
@@ -57,7 +57,7 @@ export interface MediaSession {
   setKey(material: KeyMaterial): Promise<void>;
   connect(url: string, token: string): Promise<void>;
   /** Publishes the microphone, and for video the camera (VP8, one layer). */
-  publish(type: "audio" | "video", capture?: CaptureOptions): Promise<void>;
+  publish(type: 'audio' | 'video', capture?: CaptureOptions): Promise<void>;
   setMicrophoneEnabled(on: boolean): Promise<void>;
   attach(audio: HTMLAudioElement, video?: HTMLVideoElement): void;
   /** The latest decoded oracle audio (about 0.68 s), for analysis; null before the oracle's audio. */
@@ -77,7 +77,7 @@ export type MediaFactory = (opts: MediaOptions) => MediaSession;
 
 /** Oracle agents join as `agent-<job id>` (PROTOCOL §7). */
 export function isAgentIdentity(identity: string): boolean {
-  return identity.startsWith("agent-") && identity.length > "agent-".length;
+  return identity.startsWith('agent-') && identity.length > 'agent-'.length;
 }
 
 /** RMS of `buf`. */
@@ -98,18 +98,18 @@ const LEVEL_INTERVAL_MS = 100;
 const FIRST_AUDIO_POLL_MS = 10;
 
 function defaultWorker(): Worker {
-  return new Worker(new URL("./e2ee-worker.js", import.meta.url), { type: "module" });
+  return new Worker(new URL('./e2ee-worker.js', import.meta.url), { type: 'module' });
 }
 
 function mediaError(what: string, e: unknown): OracleCallError {
   const msg = e instanceof Error ? e.message : String(e);
-  return new OracleCallError("media", `${what}: ${msg}`);
+  return new OracleCallError('media', `${what}: ${msg}`);
 }
 
 /** Camera options from plain constraints: the device, and the size when given as numbers. */
 function videoCapture(c: MediaTrackConstraints | undefined): VideoCaptureOptions {
   const dflt = VideoPresets.h360.resolution;
-  const num = (v: unknown, d: number): number => (typeof v === "number" && v > 0 ? v : d);
+  const num = (v: unknown, d: number): number => (typeof v === 'number' && v > 0 ? v : d);
   const out: VideoCaptureOptions = {
     resolution: { width: num(c?.width, dflt.width), height: num(c?.height, dflt.height), frameRate: num(c?.frameRate, 30) },
   };
@@ -146,8 +146,8 @@ class LiveKitMedia implements MediaSession {
   constructor(opts: MediaOptions) {
     if (!isE2EESupported()) {
       throw new OracleCallError(
-        "e2eeUnsupported",
-        "this browser cannot encrypt LiveKit media end to end (no encoded transforms); nothing was sent",
+        'e2eeUnsupported',
+        'this browser cannot encrypt LiveKit media end to end (no encoded transforms); nothing was sent',
       );
     }
     this.#events = opts.events;
@@ -155,7 +155,7 @@ class LiveKitMedia implements MediaSession {
     try {
       this.#worker = (opts.e2eeWorker ?? defaultWorker)();
     } catch (e) {
-      throw mediaError("starting the E2EE worker", e);
+      throw mediaError('starting the E2EE worker', e);
     }
     this.#keyProvider = new ExternalE2EEKeyProvider();
     // `encryption` (not the deprecated `e2ee`): frames and data packets.
@@ -197,7 +197,7 @@ class LiveKitMedia implements MediaSession {
       })
       .on(RoomEvent.Disconnected, (reason?: DisconnectReason) => {
         if (!this.#left) {
-          const name = reason === undefined ? "unknown" : (DisconnectReason[reason] ?? String(reason));
+          const name = reason === undefined ? 'unknown' : (DisconnectReason[reason] ?? String(reason));
           this.#events.disconnected(name);
         }
       });
@@ -216,7 +216,7 @@ class LiveKitMedia implements MediaSession {
       // Not the oracle: never attached (without the call key it would be undecryptable anyway).
       return;
     }
-    const kind = track.kind === Track.Kind.Video ? "video" : "audio";
+    const kind = track.kind === Track.Kind.Video ? 'video' : 'audio';
     if (!pub.isEncrypted) {
       // livekit-client plays a track marked unencrypted without its cryptor: refuse it.
       pub.setSubscribed(false);
@@ -224,7 +224,7 @@ class LiveKitMedia implements MediaSession {
       return;
     }
     this.#events.oracleTrack(kind, true);
-    if (kind === "audio") {
+    if (kind === 'audio') {
       this.#oracleAudioTrack = track;
       // Chromium feeds remote WebRTC audio into WebAudio only while a media element plays it;
       // a muted one of our own is enough (the page's element gets it via attach()).
@@ -301,7 +301,7 @@ class LiveKitMedia implements MediaSession {
 
   async setKey(material: KeyMaterial): Promise<void> {
     try {
-      if (typeof material === "string") {
+      if (typeof material === 'string') {
         await this.#keyProvider.setKey(material);
       } else {
         try {
@@ -312,7 +312,7 @@ class LiveKitMedia implements MediaSession {
       }
       await this.#room.setE2EEEnabled(true);
     } catch (e) {
-      throw mediaError("setting the media key", e);
+      throw mediaError('setting the media key', e);
     }
   }
 
@@ -323,7 +323,7 @@ class LiveKitMedia implements MediaSession {
         ...(this.#rtcConfig === undefined ? {} : { rtcConfig: this.#rtcConfig }),
       });
     } catch (e) {
-      throw mediaError("joining the LiveKit room", e);
+      throw mediaError('joining the LiveKit room', e);
     }
     for (const p of this.#room.remoteParticipants.values()) {
       this.#joined(p);
@@ -331,7 +331,7 @@ class LiveKitMedia implements MediaSession {
     void this.#room.startAudio().catch(() => undefined);
   }
 
-  async publish(type: "audio" | "video", capture?: CaptureOptions): Promise<void> {
+  async publish(type: 'audio' | 'video', capture?: CaptureOptions): Promise<void> {
     const lp = this.#room.localParticipant;
     try {
       const micPub = await lp.setMicrophoneEnabled(true, capture?.audio ?? {}, { red: false, dtx: false });
@@ -342,16 +342,16 @@ class LiveKitMedia implements MediaSession {
         src.connect(this.#micAnalyser);
         this.#sources.push(src);
       }
-      if (type === "video") {
+      if (type === 'video') {
         // PROTOCOL §5.2: VP8, one layer (no simulcast).
         await lp.setCameraEnabled(
           true,
           videoCapture(capture?.video),
-          { videoCodec: "vp8", simulcast: false, backupCodec: false },
+          { videoCodec: 'vp8', simulcast: false, backupCodec: false },
         );
       }
     } catch (e) {
-      throw mediaError(type === "video" ? "publishing the microphone and camera" : "publishing the microphone", e);
+      throw mediaError(type === 'video' ? 'publishing the microphone and camera' : 'publishing the microphone', e);
     }
     this.#startLevels();
   }
@@ -360,7 +360,7 @@ class LiveKitMedia implements MediaSession {
     try {
       await this.#room.localParticipant.setMicrophoneEnabled(on);
     } catch (e) {
-      throw mediaError("switching the microphone", e);
+      throw mediaError('switching the microphone', e);
     }
   }
 

@@ -4,12 +4,12 @@
 //   <button onClick={() => start({ oracleDid, type: 'audio' })}>Call</button>
 //   {snapshot?.phase}
 
-import { useCallback, useState, useSyncExternalStore } from "react";
+import { useCallback, useState, useSyncExternalStore } from 'react';
 
-import type { Call, CallOptions } from "./call.js";
-import type { OracleClient } from "./client.js";
-import { OracleCallError } from "./errors.js";
-import type { CallSnapshot } from "./state.js";
+import type { Call, CallOptions } from './call.js';
+import type { OracleClient } from './client.js';
+import { OracleCallError } from './errors.js';
+import type { CallSnapshot } from './state.js';
 
 const noCall = (): (() => void) => () => undefined;
 const nothing = (): null => null;
@@ -41,7 +41,7 @@ export function useOracleCall(client: OracleClient | null | undefined): UseOracl
   const start = useCallback(
     (opts: CallOptions): Call => {
       if (!client) {
-        throw new OracleCallError("setup", "useOracleCall: no client (sign in first)");
+        throw new OracleCallError('setup', 'useOracleCall: no client (sign in first)');
       }
       const c = client.callOracle(opts);
       setCall(c);

@@ -1,36 +1,36 @@
 // The call's observable state: one immutable snapshot object, replaced on every change, with
 // subscribe/getSnapshot (the shape React's useSyncExternalStore expects).
 
-import type { ErrorCode } from "./errors.js";
+import type { ErrorCode } from './errors.js';
 
 /** Where a call is. `failed` and `ended` are final. */
 export type CallPhase =
-  | "idle"
-  | "resolving"
-  | "wrapping"
-  | "room"
-  | "sending"
-  | "syncing"
-  | "joining"
-  | "waitingForOracle"
-  | "active"
-  | "ending"
-  | "ended"
-  | "failed";
+  | 'idle'
+  | 'resolving'
+  | 'wrapping'
+  | 'room'
+  | 'sending'
+  | 'syncing'
+  | 'joining'
+  | 'waitingForOracle'
+  | 'active'
+  | 'ending'
+  | 'ended'
+  | 'failed';
 
 /** A step of placing a call: the names of the Rust client's `Phase` (crates/client/src/call.rs). */
 export type TimelinePhase =
-  | "resolve"
-  | "wrap"
-  | "room"
-  | "send"
-  | "sync"
-  | "join"
-  | "agentJoined"
-  | "firstAudio";
+  | 'resolve'
+  | 'wrap'
+  | 'room'
+  | 'send'
+  | 'sync'
+  | 'join'
+  | 'agentJoined'
+  | 'firstAudio';
 
 /** The call's status as the server and Matrix see it (PROTOCOL §2). */
-export type CallStatus = "pending" | "active" | "ended";
+export type CallStatus = 'pending' | 'active' | 'ended';
 
 /** What a person's page can show about one call. Never holds the call key. */
 export interface CallSnapshot {
@@ -74,7 +74,7 @@ export interface CallSnapshot {
 
 export function initialSnapshot(oracleDid: string): CallSnapshot {
   return {
-    phase: "idle",
+    phase: 'idle',
     callStatus: null,
     callId: null,
     timeline: [],
@@ -90,7 +90,7 @@ export function initialSnapshot(oracleDid: string): CallSnapshot {
 
 /** True for the phases a call never leaves. */
 export function isFinal(phase: CallPhase): boolean {
-  return phase === "ended" || phase === "failed";
+  return phase === 'ended' || phase === 'failed';
 }
 
 /**

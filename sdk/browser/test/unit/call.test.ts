@@ -1,21 +1,21 @@
 // The call's state machine with a fake Matrix, server, trust step and media room: every step,
 // what is sent and in which order, and how each failure ends the call (crates/client's rules).
 
-import type { MatrixClient } from "matrix-js-sdk";
-import { describe, expect, it } from "vitest";
+import type { MatrixClient } from 'matrix-js-sdk';
+import { describe, expect, it } from 'vitest';
 
-import { Call, type CallDeps, type CallOptions, type ResolvedOracleView } from "../../src/call.js";
-import { OracleCallError } from "../../src/errors.js";
-import { MatrixDevice, assertEncryptedRoom, type CallMatrix, type TrustedBotDevice } from "../../src/matrix.js";
-import type { KeyMaterial, MediaEvents, MediaOptions, MediaSession } from "../../src/media.js";
-import type { CallContextFields } from "../../src/protocol.js";
+import { Call, type CallDeps, type CallOptions, type ResolvedOracleView } from '../../src/call.js';
+import { OracleCallError } from '../../src/errors.js';
+import { MatrixDevice, assertEncryptedRoom, type CallMatrix, type TrustedBotDevice } from '../../src/matrix.js';
+import type { KeyMaterial, MediaEvents, MediaOptions, MediaSession } from '../../src/media.js';
+import type { CallContextFields } from '../../src/protocol.js';
 
-const ORACLE = "did:ixo:entity:oracle1";
-const USER_DID = "did:ixo:alice";
-const KEY_ID = "0123456789abcdef0123456789abcdef";
-const BOT = "@oracle-bot:localhost";
-const DEVICES: TrustedBotDevice[] = [{ deviceId: "BOTDEV", ed25519: "ed25519keyinbase64" }];
-const ENVELOPE = "v1.hpke-p256.AAAA";
+const ORACLE = 'did:ixo:entity:oracle1';
+const USER_DID = 'did:ixo:alice';
+const KEY_ID = '0123456789abcdef0123456789abcdef';
+const BOT = '@oracle-bot:localhost';
+const DEVICES: TrustedBotDevice[] = [{ deviceId: 'BOTDEV', ed25519: 'ed25519keyinbase64' }];
+const ENVELOPE = 'v1.hpke-p256.AAAA';
 
 type Log = string[];
 
@@ -43,8 +43,8 @@ async function until(cond: () => boolean, what: string, ms = 2000): Promise<void
 }
 
 class FakeMatrix implements CallMatrix {
-  readonly userId = "@did-ixo-alice:localhost";
-  readonly deviceId = "ALICEDEV";
+  readonly userId = '@did-ixo-alice:localhost';
+  readonly deviceId = 'ALICEDEV';
   sent: { roomId: string; type: string; content: Record<string, unknown> }[] = [];
   prepared: { bot: string; devices: readonly TrustedBotDevice[] }[] = [];
   prepareGate: Deferred<void> | null = null;
@@ -52,26 +52,26 @@ class FakeMatrix implements CallMatrix {
   tokens = 0;
   constructor(private readonly log: Log) {}
   async prepareRoom(bot: string, devices: readonly TrustedBotDevice[]): Promise<string> {
-    this.log.push("room");
+    this.log.push('room');
     this.prepared.push({ bot, devices });
     if (this.prepareGate !== null) {
       await this.prepareGate.promise;
     }
-    return "!dm:localhost";
+    return '!dm:localhost';
   }
   async send(roomId: string, type: string, content: object): Promise<string> {
     const c = content as Record<string, unknown>;
-    const isEdit = c["m.relates_to"] !== undefined;
-    this.log.push(isEdit ? "edit" : "send");
+    const isEdit = c['m.relates_to'] !== undefined;
+    this.log.push(isEdit ? 'edit' : 'send');
     if (this.sendError !== null && !isEdit) {
       throw this.sendError;
     }
     this.sent.push({ roomId, type, content: JSON.parse(JSON.stringify(c)) as Record<string, unknown> });
-    return isEdit ? `$edit${this.sent.length}` : "$ev1:localhost";
+    return isEdit ? `$edit${this.sent.length}` : '$ev1:localhost';
   }
   async openIdToken(): Promise<string> {
     this.tokens += 1;
-    return "openid-token";
+    return 'openid-token';
   }
 }
 
@@ -83,12 +83,12 @@ class FakeServer {
   stuckReason: string | null = null;
   constructor(private readonly log: Log) {}
   async sync(callId: string, token: string) {
-    this.log.push("sync");
+    this.log.push('sync');
     this.syncs.push({ callId, token });
     if (this.syncError !== null) {
       throw this.syncError;
     }
-    return { livekitUrl: "ws://127.0.0.1:7880", token: "lk-jwt" };
+    return { livekitUrl: 'ws://127.0.0.1:7880', token: 'lk-jwt' };
   }
   async end(callId: string, _token: string, reason: string): Promise<string | null> {
     this.log.push(`end:${reason}`);
@@ -111,18 +111,18 @@ class FakeMedia implements MediaSession {
   micOn = true;
   constructor(private readonly log: Log) {}
   async setKey(material: KeyMaterial): Promise<void> {
-    this.log.push("setKey");
+    this.log.push('setKey');
     this.material = material;
-    this.materialSeen = typeof material === "string" ? material : [...new Uint8Array(material)];
+    this.materialSeen = typeof material === 'string' ? material : [...new Uint8Array(material)];
   }
   async connect(url: string, token: string): Promise<void> {
-    this.log.push("connect");
+    this.log.push('connect');
     if (this.connectError !== null) {
       throw this.connectError;
     }
     this.connected = { url, token };
   }
-  async publish(type: "audio" | "video"): Promise<void> {
+  async publish(type: 'audio' | 'video'): Promise<void> {
     this.log.push(`publish:${type}`);
     this.published = type;
   }
@@ -134,7 +134,7 @@ class FakeMedia implements MediaSession {
     return null;
   }
   async leave(): Promise<void> {
-    this.log.push("leave");
+    this.log.push('leave');
     this.left += 1;
   }
 }
@@ -175,15 +175,15 @@ function rig(): Rig {
     },
     trust: {
       resolve: async (): Promise<ResolvedOracleView> => {
-        log.push("resolve");
+        log.push('resolve');
         if (r.resolveError !== null) {
           throw r.resolveError;
         }
         return { keyId: KEY_ID, pinnedOnFirstUse: true, botUserId: BOT, botDevices: DEVICES };
       },
       wrap: async (_resolved, callKey, context, token) => {
-        log.push("wrap");
-        expect(await token()).toBe("openid-token");
+        log.push('wrap');
+        expect(await token()).toBe('openid-token');
         r.wrapped.push({ callKey, copy: [...callKey], context });
         return ENVELOPE;
       },
@@ -193,15 +193,15 @@ function rig(): Rig {
 }
 
 function place(r: Rig, opts: Partial<CallOptions> = {}): Call {
-  return new Call(r.deps, { oracleDid: ORACLE, type: "audio", readyTimeoutMs: 5000, ...opts });
+  return new Call(r.deps, { oracleDid: ORACLE, type: 'audio', readyTimeoutMs: 5000, ...opts });
 }
 
 async function joined(r: Rig, call: Call): Promise<void> {
-  await until(() => call.getSnapshot().phase === "waitingForOracle", "waitingForOracle");
-  expect(r.media.connected).toEqual({ url: "ws://127.0.0.1:7880", token: "lk-jwt" });
+  await until(() => call.getSnapshot().phase === 'waitingForOracle', 'waitingForOracle');
+  expect(r.media.connected).toEqual({ url: 'ws://127.0.0.1:7880', token: 'lk-jwt' });
 }
 
-describe("a call, step by step", () => {
+describe('a call, step by step', () => {
   it("resolves, wraps, sends into the DM, syncs, joins, and is ready on the oracle's first audio", async () => {
     const r = rig();
     const call = place(r);
@@ -211,40 +211,40 @@ describe("a call, step by step", () => {
       if (phases.at(-1) !== p) phases.push(p);
     });
     await joined(r, call);
-    expect(r.log).toEqual(["resolve", "wrap", "setKey", "room", "send", "sync", "connect", "publish:audio"]);
-    expect(phases).toEqual(["resolving", "wrapping", "room", "sending", "syncing", "joining", "waitingForOracle"]);
+    expect(r.log).toEqual(['resolve', 'wrap', 'setKey', 'room', 'send', 'sync', 'connect', 'publish:audio']);
+    expect(phases).toEqual(['resolving', 'wrapping', 'room', 'sending', 'syncing', 'joining', 'waitingForOracle']);
 
     // The event: PROTOCOL §2 content, pending, bound to the context the key was wrapped with.
     expect(r.matrix.prepared).toEqual([{ bot: BOT, devices: DEVICES }]);
     expect(r.matrix.sent).toHaveLength(1);
     const ev = r.matrix.sent[0]!;
-    expect(ev.roomId).toBe("!dm:localhost");
-    expect(ev.type).toBe("m.ixo.oracles_call");
+    expect(ev.roomId).toBe('!dm:localhost');
+    expect(ev.type).toBe('m.ixo.oracles_call');
     const ctx = r.wrapped[0]!.context;
     expect(ctx.roomId).toMatch(/^oc-[0-9a-f]{32}$/);
     expect(ctx.sessionId).toMatch(/^sess-[0-9a-f]{32}$/);
     expect(ev.content).toMatchObject({
-      callType: "audio",
-      callStatus: "pending",
+      callType: 'audio',
+      callStatus: 'pending',
       encryptionKey: ENVELOPE,
       sessionId: ctx.sessionId,
       roomId: ctx.roomId,
       userDid: USER_DID,
       oracleDid: ORACLE,
-      keyDerivation: "hkdf",
+      keyDerivation: 'hkdf',
     });
-    expect(ev.content["callId"]).toBeUndefined();
-    expect(ev.content["callStartedAt"]).toMatch(/^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/);
+    expect(ev.content['callId']).toBeUndefined();
+    expect(ev.content['callStartedAt']).toMatch(/^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/);
 
     // callId = <eventId>@<room>, synced with the OpenID token.
     const callId = `$ev1:localhost@${ctx.roomId}`;
-    expect(r.server.syncs).toEqual([{ callId, token: "openid-token" }]);
+    expect(r.server.syncs).toEqual([{ callId, token: 'openid-token' }]);
     const s = call.getSnapshot();
     expect(s.callId).toBe(callId);
-    expect(s.callStatus).toBe("active");
+    expect(s.callStatus).toBe('active');
     expect(s.encryption.matrixEvent).toBe(true);
     expect(s.oracle).toMatchObject({ did: ORACLE, keyId: KEY_ID, pinnedOnFirstUse: true, joined: false });
-    expect(s.timeline.map((t) => t.phase)).toEqual(["resolve", "wrap", "room", "send", "sync", "join"]);
+    expect(s.timeline.map((t) => t.phase)).toEqual(['resolve', 'wrap', 'room', 'send', 'sync', 'join']);
 
     // The call key: 32 random bytes, zeroed once wrapped and handed to LiveKit (HKDF: raw bytes).
     const key = r.wrapped[0]!.callKey;
@@ -257,8 +257,8 @@ describe("a call, step by step", () => {
 
     // The oracle arrives; its audio decrypts.
     r.media.events.localEncryption(true);
-    r.media.events.oracleJoined("agent-AJ_1");
-    r.media.events.oracleTrack("audio", true);
+    r.media.events.oracleJoined('agent-AJ_1');
+    r.media.events.oracleTrack('audio', true);
     let ready = false;
     void call.ready.then(() => (ready = true));
     await tick();
@@ -266,50 +266,50 @@ describe("a call, step by step", () => {
     r.media.events.firstAudio();
     await call.ready;
     const a = call.getSnapshot();
-    expect(a.phase).toBe("active");
+    expect(a.phase).toBe('active');
     expect(a.oracle.joined).toBe(true);
     expect(a.encryption).toEqual({ matrixEvent: true, localMedia: true, oracleMedia: true });
-    expect(a.timeline.map((t) => t.phase)).toEqual(["resolve", "wrap", "room", "send", "sync", "join", "agentJoined", "firstAudio"]);
+    expect(a.timeline.map((t) => t.phase)).toEqual(['resolve', 'wrap', 'room', 'send', 'sync', 'join', 'agentJoined', 'firstAudio']);
     const ms = a.timeline.map((t) => t.ms);
     expect([...ms].sort((x, y) => x - y)).toEqual(ms);
     expect(a.error).toBeNull();
     await call.end();
   });
 
-  it("pbkdf2 keys the media with the 64 lower-case hex characters and says so in the event", async () => {
+  it('pbkdf2 keys the media with the 64 lower-case hex characters and says so in the event', async () => {
     const r = rig();
-    const call = place(r, { keyDerivation: "pbkdf2" });
+    const call = place(r, { keyDerivation: 'pbkdf2' });
     await joined(r, call);
-    expect(typeof r.media.material).toBe("string");
-    const hex = r.wrapped[0]!.copy.map((b) => b.toString(16).padStart(2, "0")).join("");
+    expect(typeof r.media.material).toBe('string');
+    const hex = r.wrapped[0]!.copy.map((b) => b.toString(16).padStart(2, '0')).join('');
     expect(r.media.material).toBe(hex);
-    expect(r.matrix.sent[0]!.content["keyDerivation"]).toBe("pbkdf2");
+    expect(r.matrix.sent[0]!.content['keyDerivation']).toBe('pbkdf2');
     await call.end();
   });
 
-  it("a video call publishes the camera too", async () => {
+  it('a video call publishes the camera too', async () => {
     const r = rig();
-    const call = place(r, { type: "video" });
+    const call = place(r, { type: 'video' });
     await joined(r, call);
-    expect(r.media.published).toBe("video");
-    expect(r.wrapped[0]!.context.callType).toBe("video");
+    expect(r.media.published).toBe('video');
+    expect(r.wrapped[0]!.context.callType).toBe('video');
     await call.end();
   });
 
   it("keeps the application's sessionId", async () => {
     const r = rig();
-    const call = place(r, { sessionId: "my-session-7" });
+    const call = place(r, { sessionId: 'my-session-7' });
     await joined(r, call);
-    expect(r.matrix.sent[0]!.content["sessionId"]).toBe("my-session-7");
-    expect(call.sessionId).toBe("my-session-7");
+    expect(r.matrix.sent[0]!.content['sessionId']).toBe('my-session-7');
+    expect(call.sessionId).toBe('my-session-7');
     await call.end();
   });
 
-  it("the test hook keys our media with another key than the sealed one", async () => {
+  it('the test hook keys our media with another key than the sealed one', async () => {
     const r = rig();
-    const call = place(r, { dangerousTestHooks: { wrongMediaKey: true }, keyDerivation: "pbkdf2" });
+    const call = place(r, { dangerousTestHooks: { wrongMediaKey: true }, keyDerivation: 'pbkdf2' });
     await joined(r, call);
-    const sealed = r.wrapped[0]!.copy.map((b) => b.toString(16).padStart(2, "0")).join("");
+    const sealed = r.wrapped[0]!.copy.map((b) => b.toString(16).padStart(2, '0')).join('');
     const hex = r.media.material as string;
     expect(hex).toMatch(/^[0-9a-f]{64}$/);
     expect(hex).not.toBe(sealed);
@@ -318,8 +318,8 @@ describe("a call, step by step", () => {
   });
 });
 
-describe("hanging up", () => {
-  it("tells the server first (userHangup), leaves LiveKit, then edits the event to ended; twice is once", async () => {
+describe('hanging up', () => {
+  it('tells the server first (userHangup), leaves LiveKit, then edits the event to ended; twice is once', async () => {
     const r = rig();
     const call = place(r);
     await joined(r, call);
@@ -331,31 +331,31 @@ describe("hanging up", () => {
     expect(second).toBe(first);
     await Promise.all([first, second]);
     await call.end();
-    expect(r.log).toEqual(["end:userHangup", "leave", "edit"]);
-    expect(r.server.ends).toEqual([{ callId: call.callId, reason: "userHangup" }]);
+    expect(r.log).toEqual(['end:userHangup', 'leave', 'edit']);
+    expect(r.server.ends).toEqual([{ callId: call.callId, reason: 'userHangup' }]);
     const edit = r.matrix.sent[1]!;
-    expect(edit.type).toBe("m.ixo.oracles_call");
-    expect(edit.content["m.relates_to"]).toEqual({ rel_type: "m.replace", event_id: "$ev1:localhost" });
-    expect(edit.content["m.new_content"]).toMatchObject({ callStatus: "ended", callId: call.callId });
-    expect((edit.content["m.new_content"] as Record<string, unknown>)["callEndedAt"]).toMatch(/Z$/);
+    expect(edit.type).toBe('m.ixo.oracles_call');
+    expect(edit.content['m.relates_to']).toEqual({ rel_type: 'm.replace', event_id: '$ev1:localhost' });
+    expect(edit.content['m.new_content']).toMatchObject({ callStatus: 'ended', callId: call.callId });
+    expect((edit.content['m.new_content'] as Record<string, unknown>)['callEndedAt']).toMatch(/Z$/);
     const s = call.getSnapshot();
-    expect(s).toMatchObject({ phase: "ended", callStatus: "ended", endReason: "userHangup", error: null });
+    expect(s).toMatchObject({ phase: 'ended', callStatus: 'ended', endReason: 'userHangup', error: null });
   });
 
-  it("keeps the reason that stuck at the server", async () => {
+  it('keeps the reason that stuck at the server', async () => {
     const r = rig();
-    r.server.stuckReason = "participantLeft";
+    r.server.stuckReason = 'participantLeft';
     const call = place(r);
     await joined(r, call);
     await call.end();
-    expect(call.getSnapshot().endReason).toBe("participantLeft");
+    expect(call.getSnapshot().endReason).toBe('participantLeft');
   });
 
-  it("during setup: stops before the event, sends nothing, tells no one", async () => {
+  it('during setup: stops before the event, sends nothing, tells no one', async () => {
     const r = rig();
     r.matrix.prepareGate = new Deferred();
     const call = place(r);
-    await until(() => r.log.includes("room"), "the room step");
+    await until(() => r.log.includes('room'), 'the room step');
     const ending = call.end();
     r.matrix.prepareGate.resolve();
     await ending;
@@ -363,19 +363,19 @@ describe("hanging up", () => {
     expect(r.server.syncs).toHaveLength(0);
     expect(r.server.ends).toHaveLength(0);
     expect(r.media.left).toBe(1);
-    expect(call.getSnapshot()).toMatchObject({ phase: "ended", callId: null, endReason: "userHangup" });
-    await expect(call.ready).rejects.toMatchObject({ code: "callEnded" });
+    expect(call.getSnapshot()).toMatchObject({ phase: 'ended', callId: null, endReason: 'userHangup' });
+    await expect(call.ready).rejects.toMatchObject({ code: 'callEnded' });
   });
 
-  it("before the oracle was heard: ready rejects as callEnded", async () => {
+  it('before the oracle was heard: ready rejects as callEnded', async () => {
     const r = rig();
     const call = place(r);
     await joined(r, call);
     await call.end();
-    await expect(call.ready).rejects.toMatchObject({ code: "callEnded", reason: "userHangup" });
+    await expect(call.ready).rejects.toMatchObject({ code: 'callEnded', reason: 'userHangup' });
   });
 
-  it("mute and unmute reach the media and the snapshot", async () => {
+  it('mute and unmute reach the media and the snapshot', async () => {
     const r = rig();
     const call = place(r);
     await joined(r, call);
@@ -388,143 +388,143 @@ describe("hanging up", () => {
   });
 });
 
-describe("failures", () => {
-  it("the plaintext guard: a refused send fails the call with plaintextRoom; nothing else happens", async () => {
+describe('failures', () => {
+  it('the plaintext guard: a refused send fails the call with plaintextRoom; nothing else happens', async () => {
     const r = rig();
-    r.matrix.sendError = new OracleCallError("plaintextRoom", "the room is not known; nothing was sent");
+    r.matrix.sendError = new OracleCallError('plaintextRoom', 'the room is not known; nothing was sent');
     const call = place(r);
-    await expect(call.ready).rejects.toMatchObject({ code: "plaintextRoom" });
+    await expect(call.ready).rejects.toMatchObject({ code: 'plaintextRoom' });
     expect(r.matrix.sent).toHaveLength(0);
     expect(r.server.syncs).toHaveLength(0);
     expect(r.media.connected).toBeNull();
     expect(r.media.left).toBe(1);
     const s = call.getSnapshot();
-    expect(s).toMatchObject({ phase: "failed", callId: null, callStatus: null });
-    expect(s.error?.code).toBe("plaintextRoom");
+    expect(s).toMatchObject({ phase: 'failed', callId: null, callStatus: null });
+    expect(s.error?.code).toBe('plaintextRoom');
     expect(s.encryption.matrixEvent).toBe(false);
   });
 
-  it("a changed oracle key is refused before anything is made or sent", async () => {
+  it('a changed oracle key is refused before anything is made or sent', async () => {
     const r = rig();
-    r.resolveError = new OracleCallError("oracleKeyChanged", "the oracle now publishes key B but A was verified");
+    r.resolveError = new OracleCallError('oracleKeyChanged', 'the oracle now publishes key B but A was verified');
     const call = place(r);
-    await expect(call.ready).rejects.toMatchObject({ code: "oracleKeyChanged" });
-    expect(r.log).toEqual(["resolve", "leave"]);
-    expect(call.getSnapshot().error?.code).toBe("oracleKeyChanged");
+    await expect(call.ready).rejects.toMatchObject({ code: 'oracleKeyChanged' });
+    expect(r.log).toEqual(['resolve', 'leave']);
+    expect(call.getSnapshot().error?.code).toBe('oracleKeyChanged');
   });
 
-  it("a browser without frame encryption fails before the oracle is even resolved", async () => {
+  it('a browser without frame encryption fails before the oracle is even resolved', async () => {
     const r = rig();
-    r.mediaError = new OracleCallError("e2eeUnsupported", "no encoded transforms");
+    r.mediaError = new OracleCallError('e2eeUnsupported', 'no encoded transforms');
     const call = place(r);
-    await expect(call.ready).rejects.toMatchObject({ code: "e2eeUnsupported" });
+    await expect(call.ready).rejects.toMatchObject({ code: 'e2eeUnsupported' });
     expect(r.log).toEqual([]);
   });
 
-  it("an untyped failure still surfaces as a typed error", async () => {
+  it('an untyped failure still surfaces as a typed error', async () => {
     const r = rig();
-    r.resolveError = new TypeError("boom");
+    r.resolveError = new TypeError('boom');
     const call = place(r);
     const e = await call.ready.then(
       () => null,
       (x: unknown) => x,
     );
     expect(e).toBeInstanceOf(OracleCallError);
-    expect(call.getSnapshot().error?.message).toContain("boom");
+    expect(call.getSnapshot().error?.message).toContain('boom');
   });
 
   it("sync refused: the event is edited to ended, LiveKit never joined, the error is the server's", async () => {
     const r = rig();
-    r.server.syncError = new OracleCallError("server", "server answered 422: callStartedAt too far", { status: 422 });
+    r.server.syncError = new OracleCallError('server', 'server answered 422: callStartedAt too far', { status: 422 });
     const call = place(r);
-    await expect(call.ready).rejects.toMatchObject({ code: "server", status: 422 });
-    expect(r.log).toEqual(["resolve", "wrap", "setKey", "room", "send", "sync", "edit", "leave"]);
-    expect(r.matrix.sent[1]!.content["m.new_content"]).toMatchObject({ callStatus: "ended" });
+    await expect(call.ready).rejects.toMatchObject({ code: 'server', status: 422 });
+    expect(r.log).toEqual(['resolve', 'wrap', 'setKey', 'room', 'send', 'sync', 'edit', 'leave']);
+    expect(r.matrix.sent[1]!.content['m.new_content']).toMatchObject({ callStatus: 'ended' });
     expect(r.server.ends).toHaveLength(0);
-    expect(call.getSnapshot()).toMatchObject({ phase: "failed", callStatus: "ended" });
+    expect(call.getSnapshot()).toMatchObject({ phase: 'failed', callStatus: 'ended' });
   });
 
-  it("LiveKit join fails: mediaFailed at the server, edit to ended, error media", async () => {
+  it('LiveKit join fails: mediaFailed at the server, edit to ended, error media', async () => {
     const r = rig();
-    r.media.connectError = new Error("could not establish signal connection");
+    r.media.connectError = new Error('could not establish signal connection');
     const call = place(r);
-    await expect(call.ready).rejects.toMatchObject({ code: "media" });
-    expect(r.log).toEqual(["resolve", "wrap", "setKey", "room", "send", "sync", "connect", "leave", "end:mediaFailed", "edit"]);
-    expect(call.getSnapshot()).toMatchObject({ phase: "failed", endReason: "mediaFailed", callStatus: "ended" });
+    await expect(call.ready).rejects.toMatchObject({ code: 'media' });
+    expect(r.log).toEqual(['resolve', 'wrap', 'setKey', 'room', 'send', 'sync', 'connect', 'leave', 'end:mediaFailed', 'edit']);
+    expect(call.getSnapshot()).toMatchObject({ phase: 'failed', endReason: 'mediaFailed', callStatus: 'ended' });
   });
 
   it("LiveKit join fails because the call was ended elsewhere: callEnded with the server's reason", async () => {
     const r = rig();
-    r.media.connectError = new Error("room deleted");
-    r.server.endedReasonAnswer = "keyDecryptionFailed";
+    r.media.connectError = new Error('room deleted');
+    r.server.endedReasonAnswer = 'keyDecryptionFailed';
     const call = place(r);
-    await expect(call.ready).rejects.toMatchObject({ code: "callEnded", reason: "keyDecryptionFailed" });
+    await expect(call.ready).rejects.toMatchObject({ code: 'callEnded', reason: 'keyDecryptionFailed' });
     expect(r.server.ends).toHaveLength(0);
-    expect(call.getSnapshot().endReason).toBe("keyDecryptionFailed");
+    expect(call.getSnapshot().endReason).toBe('keyDecryptionFailed');
   });
 
-  it("the room closes before the oracle is heard (the agent could not open the key)", async () => {
+  it('the room closes before the oracle is heard (the agent could not open the key)', async () => {
     const r = rig();
-    r.server.endedReasonAnswer = "keyDecryptionFailed";
+    r.server.endedReasonAnswer = 'keyDecryptionFailed';
     const call = place(r);
     await joined(r, call);
-    r.media.events.disconnected("ROOM_DELETED");
-    await expect(call.ready).rejects.toMatchObject({ code: "callEnded", reason: "keyDecryptionFailed" });
-    expect(call.getSnapshot()).toMatchObject({ phase: "failed", endReason: "keyDecryptionFailed", callStatus: "ended" });
+    r.media.events.disconnected('ROOM_DELETED');
+    await expect(call.ready).rejects.toMatchObject({ code: 'callEnded', reason: 'keyDecryptionFailed' });
+    expect(call.getSnapshot()).toMatchObject({ phase: 'failed', endReason: 'keyDecryptionFailed', callStatus: 'ended' });
     expect(r.media.left).toBe(1);
   });
 
   it("the room closes mid-call: ended with the server's reason, no error", async () => {
     const r = rig();
-    r.server.endedReasonAnswer = "agentHangup";
+    r.server.endedReasonAnswer = 'agentHangup';
     const call = place(r);
     await joined(r, call);
     r.media.events.firstAudio();
     await call.ready;
-    r.media.events.disconnected("ROOM_DELETED");
-    await until(() => call.getSnapshot().phase === "ended", "ended");
-    expect(call.getSnapshot()).toMatchObject({ endReason: "agentHangup", error: null, callStatus: "ended" });
+    r.media.events.disconnected('ROOM_DELETED');
+    await until(() => call.getSnapshot().phase === 'ended', 'ended');
+    expect(call.getSnapshot()).toMatchObject({ endReason: 'agentHangup', error: null, callStatus: 'ended' });
     await call.end();
     expect(r.server.ends).toHaveLength(0);
   });
 
-  it("no oracle audio in time: the call is ended as mediaFailed and ready rejects", async () => {
+  it('no oracle audio in time: the call is ended as mediaFailed and ready rejects', async () => {
     const r = rig();
     const call = place(r, { readyTimeoutMs: 50 });
     await joined(r, call);
-    r.media.events.oracleJoined("agent-x");
-    r.media.events.decryptionFailure("agent-x", "InvalidKey: decryption failed");
-    r.media.events.decryptionFailure("agent-x", "InvalidKey: decryption failed");
-    await expect(call.ready).rejects.toMatchObject({ code: "media" });
+    r.media.events.oracleJoined('agent-x');
+    r.media.events.decryptionFailure('agent-x', 'InvalidKey: decryption failed');
+    r.media.events.decryptionFailure('agent-x', 'InvalidKey: decryption failed');
+    await expect(call.ready).rejects.toMatchObject({ code: 'media' });
     const s = call.getSnapshot();
-    expect(s.error?.message).toContain("2 decryption failures");
-    expect(s).toMatchObject({ phase: "failed", endReason: "mediaFailed", decryptionFailures: 2 });
-    expect(r.server.ends).toEqual([{ callId: call.callId, reason: "mediaFailed" }]);
+    expect(s.error?.message).toContain('2 decryption failures');
+    expect(s).toMatchObject({ phase: 'failed', endReason: 'mediaFailed', decryptionFailures: 2 });
+    expect(r.server.ends).toEqual([{ callId: call.callId, reason: 'mediaFailed' }]);
   });
 });
 
 describe("the oracle's media", () => {
-  it("an unencrypted oracle track is refused and shown; encrypted ones are not", async () => {
+  it('an unencrypted oracle track is refused and shown; encrypted ones are not', async () => {
     const r = rig();
     const call = place(r);
     await joined(r, call);
-    r.media.events.oracleTrack("audio", true);
+    r.media.events.oracleTrack('audio', true);
     expect(call.getSnapshot().encryption.oracleMedia).toBe(true);
-    r.media.events.oracleTrack("video", false);
+    r.media.events.oracleTrack('video', false);
     const s = call.getSnapshot();
     expect(s.refusedTracks).toBe(1);
     expect(s.encryption.oracleMedia).toBe(false);
-    expect(s.error?.code).toBe("media");
-    r.media.events.oracleTrack("audio", true);
+    expect(s.error?.code).toBe('media');
+    r.media.events.oracleTrack('audio', true);
     expect(call.getSnapshot().encryption.oracleMedia).toBe(false);
     await call.end();
   });
 
-  it("counts decryption failures and levels, rounded, without needless snapshots", async () => {
+  it('counts decryption failures and levels, rounded, without needless snapshots', async () => {
     const r = rig();
     const call = place(r);
     await joined(r, call);
-    r.media.events.decryptionFailure(null, "MissingKey");
+    r.media.events.decryptionFailure(null, 'MissingKey');
     expect(call.getSnapshot().decryptionFailures).toBe(1);
     r.media.events.levels(0.123, 0.456);
     const s1 = call.getSnapshot();
@@ -535,19 +535,19 @@ describe("the oracle's media", () => {
     await call.end();
   });
 
-  it("the oracle leaving is shown", async () => {
+  it('the oracle leaving is shown', async () => {
     const r = rig();
     const call = place(r);
     await joined(r, call);
-    r.media.events.oracleJoined("agent-1");
+    r.media.events.oracleJoined('agent-1');
     expect(call.getSnapshot().oracle.joined).toBe(true);
-    r.media.events.oracleLeft("agent-1");
+    r.media.events.oracleLeft('agent-1');
     expect(call.getSnapshot().oracle.joined).toBe(false);
     await call.end();
   });
 });
 
-describe("the plaintext guard itself", () => {
+describe('the plaintext guard itself', () => {
   const room = (encrypted: boolean) => ({ hasEncryptionStateEvent: () => encrypted });
   const crypto = (enabled: boolean | Error) => ({
     isEncryptionEnabledInRoom: async () => {
@@ -556,31 +556,31 @@ describe("the plaintext guard itself", () => {
     },
   });
 
-  it("refuses an unknown room (matrix-js-sdk would send it in the clear)", async () => {
-    await expect(assertEncryptedRoom({ getRoom: () => null, getCrypto: () => crypto(true) }, "!r")).rejects.toMatchObject({
-      code: "plaintextRoom",
+  it('refuses an unknown room (matrix-js-sdk would send it in the clear)', async () => {
+    await expect(assertEncryptedRoom({ getRoom: () => null, getCrypto: () => crypto(true) }, '!r')).rejects.toMatchObject({
+      code: 'plaintextRoom',
     });
   });
-  it("refuses a room without m.room.encryption", async () => {
-    await expect(assertEncryptedRoom({ getRoom: () => room(false), getCrypto: () => crypto(true) }, "!r")).rejects.toMatchObject({
-      code: "plaintextRoom",
+  it('refuses a room without m.room.encryption', async () => {
+    await expect(assertEncryptedRoom({ getRoom: () => room(false), getCrypto: () => crypto(true) }, '!r')).rejects.toMatchObject({
+      code: 'plaintextRoom',
     });
   });
-  it("refuses when the crypto layer does not know the room as encrypted, or fails", async () => {
-    await expect(assertEncryptedRoom({ getRoom: () => room(true), getCrypto: () => crypto(false) }, "!r")).rejects.toMatchObject({
-      code: "plaintextRoom",
+  it('refuses when the crypto layer does not know the room as encrypted, or fails', async () => {
+    await expect(assertEncryptedRoom({ getRoom: () => room(true), getCrypto: () => crypto(false) }, '!r')).rejects.toMatchObject({
+      code: 'plaintextRoom',
     });
     await expect(
-      assertEncryptedRoom({ getRoom: () => room(true), getCrypto: () => crypto(new Error("store closed")) }, "!r"),
-    ).rejects.toMatchObject({ code: "plaintextRoom" });
+      assertEncryptedRoom({ getRoom: () => room(true), getCrypto: () => crypto(new Error('store closed')) }, '!r'),
+    ).rejects.toMatchObject({ code: 'plaintextRoom' });
   });
-  it("refuses a client without crypto", async () => {
-    await expect(assertEncryptedRoom({ getRoom: () => room(true), getCrypto: () => undefined }, "!r")).rejects.toMatchObject({
-      code: "plaintextRoom",
+  it('refuses a client without crypto', async () => {
+    await expect(assertEncryptedRoom({ getRoom: () => room(true), getCrypto: () => undefined }, '!r')).rejects.toMatchObject({
+      code: 'plaintextRoom',
     });
   });
-  it("passes a known, encrypted room", async () => {
-    await expect(assertEncryptedRoom({ getRoom: () => room(true), getCrypto: () => crypto(true) }, "!r")).resolves.toBeUndefined();
+  it('passes a known, encrypted room', async () => {
+    await expect(assertEncryptedRoom({ getRoom: () => room(true), getCrypto: () => crypto(true) }, '!r')).resolves.toBeUndefined();
   });
 });
 
@@ -596,7 +596,7 @@ interface FakeRoomState {
 }
 
 class FakeEvent {
-  status: string | null = "sending";
+  status: string | null = 'sending';
   constructor(
     readonly txnId: string,
     readonly content: unknown,
@@ -620,13 +620,13 @@ class FakeClient {
   rooms = new Map<string, FakeRoomState>();
   direct: Record<string, string[]> = {};
   created: Record<string, unknown>[] = [];
-  sends: { roomId: string; txnId: string; attempt: "send" | "resend" }[] = [];
+  sends: { roomId: string; txnId: string; attempt: 'send' | 'resend' }[] = [];
   failSends = 0;
   cancelled: FakeEvent[] = [];
   botDevices: FakeDevice[] = [];
   verified = new Map<string, boolean>();
   joinBotAfterMs = 30;
-  syncState: string | null = "SYNCING";
+  syncState: string | null = 'SYNCING';
   crypto: object | undefined;
   openIdCalls = 0;
   constructor(readonly bot: string) {
@@ -641,13 +641,13 @@ class FakeClient {
     };
   }
   getUserId() {
-    return "@did-ixo-alice:localhost";
+    return '@did-ixo-alice:localhost';
   }
   getSafeUserId() {
-    return "@did-ixo-alice:localhost";
+    return '@did-ixo-alice:localhost';
   }
   getDeviceId() {
-    return "ALICE";
+    return 'ALICE';
   }
   getSyncState() {
     return this.syncState;
@@ -659,14 +659,14 @@ class FakeClient {
     return {
       roomId: r.roomId,
       hasEncryptionStateEvent: () => r.encrypted,
-      getMyMembership: () => "join",
+      getMyMembership: () => 'join',
       getMember: (u: string) => (r.members.has(u) ? { membership: r.members.get(u) } : null),
-      getJoinedMemberCount: () => [...r.members.values()].filter((m) => m === "join").length,
+      getJoinedMemberCount: () => [...r.members.values()].filter((m) => m === 'join').length,
       setBlacklistUnverifiedDevices: (v: boolean) => {
         r.blacklist = v;
       },
       getPendingEvents: () => {
-        throw new Error("chronological");
+        throw new Error('chronological');
       },
       getLiveTimeline: () => ({ getEvents: () => r.timeline }),
     };
@@ -679,7 +679,7 @@ class FakeClient {
     return [...this.rooms.values()].map((r) => this.room(r));
   }
   getAccountData(type: string) {
-    return type === "m.direct" ? { getContent: () => this.direct } : undefined;
+    return type === 'm.direct' ? { getContent: () => this.direct } : undefined;
   }
   async setAccountData(_type: string, content: Record<string, string[]>) {
     this.direct = content;
@@ -687,33 +687,33 @@ class FakeClient {
   async createRoom(opts: Record<string, unknown>) {
     this.created.push(opts);
     const id = `!new${this.created.length}:localhost`;
-    const initial = (opts["initial_state"] as { type: string }[] | undefined) ?? [];
+    const initial = (opts['initial_state'] as { type: string }[] | undefined) ?? [];
     const r: FakeRoomState = {
       roomId: id,
-      encrypted: initial.some((s) => s.type === "m.room.encryption"),
-      members: new Map([["@did-ixo-alice:localhost", "join"], [this.bot, "invite"]]),
+      encrypted: initial.some((s) => s.type === 'm.room.encryption'),
+      members: new Map([['@did-ixo-alice:localhost', 'join'], [this.bot, 'invite']]),
       blacklist: null,
       timeline: [],
     };
     this.rooms.set(id, r);
-    setTimeout(() => r.members.set(this.bot, "join"), this.joinBotAfterMs);
+    setTimeout(() => r.members.set(this.bot, 'join'), this.joinBotAfterMs);
     return { room_id: id };
   }
   async sendEvent(roomId: string, _type: string, content: unknown, txnId: string) {
     const ev = new FakeEvent(txnId, content);
     this.rooms.get(roomId)?.timeline.push(ev);
-    this.sends.push({ roomId, txnId, attempt: "send" });
+    this.sends.push({ roomId, txnId, attempt: 'send' });
     return this.deliver(ev);
   }
   async resendEvent(ev: FakeEvent, room: { roomId: string }) {
-    this.sends.push({ roomId: room.roomId, txnId: ev.txnId, attempt: "resend" });
+    this.sends.push({ roomId: room.roomId, txnId: ev.txnId, attempt: 'resend' });
     return this.deliver(ev);
   }
   private deliver(ev: FakeEvent) {
     if (this.failSends > 0) {
       this.failSends -= 1;
-      ev.status = "not_sent";
-      throw new Error("connection reset");
+      ev.status = 'not_sent';
+      throw new Error('connection reset');
     }
     ev.status = null;
     return { event_id: `$sent${this.sends.length}` };
@@ -723,95 +723,95 @@ class FakeClient {
   }
   async getOpenIdToken() {
     this.openIdCalls += 1;
-    return { access_token: `oid${this.openIdCalls}`, expires_in: 3600, token_type: "Bearer", matrix_server_name: "localhost" };
+    return { access_token: `oid${this.openIdCalls}`, expires_in: 3600, token_type: 'Bearer', matrix_server_name: 'localhost' };
   }
 }
 
 const device = (c: FakeClient) => MatrixDevice.fromClient(c as unknown as MatrixClient);
 
-describe("the Matrix device", () => {
+describe('the Matrix device', () => {
   it("takes an application's client only with crypto and while syncing", async () => {
     const noCrypto = new FakeClient(BOT);
     noCrypto.crypto = undefined;
-    await expect(device(noCrypto)).rejects.toMatchObject({ code: "setup" });
+    await expect(device(noCrypto)).rejects.toMatchObject({ code: 'setup' });
     const stopped = new FakeClient(BOT);
     stopped.syncState = null;
-    await expect(device(stopped)).rejects.toMatchObject({ code: "setup" });
+    await expect(device(stopped)).rejects.toMatchObject({ code: 'setup' });
     const ok = await device(new FakeClient(BOT));
-    expect(ok.userId).toBe("@did-ixo-alice:localhost");
-    expect(ok.deviceId).toBe("ALICE");
+    expect(ok.userId).toBe('@did-ixo-alice:localhost');
+    expect(ok.deviceId).toBe('ALICE');
   });
 
-  it("creates the encrypted DM, waits for the bot, trusts only the pinned device", async () => {
+  it('creates the encrypted DM, waits for the bot, trusts only the pinned device', async () => {
     const c = new FakeClient(BOT);
-    c.botDevices = [new FakeDevice("BOTDEV", "ed25519keyinbase64"), new FakeDevice("ROGUE", "otherkey")];
-    c.verified.set("ROGUE", true);
+    c.botDevices = [new FakeDevice('BOTDEV', 'ed25519keyinbase64'), new FakeDevice('ROGUE', 'otherkey')];
+    c.verified.set('ROGUE', true);
     const d = await device(c);
     const roomId = await d.prepareRoom(BOT, DEVICES);
     expect(c.created).toHaveLength(1);
     expect(c.created[0]).toMatchObject({
-      preset: "trusted_private_chat",
+      preset: 'trusted_private_chat',
       is_direct: true,
       invite: [BOT],
-      initial_state: [{ type: "m.room.encryption", state_key: "", content: { algorithm: "m.megolm.v1.aes-sha2" } }],
+      initial_state: [{ type: 'm.room.encryption', state_key: '', content: { algorithm: 'm.megolm.v1.aes-sha2' } }],
     });
-    expect(c.rooms.get(roomId)?.members.get(BOT)).toBe("join");
+    expect(c.rooms.get(roomId)?.members.get(BOT)).toBe('join');
     expect(c.direct[BOT]).toEqual([roomId]);
     expect(c.rooms.get(roomId)?.blacklist).toBe(true);
-    expect(c.verified.get("BOTDEV")).toBe(true);
-    expect(c.verified.get("ROGUE")).toBe(false);
+    expect(c.verified.get('BOTDEV')).toBe(true);
+    expect(c.verified.get('ROGUE')).toBe(false);
     // The next call reuses it.
     expect(await d.prepareRoom(BOT, DEVICES)).toBe(roomId);
     expect(c.created).toHaveLength(1);
   });
 
-  it("a device id with another Ed25519 key is not the pinned device: botDeviceUnknown", async () => {
+  it('a device id with another Ed25519 key is not the pinned device: botDeviceUnknown', async () => {
     const c = new FakeClient(BOT);
-    c.botDevices = [new FakeDevice("BOTDEV", "a-different-key")];
+    c.botDevices = [new FakeDevice('BOTDEV', 'a-different-key')];
     const d = await device(c);
-    await expect(d.prepareRoom(BOT, DEVICES)).rejects.toMatchObject({ code: "botDeviceUnknown" });
-    expect(c.verified.get("BOTDEV")).toBeUndefined();
+    await expect(d.prepareRoom(BOT, DEVICES)).rejects.toMatchObject({ code: 'botDeviceUnknown' });
+    expect(c.verified.get('BOTDEV')).toBeUndefined();
   });
 
-  it("sends under one transaction id, resending the same local event after a failure", async () => {
+  it('sends under one transaction id, resending the same local event after a failure', async () => {
     const c = new FakeClient(BOT);
-    c.botDevices = [new FakeDevice("BOTDEV", "ed25519keyinbase64")];
+    c.botDevices = [new FakeDevice('BOTDEV', 'ed25519keyinbase64')];
     const d = await device(c);
     const roomId = await d.prepareRoom(BOT, DEVICES);
     c.failSends = 1;
-    const id = await d.send(roomId, "m.ixo.oracles_call", { callStatus: "pending" });
-    expect(id).toBe("$sent2");
-    expect(c.sends.map((s) => s.attempt)).toEqual(["send", "resend"]);
+    const id = await d.send(roomId, 'm.ixo.oracles_call', { callStatus: 'pending' });
+    expect(id).toBe('$sent2');
+    expect(c.sends.map((s) => s.attempt)).toEqual(['send', 'resend']);
     expect(new Set(c.sends.map((s) => s.txnId)).size).toBe(1);
   });
 
-  it("gives up after bounded tries and drops the unsent echo", async () => {
+  it('gives up after bounded tries and drops the unsent echo', async () => {
     const c = new FakeClient(BOT);
-    c.botDevices = [new FakeDevice("BOTDEV", "ed25519keyinbase64")];
+    c.botDevices = [new FakeDevice('BOTDEV', 'ed25519keyinbase64')];
     const d = await device(c);
     const roomId = await d.prepareRoom(BOT, DEVICES);
     c.failSends = 99;
-    await expect(d.send(roomId, "m.ixo.oracles_call", {})).rejects.toMatchObject({ code: "matrix" });
+    await expect(d.send(roomId, 'm.ixo.oracles_call', {})).rejects.toMatchObject({ code: 'matrix' });
     expect(c.sends).toHaveLength(5);
     expect(c.cancelled).toHaveLength(1);
   }, 10_000);
 
-  it("refuses to send into a room it does not know or that is not encrypted", async () => {
+  it('refuses to send into a room it does not know or that is not encrypted', async () => {
     const c = new FakeClient(BOT);
     const d = await device(c);
-    await expect(d.send("!unknown:localhost", "m.ixo.oracles_call", {})).rejects.toMatchObject({ code: "plaintextRoom" });
-    c.rooms.set("!plain:localhost", { roomId: "!plain:localhost", encrypted: false, members: new Map(), blacklist: null, timeline: [] });
-    await expect(d.send("!plain:localhost", "m.ixo.oracles_call", {})).rejects.toMatchObject({ code: "plaintextRoom" });
+    await expect(d.send('!unknown:localhost', 'm.ixo.oracles_call', {})).rejects.toMatchObject({ code: 'plaintextRoom' });
+    c.rooms.set('!plain:localhost', { roomId: '!plain:localhost', encrypted: false, members: new Map(), blacklist: null, timeline: [] });
+    await expect(d.send('!plain:localhost', 'm.ixo.oracles_call', {})).rejects.toMatchObject({ code: 'plaintextRoom' });
     expect(c.sends).toHaveLength(0);
   });
 
-  it("reuses an OpenID token until shortly before it expires", async () => {
+  it('reuses an OpenID token until shortly before it expires', async () => {
     const c = new FakeClient(BOT);
     const d = await device(c);
     const [a, b] = await Promise.all([d.openIdToken(), d.openIdToken()]);
-    expect(a).toBe("oid1");
-    expect(b).toBe("oid1");
-    expect(await d.openIdToken()).toBe("oid1");
+    expect(a).toBe('oid1');
+    expect(b).toBe('oid1');
+    expect(await d.openIdToken()).toBe('oid1');
     expect(c.openIdCalls).toBe(1);
   });
 });
