@@ -166,6 +166,29 @@ fn run_driver(cfg: &Value, checkpoints: &tokio::sync::mpsc::UnboundedSender<Stri
     }
 }
 
+/// What a failed run is reported with: the steps, the state it failed in and the console's
+/// errors and warnings — not the whole result, which holds the session's storage and requests.
+fn summary(r: &Value) -> String {
+    let console: Vec<String> = r["console"]
+        .as_array()
+        .map(|c| {
+            c.iter()
+                .filter(|e| e["type"] == "error" || e["type"] == "warning")
+                .map(|e| format!("  [{}] {}", e["type"], e["text"]))
+                .collect()
+        })
+        .unwrap_or_default();
+    format!(
+        "steps: {}\nfailed in: {}\nlast error: {}\nCSP violations: {}\npage errors: {}\nconsole errors and warnings:\n{}",
+        r["steps"],
+        r["failedSnapshot"],
+        r["lastError"],
+        r["cspViolations"],
+        r["pageErrors"],
+        console.join("\n")
+    )
+}
+
 /// Console errors a working page still shows: matrix-js-sdk probes for a key backup and for
 /// MatrixRTC transports, which this homeserver has not (404); and, once the user hung up,
 /// livekit-client's complaint that its data channels closed (the server closes the room).
@@ -478,8 +501,9 @@ impl Harness {
                 }
             }
             panic!(
-                "the driver failed: {}\nresult: {r}",
-                r["error"].as_str().unwrap_or("(no error)")
+                "the driver failed: {}\n{}",
+                r["error"].as_str().unwrap_or("(no error)"),
+                summary(r)
             );
         }
         (run, seen)
@@ -754,9 +778,10 @@ fn assert_browser_clean(
         }
     }
     eprintln!(
-        "browser_sdk ({}): {} console lines, no CSP violation, none holds a call key in hex, base64 or as a byte list",
+        "browser_sdk ({}): {} console lines, {} requests (with bodies), localStorage and IndexedDB names: no CSP violation, no call key in hex, base64 or as a byte list",
         h.tag,
-        console.len()
+        console.len(),
+        r["requests"].as_array().map_or(0, Vec::len)
     );
 }
 
@@ -1001,6 +1026,51 @@ async fn a_reload_restores_the_same_device_and_it_calls() {
     let call_id = assert_connected(&h.tag, r);
     let rec = assert_server_side(&h, &seen, &call_id, "hkdf", "audio").await;
     assert_browser_clean(&h, &run, &[&rec]);
+    // Sign-out clears the saved session and the device's crypto store.
+    let storage = &r["storage"];
+    let names = |v: &Value| -> String {
+        let local: Vec<&String> = v["localStorage"]
+            .as_object()
+            .map(|o| o.keys().collect())
+            .unwrap_or_default();
+        format!("localStorage keys {local:?}, IndexedDB {}", v["indexedDb"])
+    };
+    eprintln!(
+        "browser_sdk (restore): in the call: {}; after sign-out: {}",
+        names(&storage["inCall"]),
+        names(&storage["loggedOut"])
+    );
+    let crypto_dbs = |v: &Value| -> Vec<String> {
+        v["indexedDb"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|n| n.as_str())
+            .filter(|n| n.contains("matrix-sdk-crypto"))
+            .map(str::to_owned)
+            .collect()
+    };
+    assert!(
+        !crypto_dbs(&storage["inCall"]).is_empty(),
+        "the device's crypto store is in IndexedDB during the call: {}",
+        names(&storage["inCall"])
+    );
+    assert!(
+        crypto_dbs(&storage["loggedOut"]).is_empty(),
+        "sign-out leaves the crypto store: {}",
+        names(&storage["loggedOut"])
+    );
+    let session_left = storage["loggedOut"]["localStorage"]
+        .as_object()
+        .unwrap()
+        .values()
+        .any(|v| v.as_str().is_some_and(|v| v.contains(&h.user_id)));
+    assert!(
+        !session_left,
+        "sign-out leaves the session in localStorage: {}",
+        names(&storage["loggedOut"])
+    );
+    assert_eq!(r["restoreOfferedAfterLogout"], false);
     h.stop().await;
 }
 

@@ -143,6 +143,8 @@ const result = {
   console: [],
   pageErrors: [],
   cspViolations: [],
+  requests: [],
+  storage: {},
   screenshots: {},
   steps: {},
 };
@@ -230,6 +232,24 @@ function attachPage(page, label) {
   page.on('crash', () => {
     result.pageErrors.push({ page: label, text: 'page crashed' });
     say(`[${label}] page crashed`);
+  });
+  page.on('request', (req) => {
+    // Every request the page makes, with its body: the caller searches them for the call key.
+    let body = null;
+    try {
+      body = req.postData();
+    } catch {
+      body = '(binary)';
+    }
+    if (body !== null && /\/_matrix\/client\/v3\/login$/.test(new URL(req.url()).pathname)) {
+      body = '(withheld: the login holds the password)';
+    }
+    result.requests.push({
+      page: label,
+      method: req.method(),
+      url: req.url(),
+      body: body === null ? null : body.slice(0, 16384),
+    });
   });
   page.on('worker', (worker) => {
     say(`[${label}] worker started: ${worker.url()}`);
@@ -417,6 +437,19 @@ async function hangUp(page) {
   result.lastError = await lastError(page);
 }
 
+/** What the page keeps: every localStorage entry and the IndexedDB database names. */
+async function storageOf(page) {
+  return page.evaluate(async () => {
+    const local = {};
+    for (let i = 0; i < localStorage.length; i++) {
+      const k = localStorage.key(i);
+      local[k] = localStorage.getItem(k);
+    }
+    const dbs = (await indexedDB.databases()).map((d) => d.name);
+    return { localStorage: local, indexedDb: dbs };
+  });
+}
+
 /** A call of `button`'s type: connect, listen, look, hang up. */
 async function callListenHangUp(page, cfg, button) {
   result.decryptionFailuresAt2s = undefined;
@@ -434,7 +467,9 @@ async function callListenHangUp(page, cfg, button) {
   });
   await shot(page, 'active');
   result.snapshots.beforeHangup = await snapshot(page);
+  result.storage.inCall = await storageOf(page);
   await hangUp(page);
+  result.storage.ended = await storageOf(page);
 }
 
 async function audioScenario(context, cfg) {
@@ -564,6 +599,14 @@ async function restoreScenario(context, cfg) {
     window.ocDemo.keyDerivation = kd;
   }, cfg.keyDerivation);
   await callListenHangUp(page, cfg, '#call-audio');
+  // Sign out: the session and the device's crypto store go.
+  await step('logout', async () => {
+    await page.click('#logout');
+    await page.waitForSelector('#signin', { state: 'visible', timeout: 20000 });
+  });
+  result.storage.loggedOut = await storageOf(page);
+  result.restoreOfferedAfterLogout = await visible(page, '#restore');
+  await shot(page, 'logged-out');
   await page.close();
 }
 
