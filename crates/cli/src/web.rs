@@ -436,7 +436,7 @@ async fn run_async(dir: &Path, port: u16) -> anyhow::Result<()> {
     } else {
         eprintln!("  password: `scripts/stack user {name}` names the file that holds it");
     }
-    eprintln!("  state:    {}", state.display());
+    eprintln!("  state:    {} (removed on exit)", state.display());
     println!("{}/", server.url());
     eprintln!("open the URL above in Chromium; Ctrl-C stops");
     tokio::signal::ctrl_c()
@@ -445,6 +445,10 @@ async fn run_async(dir: &Path, port: u16) -> anyhow::Result<()> {
     eprintln!("stopping …");
     server.stop().await;
     dep.stop().await;
+    // The throwaway oracle's keys and store go with it.
+    if let Err(e) = std::fs::remove_dir_all(&state) {
+        eprintln!("could not remove {}: {e}", state.display());
+    }
     Ok(())
 }
 

@@ -1297,6 +1297,159 @@ async fn failures_are_typed_and_leave_nothing_half_open() {
     h.stop().await;
 }
 
+/// `oracle-calls web` as a person runs it: it prints the page's URL, serves the page and its
+/// config under the CSP, names the user and where its password is (never the password), the
+/// oracle's server allows the page's origin (a CORS preflight as the browser sends it), and
+/// Ctrl-C stops it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_web_command_serves_the_demo_for_a_fresh_oracle_until_ctrl_c() {
+    let _serial = SERIAL.lock().await;
+    let dist = demo_dist();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_oracle-calls"))
+        .args(["web", "--dir"])
+        .arg(&dist)
+        .current_dir(repo())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (url_tx, url_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if line.starts_with("http://127.0.0.1:") {
+                let _ = url_tx.send(line);
+            }
+        }
+    });
+    let err_log = std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    let url = tokio::task::spawn_blocking(move || url_rx.recv_timeout(Duration::from_secs(90)))
+        .await
+        .unwrap();
+    let Ok(url) = url else {
+        let _ = child.kill();
+        panic!("no URL within 90 s:\n{}", err_log.join().unwrap());
+    };
+    let origin = url.trim_end_matches('/').to_owned();
+    let http = reqwest::Client::new();
+    let page = http.get(&url).send().await.unwrap();
+    assert_eq!(page.status().as_u16(), 200);
+    let csp = page.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        csp.contains("script-src 'self' 'wasm-unsafe-eval'"),
+        "{csp}"
+    );
+    let wasm = http
+        .head(format!("{url}matrix_sdk_crypto_wasm_bg.wasm"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wasm.headers()["content-type"], "application/wasm");
+    let cfg: Value = http
+        .get(format!("{url}config.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let server = cfg["serverUrl"].as_str().unwrap();
+    assert!(
+        csp.contains(&format!(" {server}")),
+        "the CSP lets the page reach its oracle server: {csp}"
+    );
+    // The oracle server answers the page's origin's preflight, and no other origin's.
+    let preflight = |from: &str| {
+        http.request(
+            reqwest::Method::OPTIONS,
+            format!("{server}/.well-known/oracle-calls"),
+        )
+        .header("origin", from)
+        .header("access-control-request-method", "GET")
+        .send()
+    };
+    let ok = preflight(&origin).await.unwrap();
+    assert_eq!(
+        ok.headers()
+            .get("access-control-allow-origin")
+            .map(|v| v.to_str().unwrap().to_owned()),
+        Some(origin.clone()),
+        "{:?}",
+        ok.headers()
+    );
+    let other = preflight("http://127.0.0.1:1").await.unwrap();
+    assert!(
+        other.headers().get("access-control-allow-origin").is_none(),
+        "{:?}",
+        other.headers()
+    );
+
+    // Ctrl-C stops it.
+    let st = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let exited = tokio::task::spawn_blocking(move || {
+        for _ in 0..150 {
+            if let Some(s) = child.try_wait().unwrap() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = child.kill();
+        None
+    })
+    .await
+    .unwrap();
+    let log = err_log.join().unwrap();
+    eprintln!("oracle-calls web said:\n{log}");
+    assert!(
+        exited.is_some_and(|s| s.success()),
+        "Ctrl-C ends it cleanly: {exited:?}"
+    );
+    let user = log
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("user:"))
+        .expect("it names the user");
+    let name = user.split_whitespace().next().unwrap();
+    let pw_file = log
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("password: in "))
+        .and_then(|l| l.split(" (").next())
+        .expect("it names the password's file");
+    let state = log
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("state:"))
+        .and_then(|l| l.split(" (").next())
+        .expect("it names its state directory")
+        .trim();
+    assert!(!Path::new(state).exists(), "{state} is removed on exit");
+    let password = std::fs::read_to_string(pw_file).unwrap();
+    assert!(pw_file.ends_with(&format!("{name}.password")), "{pw_file}");
+    assert!(
+        !log.contains(password.trim()),
+        "the password is not printed"
+    );
+}
+
 /// A raw HTTP/1.1 request (no client-side path normalisation); returns (status, headers, body).
 async fn raw_get(addr: &str, method: &str, target: &str) -> (u16, String, Vec<u8>) {
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
