@@ -110,6 +110,8 @@ const ui = {
   oracleLevel: el<HTMLMeterElement>('oracle-level'),
   timeline: el<HTMLOListElement>('timeline'),
   audio: el<HTMLAudioElement>('oracle-audio'),
+  audioBlocked: el<HTMLElement>('audio-blocked'),
+  enableAudio: el<HTMLButtonElement>('enable-audio'),
   video: el<HTMLVideoElement>('oracle-video'),
   errorBox: el<HTMLElement>('error-box'),
   error: el<HTMLElement>('error'),
@@ -399,6 +401,9 @@ ui.callVideo.addEventListener('click', () => startCall('video'));
 ui.hangup.addEventListener('click', () => {
   void call?.end().catch((e: unknown) => showError(asDemoError(e)));
 });
+ui.enableAudio.addEventListener('click', () => {
+  void call?.startAudio().catch((e: unknown) => showError(asDemoError(e)));
+});
 ui.mute.addEventListener('click', () => {
   const c = call;
   if (c === null) {
@@ -429,6 +434,7 @@ function render(s: CallSnapshot | null): void {
     s !== null && e !== undefined && e.matrixEvent && e.localMedia && e.oracleMedia === true && failures === 0;
   const live = phase !== 'ended' && phase !== 'failed';
   ui.lock.hidden = !(secure && live);
+  ui.audioBlocked.hidden = !(live && s?.audioBlocked === true);
   const problems: string[] = [];
   if (failures > 0) {
     problems.push(`${failures} decryption failure${failures === 1 ? '' : 's'}: the oracle's media is not played`);

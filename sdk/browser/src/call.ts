@@ -378,6 +378,9 @@ export class Call {
             : { ...s, mic: { ...s.mic, level: m }, oracle: { ...s.oracle, level: o } };
         });
       },
+      playbackBlocked: (blocked: boolean): void => {
+        store.update((s) => (s.audioBlocked === blocked ? s : { ...s, audioBlocked: blocked }));
+      },
       disconnected: (reason: string): void => {
         if (!this.#closing && !this.#endRequested) {
           void this.#remoteEnd(reason);
@@ -563,6 +566,11 @@ export class Call {
     }
     await m.setMicrophoneEnabled(on);
     this.#store.update((s) => ({ ...s, mic: { ...s.mic, muted: !on } }));
+  }
+
+  /** Starts audio after the browser blocked autoplay (`audioBlocked`); call it from a click. */
+  async startAudio(): Promise<void> {
+    await this.#media?.startAudio();
   }
 
   /**

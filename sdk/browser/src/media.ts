@@ -35,6 +35,8 @@ export interface MediaEvents {
   firstAudio(): void;
   /** RMS levels (0..1) of our microphone and of the oracle's audio, about ten times a second. */
   levels(mic: number, oracle: number): void;
+  /** The browser blocked audio playback (autoplay policy) or allowed it again. */
+  playbackBlocked(blocked: boolean): void;
   /** The room was left or lost (not called after `leave()`). */
   disconnected(reason: string): void;
 }
@@ -59,6 +61,8 @@ export interface MediaSession {
   /** Publishes the microphone, and for video the camera (VP8, one layer). */
   publish(type: 'audio' | 'video', capture?: CaptureOptions): Promise<void>;
   setMicrophoneEnabled(on: boolean): Promise<void>;
+  /** Starts audio playback after the browser blocked it; call it from a click handler. */
+  startAudio(): Promise<void>;
   attach(audio: HTMLAudioElement, video?: HTMLVideoElement): void;
   /** The latest decoded oracle audio (about 0.68 s), for analysis; null before the oracle's audio. */
   oracleAudio(): { samples: Float32Array; sampleRate: number } | null;
@@ -194,6 +198,9 @@ class LiveKitMedia implements MediaSession {
         if (participant === undefined || participant === room.localParticipant) {
           this.#events.localEncryption(enabled);
         }
+      })
+      .on(RoomEvent.AudioPlaybackStatusChanged, (playing: boolean) => {
+        this.#events.playbackBlocked(!playing);
       })
       .on(RoomEvent.Disconnected, (reason?: DisconnectReason) => {
         if (!this.#left) {
@@ -362,6 +369,16 @@ class LiveKitMedia implements MediaSession {
     } catch (e) {
       throw mediaError('switching the microphone', e);
     }
+  }
+
+  async startAudio(): Promise<void> {
+    try {
+      await this.#audio.resume();
+      await this.#room.startAudio();
+    } catch (e) {
+      throw mediaError('starting audio playback', e);
+    }
+    this.#events.playbackBlocked(!this.#room.canPlaybackAudio);
   }
 
   attach(audio: HTMLAudioElement, video?: HTMLVideoElement): void {

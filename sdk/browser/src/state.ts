@@ -58,6 +58,8 @@ export interface CallSnapshot {
     readonly level: number;
   };
   readonly mic: { readonly level: number; readonly muted: boolean };
+  /** The browser blocks audio playback until the person clicks (then call `call.startAudio()`). */
+  readonly audioBlocked: boolean;
   /** Oracle frames that failed to decrypt (never played). */
   readonly decryptionFailures: number;
   /** Oracle tracks refused because they were not end-to-end encrypted (never attached). */
@@ -81,6 +83,7 @@ export function initialSnapshot(oracleDid: string): CallSnapshot {
     encryption: { matrixEvent: false, localMedia: false, oracleMedia: null },
     oracle: { did: oracleDid, keyId: null, pinnedOnFirstUse: false, joined: false, level: 0 },
     mic: { level: 0, muted: false },
+    audioBlocked: false,
     decryptionFailures: 0,
     refusedTracks: 0,
     endReason: null,

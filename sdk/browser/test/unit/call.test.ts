@@ -129,6 +129,11 @@ class FakeMedia implements MediaSession {
   async setMicrophoneEnabled(on: boolean): Promise<void> {
     this.micOn = on;
   }
+  blocked = true;
+  async startAudio(): Promise<void> {
+    this.blocked = false;
+    this.events.playbackBlocked(false);
+  }
   attach(): void {}
   oracleAudio() {
     return null;
@@ -532,6 +537,19 @@ describe("the oracle's media", () => {
     expect(s1.oracle.level).toBe(0.46);
     r.media.events.levels(0.1201, 0.4599);
     expect(call.getSnapshot()).toBe(s1);
+    await call.end();
+  });
+
+  it('blocked autoplay is shown until startAudio() (from a click) lets it play', async () => {
+    const r = rig();
+    const call = place(r);
+    await joined(r, call);
+    expect(call.getSnapshot().audioBlocked).toBe(false);
+    r.media.events.playbackBlocked(true);
+    expect(call.getSnapshot().audioBlocked).toBe(true);
+    await call.startAudio();
+    expect(r.media.blocked).toBe(false);
+    expect(call.getSnapshot().audioBlocked).toBe(false);
     await call.end();
   });
 
