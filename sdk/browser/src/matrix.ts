@@ -167,7 +167,11 @@ function waitForSync(mx: MatrixClient, timeoutMs: number): Promise<void> {
         if (err.errcode === 'M_UNKNOWN_TOKEN') {
           clearTimeout(timer);
           mx.off(ClientEvent.Sync, onSync);
-          reject(new OracleCallError('matrix', 'the homeserver no longer accepts this session (M_UNKNOWN_TOKEN); sign in again'));
+          reject(
+            new OracleCallError('matrix', 'the homeserver no longer accepts this session (M_UNKNOWN_TOKEN); sign in again', {
+              details: { unknownToken: true },
+            }),
+          );
         }
       }
     };
@@ -288,6 +292,15 @@ export class MatrixDevice implements CallMatrix {
       await waitForSync(mx, SYNC_TIMEOUT_MS);
     } catch (e) {
       mx.stopClient();
+      if (e instanceof OracleCallError && e.details?.['unknownToken'] === true) {
+        // The device is gone on the homeserver: forget it here too (session and crypto store).
+        try {
+          storage.removeItem(SESSION_KEY);
+          await mx.clearStores({ cryptoDatabasePrefix: prefix });
+        } catch {
+          // best effort; the error below says what to do
+        }
+      }
       throw e;
     }
     return new MatrixDevice(mx, { storage, prefix });
