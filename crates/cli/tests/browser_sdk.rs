@@ -539,9 +539,11 @@ impl Harness {
         report
     }
 
+    /// Stops the page and the deployment; the copy of the page goes (the screenshots stay).
     async fn stop(self) {
         self.site.stop().await;
         self.dep.stop().await;
+        let _ = std::fs::remove_dir_all(self.dir.join("dist"));
     }
 }
 
