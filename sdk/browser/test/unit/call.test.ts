@@ -833,3 +833,142 @@ describe('the Matrix device', () => {
     expect(c.openIdCalls).toBe(1);
   });
 });
+
+// ---------------------------------------------------------------------------------------------
+// OracleClient: the call wired to the real trust step (well-known, pins, HPKE sealing) and the
+// real ServerApi, over a fake fetch that plays the oracle's server; Matrix and LiveKit faked.
+
+describe('OracleClient wiring', () => {
+  async function oracleServer() {
+    const kp = (await crypto.subtle.generateKey({ name: 'ECDH', namedCurve: 'P-256' }, true, ['deriveBits'])) as CryptoKeyPair;
+    const raw = new Uint8Array(await crypto.subtle.exportKey('raw', kp.publicKey));
+    const spki = new Uint8Array(await crypto.subtle.exportKey('spki', kp.publicKey));
+    const keyId = [...new Uint8Array(await crypto.subtle.digest('SHA-256', spki)).slice(0, 16)]
+      .map((b) => b.toString(16).padStart(2, '0'))
+      .join('');
+    const wellKnown = {
+      oracleDid: ORACLE,
+      matrixUserId: BOT,
+      agentName: 'oracle-agent',
+      livekitUrl: 'ws://127.0.0.1:7880',
+      keys: [{ keyId, scheme: 'hpke-p256', publicKey: Buffer.from(raw).toString('base64url') }],
+      matrixDevices: DEVICES,
+    };
+    const requests: { method: string; path: string; auth: string | null; body: unknown }[] = [];
+    const calls: Record<string, Record<string, unknown>> = {};
+    const json = (status: number, v: unknown) =>
+      new Response(JSON.stringify(v), { status, headers: { 'content-type': 'application/json' } });
+    const fetchImpl = async (input: string, init?: RequestInit): Promise<Response> => {
+      const u = new URL(input);
+      const method = init?.method ?? 'GET';
+      const auth = (init?.headers as Record<string, string> | undefined)?.['authorization'] ?? null;
+      const body = typeof init?.body === 'string' ? (JSON.parse(init.body) as unknown) : null;
+      requests.push({ method, path: u.pathname + u.search, auth, body });
+      if (u.pathname === '/.well-known/oracle-calls') return json(200, wellKnown);
+      const m = /^\/calls\/([^/]+)\/(sync|update)$/.exec(u.pathname);
+      if (m !== null) {
+        const callId = decodeURIComponent(m[1]!);
+        const summary = (calls[callId] ??= {
+          callId,
+          callType: 'audio',
+          callStatus: 'active',
+          sessionId: 's',
+          roomId: callId.split('@')[1],
+          userDid: USER_DID,
+          oracleDid: ORACLE,
+          callStartedAt: new Date().toISOString(),
+        });
+        if (m[2] === 'sync') {
+          return json(200, { callId, status: 'active', livekitUrl: 'ws://127.0.0.1:7880', token: 'lk-jwt', tokenExpiresAt: new Date(Date.now() + 600e3).toISOString() });
+        }
+        Object.assign(summary, { callStatus: 'ended', reason: (body as { reason: string }).reason });
+        return json(200, summary);
+      }
+      if (u.pathname === '/calls') return json(200, { calls: Object.values(calls) });
+      return json(404, { error: { code: 'not_found', message: 'no such endpoint' } });
+    };
+    return { wellKnown, keyId, requests, fetchImpl };
+  }
+
+  it('resolves and pins the oracle, seals to its key, syncs and hangs up through the real server API', async () => {
+    const { ServerApi } = await import('../../src/server.js');
+    const { MemoryPinStore } = await import('../../src/pins.js');
+    const { OracleClient } = await import('../../src/client.js');
+    const srv = await oracleServer();
+    const r = rig();
+    const pins = new MemoryPinStore();
+    const client = new OracleClient({
+      matrix: Object.assign(r.matrix, { logout: async () => undefined }),
+      api: new ServerApi('http://127.0.0.1:8080', srv.fetchImpl),
+      pins,
+      media: r.deps.media,
+    });
+    expect(client.userDid).toBe(USER_DID);
+    const call = client.callOracle({ oracleDid: ORACLE, type: 'audio' });
+    await joined(r, call);
+    const s = call.getSnapshot();
+    expect(s.oracle).toMatchObject({ keyId: srv.keyId, pinnedOnFirstUse: true });
+    expect((await pins.get(ORACLE))?.keys.map((k) => k.keyId)).toEqual([srv.keyId]);
+    expect(r.matrix.prepared).toEqual([{ bot: BOT, devices: DEVICES }]);
+    const env = r.matrix.sent[0]!.content['encryptionKey'] as string;
+    expect(env).toMatch(/^v1\.hpke-p256\.[A-Za-z0-9_-]+$/);
+    const sync = srv.requests.find((q) => q.path.endsWith('/sync'))!;
+    expect(sync).toMatchObject({ method: 'POST', auth: 'Bearer openid-token' });
+    // PROTOCOL §1: every byte outside [A-Za-z0-9-._~] percent-encoded.
+    expect(sync.path).toBe(`/calls/${encodeURIComponent(call.callId!)}/sync`);
+    expect(sync.path).toContain('%24ev1%3Alocalhost%40oc-');
+    r.media.events.firstAudio();
+    await call.ready;
+    await call.end();
+    const update = srv.requests.find((q) => q.path.endsWith('/update'))!;
+    expect(update.body).toEqual({ callStatus: 'ended', reason: 'userHangup' });
+    expect(call.getSnapshot().endReason).toBe('userHangup');
+    expect((await client.listCalls()).map((c) => c.callStatus)).toEqual(['ended']);
+
+    // The second call: the pin is no longer new.
+    const r2 = rig();
+    const client2 = new OracleClient({
+      matrix: Object.assign(r2.matrix, { logout: async () => undefined }),
+      api: new ServerApi('http://127.0.0.1:8080', srv.fetchImpl),
+      pins,
+      media: r2.deps.media,
+    });
+    const call2 = client2.callOracle({ oracleDid: ORACLE, type: 'audio' });
+    await joined(r2, call2);
+    expect(call2.getSnapshot().oracle.pinnedOnFirstUse).toBe(false);
+    await call2.end();
+  });
+
+  it('a server describing another oracle is refused before anything is sent (wrongOracle)', async () => {
+    const { ServerApi } = await import('../../src/server.js');
+    const { MemoryPinStore } = await import('../../src/pins.js');
+    const { OracleClient } = await import('../../src/client.js');
+    const srv = await oracleServer();
+    const r = rig();
+    const client = new OracleClient({
+      matrix: Object.assign(r.matrix, { logout: async () => undefined }),
+      api: new ServerApi('http://127.0.0.1:8080', srv.fetchImpl),
+      pins: new MemoryPinStore(),
+      media: r.deps.media,
+    });
+    const call = client.callOracle({ oracleDid: 'did:ixo:entity:another', type: 'audio' });
+    await expect(call.ready).rejects.toMatchObject({ code: 'wrongOracle' });
+    expect(r.matrix.sent).toHaveLength(0);
+    expect(r.matrix.prepared).toHaveLength(0);
+  });
+
+  it('a user id outside the ixo convention needs an explicit userDid (setup), nothing sent', async () => {
+    const { ServerApi } = await import('../../src/server.js');
+    const { MemoryPinStore } = await import('../../src/pins.js');
+    const { OracleClient } = await import('../../src/client.js');
+    const srv = await oracleServer();
+    const r = rig();
+    const matrix = Object.assign(r.matrix, { logout: async () => undefined });
+    Object.defineProperty(matrix, 'userId', { value: '@alice:localhost' });
+    const client = new OracleClient({ matrix, api: new ServerApi('http://127.0.0.1:8080', srv.fetchImpl), pins: new MemoryPinStore(), media: r.deps.media });
+    expect(client.userDid).toBeNull();
+    const call = client.callOracle({ oracleDid: ORACLE, type: 'audio' });
+    await expect(call.ready).rejects.toMatchObject({ code: 'setup' });
+    expect(r.matrix.sent).toHaveLength(0);
+  });
+});
