@@ -4,6 +4,7 @@
 import type { MatrixClient } from 'matrix-js-sdk';
 import { describe, expect, it } from 'vitest';
 
+import { encodeBase64url } from '../../src/base64.js';
 import { Call, type CallDeps, type CallOptions, type ResolvedOracleView } from '../../src/call.js';
 import { OracleCallError } from '../../src/errors.js';
 import { MatrixDevice, assertEncryptedRoom, type CallMatrix, type TrustedBotDevice } from '../../src/matrix.js';
@@ -851,7 +852,7 @@ describe('OracleClient wiring', () => {
       matrixUserId: BOT,
       agentName: 'oracle-agent',
       livekitUrl: 'ws://127.0.0.1:7880',
-      keys: [{ keyId, scheme: 'hpke-p256', publicKey: Buffer.from(raw).toString('base64url') }],
+      keys: [{ keyId, scheme: 'hpke-p256', publicKey: encodeBase64url(raw) }],
       matrixDevices: DEVICES,
     };
     const requests: { method: string; path: string; auth: string | null; body: unknown }[] = [];
