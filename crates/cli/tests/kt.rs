@@ -319,6 +319,45 @@ async fn publishing_needs_the_oracles_own_credential_and_lookups_verify() {
     let r = service.get("/kt/v1/lookup/did:ixo:oracle1").await;
     assert_eq!(error_code(r).await, (404, ErrorCode::NotFound));
 
+    // The read routes are public to every web page (GET, no credentials); publishing is not
+    // offered to pages at all.
+    let page = "http://127.0.0.1:5173";
+    for path in [
+        "/kt/v1/checkpoint",
+        "/kt/v1/lookup/did:ixo:oracle1",
+        "/kt/v1/public-key",
+    ] {
+        let r = reqwest::Client::new()
+            .get(format!("{}{path}", service.base))
+            .header("origin", page)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            r.headers()
+                .get("access-control-allow-origin")
+                .map(|v| v.to_str().unwrap()),
+            Some("*"),
+            "{path}"
+        );
+        assert!(!r.headers().contains_key("access-control-allow-credentials"));
+    }
+    let r = reqwest::Client::new()
+        .request(
+            reqwest::Method::OPTIONS,
+            format!("{}/kt/v1/publish", service.base),
+        )
+        .header("origin", page)
+        .header("access-control-request-method", "POST")
+        .header("access-control-request-headers", "authorization")
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        !r.headers().contains_key("access-control-allow-origin"),
+        "no page may publish"
+    );
+
     // Malformed input from an authenticated operator: typed 4xx, nothing published.
     for bad in [
         b"not json".to_vec(),

@@ -70,13 +70,23 @@ struct AppState {
 }
 
 fn router(state: Arc<AppState>) -> Router {
-    Router::new()
+    // The read routes serve public, signed data: any web page may read them (a browser client
+    // verifies an oracle's record from its own origin), GET only and without credentials.
+    // Publishing is for the oracles' operators, never from a page: no CORS headers there.
+    let public = Router::new()
         .route("/kt/v1/public-key", get(public_key))
         .route("/kt/v1/checkpoint", get(latest_checkpoint))
         .route("/kt/v1/checkpoint/{epoch}", get(checkpoint))
         .route("/kt/v1/lookup/{did}", get(lookup))
         .route("/kt/v1/history/{did}", get(history))
         .route("/kt/v1/audit", get(audit))
+        .layer(
+            tower_http::cors::CorsLayer::new()
+                .allow_origin(tower_http::cors::Any)
+                .allow_methods([axum::http::Method::GET]),
+        );
+    Router::new()
+        .merge(public)
         .route("/kt/v1/publish", post(publish))
         .fallback(no_route)
         .with_state(state)
