@@ -96,6 +96,17 @@ export function rms(buf: Float32Array): number {
   return Math.sqrt(sum / buf.length);
 }
 
+/** Samples an inbound audio stream decoded from real frames (received minus concealed). */
+export function decodedSamples(report: RTCStatsReport): number {
+  let n = 0;
+  report.forEach((s: { type?: string; kind?: string; totalSamplesReceived?: number; concealedSamples?: number }) => {
+    if (s.type === 'inbound-rtp' && s.kind === 'audio') {
+      n += Math.max(0, (s.totalSamplesReceived ?? 0) - (s.concealedSamples ?? 0));
+    }
+  });
+  return n;
+}
+
 /** Below this RMS the oracle's audio counts as silence (a wrong key gives exact silence). */
 const AUDIBLE_RMS = 0.001;
 const LEVEL_INTERVAL_MS = 100;
@@ -247,7 +258,7 @@ class LiveKitMedia implements MediaSession {
       src.connect(this.#oracleWide);
       this.#sources.push(src);
       this.#startLevels();
-      this.#watchFirstAudio();
+      this.#watchFirstAudio(track.receiver);
     } else {
       this.#oracleVideoTrack = track;
     }
@@ -286,16 +297,39 @@ class LiveKitMedia implements MediaSession {
     }, LEVEL_INTERVAL_MS);
   }
 
-  /** Looks for the oracle's first audible audio every 10 ms (the timeline's `firstAudio`). */
-  #watchFirstAudio(): void {
+  /**
+   * Looks every 10 ms for the oracle's first decrypted audio (the timeline's `firstAudio`, as
+   * the Rust client's first decrypted frame): the receiver decoded real samples (LiveKit's
+   * worker drops every frame that fails to decrypt, so a wrong key leaves only concealment),
+   * or the audio is audible.
+   */
+  #watchFirstAudio(receiver: RTCRtpReceiver | undefined): void {
     if (this.#firstTimer !== null || this.#heard || this.#left) {
       return;
     }
-    this.#firstTimer = setInterval(() => this.#checkHeard(this.#level(this.#oracleAnalyser)), FIRST_AUDIO_POLL_MS);
+    let asking = false;
+    this.#firstTimer = setInterval(() => {
+      this.#checkHeard(this.#level(this.#oracleAnalyser));
+      if (receiver === undefined || asking || this.#heard) {
+        return;
+      }
+      asking = true;
+      receiver
+        .getStats()
+        .then((report) => {
+          if (decodedSamples(report) > 0) {
+            this.#checkHeard(Number.POSITIVE_INFINITY);
+          }
+        })
+        .catch(() => undefined)
+        .finally(() => {
+          asking = false;
+        });
+    }, FIRST_AUDIO_POLL_MS);
   }
 
   #checkHeard(oracle: number): void {
-    if (this.#heard || oracle <= AUDIBLE_RMS) {
+    if (this.#heard || this.#left || oracle <= AUDIBLE_RMS) {
       return;
     }
     this.#heard = true;
