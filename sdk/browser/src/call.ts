@@ -292,8 +292,11 @@ export class Call {
       await media.connect(sync.livekitUrl, sync.token);
       await media.publish(opts.type, opts.capture);
       store.mark('join');
-      store.setPhase('waitingForOracle');
-      this.#armReadyTimeout();
+      // The oracle may already have been heard while our camera was still being published.
+      if (!this.#readySettled) {
+        store.setPhase('waitingForOracle');
+        this.#armReadyTimeout();
+      }
     } catch (e) {
       if (this.#endRequested) {
         return;
@@ -365,6 +368,9 @@ export class Call {
         );
       },
       firstAudio: (): void => {
+        if (this.#closing || this.#endRequested) {
+          return;
+        }
         store.mark('firstAudio');
         store.setPhase('active');
         this.#settleReady(null);

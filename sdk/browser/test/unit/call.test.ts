@@ -123,8 +123,12 @@ class FakeMedia implements MediaSession {
     }
     this.connected = { url, token };
   }
+  publishGate: Deferred<void> | null = null;
   async publish(type: 'audio' | 'video'): Promise<void> {
     this.log.push(`publish:${type}`);
+    if (this.publishGate !== null) {
+      await this.publishGate.promise;
+    }
     this.published = type;
   }
   async setMicrophoneEnabled(on: boolean): Promise<void> {
@@ -290,6 +294,23 @@ describe('a call, step by step', () => {
     const hex = r.wrapped[0]!.copy.map((b) => b.toString(16).padStart(2, '0')).join('');
     expect(r.media.material).toBe(hex);
     expect(r.matrix.sent[0]!.content['keyDerivation']).toBe('pbkdf2');
+    await call.end();
+  });
+
+  it('the oracle heard while our camera is still being published: active stays active', async () => {
+    const r = rig();
+    r.media.publishGate = new Deferred();
+    const call = place(r, { type: 'video', readyTimeoutMs: 30 });
+    await until(() => r.log.includes('publish:video'), 'publish');
+    r.media.events.oracleJoined('agent-1');
+    r.media.events.firstAudio();
+    await call.ready;
+    expect(call.getSnapshot().phase).toBe('active');
+    r.media.publishGate.resolve();
+    await until(() => call.getSnapshot().timeline.some((t) => t.phase === 'join'), 'join');
+    await new Promise((res) => setTimeout(res, 60));
+    expect(call.getSnapshot().phase).toBe('active');
+    expect(call.getSnapshot().error).toBeNull();
     await call.end();
   });
 
