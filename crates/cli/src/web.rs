@@ -33,6 +33,20 @@ pub struct PageConfig {
     pub server_url: String,
     /// The oracle to call.
     pub oracle_did: String,
+    /// Where the page verifies the oracle's record (key transparency, PROTOCOL §12); absent:
+    /// the page pins the oracle on first use.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_transparency: Option<PageKeyTransparency>,
+}
+
+/// The key-transparency directory the page uses.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct PageKeyTransparency {
+    /// The directory service's base URL (`oracle-calls kt serve`).
+    pub url: String,
+    /// The directory's public key, `{"signingKey", "vrfKey"}`.
+    pub public_key: serde_json::Value,
 }
 
 /// How to serve the page.
@@ -95,6 +109,9 @@ impl Bound {
         ];
         for u in &opts.livekit_urls {
             connect.push(origin_of(u)?);
+        }
+        if let Some(kt) = &opts.config.key_transparency {
+            connect.push(origin_of(&kt.url)?);
         }
         connect.dedup();
         let csp = csp(&connect);
@@ -411,6 +428,13 @@ async fn run_async(dir: &Path, port: u16) -> anyhow::Result<()> {
     let mut opts = DeployOptions::new(&state);
     opts.cors_allowed_origins = vec![origin.clone()];
     let dep = Deployment::start(stack.clone(), opts).await?;
+    // The oracle's operator publishes its record in a key-transparency directory; the page
+    // verifies the oracle from it (as `demo` does for the Rust client).
+    let exe = std::env::current_exe().context("this program's path")?;
+    let kt = crate::local_kt::KtDirectory::new(&exe, state.join("kt"), &dep.oracle_did)?;
+    let kt_service = kt.start("data")?;
+    let record = crate::local_kt::record_of(&crate::local_kt::well_known(&dep.server.url).await?);
+    crate::local_kt::publish(&kt_service, &kt.token, &dep.oracle_did, &record).await?;
     let name = format!("did-ixo-web{}", unique_hex(5));
     let (user_id, _password) = stack.user(&name)?;
     let password_file = Path::new(stack.get("MATRIX_USERS_DIR")?).join(format!("{name}.password"));
@@ -420,6 +444,10 @@ async fn run_async(dir: &Path, port: u16) -> anyhow::Result<()> {
             homeserver_url: stack.get("MATRIX_URL")?.to_owned(),
             server_url: dep.server.url.clone(),
             oracle_did: dep.oracle_did.to_string(),
+            key_transparency: Some(PageKeyTransparency {
+                url: kt_service.base.clone(),
+                public_key: serde_json::to_value(&kt.public).context("the directory's key")?,
+            }),
         },
         livekit_urls: vec![
             stack.get("LIVEKIT_URL")?.to_owned(),
@@ -429,6 +457,10 @@ async fn run_async(dir: &Path, port: u16) -> anyhow::Result<()> {
     eprintln!(
         "  oracle:   {} (server {}, echo agent)",
         dep.oracle_did, dep.server.url
+    );
+    eprintln!(
+        "  record:   key-transparency directory {} (the page verifies the oracle from it)",
+        kt_service.base
     );
     eprintln!("  user:     {name} ({user_id})");
     if password_file.is_file() {
@@ -444,6 +476,7 @@ async fn run_async(dir: &Path, port: u16) -> anyhow::Result<()> {
         .context("waiting for Ctrl-C")?;
     eprintln!("stopping …");
     server.stop().await;
+    drop(kt_service);
     dep.stop().await;
     // The throwaway oracle's keys and store go with it.
     if let Err(e) = std::fs::remove_dir_all(&state) {

@@ -330,10 +330,24 @@ fn key_forms(key: &[u8]) -> Vec<Zeroizing<String>> {
     ]
 }
 
+/// Whether the page verifies the oracle by key transparency, and what the directory holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kt {
+    /// No directory: the page pins the oracle on first use.
+    Off,
+    /// The directory holds the record the oracle's server describes.
+    Published,
+    /// The directory holds the oracle's record with another bot user than the server's: a
+    /// server (or homeserver) that contradicts what the operator published.
+    Contradicted,
+}
+
 /// A deployment, the page served for it, and a provisioned user: one per test.
 struct Harness {
     tag: String,
     dep: Deployment,
+    /// The key-transparency directory the page verifies the oracle from, if any.
+    kt: Option<oracle_calls::local_kt::KtService>,
     site: web::WebServer,
     dir: PathBuf,
     homeserver: String,
@@ -359,6 +373,10 @@ struct Running {
 
 impl Harness {
     async fn start(tag: &str) -> Self {
+        Self::start_with(tag, Kt::Off).await
+    }
+
+    async fn start_with(tag: &str, kt_mode: Kt) -> Self {
         init_logs();
         let dist = demo_dist();
         let stack = Stack::running().unwrap();
@@ -376,6 +394,31 @@ impl Harness {
         let prekeys_before =
             verify::read_prekey_store(dep.prekey_store().expect("forward secrecy")).unwrap();
         let homeserver = stack.get("MATRIX_URL").unwrap().to_owned();
+        let (kt, key_transparency) = if kt_mode == Kt::Off {
+            (None, None)
+        } else {
+            use oracle_calls::local_kt;
+            let directory = local_kt::KtDirectory::new(
+                Path::new(env!("CARGO_BIN_EXE_oracle-calls")),
+                dir.join("kt"),
+                &dep.oracle_did,
+            )
+            .unwrap();
+            let service = directory.start("data").unwrap();
+            let mut record =
+                local_kt::record_of(&local_kt::well_known(&dep.server.url).await.unwrap());
+            if kt_mode == Kt::Contradicted {
+                record.matrix_user_id = "@another-bot:localhost".to_owned();
+            }
+            local_kt::publish(&service, &directory.token, &dep.oracle_did, &record)
+                .await
+                .unwrap();
+            let page = web::PageKeyTransparency {
+                url: service.base.clone(),
+                public_key: serde_json::to_value(&directory.public).unwrap(),
+            };
+            (Some(service), Some(page))
+        };
         let site = site
             .serve(WebOptions {
                 dir: snapshot_of(&dist, &dir),
@@ -383,6 +426,7 @@ impl Harness {
                     homeserver_url: homeserver.clone(),
                     server_url: dep.server.url.clone(),
                     oracle_did: dep.oracle_did.to_string(),
+                    key_transparency,
                 },
                 livekit_urls: vec![
                     stack.get("LIVEKIT_URL").unwrap().to_owned(),
@@ -396,6 +440,7 @@ impl Harness {
         Self {
             tag: tag.to_owned(),
             dep,
+            kt,
             site,
             dir,
             homeserver,
@@ -542,6 +587,7 @@ impl Harness {
     /// Stops the page and the deployment; the copy of the page goes (the screenshots stay).
     async fn stop(self) {
         self.site.stop().await;
+        drop(self.kt);
         self.dep.stop().await;
         let _ = std::fs::remove_dir_all(self.dir.join("dist"));
     }
@@ -830,6 +876,98 @@ async fn an_audio_call_from_the_demo_page_in_chromium_hkdf() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_audio_call_from_the_demo_page_in_chromium_pbkdf2() {
     audio_call("pbkdf2").await;
+}
+
+/// Key transparency in the page: it verifies the oracle's record from the directory (the
+/// directory's read routes answer its origin), the call connects and is heard, and the page
+/// keeps the directory's checkpoint for the next call (rollback/fork detection).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_verifies_the_oracle_by_key_transparency_and_calls() {
+    let _serial = SERIAL.lock().await;
+    let h = Harness::start_with("kt", Kt::Published).await;
+    let (run, seen) = h.drive("keyTransparency", json!({})).await;
+    let r = &run.result;
+    assert_eq!(
+        r["ktOutcome"]["phase"], "active",
+        "the call connects: {}",
+        r["ktOutcome"]
+    );
+    let key_text = r["oracleKeyText"].as_str().unwrap_or_default();
+    assert!(
+        key_text.contains("verified by key transparency"),
+        "the page says how the oracle was verified: {key_text}"
+    );
+    let local = r["storageAfterCall"]["localStorage"].as_object().unwrap();
+    let checkpoint = local
+        .iter()
+        .find(|(k, _)| k.contains("/kt/"))
+        .map(|(_, v)| v.as_str().unwrap())
+        .expect("the page stored the directory's checkpoint");
+    let checkpoint: Value = serde_json::from_str(checkpoint).unwrap();
+    assert!(
+        checkpoint["checkpoint"]["epoch"]
+            .as_u64()
+            .is_some_and(|e| e >= 1),
+        "{checkpoint}"
+    );
+    let pins = local
+        .iter()
+        .find(|(k, _)| k.ends_with(h.dep.oracle_did.as_str()))
+        .map(|(_, v)| serde_json::from_str::<Value>(v.as_str().unwrap()).unwrap())
+        .expect("the oracle is pinned");
+    assert!(
+        pins["ktEpoch"].as_u64().is_some(),
+        "pinned with its epoch: {pins}"
+    );
+    let call_id = CallId::parse(r["ktOutcome"]["callId"].as_str().unwrap()).unwrap();
+    let rec = h.record(&call_id).await;
+    assert_eq!(rec.status, CallStatus::Ended, "{seen:?}");
+    assert_eq!(rec.reason, Some(CallReason::UserHangup));
+    h.stop().await;
+}
+
+/// A server that describes the oracle otherwise than the record its operator published (here
+/// another bot user) is refused by the page before anything is sent: `ktMismatch`, shown with
+/// its code; the server never sees a call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_contradicting_the_verified_record_is_refused_before_anything_is_sent() {
+    let _serial = SERIAL.lock().await;
+    let h = Harness::start_with("kt-contradicted", Kt::Contradicted).await;
+    let (run, seen) = h.drive("keyTransparency", json!({})).await;
+    let r = &run.result;
+    assert_eq!(r["ktOutcome"]["phase"], "failed", "{}", r["ktOutcome"]);
+    assert_eq!(
+        r["ktOutcome"]["error"]["code"], "ktMismatch",
+        "{}",
+        r["ktOutcome"]
+    );
+    let message = r["ktOutcome"]["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("matrixUserId") && message.contains("@another-bot:localhost"),
+        "the refusal names the field and both values: {message}"
+    );
+    assert!(
+        r["shownCode"]
+            .as_str()
+            .is_some_and(|c| c.contains("ktMismatch")),
+        "the page shows the code: {}",
+        r["shownCode"]
+    );
+    assert!(r["ktOutcome"]["callId"].is_null(), "no call event was sent");
+    assert!(seen.is_empty(), "the server saw no call: {seen:?}");
+    assert!(
+        h.dep
+            .server
+            .state
+            .store()
+            .open_calls()
+            .await
+            .unwrap()
+            .iter()
+            .all(|c| c.sender != h.user_id),
+        "no call of this user in the store"
+    );
+    h.stop().await;
 }
 
 /// A video call: the fake camera goes out encrypted, the echo agent's video comes back and is
@@ -1377,6 +1515,25 @@ async fn the_web_command_serves_the_demo_for_a_fresh_oracle_until_ctrl_c() {
         csp.contains(&format!(" {server}")),
         "the CSP lets the page reach its oracle server: {csp}"
     );
+    // The page verifies the oracle from the key-transparency directory the command runs: its
+    // key is in the config, its origin in the CSP, and it serves the oracle's record.
+    let kt = &cfg["keyTransparency"];
+    let kt_url = kt["url"].as_str().expect("a key-transparency directory");
+    assert!(kt["publicKey"]["signingKey"].is_string(), "{cfg}");
+    assert!(csp.contains(&format!(" {kt_url}")), "{csp}");
+    let oracle = cfg["oracleDid"].as_str().unwrap();
+    let lookup = http
+        .get(format!("{kt_url}/kt/v1/lookup/{oracle}"))
+        .header("origin", &origin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        lookup.status().as_u16(),
+        200,
+        "the oracle's record is published"
+    );
+    assert_eq!(lookup.headers()["access-control-allow-origin"], "*");
     // The oracle server answers the page's origin's preflight, and no other origin's.
     let preflight = |from: &str| {
         http.request(
@@ -1497,6 +1654,7 @@ async fn the_web_server_serves_wasm_with_the_csp_and_refuses_traversal() {
                 homeserver_url: "http://127.0.0.1:18008".into(),
                 server_url: "http://127.0.0.1:18080/".into(),
                 oracle_did: "did:ixo:oracle1".into(),
+                key_transparency: None,
             },
             livekit_urls: vec![
                 "ws://127.0.0.1:17880".into(),

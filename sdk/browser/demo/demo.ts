@@ -4,6 +4,8 @@
 import {
   OracleCallError,
   OracleClient,
+  keyTransparency,
+  type KtVerifier,
   type Call,
   type CallSnapshot,
   type CallSummary,
@@ -17,6 +19,13 @@ interface DemoConfig {
   oracleDid: string;
   /** ICE servers for LiveKit; default none on a loopback page (the SFU is on this machine). */
   iceServers?: RTCIceServer[];
+  /** The key-transparency directory the oracle is verified from; absent: pinned on first use. */
+  keyTransparency?: { url: string; publicKey: unknown };
+}
+
+/** The verifier of the config's key-transparency directory, if it names one. */
+function ktOf(cfg: DemoConfig): { kt?: KtVerifier } {
+  return cfg.keyTransparency === undefined ? {} : { kt: keyTransparency(cfg.keyTransparency) };
 }
 
 interface DemoError {
@@ -241,6 +250,7 @@ ui.form.addEventListener('submit', (ev) => {
         wasmUrl,
         storage: localStorage,
         deviceName: 'oracle-calls demo page',
+        ...ktOf(cfg),
       });
       await signedIn(c);
     } catch (e) {
@@ -268,6 +278,7 @@ ui.restore.addEventListener('click', () => {
         serverUrl: cfg.serverUrl,
         wasmUrl,
         storage: localStorage,
+        ...ktOf(cfg),
       });
       if (c === null) {
         showError({ code: 'setup', message: 'no saved session; sign in' });
@@ -328,15 +339,19 @@ async function renderOracleKey(s: CallSnapshot | null): Promise<void> {
     }
     return;
   }
+  const verifiedBy = config?.keyTransparency === undefined ? null : 'verified by key transparency';
   if (s !== null && s.oracle.keyId !== null) {
-    ui.oracleKey.textContent = `${s.oracle.keyId}${s.oracle.pinnedOnFirstUse ? ' (pinned on first use)' : ' (pinned)'}`;
+    const how = verifiedBy ?? (s.oracle.pinnedOnFirstUse ? 'pinned on first use' : 'pinned');
+    ui.oracleKey.textContent = `${s.oracle.keyId} (${how})`;
     return;
   }
   if (client !== null && config !== null) {
     try {
       const pins = await client.pins.get(config.oracleDid);
       const key = pins?.keys[0];
-      ui.oracleKey.textContent = key === undefined ? 'not verified yet (pinned on first call)' : `${key.keyId} (pinned)`;
+      const unverified = verifiedBy === null ? 'not verified yet (pinned on first call)' : 'verified by key transparency at the first call';
+      const epoch = pins?.ktEpoch === undefined ? '' : `, key-transparency epoch ${pins.ktEpoch}`;
+      ui.oracleKey.textContent = key === undefined ? unverified : `${key.keyId} (${verifiedBy ?? 'pinned'}${epoch})`;
     } catch (e) {
       ui.oracleKey.textContent = `pins unreadable: ${asDemoError(e).message}`;
     }
@@ -525,6 +540,14 @@ function parseConfig(v: unknown): DemoConfig {
   };
   if (Array.isArray(o['iceServers'])) {
     cfg.iceServers = o['iceServers'] as RTCIceServer[];
+  }
+  const kt = o['keyTransparency'];
+  if (kt !== undefined && kt !== null) {
+    const k = kt as Record<string, unknown>;
+    if (typeof kt !== 'object' || typeof k['url'] !== 'string' || typeof k['publicKey'] !== 'object' || k['publicKey'] === null) {
+      throw new OracleCallError('setup', 'config.json: keyTransparency must be {"url", "publicKey"}');
+    }
+    cfg.keyTransparency = { url: k['url'], publicKey: k['publicKey'] };
   }
   return cfg;
 }

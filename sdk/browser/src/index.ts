@@ -33,5 +33,6 @@ export type { OraclePins, PinStore, TrustOverride } from './pins.js';
 export type { CallType, KeyDerivation } from './protocol.js';
 export { keyTransparency } from './keyTransparency.js';
 export type { KeyTransparencyOptions } from './keyTransparency.js';
+export type { KtVerifier } from './core.js';
 export { KtError, verifyOracleRecord, compareRecordWithWellKnown } from './kt.js';
 export type { KtErrorReason, OracleRecord, StoredCheckpoint } from './kt.js';

@@ -32,6 +32,12 @@
 //   failures: forced in the page: OpenID tokens refused from the sign-in on (page.route), the
 //     oracle server unreachable, the sync answered 403, getUserMedia denied, encoded transforms
 //     removed; each call's outcome (phase, error code, call id, timeline, shown code).
+//   bench (also "calls", "block", "goDir", optional "goWaitS" s, default 300): sign in; one
+//     warm-up call; then `calls` audio calls in blocks of `block`: before each block the line
+//     {"benchWait": b} on stdout, then wait for the file goDir/go-<b>; each call (Call (audio)
+//     → active with firstAudio → Hang up → ended) is one stdout line {"benchCall": {block,
+//     index, warmup, callId, timeline, encryption, decryptionFailures}} (the warm-up's with
+//     warmup true), all before the result line. `oracle-calls bench browser` runs it.
 //   With errorShot, afterwards a sign-in with a wrong password in a fresh browser context, for
 //   the error state (errorState in the result).
 // stdout (one line): {"ok", "scenario", "error", "chromium", "console": [{type, text, url}],
@@ -108,13 +114,27 @@ function parseConfig(text) {
   for (const [name, v] of [['seconds', seconds], ['toneHz', toneHz], ['timeoutS', timeoutS]]) {
     need(typeof v === 'number' && Number.isFinite(v) && v > 0, `"${name}" must be a positive number`);
   }
-  need(seconds <= 120 && timeoutS <= 600, '"seconds" at most 120, "timeoutS" at most 600');
+  // A bench run places many calls: it may run for an hour.
+  const maxTimeoutS = scenario === 'bench' ? 3600 : 600;
+  need(seconds <= 120 && timeoutS <= maxTimeoutS, `"seconds" at most 120, "timeoutS" at most ${maxTimeoutS}`);
   need(toneHz < 4000, '"toneHz" must be below 4000');
   need(str(cfg.toneWav), '"toneWav" must be a file path');
   need(str(cfg.screenshotsDir), '"screenshotsDir" must be a directory path');
   const keyDerivation = cfg.keyDerivation ?? 'hkdf';
   need(keyDerivation === 'hkdf' || keyDerivation === 'pbkdf2', '"keyDerivation" must be "hkdf" or "pbkdf2"');
+  let bench = null;
+  if (scenario === 'bench') {
+    const calls = cfg.calls;
+    const block = num(cfg.block, 5);
+    need(Number.isInteger(calls) && calls > 0 && calls <= 500, '"calls" must be an integer in 1..500');
+    need(Number.isInteger(block) && block > 0 && block <= calls, '"block" must be an integer in 1..calls');
+    need(str(cfg.goDir), '"goDir" must be a directory path (the bench scenario waits for go-<block> files there)');
+    const goWaitS = num(cfg.goWaitS, 300);
+    need(typeof goWaitS === 'number' && Number.isFinite(goWaitS) && goWaitS > 0 && goWaitS <= 1800, '"goWaitS" must be in (0, 1800]');
+    bench = { calls, block, goDir: cfg.goDir, goWaitS };
+  }
   return {
+    bench,
     pageUrl: cfg.pageUrl,
     user: cfg.user,
     password: cfg.password,
@@ -472,6 +492,26 @@ async function callListenHangUp(page, cfg, button) {
   result.storage.ended = await storageOf(page);
 }
 
+/** Key transparency: the page verifies the oracle from the directory, then the outcome of an
+ * audio call: `refused` (the snapshot's error, what the page shows) or, when it connects, the
+ * usual call, listen and hang-up. */
+async function keyTransparencyScenario(context, cfg) {
+  const page = await openAndSignIn(context, cfg);
+  const first = await callOutcome(page, 'ktCall');
+  result.ktOutcome = { phase: first.phase, error: first.error, callId: first.callId };
+  result.oracleKeyText = await text(page, '#oracle-key');
+  result.storageAfterCall = await storageOf(page);
+  if (first.phase === 'failed') {
+    result.shownCode = await text(page, '#error-code');
+    await shot(page, 'kt-refused');
+  } else {
+    await shot(page, 'kt-active');
+    result.snapshots = { active: first };
+    await hangUp(page);
+  }
+  await page.close();
+}
+
 async function audioScenario(context, cfg) {
   const page = await openAndSignIn(context, cfg);
   await callListenHangUp(page, cfg, '#call-audio');
@@ -812,10 +852,91 @@ async function failuresScenario(context, cfg) {
   await page.close();
 }
 
+/** One line on stdout, before the result line: what the bench command reads as it comes. */
+function benchLine(obj) {
+  return new Promise((resolve) => {
+    process.stdout.write(`${JSON.stringify(obj)}\n`, () => resolve());
+  });
+}
+
+/** Waits for the file `go-<block>` in `bench.goDir`: the bench command's go-ahead for a block
+ * (it measures its own client between the browser's blocks). */
+async function waitGo(bench, block) {
+  const file = join(bench.goDir, `go-${block}`);
+  await benchLine({ benchWait: block });
+  say(`bench: waiting for ${file}`);
+  const deadline = Date.now() + bench.goWaitS * 1000;
+  for (;;) {
+    try {
+      await access(file);
+      return;
+    } catch {
+      // not yet
+    }
+    if (Date.now() > deadline) {
+      throw new Error(`no go-ahead for block ${block} within ${bench.goWaitS} s (${file})`);
+    }
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+/** One measured call: Call (audio) until active with the oracle's first audible audio, the
+ * snapshot's timeline (ms since callOracle()), Hang up until ended. */
+async function benchCall(page, name) {
+  const active = await step(name, async () => {
+    await page.click('#call-audio');
+    return followCall(
+      page,
+      (s) => s.phase === 'active' && s.timeline.some((t) => t.phase === 'firstAudio'),
+      60000,
+      false,
+    );
+  });
+  const s = active.snap;
+  await step(`${name}-hangup`, async () => {
+    await page.click('#hangup');
+    return followCall(page, (x) => x.phase === 'ended', 30000, false);
+  });
+  return {
+    callId: s.callId,
+    timeline: s.timeline,
+    encryption: s.encryption,
+    decryptionFailures: s.decryptionFailures,
+  };
+}
+
+/** bench: sign in once; one warm-up call (the DM with the bot is made then; not counted); then
+ * `calls` calls in blocks of `block`, each block after its go-ahead file. Each call is one
+ * stdout line {"benchCall": {block, index, warmup, callId, timeline, …}}; before each block
+ * {"benchWait": block}; the usual result line last. */
+async function benchScenario(context, cfg) {
+  const bench = cfg.bench;
+  const page = await openAndSignIn(context, cfg);
+  // The per-call lists would grow with every call; a bench reads its own lines.
+  result.requests = [];
+  const warm = await benchCall(page, 'warmup');
+  await benchLine({ benchCall: { block: null, index: null, warmup: true, ...warm } });
+  let index = 0;
+  for (let b = 0; index < bench.calls; b++) {
+    await waitGo(bench, b);
+    for (let k = 0; k < bench.block && index < bench.calls; k++, index++) {
+      const c = await benchCall(page, `call${index}`);
+      await benchLine({ benchCall: { block: b, index, warmup: false, ...c } });
+      result.requests = [];
+    }
+  }
+  result.benchCalls = index;
+  // Tens of calls of the crypto's debug tracing: only warnings and errors are kept.
+  result.console = result.console.filter((e) => e.type === 'error' || e.type === 'warning');
+  await page.close();
+}
+
 const SCENARIOS = new Map([
+  ['bench', benchScenario],
   ['failures', failuresScenario],
   ['keyChanged', keyChangedScenario],
   ['audio', audioScenario],
+  ['keyTransparency', keyTransparencyScenario],
   ['video', videoScenario],
   ['wrongKey', wrongKeyScenario],
   ['plaintextGuard', plaintextGuardScenario],
