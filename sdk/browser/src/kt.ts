@@ -60,6 +60,8 @@ import { ed25519 } from '@noble/curves/ed25519.js';
 import { blake3 } from '@noble/hashes/blake3.js';
 import { sha256, sha512 } from '@noble/hashes/sha2.js';
 
+import { bytesEqual, concatBytes } from './base64.js';
+
 // ---------------------------------------------------------------------------------------------
 // Errors
 
@@ -239,24 +241,7 @@ const utf8Strict = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
 // ---------------------------------------------------------------------------------------------
 // Bytes, hex, base64url
 
-function concat(...parts: readonly Uint8Array[]): Uint8Array {
-  let n = 0;
-  for (const p of parts) n += p.length;
-  const out = new Uint8Array(n);
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.length;
-  }
-  return out;
-}
-
-function bytesEqual(a: Uint8Array, b: Uint8Array): boolean {
-  if (a.length !== b.length) return false;
-  let diff = 0;
-  for (let i = 0; i < a.length; i++) diff |= (a[i] ?? 0) ^ (b[i] ?? 0);
-  return diff === 0;
-}
+const concat = (...parts: readonly Uint8Array[]): Uint8Array => concatBytes(...parts);
 
 function u32be(n: number): Uint8Array {
   const out = new Uint8Array(4);

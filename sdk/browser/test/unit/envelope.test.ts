@@ -21,6 +21,7 @@ import {
   referenceOpenV1,
   referenceOpenV2,
   toHexStr,
+  sdkError,
 } from './vectors.js';
 
 const KEYS = keys();
@@ -39,16 +40,6 @@ async function openError(p: Promise<unknown>): Promise<string> {
     throw e;
   }
   return 'ok';
-}
-
-async function sdkError(p: Promise<unknown>): Promise<OracleCallError> {
-  try {
-    await p;
-  } catch (e) {
-    if (e instanceof OracleCallError) return e;
-    throw e;
-  }
-  throw new Error('expected an OracleCallError');
 }
 
 function randomKey(): Uint8Array {

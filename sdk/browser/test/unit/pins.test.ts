@@ -3,7 +3,7 @@ import { describe, expect, it } from 'vitest';
 import { OracleCallError } from '../../src/errors.js';
 import { checkAndPin, LocalStoragePinStore, MemoryPinStore, NO_PREKEYS, type PinStore, type TrustOverride } from '../../src/pins.js';
 import { chooseKey, keyIdOf, type OracleKeyInfo, parseWellKnown, type WellKnown } from '../../src/wellknown.js';
-import { b64uStr, freshHpkeKey, hex, keys, prekeyVectors } from './vectors.js';
+import { b64uStr, freshHpkeKey, hex, keys, prekeyVectors, sdkError as err } from './vectors.js';
 
 const KEYS = keys();
 const PRE = prekeyVectors();
@@ -23,16 +23,6 @@ const wk = (keys: OracleKeyInfo[], o: Partial<WellKnown> = {}): WellKnown => ({
   matrixDevices: [dev('BOT', 'ed-a')],
   ...o,
 });
-
-async function err(p: Promise<unknown>): Promise<OracleCallError> {
-  try {
-    await p;
-  } catch (e) {
-    if (e instanceof OracleCallError) return e;
-    throw e;
-  }
-  throw new Error('expected an OracleCallError');
-}
 
 class FakeStorage {
   readonly items = new Map<string, string>();

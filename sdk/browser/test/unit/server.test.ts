@@ -9,7 +9,7 @@ import { MemoryPinStore } from '../../src/pins.js';
 import { prekeySignedBytes } from '../../src/prekeys.js';
 import { contextBytes } from '../../src/protocol.js';
 import { isLoopbackHost, requireSecureUrl, ServerApi } from '../../src/server.js';
-import { b64uStr, hex, keys, prekeyVectors, referenceOpenV1, referenceOpenV2, toHexStr } from './vectors.js';
+import { b64uStr, hex, keys, prekeyVectors, referenceOpenV1, referenceOpenV2, toHexStr, sdkError as err } from './vectors.js';
 
 const KEYS = keys();
 const PRE = prekeyVectors();
@@ -44,16 +44,6 @@ function fakeFetch(routes: Record<string, Reply[]>) {
 
 const api = (f: ReturnType<typeof fakeFetch>, attempts = 4) =>
   new ServerApi('http://127.0.0.1:18080/', f.fetchImpl, { attempts, sleep: async () => {} });
-
-async function err(p: Promise<unknown>): Promise<OracleCallError> {
-  try {
-    await p;
-  } catch (e) {
-    if (e instanceof OracleCallError) return e;
-    throw e;
-  }
-  throw new Error('expected an OracleCallError');
-}
 
 const syncOk = { callId: CALL_ID, status: 'active', livekitUrl: 'ws://127.0.0.1:7880', token: 'jwt', tokenExpiresAt: '2024-01-01T10:10:00.000Z' };
 const summary = {

@@ -8,6 +8,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 import { Aes256Gcm, CipherSuite, DhkemP256HkdfSha256, DhkemX25519HkdfSha256, HkdfSha256 } from '@hpke/core';
+import { OracleCallError } from '../../src/errors.js';
 
 const here = dirname(fileURLToPath(import.meta.url));
 export const VECTORS = join(here, '../../../../crates/crypto/tests/vectors');
@@ -143,4 +144,15 @@ export async function freshHpkeKey(scheme: 'hpke-p256' | 'hpke-x25519') {
   const raw = new Uint8Array(await s.kem.serializePublicKey(kp.publicKey));
   const privRaw = new Uint8Array(await s.kem.serializePrivateKey(kp.privateKey));
   return { raw, privRaw };
+}
+
+/** The SDK's typed error `p` rejects with (any other outcome fails the test). */
+export async function sdkError(p: Promise<unknown>): Promise<OracleCallError> {
+  try {
+    await p;
+  } catch (e) {
+    if (e instanceof OracleCallError) return e;
+    throw e;
+  }
+  throw new Error('expected an OracleCallError');
 }
