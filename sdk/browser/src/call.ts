@@ -122,6 +122,10 @@ export class Call {
   #endRequested = false;
   #endPromise: Promise<void> | null = null;
   #closing = false;
+  /** Our tracks are published (the `join` step is done). */
+  #joined = false;
+  /** The oracle's first decrypted audio came before our tracks were published. */
+  #heardEarly = false;
   readonly #setup: Promise<void>;
   #pendingAttach: { audio: HTMLAudioElement; video: HTMLVideoElement | undefined } | null = null;
 
@@ -292,8 +296,11 @@ export class Call {
       await media.connect(sync.livekitUrl, sync.token);
       await media.publish(opts.type, opts.capture);
       store.mark('join');
-      // The oracle may already have been heard while our camera was still being published.
-      if (!this.#readySettled) {
+      this.#joined = true;
+      if (this.#heardEarly) {
+        // The oracle was heard while our camera was still being published.
+        this.#becomeActive();
+      } else {
         store.setPhase('waitingForOracle');
         this.#armReadyTimeout();
       }
@@ -314,6 +321,14 @@ export class Call {
       await this.#editEnded();
       this.#fail(err, 'mediaFailed');
     }
+  }
+
+  #becomeActive(): void {
+    if (this.#closing || this.#endRequested) {
+      return;
+    }
+    this.#store.setPhase('active');
+    this.#settleReady(null);
   }
 
   #armReadyTimeout(): void {
@@ -372,8 +387,12 @@ export class Call {
           return;
         }
         store.mark('firstAudio');
-        store.setPhase('active');
-        this.#settleReady(null);
+        if (this.#joined) {
+          this.#becomeActive();
+        } else {
+          // Active (and ready) once our own tracks are published too.
+          this.#heardEarly = true;
+        }
       },
       levels: (mic: number, oracle: number): void => {
         store.update((s) => {

@@ -297,17 +297,23 @@ describe('a call, step by step', () => {
     await call.end();
   });
 
-  it('the oracle heard while our camera is still being published: active stays active', async () => {
+  it('the oracle heard while our camera is still being published: active (and ready) once published', async () => {
     const r = rig();
     r.media.publishGate = new Deferred();
     const call = place(r, { type: 'video', readyTimeoutMs: 30 });
     await until(() => r.log.includes('publish:video'), 'publish');
     r.media.events.oracleJoined('agent-1');
     r.media.events.firstAudio();
-    await call.ready;
-    expect(call.getSnapshot().phase).toBe('active');
+    let ready = false;
+    void call.ready.then(() => (ready = true));
+    await tick();
+    expect(ready).toBe(false);
+    expect(call.getSnapshot().phase).toBe('joining');
     r.media.publishGate.resolve();
-    await until(() => call.getSnapshot().timeline.some((t) => t.phase === 'join'), 'join');
+    await call.ready;
+    const s = call.getSnapshot();
+    expect(s.phase).toBe('active');
+    expect(s.timeline.map((t) => t.phase)).toEqual(['resolve', 'wrap', 'room', 'send', 'sync', 'agentJoined', 'firstAudio', 'join']);
     await new Promise((res) => setTimeout(res, 60));
     expect(call.getSnapshot().phase).toBe('active');
     expect(call.getSnapshot().error).toBeNull();
