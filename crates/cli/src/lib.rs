@@ -2,6 +2,7 @@
 //! the end-to-end tests and `bench setup` run), audio analysis, speech synthesis and WAV files.
 
 pub mod analysis;
+pub mod bench_browser;
 pub mod ivf;
 pub mod keyfile;
 pub mod local;

@@ -191,6 +191,30 @@ enum BenchCmd {
         #[arg(long, default_value = "bench-out/setup")]
         dir: PathBuf,
     },
+    /// Time from callOracle() in the browser SDK's demo page (headless Chromium) to the first
+    /// decrypted oracle audio, next to the Rust client's call_oracle(), in alternating blocks
+    /// against one oracle; and the SDK's bundle sizes (gzip). Needs node, Chromium and the
+    /// built page (cd sdk/browser && npm run build).
+    Browser {
+        /// Calls to measure per client.
+        #[arg(long, default_value_t = 20)]
+        calls: usize,
+        /// Calls per block; the clients alternate block by block.
+        #[arg(long, default_value_t = 5)]
+        block: usize,
+        /// Working directory.
+        #[arg(long, default_value = "bench-out/browser")]
+        dir: PathBuf,
+        /// The built demo page.
+        #[arg(long, default_value = "sdk/browser/demo/dist")]
+        page: PathBuf,
+        /// The built library.
+        #[arg(long, default_value = "sdk/browser/dist")]
+        library: PathBuf,
+        /// The page driver.
+        #[arg(long, default_value = "sdk/browser/test/e2e/driver.mjs")]
+        driver: PathBuf,
+    },
     /// CPU and peak RSS of an agent process serving N concurrent echo calls.
     Agent {
         /// Comma-separated concurrency levels.
@@ -286,6 +310,21 @@ fn main() -> anyhow::Result<()> {
                 opus_complexity,
                 dir,
             } => bench::agent(calls, seconds, opus_complexity, dir),
+            BenchCmd::Browser {
+                calls,
+                block,
+                dir,
+                page,
+                library,
+                driver,
+            } => oracle_calls::bench_browser::run(oracle_calls::bench_browser::Options {
+                calls,
+                block,
+                dir,
+                page,
+                library,
+                driver,
+            }),
             BenchCmd::Opus { seconds, rounds } => bench_opus::run(seconds, rounds),
             BenchCmd::Key {
                 db,
