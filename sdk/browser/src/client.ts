@@ -14,7 +14,10 @@ import { ServerApi, type CallSummary, type ListCallsQuery } from './server.js';
 export interface ClientOptions {
   /** The oracle's oracle-calls server (`https://`, or `http://` on loopback). */
   serverUrl: string;
-  /** Where the oracles' pins live. Default: `localStorage` (login/restore), memory otherwise. */
+  /**
+   * Where the oracles' pins live. Default: the page's `localStorage` (memory only where there
+   * is none, e.g. in a worker: then every load trusts the oracle on first use again).
+   */
   pins?: PinStore;
   /** The user's DID. Default: from the ixo convention `@did-ixo-X:server` → `did:ixo:X`. */
   userDid?: string;
@@ -102,7 +105,8 @@ export class OracleClient {
   static async fromMatrixClient(mx: MatrixClient, o: ClientOptions): Promise<OracleClient> {
     const api = new ServerApi(o.serverUrl);
     const matrix = await MatrixDevice.fromClient(mx);
-    return new OracleClient({ matrix, api, pins: o.pins ?? new MemoryPinStore(), ...extra(o) });
+    const pins = o.pins ?? (typeof localStorage === 'undefined' ? new MemoryPinStore() : new LocalStoragePinStore(localStorage));
+    return new OracleClient({ matrix, api, pins, ...extra(o) });
   }
 
   /** The user id of the session saved in `storage`, if any (to offer "restore"). */
