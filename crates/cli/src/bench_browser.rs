@@ -78,15 +78,19 @@ pub fn percentile(v: &mut [f64], p: f64) -> f64 {
 /// The browser's call line (`{"benchCall": {…, "timeline": [{phase, ms}]}}`) as a sample; `None`
 /// for the warm-up call.
 fn browser_sample(call: &Value) -> anyhow::Result<Option<Sample>> {
-    if call["warmup"] == true {
+    if call.get("warmup").and_then(Value::as_bool) == Some(true) {
         return Ok(None);
     }
-    let timeline = call["timeline"]
-        .as_array()
+    let timeline = call
+        .get("timeline")
+        .and_then(Value::as_array)
         .context("a bench call line without a timeline")?;
     let mut s = Sample::new();
     for t in timeline {
-        let (Some(phase), Some(ms)) = (t["phase"].as_str(), t["ms"].as_f64()) else {
+        let (Some(phase), Some(ms)) = (
+            t.get("phase").and_then(Value::as_str),
+            t.get("ms").and_then(Value::as_f64),
+        ) else {
             bail!("a timeline entry without phase and ms: {t}");
         };
         s.insert(phase.to_owned(), ms);
@@ -94,10 +98,15 @@ fn browser_sample(call: &Value) -> anyhow::Result<Option<Sample>> {
     if !s.contains_key("firstAudio") {
         bail!("a browser call without firstAudio: {call}");
     }
-    if call["encryption"]["oracleMedia"] != true || call["encryption"]["localMedia"] != true {
+    let encrypted = |what: &str| {
+        call.pointer(&format!("/encryption/{what}"))
+            .and_then(Value::as_bool)
+            == Some(true)
+    };
+    if !encrypted("oracleMedia") || !encrypted("localMedia") {
         bail!(
             "a browser call whose media was not end-to-end encrypted: {}",
-            call["encryption"]
+            call.get("encryption").unwrap_or(&Value::Null)
         );
     }
     Ok(Some(s))
@@ -618,14 +627,20 @@ async fn measure(
                 std::fs::write(&go, b"go").with_context(|| format!("{}", go.display()))?;
             }
             Line::Result(r) => {
-                if r["ok"] != true {
+                if r.get("ok").and_then(Value::as_bool) != Some(true) {
                     bail!(
                         "the driver failed: {} (log {})",
-                        r["error"].as_str().unwrap_or("no error given"),
+                        r.get("error")
+                            .and_then(Value::as_str)
+                            .unwrap_or("no error given"),
                         log.display()
                     );
                 }
-                chromium = r["chromium"].as_str().unwrap_or("?").to_owned();
+                chromium = r
+                    .get("chromium")
+                    .and_then(Value::as_str)
+                    .unwrap_or("?")
+                    .to_owned();
             }
             Line::Closed => break,
         }
