@@ -16,6 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
+use oracle_calls_agent::{AgentHandle, CallReport};
 use oracle_calls_client::{CallEvent, OracleClient, Phase};
 use oracle_calls_proto::CallType;
 use serde_json::{Value, json};
@@ -65,8 +66,12 @@ pub struct Options {
     pub driver: PathBuf,
 }
 
-/// One call: when each phase was reached, ms since `callOracle()` / `call_oracle()`.
+/// One call: when each phase was reached, ms since `callOracle()` / `call_oracle()` (and the
+/// agent's side, `agent.*`, ms since the job's assignment).
 type Sample = BTreeMap<String, f64>;
+
+/// One value of a sample.
+type Pick = fn(&Sample) -> Option<f64>;
 
 /// Nearest-rank percentile `p` (0..1) of `v`; NaN when empty.
 pub fn percentile(v: &mut [f64], p: f64) -> f64 {
@@ -94,6 +99,9 @@ fn browser_sample(call: &Value) -> anyhow::Result<Option<Sample>> {
             bail!("a timeline entry without phase and ms: {t}");
         };
         s.insert(phase.to_owned(), ms);
+    }
+    if let Some(t) = call.get("startedAtEpochMs").and_then(Value::as_f64) {
+        s.insert("startedAtEpochMs".to_owned(), t);
     }
     if !s.contains_key("firstAudio") {
         bail!("a browser call without firstAudio: {call}");
@@ -145,9 +153,37 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
+/// The wall clock (ms since the Unix epoch) of this process's instants: what the page's
+/// `performance.timeOrigin + performance.now()` is set against (one machine, one clock).
+#[derive(Clone, Copy, Debug)]
+struct Clock {
+    at: Instant,
+    epoch_ms: f64,
+}
+
+impl Clock {
+    fn now() -> Self {
+        let epoch_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(f64::NAN, ms);
+        Self {
+            at: Instant::now(),
+            epoch_ms,
+        }
+    }
+
+    /// `i` in ms since the Unix epoch.
+    fn epoch_ms(&self, i: Instant) -> f64 {
+        match i.checked_duration_since(self.at) {
+            Some(d) => self.epoch_ms + ms(d),
+            None => self.epoch_ms - ms(self.at.duration_since(i)),
+        }
+    }
+}
+
 /// One Rust call: call_oracle, the tone into the microphone, until the oracle's audio is
-/// audible; then end it. Its timeline, with `firstAudio` the first audible frame.
-async fn rust_call(client: &OracleClient) -> anyhow::Result<Sample> {
+/// audible; then end it. Its id and timeline, with `firstAudio` the first audible frame.
+async fn rust_call(client: &OracleClient, clock: &Clock) -> anyhow::Result<(String, Sample)> {
     let t0 = Instant::now();
     let mut call = client.call_oracle(CallType::Audio).await?;
     let mic = call.microphone();
@@ -183,7 +219,61 @@ async fn rust_call(client: &OracleClient) -> anyhow::Result<Sample> {
     })??;
     ended.with_context(|| format!("ending call {}", call.id()))?;
     s.insert("firstAudio".to_owned(), ms(first));
-    Ok(s)
+    s.insert("startedAtEpochMs".to_owned(), clock.epoch_ms(t0));
+    Ok((call.id().to_string(), s))
+}
+
+/// The agent's reports of finished calls, by call id.
+#[derive(Default)]
+struct Reports(BTreeMap<String, CallReport>);
+
+impl Reports {
+    /// Takes the reports the agent has ready (it keeps only the newest 64).
+    async fn drain(&mut self, agent: &AgentHandle) {
+        while let Ok(Some(r)) =
+            tokio::time::timeout(Duration::from_millis(5), agent.next_report()).await
+        {
+            if let Some(id) = &r.call_id {
+                self.0.insert(id.to_string(), r);
+            }
+        }
+    }
+
+    /// Waits (15 s at most) until every call of `ids` has its report.
+    async fn wait_for(&mut self, agent: &AgentHandle, ids: &[&str]) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while ids.iter().any(|id| !self.0.contains_key(*id)) && Instant::now() < deadline {
+            if let Ok(Some(r)) =
+                tokio::time::timeout(Duration::from_millis(500), agent.next_report()).await
+                && let Some(id) = &r.call_id
+            {
+                self.0.insert(id.to_string(), r);
+            }
+        }
+    }
+
+    /// Adds the agent's side of the call to its sample: when LiveKit assigned the job (ms since
+    /// the call started, on the wall clock) and the rest in ms since that assignment.
+    fn annotate(&self, id: &str, s: &mut Sample, clock: &Clock) {
+        let Some(r) = self.0.get(id) else {
+            return;
+        };
+        if let Some(start) = s.get("startedAtEpochMs").copied() {
+            s.insert(
+                "agent.assigned".to_owned(),
+                clock.epoch_ms(r.assigned_at) - start,
+            );
+        }
+        for (name, d) in [
+            ("agent.keyReady", r.key_ready_after),
+            ("agent.joined", r.joined_after),
+            ("agent.firstHeard", r.first_heard_after),
+        ] {
+            if let Some(d) = d {
+                s.insert(name.to_owned(), ms(d));
+            }
+        }
+    }
 }
 
 /// The driver process; killed when dropped (a failed bench leaves no Chromium behind).
@@ -464,10 +554,15 @@ fn load() -> String {
     )
 }
 
-/// Runs `n` Rust calls; their samples go to `into`.
-async fn rust_block(client: &OracleClient, n: usize, into: &mut Vec<Sample>) -> anyhow::Result<()> {
+/// Runs `n` Rust calls; their ids and samples go to `into`.
+async fn rust_block(
+    client: &OracleClient,
+    clock: &Clock,
+    n: usize,
+    into: &mut Vec<(String, Sample)>,
+) -> anyhow::Result<()> {
     for _ in 0..n {
-        into.push(rust_call(client).await?);
+        into.push(rust_call(client, clock).await?);
     }
     Ok(())
 }
@@ -562,7 +657,10 @@ async fn measure(
 ) -> anyhow::Result<()> {
     // The Rust client: a returning user (its warm-up call makes the DM with the bot).
     let rust = dep.new_user().await?;
-    rust_call(&rust).await.context("the Rust warm-up call")?;
+    let clock = Clock::now();
+    rust_call(&rust, &clock)
+        .await
+        .context("the Rust warm-up call")?;
     eprintln!("  Rust client: warm-up call done");
 
     let name = format!("did-ixo-bench{}", unique_hex(5));
@@ -595,8 +693,10 @@ async fn measure(
         log.display()
     );
 
-    let mut browser: Vec<Sample> = Vec::new();
-    let mut rust_samples: Vec<Sample> = Vec::new();
+    let agent = dep.agent.as_ref().context("the deployment's agent")?;
+    let mut reports = Reports::default();
+    let mut browser: Vec<(String, Sample)> = Vec::new();
+    let mut rust_samples: Vec<(String, Sample)> = Vec::new();
     let mut chromium = String::from("?");
     let mut warmed = false;
     loop {
@@ -606,7 +706,10 @@ async fn measure(
                     warmed = true;
                     eprintln!("  browser: warm-up call done");
                 }
-                Some(s) => browser.push(s),
+                Some(s) => {
+                    let id = c.get("callId").and_then(Value::as_str).unwrap_or_default();
+                    browser.push((id.to_owned(), s));
+                }
             },
             Line::Wait(b) => {
                 if !warmed {
@@ -616,13 +719,14 @@ async fn measure(
                 if b > 0 {
                     // The browser's block b-1 is done: the Rust client's block b-1 now.
                     let n = block.min(calls - rust_samples.len());
-                    rust_block(&rust, n, &mut rust_samples).await?;
+                    rust_block(&rust, &clock, n, &mut rust_samples).await?;
                 }
                 eprintln!(
                     "  {} browser + {} Rust calls done",
                     browser.len(),
                     rust_samples.len()
                 );
+                reports.drain(agent).await;
                 let go = go_dir.join(format!("go-{b}"));
                 std::fs::write(&go, b"go").with_context(|| format!("{}", go.display()))?;
             }
@@ -651,7 +755,7 @@ async fn measure(
     }
     // The last block is the Rust client's.
     let n = calls.saturating_sub(rust_samples.len());
-    rust_block(&rust, n, &mut rust_samples).await?;
+    rust_block(&rust, &clock, n, &mut rust_samples).await?;
     eprintln!(
         "  {} browser + {} Rust calls done",
         browser.len(),
@@ -664,6 +768,22 @@ async fn measure(
             rust_samples.len()
         );
     }
+    let ids: Vec<&str> = browser
+        .iter()
+        .chain(&rust_samples)
+        .map(|(id, _)| id.as_str())
+        .collect();
+    reports.wait_for(agent, &ids).await;
+    let annotated = |all: Vec<(String, Sample)>| -> Vec<Sample> {
+        all.into_iter()
+            .map(|(id, mut s)| {
+                reports.annotate(&id, &mut s, &clock);
+                s
+            })
+            .collect()
+    };
+    let browser = annotated(browser);
+    let rust_samples = annotated(rust_samples);
     report(
         &browser,
         &rust_samples,
@@ -740,6 +860,41 @@ fn report(
             "{p:<12} {bs:>11.1} {rs:>9.1} {:>7.2} {ba:>12.1} {ra:>10.1}",
             bs / rs
         );
+    }
+    println!();
+    println!(
+        "the agent's side, p50 (the job's assignment set against each call's start on the wall \
+         clock; the rest ms since the assignment):"
+    );
+    println!(
+        "{:<34} {:>4} {:>11} {:>4} {:>9}",
+        "", "n", "browser p50", "n", "rust p50"
+    );
+    let rows: [(&str, Pick); 7] = [
+        ("job assigned, since callOracle()", |s| {
+            s.get("agent.assigned").copied()
+        }),
+        ("job assigned − sync reached", |s| {
+            Some(s.get("agent.assigned")? - s.get("sync")?)
+        }),
+        ("first audible audio − job assigned", |s| {
+            Some(s.get("firstAudio")? - s.get("agent.assigned")?)
+        }),
+        ("key fetched + opened", |s| s.get("agent.keyReady").copied()),
+        ("in the room, track published", |s| {
+            s.get("agent.joined").copied()
+        }),
+        ("first user frame heard", |s| {
+            s.get("agent.firstHeard").copied()
+        }),
+        ("heard − in the room", |s| {
+            Some(s.get("agent.firstHeard")? - s.get("agent.joined")?)
+        }),
+    ];
+    for (name, f) in rows {
+        let (bn, b50, _) = column(browser, f);
+        let (rn, r50, _) = column(rust, f);
+        println!("{name:<34} {bn:>4} {b50:>11.1} {rn:>4} {r50:>9.1}");
     }
 }
 

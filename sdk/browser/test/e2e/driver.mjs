@@ -36,7 +36,8 @@
 //     warm-up call; then `calls` audio calls in blocks of `block`: before each block the line
 //     {"benchWait": b} on stdout, then wait for the file goDir/go-<b>; each call (Call (audio)
 //     → active with firstAudio → Hang up → ended) is one stdout line {"benchCall": {block,
-//     index, warmup, callId, timeline, encryption, decryptionFailures}} (the warm-up's with
+//     index, warmup, callId, startedAtEpochMs, timeline, encryption, decryptionFailures}}
+//     (startedAtEpochMs: the wall clock just before callOracle(); the warm-up's line has
 //     warmup true), all before the result line. `oracle-calls bench browser` runs it.
 //   With errorShot, afterwards a sign-in with a wrong password in a fresh browser context, for
 //   the error state (errorState in the result).
@@ -883,8 +884,16 @@ async function waitGo(bench, block) {
 /** One measured call: Call (audio) until active with the oracle's first audible audio, the
  * snapshot's timeline (ms since callOracle()), Hang up until ended. */
 async function benchCall(page, name) {
+  let startedAtEpochMs = null;
   const active = await step(name, async () => {
-    await page.click('#call-audio');
+    await page.waitForSelector('#call-audio:not([disabled])', { timeout: 10000 });
+    // The button's handler calls callOracle() synchronously: the wall-clock time just before
+    // it, which the bench command sets against when the oracle's agent got the job.
+    startedAtEpochMs = await page.evaluate(() => {
+      const t = performance.timeOrigin + performance.now();
+      document.querySelector('#call-audio').click();
+      return t;
+    });
     return followCall(
       page,
       (s) => s.phase === 'active' && s.timeline.some((t) => t.phase === 'firstAudio'),
@@ -899,6 +908,7 @@ async function benchCall(page, name) {
   });
   return {
     callId: s.callId,
+    startedAtEpochMs,
     timeline: s.timeline,
     encryption: s.encryption,
     decryptionFailures: s.decryptionFailures,
