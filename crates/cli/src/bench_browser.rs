@@ -4,9 +4,12 @@
 //!
 //! Both clients are returning users (one warm-up call each, not counted, makes the DM with the
 //! oracle's bot) and call in alternating blocks: `block` browser calls, then `block` Rust calls,
-//! so both see the same load. What is measured is the time from `callOracle()` /
-//! `call_oracle()` to the first decrypted oracle audio that is audible (RMS above 0.001 of full
-//! scale, the browser SDK's threshold), and each phase of the call's timeline.
+//! so both see the same load. What is measured, from `callOracle()` / `call_oracle()`: each
+//! phase of the call's timeline, up to the first decrypted oracle audio as each client marks it
+//! (`firstAudio`: the SDK's first oracle audio above -60 dBFS; the Rust client's first decoded
+//! oracle frame), and the echo: when the tone both microphones play comes back in the oracle's
+//! decrypted audio (the echo oracle answers with what it heard, 200 ms late). The agent's call
+//! reports add when it got the job, joined and first heard the user.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead as _, Write as _};
@@ -39,6 +42,9 @@ pub const PHASES: [&str; 8] = [
 
 /// The browser SDK's "audible" threshold (RMS of samples in -1..1).
 const AUDIBLE_RMS: f64 = 0.001;
+/// The tone is heard when its Goertzel power (normalized: a pure tone near 1) is above this,
+/// in the page and in Rust.
+const TONE_POWER: f64 = 0.5;
 /// The tone both microphones play (the driver's fake capture file and the Rust client's).
 const TONE_HZ: f64 = 660.0;
 /// Half of full scale, as the driver's tone file.
@@ -100,9 +106,13 @@ fn browser_sample(call: &Value) -> anyhow::Result<Option<Sample>> {
         };
         s.insert(phase.to_owned(), ms);
     }
-    if let Some(t) = call.get("startedAtEpochMs").and_then(Value::as_f64) {
-        s.insert("startedAtEpochMs".to_owned(), t);
-    }
+    let started = call.get("startedAtEpochMs").and_then(Value::as_f64);
+    let echo = call.get("echoAtEpochMs").and_then(Value::as_f64);
+    let (Some(started), Some(echo)) = (started, echo) else {
+        bail!("a browser call without startedAtEpochMs and echoAtEpochMs: {call}");
+    };
+    s.insert("startedAtEpochMs".to_owned(), started);
+    s.insert("echo".to_owned(), echo - started);
     if !s.contains_key("firstAudio") {
         bail!("a browser call without firstAudio: {call}");
     }
@@ -129,8 +139,8 @@ fn rust_phase_name(p: Phase) -> &'static str {
         Phase::Sync => "sync",
         Phase::Join => "join",
         Phase::AgentJoined => "agentJoined",
-        // The client's own mark is its first decoded frame, audible or not.
-        Phase::FirstAudio => "firstFrame",
+        // The client's own mark: its first decoded oracle frame.
+        Phase::FirstAudio => "firstAudio",
     }
 }
 
@@ -182,7 +192,7 @@ impl Clock {
 }
 
 /// One Rust call: call_oracle, the tone into the microphone, until the oracle's audio is
-/// audible; then end it. Its id and timeline, with `firstAudio` the first audible frame.
+/// the tone comes back (`echo`); then end it. Its id and timeline.
 async fn rust_call(client: &OracleClient, clock: &Clock) -> anyhow::Result<(String, Sample)> {
     let t0 = Instant::now();
     let mut call = client.call_oracle(CallType::Audio).await?;
@@ -192,7 +202,10 @@ async fn rust_call(client: &OracleClient, clock: &Clock) -> anyhow::Result<(Stri
     let heard = tokio::time::timeout(RUST_CALL_LIMIT, async {
         loop {
             match call.next_event().await {
-                Some(CallEvent::OracleAudio { pcm }) if rms(&pcm) > AUDIBLE_RMS => {
+                Some(CallEvent::OracleAudio { pcm })
+                    if rms(&pcm) > AUDIBLE_RMS
+                        && oracle_calls_rtc::goertzel_power(&pcm, TONE_HZ) > TONE_POWER =>
+                {
                     return Ok(t0.elapsed());
                 }
                 Some(CallEvent::Ended { reason }) => bail!("the call ended: {reason}"),
@@ -213,12 +226,12 @@ async fn rust_call(client: &OracleClient, clock: &Clock) -> anyhow::Result<(Stri
     let ended = call.end().await;
     let first = heard.map_err(|_| {
         anyhow::anyhow!(
-            "call {}: no audible oracle audio within {RUST_CALL_LIMIT:?}",
+            "call {}: the tone did not come back within {RUST_CALL_LIMIT:?}",
             call.id()
         )
     })??;
     ended.with_context(|| format!("ending call {}", call.id()))?;
-    s.insert("firstAudio".to_owned(), ms(first));
+    s.insert("echo".to_owned(), ms(first));
     s.insert("startedAtEpochMs".to_owned(), clock.epoch_ms(t0));
     Ok((call.id().to_string(), s))
 }
@@ -827,22 +840,31 @@ fn report(
     );
     println!("  {load_start} at the start, {load_end} at the end");
     println!();
-    println!("callOracle() / call_oracle() → first audible decrypted oracle audio (ms):");
-    println!("{:<10} {:>4} {:>9} {:>9}", "client", "n", "p50", "p95");
-    let total = |s: &Sample| s.get("firstAudio").copied();
-    let (bn, b50, b95) = column(browser, total);
-    let (rn, r50, r95) = column(rust, total);
-    println!("{:<10} {bn:>4} {b50:>9.1} {b95:>9.1}", "browser");
-    println!("{:<10} {rn:>4} {r50:>9.1} {r95:>9.1}", "rust");
-    println!(
-        "ratio browser/rust: p50 {:.2}, p95 {:.2}",
-        b50 / r50,
-        b95 / r95
-    );
-    let (fn_, f50, f95) = column(rust, |s| s.get("firstFrame").copied());
-    println!(
-        "  (the Rust client's first decoded oracle frame, audible or not: n {fn_}, p50 {f50:.1}, p95 {f95:.1})"
-    );
+    for (title, key) in [
+        (
+            "callOracle() / call_oracle() → first decrypted oracle audio, as each client marks it \
+             (firstAudio), ms:",
+            "firstAudio",
+        ),
+        (
+            "callOracle() / call_oracle() → the tone's echo heard in the oracle's decrypted audio, ms:",
+            "echo",
+        ),
+    ] {
+        println!("{title}");
+        println!("{:<10} {:>4} {:>9} {:>9}", "client", "n", "p50", "p95");
+        let total = |s: &Sample| s.get(key).copied();
+        let (bn, b50, b95) = column(browser, total);
+        let (rn, r50, r95) = column(rust, total);
+        println!("{:<10} {bn:>4} {b50:>9.1} {b95:>9.1}", "browser");
+        println!("{:<10} {rn:>4} {r50:>9.1} {r95:>9.1}", "rust");
+        println!(
+            "ratio browser/rust: p50 {:.2}, p95 {:.2}",
+            b50 / r50,
+            b95 / r95
+        );
+        println!();
+    }
     println!();
     println!(
         "per phase (ms): the phase itself (since the one before it), p50; and when it was reached, p50"
@@ -870,15 +892,18 @@ fn report(
         "{:<34} {:>4} {:>11} {:>4} {:>9}",
         "", "n", "browser p50", "n", "rust p50"
     );
-    let rows: [(&str, Pick); 7] = [
+    let rows: [(&str, Pick); 8] = [
         ("job assigned, since callOracle()", |s| {
             s.get("agent.assigned").copied()
         }),
         ("job assigned − sync reached", |s| {
             Some(s.get("agent.assigned")? - s.get("sync")?)
         }),
-        ("first audible audio − job assigned", |s| {
+        ("firstAudio − job assigned", |s| {
             Some(s.get("firstAudio")? - s.get("agent.assigned")?)
+        }),
+        ("echo − job assigned", |s| {
+            Some(s.get("echo")? - s.get("agent.assigned")?)
         }),
         ("key fetched + opened", |s| s.get("agent.keyReady").copied()),
         ("in the room, track published", |s| {
@@ -924,24 +949,31 @@ mod tests {
         assert!(parse_line("not json").is_err());
         assert!(parse_line(r#"{"benchWait":"x"}"#).is_err());
         let Line::Call(c) = parse_line(
-            r#"{"benchCall":{"warmup":false,"timeline":[{"phase":"resolve","ms":5},{"phase":"firstAudio","ms":900}],"encryption":{"localMedia":true,"oracleMedia":true}}}"#,
+            r#"{"benchCall":{"warmup":false,"startedAtEpochMs":1000.5,"echoAtEpochMs":2100.5,"timeline":[{"phase":"resolve","ms":5},{"phase":"firstAudio","ms":900}],"encryption":{"localMedia":true,"oracleMedia":true}}}"#,
         )
         .unwrap() else {
             panic!("a call line");
         };
         let s = browser_sample(&c).unwrap().unwrap();
         assert_eq!(s.get("firstAudio"), Some(&900.0));
+        assert_eq!(s.get("echo"), Some(&1100.0));
         assert_eq!(step_of(&s, 0), Some(5.0));
         // No step where the phase before it was not reached.
         assert_eq!(step_of(&s, 7), None);
         let warm = json!({"warmup": true});
         assert!(browser_sample(&warm).unwrap().is_none());
-        let unencrypted = json!({"warmup": false, "timeline": [{"phase": "firstAudio", "ms": 1}],
-            "encryption": {"localMedia": true, "oracleMedia": false}});
-        assert!(browser_sample(&unencrypted).is_err());
-        let unheard = json!({"warmup": false, "timeline": [{"phase": "join", "ms": 1}],
-            "encryption": {"localMedia": true, "oracleMedia": true}});
-        assert!(browser_sample(&unheard).is_err());
+        let call = |timeline: Value, oracle_media: bool, echo: Option<f64>| {
+            json!({"warmup": false, "startedAtEpochMs": 10.0, "echoAtEpochMs": echo,
+                "timeline": timeline,
+                "encryption": {"localMedia": true, "oracleMedia": oracle_media}})
+        };
+        let heard = json!([{"phase": "firstAudio", "ms": 1}]);
+        assert!(browser_sample(&call(heard.clone(), true, Some(20.0))).is_ok());
+        // Not encrypted, no echo time, no firstAudio: refused.
+        assert!(browser_sample(&call(heard.clone(), false, Some(20.0))).is_err());
+        assert!(browser_sample(&call(heard, true, None)).is_err());
+        let unheard = json!([{"phase": "join", "ms": 1}]);
+        assert!(browser_sample(&call(unheard, true, Some(20.0))).is_err());
     }
 
     #[test]
@@ -952,5 +984,9 @@ mod tests {
         let r = rms(&tone);
         assert!((r - 0.5 / 2f64.sqrt()).abs() < 0.01, "{r}");
         assert!(r > AUDIBLE_RMS);
+        // The tone is what the echo check looks for; another frequency is not.
+        assert!(oracle_calls_rtc::goertzel_power(&tone, TONE_HZ) > TONE_POWER);
+        let other = oracle_calls_rtc::sine_tone(TONE_HZ * 1.5, TONE_AMPLITUDE, 0, 960);
+        assert!(oracle_calls_rtc::goertzel_power(&other, TONE_HZ) < TONE_POWER);
     }
 }

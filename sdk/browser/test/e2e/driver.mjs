@@ -35,10 +35,11 @@
 //   bench (also "calls", "block", "goDir", optional "goWaitS" s, default 300): sign in; one
 //     warm-up call; then `calls` audio calls in blocks of `block`: before each block the line
 //     {"benchWait": b} on stdout, then wait for the file goDir/go-<b>; each call (Call (audio)
-//     → active with firstAudio → Hang up → ended) is one stdout line {"benchCall": {block,
-//     index, warmup, callId, startedAtEpochMs, timeline, encryption, decryptionFailures}}
-//     (startedAtEpochMs: the wall clock just before callOracle(); the warm-up's line has
-//     warmup true), all before the result line. `oracle-calls bench browser` runs it.
+//     → active with firstAudio → the tone's echo heard → Hang up → ended) is one stdout line
+//     {"benchCall": {block, index, warmup, callId, startedAtEpochMs, echoAtEpochMs, timeline,
+//     encryption, decryptionFailures}} (the wall clock just before callOracle() and when the
+//     echo was heard; the warm-up's line has warmup true), all before the result line.
+//     `oracle-calls bench browser` runs it.
 //   With errorShot, afterwards a sign-in with a wrong password in a fresh browser context, for
 //   the error state (errorState in the result).
 // stdout (one line): {"ok", "scenario", "error", "chromium", "console": [{type, text, url}],
@@ -881,19 +882,29 @@ async function waitGo(bench, block) {
   }
 }
 
-/** One measured call: Call (audio) until active with the oracle's first audible audio, the
- * snapshot's timeline (ms since callOracle()), Hang up until ended. */
-async function benchCall(page, name) {
+/** One measured call: Call (audio) until active with the oracle's first audible audio (the
+ * SDK's firstAudio) and until the tone the fake microphone plays comes back in the oracle's
+ * decrypted audio (the echo: Goertzel power at toneHz above 0.5, looked for every 10 ms in the
+ * page); the snapshot's timeline (ms since callOracle()); Hang up until ended. */
+async function benchCall(page, cfg, name) {
   let startedAtEpochMs = null;
   const active = await step(name, async () => {
     await page.waitForSelector('#call-audio:not([disabled])', { timeout: 10000 });
     // The button's handler calls callOracle() synchronously: the wall-clock time just before
     // it, which the bench command sets against when the oracle's agent got the job.
-    startedAtEpochMs = await page.evaluate(() => {
+    startedAtEpochMs = await page.evaluate((hz) => {
+      window.__ocBenchEcho = null;
+      clearInterval(window.__ocBenchEchoTimer);
       const t = performance.timeOrigin + performance.now();
       document.querySelector('#call-audio').click();
+      window.__ocBenchEchoTimer = setInterval(() => {
+        if (window.ocDemo.oracleAudioPower(hz) > 0.5) {
+          window.__ocBenchEcho = performance.timeOrigin + performance.now();
+          clearInterval(window.__ocBenchEchoTimer);
+        }
+      }, 10);
       return t;
-    });
+    }, cfg.toneHz);
     return followCall(
       page,
       (s) => s.phase === 'active' && s.timeline.some((t) => t.phase === 'firstAudio'),
@@ -902,6 +913,10 @@ async function benchCall(page, name) {
     );
   });
   const s = active.snap;
+  const echoAtEpochMs = await step(`${name}-echo`, async () => {
+    await page.waitForFunction(() => window.__ocBenchEcho !== null, null, { timeout: 20000, polling: 50 });
+    return page.evaluate(() => window.__ocBenchEcho);
+  });
   await step(`${name}-hangup`, async () => {
     await page.click('#hangup');
     return followCall(page, (x) => x.phase === 'ended', 30000, false);
@@ -909,6 +924,7 @@ async function benchCall(page, name) {
   return {
     callId: s.callId,
     startedAtEpochMs,
+    echoAtEpochMs,
     timeline: s.timeline,
     encryption: s.encryption,
     decryptionFailures: s.decryptionFailures,
@@ -924,13 +940,13 @@ async function benchScenario(context, cfg) {
   const page = await openAndSignIn(context, cfg);
   // The per-call lists would grow with every call; a bench reads its own lines.
   result.requests = [];
-  const warm = await benchCall(page, 'warmup');
+  const warm = await benchCall(page, cfg, 'warmup');
   await benchLine({ benchCall: { block: null, index: null, warmup: true, ...warm } });
   let index = 0;
   for (let b = 0; index < bench.calls; b++) {
     await waitGo(bench, b);
     for (let k = 0; k < bench.block && index < bench.calls; k++, index++) {
-      const c = await benchCall(page, `call${index}`);
+      const c = await benchCall(page, cfg, `call${index}`);
       await benchLine({ benchCall: { block: b, index, warmup: false, ...c } });
       result.requests = [];
     }
