@@ -6,8 +6,8 @@
 //! oracle's bot) and call in alternating blocks: `block` browser calls, then `block` Rust calls,
 //! so both see the same load. What is measured, from `callOracle()` / `call_oracle()`: each
 //! phase of the call's timeline, up to the first decrypted oracle audio as each client marks it
-//! (`firstAudio`: the SDK's first oracle audio above -60 dBFS; the Rust client's first decoded
-//! oracle frame), and the echo: when the tone both microphones play comes back in the oracle's
+//! (`firstAudio`: the SDK's first decoded oracle samples, or its first audible audio; the Rust
+//! client's first decoded oracle frame), and the echo: when the tone both microphones play comes back in the oracle's
 //! decrypted audio (the echo oracle answers with what it heard, 200 ms late). The agent's call
 //! reports add when it got the job, joined and first heard the user.
 
