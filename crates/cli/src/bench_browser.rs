@@ -26,7 +26,7 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 use crate::local::{DeployOptions, Deployment, Stack, unique_hex};
-use crate::web::{self, PageConfig, WebOptions};
+use crate::web::{self, WebOptions};
 
 /// The timeline's phases, in the order a call reaches them (the browser SDK's names).
 pub const PHASES: [&str; 8] = [
@@ -625,20 +625,13 @@ async fn run_async(opts: Options) -> anyhow::Result<()> {
     let mut dopts = DeployOptions::new(run_dir.join("deployment"));
     dopts.cors_allowed_origins = vec![origin.clone()];
     let dep = Deployment::start(stack.clone(), dopts).await?;
-    let server = site.serve(WebOptions {
-        dir: page_copy.clone(),
-        config: PageConfig {
-            homeserver_url: stack.get("MATRIX_URL")?.to_owned(),
-            server_url: dep.server.url.clone(),
-            oracle_did: dep.oracle_did.to_string(),
-            // Both clients pin the oracle on first use (no key-transparency directory).
-            key_transparency: None,
-        },
-        livekit_urls: vec![
-            stack.get("LIVEKIT_URL")?.to_owned(),
-            stack.get("LIVEKIT_HTTP_URL")?.to_owned(),
-        ],
-    })?;
+    // Both clients pin the oracle on first use (no key-transparency directory).
+    let server = site.serve(WebOptions::for_deployment(
+        page_copy.clone(),
+        &stack,
+        &dep,
+        None,
+    )?)?;
     let outcome = measure(
         &stack,
         &dep,

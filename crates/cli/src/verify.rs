@@ -48,7 +48,8 @@ pub async fn stored_event_type(
     Ok((ty.to_owned(), leaks))
 }
 
-fn urlenc(s: &str) -> String {
+/// `s` as one URL path segment: every byte outside `[A-Za-z0-9-._~]` as `%XX`.
+pub fn urlenc(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {

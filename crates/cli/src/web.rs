@@ -61,6 +61,34 @@ pub struct WebOptions {
     pub livekit_urls: Vec<String>,
 }
 
+impl WebOptions {
+    /// The page in `dir` for `dep`'s oracle on `stack`: its homeserver, oracle server and
+    /// LiveKit URLs, and the key-transparency directory if the page is to use one.
+    ///
+    /// # Errors
+    /// When the stack does not report its Matrix or LiveKit URLs.
+    pub fn for_deployment(
+        dir: PathBuf,
+        stack: &crate::local::Stack,
+        dep: &crate::local::Deployment,
+        key_transparency: Option<PageKeyTransparency>,
+    ) -> anyhow::Result<Self> {
+        Ok(Self {
+            dir,
+            config: PageConfig {
+                homeserver_url: stack.get("MATRIX_URL")?.to_owned(),
+                server_url: dep.server.url.clone(),
+                oracle_did: dep.oracle_did.to_string(),
+                key_transparency,
+            },
+            livekit_urls: vec![
+                stack.get("LIVEKIT_URL")?.to_owned(),
+                stack.get("LIVEKIT_HTTP_URL")?.to_owned(),
+            ],
+        })
+    }
+}
+
 /// A bound, not yet serving, listener: its URL is the page's origin.
 #[derive(Debug)]
 pub struct Bound {
@@ -438,22 +466,16 @@ async fn run_async(dir: &Path, port: u16) -> anyhow::Result<()> {
     let name = format!("did-ixo-web{}", unique_hex(5));
     let (user_id, _password) = stack.user(&name)?;
     let password_file = Path::new(stack.get("MATRIX_USERS_DIR")?).join(format!("{name}.password"));
-    let server = site.serve(WebOptions {
-        dir: dir.to_owned(),
-        config: PageConfig {
-            homeserver_url: stack.get("MATRIX_URL")?.to_owned(),
-            server_url: dep.server.url.clone(),
-            oracle_did: dep.oracle_did.to_string(),
-            key_transparency: Some(PageKeyTransparency {
-                url: kt_service.base.clone(),
-                public_key: serde_json::to_value(&kt.public).context("the directory's key")?,
-            }),
-        },
-        livekit_urls: vec![
-            stack.get("LIVEKIT_URL")?.to_owned(),
-            stack.get("LIVEKIT_HTTP_URL")?.to_owned(),
-        ],
-    })?;
+    let page_kt = PageKeyTransparency {
+        url: kt_service.base.clone(),
+        public_key: serde_json::to_value(&kt.public).context("the directory's key")?,
+    };
+    let server = site.serve(WebOptions::for_deployment(
+        dir.to_owned(),
+        &stack,
+        &dep,
+        Some(page_kt),
+    )?)?;
     eprintln!(
         "  oracle:   {} (server {}, echo agent)",
         dep.oracle_did, dep.server.url

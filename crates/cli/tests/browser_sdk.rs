@@ -262,17 +262,6 @@ impl RawMatrix {
     }
 }
 
-fn urlenc(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 /// The call key, opened as an auditor holding the oracle key and a copy of the key holder's
 /// prekey store taken before the call — only to search the browser's output for it, and to say
 /// which layer failed when a call did not connect. Errors name the layer, never key bytes.
@@ -420,19 +409,15 @@ impl Harness {
             (Some(service), Some(page))
         };
         let site = site
-            .serve(WebOptions {
-                dir: snapshot_of(&dist, &dir),
-                config: PageConfig {
-                    homeserver_url: homeserver.clone(),
-                    server_url: dep.server.url.clone(),
-                    oracle_did: dep.oracle_did.to_string(),
+            .serve(
+                WebOptions::for_deployment(
+                    snapshot_of(&dist, &dir),
+                    &stack,
+                    &dep,
                     key_transparency,
-                },
-                livekit_urls: vec![
-                    stack.get("LIVEKIT_URL").unwrap().to_owned(),
-                    stack.get("LIVEKIT_HTTP_URL").unwrap().to_owned(),
-                ],
-            })
+                )
+                .unwrap(),
+            )
             .unwrap();
         eprintln!("browser_sdk ({tag}): page {origin}/ (CSP: {})", site.csp());
         let name = format!("did-ixo-web{}", unique_hex(5));
@@ -649,16 +634,7 @@ fn assert_connected(tag: &str, r: &Value) -> CallId {
         .map(|t| (t["phase"].as_str().unwrap(), t["ms"].as_f64().unwrap()))
         .collect();
     eprintln!("browser_sdk ({tag}): timeline {timeline:?}");
-    for phase in [
-        "resolve",
-        "wrap",
-        "room",
-        "send",
-        "sync",
-        "join",
-        "agentJoined",
-        "firstAudio",
-    ] {
+    for phase in oracle_calls::bench_browser::PHASES {
         assert!(
             timeline.iter().any(|(p, _)| *p == phase),
             "phase {phase} missing from the timeline: {timeline:?}"
@@ -745,8 +721,8 @@ async fn assert_server_side(
     let ev = raw
         .get(&format!(
             "/_matrix/client/v3/rooms/{}/event/{}",
-            urlenc(&rec.matrix_room_id),
-            urlenc(call_id.event_id().as_str())
+            verify::urlenc(&rec.matrix_room_id),
+            verify::urlenc(call_id.event_id().as_str())
         ))
         .await;
     assert_eq!(
@@ -760,8 +736,8 @@ async fn assert_server_side(
     let rel = raw
         .get(&format!(
             "/_matrix/client/v1/rooms/{}/relations/{}/m.replace",
-            urlenc(&rec.matrix_room_id),
-            urlenc(call_id.event_id().as_str())
+            verify::urlenc(&rec.matrix_room_id),
+            verify::urlenc(call_id.event_id().as_str())
         ))
         .await;
     let edits: Vec<&Value> = rel["chunk"]
@@ -1400,16 +1376,16 @@ async fn failures_are_typed_and_leave_nothing_half_open() {
         let ev = raw
             .get(&format!(
                 "/_matrix/client/v3/rooms/{}/event/{}",
-                urlenc(&room),
-                urlenc(id.event_id().as_str())
+                verify::urlenc(&room),
+                verify::urlenc(id.event_id().as_str())
             ))
             .await;
         assert_eq!(ev["type"], "m.room.encrypted", "{ev}");
         let rel = raw
             .get(&format!(
                 "/_matrix/client/v1/rooms/{}/relations/{}/m.replace",
-                urlenc(&room),
-                urlenc(id.event_id().as_str())
+                verify::urlenc(&room),
+                verify::urlenc(id.event_id().as_str())
             ))
             .await;
         assert!(
