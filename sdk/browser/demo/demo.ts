@@ -230,40 +230,14 @@ async function signedIn(c: OracleClient): Promise<void> {
   await refreshHistory();
 }
 
-ui.form.addEventListener('submit', (ev) => {
-  ev.preventDefault();
-  if (config === null || busy) {
-    return;
-  }
-  const cfg = config;
-  busy = true;
-  showError(null);
-  renderButtons();
-  ui.signin.textContent = 'Signing in…';
-  void (async () => {
-    try {
-      const c = await OracleClient.login({
-        homeserverUrl: cfg.homeserverUrl,
-        serverUrl: cfg.serverUrl,
-        user: ui.user.value.trim(),
-        password: ui.password.value,
-        wasmUrl,
-        storage: localStorage,
-        deviceName: 'oracle-calls demo page',
-        ...ktOf(cfg),
-      });
-      await signedIn(c);
-    } catch (e) {
-      showError(asDemoError(e));
-    } finally {
-      busy = false;
-      ui.signin.textContent = 'Sign in';
-      renderAccount();
-    }
-  })();
-});
+/** What login and restore share: where the page's Matrix and oracle servers are, the wasm, the
+ * session's storage, and the key-transparency directory if the config names one. */
+function sessionOptions(cfg: DemoConfig) {
+  return { homeserverUrl: cfg.homeserverUrl, serverUrl: cfg.serverUrl, wasmUrl, storage: localStorage, ...ktOf(cfg) };
+}
 
-ui.restore.addEventListener('click', () => {
+/** Signs in with `open` (null: no saved session to restore), one attempt at a time. */
+function signInWith(open: (cfg: DemoConfig) => Promise<OracleClient | null>, busyLabel?: string): void {
   if (config === null || busy) {
     return;
   }
@@ -271,15 +245,12 @@ ui.restore.addEventListener('click', () => {
   busy = true;
   showError(null);
   renderButtons();
+  if (busyLabel !== undefined) {
+    ui.signin.textContent = busyLabel;
+  }
   void (async () => {
     try {
-      const c = await OracleClient.restore({
-        homeserverUrl: cfg.homeserverUrl,
-        serverUrl: cfg.serverUrl,
-        wasmUrl,
-        storage: localStorage,
-        ...ktOf(cfg),
-      });
+      const c = await open(cfg);
       if (c === null) {
         showError({ code: 'setup', message: 'no saved session; sign in' });
       } else {
@@ -289,9 +260,28 @@ ui.restore.addEventListener('click', () => {
       showError(asDemoError(e));
     } finally {
       busy = false;
+      ui.signin.textContent = 'Sign in';
       renderAccount();
     }
   })();
+}
+
+ui.form.addEventListener('submit', (ev) => {
+  ev.preventDefault();
+  signInWith(
+    (cfg) =>
+      OracleClient.login({
+        ...sessionOptions(cfg),
+        user: ui.user.value.trim(),
+        password: ui.password.value,
+        deviceName: 'oracle-calls demo page',
+      }),
+    'Signing in…',
+  );
+});
+
+ui.restore.addEventListener('click', () => {
+  signInWith((cfg) => OracleClient.restore(sessionOptions(cfg)));
 });
 
 ui.logout.addEventListener('click', () => {

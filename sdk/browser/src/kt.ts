@@ -241,7 +241,6 @@ const utf8Strict = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
 // ---------------------------------------------------------------------------------------------
 // Bytes, hex, base64url
 
-const concat = (...parts: readonly Uint8Array[]): Uint8Array => concatBytes(...parts);
 
 function u32be(n: number): Uint8Array {
   const out = new Uint8Array(4);
@@ -373,7 +372,7 @@ function leToBigint(bytes: Uint8Array): bigint {
 /** The id of an Ed25519 key: SHA-256 of its SubjectPublicKeyInfo DER, first 16 bytes, hex. */
 export function directoryKeyId(signingKey: Uint8Array): string {
   if (signingKey.length !== 32) fail('invalid_key', 'an Ed25519 public key is 32 bytes');
-  return toHex(sha256(concat(SPKI_ED25519_PREFIX, signingKey)).subarray(0, 16));
+  return toHex(sha256(concatBytes(SPKI_ED25519_PREFIX, signingKey)).subarray(0, 16));
 }
 
 /** A directory key from its raw parts; the VRF key must be a point of large order. */
@@ -407,7 +406,7 @@ export function parseDirectoryPublicKey(json: unknown): DirectoryPublicKey {
 
 /** The 77 bytes a checkpoint signature covers. */
 export function checkpointSignedBytes(c: Checkpoint): Uint8Array {
-  return concat(utf8.encode(CHECKPOINT_CONTEXT), u64be(BigInt(c.epoch)), c.rootHash, i64be(BigInt(c.timeMs)));
+  return concatBytes(utf8.encode(CHECKPOINT_CONTEXT), u64be(BigInt(c.epoch)), c.rootHash, i64be(BigInt(c.timeMs)));
 }
 
 /** Parses a signed checkpoint (a value or JSON text); only its shape, not its signature. */
@@ -525,7 +524,7 @@ export function encodeRecord(record: OracleRecord): Uint8Array {
   }
   str(record.agentName);
   if (record.prekeySigningKey !== undefined) str(record.prekeySigningKey);
-  return concat(...parts);
+  return concatBytes(...parts);
 }
 
 /** Decodes a record, strictly: known tag and schemes, UTF-8, no trailing bytes, ≤ 16 KiB. */
@@ -1102,7 +1101,7 @@ function labelEq(a: NodeLabel, b: NodeLabel): boolean {
 
 /** BLAKE3(u32be(len) || val): a node label's value in hashes. */
 function labelValue(l: NodeLabel): Uint8Array {
-  return blake3(concat(u32be(l.len), l.val));
+  return blake3(concatBytes(u32be(l.len), l.val));
 }
 
 function bitAt(l: NodeLabel, i: number): number {
@@ -1136,12 +1135,12 @@ function longestCommonPrefix(a: NodeLabel, b: NodeLabel): NodeLabel {
 
 function parentHash(leftVal: Uint8Array, leftLabel: NodeLabel, rightVal: Uint8Array, rightLabel: NodeLabel): Uint8Array {
   return blake3(
-    concat(blake3(concat(leftVal, labelValue(leftLabel))), blake3(concat(rightVal, labelValue(rightLabel)))),
+    concatBytes(blake3(concatBytes(leftVal, labelValue(leftLabel))), blake3(concatBytes(rightVal, labelValue(rightLabel)))),
   );
 }
 
 function lengthPrefixed(b: Uint8Array): Uint8Array {
-  return concat(u64be(BigInt(b.length)), b);
+  return concatBytes(u64be(BigInt(b.length)), b);
 }
 
 function verifyMembership(root: Uint8Array, proof: MembershipProof): void {
@@ -1154,7 +1153,7 @@ function verifyMembership(root: Uint8Array, proof: MembershipProof): void {
     val = step.direction === 0 ? parentHash(val, label, s.value, s.label) : parentHash(s.value, s.label, val, label);
     label = step.label;
   }
-  if (!bytesEqual(blake3(concat(val, labelValue(ROOT_LABEL))), root)) throw new ProofFailure();
+  if (!bytesEqual(blake3(concatBytes(val, labelValue(ROOT_LABEL))), root)) throw new ProofFailure();
 }
 
 function verifyNonMembership(root: Uint8Array, proof: NonMembershipProof): void {
@@ -1179,7 +1178,7 @@ const SUITE = 0x03;
 /** Try-and-increment: the first counter whose hash is a point that is not of small order. */
 function encodeToCurve(pk: Uint8Array, alpha: Uint8Array): Point {
   for (let counter = 0; counter < 256; counter++) {
-    const h = sha512(concat(Uint8Array.of(SUITE, 0x01), pk, alpha, Uint8Array.of(counter, 0x00))).subarray(0, 32);
+    const h = sha512(concatBytes(Uint8Array.of(SUITE, 0x01), pk, alpha, Uint8Array.of(counter, 0x00))).subarray(0, 32);
     // akd refuses the encodings of y = p .. p+18 that would decode (non-canonical ones).
     let high = true;
     for (let i = 1; i <= 30; i++) if (h[i] !== 255) high = false;
@@ -1208,10 +1207,10 @@ function vrfVerify(pkBytes: Uint8Array, pk: Point, proof: Uint8Array, alpha: Uin
   const u = Point.BASE.multiplyUnsafe(s).subtract(pk.multiplyUnsafe(c));
   const v = h.multiplyUnsafe(s).subtract(gamma.multiplyUnsafe(c));
   const challenge = sha512(
-    concat(Uint8Array.of(SUITE, 0x02), pkBytes, hBytes, gamma.toBytes(), u.toBytes(), v.toBytes(), Uint8Array.of(0)),
+    concatBytes(Uint8Array.of(SUITE, 0x02), pkBytes, hBytes, gamma.toBytes(), u.toBytes(), v.toBytes(), Uint8Array.of(0)),
   ).subarray(0, 16);
   if (!bytesEqual(challenge, proof.subarray(32, 48))) throw new ProofFailure();
-  return sha512(concat(Uint8Array.of(SUITE, 0x03), gamma.clearCofactor().toBytes(), Uint8Array.of(0))).subarray(0, 32);
+  return sha512(concatBytes(Uint8Array.of(SUITE, 0x03), gamma.clearCofactor().toBytes(), Uint8Array.of(0))).subarray(0, 32);
 }
 
 const STALE = 0;
@@ -1226,7 +1225,7 @@ function verifyLabel(
   vrfProof: Uint8Array,
   nodeLabel: NodeLabel,
 ): void {
-  const alpha = blake3(concat(lengthPrefixed(akdLabel), Uint8Array.of(freshness), u64be(version)));
+  const alpha = blake3(concatBytes(lengthPrefixed(akdLabel), Uint8Array.of(freshness), u64be(version)));
   const out = vrfVerify(vrf.bytes, vrf.point, vrfProof, alpha);
   if (!labelEq({ val: out, len: 256 }, nodeLabel)) throw new ProofFailure();
 }
@@ -1241,8 +1240,8 @@ function lookupVerify(
 ): void {
   if (proof.version > epoch) throw new ProofFailure();
   // The existence of this version, with this value, committed at proof.epoch.
-  const commitment = blake3(concat(lengthPrefixed(proof.value), lengthPrefixed(proof.commitmentNonce)));
-  const leaf = blake3(concat(commitment, u64be(proof.epoch)));
+  const commitment = blake3(concatBytes(lengthPrefixed(proof.value), lengthPrefixed(proof.commitmentNonce)));
+  const leaf = blake3(concatBytes(commitment, u64be(proof.epoch)));
   if (!bytesEqual(leaf, proof.existenceProof.hashVal)) throw new ProofFailure();
   verifyLabel(vrf, akdLabel, FRESH, proof.version, proof.existenceVrfProof, proof.existenceProof.label);
   verifyMembership(root, proof.existenceProof);
@@ -1345,8 +1344,8 @@ function historyVerify(
   for (const u of updates) {
     if (previousEpoch !== undefined && u.epoch > previousEpoch) throw new ProofFailure();
     previousEpoch = u.epoch;
-    const commitment = blake3(concat(lengthPrefixed(u.value), lengthPrefixed(u.commitmentNonce)));
-    if (!bytesEqual(blake3(concat(commitment, u64be(u.epoch))), u.existenceProof.hashVal)) throw new ProofFailure();
+    const commitment = blake3(concatBytes(lengthPrefixed(u.value), lengthPrefixed(u.commitmentNonce)));
+    if (!bytesEqual(blake3(concatBytes(commitment, u64be(u.epoch))), u.existenceProof.hashVal)) throw new ProofFailure();
     verifyLabel(vrf, akdLabel, FRESH, u.version, u.existenceVrfProof, u.existenceProof.label);
     verifyMembership(root, u.existenceProof);
     if (u.version <= 1n) continue;
@@ -1354,7 +1353,7 @@ function historyVerify(
     const previous = u.previousVersionProof;
     const previousVrf = u.previousVersionVrfProof;
     if (previous === undefined || previousVrf === undefined) throw new ProofFailure();
-    const staleLeaf = blake3(concat(blake3(Uint8Array.of(0)), u64be(u.epoch)));
+    const staleLeaf = blake3(concatBytes(blake3(Uint8Array.of(0)), u64be(u.epoch)));
     if (!bytesEqual(staleLeaf, previous.hashVal)) throw new ProofFailure();
     verifyLabel(vrf, akdLabel, STALE, u.version - 1n, previousVrf, previous.label);
     verifyMembership(root, previous);
@@ -1664,7 +1663,7 @@ async function readLimited(resp: Response, limit: number): Promise<Uint8Array> {
     }
     chunks.push(value);
   }
-  return concat(...chunks);
+  return concatBytes(...chunks);
 }
 
 async function fetchOnce(

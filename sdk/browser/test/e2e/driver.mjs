@@ -574,20 +574,7 @@ async function plaintextGuardScenario(context, cfg) {
     await page.evaluate((m) => {
       window.ocDemo.plaintextRoom = m;
     }, mode);
-    const out = await step(`call-${mode}`, async () => {
-      await page.click('#call-audio');
-      const deadline = Date.now() + 60000;
-      for (;;) {
-        const s = await snapshot(page);
-        if (s && (s.phase === 'failed' || s.phase === 'active' || s.phase === 'ended')) {
-          return s;
-        }
-        if (Date.now() > deadline) {
-          throw new Error(`no outcome; last snapshot ${JSON.stringify(s)}`);
-        }
-        await new Promise((r) => setTimeout(r, 100));
-      }
-    });
+    const out = await callOutcome(page, `call-${mode}`);
     result.plaintext.push({
       mode,
       phase: out.phase,
@@ -711,20 +698,7 @@ async function keyChangedScenario(context, cfg) {
   });
   result.firstCall.ended = await snapshot(page);
   await step('checkpoint', () => checkpoint('keyChanged', cfg));
-  const refused = await step('refusedCall', async () => {
-    await page.click('#call-audio');
-    const deadline = Date.now() + 60000;
-    for (;;) {
-      const s = await snapshot(page);
-      if (s && (s.phase === 'failed' || s.phase === 'active')) {
-        return s;
-      }
-      if (Date.now() > deadline) {
-        throw new Error(`no outcome; last snapshot ${JSON.stringify(s)}`);
-      }
-      await new Promise((r) => setTimeout(r, 100));
-    }
-  });
+  const refused = await callOutcome(page, 'refusedCall');
   await page.waitForSelector('#accept-box', { state: 'visible', timeout: 5000 }).catch(() => null);
   result.refused = {
     phase: refused.phase,
