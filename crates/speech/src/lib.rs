@@ -1,0 +1,13 @@
+//! The speaking oracle: voice activity detection → speech-to-text → brain → text-to-speech,
+//! with turn-taking and barge-in, inside an end-to-end encrypted call.
+#![deny(missing_docs)]
+
+pub mod engine;
+pub mod error;
+pub mod wav;
+
+pub use engine::{
+    AudioStream, Brain, Message, Pcm, Role, SpeechToText, TextStream, TextToSpeech, Transcription,
+    Vad,
+};
+pub use error::{ConfigError, EngineError, Stage};
