@@ -2,8 +2,12 @@
 //! with turn-taking and barge-in, inside an end-to-end encrypted call.
 #![deny(missing_docs)]
 
+pub mod audio;
 pub mod engine;
 pub mod error;
+pub mod text;
+pub mod turn;
+pub mod vad;
 pub mod wav;
 
 pub use engine::{
