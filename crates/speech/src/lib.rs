@@ -5,6 +5,8 @@
 pub mod audio;
 pub mod engine;
 pub mod error;
+pub mod espeak;
+pub mod knowledge;
 pub mod text;
 pub mod turn;
 pub mod vad;
