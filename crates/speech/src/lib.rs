@@ -7,6 +7,7 @@ pub mod engine;
 pub mod error;
 pub mod espeak;
 pub mod knowledge;
+pub mod openai;
 pub mod text;
 pub mod turn;
 pub mod vad;
@@ -17,3 +18,4 @@ pub use engine::{
     Vad,
 };
 pub use error::{ConfigError, EngineError, Stage};
+pub use openai::{ApiKey, OpenAiBrain, OpenAiEndpoint, OpenAiStt, OpenAiTts};
