@@ -182,7 +182,7 @@ impl OpenAiEndpoint {
 /// The URL is not one of those.
 pub fn check_base_url(base_url: &str) -> Result<Url, ConfigError> {
     let url = Url::parse(base_url.trim())
-        .map_err(|e| ConfigError(format!("the base URL {base_url:?} is not a URL: {e}")))?;
+        .map_err(|e| ConfigError(format!("the base URL is not a URL: {e}")))?;
     if !url.username().is_empty() || url.password().is_some() {
         return Err(ConfigError(
             "the base URL must not hold a user name or password (give the key as api_key)".into(),
