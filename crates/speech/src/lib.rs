@@ -8,6 +8,7 @@ pub mod error;
 pub mod espeak;
 pub mod knowledge;
 pub mod openai;
+pub mod session;
 pub mod text;
 pub mod turn;
 pub mod vad;

@@ -35,6 +35,41 @@ impl Vad for EarshotVad {
     }
 }
 
+impl<V: Vad + ?Sized> Vad for Box<V> {
+    fn frame_samples(&self) -> usize {
+        (**self).frame_samples()
+    }
+    fn predict(&mut self, frame: &[i16]) -> f32 {
+        (**self).predict(frame)
+    }
+    fn reset(&mut self) {
+        (**self).reset();
+    }
+}
+
+/// A level detector: a frame is voice (1.0) when its RMS level is above `threshold` (0..=1
+/// of full scale). It cannot tell speech from noise; it is for tones and tests, and for
+/// comparing against a real detector.
+#[derive(Clone, Copy, Debug)]
+pub struct EnergyVad {
+    /// The level above which a frame counts as voice.
+    pub threshold: f32,
+}
+
+impl Vad for EnergyVad {
+    fn frame_samples(&self) -> usize {
+        320
+    }
+    fn predict(&mut self, frame: &[i16]) -> f32 {
+        if crate::audio::rms(frame) > self.threshold {
+            1.0
+        } else {
+            0.0
+        }
+    }
+    fn reset(&mut self) {}
+}
+
 /// Feeds call frames to a detector: 48 → 16 kHz, cut to the detector's frame size. Keeps the
 /// 16 kHz audio for the transcription.
 #[derive(Debug)]
