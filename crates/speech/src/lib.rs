@@ -3,6 +3,7 @@
 #![deny(missing_docs)]
 
 pub mod audio;
+pub mod config;
 pub mod engine;
 pub mod error;
 pub mod espeak;
