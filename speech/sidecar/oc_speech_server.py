@@ -39,14 +39,14 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 # Nothing may come from a model hub: faster-whisper goes through huggingface_hub only when the
 # model is a name, and these make sure it could not download even then.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
-import numpy as np  # noqa: E402  (after the environment above, as faster-whisper imports the hub)
+import numpy as np  # after the environment above: faster-whisper imports huggingface_hub
 
 LOG = logging.getLogger("oc-speech")
 
@@ -79,7 +79,7 @@ MAX_PARTS = 32
 class ApiError(Exception):
     """An error answered to the client in OpenAI's JSON shape."""
 
-    TYPES = {
+    TYPES: ClassVar[dict[int, str]] = {
         400: "invalid_request_error",
         401: "invalid_request_error",
         404: "invalid_request_error",
@@ -251,7 +251,7 @@ def resample(x: np.ndarray, src: int, dst: int) -> np.ndarray:
     utterance are silence, where wrap-around does not matter)."""
     if src == dst or len(x) == 0:
         return x.astype(np.float32)
-    n_out = max(1, int(round(len(x) * dst / src)))
+    n_out = max(1, round(len(x) * dst / src))
     spec = np.fft.rfft(x.astype(np.float64))
     keep = min(len(spec), n_out // 2 + 1)
     out_spec = np.zeros(n_out // 2 + 1, dtype=np.complex128)
@@ -398,10 +398,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self._note = ""
         self._body_read = False
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (stdlib's signature)
+    def log_message(self, format: str, *args: Any) -> None:
         LOG.debug("%s " + format, self.client_address[0], *args)
 
-    def log_error(self, format: str, *args: Any) -> None:  # noqa: A002
+    def log_error(self, format: str, *args: Any) -> None:
         LOG.info("%s " + format, self.client_address[0], *args)
 
     def send_response(self, code: int, message: str | None = None) -> None:
@@ -539,7 +539,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         except (BrokenPipeError, ConnectionResetError, TimeoutError) as e:
             self.close_connection = True
             self._note = f"connection: {type(e).__name__}"
-        except Exception as e:  # noqa: BLE001 - an engine bug must answer 500, not kill the thread
+        except Exception as e:
             LOG.exception("internal error on %s %s", self.command, path)
             self.close_connection = True
             try:
@@ -636,7 +636,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         t0 = time.monotonic()
         try:
             segments, info = tr.transcribe(x, language, prompt, temperature)
-        except Exception as e:  # noqa: BLE001 - an engine failure is a 500 with its reason
+        except Exception as e:
             LOG.exception("transcription failed")
             raise ApiError(500, f"transcription failed: {type(e).__name__}: {e}", "engine_failed") from e
         took = time.monotonic() - t0
@@ -714,7 +714,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         speed = req.get("speed", 1.0)
         if isinstance(speed, bool) or not isinstance(speed, (int, float)) or not 0.25 <= speed <= 4.0:
             raise ApiError(400, "speed must be a number from 0.25 to 4.0", "invalid_value", "speed")
-        wpm = min(ESPEAK_MAX_WPM, max(ESPEAK_MIN_WPM, int(round(ESPEAK_WPM * speed))))
+        wpm = min(ESPEAK_MAX_WPM, max(ESPEAK_MIN_WPM, round(ESPEAK_WPM * speed)))
         t0 = time.monotonic()
         pcm = sp.synthesize(clean_text(text), voice, wpm)
         out = to_s16le(resample(pcm.samples, pcm.rate, SPEECH_RATE))
@@ -736,8 +736,11 @@ ROUTES: dict[str, dict[str, Any]] = {
 
 def read_api_key(path: str | None) -> bytes | None:
     if path:
-        with open(path, "rb") as f:
-            key = f.read().strip()
+        try:
+            with open(path, "rb") as f:
+                key = f.read().strip()
+        except OSError as e:
+            raise SystemExit(f"oc_speech_server: cannot read --api-key-file: {e.strerror}") from None
         if not key:
             raise SystemExit(f"oc_speech_server: {path} is empty")
         return key
@@ -749,12 +752,16 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=0, help="0 picks a free port (printed when ready)")
-    ap.add_argument("--model-dir", default=os.environ.get("OC_WHISPER_MODEL_DIR"),
-                    help="Whisper CTranslate2 model directory (default $OC_WHISPER_MODEL_DIR)")
+    ap.add_argument(
+        "--model-dir",
+        default=os.environ.get("OC_WHISPER_MODEL_DIR"),
+        help="Whisper CTranslate2 model directory (default $OC_WHISPER_MODEL_DIR)",
+    )
     ap.add_argument("--threads", type=int, default=1, help="CTranslate2 threads (default 1)")
     ap.add_argument("--beam-size", type=int, default=1, help="Whisper beam size (default 1: greedy)")
-    ap.add_argument("--language", default=None,
-                    help="language when a request names none (default: detect; 'en' saves ~a third)")
+    ap.add_argument(
+        "--language", default=None, help="language when a request names none (default: detect; 'en' saves ~a third)"
+    )
     ap.add_argument("--espeak", default="espeak-ng", help="the espeak-ng program")
     ap.add_argument("--tts-processes", type=int, default=2, help="espeak-ng processes at once (default 2)")
     ap.add_argument("--tts-timeout", type=float, default=30.0, help="seconds per espeak-ng run")
@@ -790,8 +797,13 @@ def main(argv: list[str] | None = None) -> int:
             transcriber = Transcriber(args.model_dir, args.threads, args.beam_size, args.language)
         except ValueError as e:
             ap.error(str(e))
-        LOG.info("whisper model loaded in %.2fs, warmed in %.2fs (threads=%d beam=%d)",
-                 transcriber.load_s, transcriber.warm_s, args.threads, args.beam_size)
+        LOG.info(
+            "whisper model loaded in %.2fs, warmed in %.2fs (threads=%d beam=%d)",
+            transcriber.load_s,
+            transcriber.warm_s,
+            args.threads,
+            args.beam_size,
+        )
     speaker = None
     if not args.stt_only:
         speaker = Speaker(args.espeak, args.tts_processes, args.tts_timeout)

@@ -145,7 +145,7 @@ def espeak_pcm(text: str, voice: str, wpm: int) -> tuple[np.ndarray, int]:
 def resample_linear(x: np.ndarray, src: int, dst: int) -> np.ndarray:
     """The test's own (different) resampler: linear interpolation, so the server's FFT
     resampler is not checked against itself."""
-    n = int(round(len(x) * dst / src))
+    n = round(len(x) * dst / src)
     return np.interp(np.arange(n) * src / dst, np.arange(len(x)), x)
 
 
@@ -169,9 +169,13 @@ def multipart(fields: dict[str, str], file: bytes | None, filename: str = "audio
         out += f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
     if file is not None:
         out += (
-            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{filename}"\r\n'
-            "Content-Type: audio/wav\r\n\r\n"
-        ).encode() + file + b"\r\n"
+            (
+                f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{filename}"\r\n'
+                "Content-Type: audio/wav\r\n\r\n"
+            ).encode()
+            + file
+            + b"\r\n"
+        )
     out += f"--{boundary}--\r\n".encode()
     return out, f"multipart/form-data; boundary={boundary}"
 
@@ -188,7 +192,7 @@ def speech(server: Server, obj, ctype: str = "application/json"):
     return server.request("POST", "/v1/audio/speech", body, {"Content-Type": ctype})
 
 
-NUMBERS = "zero one two three four five six seven eight nine ten eleven twelve".split()
+NUMBERS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve"]
 
 
 def words(s: str) -> list[str]:
@@ -361,8 +365,9 @@ def test_transcription_errors(server):
     assert_error(*post(*multipart({"model": "whisper-1"}, float_wav)), 400, "invalid_audio")
     no_data = good[:12] + good[12:][: good.find(b"data") - 12]
     assert_error(*post(*multipart({"model": "whisper-1"}, no_data)), 400, "invalid_audio")
-    assert_error(*post(*multipart({"model": "whisper-1", "response_format": "srt"}, good)), 400,
-                 "invalid_response_format")
+    assert_error(
+        *post(*multipart({"model": "whisper-1", "response_format": "srt"}, good)), 400, "invalid_response_format"
+    )
     assert_error(*post(*multipart({"model": "whisper-1", "language": "klingon"}, good)), 400, "invalid_language")
     assert_error(*post(*multipart({"model": "whisper-1", "temperature": "hot"}, good)), 400, "invalid_value")
     assert_error(*post(*multipart({"model": "whisper-1"}, wav_file(np.zeros(0), 16000))), 400, "audio_empty")
@@ -413,7 +418,7 @@ def test_http_errors(server):
     with socket.create_connection(("127.0.0.1", server.port), timeout=30) as s:
         s.sendall(
             b"POST /v1/audio/speech HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            b"Transfer-Encoding: chunked\r\n\r\n4\r\n{\"a\"\r\n%x\r\n" % MAX_BODY
+            b'Transfer-Encoding: chunked\r\n\r\n4\r\n{"a"\r\n%x\r\n' % MAX_BODY
         )
         reply = read_all(s)
     assert reply.startswith(b"HTTP/1.1 413 ")
@@ -424,7 +429,12 @@ def test_http_errors(server):
         s.sendall(
             b"POST /v1/audio/speech HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
             b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
-            + b"%x\r\n" % 5 + body[:5] + b"\r\n" + b"%x\r\n" % (len(body) - 5) + body[5:] + b"\r\n0\r\n\r\n"
+            + b"%x\r\n" % 5
+            + body[:5]
+            + b"\r\n"
+            + b"%x\r\n" % (len(body) - 5)
+            + body[5:]
+            + b"\r\n0\r\n\r\n"
         )
         reply = read_all(s)
     assert reply.startswith(b"HTTP/1.1 200 "), reply[:200]
@@ -434,11 +444,14 @@ def test_http_errors(server):
         reply = read_all(s)
     assert reply.startswith(b"HTTP/1.1 411 ")
     # Garbage instead of HTTP, and an unknown method: JSON errors, and the server lives on.
-    for raw, want in ((b"\x16\x03\x01\x02\x00garbage\r\n\r\n", b"HTTP/1.1 400 "), (b"BREW /health HTTP/1.1\r\n\r\n", b"HTTP/1.1 501 ")):
+    for raw, want in (
+        (b"\x16\x03\x01\x02\x00garbage\r\n\r\n", b"HTTP/1.1 400 "),
+        (b"BREW /health HTTP/1.1\r\n\r\n", b"HTTP/1.1 501 "),
+    ):
         with socket.create_connection(("127.0.0.1", server.port), timeout=30) as s:
             s.sendall(raw)
             reply = read_all(s)
-        assert reply.startswith(want) or reply.startswith(want.replace(b"1.1", b"1.0")), reply[:200]
+        assert reply.startswith((want, want.replace(b"1.1", b"1.0"))), reply[:200]
         assert b'"error"' in reply
     status, _, data = server.request("GET", "/health")
     assert status == 200 and json.loads(data)["status"] == "ok"
@@ -455,7 +468,7 @@ def read_all(s: socket.socket) -> bytes:
             break
         out += b
         head, sep, rest = out.partition(b"\r\n\r\n")
-        m = re.search(rb"content-length: *(\d+)", head, re.I)
+        m = re.search(rb"content-length: *(\d+)", head, re.IGNORECASE)
         if sep and m and len(rest) >= int(m.group(1)):
             break
     return out
@@ -473,7 +486,10 @@ def test_models_and_health(server):
 def test_api_key(tmp_path):
     key_file = tmp_path / "key"
     key_file.write_text("s3cret-key\n")
-    for s in (Server("--tts-only", "--api-key-file", str(key_file)), Server("--tts-only", env={"OC_SPEECH_API_KEY": "s3cret-key"})):
+    for s in (
+        Server("--tts-only", "--api-key-file", str(key_file)),
+        Server("--tts-only", env={"OC_SPEECH_API_KEY": "s3cret-key"}),
+    ):
         try:
             req = {"model": "tts-1", "input": "Hi.", "response_format": "pcm"}
             body = json.dumps(req).encode()
@@ -516,3 +532,24 @@ def test_engine_failure_is_a_500(tmp_path):
         assert status == 200
     finally:
         assert s.stop() == 0
+
+
+def test_bad_model_dir_fails_fast(tmp_path):
+    p = subprocess.run(
+        [sys.executable, str(SERVER), "--port", "0", "--model-dir", str(tmp_path / "none")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert p.returncode == 2 and p.stdout == ""
+    assert "model.bin" in p.stderr
+    p = subprocess.run(
+        [sys.executable, str(SERVER), "--port", "0", "--tts-only", "--api-key-file", str(tmp_path / "empty")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert p.returncode == 1 and p.stdout == ""
+    assert "cannot read --api-key-file" in p.stderr and "Traceback" not in p.stderr
