@@ -389,13 +389,19 @@ async fn bad_requests_give_typed_errors() {
     let text = ask(with_key(key)).await.unwrap();
     assert!(!text.is_empty());
 
+    // (A model name the server does not know is no error here: llama-cpp-python answers any
+    // name with its one model.)
+
     // A path the server does not have: 404, typed.
     let wrong = OpenAiEndpoint::new(llama.base.replace("/v1", "/v2")).with_api_key(api_key(key));
     let e = ask(wrong).await.unwrap_err();
     println!("wrong path: {e}");
     assert!(matches!(&e, EngineError::Http { status: 404, .. }), "{e:?}");
 
-    // A conversation longer than the context window (2048 tokens).
+    // A conversation longer than the context window (2048 tokens). llama-cpp-python 0.3.36
+    // finds out only once it has answered 200: it ends the stream at once, empty, with no
+    // [DONE] and no error event (its log has the ValueError). The brain says the answer
+    // broke off; it does not wait for a deadline.
     let long = "The quick brown fox jumps over the lazy dog. ".repeat(400);
     let b = brain(with_key(key), 8);
     let started = Instant::now();
@@ -408,16 +414,11 @@ async fn bad_requests_give_typed_errors() {
     }
     .await;
     let e = r.unwrap_err();
-    println!(
-        "over the context window, after {:?}: {e}",
-        started.elapsed()
-    );
-    assert_eq!(e.stage(), Stage::Brain);
+    let took = started.elapsed();
+    println!("over the context window, after {took:?}: {e}");
     assert!(
-        matches!(
-            &e,
-            EngineError::Http { .. } | EngineError::Connection { .. }
-        ),
+        matches!(&e, EngineError::Connection { stage: Stage::Brain, reason } if reason == "the stream ended before the answer did"),
         "{e:?}"
     );
+    assert!(took < Duration::from_secs(5), "{took:?}");
 }
