@@ -330,11 +330,11 @@ async fn dropping_the_answer_stops_the_generation() {
         dropped - started
     );
     assert!(
-        busy > 0.5,
+        busy > 0.3,
         "the server was not generating while held ({busy:.2} s)"
     );
     assert!(
-        idle < 0.2,
+        idle < 0.1,
         "the server kept working after the drop ({idle:.2} s)"
     );
     let log = std::fs::read_to_string(&llama.log).unwrap_or_default();
