@@ -1613,6 +1613,13 @@ mod tests {
         std::fs::write(&path, "\n").unwrap();
         assert!(ApiKey::from_file(&path).is_err());
         assert!(ApiKey::from_env("OC_SURELY_UNSET_VARIABLE_FOR_A_TEST").is_err());
+        // A variable that is set (tests cannot set one: that needs unsafe code).
+        if let Ok(home) = std::env::var("HOME")
+            && !home.is_empty()
+            && home.bytes().all(|b| b.is_ascii_graphic())
+        {
+            assert_eq!(ApiKey::from_env("HOME").unwrap().scrub(&home), "***");
+        }
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
