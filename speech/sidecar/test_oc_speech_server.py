@@ -564,3 +564,27 @@ def test_bad_model_dir_fails_fast(tmp_path):
     )
     assert p.returncode == 1 and p.stdout == ""
     assert "cannot read --api-key-file" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_keep_alive_across_requests_and_errors(server):
+    # One connection, as a pooling client (reqwest) uses it: answers, a 400 whose body was read,
+    # a 404, then answers again.
+    c = server.conn()
+    sock = None
+    try:
+        for method, path, body, want in (
+            ("GET", "/health", None, 200),
+            ("POST", "/v1/audio/speech", json.dumps({"model": "tts-1"}).encode(), 400),
+            ("GET", "/nowhere", None, 404),
+            ("POST", "/v1/audio/speech", json.dumps({"model": "tts-1", "input": "Hi."}).encode(), 200),
+            ("GET", "/v1/models", None, 200),
+        ):
+            c.request(method, path, body=body, headers={"Content-Type": "application/json"})
+            r = c.getresponse()
+            r.read()
+            assert r.status == want, (method, path, r.status)
+            assert r.getheader("Connection") != "close"
+            sock = sock or c.sock
+            assert sock is not None and c.sock is sock, "the connection was not kept"
+    finally:
+        c.close()
