@@ -149,6 +149,9 @@ pub struct FileConfig {
     /// and refuses to run unless the server describes the oracle as the record does.
     #[serde(default)]
     pub key_transparency: Option<KtSection>,
+    /// The speaking oracle's engines and turn-taking (`oracle-calls agent --oracle speech`).
+    #[serde(default)]
+    pub speech: Option<oracle_calls_speech::config::SpeechSection>,
 }
 
 /// `[key_transparency]` of [`FileConfig`].

@@ -34,6 +34,7 @@ mod kt;
 mod oracle;
 pub mod oracles;
 pub mod prekeys;
+mod speech;
 mod worker;
 
 pub use api::ServerApi;
@@ -42,4 +43,5 @@ pub use error::AgentError;
 pub use job::{CallReport, JobOutcome};
 pub use keys::HeldKeys;
 pub use oracle::{CallInfo, CallIo, Heard, Oracle, OracleError, TryRecv};
+pub use speech::Speech;
 pub use worker::{Agent, AgentHandle, AgentStats};

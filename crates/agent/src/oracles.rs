@@ -1,9 +1,14 @@
-//! Built-in oracles: [`Echo`] and [`Tone`], and [`Builtin`] to pick one by name.
+//! Built-in oracles: [`Echo`], [`Tone`] and [`Speech`], and [`Builtin`] to pick one by
+//! name ([`OracleKind`]).
 
 use std::collections::VecDeque;
 
 use oracle_calls_rtc::{AUDIO_FRAME_SAMPLES, sine_tone};
 
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::speech::Speech;
 use crate::{CallIo, Heard, Oracle, OracleError, TryRecv};
 
 const SILENCE: [i16; AUDIO_FRAME_SAMPLES] = [0; AUDIO_FRAME_SAMPLES];
@@ -157,24 +162,79 @@ impl Utterances {
     }
 }
 
-/// A built-in oracle chosen by name (`echo` or `tone`).
-#[derive(Clone, Copy, Debug)]
+/// The built-in oracles by name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OracleKind {
+    /// [`Echo`].
+    Echo,
+    /// [`Tone`].
+    Tone,
+    /// [`Speech`], configured by the `[speech]` section of the agent's file.
+    Speech,
+}
+
+impl std::str::FromStr for OracleKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "echo" => Ok(Self::Echo),
+            "tone" => Ok(Self::Tone),
+            "speech" => Ok(Self::Speech),
+            other => Err(format!(
+                "unknown oracle `{other}`; built-ins are: echo, tone, speech"
+            )),
+        }
+    }
+}
+
+/// A built-in oracle.
+#[derive(Clone, Debug)]
 pub enum Builtin {
     /// [`Echo`].
     Echo(Echo),
     /// [`Tone`].
     Tone(Tone),
+    /// [`Speech`].
+    Speech(Arc<Speech>),
 }
 
 impl std::str::FromStr for Builtin {
     type Err = String;
+    /// `echo` or `tone` (the speaking oracle needs its configuration: [`Builtin::build`]).
     fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "echo" => Ok(Self::Echo(Echo::default())),
-            "tone" => Ok(Self::Tone(Tone)),
-            other => Err(format!(
-                "unknown oracle `{other}`; built-ins are: echo, tone"
-            )),
+        match s.parse::<OracleKind>()? {
+            OracleKind::Echo => Ok(Self::Echo(Echo::default())),
+            OracleKind::Tone => Ok(Self::Tone(Tone)),
+            OracleKind::Speech => Err(
+                "the speech oracle is built from the [speech] section of the agent's file".into(),
+            ),
+        }
+    }
+}
+
+impl Builtin {
+    /// The oracle `kind`; `speech` from `speech` (the agent file's `[speech]` section),
+    /// relative paths against `base`.
+    ///
+    /// # Errors
+    /// `speech` without a `[speech]` section, or a section that cannot be prepared.
+    pub async fn build(
+        kind: OracleKind,
+        speech: Option<&oracle_calls_speech::config::SpeechSection>,
+        base: &Path,
+    ) -> Result<Self, String> {
+        match kind {
+            OracleKind::Echo => Ok(Self::Echo(Echo::default())),
+            OracleKind::Tone => Ok(Self::Tone(Tone)),
+            OracleKind::Speech => {
+                let section = speech.ok_or_else(|| {
+                    "the speech oracle needs a [speech] section in the agent's file".to_owned()
+                })?;
+                let s = Speech::new(section, base)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok(Self::Speech(Arc::new(s)))
+            }
         }
     }
 }
@@ -184,6 +244,7 @@ impl Oracle for Builtin {
         match self {
             Self::Echo(o) => o.run(call).await,
             Self::Tone(o) => o.run(call).await,
+            Self::Speech(o) => o.run(call).await,
         }
     }
 }
@@ -253,6 +314,9 @@ mod tests {
         assert!(matches!("echo".parse(), Ok(Builtin::Echo(_))));
         assert!(matches!("tone".parse(), Ok(Builtin::Tone(_))));
         let e = "parrot".parse::<Builtin>().unwrap_err();
-        assert!(e.contains("echo, tone"), "{e}");
+        assert!(e.contains("echo, tone, speech"), "{e}");
+        let e = "speech".parse::<Builtin>().unwrap_err();
+        assert!(e.contains("[speech] section"), "{e}");
+        assert_eq!("speech".parse::<OracleKind>(), Ok(OracleKind::Speech));
     }
 }

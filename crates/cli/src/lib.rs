@@ -8,6 +8,7 @@ pub mod keyfile;
 pub mod local;
 pub mod local_kt;
 pub mod speech;
+pub mod speech_local;
 pub mod verify;
 pub mod wav;
 pub mod web;

@@ -498,7 +498,7 @@ impl Deployment {
             database_url,
             restart,
         };
-        if let Some(oracle) = dep.restart.oracle {
+        if let Some(oracle) = dep.restart.oracle.clone() {
             let agent = dep.start_agent(oracle, dep.restart.max_calls, None).await?;
             dep.agent = Some(agent);
         }
@@ -559,7 +559,7 @@ impl Deployment {
         )
         .await?;
         self.server = server;
-        if let Some(oracle) = self.restart.oracle {
+        if let Some(oracle) = self.restart.oracle.clone() {
             let agent = self
                 .start_agent(oracle, self.restart.max_calls, None)
                 .await?;
@@ -598,6 +598,7 @@ impl Deployment {
                     target: 50,
                     last_resort_max_age_secs: 7 * 24 * 3600,
                 }),
+            speech: None,
             key_transparency: None,
         })
     }

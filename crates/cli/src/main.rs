@@ -13,7 +13,7 @@ mod kt_cmd;
 mod serve;
 
 use oracle_calls::keyfile;
-use oracle_calls_agent::oracles::Builtin;
+use oracle_calls_agent::oracles::OracleKind;
 
 use std::path::PathBuf;
 
@@ -90,9 +90,9 @@ enum Command {
         /// The agent's TOML config file.
         #[arg(long, env = "ORACLE_CALLS_AGENT_CONFIG")]
         config: PathBuf,
-        /// The oracle to run: echo or tone.
+        /// The oracle to run: echo, tone, or speech (configured by the file's `[speech]`).
         #[arg(long, default_value = "echo")]
-        oracle: Builtin,
+        oracle: OracleKind,
     },
     /// Call the oracle as a user: say a WAV file, record the answer.
     Call(call_cmd::CallArgs),

@@ -91,6 +91,10 @@ pub struct SessionConfig {
     pub echo_ratio: f32,
     /// See `echo_ratio`.
     pub echo_window: Duration,
+    /// Once a frame is loud enough to be the person over the oracle, the frames that follow
+    /// within this time count as the person too (their quieter syllables), as a line echo
+    /// canceller's double-talk detector holds its decision.
+    pub echo_hold: Duration,
     /// Instructions put first in what the brain sees (none for the knowledge file).
     pub instructions: Option<String>,
     /// Lines of conversation kept for the brain (the oldest go first).
@@ -107,6 +111,7 @@ impl Default for SessionConfig {
             prefix: Duration::from_millis(300),
             echo_ratio: 0.5,
             echo_window: Duration::from_millis(500),
+            echo_hold: Duration::from_millis(160),
             instructions: None,
             max_history: 40,
             fallback_line: "Sorry, something went wrong on my side. Please say that again.".into(),
@@ -331,6 +336,8 @@ pub struct SpeechSession {
     queue: VecDeque<(u64, usize, Vec<i16>)>,
     /// Level of each frame played, newest last, with when it was played.
     played: VecDeque<(Instant, f32)>,
+    /// Until when the person's audio counts as theirs whatever its level (see `echo_hold`).
+    person_until: Option<Instant>,
     history: Vec<Message>,
     events_tx: mpsc::UnboundedSender<Event>,
     events: mpsc::UnboundedReceiver<Event>,
@@ -371,6 +378,7 @@ impl SpeechSession {
             reply: None,
             queue: VecDeque::new(),
             played: VecDeque::new(),
+            person_until: None,
             history: Vec::new(),
             events_tx,
             events,
@@ -498,14 +506,25 @@ impl SpeechSession {
         }
     }
 
-    fn is_echo(&self, pcm48: &[i16], now: Instant) -> bool {
+    /// Whether a frame of the person's audio is only the oracle's own voice coming back: it
+    /// is quieter than `echo_ratio` times the loudest frame the oracle played within the echo
+    /// window (an echo at −10 dB stays under a −6 dB ratio whatever its delay in the window),
+    /// and no louder frame in the last `echo_hold` showed the person talking.
+    fn is_echo(&mut self, pcm48: &[i16], now: Instant) -> bool {
         let loudest = self
             .played
             .iter()
             .filter(|(t, _)| now.saturating_duration_since(*t) <= self.cfg.echo_window)
             .map(|(_, l)| *l)
             .fold(0.0f32, f32::max);
-        loudest > 0.0 && rms(pcm48) < self.cfg.echo_ratio * loudest
+        if loudest <= 0.0 {
+            return false;
+        }
+        if rms(pcm48) >= self.cfg.echo_ratio * loudest {
+            self.person_until = Some(now + self.cfg.echo_hold);
+            return false;
+        }
+        self.person_until.is_none_or(|t| now >= t)
     }
 
     fn remember(&mut self, at: Duration, pcm16: Vec<i16>) {

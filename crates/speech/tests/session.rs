@@ -458,6 +458,37 @@ async fn the_oracles_own_voice_leaking_back_does_not_interrupt_it() {
 }
 
 #[tokio::test]
+async fn with_the_echo_leaking_back_a_short_mm_still_does_not_stop_it_but_speech_does() {
+    let long = vec![
+        "Long a b c d e f g h i j.",
+        "Long k l m n o p q r s t.",
+        "Long u v w x y z a b c d.",
+    ];
+    let mut sim = Sim::new(
+        vec![Ok("the long one please"), Ok("now the answer")],
+        vec![("long", long), ("answer", vec!["Short fine."])],
+    );
+    sim.echo = Some((0.316, 5));
+    sim.speak(30).await;
+    sim.until(Out::Long, 150).await;
+    sim.quiet(20).await;
+    sim.speak(15).await; // a 300 ms "mm" over the oracle's echo
+    sim.quiet(30).await;
+    assert_eq!(*sim.out.last().unwrap(), Out::Long, "{:?}", sim.runs());
+    let onset = sim.k;
+    sim.speak(30).await;
+    let stopped = sim.out[onset..]
+        .iter()
+        .position(|o| *o == Out::Silence)
+        .expect("the oracle stopped");
+    assert!(
+        (24..=26).contains(&stopped),
+        "stopped {stopped} frames after the onset"
+    );
+    sim.until(Out::Short, 150).await;
+}
+
+#[tokio::test]
 async fn an_engine_failure_says_the_fallback_and_listens_again() {
     let mut sim = Sim::new(
         vec![Err(()), Ok("now the answer")],
