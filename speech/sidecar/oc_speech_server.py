@@ -30,6 +30,7 @@ import hmac
 import http.server
 import json
 import logging
+import math
 import os
 import re
 import signal
@@ -246,18 +247,43 @@ def parse_wav(data: bytes) -> Pcm:
     raise ApiError(400, "WAV file has no data chunk", "invalid_audio")
 
 
+def smooth_at_least(m: int) -> int:
+    """The smallest 2^a * 3^b * 5^c >= m (a length the FFT handles fast)."""
+    best = 1 << max(0, (m - 1).bit_length())
+    p3 = 1
+    while p3 < best:
+        p35 = p3
+        while p35 < best:
+            v = p35
+            while v < m:
+                v *= 2
+            best = min(best, v)
+            p35 *= 5
+        p3 *= 3
+    return best
+
+
 def resample(x: np.ndarray, src: int, dst: int) -> np.ndarray:
-    """Band-limited resampling through the spectrum (exact for periodic signals; the edges of an
-    utterance are silence, where wrap-around does not matter)."""
+    """Band-limited resampling through the spectrum. The input is padded with silence to
+    k * (src / gcd) samples, k 5-smooth, so both transforms have fast lengths (an utterance's
+    own length is often a large prime times something) and the output is exactly k * (dst / gcd)
+    samples before it is cut to length; the padding also keeps the end from wrapping onto the
+    start."""
     if src == dst or len(x) == 0:
         return x.astype(np.float32)
+    g = math.gcd(src, dst)
+    down, up = src // g, dst // g
     n_out = max(1, round(len(x) * dst / src))
-    spec = np.fft.rfft(x.astype(np.float64))
-    keep = min(len(spec), n_out // 2 + 1)
-    out_spec = np.zeros(n_out // 2 + 1, dtype=np.complex128)
+    k = smooth_at_least(-(-len(x) // down))
+    n_in, n_full = k * down, k * up
+    padded = np.zeros(n_in, dtype=np.float64)
+    padded[: len(x)] = x
+    spec = np.fft.rfft(padded)
+    keep = min(len(spec), n_full // 2 + 1)
+    out_spec = np.zeros(n_full // 2 + 1, dtype=np.complex128)
     out_spec[:keep] = spec[:keep]
-    y = np.fft.irfft(out_spec, n_out) * (n_out / len(x))
-    return y.astype(np.float32)
+    y = np.fft.irfft(out_spec, n_full) * (n_full / n_in)
+    return y[:n_out].astype(np.float32)
 
 
 def to_s16le(x: np.ndarray) -> bytes:

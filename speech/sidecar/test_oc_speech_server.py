@@ -27,6 +27,7 @@ import wave
 from pathlib import Path
 
 import numpy as np
+import oc_speech_server as srv
 import pytest
 
 HERE = Path(__file__).resolve().parent
@@ -233,6 +234,62 @@ def test_wer_helper():
     assert wer("the cat sat", "the dog sat") == pytest.approx(1 / 3)
     assert wer("a b c d", "a c d e") == 0.5
     assert wer("opens at ten", "Opens at 10.") == 0.0
+
+
+# ------------------------------------------------------------------ the server's own parts
+
+
+@pytest.mark.parametrize(
+    ("src", "dst"), [(22050, 24000), (48000, 16000), (44100, 16000), (8000, 16000), (24000, 16000), (44101, 16000)]
+)
+def test_resample_keeps_a_tone(src, dst):
+    n = 2 * src + 7
+    x = np.sin(2 * np.pi * 1000 * np.arange(n) / src).astype(np.float32)
+    y = srv.resample(x, src, dst)
+    assert len(y) == round(n * dst / src)
+    ref = np.sin(2 * np.pi * 1000 * np.arange(len(y)) / dst)
+    mid = slice(len(y) // 4, 3 * len(y) // 4)
+    assert np.max(np.abs(y[mid] - ref[mid])) < 1e-3
+
+
+def test_resample_removes_what_the_target_rate_cannot_hold():
+    # 16 kHz holds up to 8 kHz: a 7 kHz tone stays, a 9 kHz tone must vanish (not alias to 7 kHz).
+    src, dst, n = 48000, 16000, 48000
+    t = np.arange(n) / src
+    keep = srv.resample(np.sin(2 * np.pi * 7000 * t).astype(np.float32), src, dst)
+    gone = srv.resample(np.sin(2 * np.pi * 9000 * t).astype(np.float32), src, dst)
+    assert rms(keep) > 0.6 and rms(gone) < 0.01
+
+
+def test_smooth_lengths():
+    got = [srv.smooth_at_least(m) for m in (1, 2, 7, 11, 17, 121, 1000, 1025)]
+    assert got == [1, 2, 8, 12, 18, 125, 1000, 1080]
+
+
+def test_parse_wav_variants():
+    pcm = (np.sin(np.arange(1000) / 5) * 10000).round()
+    plain = srv.parse_wav(wav_file(pcm, 16000))
+    assert plain.rate == 16000 and len(plain.samples) == 1000
+    assert np.allclose(plain.samples * 32768, pcm, atol=0.5)
+    stereo = srv.parse_wav(wav_file(pcm, 44100, channels=2))
+    assert stereo.rate == 44100 and np.allclose(stereo.samples, plain.samples)
+    # A data chunk whose size is larger than the file (a WAV written to a pipe).
+    piped = bytearray(wav_file(pcm, 22050))
+    data_at = piped.find(b"data")
+    piped[data_at + 4 : data_at + 8] = struct.pack("<I", 0x7FFFF000)
+    assert len(srv.parse_wav(bytes(piped)).samples) == 1000
+    # WAVE_FORMAT_EXTENSIBLE with the PCM sub-format.
+    ext = bytearray(wav_file(pcm, 16000))
+    fmt_at = ext.find(b"fmt ")
+    body = bytes(ext[fmt_at + 8 : fmt_at + 24])
+    ext_fmt = struct.pack("<H", 0xFFFE) + body[2:] + struct.pack("<HHIH", 22, 16, 4, 1) + bytes(14)
+    ext = ext[:fmt_at] + b"fmt " + struct.pack("<I", len(ext_fmt)) + ext_fmt + ext[fmt_at + 24 :]
+    ext[4:8] = struct.pack("<I", len(ext) - 8)
+    assert len(srv.parse_wav(bytes(ext)).samples) == 1000
+    for bad in (b"", b"RIFF", b"RIFF\0\0\0\0WAVE", b"RIFX" + bytes(40), wav_file(pcm, 16000, bits=8)):
+        with pytest.raises(srv.ApiError) as e:
+            srv.parse_wav(bad)
+        assert e.value.status == 400
 
 
 # ------------------------------------------------------------------ speech to text
