@@ -413,7 +413,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "oc-speech/1"
     sys_version = ""
-    cfg: Config  # set on the subclass made by serve()
+    cfg: Config  # set on the subclass that main() makes
 
     # -- plumbing
 
@@ -710,6 +710,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             req = json.loads(body)
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise ApiError(400, f"request body is not valid JSON: {e}", "invalid_json") from None
+        except RecursionError:
+            raise ApiError(400, "request body is nested too deeply", "invalid_json") from None
         if not isinstance(req, dict):
             raise ApiError(400, "request body must be a JSON object", "invalid_json")
         model = req.get("model")
@@ -718,6 +720,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
         text = req.get("input")
         if not isinstance(text, str) or not text.strip():
             raise ApiError(400, "input must be a non-empty string", "invalid_input", "input")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ApiError(400, "input is not valid Unicode (a lone surrogate)", "invalid_input", "input") from None
         if len(text) > self.cfg.max_input_chars:
             raise ApiError(
                 400,

@@ -450,6 +450,8 @@ def test_speech_errors(server):
     assert_error(*speech(server, b"[1, 2]", "application/json"), 400, "invalid_json")
     assert_error(*speech(server, b"\xff\xfe", "application/json"), 400, "invalid_json")
     assert_error(*speech(server, ok, "text/plain"), 400, "invalid_content_type")
+    assert_error(*speech(server, b'{"model": "tts-1", "input": "\\ud800"}', "application/json"), 400, "invalid_input")
+    assert_error(*speech(server, b"[" * 100_000 + b"]" * 100_000, "application/json"), 400, "invalid_json")
     assert_error(*speech(server, {"input": "Hello."}), 400, "missing_model")
     assert_error(*speech(server, {"model": "tts-1"}), 400, "invalid_input")
     assert_error(*speech(server, {**ok, "input": "   "}), 400, "invalid_input")
