@@ -647,3 +647,36 @@ def test_keep_alive_across_requests_and_errors(server):
             assert sock is not None and c.sock is sock, "the connection was not kept"
     finally:
         c.close()
+
+
+def test_mutated_uploads_raise_only_api_errors():
+    # The parsers on 3000 mutations of a valid upload (seeded): either a result or an ApiError
+    # (a 400), never another exception (a 500 or a dead handler thread).
+    rng = np.random.default_rng(14)
+    pcm = (np.sin(np.arange(400) / 3) * 8000).round()
+    body, ctype = multipart({"model": "whisper-1", "language": "en"}, wav_file(pcm, 16000, channels=2))
+    outcomes = {"ok": 0, "error": 0}
+    for i in range(3000):
+        b = bytearray(body)
+        for _ in range(int(rng.integers(1, 6))):
+            op = rng.integers(0, 3)
+            at = int(rng.integers(0, len(b)))
+            if op == 0:
+                b[at] = int(rng.integers(0, 256))
+            elif op == 1:
+                del b[at : at + int(rng.integers(1, 64))]
+            else:
+                b[at:at] = bytes(rng.integers(0, 256, int(rng.integers(1, 16)), dtype=np.uint8))
+        try:
+            parts = srv.parse_multipart(bytes(b), ctype if i % 7 else ctype + "; charset=x")
+            for p in parts:
+                if p.name == "file":
+                    audio = srv.parse_wav(p.data)
+                    assert len(srv.resample(audio.samples, audio.rate, 16000)) == round(
+                        len(audio.samples) * 16000 / audio.rate
+                    )
+            outcomes["ok"] += 1
+        except srv.ApiError as e:
+            assert e.status == 400
+            outcomes["error"] += 1
+    assert outcomes["ok"] > 100 and outcomes["error"] > 100, outcomes
