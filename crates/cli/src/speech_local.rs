@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use oracle_calls_speech::audio::Downsampler;
 use oracle_calls_speech::config::SpeechSection;
-use oracle_calls_speech::espeak::EspeakTts;
+use oracle_calls_speech::flite::FliteTts;
 use oracle_calls_speech::openai::{OpenAiEndpoint, OpenAiStt, SttConfig};
 use oracle_calls_speech::session::render;
 use oracle_calls_speech::{SpeechToText, TextToSpeech};
@@ -125,10 +125,24 @@ pub enum SidecarRole {
 /// # Errors
 /// It cannot start or does not become ready within two minutes.
 pub async fn start_sidecar(env: &SpeechEnv, role: SidecarRole) -> anyhow::Result<LocalServer> {
+    start_sidecar_with(env, role, 1).await
+}
+
+/// [`start_sidecar`] with Whisper's beam size (1, greedy, is the fastest; 5 hears more
+/// exactly, e.g. for checking what the oracle said).
+///
+/// # Errors
+/// As [`start_sidecar`].
+pub async fn start_sidecar_with(
+    env: &SpeechEnv,
+    role: SidecarRole,
+    beam_size: u32,
+) -> anyhow::Result<LocalServer> {
     let script = speech_dir().join("sidecar/oc_speech_server.py");
     let mut cmd = Command::new(&env.python);
     cmd.arg(&script)
         .args(["--host", "127.0.0.1", "--port", "0", "--threads", "1"])
+        .args(["--beam-size", &beam_size.to_string()])
         .arg("--model-dir")
         .arg(&env.whisper_dir)
         .env("HF_HUB_OFFLINE", "1")
@@ -221,7 +235,7 @@ pub async fn start_llama(env: &SpeechEnv) -> anyhow::Result<LocalServer> {
 }
 
 /// The offline default's `[speech]` section: earshot, Whisper at `stt_url`, the knowledge
-/// file, espeak-ng.
+/// file, flite.
 ///
 /// # Errors
 /// Never in practice (the TOML is built here); kept as a `Result` for the parse.
@@ -230,18 +244,19 @@ pub fn offline_section(stt_url: &str, knowledge: &Path) -> anyhow::Result<Speech
         "[vad]\nkind = \"earshot\"\n\
          [stt]\nkind = \"openai\"\nbase_url = \"{stt_url}\"\nmodel = \"whisper-base\"\nlanguage = \"en\"\n\
          [brain]\nkind = \"knowledge\"\nfile = {knowledge:?}\n\
-         [tts]\nkind = \"espeak-ng\"\nvoice = \"en-us\"\n",
+         [tts]\nkind = \"flite\"\nvoice = \"slt\"\n",
         knowledge = knowledge.display().to_string(),
     );
     Ok(toml::from_str(&text)?)
 }
 
-/// `text` spoken by espeak-ng in `voice` (the user's side of a test), at 48 kHz.
+/// `text` spoken by flite in one of its voices (the user's side of a test or the demo), at
+/// 48 kHz.
 ///
 /// # Errors
-/// espeak-ng is missing or fails.
+/// flite is missing or fails.
 pub async fn say(text: &str, voice: &str) -> anyhow::Result<Vec<i16>> {
-    let tts = EspeakTts::new("espeak-ng", voice, 165)?;
+    let tts = FliteTts::new("flite", voice)?;
     Ok(render(&tts as &dyn TextToSpeech, text).await?)
 }
 
@@ -261,14 +276,66 @@ pub async fn transcribe(stt_url: &str, pcm48: &[i16]) -> anyhow::Result<String> 
     Ok(t.finish().await?)
 }
 
-/// Lower-case words without punctuation ("Celsius." → "celsius").
+/// Lower-case words without punctuation ("Celsius." → "celsius"), contractions spelt out
+/// ("I'm" → "i am") and small numbers as words ("8" → "eight"), so that a transcript is
+/// compared for what was said, not how it was written.
 pub fn words(text: &str) -> Vec<String> {
-    text.to_lowercase()
-        .replace(['\'', '’'], "")
-        .split(|c: char| !c.is_alphanumeric())
+    const NUMBERS: [&str; 21] = [
+        "zero",
+        "one",
+        "two",
+        "three",
+        "four",
+        "five",
+        "six",
+        "seven",
+        "eight",
+        "nine",
+        "ten",
+        "eleven",
+        "twelve",
+        "thirteen",
+        "fourteen",
+        "fifteen",
+        "sixteen",
+        "seventeen",
+        "eighteen",
+        "nineteen",
+        "twenty",
+    ];
+    let mut out = Vec::new();
+    for w in text
+        .to_lowercase()
+        .replace('’', "'")
+        .split(|c: char| !c.is_alphanumeric() && c != '\'')
+        .map(|w| w.trim_matches('\''))
         .filter(|w| !w.is_empty())
-        .map(str::to_owned)
-        .collect()
+    {
+        let spelt: &[&str] = match w {
+            "i'm" => &["i", "am"],
+            "don't" => &["do", "not"],
+            "can't" => &["can", "not"],
+            "cannot" => &["can", "not"],
+            "isn't" => &["is", "not"],
+            "you're" => &["you", "are"],
+            "that's" => &["that", "is"],
+            "what's" => &["what", "is"],
+            "it's" => &["it", "is"],
+            "there's" => &["there", "is"],
+            "i've" => &["i", "have"],
+            _ => &[],
+        };
+        if !spelt.is_empty() {
+            out.extend(spelt.iter().map(|s| (*s).to_owned()));
+        } else if let Some(n) = w.parse::<usize>().ok().and_then(|n| NUMBERS.get(n)) {
+            out.push((*n).to_owned());
+        } else if w == "100" {
+            out.extend(["one".to_owned(), "hundred".to_owned()]);
+        } else {
+            out.push(w.replace('\'', ""));
+        }
+    }
+    out
 }
 
 /// Word error rate of `hypothesis` against `reference`: word edits / reference words.
@@ -310,5 +377,156 @@ mod tests {
         assert!((word_error_rate("a b c d", "a x c") - 0.5).abs() < 1e-9);
         assert!((word_error_rate("a b", "a b c d") - 1.0).abs() < 1e-9);
         assert_eq!(word_error_rate("", ""), 0.0);
+        assert_eq!(
+            word_error_rate("Hello, I am the oracle.", "Hello, I'm the Oracle."),
+            0.0
+        );
+        assert_eq!(
+            word_error_rate("A spider has eight legs.", "A spider has 8 legs."),
+            0.0
+        );
+    }
+}
+
+/// A frame's level above which received audio counts as the oracle speaking (−40 dBFS).
+pub const SPEAKING_RMS: f32 = 0.01;
+
+/// The user's side of a spoken conversation in a live call: a microphone fed 20 ms at a
+/// time (what the user says, silence otherwise, optionally the oracle's own voice leaking
+/// back), and the oracle's audio collected with the time each frame arrived.
+#[derive(Debug)]
+pub struct Conversation {
+    mic: oracle_calls_rtc::AudioSource,
+    /// Every frame of the oracle's audio, with when it arrived.
+    pub heard: Vec<(std::time::Instant, Vec<i16>)>,
+    /// Feeds the oracle's audio back into the microphone: (gain, delay in frames).
+    pub echo: Option<(f32, usize)>,
+    /// Frames the microphone sent, in order (what the oracle was given to hear).
+    pub sent: usize,
+}
+
+/// How a [`Conversation::run`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunEnd {
+    /// The stop condition held.
+    Stopped,
+    /// The time ran out.
+    TimedOut,
+    /// The call ended.
+    CallEnded,
+}
+
+impl Conversation {
+    /// A conversation on `call`'s microphone.
+    pub fn new(call: &oracle_calls_client::Call) -> Self {
+        Self {
+            mic: call.microphone(),
+            heard: Vec::new(),
+            echo: None,
+            sent: 0,
+        }
+    }
+
+    /// Says `pcm` (48 kHz; nothing: silence) in real time while listening, then keeps
+    /// listening until `stop` holds (checked every frame once `pcm` is said) or `max` passes.
+    /// Returns how it ended and when the last frame of `pcm` was sent.
+    ///
+    /// # Errors
+    /// The microphone's track is gone.
+    pub async fn run(
+        &mut self,
+        call: &mut oracle_calls_client::Call,
+        pcm: &[i16],
+        max: Duration,
+        mut stop: impl FnMut(&Self) -> bool,
+    ) -> anyhow::Result<(RunEnd, std::time::Instant)> {
+        use oracle_calls_client::CallEvent;
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let deadline = tokio::time::Instant::now() + max;
+        let mut frames = pcm.chunks(960);
+        let mut said_until = std::time::Instant::now();
+        let mut saying = true;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    let mut frame = match frames.next() {
+                        Some(f) => {
+                            said_until = std::time::Instant::now();
+                            let mut f = f.to_vec();
+                            f.resize(960, 0);
+                            f
+                        }
+                        None => {
+                            saying = false;
+                            vec![0; 960]
+                        }
+                    };
+                    if let Some((gain, delay)) = self.echo
+                        && let Some((_, back)) = self.heard.len().checked_sub(1 + delay).and_then(|i| self.heard.get(i))
+                    {
+                        for (x, b) in frame.iter_mut().zip(back) {
+                            *x = x.saturating_add((f32::from(*b) * gain) as i16);
+                        }
+                    }
+                    self.mic.push_pcm(&frame).await?;
+                    self.sent += 1;
+                    if !saying && stop(self) {
+                        return Ok((RunEnd::Stopped, said_until));
+                    }
+                    if tokio::time::Instant::now() > deadline {
+                        return Ok((RunEnd::TimedOut, said_until));
+                    }
+                }
+                ev = call.next_event() => match ev {
+                    Some(CallEvent::OracleAudio { pcm }) => {
+                        let now = std::time::Instant::now();
+                        for f in pcm.chunks(960) {
+                            self.heard.push((now, f.to_vec()));
+                        }
+                    }
+                    Some(CallEvent::DecryptionFailed { identity, failures }) => {
+                        bail!("the oracle's audio from {identity} failed to decrypt ({failures} frames)");
+                    }
+                    Some(CallEvent::Ended { .. }) | None => return Ok((RunEnd::CallEnded, said_until)),
+                    Some(_) => {}
+                },
+            }
+        }
+    }
+
+    /// Index of the first frame heard at or after `from` in which the oracle speaks.
+    pub fn first_speech_after(&self, from: std::time::Instant) -> Option<usize> {
+        self.heard
+            .iter()
+            .position(|(t, f)| *t >= from && oracle_calls_speech::audio::rms(f) > SPEAKING_RMS)
+    }
+
+    /// Whether the oracle has spoken since frame `from` and then been quiet for `quiet`.
+    pub fn spoke_then_quiet(&self, from: usize, quiet: Duration) -> bool {
+        let tail = self.heard.get(from..).unwrap_or_default();
+        let Some(last) = tail
+            .iter()
+            .rposition(|(_, f)| oracle_calls_speech::audio::rms(f) > SPEAKING_RMS)
+        else {
+            return false;
+        };
+        let quiet_frames = tail.len() - 1 - last;
+        quiet_frames as u128 * 20 >= quiet.as_millis()
+    }
+
+    /// The oracle's audio from 300 ms before frame `from` (a soft first sound) on.
+    pub fn answer_from(&self, from: usize) -> Vec<i16> {
+        self.audio_from(from.saturating_sub(15))
+    }
+
+    /// The oracle's audio from frame `from` on, as one buffer.
+    pub fn audio_from(&self, from: usize) -> Vec<i16> {
+        self.heard
+            .get(from..)
+            .unwrap_or_default()
+            .iter()
+            .flat_map(|(_, f)| f.iter().copied())
+            .collect()
     }
 }

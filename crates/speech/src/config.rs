@@ -22,8 +22,8 @@
 //! file = "knowledge.toml"
 //!
 //! [speech.tts]
-//! kind = "espeak-ng"
-//! voice = "en-us"
+//! kind = "flite"           # or "espeak-ng"
+//! voice = "slt"
 //! ```
 //!
 //! A hosted or local OpenAI-compatible model instead of the knowledge file:
@@ -51,6 +51,7 @@ use tracing::warn;
 use crate::engine::{Brain, SpeechToText, TextToSpeech, Vad};
 use crate::error::ConfigError;
 use crate::espeak::EspeakTts;
+use crate::flite::FliteTts;
 use crate::knowledge::KnowledgeBrain;
 use crate::openai::{
     ApiKey, BrainConfig, OpenAiBrain, OpenAiEndpoint, OpenAiStt, OpenAiTts, SpeechFormat,
@@ -165,7 +166,8 @@ pub enum SttSection {
         /// The `language` field (e.g. `en`).
         #[serde(default)]
         language: Option<String>,
-        /// The `prompt` field (vocabulary hints).
+        /// The `prompt` field (vocabulary hints; unset with a knowledge-file brain: its
+        /// questions).
         #[serde(default)]
         prompt: Option<String>,
         /// How long a transcription may take (default 15 s).
@@ -209,6 +211,16 @@ pub enum BrainSection {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum TtsSection {
+    /// `flite`, run as a separate program (the default: clearer than espeak-ng for a
+    /// listener and for Whisper, e.g. "The capital of France is Paris." comes back exact).
+    Flite {
+        /// The program (default `flite` on `PATH`).
+        #[serde(default)]
+        program: Option<PathBuf>,
+        /// A built-in voice (default `slt`).
+        #[serde(default)]
+        voice: Option<String>,
+    },
     /// `espeak-ng`, run as a separate program.
     EspeakNg {
         /// The program (default `espeak-ng` on `PATH`).
@@ -241,10 +253,9 @@ pub enum TtsSection {
 
 impl Default for TtsSection {
     fn default() -> Self {
-        Self::EspeakNg {
+        Self::Flite {
             program: None,
             voice: None,
-            words_per_minute: None,
         }
     }
 }
@@ -340,29 +351,16 @@ impl SpeechSection {
         }
         let mut deadlines = Deadlines::default();
 
-        let stt: Arc<dyn SpeechToText> = match &self.stt {
-            SttSection::Openai {
-                endpoint,
-                model,
-                language,
-                prompt,
-                timeout_secs,
-            } => {
-                let mut c = SttConfig::new(endpoint.endpoint(base)?, model.clone());
-                c.language.clone_from(language);
-                c.prompt.clone_from(prompt);
-                c.timeout = secs(*timeout_secs, deadlines.transcript);
-                deadlines.transcript = c.timeout;
-                Arc::new(OpenAiStt::new(c)?)
-            }
-        };
         let mut greeting = self.greeting.clone();
+        // A knowledge file's questions are the words speech-to-text should expect.
+        let mut hint: Option<String> = None;
         let brain: Arc<dyn Brain> = match &self.brain {
             BrainSection::Knowledge { file } => {
                 let b = KnowledgeBrain::load(&base.join(file))?;
                 if greeting.is_none() && !b.greeting().is_empty() {
                     greeting = Some(b.greeting().to_owned());
                 }
+                hint = Some(b.vocabulary(600)).filter(|v| !v.is_empty());
                 Arc::new(b)
             }
             BrainSection::Openai {
@@ -382,7 +380,30 @@ impl SpeechSection {
                 Arc::new(OpenAiBrain::new(c)?)
             }
         };
+        let stt: Arc<dyn SpeechToText> = match &self.stt {
+            SttSection::Openai {
+                endpoint,
+                model,
+                language,
+                prompt,
+                timeout_secs,
+            } => {
+                let mut c = SttConfig::new(endpoint.endpoint(base)?, model.clone());
+                c.language.clone_from(language);
+                c.prompt.clone_from(prompt);
+                if c.prompt.is_none() {
+                    c.prompt = hint.take();
+                }
+                c.timeout = secs(*timeout_secs, deadlines.transcript);
+                deadlines.transcript = c.timeout;
+                Arc::new(OpenAiStt::new(c)?)
+            }
+        };
         let tts: Arc<dyn TextToSpeech> = match &self.tts {
+            TtsSection::Flite { program, voice } => Arc::new(FliteTts::new(
+                program.clone().unwrap_or_else(|| PathBuf::from("flite")),
+                voice.as_deref().unwrap_or("slt"),
+            )?),
             TtsSection::EspeakNg {
                 program,
                 voice,
@@ -477,6 +498,7 @@ voice = "en-gb"
             Duration::from_millis(700)
         );
         // The fallback line was spoken by espeak-ng: about 3 s of audio, not the tone.
+        assert!(matches!(s.tts, TtsSection::EspeakNg { .. }));
         assert!(p.fallback.len() > 48_000 * 2, "{}", p.fallback.len());
         assert_ne!(p.fallback.len(), fallback_tone().len());
         std::fs::remove_dir_all(&dir).ok();

@@ -168,6 +168,22 @@ impl KnowledgeBrain {
         &self.file.greeting
     }
 
+    /// The questions this brain knows, as a hint for speech-to-text (Whisper's `prompt`
+    /// leans its guesses towards these words: "legs", not "links"), at most `max` characters.
+    pub fn vocabulary(&self, max: usize) -> String {
+        let mut out = String::new();
+        for q in self.file.entries.iter().flat_map(|e| e.questions.iter()) {
+            if out.len() + q.len() + 1 > max {
+                break;
+            }
+            if !out.is_empty() {
+                out.push(' ');
+            }
+            out.push_str(q.trim());
+        }
+        out
+    }
+
     fn intent(&self, said: &str) -> Intent {
         let all = words(said);
         let heard = meaningful(said);
@@ -351,6 +367,36 @@ answer = "The capital of Italy is Rome."
             parts,
             vec!["The capital of France is Paris. ", "It lies on the Seine. "]
         );
+    }
+
+    #[test]
+    fn the_demo_oracles_knowledge_file_loads_and_answers() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../speech/knowledge/oracle.toml");
+        let b = KnowledgeBrain::load(&path).unwrap();
+        assert_eq!(
+            ask(&b, "What is the capital of France?"),
+            "The capital of France is Paris."
+        );
+        assert_eq!(ask(&b, "Who are you?").split_whitespace().next(), Some("I"));
+        assert_eq!(
+            ask(&b, "What is the price of a bicycle?"),
+            "I'm sorry, I don't know that yet."
+        );
+        assert!(b.greeting().starts_with("Hello"));
+    }
+
+    #[test]
+    fn the_vocabulary_hint_lists_the_questions_within_its_bound() {
+        let b = KnowledgeBrain::parse(FILE).unwrap();
+        let v = b.vocabulary(1000);
+        assert!(
+            v.starts_with("What is the capital of France? Which city"),
+            "{v}"
+        );
+        assert!(v.contains("spider"));
+        let short = b.vocabulary(40);
+        assert_eq!(short, "What is the capital of France?");
     }
 
     #[test]

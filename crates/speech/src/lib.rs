@@ -7,6 +7,7 @@ pub mod config;
 pub mod engine;
 pub mod error;
 pub mod espeak;
+pub mod flite;
 pub mod knowledge;
 pub mod openai;
 pub mod session;

@@ -723,6 +723,8 @@ impl SpeechSession {
             failed = m.failed.map(|s| s.to_string()),
             "turn over"
         );
+        // What was said stays out of the logs unless asked for (it is the call's content).
+        debug!(reply = m.reply, heard = %m.heard, spoken = %m.spoken, "turn content");
         self.finished.push(m);
         self.trim_history();
     }

@@ -104,9 +104,6 @@ impl WavReader {
     }
 
     fn parse_header(&mut self) -> Result<(), WavError> {
-        if self.buf.len() > MAX_HEADER {
-            return Err(WavError("no data chunk in the first 64 KiB".into()));
-        }
         if self.buf.len() < 12 {
             return Ok(());
         }
@@ -115,6 +112,9 @@ impl WavReader {
         }
         let mut at = 12usize;
         loop {
+            if at > MAX_HEADER {
+                return Err(WavError("no data chunk in the first 64 KiB".into()));
+            }
             let (Some(id), Some(len)) = (self.buf.get(at..at + 4), u32_at(&self.buf, at + 4))
             else {
                 return Ok(());
@@ -130,6 +130,9 @@ impl WavReader {
                 return Ok(());
             }
             let padded = len + (len & 1);
+            if at + 8 + len > MAX_HEADER {
+                return Err(WavError("no data chunk in the first 64 KiB".into()));
+            }
             let Some(body) = self.buf.get(at + 8..at + 8 + len) else {
                 return Ok(());
             };
@@ -241,8 +244,11 @@ mod tests {
         assert!(decode(&w).unwrap_err().0.contains("8 bits"));
         assert!(decode(&w[..20]).is_err());
         let mut r = WavReader::new();
-        let mut junk = b"RIFF\x00\x00\x00\x00WAVE".to_vec();
-        junk.extend(std::iter::repeat_n(0u8, 70_000));
-        assert!(r.push(&junk).is_err());
+        let mut junk = b"RIFF\x00\x00\x00\x00WAVEjunk\x00\x00\x01\x00".to_vec();
+        junk.extend(std::iter::repeat_n(0u8, 1000));
+        assert!(r.push(&junk).is_err(), "a 64 KiB chunk before the data");
+        // A long file read whole is fine.
+        let long = encode(16000, &vec![3i16; 100_000]);
+        assert_eq!(decode(&long).unwrap().samples.len(), 100_000);
     }
 }
