@@ -403,6 +403,8 @@ pub struct Conversation {
     pub echo: Option<(f32, usize)>,
     /// Frames the microphone sent, in order (what the oracle was given to hear).
     pub sent: usize,
+    /// When the last frame of what the user was given to say was sent.
+    pub said_until: std::time::Instant,
 }
 
 /// How a [`Conversation::run`] ended.
@@ -424,6 +426,7 @@ impl Conversation {
             heard: Vec::new(),
             echo: None,
             sent: 0,
+            said_until: std::time::Instant::now(),
         }
     }
 
@@ -453,6 +456,7 @@ impl Conversation {
                     let mut frame = match frames.next() {
                         Some(f) => {
                             said_until = std::time::Instant::now();
+                            self.said_until = said_until;
                             let mut f = f.to_vec();
                             f.resize(960, 0);
                             f
@@ -500,6 +504,13 @@ impl Conversation {
         self.heard
             .iter()
             .position(|(t, f)| *t >= from && oracle_calls_speech::audio::rms(f) > SPEAKING_RMS)
+    }
+
+    /// Whether the oracle answered what the user last said: it spoke after the user's last
+    /// frame and has been quiet for `quiet` since.
+    pub fn answered(&self, quiet: Duration) -> bool {
+        self.first_speech_after(self.said_until)
+            .is_some_and(|i| self.spoke_then_quiet(i, quiet))
     }
 
     /// Whether the oracle has spoken since frame `from` and then been quiet for `quiet`.
