@@ -311,3 +311,109 @@ async fn ask_over(call: &mut Call, conv: &mut Conversation, pcm: &[i16]) -> (usi
     let first = conv.first_speech_after(said_until).expect("an answer");
     (first, said_until)
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_brain_killed_mid_answer_gives_the_fallback_line_and_the_call_goes_on() {
+    let _serial = SERIAL.lock().await;
+    init_logs();
+    let env = SpeechEnv::load().unwrap();
+    let stt = start_sidecar(&env, SidecarRole::SttOnly).await.unwrap();
+    let checker = start_sidecar_with(&env, SidecarRole::SttOnly, 5)
+        .await
+        .unwrap();
+    let mut llama = oracle_calls::speech_local::start_llama(&env).await.unwrap();
+    let section: SpeechSection = toml::from_str(&format!(
+        r#"
+greeting = ""
+[stt]
+kind = "openai"
+base_url = "{stt}"
+model = "whisper-base"
+language = "en"
+[brain]
+kind = "openai"
+base_url = "{llm}"
+model = "smollm2"
+instructions = "You are a storyteller. Answer with a long story of many short sentences."
+max_tokens = 300
+temperature = 0.0
+[tts]
+kind = "flite"
+"#,
+        stt = stt.base_url,
+        llm = llama.base_url
+    ))
+    .unwrap();
+    let dep = deploy(&section).await;
+    let user = dep.new_user().await.unwrap();
+    let mut call = user.call_oracle(CallType::Audio).await.unwrap();
+    let mut conv = Conversation::new(&call);
+    // Let the call settle (no greeting), then ask for a story and kill the model's server as
+    // soon as the answer is heard: the rest of the answer never comes.
+    conv.run(&mut call, &[], Duration::from_secs(2), |_| false)
+        .await
+        .unwrap();
+    let question = say("Tell me a long story about a robot.", USER_VOICE)
+        .await
+        .unwrap();
+    let (end, said_until) = conv
+        .run(&mut call, &question, Duration::from_secs(30), |c| {
+            c.first_speech_after(c.said_until).is_some()
+        })
+        .await
+        .unwrap();
+    assert_eq!(end, RunEnd::Stopped, "no answer began");
+    llama.kill().await;
+    let killed = Instant::now();
+    let (end, _) = conv
+        .run(&mut call, &[], Duration::from_secs(60), |c| {
+            c.spoke_then_quiet(
+                c.first_speech_after(said_until).unwrap_or(0),
+                Duration::from_millis(2000),
+            )
+        })
+        .await
+        .unwrap();
+    assert_eq!(end, RunEnd::Stopped, "the oracle never went quiet");
+    let first = conv.first_speech_after(said_until).unwrap();
+    let heard = transcribe(&checker.base_url, &conv.answer_from(first))
+        .await
+        .unwrap();
+    eprintln!(
+        "killed the model {} ms after its answer began; the user heard {heard:?}",
+        killed
+            .saturating_duration_since(conv.heard[first].0)
+            .as_millis()
+    );
+    let fallback = "Sorry, something went wrong on my side. Please say that again.";
+    let tail: Vec<String> = oracle_calls::speech_local::words(&heard);
+    let expected = oracle_calls::speech_local::words(fallback);
+    let tail = tail[tail.len().saturating_sub(expected.len())..].join(" ");
+    let wer = word_error_rate(fallback, &tail);
+    assert!(
+        wer <= 0.2,
+        "the answer did not end with the fallback line: {heard:?}"
+    );
+
+    // The call goes on: the next question (the model is still down) gets the fallback at
+    // once, not silence.
+    let again = say("What is the capital of France?", USER_VOICE)
+        .await
+        .unwrap();
+    let (end, said_until) = conv
+        .run(&mut call, &again, Duration::from_secs(30), |c| {
+            c.answered(Duration::from_millis(1200))
+        })
+        .await
+        .unwrap();
+    assert_eq!(end, RunEnd::Stopped, "silence after the model died");
+    let first = conv.first_speech_after(said_until).unwrap();
+    let heard = transcribe(&checker.base_url, &conv.answer_from(first))
+        .await
+        .unwrap();
+    let wer = word_error_rate(fallback, &heard);
+    eprintln!("with the model down the next question got {heard:?} (word error {wer:.2})");
+    assert!(wer <= 0.2, "{heard:?}");
+    call.end().await.unwrap();
+    dep.stop().await;
+}
