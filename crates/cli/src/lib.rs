@@ -3,6 +3,7 @@
 
 pub mod analysis;
 pub mod bench_browser;
+pub mod bench_speech;
 pub mod ivf;
 pub mod keyfile;
 pub mod local;

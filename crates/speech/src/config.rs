@@ -269,9 +269,20 @@ pub struct Prepared {
     vad: VadSection,
     greeting: Option<String>,
     fallback: Arc<[i16]>,
+    sink: Option<tokio::sync::mpsc::UnboundedSender<crate::session::TurnMetrics>>,
 }
 
 impl Prepared {
+    /// Every call's sessions also send each finished turn's metrics to `sink`.
+    #[must_use]
+    pub fn with_metrics_sink(
+        mut self,
+        sink: tokio::sync::mpsc::UnboundedSender<crate::session::TurnMetrics>,
+    ) -> Self {
+        self.sink = Some(sink);
+        self
+    }
+
     /// A session for one call, its greeting (if any) already on its way.
     pub fn session(&self, now: Instant) -> SpeechSession {
         let vad: Box<dyn Vad> = match self.vad {
@@ -285,6 +296,9 @@ impl Prepared {
             Arc::clone(&self.fallback),
             now,
         );
+        if let Some(sink) = &self.sink {
+            s.set_metrics_sink(sink.clone());
+        }
         if let Some(g) = self.greeting.as_deref().filter(|g| !g.trim().is_empty()) {
             s.say(g, now);
         }
@@ -452,6 +466,7 @@ impl SpeechSection {
             vad: self.vad.clone(),
             greeting,
             fallback,
+            sink: None,
         })
     }
 }

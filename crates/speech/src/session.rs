@@ -342,6 +342,7 @@ pub struct SpeechSession {
     events_tx: mpsc::UnboundedSender<Event>,
     events: mpsc::UnboundedReceiver<Event>,
     finished: Vec<TurnMetrics>,
+    sink: Option<mpsc::UnboundedSender<TurnMetrics>>,
 }
 
 impl std::fmt::Debug for SpeechSession {
@@ -383,7 +384,13 @@ impl SpeechSession {
             events_tx,
             events,
             finished: Vec::new(),
+            sink: None,
         }
+    }
+
+    /// Also sends each finished turn's metrics to `sink` (a benchmark, a monitor).
+    pub fn set_metrics_sink(&mut self, sink: mpsc::UnboundedSender<TurnMetrics>) {
+        self.sink = Some(sink);
     }
 
     /// Where the conversation is.
@@ -725,6 +732,9 @@ impl SpeechSession {
         );
         // What was said stays out of the logs unless asked for (it is the call's content).
         debug!(reply = m.reply, heard = %m.heard, spoken = %m.spoken, "turn content");
+        if let Some(sink) = &self.sink {
+            let _ = sink.send(m.clone());
+        }
         self.finished.push(m);
         self.trim_history();
     }
