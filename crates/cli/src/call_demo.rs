@@ -1,27 +1,60 @@
 //! `oracle-calls demo`: a real end-to-end encrypted call between a person and an oracle on the
 //! local stack, with a timeline and a verification block in which every line is a real check.
+//!
+//! Two oracles. `echo` says back what it hears: the user's synthesized speech must come back.
+//! `speech` is the speaking oracle with the offline engines (earshot, Whisper base behind the
+//! project's speech sidecar, the demo knowledge file, flite): it greets, the user asks a
+//! question in another flite voice, and what the oracle said is transcribed back with Whisper
+//! and compared with the knowledge file's answer.
 
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use oracle_calls::analysis::{self, Match};
 use oracle_calls::local::{DeployOptions, Deployment, Stack};
 use oracle_calls::local_kt::{self, KtDirectory};
+use oracle_calls::speech_local::{
+    self, Conversation, LocalServer, RunEnd, SPEAKING_RMS, SidecarRole, SpeechEnv,
+};
 use oracle_calls::{speech, verify, wav};
-use oracle_calls_agent::JobOutcome;
-use oracle_calls_client::{CallEvent, Phase};
+use oracle_calls_agent::oracles::Builtin;
+use oracle_calls_agent::{JobOutcome, Speech};
+use oracle_calls_client::{Call, CallEvent, Phase};
 use oracle_calls_proto::{CallStatus, CallType};
 use oracle_calls_rtc::{Room, RoomEvent, RoomOptions};
+use oracle_calls_speech::Message;
+use oracle_calls_speech::audio::rms;
+use oracle_calls_speech::knowledge::{KnowledgeBrain, KnowledgeFile};
+
+/// The oracle the demo calls.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum DemoOracle {
+    /// Says back what it hears.
+    Echo,
+    /// Listens and answers in speech from the demo knowledge file (offline engines, installed
+    /// by `scripts/speech-setup`).
+    Speech,
+}
 
 /// What `demo` was asked for.
 #[derive(Debug)]
 pub struct Options {
-    /// Seconds of speech the user says.
+    /// Seconds of speech the user says (echo).
     pub seconds: u32,
     /// Where the WAV files and state go.
     pub out: PathBuf,
+    /// The oracle.
+    pub oracle: DemoOracle,
+    /// What the user asks the speaking oracle.
+    pub question: String,
+    /// The log filter in force when `RUST_LOG` is not set.
+    pub log_filter: String,
 }
+
+/// The user's voice: another of flite's voices than the oracle's (`slt`).
+const USER_VOICE: &str = "rms";
 
 struct Step {
     t: Instant,
@@ -53,12 +86,227 @@ struct Check {
 }
 
 pub fn run(opts: Options) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    rt.block_on(demo(opts))
+    let turns = TurnLog::default();
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    // The agent runs in this process and logs each turn's timings (`turn over`) through
+    // `tracing`; the speaking demo reads them with a subscriber of its own on this runtime's
+    // threads, which also prints what the global one would.
+    let _on_this_thread = if opts.oracle == DemoOracle::Speech {
+        let dispatch = turns.dispatch(&opts.log_filter);
+        let for_threads = dispatch.clone();
+        builder.on_thread_start(move || {
+            // Kept for the thread's life.
+            std::mem::forget(tracing::dispatcher::set_default(&for_threads));
+        });
+        Some(tracing::dispatcher::set_default(&dispatch))
+    } else {
+        None
+    };
+    let rt = builder.build().context("starting the async runtime")?;
+    rt.block_on(demo(opts, turns))
 }
 
-async fn demo(opts: Options) -> anyhow::Result<()> {
-    let total = 7;
+/// The `turn over` records the speaking oracle's session logged.
+#[derive(Clone, Debug, Default)]
+struct TurnLog(Arc<Mutex<Vec<AgentTurn>>>);
+
+/// One `turn over` record: the agent's own split of a turn's latency.
+#[derive(Clone, Debug, Default)]
+struct AgentTurn {
+    turn_over: bool,
+    reply: Option<u64>,
+    end_of_turn_wait_ms: Option<u64>,
+    speech_to_text_ms: Option<u64>,
+    brain_first_token_ms: Option<u64>,
+    first_audio_ms: Option<u64>,
+    voice_to_voice_ms: Option<u64>,
+    interrupted: bool,
+    failed: Option<String>,
+}
+
+impl tracing::field::Visit for AgentTurn {
+    fn record_u64(&mut self, field: &tracing::field::Field, value: u64) {
+        let slot = match field.name() {
+            "reply" => &mut self.reply,
+            "end_of_turn_wait_ms" => &mut self.end_of_turn_wait_ms,
+            "speech_to_text_ms" => &mut self.speech_to_text_ms,
+            "brain_first_token_ms" => &mut self.brain_first_token_ms,
+            "first_audio_ms" => &mut self.first_audio_ms,
+            "voice_to_voice_ms" => &mut self.voice_to_voice_ms,
+            _ => return,
+        };
+        *slot = Some(value);
+    }
+
+    fn record_bool(&mut self, field: &tracing::field::Field, value: bool) {
+        if field.name() == "interrupted" {
+            self.interrupted = value;
+        }
+    }
+
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        match field.name() {
+            "failed" => self.failed = Some(value.to_owned()),
+            "message" => self.turn_over = value == "turn over",
+            _ => {}
+        }
+    }
+
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        match field.name() {
+            "failed" => self.failed = Some(format!("{value:?}")),
+            "message" => self.turn_over = format!("{value:?}") == "turn over",
+            _ => {}
+        }
+    }
+}
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for TurnLog {
+    fn on_event(
+        &self,
+        event: &tracing::Event<'_>,
+        _ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        let mut turn = AgentTurn::default();
+        event.record(&mut turn);
+        if turn.turn_over
+            && let Ok(mut turns) = self.0.lock()
+        {
+            turns.push(turn);
+        }
+    }
+}
+
+impl TurnLog {
+    /// A subscriber that prints what `main`'s does (the same filter, to stderr) and records
+    /// the speech session's `turn over` events whatever the filter.
+    fn dispatch(&self, default_filter: &str) -> tracing::Dispatch {
+        use tracing_subscriber::Layer as _;
+        use tracing_subscriber::layer::SubscriberExt as _;
+        let printed = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+        let subscriber = tracing_subscriber::registry()
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .with_filter(printed),
+            )
+            .with(
+                self.clone()
+                    .with_filter(tracing_subscriber::filter::filter_fn(|m| {
+                        m.is_event()
+                            && m.target().starts_with("oracle_calls_speech")
+                            && *m.level() <= tracing::Level::INFO
+                    })),
+            );
+        tracing::Dispatch::new(subscriber)
+    }
+
+    /// The last turn the oracle answered someone in (it has a voice-to-voice time).
+    fn last_answer(&self) -> Option<AgentTurn> {
+        let turns = self.0.lock().ok()?;
+        turns
+            .iter()
+            .rev()
+            .find(|t| t.voice_to_voice_ms.is_some())
+            .cloned()
+    }
+}
+
+/// The speaking oracle's engines and what it knows.
+struct SpeechSetup {
+    /// Whisper for the oracle (greedy, the fastest).
+    stt: LocalServer,
+    /// Whisper for the user's side, checking what the oracle said (beam search).
+    checker: LocalServer,
+    knowledge: KnowledgeFile,
+    /// The knowledge brain's answer to the question.
+    expected: String,
+    oracle: Speech,
+}
+
+impl SpeechSetup {
+    async fn start(question: &str) -> anyhow::Result<Self> {
+        const SETUP: &str =
+            "the speaking oracle's engines are missing or broken: run scripts/speech-setup";
+        if question.trim().is_empty() {
+            bail!("--question is empty: the user has nothing to ask");
+        }
+        let env = SpeechEnv::load().context(SETUP)?;
+        let (stt, checker) = tokio::join!(
+            speech_local::start_sidecar(&env, SidecarRole::SttOnly),
+            speech_local::start_sidecar_with(&env, SidecarRole::SttOnly, 5)
+        );
+        let (stt, checker) = (stt.context(SETUP)?, checker.context(SETUP)?);
+        let path = speech_local::speech_dir().join("knowledge/oracle.toml");
+        let path = std::fs::canonicalize(&path)
+            .with_context(|| format!("the demo's knowledge file {}", path.display()))?;
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let knowledge: KnowledgeFile =
+            toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        let brain = KnowledgeBrain::load(&path)?;
+        let expected = brain.reply(&[Message::user(question)]);
+        let section = speech_local::offline_section(&stt.base_url, &path)?;
+        let oracle = Speech::new(&section, std::path::Path::new("/"))
+            .await
+            .context(SETUP)?;
+        Ok(Self {
+            stt,
+            checker,
+            knowledge,
+            expected,
+            oracle,
+        })
+    }
+}
+
+/// What the user said and heard, per oracle.
+enum Talk {
+    Echo(EchoTalk),
+    Speech(SpeechTalk),
+}
+
+struct EchoTalk {
+    input: Vec<i16>,
+    heard: Vec<i16>,
+    decrypt_failures: u64,
+}
+
+struct SpeechTalk {
+    conv: Conversation,
+    /// The question as said.
+    question: Vec<i16>,
+    /// Frames of the greeting (the oracle's audio before the question).
+    greeting_frames: usize,
+    /// The greeting ended (a second of quiet after speech) before the question.
+    greeted: bool,
+    /// The frame the answer starts at.
+    answer_at: Option<usize>,
+    /// When the question's last voiced frame was sent.
+    voice_end: Instant,
+    /// Silence at the end of the question's audio.
+    trailing_silence: Duration,
+}
+
+impl SpeechTalk {
+    fn answer(&self) -> Vec<i16> {
+        self.answer_at
+            .map(|f| self.conv.answer_from(f))
+            .unwrap_or_default()
+    }
+
+    fn latency(&self) -> Option<Duration> {
+        let (at, _) = self.conv.heard.get(self.answer_at?)?;
+        Some(at.saturating_duration_since(self.voice_end))
+    }
+}
+
+async fn demo(opts: Options, turns: TurnLog) -> anyhow::Result<()> {
+    let speaking = opts.oracle == DemoOracle::Speech;
+    let total = if speaking { 9 } else { 7 };
+    let mut n = 1;
     eprintln!(
         "oracle-calls demo: a real end-to-end encrypted call to an AI oracle on the local stack\n"
     );
@@ -67,20 +315,52 @@ async fn demo(opts: Options) -> anyhow::Result<()> {
     let out = std::fs::canonicalize(&opts.out)?;
 
     eprintln!(
-        "[1/{total}] stack: Synapse, livekit-server, PostgreSQL (scripts/stack up; the first run installs them)"
+        "[{n}/{total}] stack: Synapse, livekit-server, PostgreSQL (scripts/stack up; the first run installs them)"
     );
     let t = Instant::now();
     let stack = tokio::task::spawn_blocking(Stack::up).await??;
-    eprintln!("[1/{total}] stack up … {}", fmt(t.elapsed()));
+    eprintln!("[{n}/{total}] stack up … {}", fmt(t.elapsed()));
 
+    let mut setup = None;
+    if speaking {
+        n += 1;
+        let s = Step::start(
+            n,
+            total,
+            "speech engines: Whisper base in the speech sidecar for the oracle, a second one (beam search) for checking what the user hears; the oracle's earshot, knowledge file and flite",
+        );
+        let e = SpeechSetup::start(&opts.question).await?;
+        s.done(&format!(
+            "(oracle's Whisper {}, checker {}; the knowledge file's answer: {:?}{})",
+            e.stt.base_url,
+            e.checker.base_url,
+            e.expected,
+            if e.expected == e.knowledge.unknown {
+                ", it does not know the question"
+            } else {
+                ""
+            }
+        ));
+        setup = Some(e);
+    }
+
+    n += 1;
     let s = Step::start(
-        2,
+        n,
         total,
-        "provision the oracle (key pair, Matrix bot, API key, prekeys), start the server, an echo agent and its key-transparency directory",
+        if speaking {
+            "provision the oracle (key pair, Matrix bot, API key, prekeys), start the server, a speaking agent and its key-transparency directory"
+        } else {
+            "provision the oracle (key pair, Matrix bot, API key, prekeys), start the server, an echo agent and its key-transparency directory"
+        },
     );
     let state = out.join("state");
     let _ = std::fs::remove_dir_all(&state);
-    let dep = Deployment::start(stack.clone(), DeployOptions::new(&state)).await?;
+    let mut deploy = DeployOptions::new(&state);
+    if let Some(e) = &setup {
+        deploy.oracle = Some(Builtin::Speech(Arc::new(e.oracle.clone())));
+    }
+    let dep = Deployment::start(stack.clone(), deploy).await?;
     // An auditor's copy of the key holder's store before the call: with the oracle key it
     // opens the call's envelope, so the database can be searched for the call key; the store
     // itself will not open it after the call (forward secrecy).
@@ -98,7 +378,8 @@ async fn demo(opts: Options) -> anyhow::Result<()> {
         dep.oracle_did, dep.server.url, kt_service.base
     ));
 
-    let s = Step::start(3, total, "provision the user and log in its Matrix device");
+    n += 1;
+    let s = Step::start(n, total, "provision the user and log in its Matrix device");
     let kt_config = kt.config(&kt_service);
     let client = dep
         .new_user_with(|c| c.key_transparency = Some(kt_config))
@@ -109,7 +390,8 @@ async fn demo(opts: Options) -> anyhow::Result<()> {
         published.checkpoint.epoch
     ));
 
-    let s = Step::start(4, total, "call_oracle(audio)");
+    n += 1;
+    let s = Step::start(n, total, "call_oracle(audio)");
     let mut call = client.call_oracle(CallType::Audio).await?;
     s.done(&format!("(call {})", call.id()));
     // A participant in the same room with a valid join token but no key.
@@ -124,40 +406,35 @@ async fn demo(opts: Options) -> anyhow::Result<()> {
     let user_identity = call.identity().unwrap_or_default().to_owned();
     let observer_task = tokio::spawn(listen_without_key(observer_events, user_identity));
 
-    let input = speech::synthesize(f64::from(opts.seconds), 2026);
     let input_wav = out.join("user-says.wav");
-    wav::write(&input_wav, &input)?;
-    let s = Step::start(
-        5,
-        total,
-        &format!(
-            "talk: {} s of synthesized speech ({})",
-            opts.seconds,
-            input_wav.display()
-        ),
-    );
-    let mic = call.microphone();
-    let speech_in = input.clone();
-    let speaker = tokio::spawn(async move { mic.play(&speech_in).await });
-    let mut heard = Vec::new();
-    let mut decrypt_failures = 0u64;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(u64::from(opts.seconds) + 2);
-    loop {
-        match tokio::time::timeout_at(deadline, call.next_event()).await {
-            Ok(Some(CallEvent::OracleAudio { pcm })) => heard.extend(pcm),
-            Ok(Some(CallEvent::DecryptionFailed { failures, .. })) => decrypt_failures = failures,
-            Ok(Some(CallEvent::Ended { reason })) => bail!("the call ended early: {reason}"),
-            Ok(Some(_)) => {}
-            Ok(None) | Err(_) => break,
-        }
-    }
-    // A room closing mid-sentence is judged by the checks below, not here.
-    let _ = speaker.await?;
     let answer_wav = out.join("oracle-answers.wav");
-    wav::write(&answer_wav, &heard)?;
-    s.done(&format!("(the oracle's answer: {})", answer_wav.display()));
+    let talk = match &setup {
+        None => Talk::Echo(
+            echo_talk(
+                &mut call,
+                opts.seconds,
+                (n + 1, total),
+                &input_wav,
+                &answer_wav,
+            )
+            .await?,
+        ),
+        Some(e) => Talk::Speech(
+            converse(
+                &mut call,
+                e,
+                &opts.question,
+                (n + 1, total),
+                &input_wav,
+                &answer_wav,
+            )
+            .await?,
+        ),
+    };
+    n += if speaking { 2 } else { 1 };
 
-    let s = Step::start(6, total, "hang up");
+    n += 1;
+    let s = Step::start(n, total, "hang up");
     let hung_up = Instant::now();
     call.end().await?;
     observer.leave().await;
@@ -173,7 +450,8 @@ async fn demo(opts: Options) -> anyhow::Result<()> {
     ));
     let observed = observer_task.await?;
 
-    eprintln!("[7/{total}] verify\n");
+    n += 1;
+    eprintln!("[{n}/{total}] verify\n");
     // Timeline.
     println!("Timeline (from call_oracle())");
     let tl = call.timeline();
@@ -203,25 +481,14 @@ async fn demo(opts: Options) -> anyhow::Result<()> {
             report.frames_heard, report.decrypt_failures, report.outcome
         ),
     });
-    let m: Match = analysis::compare(&input, &heard, 150);
-    checks.push(Check {
-        ok: m.envelope > 0.6 && decrypt_failures == 0,
-        line: format!(
-            "the user heard the agent: its echo follows the user's speech (envelope correlation {:.2} > 0.6 at {} ms delay, waveform {:.2}; {} decrypt failures)",
-            m.envelope, m.delay_frames * 20, m.waveform, decrypt_failures
-        ),
-    });
-    let o = &observed;
-    let om = analysis::compare(&input, &o.pcm, 150);
-    checks.push(Check {
-        ok: o.subscribed_encrypted && om.waveform < 0.2,
-        line: format!(
-            "a keyless participant in the room could not recover the audio: subscribed to the user's track ({}), {} frames decoded from ciphertext, waveform correlation with the speech {:.2} < 0.2",
-            if o.subscribed_encrypted { "marked encrypted" } else { "NOT seen" },
-            o.pcm.len() / 960,
-            om.waveform
-        ),
-    });
+    match (&talk, &setup) {
+        (Talk::Echo(t), _) => echo_checks(t, &observed, &mut checks),
+        (Talk::Speech(t), Some(e)) => {
+            print_turn(t, &turns);
+            speech_checks(t, e, &opts.question, &observed, &mut checks).await;
+        }
+        (Talk::Speech(_), None) => bail!("a spoken conversation without its engines"),
+    }
     let (ty, leaks) = verify::stored_event_type(&client, &call).await?;
     checks.push(Check {
         ok: ty == "m.room.encrypted" && !leaks,
@@ -299,6 +566,7 @@ async fn demo(opts: Options) -> anyhow::Result<()> {
     }
     let _ = tl.at(Phase::FirstAudio);
     dep.stop().await;
+    drop(setup);
     if checks.iter().all(|c| c.ok) {
         println!(
             "\nAll checks passed. Files: {} and {}",
@@ -315,12 +583,298 @@ async fn demo(opts: Options) -> anyhow::Result<()> {
     }
 }
 
-struct Observed {
-    subscribed_encrypted: bool,
-    pcm: Vec<i16>,
+/// The echo oracle: the user talks for `seconds` and the agent's audio is recorded.
+async fn echo_talk(
+    call: &mut Call,
+    seconds: u32,
+    (n, total): (u32, u32),
+    input_wav: &std::path::Path,
+    answer_wav: &std::path::Path,
+) -> anyhow::Result<EchoTalk> {
+    let input = speech::synthesize(f64::from(seconds), 2026);
+    wav::write(input_wav, &input)?;
+    let s = Step::start(
+        n,
+        total,
+        &format!(
+            "talk: {} s of synthesized speech ({})",
+            seconds,
+            input_wav.display()
+        ),
+    );
+    let mic = call.microphone();
+    let speech_in = input.clone();
+    let speaker = tokio::spawn(async move { mic.play(&speech_in).await });
+    let mut heard = Vec::new();
+    let mut decrypt_failures = 0u64;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(u64::from(seconds) + 2);
+    loop {
+        match tokio::time::timeout_at(deadline, call.next_event()).await {
+            Ok(Some(CallEvent::OracleAudio { pcm })) => heard.extend(pcm),
+            Ok(Some(CallEvent::DecryptionFailed { failures, .. })) => decrypt_failures = failures,
+            Ok(Some(CallEvent::Ended { reason })) => bail!("the call ended early: {reason}"),
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => break,
+        }
+    }
+    // A room closing mid-sentence is judged by the checks below, not here.
+    let _ = speaker.await?;
+    wav::write(answer_wav, &heard)?;
+    s.done(&format!("(the oracle's answer: {})", answer_wav.display()));
+    Ok(EchoTalk {
+        input,
+        heard,
+        decrypt_failures,
+    })
 }
 
-/// Collects what a participant without the key gets of the user's track.
+fn echo_checks(t: &EchoTalk, o: &Observed, checks: &mut Vec<Check>) {
+    let m: Match = analysis::compare(&t.input, &t.heard, 150);
+    checks.push(Check {
+        ok: m.envelope > 0.6 && t.decrypt_failures == 0,
+        line: format!(
+            "the user heard the agent: its echo follows the user's speech (envelope correlation {:.2} > 0.6 at {} ms delay, waveform {:.2}; {} decrypt failures)",
+            m.envelope, m.delay_frames * 20, m.waveform, t.decrypt_failures
+        ),
+    });
+    let om = analysis::compare(&t.input, &o.pcm, 150);
+    checks.push(Check {
+        ok: o.subscribed_encrypted && om.waveform < 0.2,
+        line: format!(
+            "a keyless participant in the room could not recover the audio: subscribed to the user's track ({}), {} frames decoded from ciphertext, waveform correlation with the speech {:.2} < 0.2",
+            if o.subscribed_encrypted { "marked encrypted" } else { "NOT seen" },
+            o.pcm.len() / 960,
+            om.waveform
+        ),
+    });
+}
+
+/// The speaking oracle: hear its greeting, ask the question, hear the answer.
+async fn converse(
+    call: &mut Call,
+    e: &SpeechSetup,
+    question: &str,
+    (n, total): (u32, u32),
+    input_wav: &std::path::Path,
+    answer_wav: &std::path::Path,
+) -> anyhow::Result<SpeechTalk> {
+    let mut conv = Conversation::new(call);
+    let s = Step::start(n, total, "listen: the oracle's greeting");
+    let greeted = if e.knowledge.greeting.trim().is_empty() {
+        conv.run(call, &[], Duration::from_secs(1), |_| false)
+            .await?;
+        false
+    } else {
+        let (end, _) = conv
+            .run(call, &[], Duration::from_secs(20), |c| {
+                c.spoke_then_quiet(0, Duration::from_millis(1000))
+            })
+            .await?;
+        if end == RunEnd::CallEnded {
+            bail!("the call ended during the greeting");
+        }
+        end == RunEnd::Stopped
+    };
+    let greeting_frames = conv.heard.len();
+    let voiced = conv
+        .heard
+        .iter()
+        .filter(|(_, f)| rms(f) > SPEAKING_RMS)
+        .count();
+    s.done(&if greeted {
+        format!(
+            "({} of speech)",
+            fmt(Duration::from_millis(20 * voiced as u64))
+        )
+    } else if e.knowledge.greeting.trim().is_empty() {
+        "(the knowledge file has no greeting)".to_owned()
+    } else {
+        "(no complete greeting within 20 s)".to_owned()
+    });
+
+    let question_pcm = speech_local::say(question, USER_VOICE)
+        .await
+        .context("the user's voice (flite): run scripts/speech-setup")?;
+    wav::write(input_wav, &question_pcm)?;
+    let s = Step::start(
+        n + 1,
+        total,
+        &format!(
+            "ask {question:?} in flite's `{USER_VOICE}` voice ({}) and listen to the answer",
+            input_wav.display()
+        ),
+    );
+    // Listen until the oracle has spoken after the question and been quiet for 1.2 s.
+    let mut after_question = None;
+    let (end, said_until) = conv
+        .run(call, &question_pcm, Duration::from_secs(40), |c| {
+            let from = *after_question.get_or_insert(c.heard.len());
+            c.spoke_then_quiet(from, Duration::from_millis(1200))
+        })
+        .await?;
+    if end == RunEnd::CallEnded {
+        bail!("the call ended before the oracle answered");
+    }
+    let trailing = question_pcm
+        .chunks(960)
+        .rev()
+        .take_while(|f| rms(f) <= SPEAKING_RMS)
+        .count();
+    let trailing_silence = Duration::from_millis(20 * trailing as u64);
+    let answer_at = conv.first_speech_after(said_until);
+    wav::write(answer_wav, &conv.audio_from(0))?;
+    let t = SpeechTalk {
+        conv,
+        question: question_pcm,
+        greeting_frames,
+        greeted,
+        answer_at,
+        voice_end: said_until
+            .checked_sub(trailing_silence)
+            .unwrap_or(said_until),
+        trailing_silence,
+    };
+    s.done(&match t.latency() {
+        Some(l) if end == RunEnd::Stopped => format!(
+            "(answered {} after the question's voice ended; everything the oracle said: {})",
+            fmt(l),
+            answer_wav.display()
+        ),
+        _ => format!(
+            "(no complete answer within 40 s; what the oracle said: {})",
+            answer_wav.display()
+        ),
+    });
+    Ok(t)
+}
+
+/// The turn's latency at the user, and the agent's own split of it.
+fn print_turn(t: &SpeechTalk, turns: &TurnLog) {
+    println!("The question's turn");
+    match t.latency() {
+        Some(l) => println!(
+            "  voice to voice at the user: {} from the question's last voiced frame sent to the answer's first audible frame received (the question's audio ends in {} of silence)",
+            fmt(l),
+            fmt(t.trailing_silence)
+        ),
+        None => println!("  voice to voice at the user: no answer heard"),
+    }
+    let ms = |v: Option<u64>| v.map_or_else(|| "–".to_owned(), |v| format!("{v} ms"));
+    match turns.last_answer() {
+        Some(a) => println!(
+            "  the agent's split (its clock, from the end of the voice its VAD heard): end-of-turn wait {}, speech-to-text {}, brain first token {}, first audio {}; voice to voice {}{}{}",
+            ms(a.end_of_turn_wait_ms),
+            ms(a.speech_to_text_ms),
+            ms(a.brain_first_token_ms),
+            ms(a.first_audio_ms),
+            ms(a.voice_to_voice_ms),
+            if a.interrupted { "; interrupted" } else { "" },
+            a.failed
+                .map(|f| format!("; {f} failed: the fallback line was said"))
+                .unwrap_or_default()
+        ),
+        None => println!("  the agent's split: no `turn over` record of an answer was seen"),
+    }
+    println!();
+}
+
+/// Word error of what Whisper (the checker) heard in `pcm` against `expected`.
+async fn heard_as(e: &SpeechSetup, pcm: &[i16], expected: &str) -> Result<(String, f64), String> {
+    if pcm.is_empty() {
+        return Err("nothing was heard".into());
+    }
+    let heard = speech_local::transcribe(&e.checker.base_url, pcm)
+        .await
+        .map_err(|err| format!("transcribing failed: {err:#}"))?;
+    let wer = speech_local::word_error_rate(expected, &heard);
+    Ok((heard, wer))
+}
+
+async fn speech_checks(
+    t: &SpeechTalk,
+    e: &SpeechSetup,
+    question: &str,
+    o: &Observed,
+    checks: &mut Vec<Check>,
+) {
+    const MAX_WER: f64 = 0.10;
+    let greeting = &e.knowledge.greeting;
+    if !greeting.trim().is_empty() {
+        let pcm = t
+            .conv
+            .audio_from(0)
+            .get(..t.greeting_frames * 960)
+            .map(<[i16]>::to_vec)
+            .unwrap_or_default();
+        checks.push(match heard_as(e, &pcm, greeting).await {
+            Ok((heard, wer)) => Check {
+                ok: t.greeted && wer <= MAX_WER,
+                line: format!(
+                    "the user heard the oracle's greeting{}: Whisper heard {heard:?}, word error {wer:.2} ≤ {MAX_WER:.2} against the knowledge file's {greeting:?}",
+                    if t.greeted { "" } else { " (it did not end within 20 s)" }
+                ),
+            },
+            Err(err) => Check {
+                ok: false,
+                line: format!("the user heard the oracle's greeting: {err}"),
+            },
+        });
+    }
+    let answer = t.answer();
+    let expected = &e.expected;
+    checks.push(match heard_as(e, &answer, expected).await {
+        Ok((heard, wer)) => Check {
+            ok: wer <= MAX_WER,
+            line: format!(
+                "the oracle answered the spoken question: Whisper heard {heard:?} in {} of the oracle's audio after the question, word error {wer:.2} ≤ {MAX_WER:.2} against {expected:?}, the knowledge brain's answer to {question:?} (no frame of the oracle's audio failed to decrypt)",
+                fmt(Duration::from_millis(answer.len() as u64 / 48)),
+            ),
+        },
+        Err(err) => Check {
+            ok: false,
+            line: format!("the oracle answered the spoken question {question:?}: {err}"),
+        },
+    });
+    // Searched at every delay: the question comes after the greeting, the answer after that.
+    let qm = analysis::compare(&t.question, &o.pcm, o.pcm.len() / 960);
+    checks.push(Check {
+        ok: o.subscribed_encrypted && qm.waveform < 0.2,
+        line: format!(
+            "a keyless participant in the room could not recover the user's question: subscribed to the user's track ({}), {} frames decoded from ciphertext, waveform correlation with the question {:.2} < 0.2",
+            if o.subscribed_encrypted { "marked encrypted" } else { "NOT seen" },
+            o.pcm.len() / 960,
+            qm.waveform
+        ),
+    });
+    let am = analysis::compare(&answer, &o.oracle_pcm, o.oracle_pcm.len() / 960);
+    checks.push(Check {
+        ok: o.oracle_encrypted == Some(true) && !answer.is_empty() && am.waveform < 0.2,
+        line: format!(
+            "a keyless participant in the room could not recover the oracle's answer: subscribed to the oracle's track ({}), {} frames decoded from ciphertext, waveform correlation with the answer {:.2} < 0.2{}",
+            match o.oracle_encrypted {
+                Some(true) => "marked encrypted",
+                Some(false) => "NOT marked encrypted",
+                None => "NOT seen",
+            },
+            o.oracle_pcm.len() / 960,
+            am.waveform,
+            if answer.is_empty() { " (there was no answer to compare with)" } else { "" }
+        ),
+    });
+}
+
+struct Observed {
+    /// The user's track was seen, marked encrypted.
+    subscribed_encrypted: bool,
+    /// What decoding the user's ciphertext gave.
+    pcm: Vec<i16>,
+    /// The oracle's track was seen (marked encrypted or not).
+    oracle_encrypted: Option<bool>,
+    /// What decoding the oracle's ciphertext gave.
+    oracle_pcm: Vec<i16>,
+}
+
+/// Collects what a participant without the key gets of the user's and the oracle's tracks.
 async fn listen_without_key(
     mut events: tokio::sync::mpsc::Receiver<RoomEvent>,
     user: String,
@@ -328,6 +882,8 @@ async fn listen_without_key(
     let mut o = Observed {
         subscribed_encrypted: false,
         pcm: Vec::new(),
+        oracle_encrypted: None,
+        oracle_pcm: Vec::new(),
     };
     while let Some(ev) = events.recv().await {
         match ev {
@@ -335,10 +891,20 @@ async fn listen_without_key(
                 identity,
                 encrypted,
                 ..
-            } if identity == user => {
-                o.subscribed_encrypted = encrypted;
+            } => {
+                if identity == user {
+                    o.subscribed_encrypted = encrypted;
+                } else {
+                    o.oracle_encrypted = Some(encrypted);
+                }
             }
-            RoomEvent::AudioFrame { identity, pcm, .. } if identity == user => o.pcm.extend(pcm),
+            RoomEvent::AudioFrame { identity, pcm, .. } => {
+                if identity == user {
+                    o.pcm.extend(pcm);
+                } else {
+                    o.oracle_pcm.extend(pcm);
+                }
+            }
             RoomEvent::Disconnected { .. } => break,
             _ => {}
         }

@@ -32,12 +32,21 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// A real end-to-end encrypted call on the local stack: brings the stack up, provisions a
-    /// user and an oracle, starts the server and an echo agent, calls, records the answer,
-    /// hangs up, and verifies (each line a real check).
+    /// user and an oracle, starts the server and an agent (echo, or the speaking oracle with
+    /// the offline engines), calls, records the answer, hangs up, and verifies (each line a
+    /// real check).
     Demo {
-        /// Seconds of speech.
+        /// The oracle: `echo` says back what it hears; `speech` answers a spoken question from
+        /// the demo knowledge file, and the answer is transcribed back and checked (needs
+        /// scripts/speech-setup).
+        #[arg(long, value_enum, default_value_t = call_demo::DemoOracle::Echo)]
+        oracle: call_demo::DemoOracle,
+        /// Seconds of speech (echo).
         #[arg(long, default_value_t = 6)]
         seconds: u32,
+        /// What the user asks the speaking oracle.
+        #[arg(long, default_value = "What is the capital of France?")]
+        question: String,
         /// Where WAV files and state go.
         #[arg(long, default_value = "demo-out")]
         out: PathBuf,
@@ -215,6 +224,21 @@ enum BenchCmd {
         #[arg(long, default_value = "sdk/browser/test/e2e/driver.mjs")]
         driver: PathBuf,
     },
+    /// The speaking oracle's voice-to-voice latency per turn through the E2EE call (end of
+    /// the user's question → first answer audio at the user), split by stage, with the
+    /// offline default engines and with local OpenAI-compatible servers. Needs
+    /// scripts/speech-setup --with-llm.
+    Speech {
+        /// Turns measured per engine set (after one warm-up turn).
+        #[arg(long, default_value_t = 20)]
+        turns: usize,
+        /// Engine sets: offline, openai (comma-separated).
+        #[arg(long, default_value = "offline,openai", value_delimiter = ',')]
+        engines: Vec<oracle_calls::bench_speech::EngineSet>,
+        /// Working directory.
+        #[arg(long, default_value = "bench-out/speech")]
+        dir: PathBuf,
+    },
     /// CPU and peak RSS of an agent process serving N concurrent echo calls.
     Agent {
         /// Comma-separated concurrency levels.
@@ -293,7 +317,18 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match cli.command {
-        Command::Demo { seconds, out } => call_demo::run(call_demo::Options { seconds, out }),
+        Command::Demo {
+            oracle,
+            seconds,
+            question,
+            out,
+        } => call_demo::run(call_demo::Options {
+            seconds,
+            out,
+            oracle,
+            question,
+            log_filter: default_filter.to_owned(),
+        }),
         Command::Walkthrough { scheme } => demo::run(scheme),
         Command::Agent { config, oracle } => agent_cmd::run(config, oracle),
         Command::Call(a) => call_cmd::call(a),
@@ -326,6 +361,15 @@ fn main() -> anyhow::Result<()> {
                 driver,
             }),
             BenchCmd::Opus { seconds, rounds } => bench_opus::run(seconds, rounds),
+            BenchCmd::Speech {
+                turns,
+                engines,
+                dir,
+            } => oracle_calls::bench_speech::run(oracle_calls::bench_speech::Options {
+                turns,
+                engines,
+                dir,
+            }),
             BenchCmd::Key {
                 db,
                 clients,
