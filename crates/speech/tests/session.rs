@@ -582,3 +582,42 @@ async fn the_greeting_plays_first_and_a_question_can_cut_it() {
         "{lines:?}"
     );
 }
+
+/// A log writer that keeps everything written to it.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn what_was_said_stays_out_of_the_logs_at_info() {
+    let logs = Captured::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::INFO)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let mut sim = Sim::new(
+        vec![Ok("my secret question about zanzibar")],
+        vec![("zanzibar", vec!["Short the secret answer quokka."])],
+    );
+    sim.speak(30).await;
+    sim.until(Out::Short, 100).await;
+    sim.quiet(60).await;
+    assert_eq!(sim.s.take_metrics().len(), 1);
+    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    assert!(text.contains("turn over"), "the turn was logged: {text}");
+    assert!(
+        !text.contains("zanzibar") && !text.contains("quokka"),
+        "{text}"
+    );
+}
