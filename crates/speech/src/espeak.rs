@@ -16,7 +16,7 @@ use crate::error::{ConfigError, EngineError, Stage};
 use crate::wav::WavReader;
 
 /// The longest text one call to espeak-ng speaks.
-const MAX_TEXT: usize = 4096;
+pub(crate) const MAX_TEXT: usize = 4096;
 
 /// `espeak-ng` as a text-to-speech engine.
 #[derive(Clone, Debug)]
@@ -61,11 +61,43 @@ impl EspeakTts {
     }
 }
 
-fn process_error(reason: String) -> EngineError {
+pub(crate) fn process_error(reason: String) -> EngineError {
     EngineError::Process {
         stage: Stage::TextToSpeech,
         reason,
     }
+}
+
+/// Starts a text-to-speech program (stdin piped, stderr kept, killed when dropped) and
+/// writes `text` to its stdin as one line, then closes it. The text is short, so writing it
+/// all before reading cannot fill a pipe.
+pub(crate) async fn start_speaking(
+    mut cmd: Command,
+    text: &str,
+    what: &str,
+) -> Result<Child, EngineError> {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| process_error(format!("cannot start {what}: {e}")))?;
+    let mut stdin = child
+        .stdin
+        .take()
+        .ok_or_else(|| process_error("no stdin".into()))?;
+    let mut input: String = text
+        .chars()
+        .take(MAX_TEXT)
+        .collect::<String>()
+        .replace(['\r', '\n'], " ");
+    input.push('\n');
+    stdin
+        .write_all(input.as_bytes())
+        .await
+        .map_err(|e| process_error(format!("writing to {what}: {e}")))?;
+    drop(stdin);
+    Ok(child)
 }
 
 struct Running {
@@ -78,37 +110,19 @@ struct Running {
 #[async_trait]
 impl TextToSpeech for EspeakTts {
     async fn synthesize(&self, text: &str) -> Result<AudioStream, EngineError> {
-        let text: String = text.chars().take(MAX_TEXT).collect();
-        let mut child = Command::new(&self.program)
-            .arg("-v")
+        let mut cmd = Command::new(&self.program);
+        cmd.arg("-v")
             .arg(&self.voice)
             .arg("-s")
             .arg(self.words_per_minute.to_string())
             .arg("--stdin")
             .arg("--stdout")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| process_error(format!("cannot start {}: {e}", self.program.display())))?;
-        let mut stdin = child
-            .stdin
-            .take()
-            .ok_or_else(|| process_error("no stdin".into()))?;
+            .stdout(Stdio::piped());
+        let mut child = start_speaking(cmd, text, "espeak-ng").await?;
         let stdout = child
             .stdout
             .take()
             .ok_or_else(|| process_error("no stdout".into()))?;
-        // A line break per sentence keeps espeak-ng from reading punctuation oddly; the text is
-        // short, so writing it all before reading cannot fill the pipe.
-        let mut input = text.replace(['\r', '\n'], " ");
-        input.push('\n');
-        stdin
-            .write_all(input.as_bytes())
-            .await
-            .map_err(|e| process_error(format!("writing to espeak-ng: {e}")))?;
-        drop(stdin);
         let running = Running {
             child,
             stdout,

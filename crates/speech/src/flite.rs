@@ -10,15 +10,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use futures_util::StreamExt;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::process::Command;
 
 use crate::engine::{AudioStream, Pcm, TextToSpeech};
 use crate::error::{ConfigError, EngineError, Stage};
+use crate::espeak::{process_error, start_speaking};
 use crate::wav;
-
-/// The longest text one call to flite speaks.
-const MAX_TEXT: usize = 4096;
 
 /// Samples per chunk handed on (0.1 s at flite's 16 kHz).
 const CHUNK: usize = 1600;
@@ -54,13 +52,6 @@ impl FliteTts {
     }
 }
 
-fn process_error(reason: String) -> EngineError {
-    EngineError::Process {
-        stage: Stage::TextToSpeech,
-        reason,
-    }
-}
-
 /// Removes the file when dropped (also when the request is cancelled).
 struct TempWav(PathBuf);
 
@@ -73,34 +64,18 @@ impl Drop for TempWav {
 #[async_trait]
 impl TextToSpeech for FliteTts {
     async fn synthesize(&self, text: &str) -> Result<AudioStream, EngineError> {
-        let text: String = text.chars().take(MAX_TEXT).collect();
         let out = TempWav(std::env::temp_dir().join(format!(
             "oc-flite-{}-{}.wav",
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed)
         )));
-        let mut child = Command::new(&self.program)
-            .arg("-voice")
+        let mut cmd = Command::new(&self.program);
+        cmd.arg("-voice")
             .arg(&self.voice)
             .arg("-o")
             .arg(&out.0)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| process_error(format!("cannot start {}: {e}", self.program.display())))?;
-        let mut stdin = child
-            .stdin
-            .take()
-            .ok_or_else(|| process_error("no stdin".into()))?;
-        let mut input = text.replace(['\r', '\n'], " ");
-        input.push('\n');
-        stdin
-            .write_all(input.as_bytes())
-            .await
-            .map_err(|e| process_error(format!("writing to flite: {e}")))?;
-        drop(stdin);
+            .stdout(Stdio::null());
+        let mut child = start_speaking(cmd, text, "flite").await?;
         let status = child
             .wait()
             .await
