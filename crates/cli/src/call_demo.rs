@@ -8,7 +8,7 @@
 //! and compared with the knowledge file's answer.
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
@@ -27,6 +27,7 @@ use oracle_calls_rtc::{Room, RoomEvent, RoomOptions};
 use oracle_calls_speech::Message;
 use oracle_calls_speech::audio::rms;
 use oracle_calls_speech::knowledge::{KnowledgeBrain, KnowledgeFile};
+use oracle_calls_speech::session::TurnMetrics;
 
 /// The oracle the demo calls.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -49,8 +50,6 @@ pub struct Options {
     pub oracle: DemoOracle,
     /// What the user asks the speaking oracle.
     pub question: String,
-    /// The log filter in force when `RUST_LOG` is not set.
-    pub log_filter: String,
 }
 
 /// The user's voice: another of flite's voices than the oracle's (`slt`).
@@ -86,132 +85,8 @@ struct Check {
 }
 
 pub fn run(opts: Options) -> anyhow::Result<()> {
-    let turns = TurnLog::default();
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    builder.enable_all();
-    // The agent runs in this process and logs each turn's timings (`turn over`) through
-    // `tracing`; the speaking demo reads them with a subscriber of its own on this runtime's
-    // threads, which also prints what the global one would.
-    let _on_this_thread = if opts.oracle == DemoOracle::Speech {
-        let dispatch = turns.dispatch(&opts.log_filter);
-        let for_threads = dispatch.clone();
-        builder.on_thread_start(move || {
-            // Kept for the thread's life.
-            std::mem::forget(tracing::dispatcher::set_default(&for_threads));
-        });
-        Some(tracing::dispatcher::set_default(&dispatch))
-    } else {
-        None
-    };
-    let rt = builder.build().context("starting the async runtime")?;
-    rt.block_on(demo(opts, turns))
-}
-
-/// The `turn over` records the speaking oracle's session logged.
-#[derive(Clone, Debug, Default)]
-struct TurnLog(Arc<Mutex<Vec<AgentTurn>>>);
-
-/// One `turn over` record: the agent's own split of a turn's latency.
-#[derive(Clone, Debug, Default)]
-struct AgentTurn {
-    turn_over: bool,
-    reply: Option<u64>,
-    end_of_turn_wait_ms: Option<u64>,
-    speech_to_text_ms: Option<u64>,
-    brain_first_token_ms: Option<u64>,
-    first_audio_ms: Option<u64>,
-    voice_to_voice_ms: Option<u64>,
-    interrupted: bool,
-    failed: Option<String>,
-}
-
-impl tracing::field::Visit for AgentTurn {
-    fn record_u64(&mut self, field: &tracing::field::Field, value: u64) {
-        let slot = match field.name() {
-            "reply" => &mut self.reply,
-            "end_of_turn_wait_ms" => &mut self.end_of_turn_wait_ms,
-            "speech_to_text_ms" => &mut self.speech_to_text_ms,
-            "brain_first_token_ms" => &mut self.brain_first_token_ms,
-            "first_audio_ms" => &mut self.first_audio_ms,
-            "voice_to_voice_ms" => &mut self.voice_to_voice_ms,
-            _ => return,
-        };
-        *slot = Some(value);
-    }
-
-    fn record_bool(&mut self, field: &tracing::field::Field, value: bool) {
-        if field.name() == "interrupted" {
-            self.interrupted = value;
-        }
-    }
-
-    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
-        match field.name() {
-            "failed" => self.failed = Some(value.to_owned()),
-            "message" => self.turn_over = value == "turn over",
-            _ => {}
-        }
-    }
-
-    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
-        match field.name() {
-            "failed" => self.failed = Some(format!("{value:?}")),
-            "message" => self.turn_over = format!("{value:?}") == "turn over",
-            _ => {}
-        }
-    }
-}
-
-impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for TurnLog {
-    fn on_event(
-        &self,
-        event: &tracing::Event<'_>,
-        _ctx: tracing_subscriber::layer::Context<'_, S>,
-    ) {
-        let mut turn = AgentTurn::default();
-        event.record(&mut turn);
-        if turn.turn_over
-            && let Ok(mut turns) = self.0.lock()
-        {
-            turns.push(turn);
-        }
-    }
-}
-
-impl TurnLog {
-    /// A subscriber that prints what `main`'s does (the same filter, to stderr) and records
-    /// the speech session's `turn over` events whatever the filter.
-    fn dispatch(&self, default_filter: &str) -> tracing::Dispatch {
-        use tracing_subscriber::Layer as _;
-        use tracing_subscriber::layer::SubscriberExt as _;
-        let printed = tracing_subscriber::EnvFilter::try_from_default_env()
-            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
-        let subscriber = tracing_subscriber::registry()
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .with_writer(std::io::stderr)
-                    .with_filter(printed),
-            )
-            .with(
-                self.clone()
-                    .with_filter(tracing_subscriber::filter::filter_fn(|m| {
-                        m.is_event()
-                            && m.target().starts_with("oracle_calls_speech")
-                            && *m.level() <= tracing::Level::INFO
-                    })),
-            );
-        tracing::Dispatch::new(subscriber)
-    }
-
-    /// The last turn the oracle answered someone in (it has a voice-to-voice time).
-    fn last_answer(&self) -> Option<AgentTurn> {
-        let turns = self.0.lock().ok()?;
-        turns
-            .iter()
-            .rev()
-            .find(|t| t.voice_to_voice_ms.is_some())
-            .cloned()
-    }
+    let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    rt.block_on(demo(opts))
 }
 
 /// The speaking oracle's engines and what it knows.
@@ -224,6 +99,8 @@ struct SpeechSetup {
     /// The knowledge brain's answer to the question.
     expected: String,
     oracle: Speech,
+    /// Each finished turn's metrics, as the oracle's session measured them.
+    turns: tokio::sync::mpsc::UnboundedReceiver<TurnMetrics>,
 }
 
 impl SpeechSetup {
@@ -249,15 +126,19 @@ impl SpeechSetup {
         let brain = KnowledgeBrain::load(&path)?;
         let expected = brain.reply(&[Message::user(question)]);
         let section = speech_local::offline_section(&stt.base_url, &path)?;
-        let oracle = Speech::new(&section, std::path::Path::new("/"))
+        let (sink, turns) = tokio::sync::mpsc::unbounded_channel();
+        let prepared = section
+            .prepare(std::path::Path::new("/"))
             .await
-            .context(SETUP)?;
+            .context(SETUP)?
+            .with_metrics_sink(sink);
         Ok(Self {
             stt,
             checker,
             knowledge,
             expected,
-            oracle,
+            oracle: Speech::from_prepared(prepared),
+            turns,
         })
     }
 }
@@ -303,7 +184,7 @@ impl SpeechTalk {
     }
 }
 
-async fn demo(opts: Options, turns: TurnLog) -> anyhow::Result<()> {
+async fn demo(opts: Options) -> anyhow::Result<()> {
     let speaking = opts.oracle == DemoOracle::Speech;
     let total = if speaking { 9 } else { 7 };
     let mut n = 1;
@@ -321,7 +202,7 @@ async fn demo(opts: Options, turns: TurnLog) -> anyhow::Result<()> {
     let stack = tokio::task::spawn_blocking(Stack::up).await??;
     eprintln!("[{n}/{total}] stack up … {}", fmt(t.elapsed()));
 
-    let mut setup = None;
+    let mut setup: Option<SpeechSetup> = None;
     if speaking {
         n += 1;
         let s = Step::start(
@@ -481,10 +362,17 @@ async fn demo(opts: Options, turns: TurnLog) -> anyhow::Result<()> {
             report.frames_heard, report.decrypt_failures, report.outcome
         ),
     });
+    // The oracle's own measure of its turns (each sent when the turn is over).
+    let mut agent_turns = Vec::new();
+    if let Some(e) = setup.as_mut() {
+        while let Ok(m) = e.turns.try_recv() {
+            agent_turns.push(m);
+        }
+    }
     match (&talk, &setup) {
         (Talk::Echo(t), _) => echo_checks(t, &observed, &mut checks),
         (Talk::Speech(t), Some(e)) => {
-            print_turn(t, &turns);
+            print_turn(t, &agent_turns);
             speech_checks(t, e, &opts.question, &observed, &mut checks).await;
         }
         (Talk::Speech(_), None) => bail!("a spoken conversation without its engines"),
@@ -749,7 +637,7 @@ async fn converse(
 }
 
 /// The turn's latency at the user, and the agent's own split of it.
-fn print_turn(t: &SpeechTalk, turns: &TurnLog) {
+fn print_turn(t: &SpeechTalk, agent_turns: &[TurnMetrics]) {
     println!("The question's turn");
     match t.latency() {
         Some(l) => println!(
@@ -759,21 +647,27 @@ fn print_turn(t: &SpeechTalk, turns: &TurnLog) {
         ),
         None => println!("  voice to voice at the user: no answer heard"),
     }
-    let ms = |v: Option<u64>| v.map_or_else(|| "–".to_owned(), |v| format!("{v} ms"));
-    match turns.last_answer() {
+    let ms =
+        |v: Option<Duration>| v.map_or_else(|| "–".to_owned(), |v| format!("{} ms", v.as_millis()));
+    // The turn that answered someone (the greeting has no voice before it).
+    match agent_turns
+        .iter()
+        .rev()
+        .find(|a| a.voice_to_voice.is_some())
+    {
         Some(a) => println!(
             "  the agent's split (its clock, from the end of the voice its VAD heard): end-of-turn wait {}, speech-to-text {}, brain first token {}, first audio {}; voice to voice {}{}{}",
-            ms(a.end_of_turn_wait_ms),
-            ms(a.speech_to_text_ms),
-            ms(a.brain_first_token_ms),
-            ms(a.first_audio_ms),
-            ms(a.voice_to_voice_ms),
+            ms(a.end_of_turn_wait),
+            ms(a.speech_to_text),
+            ms(a.brain_first_token),
+            ms(a.first_audio),
+            ms(a.voice_to_voice),
             if a.interrupted { "; interrupted" } else { "" },
             a.failed
                 .map(|f| format!("; {f} failed: the fallback line was said"))
                 .unwrap_or_default()
         ),
-        None => println!("  the agent's split: no `turn over` record of an answer was seen"),
+        None => println!("  the agent's split: the oracle reported no answered turn"),
     }
     println!();
 }
@@ -835,8 +729,7 @@ async fn speech_checks(
             line: format!("the oracle answered the spoken question {question:?}: {err}"),
         },
     });
-    // Searched at every delay: the question comes after the greeting, the answer after that.
-    let qm = analysis::compare(&t.question, &o.pcm, o.pcm.len() / 960);
+    let qm = find_in(&t.question, &o.pcm);
     checks.push(Check {
         ok: o.subscribed_encrypted && qm.waveform < 0.2,
         line: format!(
@@ -846,7 +739,7 @@ async fn speech_checks(
             qm.waveform
         ),
     });
-    let am = analysis::compare(&answer, &o.oracle_pcm, o.oracle_pcm.len() / 960);
+    let am = find_in(&answer, &o.oracle_pcm);
     checks.push(Check {
         ok: o.oracle_encrypted == Some(true) && !answer.is_empty() && am.waveform < 0.2,
         line: format!(
@@ -861,6 +754,13 @@ async fn speech_checks(
             if answer.is_empty() { " (there was no answer to compare with)" } else { "" }
         ),
     });
+}
+
+/// Where `sent` best matches in `heard` at any delay at which all of it fits (the question
+/// comes after the greeting, the answer after that).
+fn find_in(sent: &[i16], heard: &[i16]) -> Match {
+    let lags = (heard.len() / 960).saturating_sub(sent.len().div_ceil(960));
+    analysis::compare(sent, heard, lags)
 }
 
 struct Observed {
@@ -910,4 +810,51 @@ async fn listen_without_key(
         }
     }
     o
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::panic
+    )]
+    use super::*;
+
+    /// `pcm` placed `at` frames into `len` frames of quiet noise.
+    fn inside(pcm: &[i16], at: usize, len: usize, seed: u32) -> Vec<i16> {
+        let mut x = seed;
+        let mut out: Vec<i16> = (0..len * 960)
+            .map(|_| {
+                x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                ((x >> 16) % 200) as i16 - 100
+            })
+            .collect();
+        for (o, s) in out[at * 960..].iter_mut().zip(pcm) {
+            *o = o.saturating_add(*s);
+        }
+        out
+    }
+
+    #[test]
+    fn what_was_said_is_found_late_in_a_track() {
+        let said = speech::synthesize(2.0, 5);
+        // 9 s in: past the 150 frames the echo check searches.
+        let heard = inside(&said, 450, 700, 1);
+        let m = find_in(&said, &heard);
+        assert_eq!(m.delay_frames, 450, "{m:?}");
+        assert!(m.waveform > 0.9, "{m:?}");
+    }
+
+    #[test]
+    fn something_else_is_not_found() {
+        let said = speech::synthesize(2.0, 5);
+        let other = speech::synthesize(2.0, 6);
+        let heard = inside(&other, 300, 700, 2);
+        let m = find_in(&said, &heard);
+        assert!(m.waveform < 0.2, "{m:?}");
+        assert!(find_in(&said, &[]).waveform < 0.2);
+        assert!(find_in(&said, &said[..960 * 5]).waveform < 0.2);
+    }
 }

@@ -232,12 +232,16 @@ enum BenchCmd {
         /// Turns measured per engine set (after one warm-up turn).
         #[arg(long, default_value_t = 20)]
         turns: usize,
-        /// Engine sets: offline, openai (comma-separated).
+        /// Engine sets: offline, openai, livekit-agents (comma-separated).
         #[arg(long, default_value = "offline,openai", value_delimiter = ',')]
         engines: Vec<oracle_calls::bench_speech::EngineSet>,
         /// Working directory.
         #[arg(long, default_value = "bench-out/speech")]
         dir: PathBuf,
+        /// Also measure each agent as its own process at these numbers of concurrent calls
+        /// (comma-separated): CPU and memory per call.
+        #[arg(long, value_delimiter = ',')]
+        concurrent: Vec<usize>,
     },
     /// CPU and peak RSS of an agent process serving N concurrent echo calls.
     Agent {
@@ -327,7 +331,6 @@ fn main() -> anyhow::Result<()> {
             out,
             oracle,
             question,
-            log_filter: default_filter.to_owned(),
         }),
         Command::Walkthrough { scheme } => demo::run(scheme),
         Command::Agent { config, oracle } => agent_cmd::run(config, oracle),
@@ -365,10 +368,12 @@ fn main() -> anyhow::Result<()> {
                 turns,
                 engines,
                 dir,
+                concurrent,
             } => oracle_calls::bench_speech::run(oracle_calls::bench_speech::Options {
                 turns,
                 engines,
                 dir,
+                concurrent,
             }),
             BenchCmd::Key {
                 db,
