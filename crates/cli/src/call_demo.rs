@@ -546,6 +546,10 @@ async fn converse(
     input_wav: &std::path::Path,
     answer_wav: &std::path::Path,
 ) -> anyhow::Result<SpeechTalk> {
+    // Said in real time later; synthesized now, so the microphone never pauses for it.
+    let question_pcm = speech_local::say(question, USER_VOICE)
+        .await
+        .context("the user's voice (flite): run scripts/speech-setup")?;
     let mut conv = Conversation::new(call);
     let s = Step::start(n, total, "listen: the oracle's greeting");
     let greeted = if e.knowledge.greeting.trim().is_empty() {
@@ -580,9 +584,6 @@ async fn converse(
         "(no complete greeting within 20 s)".to_owned()
     });
 
-    let question_pcm = speech_local::say(question, USER_VOICE)
-        .await
-        .context("the user's voice (flite): run scripts/speech-setup")?;
     wav::write(input_wav, &question_pcm)?;
     let s = Step::start(
         n + 1,
