@@ -232,12 +232,16 @@ enum BenchCmd {
         /// Turns measured per engine set (after one warm-up turn).
         #[arg(long, default_value_t = 20)]
         turns: usize,
-        /// Engine sets: offline, openai (comma-separated).
+        /// Engine sets: offline, openai, livekit-agents (comma-separated).
         #[arg(long, default_value = "offline,openai", value_delimiter = ',')]
         engines: Vec<oracle_calls::bench_speech::EngineSet>,
         /// Working directory.
         #[arg(long, default_value = "bench-out/speech")]
         dir: PathBuf,
+        /// Also measure each agent as its own process at these numbers of concurrent calls
+        /// (comma-separated): CPU and memory per call.
+        #[arg(long, value_delimiter = ',')]
+        concurrent: Vec<usize>,
     },
     /// CPU and peak RSS of an agent process serving N concurrent echo calls.
     Agent {
@@ -364,10 +368,12 @@ fn main() -> anyhow::Result<()> {
                 turns,
                 engines,
                 dir,
+                concurrent,
             } => oracle_calls::bench_speech::run(oracle_calls::bench_speech::Options {
                 turns,
                 engines,
                 dir,
+                concurrent,
             }),
             BenchCmd::Key {
                 db,
