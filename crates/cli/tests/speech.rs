@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 
 use oracle_calls::local::{DeployOptions, Deployment, Stack, unique_hex};
 use oracle_calls::speech_local::{
-    Conversation, RunEnd, SidecarRole, SpeechEnv, offline_section, say, speech_dir, start_sidecar,
-    start_sidecar_with, transcribe, word_error_rate,
+    Conversation, LocalServer, RunEnd, SidecarRole, SpeechEnv, offline_section, say, speech_dir,
+    start_sidecar, start_sidecar_with, transcribe, word_error_rate,
 };
 use oracle_calls_agent::Speech;
 use oracle_calls_agent::oracles::Builtin;
@@ -62,6 +62,37 @@ async fn deploy(section: &SpeechSection) -> Deployment {
         .unwrap()
 }
 
+/// A call to the speaking oracle with the offline default engines.
+struct Offline {
+    /// The oracle's speech-to-text.
+    stt: LocalServer,
+    /// The user's side checks what it heard with its own Whisper, beam search on.
+    checker: LocalServer,
+    dep: Deployment,
+    call: Call,
+    conv: Conversation,
+}
+
+async fn offline_call() -> Offline {
+    let env = SpeechEnv::load().unwrap();
+    let stt = start_sidecar(&env, SidecarRole::SttOnly).await.unwrap();
+    let checker = start_sidecar_with(&env, SidecarRole::SttOnly, 5)
+        .await
+        .unwrap();
+    let section = offline_section(&stt.base_url, &knowledge()).unwrap();
+    let dep = deploy(&section).await;
+    let user = dep.new_user().await.unwrap();
+    let call = user.call_oracle(CallType::Audio).await.unwrap();
+    let conv = Conversation::new(&call);
+    Offline {
+        stt,
+        checker,
+        dep,
+        call,
+        conv,
+    }
+}
+
 /// Listens through the greeting until the oracle has been quiet for a second.
 async fn hear_greeting(call: &mut Call, conv: &mut Conversation) -> usize {
     let (end, _) = conv
@@ -95,17 +126,13 @@ async fn ask(call: &mut Call, conv: &mut Conversation, question: &str) -> (usize
 async fn spoken_questions_get_their_spoken_answers_through_the_encrypted_call() {
     let _serial = SERIAL.lock().await;
     init_logs();
-    let env = SpeechEnv::load().unwrap();
-    let stt = start_sidecar(&env, SidecarRole::SttOnly).await.unwrap();
-    // The user's side checks what it heard with its own Whisper, beam search on.
-    let checker = start_sidecar_with(&env, SidecarRole::SttOnly, 5)
-        .await
-        .unwrap();
-    let section = offline_section(&stt.base_url, &knowledge()).unwrap();
-    let dep = deploy(&section).await;
-    let user = dep.new_user().await.unwrap();
-    let mut call = user.call_oracle(CallType::Audio).await.unwrap();
-    let mut conv = Conversation::new(&call);
+    let Offline {
+        stt: _stt, // kept alive: the oracle transcribes with it
+        checker,
+        dep,
+        mut call,
+        mut conv,
+    } = offline_call().await;
 
     let greeting_end = hear_greeting(&mut call, &mut conv).await;
     let greeting = transcribe(&checker.base_url, &conv.audio_from(0))
@@ -185,20 +212,16 @@ async fn spoken_questions_get_their_spoken_answers_through_the_encrypted_call() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_user_interrupts_the_oracle_and_its_own_echo_does_not() {
+async fn the_user_interrupts_the_oracle_but_a_click_an_uh_huh_and_its_own_echo_do_not() {
     let _serial = SERIAL.lock().await;
     init_logs();
-    let env = SpeechEnv::load().unwrap();
-    let stt = start_sidecar(&env, SidecarRole::SttOnly).await.unwrap();
-    // The user's side checks what it heard with its own Whisper, beam search on.
-    let checker = start_sidecar_with(&env, SidecarRole::SttOnly, 5)
-        .await
-        .unwrap();
-    let section = offline_section(&stt.base_url, &knowledge()).unwrap();
-    let dep = deploy(&section).await;
-    let user = dep.new_user().await.unwrap();
-    let mut call = user.call_oracle(CallType::Audio).await.unwrap();
-    let mut conv = Conversation::new(&call);
+    let Offline {
+        stt,
+        checker,
+        dep,
+        mut call,
+        mut conv,
+    } = offline_call().await;
     hear_greeting(&mut call, &mut conv).await;
 
     // Barge-in: the story starts; 3 s in, the user asks something else over it.
@@ -214,7 +237,19 @@ async fn the_user_interrupts_the_oracle_and_its_own_echo_does_not() {
     let story_start = conv
         .first_speech_after(said_until)
         .expect("the story began");
-    conv.run(&mut call, &[], Duration::from_secs(3), |_| false)
+    // False interruptions first: a 150 ms click, then a short "uh-huh" (about 280 ms of
+    // voice), each with a second of quiet after it; the story must go on through both.
+    conv.run(&mut call, &[], Duration::from_secs(1), |_| false)
+        .await
+        .unwrap();
+    let click: Vec<i16> = (0..7200u32)
+        .map(|i| ((i.wrapping_mul(2_654_435_761) >> 16) as i16) / 3)
+        .collect();
+    conv.run(&mut call, &click, Duration::from_secs(1), |_| false)
+        .await
+        .unwrap();
+    let backchannel = say("Uh-huh.", USER_VOICE).await.unwrap();
+    conv.run(&mut call, &backchannel, Duration::from_secs(2), |_| false)
         .await
         .unwrap();
     let question = say("What is the capital of France?", USER_VOICE)
@@ -263,6 +298,22 @@ async fn the_user_interrupts_the_oracle_and_its_own_echo_does_not() {
     assert!(
         story_heard.to_lowercase().contains("once upon a time"),
         "{story_heard:?}"
+    );
+    // The click and the "uh-huh" did not stop it: from its start to the cut the story never
+    // fell silent for longer than its own pauses between sentences.
+    let longest_gap = conv.heard[story_start..=last_story]
+        .split(|(_, f)| oracle_calls_speech::audio::rms(f) > 0.01)
+        .map(<[_]>::len)
+        .max()
+        .unwrap_or(0);
+    eprintln!(
+        "longest pause in the story before the cut: {} ms",
+        longest_gap * 20
+    );
+    assert!(
+        longest_gap * 20 < 800,
+        "the story stopped for {} ms",
+        longest_gap * 20
     );
 
     // Echo: the whole story again with the oracle's voice fed back at −10 dB, 100 ms later.

@@ -32,6 +32,40 @@ use crate::vad::VadFramer;
 /// One call frame's length.
 const FRAME: Duration = Duration::from_millis(20);
 
+/// The echo finder looks only while the oracle played at least this level (−34 dBFS).
+const ECHO_LEARN_LEVEL: f32 = 0.02;
+/// Frames the echo finder compares (0.8 s).
+const ECHO_FIND_WINDOW: usize = 40;
+/// The longest delay of an echo it looks for, in frames (0.4 s).
+const ECHO_MAX_LAG: usize = 20;
+/// Frames of levels kept.
+const ECHO_FIND_FRAMES: usize = ECHO_FIND_WINDOW + ECHO_MAX_LAG;
+/// Correlation of the levels at which the oracle's voice counts as coming back.
+const ECHO_CORRELATION: f32 = 0.9;
+/// How long an echo found counts.
+const ECHO_HOLD: Duration = Duration::from_secs(2);
+
+/// Pearson correlation of two equally long series; `None` when either is flat.
+fn correlation(a: &[f32], b: &[f32]) -> Option<f32> {
+    let n = a.len().min(b.len());
+    if n < 2 {
+        return None;
+    }
+    let (a, b) = (a.get(..n)?, b.get(..n)?);
+    let ma = a.iter().sum::<f32>() / n as f32;
+    let mb = b.iter().sum::<f32>() / n as f32;
+    let (mut sab, mut saa, mut sbb) = (0.0f32, 0.0f32, 0.0f32);
+    for (x, y) in a.iter().zip(b) {
+        sab += (x - ma) * (y - mb);
+        saa += (x - ma) * (x - ma);
+        sbb += (y - mb) * (y - mb);
+    }
+    if saa <= 1e-9 || sbb <= 1e-9 {
+        return None;
+    }
+    Some(sab / (saa * sbb).sqrt())
+}
+
 /// The engines a session uses (shared by all calls of an oracle).
 #[derive(Clone)]
 pub struct Engines {
@@ -86,9 +120,17 @@ pub struct SessionConfig {
     /// Audio kept from before the first voiced frame of a turn (a word's soft start).
     pub prefix: Duration,
     /// The echo gate: while the oracle speaks (and for `echo_window` after), a frame of the
-    /// person's audio whose level is under `echo_ratio` times the loudest frame the oracle
-    /// played in the last `echo_window` is taken to be the oracle's own voice coming back.
+    /// person's audio whose level is under the gate — a share of the loudest frame the oracle
+    /// played in the last `echo_window` — is taken to be the oracle's own voice coming back.
+    /// The gate is `echo_ratio` (default 0.5, −6 dB) while the oracle's voice is found in what
+    /// comes back — the level of the person's audio follows the level of what the oracle
+    /// played, at some delay up to 400 ms (correlation ≥ 0.9 over 0.8 s), and for 2 s after
+    /// — and `echo_floor` while it is not (a headset, a browser's echo cancellation), so that a
+    /// quiet person can still talk over the oracle. Until there is enough to tell, the gate is
+    /// `echo_ratio`. 0 turns the gate off.
     pub echo_ratio: f32,
+    /// The gate when no echo is found (default 0.03, −30 dB).
+    pub echo_floor: f32,
     /// See `echo_ratio`.
     pub echo_window: Duration,
     /// Once a frame is loud enough to be the person over the oracle, the frames that follow
@@ -110,6 +152,7 @@ impl Default for SessionConfig {
             deadlines: Deadlines::default(),
             prefix: Duration::from_millis(300),
             echo_ratio: 0.5,
+            echo_floor: 0.03,
             echo_window: Duration::from_millis(500),
             echo_hold: Duration::from_millis(160),
             instructions: None,
@@ -338,6 +381,15 @@ pub struct SpeechSession {
     played: VecDeque<(Instant, f32)>,
     /// Until when the person's audio counts as theirs whatever its level (see `echo_hold`).
     person_until: Option<Instant>,
+    /// The level of each frame of the person's audio, newest last (for the echo finder).
+    heard_levels: VecDeque<f32>,
+    /// The level of each frame played, newest last, one per frame (for the echo finder).
+    played_levels: VecDeque<f32>,
+    /// Until when the oracle's voice counts as coming back (see `echo_ratio`); `None`: not
+    /// enough heard yet to tell.
+    echo_until: Option<Instant>,
+    /// Whether the echo finder has had enough to tell at least once.
+    echo_known: bool,
     history: Vec<Message>,
     events_tx: mpsc::UnboundedSender<Event>,
     events: mpsc::UnboundedReceiver<Event>,
@@ -380,6 +432,10 @@ impl SpeechSession {
             queue: VecDeque::new(),
             played: VecDeque::new(),
             person_until: None,
+            heard_levels: VecDeque::new(),
+            played_levels: VecDeque::new(),
+            echo_until: None,
+            echo_known: false,
             history: Vec::new(),
             events_tx,
             events,
@@ -503,6 +559,10 @@ impl SpeechSession {
     }
 
     fn note_played(&mut self, now: Instant, level: f32) {
+        self.played_levels.push_back(level);
+        while self.played_levels.len() > ECHO_FIND_FRAMES {
+            self.played_levels.pop_front();
+        }
         self.played.push_back((now, level));
         while let Some((t, _)) = self.played.front() {
             if now.saturating_duration_since(*t) > self.cfg.echo_window {
@@ -514,10 +574,18 @@ impl SpeechSession {
     }
 
     /// Whether a frame of the person's audio is only the oracle's own voice coming back: it
-    /// is quieter than `echo_ratio` times the loudest frame the oracle played within the echo
-    /// window (an echo at −10 dB stays under a −6 dB ratio whatever its delay in the window),
-    /// and no louder frame in the last `echo_hold` showed the person talking.
+    /// is quieter than the gate (see `echo_ratio`) times the loudest frame the oracle played
+    /// within the echo window (an echo at −10 dB stays under a −6 dB gate whatever its delay
+    /// in the window), and no louder frame in the last `echo_hold` showed the person talking.
     fn is_echo(&mut self, pcm48: &[i16], now: Instant) -> bool {
+        let level = rms(pcm48);
+        self.heard_levels.push_back(level);
+        while self.heard_levels.len() > ECHO_FIND_FRAMES {
+            self.heard_levels.pop_front();
+        }
+        if self.cfg.echo_ratio <= 0.0 {
+            return false;
+        }
         let loudest = self
             .played
             .iter()
@@ -527,11 +595,47 @@ impl SpeechSession {
         if loudest <= 0.0 {
             return false;
         }
-        if rms(pcm48) >= self.cfg.echo_ratio * loudest {
+        self.find_echo(now);
+        if level >= self.echo_gate(now) * loudest {
             self.person_until = Some(now + self.cfg.echo_hold);
             return false;
         }
         self.person_until.is_none_or(|t| now >= t)
+    }
+
+    /// Looks for the oracle's voice in what comes back: the level of the person's last
+    /// frames following the level of what was played, at a delay of 0–400 ms.
+    fn find_echo(&mut self, now: Instant) {
+        let n = ECHO_FIND_WINDOW;
+        if self.heard_levels.len() < n || self.played_levels.len() < n + ECHO_MAX_LAG {
+            return;
+        }
+        let heard: Vec<f32> = self.heard_levels.iter().rev().take(n).copied().collect();
+        let played: Vec<f32> = self.played_levels.iter().rev().copied().collect();
+        if played
+            .iter()
+            .take(n + ECHO_MAX_LAG)
+            .all(|l| *l < ECHO_LEARN_LEVEL)
+        {
+            return; // the oracle was quiet: nothing to find
+        }
+        self.echo_known = true;
+        let best = (0..=ECHO_MAX_LAG)
+            .filter_map(|lag| correlation(&heard, played.get(lag..lag + n)?))
+            .fold(f32::MIN, f32::max);
+        if best >= ECHO_CORRELATION {
+            self.echo_until = Some(now + ECHO_HOLD);
+        }
+    }
+
+    /// The echo gate (share of the oracle's level) in force now.
+    pub fn echo_gate(&self, now: Instant) -> f32 {
+        let echo = !self.echo_known || self.echo_until.is_some_and(|t| now < t);
+        if echo {
+            self.cfg.echo_ratio
+        } else {
+            self.cfg.echo_floor.min(self.cfg.echo_ratio)
+        }
     }
 
     fn remember(&mut self, at: Duration, pcm16: Vec<i16>) {

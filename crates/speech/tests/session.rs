@@ -450,6 +450,12 @@ async fn the_oracles_own_voice_leaking_back_does_not_interrupt_it() {
     sim.speak(30).await;
     let start = sim.until(Out::Long, 150).await;
     sim.quiet(280).await;
+    // The gate found the echo.
+    assert!(
+        sim.s.echo_gate(Instant::now()) > 0.45,
+        "{}",
+        sim.s.echo_gate(Instant::now())
+    );
     let played = sim.out[start..].iter().filter(|o| **o == Out::Long).count();
     // 33 words × 150 ms = 4.95 s = 248 frames.
     assert!((247..=250).contains(&played), "{:?}", sim.runs());
@@ -486,6 +492,46 @@ async fn with_the_echo_leaking_back_a_short_mm_still_does_not_stop_it_but_speech
         "stopped {stopped} frames after the onset"
     );
     sim.until(Out::Short, 150).await;
+}
+
+#[tokio::test]
+async fn a_quiet_person_can_talk_over_an_oracle_whose_voice_does_not_come_back() {
+    let long = vec![
+        "Long a b c d e f g h i j.",
+        "Long k l m n o p q r s t.",
+        "Long u v w x y z a b c d.",
+    ];
+    let mut sim = Sim::new(
+        vec![Ok("the long one please"), Ok("now the answer")],
+        vec![("long", long), ("answer", vec!["Short fine."])],
+    );
+    sim.speak(30).await;
+    sim.until(Out::Long, 150).await;
+    // At first the gate assumes the worst (half the oracle's level)…
+    assert!((sim.s.echo_gate(Instant::now()) - 0.5).abs() < 1e-6);
+    sim.quiet(100).await;
+    // …two seconds of the oracle with nothing coming back show there is no echo.
+    assert!(
+        sim.s.echo_gate(Instant::now()) < 0.05,
+        "{}",
+        sim.s.echo_gate(Instant::now())
+    );
+    // A person at a third of the oracle's level (under the starting gate) interrupts. Before
+    // the gate learnt, the same voice would have been taken for an echo.
+    assert!(rms(&voice(0).iter().map(|v| v / 3).collect::<Vec<_>>()) < 0.5 * LONG_LEVEL);
+    let onset = sim.k;
+    for _ in 0..30 {
+        let quiet: Vec<i16> = voice(sim.k).iter().map(|v| v / 3).collect();
+        sim.step(quiet).await;
+    }
+    let stopped = sim.out[onset..]
+        .iter()
+        .position(|o| *o == Out::Silence)
+        .expect("the oracle stopped");
+    assert!(
+        (24..=26).contains(&stopped),
+        "stopped {stopped} frames after the onset"
+    );
 }
 
 #[tokio::test]
