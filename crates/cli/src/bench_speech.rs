@@ -485,6 +485,10 @@ async fn measure(
 struct Cost {
     /// CPU seconds per second of the process tree while the calls ran.
     cpu_cores: f64,
+    /// The same while registered and idle (5 s before the calls).
+    idle_cores: f64,
+    /// CPU seconds of the process tree while the calls ran, per question answered.
+    cpu_per_turn: f64,
     /// Resident memory of the process tree, MiB: registered and idle; peak during the calls.
     rss_idle_mib: f64,
     rss_peak_mib: f64,
@@ -585,8 +589,11 @@ async fn concurrent(
     };
     let pid = agent.pid();
     // Let it settle (LiveKit Agents warms idle job processes after registering).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (idle0, ..) = tree_usage(pid);
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let (_, rss_idle_mib, pss_idle_mib, _) = tree_usage(pid);
+    let (idle1, rss_idle_mib, pss_idle_mib, _) = tree_usage(pid);
+    let idle_cores = (idle1 - idle0) / 5.0;
     let mut users = Vec::new();
     for _ in 0..n {
         users.push(dep.new_user().await?);
@@ -606,7 +613,7 @@ async fn concurrent(
                 std::thread::sleep(Duration::from_millis(100));
             }
             let (cpu1, ..) = tree_usage(pid);
-            ((cpu1 - cpu0) / t0.elapsed().as_secs_f64(), rss, pss, procs)
+            (cpu1 - cpu0, t0.elapsed().as_secs_f64(), rss, pss, procs)
         })
     };
     let mut calls = tokio::task::JoinSet::new();
@@ -630,12 +637,14 @@ async fn concurrent(
         }
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let (cpu_cores, rss_peak_mib, pss_peak_mib, processes) = sampler.await?;
+    let (cpu, wall, rss_peak_mib, pss_peak_mib, processes) = sampler.await?;
     drop(agent);
     dep.stop().await;
-    let at_user = result?;
+    let at_user: Vec<Duration> = result?;
     Ok(Cost {
-        cpu_cores,
+        cpu_cores: cpu / wall,
+        idle_cores,
+        cpu_per_turn: cpu / at_user.len().max(1) as f64,
         rss_idle_mib,
         rss_peak_mib,
         pss_idle_mib,
@@ -669,7 +678,7 @@ fn print_table(results: &[(EngineSet, Vec<Turn>)]) {
     println!();
     print!("{:<30}", "stage (ms)");
     for (set, turns) in results {
-        print!("{:>30}", format!("{set:?} p50 / p90 (n={})", turns.len()));
+        print!("{:>32}", format!("{set:?} p50 / p90 (n={})", turns.len()));
     }
     println!();
     for (name, pick) in rows {
@@ -680,7 +689,7 @@ fn print_table(results: &[(EngineSet, Vec<Turn>)]) {
                 (Some(a), Some(b)) => format!("{} / {}", a.as_millis(), b.as_millis()),
                 _ => "—".into(),
             };
-            print!("{cell:>30}");
+            print!("{cell:>32}");
         }
         println!();
     }
@@ -689,11 +698,13 @@ fn print_table(results: &[(EngineSet, Vec<Turn>)]) {
 fn print_costs(costs: &[(EngineSet, usize, Cost)]) {
     println!();
     println!(
-        "{:<16} {:>5} {:>7} {:>9} {:>10} {:>10} {:>10} {:>10} {:>6} {:>15}",
+        "{:<14} {:>5} {:>6} {:>6} {:>9} {:>10} {:>9} {:>9} {:>9} {:>9} {:>6} {:>15}",
         "agent process",
         "calls",
+        "idle",
         "cores",
         "cores/call",
+        "CPU s/turn",
         "RSS idle",
         "RSS peak",
         "PSS peak",
@@ -708,11 +719,13 @@ fn print_costs(costs: &[(EngineSet, usize, Cost)]) {
             _ => "—".into(),
         };
         println!(
-            "{:<16} {:>5} {:>7.3} {:>9.3} {:>10.1} {:>10.1} {:>10.1} {:>10.1} {:>6} {:>15}",
+            "{:<14} {:>5} {:>6.3} {:>6.3} {:>9.3} {:>10.3} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>6} {:>15}",
             format!("{set:?}"),
             n,
+            c.idle_cores,
             c.cpu_cores,
             per(c.cpu_cores),
+            c.cpu_per_turn,
             c.rss_idle_mib,
             c.rss_peak_mib,
             c.pss_peak_mib,
@@ -721,5 +734,7 @@ fn print_costs(costs: &[(EngineSet, usize, Cost)]) {
             lat
         );
     }
-    println!("(MiB; PSS/call = (PSS peak - PSS idle) / calls; the process tree from /proc)");
+    println!(
+        "(cores: CPU s/s of the process tree, idle = registered with no call; MiB; PSS/call = (PSS peak - PSS idle) / calls; from /proc)"
+    );
 }
