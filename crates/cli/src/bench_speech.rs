@@ -110,9 +110,9 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
                         .await
                         .with_context(|| format!("{set:?} with {n} concurrent calls"))?;
                     costs.push((*set, n, cost));
+                    print_costs(&costs);
                 }
             }
-            print_costs(&costs);
         }
         Ok(())
     })
@@ -348,8 +348,9 @@ async fn ask(
     conv: &mut Conversation,
     questions: usize,
     first: usize,
+    tolerate_silence: bool,
     mut per_turn: impl FnMut(usize, Duration) -> anyhow::Result<()>,
-) -> anyhow::Result<Vec<Duration>> {
+) -> anyhow::Result<Vec<Option<Duration>>> {
     let mut out = Vec::new();
     for i in 0..questions {
         let q = QUESTIONS
@@ -361,6 +362,11 @@ async fn ask(
                 answered(c, Duration::from_millis(1000))
             })
             .await?;
+        if end == RunEnd::TimedOut && tolerate_silence {
+            eprintln!("  no answer to {q:?} within 40 s");
+            out.push(None);
+            continue;
+        }
         if end != RunEnd::Stopped {
             bail!("turn {i}: no answer to {q:?} ({end:?})");
         }
@@ -372,7 +378,7 @@ async fn ask(
             .0
             .saturating_duration_since(said_until);
         per_turn(i, at_user)?;
-        out.push(at_user);
+        out.push(Some(at_user));
     }
     Ok(out)
 }
@@ -436,7 +442,7 @@ async fn measure(
     }
     let mut out = Vec::new();
     let mut agent_turns = Vec::new();
-    ask(&mut call, &mut conv, turns + 1, 0, |i, at_user| {
+    ask(&mut call, &mut conv, turns + 1, 0, false, |i, at_user| {
         eprintln!(
             "  turn {i:>2}: {} ms at the user{}",
             at_user.as_millis(),
@@ -452,7 +458,7 @@ async fn measure(
     .into_iter()
     .enumerate()
     .skip(1)
-    .for_each(|(_, at_user)| out.push(at_user));
+    .for_each(|(_, at_user)| out.extend(at_user));
     if let Some(m) = metrics.as_mut() {
         for i in 0..=turns {
             let agent = tokio::time::timeout(Duration::from_secs(10), m.recv())
@@ -497,8 +503,10 @@ struct Cost {
     pss_peak_mib: f64,
     /// Processes in the tree at the peak.
     processes: usize,
-    /// First answer audio at the user, every turn of every call.
+    /// First answer audio at the user, every answered turn of every call.
     at_user: Vec<Duration>,
+    /// Questions that got no answer within 40 s.
+    unanswered: usize,
 }
 
 /// The process and all its descendants, from /proc.
@@ -623,7 +631,7 @@ async fn concurrent(
             let mut conv = Conversation::new(&call);
             conv.run(&mut call, &[], Duration::from_secs(2), |_| false)
                 .await?;
-            let t = ask(&mut call, &mut conv, questions, k, |_, _| Ok(())).await?;
+            let t = ask(&mut call, &mut conv, questions, k, true, |_, _| Ok(())).await?;
             call.end().await?;
             anyhow::Ok(t)
         });
@@ -640,17 +648,20 @@ async fn concurrent(
     let (cpu, wall, rss_peak_mib, pss_peak_mib, processes) = sampler.await?;
     drop(agent);
     dep.stop().await;
-    let at_user: Vec<Duration> = result?;
+    let turns: Vec<Option<Duration>> = result?;
+    let unanswered = turns.iter().filter(|t| t.is_none()).count();
+    let at_user: Vec<Duration> = turns.into_iter().flatten().collect();
     Ok(Cost {
         cpu_cores: cpu / wall,
         idle_cores,
-        cpu_per_turn: cpu / at_user.len().max(1) as f64,
+        cpu_per_turn: cpu / (at_user.len() + unanswered).max(1) as f64,
         rss_idle_mib,
         rss_peak_mib,
         pss_idle_mib,
         pss_peak_mib,
         processes,
         at_user,
+        unanswered,
     })
 }
 
@@ -717,6 +728,11 @@ fn print_costs(costs: &[(EngineSet, usize, Cost)]) {
         let lat = match (pct(c.at_user.clone(), 0.5), pct(c.at_user.clone(), 0.9)) {
             (Some(a), Some(b)) => format!("{} / {}", a.as_millis(), b.as_millis()),
             _ => "—".into(),
+        };
+        let lat = if c.unanswered > 0 {
+            format!("{lat} ({} unanswered)", c.unanswered)
+        } else {
+            lat
         };
         println!(
             "{:<14} {:>5} {:>6.3} {:>6.3} {:>9.3} {:>10.3} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>6} {:>15}",
