@@ -961,6 +961,12 @@ async fn think(
     }
     if let Some(s) = split.finish() {
         let _ = sentences.send(s).await;
+    } else if first {
+        // Nothing to say would leave the person in silence: the fallback line instead.
+        return Err(EngineError::Malformed {
+            stage: Stage::Brain,
+            reason: "the answer was empty".into(),
+        });
     }
     Ok(())
 }

@@ -93,6 +93,7 @@ impl Brain for ScriptBrain {
                         stage: Stage::Brain,
                         reason: "the stream ended before the answer did".into(),
                     }),
+                    "EMPTY" => Ok(" ".to_owned()),
                     "HANG" => {
                         tokio::time::sleep(Duration::from_secs(3600)).await;
                         Ok(String::new())
@@ -593,6 +594,16 @@ async fn a_hung_brain_and_a_broken_voice_hit_their_deadlines() {
     let m = sim.s.take_metrics();
     assert_eq!(m[0].failed, Some(Stage::Brain));
     assert_eq!(m[1].failed, Some(Stage::TextToSpeech));
+    assert_eq!(sim.s.phase(), Phase::Listening);
+}
+
+#[tokio::test]
+async fn a_brain_that_answers_nothing_gets_the_fallback_not_silence() {
+    let mut sim = Sim::new(vec![Ok("empty please")], vec![("empty", vec!["EMPTY"])]);
+    sim.speak(30).await;
+    sim.until(Out::Fallback, 100).await;
+    sim.quiet(40).await;
+    assert_eq!(sim.s.take_metrics()[0].failed, Some(Stage::Brain));
     assert_eq!(sim.s.phase(), Phase::Listening);
 }
 
