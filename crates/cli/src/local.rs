@@ -331,6 +331,12 @@ http_url = "{lkhttp}"
 api_key = "{lkkey}"
 [cors]
 allowed_origins = [{cors}]
+[limits]
+# Everyone of this local deployment (users, agents, LiveKit's webhooks, the load generators)
+# talks from 127.0.0.1: that one address is the whole load here, not one client.
+per_address = {{ per_sec = 5000.0, burst = 20000 }}
+token_checks_per_address = {{ per_sec = 1000.0, burst = 5000 }}
+per_user = {{ per_sec = 500.0, burst = 2000 }}
 "#,
         cors = cors_allowed_origins
             .iter()

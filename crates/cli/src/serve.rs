@@ -43,6 +43,9 @@ pub fn run(config: &Path, reindex: bool) -> anyhow::Result<()> {
         for (why, n) in &r.skipped {
             eprintln!("  skipped {n}: {why}");
         }
+        for (room, why) in &r.failed_rooms {
+            eprintln!("  room {room} could not be read and was left out: {why}");
+        }
         oracle_calls_server::serve_on(listener, state, shutdown_signal())
             .await
             .context("serving")

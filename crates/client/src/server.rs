@@ -20,8 +20,13 @@ pub struct UserApi {
     http: reqwest::Client,
 }
 
+/// Longest `Retry-After` a request waits out by itself; a longer one is the caller's to see.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(5);
+
 enum Failure {
     Transient(String),
+    /// 429 (a rate limit): retry after the time the server named.
+    Limited(Duration, CallError),
     Final(CallError),
 }
 
@@ -80,13 +85,27 @@ impl UserApi {
     /// [`CallError::Server`] (404: the oracle published none), [`CallError::ServerUnreachable`].
     pub async fn claim_prekey(&self, openid: &str) -> Result<SignedPrekey, CallError> {
         let url = format!("{}/prekeys/claim", self.base);
-        match once(self.http.post(&url).bearer_auth(openid)).await {
-            Ok(p) => Ok(p),
-            Err(Failure::Final(e)) => Err(e),
-            Err(Failure::Transient(last)) => {
-                Err(CallError::ServerUnreachable { attempts: 1, last })
+        for attempt in 1..=ATTEMPTS {
+            match once(self.http.post(&url).bearer_auth(openid)).await {
+                Ok(p) => return Ok(p),
+                Err(Failure::Final(e)) => return Err(e),
+                Err(Failure::Transient(last)) => {
+                    return Err(CallError::ServerUnreachable { attempts: 1, last });
+                }
+                // A rate limit answers before any prekey is taken: waiting and asking again
+                // uses none up.
+                Err(Failure::Limited(wait, e)) => {
+                    if attempt == ATTEMPTS || wait > MAX_RETRY_AFTER {
+                        return Err(e);
+                    }
+                    tokio::time::sleep(wait).await;
+                }
             }
         }
+        Err(CallError::ServerUnreachable {
+            attempts: ATTEMPTS,
+            last: "rate-limited".into(),
+        })
     }
 
     /// `POST /calls/{callId}/update`.
@@ -128,6 +147,17 @@ impl UserApi {
             match once(req()).await {
                 Ok(v) => return Ok(v),
                 Err(Failure::Final(e)) => return Err(e),
+                Err(Failure::Limited(wait, e)) => {
+                    if attempt == ATTEMPTS || wait > MAX_RETRY_AFTER {
+                        return Err(e);
+                    }
+                    warn!(
+                        attempt,
+                        retry_in_ms = wait.as_millis() as u64,
+                        "rate-limited by the server; waiting as it asked"
+                    );
+                    tokio::time::sleep(wait).await;
+                }
                 Err(Failure::Transient(e)) => {
                     if attempt < ATTEMPTS {
                         warn!(attempt, error = %e, retry_in_ms = backoff.as_millis() as u64, "server request failed; retrying");
@@ -151,6 +181,11 @@ async fn once<T: serde::de::DeserializeOwned>(req: reqwest::RequestBuilder) -> R
         .await
         .map_err(|e| Failure::Transient(e.to_string()))?;
     let status = resp.status().as_u16();
+    let retry_after = resp
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
     let body = resp
         .bytes()
         .await
@@ -160,6 +195,15 @@ async fn once<T: serde::de::DeserializeOwned>(req: reqwest::RequestBuilder) -> R
             "HTTP {status}: {}",
             message(&body)
         )));
+    }
+    if status == 429 {
+        let error = CallError::Server {
+            status,
+            message: message(&body),
+        };
+        // No or a bad Retry-After: one second, as the server's smallest.
+        let wait = Duration::from_secs(retry_after.unwrap_or(1).max(1));
+        return Err(Failure::Limited(wait, error));
     }
     if !(200..300).contains(&status) {
         return Err(Failure::Final(CallError::Server {
@@ -198,6 +242,66 @@ pub(crate) fn require_secure(url: &str) -> Result<(), CallError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A loopback HTTP/1.1 server answering each connection with the next of `answers`
+    /// (status, extra headers), and counting the requests it got.
+    async fn scripted(
+        answers: Vec<(u16, &'static str)>,
+    ) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let seen = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = seen.clone();
+        tokio::spawn(async move {
+            for (status, headers) in answers {
+                let Ok((mut c, _)) = listener.accept().await else {
+                    return;
+                };
+                let mut buf = vec![0u8; 4096];
+                let _ = c.read(&mut buf).await;
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let body = if status == 200 {
+                    r#"{"calls":[],"nextCursor":null}"#.to_owned()
+                } else {
+                    r#"{"error":{"code":"rate_limited","message":"too many requests from this user; retry after 1 s"}}"#.to_owned()
+                };
+                let resp = format!(
+                    "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\n{headers}content-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = c.write_all(resp.as_bytes()).await;
+            }
+        });
+        (url, seen)
+    }
+
+    #[tokio::test]
+    async fn a_429_is_waited_out_as_retry_after_says_and_a_long_one_is_returned() {
+        let (url, seen) = scripted(vec![(429, "retry-after: 1\r\n"), (200, "")]).await;
+        let api = UserApi::new(&url).unwrap();
+        let started = std::time::Instant::now();
+        let calls = api.list("token", &ListCallsQuery::default()).await.unwrap();
+        assert!(calls.calls.is_empty());
+        assert!(
+            started.elapsed() >= Duration::from_millis(950),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 2);
+
+        // Longer than this client waits by itself: the caller gets the 429 and its reason.
+        let (url, seen) = scripted(vec![(429, "retry-after: 3600\r\n"), (200, "")]).await;
+        let api = UserApi::new(&url).unwrap();
+        match api.list("token", &ListCallsQuery::default()).await {
+            Err(CallError::Server {
+                status: 429,
+                message,
+            }) => assert!(message.contains("too many")),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
 
     #[test]
     fn plain_http_only_on_loopback() {

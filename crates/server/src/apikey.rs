@@ -74,11 +74,10 @@ pub async fn authenticate(store: &Store, pepper: &Secret, presented: &str) -> Re
 #[derive(Debug)]
 pub struct KeyCache {
     ttl: std::time::Duration,
-    entries:
-        std::sync::Mutex<std::collections::HashMap<String, (ApiKeyRecord, std::time::Instant)>>,
+    entries: std::sync::Mutex<crate::cache::BoundedCache<String, ApiKeyRecord>>,
 }
 
-/// Entries above which the cache is emptied (a flood of distinct key ids cannot grow it).
+/// Most records kept; the least recently used go first.
 const KEY_CACHE_MAX: usize = 4096;
 
 impl KeyCache {
@@ -86,14 +85,15 @@ impl KeyCache {
     pub fn new(ttl: std::time::Duration) -> Self {
         Self {
             ttl,
-            entries: std::sync::Mutex::new(std::collections::HashMap::new()),
+            entries: std::sync::Mutex::new(crate::cache::BoundedCache::new(KEY_CACHE_MAX)),
         }
     }
 
     fn get(&self, key_id: &str) -> Option<ApiKeyRecord> {
-        let entries = self.entries.lock().ok()?;
-        let (rec, at) = entries.get(key_id)?;
-        (at.elapsed() < self.ttl).then(|| rec.clone())
+        let mut entries = self.entries.lock().ok()?;
+        entries
+            .get(&key_id.to_owned(), std::time::Instant::now())
+            .cloned()
     }
 
     fn put(&self, rec: &ApiKeyRecord) {
@@ -101,10 +101,8 @@ impl KeyCache {
             return;
         }
         if let Ok(mut entries) = self.entries.lock() {
-            if entries.len() >= KEY_CACHE_MAX {
-                entries.clear();
-            }
-            entries.insert(rec.key_id.clone(), (rec.clone(), std::time::Instant::now()));
+            let now = std::time::Instant::now();
+            entries.insert(rec.key_id.clone(), rec.clone(), now + self.ttl);
         }
     }
 }

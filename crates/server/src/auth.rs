@@ -2,7 +2,8 @@
 //! oracle agent (API key).
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::extract::FromRequestParts;
@@ -11,16 +12,21 @@ use axum::http::request::Parts;
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 
+use crate::cache::BoundedCache;
+use crate::limits::{ClientAddr, Limits};
 use crate::store::ApiKeyRecord;
 use crate::{AppState, Error, Result, apikey};
 
 /// Longest bearer token looked at.
 const MAX_TOKEN_LEN: usize = 1024;
-/// Most cached OpenID verifications; expired ones are dropped first when it fills.
+/// Most remembered token answers (verified and refused); the least recently used go first.
 const MAX_CACHE: usize = 10_000;
 
 /// Verifies Matrix OpenID access tokens against the homeserver's
-/// `/_matrix/federation/v1/openid/userinfo`, caching each answer for a bounded time.
+/// `/_matrix/federation/v1/openid/userinfo`, caching each answer for a bounded time: a
+/// verified token for `ttl`, a refused one for the shorter `limits.failed_token_cache_secs`.
+/// One lookup per token is in flight at a time; concurrent requests with it wait for its
+/// answer.
 #[derive(Debug)]
 pub struct OpenIdVerifier {
     http: reqwest::Client,
@@ -28,7 +34,15 @@ pub struct OpenIdVerifier {
     server_name: String,
     ttl: Duration,
     // Keyed by SHA-256 of the token, so the cache holds no usable token.
-    cache: Mutex<HashMap<[u8; 32], (String, Instant)>>,
+    cache: Mutex<BoundedCache<[u8; 32], Answer>>,
+    in_flight: Mutex<HashMap<[u8; 32], Arc<tokio::sync::Mutex<()>>>>,
+    lookups: prometheus::IntCounterVec,
+}
+
+#[derive(Debug, Clone)]
+enum Answer {
+    User(String),
+    Refused(&'static str),
 }
 
 #[derive(Deserialize)]
@@ -36,13 +50,29 @@ struct UserInfo {
     sub: String,
 }
 
+/// Removes a token's in-flight marker when its lookup ends, also when the request is dropped.
+struct InFlight<'a> {
+    map: &'a Mutex<HashMap<[u8; 32], Arc<tokio::sync::Mutex<()>>>>,
+    digest: [u8; 32],
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut map) = self.map.lock() {
+            map.remove(&self.digest);
+        }
+    }
+}
+
 impl OpenIdVerifier {
-    /// A verifier for the homeserver at `homeserver_url` named `server_name`.
+    /// A verifier for the homeserver at `homeserver_url` named `server_name`. `lookups`
+    /// counts the homeserver requests by outcome (`ok`, `refused`, `failed`).
     pub fn new(
         http: reqwest::Client,
         homeserver_url: &str,
         server_name: &str,
         ttl: Duration,
+        lookups: prometheus::IntCounterVec,
     ) -> Self {
         Self {
             http,
@@ -52,17 +82,26 @@ impl OpenIdVerifier {
             ),
             server_name: server_name.to_owned(),
             ttl,
-            cache: Mutex::new(HashMap::new()),
+            cache: Mutex::new(BoundedCache::new(MAX_CACHE)),
+            in_flight: Mutex::new(HashMap::new()),
+            lookups,
         }
     }
 
-    /// The Matrix user id the token belongs to.
+    /// The Matrix user id the token belongs to. `addr` is the client's address (the token
+    /// checks that reach the homeserver are limited per address), `limits` the server's.
     ///
     /// # Errors
     /// [`Error::Unauthorized`] for an empty, malformed, unknown or expired token or a user of
-    /// another server; [`Error::MatrixUnavailable`]/[`Error::MatrixBadAnswer`] when the
-    /// homeserver cannot answer.
-    pub async fn verify(&self, token: &str) -> Result<String> {
+    /// another server; [`Error::RateLimited`]/[`Error::Busy`] past `[limits]`;
+    /// [`Error::MatrixUnavailable`]/[`Error::MatrixBadAnswer`] when the homeserver cannot
+    /// answer.
+    pub async fn verify(
+        &self,
+        token: &str,
+        addr: Option<IpAddr>,
+        limits: &Limits,
+    ) -> Result<String> {
         if token.is_empty()
             || token.len() > MAX_TOKEN_LEN
             || !token.bytes().all(|b| b.is_ascii_graphic())
@@ -70,9 +109,47 @@ impl OpenIdVerifier {
             return Err(Error::Unauthorized("invalid access token"));
         }
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        if let Some(user) = self.cached(&digest) {
-            return Ok(user);
+        if let Some(answer) = self.cached(&digest) {
+            return answer.into_result();
         }
+        let lock = {
+            let mut map = self
+                .in_flight
+                .lock()
+                .map_err(|_| Error::Internal("token lookup map poisoned".into()))?;
+            map.entry(digest).or_default().clone()
+        };
+        let _turn = lock.lock().await;
+        let _marker = InFlight {
+            map: &self.in_flight,
+            digest,
+        };
+        // Whoever held the turn before may have answered for this token.
+        if let Some(answer) = self.cached(&digest) {
+            return answer.into_result();
+        }
+        let _slot = limits.token_check(addr).await?;
+        let answer = match self.lookup(token).await {
+            Ok(answer) => answer,
+            Err(e) => {
+                self.lookups.with_label_values(&["failed"]).inc();
+                return Err(e);
+            }
+        };
+        let (outcome, ttl) = match &answer {
+            Answer::User(_) => ("ok", self.ttl),
+            Answer::Refused(_) => ("refused", limits.failed_token_ttl()),
+        };
+        self.lookups.with_label_values(&[outcome]).inc();
+        if let Ok(mut cache) = self.cache.lock() {
+            let now = Instant::now();
+            cache.insert(digest, answer.clone(), now + ttl);
+        }
+        answer.into_result()
+    }
+
+    /// One homeserver request: the token's user, or why it is refused.
+    async fn lookup(&self, token: &str) -> Result<Answer> {
         let resp = self
             .http
             .get(&self.userinfo_url)
@@ -82,7 +159,7 @@ impl OpenIdVerifier {
             .map_err(|e| Error::MatrixUnavailable(e.without_url().to_string()))?;
         let status = resp.status();
         if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN {
-            return Err(Error::Unauthorized("access token is unknown or expired"));
+            return Ok(Answer::Refused("access token is unknown or expired"));
         }
         if !status.is_success() {
             return Err(Error::MatrixBadAnswer(format!(
@@ -98,33 +175,41 @@ impl OpenIdVerifier {
             .and_then(|s| s.split_once(':'))
             .is_some_and(|(local, server)| !local.is_empty() && server == self.server_name);
         if !on_our_server {
-            return Err(Error::Unauthorized(
+            return Ok(Answer::Refused(
                 "the token's user is not on this homeserver",
             ));
         }
-        self.remember(digest, &info.sub);
-        Ok(info.sub)
+        Ok(Answer::User(info.sub))
     }
 
-    fn cached(&self, digest: &[u8; 32]) -> Option<String> {
-        let cache = self.cache.lock().ok()?;
-        let (user, until) = cache.get(digest)?;
-        (Instant::now() < *until).then(|| user.clone())
+    fn cached(&self, digest: &[u8; 32]) -> Option<Answer> {
+        let mut cache = self.cache.lock().ok()?;
+        cache.get(digest, Instant::now()).cloned()
     }
+}
 
-    fn remember(&self, digest: [u8; 32], user: &str) {
-        let Ok(mut cache) = self.cache.lock() else {
-            return;
-        };
-        let now = Instant::now();
-        if cache.len() >= MAX_CACHE {
-            cache.retain(|_, (_, until)| *until > now);
-            if cache.len() >= MAX_CACHE {
-                cache.clear();
-            }
+impl Answer {
+    fn into_result(self) -> Result<String> {
+        match self {
+            Self::User(u) => Ok(u),
+            Self::Refused(why) => Err(Error::Unauthorized(why)),
         }
-        cache.insert(digest, (user.to_owned(), now + self.ttl));
     }
+}
+
+/// The client's address as the per-address limit counted it.
+fn client_addr(parts: &Parts) -> Option<IpAddr> {
+    parts.extensions.get::<ClientAddr>().map(|c| c.0)
+}
+
+/// A user's token verified, and the request counted against that user's limit.
+async fn user(parts: &Parts, state: &AppState, token: &str) -> Result<String> {
+    let user = state
+        .openid()
+        .verify(token, client_addr(parts), state.limits())
+        .await?;
+    state.limits().user(&user)?;
+    Ok(user)
 }
 
 /// The bearer token of a request, if any (`Authorization: Bearer <token>`).
@@ -150,13 +235,15 @@ fn bearer(parts: &Parts) -> Result<&str> {
 /// The API key record of an agent's bearer token (the record cached for
 /// `api_key_cache_secs`, the key itself checked every time).
 async fn agent_key(state: &AppState, token: &str) -> Result<ApiKeyRecord> {
-    apikey::authenticate_with(
+    let rec = apikey::authenticate_with(
         state.store(),
         state.pepper(),
         token,
         Some(state.key_cache()),
     )
-    .await
+    .await?;
+    state.limits().agent_key(&rec.key_id)?;
+    Ok(rec)
 }
 
 /// A request made by a Matrix user (OpenID token).
@@ -183,7 +270,7 @@ impl FromRequestParts<AppState> for User {
         if apikey::looks_like_api_key(token) {
             return Err(Error::Forbidden("this endpoint is for users, not agents"));
         }
-        Ok(Self(state.openid().verify(token).await?))
+        Ok(Self(user(parts, state, token).await?))
     }
 }
 
@@ -202,7 +289,7 @@ impl FromRequestParts<AppState> for Caller {
         if apikey::looks_like_api_key(token) {
             Ok(Self::Agent(agent_key(state, token).await?))
         } else {
-            Ok(Self::User(state.openid().verify(token).await?))
+            Ok(Self::User(user(parts, state, token).await?))
         }
     }
 }

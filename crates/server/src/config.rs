@@ -52,6 +52,117 @@ pub struct Config {
     /// Which web pages (origins) may call the API from a browser.
     #[serde(default)]
     pub cors: CorsConfig,
+    /// Rate and concurrency limits against abuse.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+}
+
+/// A rate: `burst` requests at once, then `per_sec` on average. `per_sec = 0` turns the limit
+/// off.
+#[derive(Clone, Copy, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rate {
+    /// Sustained requests per second.
+    pub per_sec: f64,
+    /// Requests allowed at once after a quiet spell.
+    pub burst: u32,
+}
+
+/// `[limits]`: what one address, user or agent key may ask of the server, and what the server
+/// asks of the homeserver on their behalf. Every refusal is 429 with `Retry-After` (503 when
+/// the server as a whole is saturated). The defaults leave room for a busy client (a call's
+/// setup is 3–5 requests) and stop floods.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Requests per client address, on every route (default 50/s, burst 200).
+    pub per_address: Rate,
+    /// Requests per Matrix user, on the users' routes (default 10/s, burst 60).
+    pub per_user: Rate,
+    /// Requests per agent API key, on the agents' routes (default 100/s, burst 400).
+    pub per_agent_key: Rate,
+    /// Access tokens not in the cache (each costs a homeserver request) per client address
+    /// (default 2/s, burst 20).
+    pub token_checks_per_address: Rate,
+    /// Homeserver token checks in flight at once, for the whole server (default 32).
+    pub max_concurrent_token_checks: usize,
+    /// How long a request waits for one of those slots before a 503, in ms (default 2000).
+    pub token_check_queue_ms: u64,
+    /// How long a token the homeserver refused is refused again without asking it, in
+    /// seconds (default 60).
+    pub failed_token_cache_secs: u64,
+    /// Proxies whose `X-Forwarded-For` names the client (default none: the TCP peer counts).
+    pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// Most addresses, users and keys tracked per limit; the least recently seen go first
+    /// (default 100,000).
+    pub max_tracked_keys: usize,
+    /// Most rooms the bot shares with one user; later invites from that user are declined
+    /// (default 20).
+    pub max_rooms_per_user: usize,
+    /// How long a sync waits for the room key of a call event the bot cannot decrypt yet, in
+    /// ms (default 6000); one such wait per user at a time.
+    pub key_wait_ms: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            per_address: Rate {
+                per_sec: 50.0,
+                burst: 200,
+            },
+            per_user: Rate {
+                per_sec: 10.0,
+                burst: 60,
+            },
+            per_agent_key: Rate {
+                per_sec: 100.0,
+                burst: 400,
+            },
+            token_checks_per_address: Rate {
+                per_sec: 2.0,
+                burst: 20,
+            },
+            max_concurrent_token_checks: 32,
+            token_check_queue_ms: 2000,
+            failed_token_cache_secs: 60,
+            trusted_proxies: Vec::new(),
+            max_tracked_keys: 100_000,
+            max_rooms_per_user: 20,
+            key_wait_ms: 6000,
+        }
+    }
+}
+
+impl LimitsConfig {
+    fn check(&self) -> Result<()> {
+        for (name, r) in [
+            ("per_address", self.per_address),
+            ("per_user", self.per_user),
+            ("per_agent_key", self.per_agent_key),
+            ("token_checks_per_address", self.token_checks_per_address),
+        ] {
+            if !r.per_sec.is_finite() || r.per_sec < 0.0 || (r.per_sec > 0.0 && r.burst == 0) {
+                return Err(Error::Config(format!(
+                    "limits.{name}: per_sec must be a number >= 0 (0 turns it off) and burst >= 1"
+                )));
+            }
+        }
+        if self.max_concurrent_token_checks == 0
+            || self.max_tracked_keys == 0
+            || self.max_rooms_per_user == 0
+        {
+            return Err(Error::Config(
+                "limits.max_concurrent_token_checks, max_tracked_keys and max_rooms_per_user \
+                 must be positive"
+                    .into(),
+            ));
+        }
+        if self.key_wait_ms > 60_000 {
+            return Err(Error::Config("limits.key_wait_ms is at most 60000".into()));
+        }
+        Ok(())
+    }
 }
 
 /// Cross-origin access for browser clients (a web page on another origin than this server,
@@ -342,6 +453,7 @@ impl Config {
         for origin in &self.cors.allowed_origins {
             CorsConfig::check_origin(origin)?;
         }
+        self.limits.check()?;
         if self.validation.max_call_age_secs < self.validation.max_clock_skew_secs {
             return Err(Error::Config(
                 "validation.max_call_age_secs must be at least validation.max_clock_skew_secs"

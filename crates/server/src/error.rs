@@ -42,6 +42,18 @@ pub enum Error {
     /// The call event failed a check of `POST /calls/{callId}/sync`; the text names the check.
     #[error("call event failed validation: {0}")]
     Validation(String),
+    /// A rate limit of `[limits]` refused the request; `retry_after_secs` goes out as
+    /// `Retry-After`.
+    #[error("{what}; retry after {retry_after_secs} s")]
+    RateLimited {
+        /// Which limit.
+        what: &'static str,
+        /// Seconds until a retry gets through.
+        retry_after_secs: u64,
+    },
+    /// The server as a whole has no room for this request now (a concurrency cap).
+    #[error("{0}")]
+    Busy(&'static str),
     /// The homeserver could not be reached or timed out.
     #[error("the Matrix homeserver is unreachable: {0}")]
     MatrixUnavailable(String),
@@ -83,6 +95,8 @@ impl Error {
                 StatusCode::UNPROCESSABLE_ENTITY,
                 ErrorCode::ValidationFailed,
             ),
+            Self::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, ErrorCode::RateLimited),
+            Self::Busy(_) => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable),
             Self::MatrixUnavailable(_) | Self::LiveKitUnavailable(_) => {
                 (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable)
             }
@@ -124,7 +138,19 @@ impl IntoResponse for Error {
             }
             _ => self.to_string(),
         };
-        (status, Json(ApiErrorBody::new(code, message))).into_response()
+        let retry_after = match &self {
+            Self::RateLimited {
+                retry_after_secs, ..
+            } => Some(*retry_after_secs),
+            Self::Busy(_) => Some(1),
+            _ => None,
+        };
+        let mut resp = (status, Json(ApiErrorBody::new(code, message))).into_response();
+        if let Some(secs) = retry_after {
+            resp.headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, secs.into());
+        }
+        resp
     }
 }
 
@@ -141,5 +167,15 @@ mod tests {
         assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
         let r = Error::Validation("sender is not bound to userDid".into()).into_response();
         assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        let r = Error::RateLimited {
+            what: "too many",
+            retry_after_secs: 7,
+        }
+        .into_response();
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(r.headers()["retry-after"], "7");
+        let r = Error::Busy("full").into_response();
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(r.headers()["retry-after"], "1");
     }
 }

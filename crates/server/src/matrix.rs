@@ -22,6 +22,7 @@ use crate::store::CallRecord;
 use crate::{AppState, Error, Result};
 
 mod events;
+mod invites;
 
 pub use events::FetchedEvent;
 
@@ -29,8 +30,11 @@ pub use events::FetchedEvent;
 const SYNC_TIMEOUT: Duration = Duration::from_secs(25);
 /// Attempts of one Matrix write before it is reported as failed.
 const WRITE_ATTEMPTS: u32 = 5;
-/// Fetches of an undecryptable call event while its room key may still be arriving.
-const KEY_WAIT_TRIES: u32 = 24;
+/// How long an undecryptable call event is fetched again while its room key may still be
+/// arriving, when the state (and `limits.key_wait_ms`) is not attached yet.
+const DEFAULT_KEY_WAIT: Duration = Duration::from_secs(6);
+/// Between two fetches of an undecryptable call event.
+const KEY_WAIT_STEP: Duration = Duration::from_millis(250);
 
 /// The oracle's bot device. Cheap to clone.
 #[derive(Clone)]
@@ -325,17 +329,14 @@ impl Bot {
     }
 
     async fn handle_sync(&self, resp: matrix_sdk::sync::SyncResponse) {
-        for room_id in resp.rooms.invited.keys() {
-            if let Some(room) = self.0.client.get_room(room_id) {
-                match room.join().await {
-                    Ok(()) => info!(room = %room_id, "accepted an invite"),
-                    Err(e) => warn!(room = %room_id, error = %e, "could not join"),
-                }
-            }
-        }
         let Some(state) = self.0.state.get() else {
             return;
         };
+        for room_id in resp.rooms.invited.keys() {
+            if let Some(room) = self.0.client.get_room(room_id) {
+                invites::answer(state, &self.0.client, &room).await;
+            }
+        }
         for (room_id, update) in &resp.rooms.joined {
             let Some(room) = self.0.client.get_room(room_id) else {
                 continue;
@@ -381,25 +382,41 @@ impl Bot {
         let user = UserId::parse(user).map_err(|_| Error::Unauthorized("bad Matrix user id"))?;
         let event_id = matrix_sdk::ruma::EventId::parse(event_id)
             .map_err(|e| Error::BadRequest(format!("event id: {e}")))?;
+        let state = self.0.state.get();
+        let wait_time = state.map_or(DEFAULT_KEY_WAIT, |s| s.limits().key_wait_time());
         for room in self.0.client.joined_rooms() {
             let member = room.get_member_no_sync(&user).await.ok().flatten();
             if member.is_none() {
                 continue;
             }
             // The room key may still be on its way to this device (a to-device message on
-            // the sync loop): retry an undecryptable event for a few seconds.
-            let mut tries = 0;
+            // the sync loop): fetch an undecryptable event again for a bounded time, one
+            // such wait per user at a time.
+            let mut waiting = None;
+            let deadline = tokio::time::Instant::now() + wait_time;
             loop {
                 let fetched = match room.event(&event_id, None).await {
                     Ok(ev) => FetchedEvent::from_timeline(&room, &ev).await?,
                     Err(e) if is_not_found(&e) => break,
                     Err(e) => return Err(matrix_error(e)),
                 };
-                tries += 1;
-                if fetched.event_type != "m.room.encrypted" || tries >= KEY_WAIT_TRIES {
+                if fetched.event_type != "m.room.encrypted"
+                    || tokio::time::Instant::now() + KEY_WAIT_STEP > deadline
+                {
                     return Ok(fetched);
                 }
-                tokio::time::sleep(Duration::from_millis(250)).await;
+                if waiting.is_none()
+                    && let Some(state) = state
+                {
+                    waiting = Some(state.limits().key_wait(user.as_str()).ok_or(
+                        Error::RateLimited {
+                            what: "another request of this user is already waiting for a \
+                                   call event's room key",
+                            retry_after_secs: wait_time.as_secs().max(1),
+                        },
+                    )?);
+                }
+                tokio::time::sleep(KEY_WAIT_STEP).await;
             }
         }
         Err(Error::NotFound)

@@ -23,6 +23,11 @@ pub struct Metrics {
     /// Prekeys handed out by `POST /prekeys/claim`, by kind (`one_time`, `last_resort`), and
     /// claims that found none (`none`).
     pub prekey_claims: IntCounterVec,
+    /// OpenID token lookups sent to the homeserver, by outcome (`ok`, `refused`, `failed`).
+    pub openid_lookups: IntCounterVec,
+    /// Matrix invites by decision (`joined`, `declined_remote`, `declined_room_cap`,
+    /// `failed`).
+    pub invites: IntCounterVec,
 }
 
 impl Metrics {
@@ -82,6 +87,27 @@ impl Metrics {
             &["kind"],
         )
         .map_err(bug)?;
+        let openid_lookups = IntCounterVec::new(
+            Opts::new(
+                "openid_lookups_total",
+                "OpenID token lookups sent to the homeserver, by outcome (ok, refused, failed)",
+            ),
+            &["outcome"],
+        )
+        .map_err(bug)?;
+        let invites = IntCounterVec::new(
+            Opts::new(
+                "matrix_invites_total",
+                "Matrix invites to the bot, by decision (joined, declined_remote, \
+                 declined_room_cap, failed)",
+            ),
+            &["decision"],
+        )
+        .map_err(bug)?;
+        registry
+            .register(Box::new(openid_lookups.clone()))
+            .map_err(bug)?;
+        registry.register(Box::new(invites.clone())).map_err(bug)?;
         registry.register(Box::new(calls.clone())).map_err(bug)?;
         registry
             .register(Box::new(prekey_claims.clone()))
@@ -100,6 +126,8 @@ impl Metrics {
             matrix_writes,
             matrix_backlog,
             prekey_claims,
+            openid_lookups,
+            invites,
         })
     }
 

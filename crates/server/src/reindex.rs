@@ -38,14 +38,17 @@ pub struct ReindexReport {
     pub unchanged: usize,
     /// Call events not stored, by the check they failed.
     pub skipped: BTreeMap<String, usize>,
+    /// Rooms whose history could not be read (room id and why); the rebuild went on
+    /// without them.
+    pub failed_rooms: Vec<(String, String)>,
 }
 
 /// Rebuilds `state`'s store from the rooms of its bot. Safe while the server runs: stored
 /// calls only move forward and inserts of a known call are no-ops.
 ///
 /// # Errors
-/// [`Error::MatrixUnavailable`] without a bot; store and Matrix failures (a room that fails
-/// mid-way is an error, not a partial success).
+/// [`Error::MatrixUnavailable`] without a bot; store failures. A room whose history cannot be
+/// read is skipped and listed in [`ReindexReport::failed_rooms`].
 pub async fn reindex(state: &AppState) -> Result<ReindexReport> {
     let bot = state
         .matrix()
@@ -53,7 +56,17 @@ pub async fn reindex(state: &AppState) -> Result<ReindexReport> {
     let mut report = ReindexReport::default();
     for room in bot.client().joined_rooms() {
         report.rooms += 1;
-        reindex_room(state, bot, &room, &mut report).await?;
+        match reindex_room(state, bot, &room, &mut report).await {
+            Ok(()) => {}
+            // The store failing fails the rebuild; one unreadable room does not.
+            Err(e @ (Error::Store(_) | Error::Migrate(_))) => return Err(e),
+            Err(e) => {
+                warn!(room = %room.room_id(), error = %e, "room skipped by the rebuild");
+                report
+                    .failed_rooms
+                    .push((room.room_id().to_string(), e.to_string()));
+            }
+        }
     }
     info!(
         rooms = report.rooms,
@@ -61,6 +74,7 @@ pub async fn reindex(state: &AppState) -> Result<ReindexReport> {
         added = report.added,
         advanced = report.advanced,
         skipped = report.skipped.values().sum::<usize>(),
+        failed_rooms = report.failed_rooms.len(),
         "store rebuilt from Matrix"
     );
     Ok(report)

@@ -30,6 +30,7 @@ struct Inner {
     webhook_ids: crate::replay::SeenWebhooks,
     key_cache: crate::apikey::KeyCache,
     audit: crate::audit::AuditLog,
+    limits: crate::limits::Limits,
 }
 
 impl AppState {
@@ -50,12 +51,15 @@ impl AppState {
             ))
             .build()
             .map_err(|e| Error::Config(format!("HTTP client: {e}")))?;
+        let metrics = Metrics::new()?;
         let openid = OpenIdVerifier::new(
             http,
             &config.matrix.homeserver_url,
             &config.matrix.server_name,
             Duration::from_secs(config.matrix.openid_cache_secs),
+            metrics.openid_lookups.clone(),
         );
+        let limits = crate::limits::Limits::new(&config.limits);
         let user_bindings = match &config.validation.user_binding_file {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
@@ -77,7 +81,8 @@ impl AppState {
             audit,
             openid,
             livekit,
-            metrics: Metrics::new()?,
+            metrics,
+            limits,
             matrix,
             user_bindings,
             webhooks: tokio::sync::broadcast::channel(64).0,
@@ -130,6 +135,9 @@ impl AppState {
     }
     pub(crate) fn audit(&self) -> &crate::audit::AuditLog {
         &self.0.audit
+    }
+    pub(crate) fn limits(&self) -> &crate::limits::Limits {
+        &self.0.limits
     }
     pub(crate) fn pepper(&self) -> &Secret {
         &self.0.secrets.api_key_pepper

@@ -17,6 +17,8 @@ mod cors;
 mod freshness;
 #[path = "integration/hygiene.rs"]
 mod hygiene;
+#[path = "integration/limits.rs"]
+mod limits;
 #[path = "integration/livekit.rs"]
 mod livekit;
 #[path = "integration/matrix.rs"]

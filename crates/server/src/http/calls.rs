@@ -19,6 +19,7 @@ use crate::{AppState, Error, Result};
     params(("callId" = String, Path, description = "`<eventId>@<roomName>`, percent-encoded")),
     request_body(content = SyncRequest, description = "optional; `{}` or no body is fine"),
     responses(
+        (status = 429, description = "a rate limit of `[limits]`; retry after `Retry-After` seconds", body = ApiErrorBody),
         (status = 200, body = SyncResponse),
         (status = 400, body = ApiErrorBody), (status = 401, body = ApiErrorBody),
         (status = 403, body = ApiErrorBody), (status = 404, body = ApiErrorBody),
@@ -52,6 +53,7 @@ pub async fn sync(
 #[utoipa::path(get, path = "/calls/{callId}/key", tag = "calls",
     params(("callId" = String, Path, description = "`<eventId>@<roomName>`, percent-encoded")),
     responses(
+        (status = 429, description = "a rate limit of `[limits]`; retry after `Retry-After` seconds", body = ApiErrorBody), (status = 503, description = "too many access token checks in flight, or an upstream is unreachable", body = ApiErrorBody),
         (status = 200, body = KeyResponse),
         (status = 400, body = ApiErrorBody), (status = 401, body = ApiErrorBody),
         (status = 403, body = ApiErrorBody), (status = 404, body = ApiErrorBody),
@@ -74,6 +76,7 @@ pub async fn key(
     params(("callId" = String, Path, description = "`<eventId>@<roomName>`, percent-encoded")),
     request_body = UpdateRequest,
     responses(
+        (status = 429, description = "a rate limit of `[limits]`; retry after `Retry-After` seconds", body = ApiErrorBody), (status = 503, description = "too many access token checks in flight, or an upstream is unreachable", body = ApiErrorBody),
         (status = 200, body = CallSummary),
         (status = 400, body = ApiErrorBody), (status = 401, body = ApiErrorBody),
         (status = 403, body = ApiErrorBody), (status = 404, body = ApiErrorBody),
@@ -94,6 +97,7 @@ pub async fn update(
 #[utoipa::path(get, path = "/calls", tag = "calls",
     params(ListCallsQuery),
     responses(
+        (status = 429, description = "a rate limit of `[limits]`; retry after `Retry-After` seconds", body = ApiErrorBody), (status = 503, description = "too many access token checks in flight, or an upstream is unreachable", body = ApiErrorBody),
         (status = 200, body = ListCallsResponse),
         (status = 400, body = ApiErrorBody), (status = 401, body = ApiErrorBody),
         (status = 403, body = ApiErrorBody),

@@ -11,7 +11,9 @@ use crate::AppState;
 
 /// The oracle's identity and public keys.
 #[utoipa::path(get, path = "/.well-known/oracle-calls", tag = "meta",
-    responses((status = 200, body = WellKnown)))]
+    responses(
+        (status = 200, body = WellKnown),
+        (status = 429, description = "a rate limit of `[limits]`; retry after `Retry-After` seconds", body = ApiErrorBody)))]
 pub async fn well_known(State(state): State<AppState>) -> Json<WellKnown> {
     let c = state.config();
     Json(WellKnown {
@@ -31,7 +33,9 @@ pub async fn well_known(State(state): State<AppState>) -> Json<WellKnown> {
 
 /// 200 when the store answers, 503 otherwise.
 #[utoipa::path(get, path = "/healthz", tag = "meta",
-    responses((status = 200, description = "healthy"), (status = 503, description = "store down")))]
+    responses(
+        (status = 200, description = "healthy"), (status = 503, description = "store down"),
+        (status = 429, description = "a rate limit of `[limits]`; retry after `Retry-After` seconds", body = ApiErrorBody)))]
 pub async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
     if state.store().ping().await {
         (StatusCode::OK, "ok")
@@ -42,7 +46,9 @@ pub async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
 
 /// Prometheus text exposition.
 #[utoipa::path(get, path = "/metrics", tag = "meta",
-    responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
+    responses(
+        (status = 200, description = "Prometheus text format", content_type = "text/plain"),
+        (status = 429, description = "a rate limit of `[limits]`; retry after `Retry-After` seconds", body = ApiErrorBody)))]
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
@@ -52,7 +58,9 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
 
 /// This document.
 #[utoipa::path(get, path = "/openapi.json", tag = "meta",
-    responses((status = 200, description = "OpenAPI 3.1 document")))]
+    responses(
+        (status = 200, description = "OpenAPI 3.1 document"),
+        (status = 429, description = "a rate limit of `[limits]`; retry after `Retry-After` seconds", body = ApiErrorBody)))]
 pub async fn openapi() -> impl IntoResponse {
     Json(super::ApiDoc::openapi())
 }

@@ -26,6 +26,7 @@ const MAX_PER_REQUEST: usize = 100;
 #[utoipa::path(post, path = "/prekeys", tag = "prekeys",
     request_body = PublishPrekeysRequest,
     responses(
+        (status = 429, description = "a rate limit of `[limits]`; retry after `Retry-After` seconds", body = ApiErrorBody), (status = 503, description = "too many access token checks in flight, or an upstream is unreachable", body = ApiErrorBody),
         (status = 200, body = PrekeyStock, description = "stored; the stock after it"),
         (status = 400, body = ApiErrorBody, description = "a malformed prekey (the reason names it), none, more than 100, or two last-resort prekeys"),
         (status = 401, body = ApiErrorBody), (status = 403, body = ApiErrorBody),
@@ -71,6 +72,7 @@ pub async fn publish(
 /// What the server holds for this oracle (its agent).
 #[utoipa::path(get, path = "/prekeys", tag = "prekeys",
     responses(
+        (status = 429, description = "a rate limit of `[limits]`; retry after `Retry-After` seconds", body = ApiErrorBody), (status = 503, description = "too many access token checks in flight, or an upstream is unreachable", body = ApiErrorBody),
         (status = 200, body = PrekeyStock),
         (status = 401, body = ApiErrorBody), (status = 403, body = ApiErrorBody),
     ),
@@ -90,6 +92,7 @@ pub async fn stock(State(state): State<AppState>, Agent(key): Agent) -> Result<J
 /// Check its signature against `prekeySigningKey` before using it.
 #[utoipa::path(post, path = "/prekeys/claim", tag = "prekeys",
     responses(
+        (status = 429, description = "a rate limit of `[limits]`; retry after `Retry-After` seconds", body = ApiErrorBody),
         (status = 200, body = SignedPrekey),
         (status = 401, body = ApiErrorBody), (status = 403, body = ApiErrorBody),
         (status = 404, body = ApiErrorBody, description = "the oracle has published no prekeys"),

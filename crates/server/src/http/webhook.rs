@@ -14,8 +14,10 @@ use crate::{AppState, Result, state};
 /// answers 200 and changes nothing.
 #[utoipa::path(post, path = "/livekit/webhook", tag = "livekit",
     request_body(content = String, content_type = "application/webhook+json"),
-    responses((status = 200, description = "accepted (or a replay, ignored)"),
-        (status = 400, body = ApiErrorBody), (status = 401, body = ApiErrorBody)),
+    responses(
+        (status = 200, description = "accepted (or a replay, ignored)"),
+        (status = 400, body = ApiErrorBody), (status = 401, body = ApiErrorBody),
+        (status = 429, description = "a rate limit of `[limits]`; retry after `Retry-After` seconds", body = ApiErrorBody)),
     security(("livekitSignature" = [])))]
 pub async fn receive(
     State(state): State<AppState>,
