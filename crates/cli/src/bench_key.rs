@@ -115,6 +115,11 @@ async fn start_server(url: &str, dir: &Path) -> anyhow::Result<(String, (PathBuf
         url = "ws://127.0.0.1:9"
         http_url = "http://127.0.0.1:9"
         api_key = "bench"
+        [limits]
+        # One key from one address at full speed is the point here: the limits that would
+        # stop it are off (the limit middleware still runs on every request).
+        per_address = {{ per_sec = 0.0, burst = 1 }}
+        per_agent_key = {{ per_sec = 0.0, burst = 1 }}
         "#,
         dir = dir.display()
     );
