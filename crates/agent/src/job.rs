@@ -153,6 +153,22 @@ pub(crate) async fn run<O: Oracle>(
     .await
 }
 
+/// Ends what the key holder keeps for a call when dropped (see
+/// [`crate::prekeys::PrekeyStore::call_over`]). A process that dies never drops it: that is
+/// what lets the agent dispatched after it rejoin.
+struct KeptForCall {
+    store: Option<Arc<crate::prekeys::PrekeyStore>>,
+    envelope: oracle_calls_proto::KeyEnvelope,
+}
+
+impl Drop for KeptForCall {
+    fn drop(&mut self) {
+        if let Some(store) = &self.store {
+            store.call_over(&self.envelope);
+        }
+    }
+}
+
 fn call_of(job: &lk::Job) -> Result<CallId, String> {
     let call = CallId::parse(&job.metadata)
         .map_err(|e| format!("dispatch metadata is not a call id: {e}"))?;
@@ -269,6 +285,13 @@ async fn serve<O: Oracle>(
             .await;
             return JobOutcome::KeyDecryptionFailed(why);
         }
+    };
+    // From here on the call is this job's: whatever the key holder keeps for it (a prekey
+    // call's inner envelope, for an agent dispatched again should this one die) goes when
+    // the job ends, however it ends.
+    let _kept = KeptForCall {
+        store: cfg.prekeys.as_ref().map(|p| p.store.clone()),
+        envelope: key.encryption_key.clone(),
     };
     let key_ring =
         match KeyRing::with_call_key(&call_key, key.key_derivation, KeyRingOptions::default()) {

@@ -11,6 +11,13 @@
 //! Opening the outer layer yields the inner `v1` envelope, still sealed to the oracle's
 //! long-term key: the store alone opens no call, and the long-term key alone opens no call
 //! whose prekey was destroyed (docs/SECURITY.md, "forward secrecy").
+//!
+//! While a call sealed to a one-time prekey runs, the store keeps its inner envelope in
+//! `<id hex>.live` (0600: the outer envelope's text, a newline, the inner one's), so that an
+//! agent dispatched again after the first one died can rejoin the call: the same outer
+//! envelope gets the same inner one. The agent that served the call removes the file
+//! (overwritten, synced) when its job ends; a file left by an agent that died is removed
+//! once older than [`LIVE_MAX_AGE`]. Forward secrecy then holds from the call's end on.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -31,6 +38,11 @@ use crate::api::ApiError;
 const ONE_TIME: &str = "one-time";
 /// The file suffix of a last-resort prekey.
 const LAST_RESORT: &str = "last-resort";
+/// The file suffix of a running call's inner envelope.
+const LIVE: &str = "live";
+/// How long a running call's inner envelope is kept at most (longer than the server serves
+/// a call's key: `validation.max_call_age_secs`, one hour by default).
+pub const LIVE_MAX_AGE: Duration = Duration::from_secs(2 * 3600);
 
 /// Why the key holder could not do what was asked.
 #[derive(Debug, thiserror::Error)]
@@ -131,7 +143,61 @@ impl PrekeyStore {
 
     /// Whether the store holds the prekey `id` (one-time or last-resort).
     pub fn holds(&self, id: &PrekeyId) -> bool {
-        self.path(id, ONE_TIME).exists() || self.path(id, LAST_RESORT).exists()
+        self.path(id, ONE_TIME).exists()
+            || self.path(id, LAST_RESORT).exists()
+            || self.path(id, LIVE).exists()
+    }
+
+    /// The inner envelope kept for the running call of `envelope` (see the module docs):
+    /// only for that very outer envelope, only while younger than [`LIVE_MAX_AGE`].
+    fn live_inner(&self, id: &PrekeyId, envelope: &KeyEnvelope) -> Option<KeyEnvelope> {
+        let path = self.path(id, LIVE);
+        let age = SystemTime::now()
+            .duration_since(std::fs::metadata(&path).ok()?.modified().ok()?)
+            .unwrap_or_default();
+        if age > LIVE_MAX_AGE {
+            return None;
+        }
+        let text = std::fs::read_to_string(&path).ok()?;
+        let (outer, inner) = text.split_once('\n')?;
+        (outer == envelope.as_str())
+            .then(|| KeyEnvelope::parse(inner).ok())
+            .flatten()
+    }
+
+    /// The call of `envelope` is over here: its kept inner envelope, if any, is destroyed.
+    pub fn call_over(&self, envelope: &KeyEnvelope) {
+        if let Ok(id) = prekey_of(envelope) {
+            let path = self.path(&id, LIVE);
+            if self.live_inner(&id, envelope).is_some() {
+                destroy(&path);
+                info!(prekey = %id, "the call is over: its kept inner envelope is destroyed");
+            }
+        }
+    }
+
+    /// Destroys kept inner envelopes older than [`LIVE_MAX_AGE`] (their agents died).
+    pub fn sweep_live(&self) -> usize {
+        let Ok(dir) = std::fs::read_dir(&self.dir) else {
+            return 0;
+        };
+        let mut n = 0;
+        for e in dir.filter_map(Result::ok) {
+            if !e.file_name().to_string_lossy().ends_with(LIVE) {
+                continue;
+            }
+            let old = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|m| SystemTime::now().duration_since(m).ok())
+                .is_some_and(|age| age > LIVE_MAX_AGE);
+            if old {
+                destroy(&e.path());
+                n += 1;
+            }
+        }
+        n
     }
 
     /// Opens the prekey layer of a `v2` envelope without using the prekey up, to read whom
@@ -152,7 +218,11 @@ impl PrekeyStore {
         };
         let prekey = match read_prekey(&path, id, last_resort) {
             Ok(p) => p,
-            Err(_) if !path.exists() => return Err(PrekeyError::Unknown(id.to_string())),
+            Err(_) if !path.exists() => {
+                return self
+                    .live_inner(&id, envelope)
+                    .ok_or_else(|| PrekeyError::Unknown(id.to_string()));
+            }
             Err(e) => return Err(e),
         };
         open_with(&prekey, envelope, context)
@@ -186,14 +256,30 @@ impl PrekeyStore {
         match std::fs::rename(&path, &taken) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(PrekeyError::Unknown(id.to_string()));
+                // Used already: by this call's first agent, if it is this call again.
+                return match self.live_inner(&id, envelope) {
+                    Some(inner) => {
+                        info!(prekey = %id, "the call's kept inner envelope serves an agent dispatched again");
+                        Ok(inner)
+                    }
+                    None => Err(PrekeyError::Unknown(id.to_string())),
+                };
             }
             Err(e) => return Err(store_err(&path, e)),
         }
         let opened =
             read_prekey(&taken, id, false).and_then(|prekey| open_with(&prekey, envelope, context));
         match &opened {
-            Ok(_) => {
+            Ok(inner) => {
+                // Kept for an agent dispatched again, until the call is over.
+                let live = self.path(&id, LIVE);
+                let _ = std::fs::remove_file(&live);
+                if let Err(e) = write_secret(
+                    &live,
+                    format!("{}\n{}", envelope.as_str(), inner.as_str()).as_bytes(),
+                ) {
+                    warn!(prekey = %id, error = %e, "could not keep the inner envelope; a dispatch after a crash cannot rejoin");
+                }
                 destroy(&taken);
                 info!(prekey = %id, "one-time prekey used and destroyed");
             }
@@ -281,6 +367,13 @@ pub async fn replenish(
                 destroy(&path);
             }
         }
+    }
+    let swept = store.sweep_live();
+    if swept > 0 {
+        info!(
+            swept,
+            "destroyed inner envelopes kept for calls older than the limit"
+        );
     }
     if stock.one_time < policy.low_water {
         // Batches of at most 100 (the server's limit per request), bounded in number.
@@ -377,7 +470,8 @@ fn destroy(path: &Path) {
         .write(true)
         .open(path)
         .and_then(|mut f| {
-            f.write_all(&[0u8; 32])?;
+            let len = usize::try_from(f.metadata()?.len()).unwrap_or(0).max(32);
+            f.write_all(&vec![0u8; len])?;
             f.sync_all()
         });
     if let Err(e) = wiped {
@@ -468,12 +562,64 @@ mod tests {
             panic!("unbound")
         };
         assert!(opened.ct_eq(&key));
-        assert!(!store.holds(&id), "the used prekey is gone");
+        assert!(
+            !store.path(&id, ONE_TIME).exists(),
+            "the used prekey is gone"
+        );
+        // While the call runs, its inner envelope is kept for an agent dispatched again: the
+        // same outer envelope gets the same inner one, any other envelope naming that prekey
+        // gets nothing.
+        assert_eq!(
+            files(),
+            4,
+            "the used prekey's file is now the call's live file"
+        );
+        let again = store.open_layer(&env, &ctx("s")).unwrap();
+        assert_eq!(again.as_str(), inner.as_str());
+        assert_eq!(
+            store.peek_layer(&env, &ctx("s")).unwrap().as_str(),
+            inner.as_str()
+        );
+        let (_, other) = seal_to(&one_time[1], &signer, &lt, &ctx("s2"));
+        for result in [
+            store.open_layer(&other, &ctx("s2")),
+            store.peek_layer(&other, &ctx("s2")),
+        ] {
+            match result {
+                Err(PrekeyError::Unknown(_)) => {}
+                r => panic!("another envelope under the used prekey: {r:?}"),
+            }
+        }
+        // Once the call is over, nothing of it is left.
+        store.call_over(&env);
+        assert!(!store.holds(&id));
         assert_eq!(files(), 3, "nothing else removed, no leftovers");
         match store.open_layer(&env, &ctx("s")) {
             Err(PrekeyError::Unknown(_)) => {}
-            other => panic!("a second open: {other:?}"),
+            other => panic!("an open after the call: {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_live_file_past_its_age_is_useless_and_swept() {
+        let (store, one_time, _, lt, signer) = setup(1);
+        let (_, env) = seal_to(&one_time[0], &signer, &lt, &ctx("s"));
+        let id = PrekeyId::parse(&one_time[0].prekey_id).unwrap();
+        store.open_layer(&env, &ctx("s")).unwrap();
+        let live = store.path(&id, LIVE);
+        let old = SystemTime::now() - LIVE_MAX_AGE - Duration::from_secs(60);
+        std::fs::File::options()
+            .write(true)
+            .open(&live)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        match store.open_layer(&env, &ctx("s")) {
+            Err(PrekeyError::Unknown(_)) => {}
+            other => panic!("a live file past its age: {other:?}"),
+        }
+        assert_eq!(store.sweep_live(), 1);
+        assert!(!live.exists() && !store.holds(&id));
     }
 
     #[test]
@@ -515,17 +661,40 @@ mod tests {
     fn racing_openers_of_one_prekey_get_it_exactly_once() {
         let (store, one_time, _, lt, signer) = setup(1);
         let (_, env) = seal_to(&one_time[0], &signer, &lt, &ctx("s"));
+        let id = PrekeyId::parse(&one_time[0].prekey_id).unwrap();
         let store = std::sync::Arc::new(store);
-        let wins: usize = (0..8)
+        let inners: Vec<Option<String>> = (0..8)
             .map(|_| {
                 let (store, env) = (store.clone(), env.clone());
-                std::thread::spawn(move || store.open_layer(&env, &ctx("s")).is_ok())
+                std::thread::spawn(move || {
+                    store
+                        .open_layer(&env, &ctx("s"))
+                        .ok()
+                        .map(|e| e.as_str().to_owned())
+                })
             })
             .collect::<Vec<_>>()
             .into_iter()
-            .map(|t| usize::from(t.join().unwrap()))
-            .sum();
-        assert_eq!(wins, 1);
+            .map(|t| t.join().unwrap())
+            .collect();
+        // One rename took the prekey; openers after it got the very inner envelope it kept
+        // for the call (those in between found neither): never a second opening of the layer.
+        let got: std::collections::HashSet<&String> = inners.iter().flatten().collect();
+        assert_eq!(got.len(), 1, "{inners:?}");
+        assert!(!store.path(&id, ONE_TIME).exists());
+        let leftovers = std::fs::read_dir(store.dir())
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .contains(".opening-")
+            })
+            .count();
+        assert_eq!(leftovers, 0, "no taken prekey left behind");
+        store.call_over(&env);
+        assert!(!store.holds(&id));
     }
 
     #[test]
@@ -553,6 +722,8 @@ mod tests {
             Opening::Opened(k) => assert!(k.ct_eq(&key)),
             other => panic!("{other:?}"),
         }
+        // (While the call runs the store keeps its inner envelope; once it is over, nothing.)
+        store.call_over(&env);
         assert!(!store.holds(&id));
         // Without a store, or with one that lacks the prekey, it is another key holder's call.
         assert!(not_held(&theirs, None, &env, &ctx("s"), false).is_some());

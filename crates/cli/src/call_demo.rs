@@ -417,7 +417,7 @@ async fn demo(opts: Options) -> anyhow::Result<()> {
         ),
     });
     checks.push(
-        match verify::past_call_stays_closed(&key_pair, &store, &call, call.id()) {
+        match verify::past_call_stays_closed(&key_pair, &store, &call, call.id()).await {
             Ok(id) => Check {
                 ok: true,
                 line: format!(

@@ -12,7 +12,7 @@ use oracle_calls_client::{Call, OracleClient};
 use oracle_calls_crypto::{
     CallContext, OpenedKey, OracleKeyPair, Prekey, PrekeyId, PrekeySecret, Recipient,
 };
-use oracle_calls_proto::{CallId, CallStatus};
+use oracle_calls_proto::{CallId, CallStatus, KeyEnvelope};
 use serde_json::Value;
 use zeroize::Zeroizing;
 
@@ -204,18 +204,57 @@ pub fn read_prekey_store(dir: &Path) -> anyhow::Result<Vec<Prekey>> {
     Ok(out)
 }
 
+/// The envelopes the key holder keeps for running calls (`<id>.live` files: the outer
+/// envelope, a newline, the inner one sealed to the long-term key), as an attacker who takes
+/// the store would find them.
+///
+/// # Errors
+/// The store cannot be read.
+pub fn kept_envelopes(dir: &Path) -> anyhow::Result<Vec<KeyEnvelope>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "live") {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            out.extend(text.lines().filter_map(|l| KeyEnvelope::parse(l).ok()));
+        }
+    }
+    Ok(out)
+}
+
+/// Waits (at most `limit`) until the key holder keeps no running call's envelope: every
+/// agent's job is over.
+///
+/// # Errors
+/// Some are still kept after `limit`.
+pub async fn wait_calls_over(dir: &Path, limit: std::time::Duration) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let kept = kept_envelopes(dir)?.len();
+        if kept == 0 {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!("the key holder still keeps {kept} envelope(s) of running calls after {limit:?}");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
 /// Forward secrecy after the call: the envelope is sealed to a one-time prekey, the key
-/// holder's store no longer holds it, the oracle's long-term key alone meets the prekey layer,
-/// and no prekey left in the store opens the envelope. Returns the prekey's id.
+/// holder's store no longer holds it (once the agent's job is over: it keeps the inner
+/// envelope while the call runs), the oracle's long-term key alone meets the prekey layer,
+/// and nothing left in the store opens the envelope. Returns the prekey's id.
 ///
 /// # Errors
 /// Any of those does not hold.
-pub fn past_call_stays_closed(
+pub async fn past_call_stays_closed(
     oracle_key: &OracleKeyPair,
     store: &Path,
     call: &Call,
     call_id: &CallId,
 ) -> anyhow::Result<String> {
+    wait_calls_over(store, std::time::Duration::from_secs(15)).await?;
     let c = call.content();
     let ctx = context(call, call_id);
     let Recipient::Prekey { prekey_id, .. } = oracle_calls_crypto::recipient(&c.encryption_key)?
@@ -235,6 +274,11 @@ pub fn past_call_stays_closed(
             && oracle_calls_crypto::open(oracle_key, &inner, &ctx).is_ok()
         {
             bail!("prekey {} of the store opened the envelope", p.id);
+        }
+    }
+    for kept in kept_envelopes(store)? {
+        if oracle_calls_crypto::open(oracle_key, &kept, &ctx).is_ok() {
+            bail!("an envelope kept in the store opened the call key");
         }
     }
     Ok(format!("{prekey_id} ({} prekeys left tried)", left.len()))

@@ -1115,8 +1115,10 @@ async fn an_outside_client_following_protocol_md_places_and_ends_a_call() {
             stock_before - 1
         ),
     );
-    // … and the key holder destroyed its private half once the call's layer was opened
-    // (§13, §13.5: forward secrecy from here on).
+    // … and the key holder destroyed its private half once the call's layer was opened, and
+    // what it kept for the running call once the agent's job ended (§13, §13.5: forward
+    // secrecy from here on).
+    let _ = oracle_calls::verify::wait_calls_over(&key_holder, Duration::from_secs(15)).await;
     check(
         !holds_prekey(&prekey_id_hex),
         format!(

@@ -10,6 +10,7 @@
 )]
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use oracle_calls::local::{DeployOptions, Deployment, Stack, echo_envelope, unique_hex};
 use oracle_calls::verify::read_prekey_store;
@@ -89,6 +90,11 @@ async fn after_a_call_its_envelope_does_not_open_with_the_long_term_key_the_data
     );
     let call_id = call.id().clone();
     call.end().await.unwrap();
+    // The key holder keeps the call's inner envelope while the call runs (for an agent
+    // dispatched again); the agent's job ends soon after the user left, and so must that.
+    oracle_calls::verify::wait_calls_over(&store_dir, Duration::from_secs(15))
+        .await
+        .unwrap();
 
     // What the attacker takes afterwards. (1) The oracle's long-term private key.
     let long_term =
@@ -165,6 +171,12 @@ async fn after_a_call_its_envelope_does_not_open_with_the_long_term_key_the_data
         attack(&long_term, &store, &envelope, &ctx).is_none(),
         "the past call's envelope opened"
     );
+    for kept in oracle_calls::verify::kept_envelopes(&store_dir).unwrap() {
+        assert!(
+            open(&long_term, &kept, &ctx).is_err(),
+            "an envelope left in the store opened"
+        );
+    }
 
     // The same attack succeeds on an envelope whose prekey was not used yet: so the attack is
     // real, and the destruction is what stops it.

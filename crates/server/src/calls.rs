@@ -247,6 +247,96 @@ pub async fn end_from_webhook(
     }
 }
 
+/// What [`redispatch_after_agent_left`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Redispatch {
+    /// Not this server's active call, or the user is gone too: nothing to do.
+    NotNeeded,
+    /// The agent was dispatched again (the `n`th time for this call).
+    Dispatched(u32),
+    /// `livekit.max_redispatches` reached: the call goes on without an oracle until the user
+    /// leaves.
+    GaveUp,
+}
+
+/// Dispatches the oracle's agent again when an agent participant left an active call's room
+/// while the call's user is still in it (open-source LiveKit never does: a dead worker's job
+/// is lost). At most `livekit.max_redispatches` times per call, counted per server process.
+///
+/// # Errors
+/// [`Error::Store`], LiveKit errors.
+pub(crate) async fn redispatch_after_agent_left(
+    state: &AppState,
+    room: &crate::livekit::WebhookRoom,
+) -> Result<Redispatch> {
+    let Some(rec) = state.store().call_in_room(&room.name).await? else {
+        return Ok(Redispatch::NotNeeded);
+    };
+    if rec.status != CallStatus::Active || room.metadata != rec.call_id.as_str() {
+        return Ok(Redispatch::NotNeeded);
+    }
+    let room_name = rec.call_id.room_name();
+    let present = state.livekit().participants(room_name).await?;
+    if !present.contains(&rec.sender) {
+        // The user left too (or first): the call is ending, not losing its oracle.
+        return Ok(Redispatch::NotNeeded);
+    }
+    if present.iter().any(|p| p.starts_with("agent-")) {
+        // Another agent of the pool is there (e.g. a dispatch already answered).
+        return Ok(Redispatch::NotNeeded);
+    }
+    let Some(n) = state.redispatches().next(
+        rec.call_id.as_str(),
+        state.config().livekit.max_redispatches,
+    ) else {
+        state.metrics().call_event("agent_redispatch_gave_up");
+        warn!(call_id = %rec.call_id, "the agent left again; no more dispatches for this call");
+        return Ok(Redispatch::GaveUp);
+    };
+    state
+        .livekit()
+        .dispatch_agent(
+            room_name,
+            &state.config().oracle.agent_name,
+            rec.call_id.as_str(),
+        )
+        .await?;
+    state.metrics().call_event("agent_redispatched");
+    info!(call_id = %rec.call_id, n, "the agent left an active call; dispatched again");
+    Ok(Redispatch::Dispatched(n))
+}
+
+/// How many times each call's agent was dispatched again, in bounded memory.
+#[derive(Debug)]
+pub(crate) struct Redispatches(std::sync::Mutex<crate::cache::BoundedCache<String, u32>>);
+
+impl Default for Redispatches {
+    fn default() -> Self {
+        Self(std::sync::Mutex::new(crate::cache::BoundedCache::new(
+            100_000,
+        )))
+    }
+}
+
+impl Redispatches {
+    /// Counts one more dispatch of `call_id`'s agent: its number, or `None` past `max`.
+    pub(crate) fn next(&self, call_id: &str, max: u32) -> Option<u32> {
+        let mut counts = self.0.lock().ok()?;
+        let now = std::time::Instant::now();
+        let done = counts.get(&call_id.to_owned(), now).map_or(0, |n| *n);
+        if done >= max {
+            return None;
+        }
+        // Kept a day: longer than any call (`max_call_age_secs`).
+        counts.insert(
+            call_id.to_owned(),
+            done + 1,
+            now + std::time::Duration::from_secs(86_400),
+        );
+        Some(done + 1)
+    }
+}
+
 /// True when the call started longer ago than `validation.max_call_age_secs`: the server no
 /// longer activates it or hands out its key, whatever its status says.
 pub(crate) fn too_old(state: &AppState, rec: &CallRecord, now_ms: i64) -> bool {

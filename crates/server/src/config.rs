@@ -288,6 +288,10 @@ pub struct LiveKitConfig {
     /// Time limit of one outbound request to LiveKit, in seconds.
     #[serde(default = "default_outbound_timeout")]
     pub request_timeout_secs: u64,
+    /// How many times an active call's agent is dispatched again after its agent left the
+    /// room while the user is still there (a crashed or killed agent process); 0: never.
+    #[serde(default = "default_max_redispatches")]
+    pub max_redispatches: u32,
 }
 
 /// Checks of the call event at sync.
@@ -354,6 +358,9 @@ fn default_token_ttl() -> u64 {
 }
 fn default_empty_timeout() -> u32 {
     120
+}
+fn default_max_redispatches() -> u32 {
+    3
 }
 fn default_skew() -> u64 {
     300

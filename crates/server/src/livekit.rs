@@ -71,6 +71,17 @@ pub struct WebhookParticipant {
     /// The participant identity.
     #[serde(default)]
     pub identity: String,
+    /// The participant kind as LiveKit names it (`AGENT` for an agent; absent for a
+    /// standard participant).
+    #[serde(default)]
+    pub kind: String,
+}
+
+impl WebhookParticipant {
+    /// True for an agent's participant.
+    pub fn is_agent(&self) -> bool {
+        self.kind == "AGENT"
+    }
 }
 
 impl LiveKit {
@@ -214,6 +225,53 @@ impl LiveKit {
             }))
     }
 
+    /// `RoomService.ListParticipants`: the identities in the room now (none when the room is
+    /// gone).
+    ///
+    /// # Errors
+    /// [`Error::LiveKitUnavailable`] / [`Error::LiveKitBadAnswer`].
+    pub async fn participants(&self, room: &RoomName) -> Result<Vec<String>> {
+        let v = match self
+            .twirp(
+                "ListParticipants",
+                json!({"roomAdmin": true, "room": room.as_str()}),
+                &json!({"room": room.as_str()}),
+            )
+            .await
+        {
+            Err(Error::LiveKitBadAnswer(m)) if m.contains("not_found") => return Ok(Vec::new()),
+            other => other?,
+        };
+        Ok(v.get("participants")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p.get("identity").and_then(Value::as_str).map(str::to_owned))
+            .collect())
+    }
+
+    /// `AgentDispatchService.CreateDispatch`: asks for the agent `agent_name` in `room` again,
+    /// with `metadata` (the call id) as its job's metadata. LiveKit answers before any worker
+    /// took the job.
+    ///
+    /// # Errors
+    /// [`Error::LiveKitUnavailable`] / [`Error::LiveKitBadAnswer`].
+    pub async fn dispatch_agent(
+        &self,
+        room: &RoomName,
+        agent_name: &str,
+        metadata: &str,
+    ) -> Result<()> {
+        self.twirp_to(
+            "livekit.AgentDispatchService",
+            "CreateDispatch",
+            json!({"roomAdmin": true, "room": room.as_str()}),
+            &json!({"agentName": agent_name, "room": room.as_str(), "metadata": metadata}),
+        )
+        .await
+        .map(drop)
+    }
+
     /// `RoomService.DeleteRoom`. A room that is already gone is not an error.
     ///
     /// # Errors
@@ -296,6 +354,17 @@ impl LiveKit {
     }
 
     async fn twirp(&self, method: &str, grant: Value, body: &Value) -> Result<Value> {
+        self.twirp_to("livekit.RoomService", method, grant, body)
+            .await
+    }
+
+    async fn twirp_to(
+        &self,
+        service: &str,
+        method: &str,
+        grant: Value,
+        body: &Value,
+    ) -> Result<Value> {
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
         let claims = json!({
             "iss": self.config.api_key,
@@ -305,7 +374,7 @@ impl LiveKit {
             "video": grant,
         });
         let url = format!(
-            "{}/twirp/livekit.RoomService/{method}",
+            "{}/twirp/{service}/{method}",
             self.config.http_url.trim_end_matches('/')
         );
         let resp = self
@@ -347,6 +416,7 @@ mod tests {
             token_ttl_secs: 600,
             empty_timeout_secs: 10,
             request_timeout_secs: 1,
+            max_redispatches: 3,
         };
         LiveKit::new(config, Secret::new("secret")).unwrap()
     }

@@ -31,6 +31,7 @@ struct Inner {
     key_cache: crate::apikey::KeyCache,
     audit: crate::audit::AuditLog,
     limits: crate::limits::Limits,
+    redispatches: crate::calls::Redispatches,
 }
 
 impl AppState {
@@ -83,6 +84,7 @@ impl AppState {
             livekit,
             metrics,
             limits,
+            redispatches: crate::calls::Redispatches::default(),
             matrix,
             user_bindings,
             webhooks: tokio::sync::broadcast::channel(64).0,
@@ -135,6 +137,9 @@ impl AppState {
     }
     pub(crate) fn audit(&self) -> &crate::audit::AuditLog {
         &self.0.audit
+    }
+    pub(crate) fn redispatches(&self) -> &crate::calls::Redispatches {
+        &self.0.redispatches
     }
     pub(crate) fn limits(&self) -> &crate::limits::Limits {
         &self.0.limits

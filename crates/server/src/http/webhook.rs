@@ -55,6 +55,10 @@ async fn handle(state: &AppState, ev: &WebhookEvent) -> Result<()> {
     info!(event = %ev.event, room = %room.name, "livekit webhook");
     let ended = match ev.event.as_str() {
         "room_finished" => crate::calls::end_from_webhook(state, room, None).await?,
+        "participant_left" if ev.participant.as_ref().is_some_and(|p| p.is_agent()) => {
+            crate::calls::redispatch_after_agent_left(state, room).await?;
+            None
+        }
         "participant_left" => {
             let who = ev
                 .participant

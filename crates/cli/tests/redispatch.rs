@@ -1,0 +1,273 @@
+//! An agent process killed in the middle of a call (issue 16): open-source LiveKit never
+//! re-dispatches a dead worker's job, so the oracle server does — it sees the agent's
+//! participant leave an active call whose user is still there and asks LiveKit for the agent
+//! again; another process of the pool takes the job, rejoins under the same E2EE key (with
+//! forward secrecy on, through the inner envelope the key holder keeps while the call runs),
+//! and the user hears the oracle again. Real stack, real processes, `kill -9`.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use oracle_calls::local::{DeployOptions, Deployment, Stack, unique_hex};
+use oracle_calls::{analysis, verify};
+use oracle_calls_client::{Call, CallEvent};
+use oracle_calls_proto::{CallStatus, CallType};
+
+fn temp_dir() -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("oc-redispatch-{}", unique_hex(6)));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn,oracle_calls_server=info".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+/// Both tests need LiveKit's real webhooks, which the stack sends to one port: one at a time.
+static WEBHOOK_PORT: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Options whose server listens where the stack's LiveKit sends its webhooks.
+fn with_webhooks(stack: &Stack, dir: &Path) -> DeployOptions {
+    let url = stack.get("LIVEKIT_WEBHOOK_URL").unwrap().to_owned();
+    let port: u16 = url
+        .trim_start_matches("http://127.0.0.1:")
+        .split('/')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut opts = DeployOptions::new(dir);
+    opts.listen = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    opts
+}
+
+/// An agent process, killed when dropped (also when the test fails half-way).
+struct Agent(std::process::Child);
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn exe() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_oracle-calls"))
+}
+
+/// Speaks `pcm` while listening for `listen`; the oracle's audio heard meanwhile.
+async fn talk(call: &mut Call, pcm: Vec<i16>, listen: Duration) -> Vec<i16> {
+    let mic = call.microphone();
+    let speaker = tokio::spawn(async move { mic.play(&pcm).await });
+    let mut heard = Vec::new();
+    let deadline = tokio::time::Instant::now() + listen;
+    loop {
+        match tokio::time::timeout_at(deadline, call.next_event()).await {
+            Ok(Some(CallEvent::OracleAudio { pcm })) => heard.extend(pcm),
+            Ok(Some(CallEvent::DecryptionFailed { identity, failures })) => {
+                panic!("oracle audio from {identity} failed to decrypt ({failures})")
+            }
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => break,
+        }
+    }
+    let _ = speaker.await.unwrap();
+    heard
+}
+
+fn metric(dep: &Deployment, name: &str) -> f64 {
+    dep.server
+        .state
+        .metrics()
+        .render()
+        .lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
+        .map_or(0.0, |v| v.trim().parse().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_agent_is_dispatched_again_and_the_user_hears_the_oracle_again() {
+    init_logs();
+    let _port = WEBHOOK_PORT.lock().await;
+    let dir = temp_dir();
+    let stack = Stack::running().unwrap();
+    let mut opts = with_webhooks(&stack, &dir);
+    opts.oracle = None;
+    assert!(
+        opts.forward_secrecy,
+        "the hard case: the call is sealed to a one-time prekey"
+    );
+    let dep = Deployment::start(stack, opts).await.unwrap();
+    let store = dep.prekey_store().unwrap().to_owned();
+    // The pool's first process takes the call; the second joins the pool afterwards.
+    let mut doomed = Agent(
+        dep.spawn_agent_process(exe(), 4, None, Duration::from_secs(30))
+            .await
+            .unwrap(),
+    );
+    let user = dep.new_user().await.unwrap();
+    let mut call = user.call_oracle(CallType::Audio).await.unwrap();
+    let speech = oracle_calls::speech::synthesize(2.0, 1);
+    let heard = talk(&mut call, speech.clone(), Duration::from_secs(3)).await;
+    assert!(
+        analysis::compare(&speech, &heard, 150).envelope > 0.6,
+        "the first agent echoes"
+    );
+    let survivor = Agent(
+        dep.spawn_agent_process(exe(), 4, None, Duration::from_secs(30))
+            .await
+            .unwrap(),
+    );
+
+    // kill -9 the agent serving the call.
+    doomed.0.kill().unwrap();
+    doomed.0.wait().unwrap();
+    let killed = Instant::now();
+    let mut oracle_left = None;
+    let mut oracle_back = None;
+    let mut back_after = None;
+    // Speak in 1 s turns until the oracle's echo comes back (bounded).
+    let mut turn = 0;
+    while killed.elapsed() < Duration::from_secs(60) && back_after.is_none() {
+        turn += 1;
+        let pcm = oracle_calls::speech::synthesize(1.0, 10 + turn);
+        let mic = call.microphone();
+        let speaker = tokio::spawn(async move { mic.play(&pcm).await });
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(1500);
+        let mut loud = 0usize;
+        loop {
+            match tokio::time::timeout_at(deadline, call.next_event()).await {
+                Ok(Some(CallEvent::OracleLeft { .. })) => {
+                    oracle_left.get_or_insert(killed.elapsed());
+                }
+                Ok(Some(CallEvent::OracleJoined { .. })) => {
+                    oracle_back.get_or_insert(killed.elapsed());
+                }
+                Ok(Some(CallEvent::OracleAudio { pcm })) => {
+                    loud += pcm.iter().filter(|s| s.unsigned_abs() > 1000).count();
+                }
+                Ok(Some(CallEvent::DecryptionFailed { identity, failures })) => {
+                    panic!("audio from {identity} failed to decrypt ({failures})")
+                }
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => break,
+            }
+        }
+        let _ = speaker.await.unwrap();
+        // Loud echo (a tenth of a second of it) after a new agent joined: the oracle is back.
+        if oracle_back.is_some() && loud > 4800 {
+            back_after = Some(killed.elapsed());
+        }
+    }
+    eprintln!(
+        "after kill -9: the agent left the room at {oracle_left:?}, the new one joined at \
+         {oracle_back:?}, its echo was heard at {back_after:?}"
+    );
+    let back_after = back_after.expect("the oracle came back within 60 s");
+    let oracle_left = oracle_left.expect("LiveKit saw the killed agent leave");
+    assert!(
+        oracle_back.unwrap() >= oracle_left,
+        "the new agent joined after the old left"
+    );
+    // The whole recovery after LiveKit noticed the death: dispatch, key, join, first echo.
+    assert!(
+        back_after - oracle_left < Duration::from_secs(10),
+        "from the agent's departure to its echo again: {:?}",
+        back_after - oracle_left
+    );
+    assert_eq!(
+        metric(
+            &dep,
+            "oracle_calls_call_events_total{event=\"agent_redispatched\"}"
+        ),
+        1.0
+    );
+    // The same call, still active, and a clean echo on the new agent.
+    let rec = dep
+        .server
+        .state
+        .store()
+        .call(call.id())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(rec.status, CallStatus::Active);
+    let speech = oracle_calls::speech::synthesize(3.0, 3);
+    let heard = talk(&mut call, speech.clone(), Duration::from_secs(4)).await;
+    let m = analysis::compare(&speech, &heard, 150);
+    assert!(m.envelope > 0.6, "the new agent echoes: {m:?}");
+
+    // The end: the call ends everywhere, nothing of it stays in the key holder's store, and
+    // forward secrecy holds for it like for any call.
+    call.end().await.unwrap();
+    verify::wait_calls_over(&store, Duration::from_secs(15))
+        .await
+        .unwrap();
+    let rec = dep
+        .server
+        .state
+        .store()
+        .call(call.id())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(rec.status, CallStatus::Ended);
+    let oracle_key = oracle_calls_crypto::OracleKeyPair::from_pkcs8_pem(
+        &std::fs::read_to_string(&dep.key_file).unwrap(),
+    )
+    .unwrap();
+    verify::past_call_stays_closed(&oracle_key, &store, &call, call.id())
+        .await
+        .unwrap();
+    drop(survivor);
+    dep.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_leaving_after_its_user_is_not_dispatched_again() {
+    init_logs();
+    let _port = WEBHOOK_PORT.lock().await;
+    let dir = temp_dir();
+    let stack = Stack::running().unwrap();
+    let opts = with_webhooks(&stack, &dir);
+    let dep = Deployment::start(stack, opts).await.unwrap();
+    let user = dep.new_user().await.unwrap();
+    let mut call = user.call_oracle(CallType::Audio).await.unwrap();
+    let speech = oracle_calls::speech::synthesize(2.0, 4);
+    let heard = talk(&mut call, speech.clone(), Duration::from_secs(3)).await;
+    assert!(analysis::compare(&speech, &heard, 150).envelope > 0.6);
+    // The user hangs up: the agent leaves after it, and that is the call's end, not a crash.
+    call.end().await.unwrap();
+    // LiveKit's webhooks for the call's participants did arrive (so this test can fail)...
+    let webhooks = "oracle_calls_call_events_total{event=\"webhook\"}";
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(&dep, webhooks) < 4.0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        metric(&dep, webhooks) >= 4.0,
+        "room started, two joins and at least one leave"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // ...and the agent leaving after its user brought no new dispatch.
+    assert_eq!(
+        metric(
+            &dep,
+            "oracle_calls_call_events_total{event=\"agent_redispatched\"}"
+        ),
+        0.0
+    );
+    dep.stop().await;
+}
