@@ -2,14 +2,20 @@
 //! (accepting invites, writing the backlog of status edits to Matrix).
 //!
 //! On PostgreSQL the leader is the server that holds a session-level advisory lock, keyed by
-//! the oracle's DID, on a connection of its own (not the pool's). The others try to take it
-//! every `cluster.leader_retry_ms`. A leader whose process dies closes that connection and
-//! PostgreSQL frees the lock, so another server leads within about one retry period. The
-//! leader checks its connection every `cluster.leader_check_ms`; when a check fails or is late
-//! it stops leading at once, before it closes the connection (which is what frees the lock
-//! for the others), and it also counts as not leading while its last good check is older than
-//! three periods (a stalled process). PostgreSQL itself drops a silent lock connection after
-//! about 11 s (TCP keepalives set on the session), long after a cut-off leader stopped.
+//! the oracle's DID ([`lock_key`]), on a connection of its own (not the pool's). The others
+//! try to take it every `cluster.leader_retry_ms`. A leader whose process dies closes that
+//! connection and PostgreSQL frees the lock at once.
+//!
+//! The leader checks its connection every `cluster.leader_check_ms` (a check times out after
+//! one period); it leads only while its last good check is younger than two periods (its
+//! lease), and a failed check ends the lead at once, before the connection is closed.
+//! PostgreSQL can free the lock before the old leader notices (a terminated backend, a
+//! database restart), so a server that takes the lock first waits out that lease (two periods)
+//! before it acts: two servers never lead at once as long as they share `leader_check_ms`.
+//! A new leader therefore leads about `retry + 2 × check` after the old one died (3 s by
+//! default). PostgreSQL itself drops a silent lock connection (a leader cut off by the
+//! network) after about 11 s of TCP keepalives set on the session, long after that leader's
+//! lease ran out.
 //!
 //! On SQLite a server is alone by construction and always leads.
 
@@ -55,6 +61,8 @@ impl Leadership {
     /// `gauge` shows 1 while this server leads.
     pub fn elect(url: Secret, oracle: &Did, cluster: &ClusterConfig, gauge: IntGauge) -> Self {
         gauge.set(0);
+        // The lock connection is an `AnyConnection` (idempotent; the store does it too).
+        sqlx::any::install_default_drivers();
         let this = Self(Arc::new(Inner {
             flag: watch::channel(false).0,
             lease: Mutex::new(Some(Instant::now())),
@@ -112,8 +120,10 @@ impl Leadership {
     }
 }
 
-/// The advisory lock key of `oracle`'s leader: the first 8 bytes of a SHA-256 of its DID.
-pub(crate) fn lock_key(oracle: &Did) -> i64 {
+/// The advisory lock key of `oracle`'s leader: the first 8 bytes (big-endian) of a SHA-256 of
+/// `"oracle-calls leader\0"` and its DID. In `pg_locks` it shows as `locktype = 'advisory'`,
+/// `classid` its high 32 bits, `objid` its low 32 bits, `objsubid = 1`.
+pub fn lock_key(oracle: &Did) -> i64 {
     let h = Sha256::digest(format!("oracle-calls leader\u{0}{}", oracle.as_str()).as_bytes());
     let mut b = [0u8; 8];
     for (dst, src) in b.iter_mut().zip(h.iter()) {
@@ -157,7 +167,10 @@ impl Election {
     /// reconnects).
     async fn session(&self, stop: &mut watch::Receiver<bool>) -> Result<(), String> {
         let mut conn = self
-            .within(AnyConnection::connect(self.url.dangerous_expose()))
+            .within_for(
+                self.check.max(Duration::from_secs(5)),
+                AnyConnection::connect(self.url.dangerous_expose()),
+            )
             .await?;
         // A connection that goes silent (its server cut off) is dropped by PostgreSQL after
         // about 5 + 3 × 2 s, freeing the lock; ignored on a Unix socket, where it cannot
@@ -191,9 +204,20 @@ impl Election {
                 }
             }
         }
-        self.leadership.set(true, self.check * 3);
+        // The previous holder may still think it leads until its lease runs out.
+        info!("took the leader lock; waiting out the previous leader's lease");
+        tokio::select! {
+            () = tokio::time::sleep(self.lease()) => {},
+            _ = stop.changed() => {
+                let _ = conn.close().await;
+                return Ok(());
+            }
+        }
+        self.within(sqlx::query("SELECT 1 AS one").execute(&mut conn))
+            .await?;
+        self.leadership.set(true, self.lease());
         self.gauge.set(1);
-        info!("this server now leads (took the leader lock)");
+        info!("this server now leads");
         loop {
             tokio::select! {
                 () = tokio::time::sleep(self.check) => {},
@@ -207,7 +231,7 @@ impl Election {
                 .within(sqlx::query("SELECT 1 AS one").execute(&mut conn))
                 .await;
             match checked {
-                Ok(_) => self.leadership.set(true, self.check * 3),
+                Ok(_) => self.leadership.set(true, self.lease()),
                 Err(e) => {
                     // Stop first: the lock is freed for the others only when this
                     // connection closes, just below (or when PostgreSQL drops it).
@@ -228,12 +252,25 @@ impl Election {
         }
     }
 
-    /// `fut` within one check period (at least 2 s for connecting and the first queries).
+    /// How long one good check vouches for the lead.
+    fn lease(&self) -> Duration {
+        self.check * 2
+    }
+
+    /// `fut` within one check period.
     async fn within<T, E: std::fmt::Display>(
         &self,
         fut: impl std::future::Future<Output = Result<T, E>>,
     ) -> Result<T, String> {
-        match tokio::time::timeout(self.check.max(Duration::from_secs(2)), fut).await {
+        self.within_for(self.check, fut).await
+    }
+
+    async fn within_for<T, E: std::fmt::Display>(
+        &self,
+        limit: Duration,
+        fut: impl std::future::Future<Output = Result<T, E>>,
+    ) -> Result<T, String> {
+        match tokio::time::timeout(limit, fut).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(e.to_string()),
             Err(_) => Err("no answer in time".to_owned()),

@@ -11,12 +11,14 @@ use serde::Deserialize;
 #[serde(deny_unknown_fields)]
 pub struct ClusterConfig {
     /// How often a server that does not lead tries to take the lead, in milliseconds
-    /// (default 1000): a dead leader is replaced within about this time after PostgreSQL
-    /// notices its connection closed.
+    /// (default 1000): a dead leader is replaced within this time plus two
+    /// `leader_check_ms` after PostgreSQL sees its connection closed.
     #[serde(default = "default_retry_ms")]
     pub leader_retry_ms: u64,
     /// How often the leader checks that its lock connection still answers, in milliseconds
-    /// (default 1000); a check that fails or takes longer ends the lead at once.
+    /// (default 1000); a check that fails or takes longer ends the lead at once, and a leader
+    /// whose last good check is two periods old stops acting. A server that takes the lock
+    /// waits two periods before it acts. Every server of one oracle must use the same value.
     #[serde(default = "default_check_ms")]
     pub leader_check_ms: u64,
 }

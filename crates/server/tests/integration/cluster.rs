@@ -90,9 +90,14 @@ impl Oracle {
         let dir = temp_dir();
         let path = dir.0.join("server.toml");
         std::fs::write(&path, self.toml(&dir.0)).unwrap();
-        // Its log (RUST_LOG=oracle_calls_server=info) outlives the test, for a failure.
-        let log = std::env::temp_dir().join(unique("oc-cluster-child-") + ".log");
-        eprintln!("cluster: the child server logs to {}", log.display());
+        // With RUST_LOG set, its log goes to a file that outlives the test, for a failure.
+        let log = if std::env::var_os("RUST_LOG").is_some() {
+            let path = std::env::temp_dir().join(unique("oc-cluster-child-") + ".log");
+            eprintln!("cluster: the child server logs to {}", path.display());
+            Stdio::from(std::fs::File::create(&path).unwrap())
+        } else {
+            Stdio::null()
+        };
         let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
         cmd.args([
             "cluster::child_server_process",
@@ -111,7 +116,7 @@ impl Oracle {
         )
         .env("ORACLE_CALLS_MATRIX_PASSWORD", &self.bot.password)
         .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&log).unwrap());
+        .stderr(log);
         let mut process = cmd.spawn().unwrap();
         let stdout = process.stdout.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
@@ -505,4 +510,92 @@ async fn a_webhook_delivered_to_two_servers_is_handled_once() {
     let lone = TestServer::start(Db::Sqlite).await;
     assert!(lone.state.is_leader());
     assert_eq!(metric(&lone, "oracle_calls_leader").await, 1.0);
+}
+
+/// The leader's lock connection is cut on the database side (`pg_terminate_backend`, which
+/// frees the lock at once, before the leader can notice): the old leader stops, the lead moves
+/// or comes back within 5 s, and at no sample (every 5 ms) do two servers lead at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_lock_connection_never_makes_two_leaders() {
+    use oracle_calls_server::leader::{Leadership, lock_key};
+    use sqlx::Connection as _;
+    let url = stack_var("DATABASE_URL");
+    let oracle = oracle_calls_proto::Did::parse(&unique("did:ixo:oracle")).unwrap();
+    let cluster = oracle_calls_server::config::ClusterConfig::default();
+    let gauge = || prometheus::IntGauge::new("leader", "test").unwrap();
+    let elect = || {
+        Leadership::elect(
+            oracle_calls_server::Secret::new(url.clone()),
+            &oracle,
+            &cluster,
+            gauge(),
+        )
+    };
+    let one = elect();
+    let t0 = Instant::now();
+    while !one.is_leader() {
+        assert!(t0.elapsed() < Duration::from_secs(5), "no leader");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let two = elect();
+    let sample = |secs: u64| {
+        let (one, two) = (one.clone(), two.clone());
+        async move {
+            let mut seen = Vec::new();
+            let end = Instant::now() + Duration::from_secs(secs);
+            while Instant::now() < end {
+                let now = (one.is_leader(), two.is_leader());
+                assert!(!(now.0 && now.1), "two leaders at once");
+                if seen.last() != Some(&now) {
+                    seen.push(now);
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            seen
+        }
+    };
+    assert_eq!(sample(3).await, [(true, false)], "the second never leads");
+
+    // Cut the leader's lock connection from the database side.
+    let key = u64::from_be_bytes(lock_key(&oracle).to_be_bytes());
+    sqlx::any::install_default_drivers();
+    let mut admin = sqlx::AnyConnection::connect(&url).await.unwrap();
+    let cut = sqlx::query(
+        "SELECT pg_terminate_backend(pid) AS done FROM pg_locks
+         WHERE locktype = 'advisory' AND granted AND classid::bigint = $1 AND objid::bigint = $2",
+    )
+    .bind(i64::try_from(key >> 32).unwrap())
+    .bind(i64::try_from(key & 0xffff_ffff).unwrap())
+    .fetch_all(&mut admin)
+    .await
+    .unwrap();
+    assert_eq!(cut.len(), 1, "exactly one holder of the oracle's lock");
+    let cut_at = Instant::now();
+    let seen = sample(6).await;
+    eprintln!("cluster: leaders after the cut, in order: {seen:?}");
+    assert!(
+        seen.contains(&(false, false)),
+        "the old leader stopped before anyone led again: {seen:?}"
+    );
+    let last = *seen.last().unwrap();
+    assert!(last.0 ^ last.1, "someone leads again: {seen:?}");
+    assert!(cut_at.elapsed() >= Duration::from_secs(6));
+
+    // A leader that stops hands over to the other.
+    let (leader, other) = if last.0 { (&one, &two) } else { (&two, &one) };
+    leader.stop();
+    let stopped = Instant::now();
+    while !other.is_leader() {
+        assert!(
+            stopped.elapsed() < Duration::from_secs(5),
+            "no hand-over within 5 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!(
+        "cluster: hand-over after a stop took {:?}",
+        stopped.elapsed()
+    );
+    assert!(!leader.is_leader());
+    other.stop();
 }
