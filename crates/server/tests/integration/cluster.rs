@@ -599,3 +599,94 @@ async fn a_cut_lock_connection_never_makes_two_leaders() {
     assert!(!leader.is_leader());
     other.stop();
 }
+
+/// The device registry: idempotent per device, per oracle and bot user, first registered
+/// first; a known device id that comes back with another key is refused. Webhook claims:
+/// one winner, released after a failure, forgotten once the signature expired.
+async fn shared_store_records(db: Db) {
+    use oracle_calls_proto::BotDevice;
+    let s = TestServer::start(db).await;
+    let store = s.store();
+    let oracle = &s.oracle;
+    let dev = |id: &str, key: &str| BotDevice {
+        device_id: id.to_owned(),
+        ed25519: key.to_owned(),
+    };
+    let (one, two) = (dev("DEVONE", "key-one"), dev("DEVTWO", "key-two"));
+    store
+        .register_bot_device(oracle, "@oracle:localhost", &one, 1)
+        .await
+        .unwrap();
+    store
+        .register_bot_device(oracle, "@oracle:localhost", &two, 2)
+        .await
+        .unwrap();
+    // A restart of the first server: nothing changes but its start time.
+    store
+        .register_bot_device(oracle, "@oracle:localhost", &one, 3)
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .bot_devices(oracle, "@oracle:localhost")
+            .await
+            .unwrap(),
+        [one.clone(), two.clone()]
+    );
+    let err = store
+        .register_bot_device(oracle, "@oracle:localhost", &dev("DEVONE", "other-key"), 4)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, oracle_calls_server::Error::Config(m) if m.contains("another Ed25519 key")),
+        "{err}"
+    );
+    assert_eq!(
+        store
+            .bot_devices(oracle, "@oracle:localhost")
+            .await
+            .unwrap(),
+        [one.clone(), two.clone()],
+        "the refused key is not stored"
+    );
+    assert!(
+        store
+            .bot_devices(oracle, "@otherbot:localhost")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // The server without a bot publishes the devices registered for its oracle.
+    let (st, wk) = answer(
+        reqwest::get(s.url("/.well-known/oracle-calls"))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (st, &wk["matrixDevices"]),
+        (
+            200,
+            &json!([{"deviceId": "DEVONE", "ed25519": "key-one"},
+                {"deviceId": "DEVTWO", "ed25519": "key-two"}])
+        )
+    );
+
+    let id = unique("EV_");
+    assert!(store.claim_webhook(&id, 100, 10).await.unwrap());
+    assert!(!store.claim_webhook(&id, 100, 50).await.unwrap(), "claimed");
+    store.release_webhook(&id).await.unwrap();
+    assert!(
+        store.claim_webhook(&id, 100, 60).await.unwrap(),
+        "released after a failure: the retry counts"
+    );
+    assert!(!store.claim_webhook(&id, 100, 100).await.unwrap());
+    assert!(
+        store.claim_webhook(&id, 300, 101).await.unwrap(),
+        "past its signature's life the claim is gone"
+    );
+}
+crate::support::both_backends!(
+    the_shared_store_records_devices_and_webhook_claims,
+    shared_store_records
+);
