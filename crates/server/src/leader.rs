@@ -108,9 +108,10 @@ impl Leadership {
         let _ = self.0.stop.send_replace(true);
     }
 
-    fn set(&self, leading: bool, valid_for: Duration) {
+    /// Sets the flag; the lead is good until `until`.
+    fn set(&self, leading: bool, until: Instant) {
         if let Ok(mut lease) = self.0.lease.lock() {
-            *lease = Some(Instant::now() + valid_for);
+            *lease = Some(until);
         }
         self.0.flag.send_if_modified(|f| {
             let changed = *f != leading;
@@ -213,9 +214,10 @@ impl Election {
                 return Ok(());
             }
         }
+        let asked = Instant::now();
         self.within(sqlx::query("SELECT 1 AS one").execute(&mut conn))
             .await?;
-        self.leadership.set(true, self.lease());
+        self.leadership.set(true, asked + self.lease());
         self.gauge.set(1);
         info!("this server now leads");
         loop {
@@ -227,11 +229,14 @@ impl Election {
                     return Ok(());
                 }
             }
+            // The lease runs from when the check was sent: PostgreSQL answered it no earlier,
+            // and a lock freed after that answer is taken no earlier either.
+            let asked = Instant::now();
             let checked = self
                 .within(sqlx::query("SELECT 1 AS one").execute(&mut conn))
                 .await;
             match checked {
-                Ok(_) => self.leadership.set(true, self.lease()),
+                Ok(_) => self.leadership.set(true, asked + self.lease()),
                 Err(e) => {
                     // Stop first: the lock is freed for the others only when this
                     // connection closes, just below (or when PostgreSQL drops it).
@@ -245,7 +250,7 @@ impl Election {
 
     fn step_down(&self, why: &str) {
         let was = *self.leadership.0.flag.borrow();
-        self.leadership.set(false, Duration::ZERO);
+        self.leadership.set(false, Instant::now());
         self.gauge.set(0);
         if was {
             warn!(why, "this server no longer leads");
