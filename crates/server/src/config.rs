@@ -10,8 +10,10 @@ use serde::Deserialize;
 
 use crate::{Error, Result, Secret};
 
+mod cluster;
 mod database_url;
 
+pub use cluster::ClusterConfig;
 pub use database_url::DatabaseUrl;
 
 /// Non-secret configuration. Every field has a safe default except the oracle's identity.
@@ -55,6 +57,9 @@ pub struct Config {
     /// Rate and concurrency limits against abuse.
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// Several servers of this oracle on one PostgreSQL database.
+    #[serde(default)]
+    pub cluster: ClusterConfig,
 }
 
 /// A rate: `burst` requests at once, then `per_sec` on average. `per_sec = 0` turns the limit

@@ -27,6 +27,7 @@ pub mod config;
 mod error;
 mod http;
 mod jwt;
+pub mod leader;
 mod limits;
 pub mod livekit;
 pub mod matrix;

@@ -155,14 +155,19 @@ impl Bot {
         let bot = self.clone();
         let handle = tokio::spawn(async move { bot.run().await });
         tokio::spawn(self.clone().run_mirror_loop(every));
+        tokio::spawn(self.clone().run_leader_duties());
         if let Ok(mut t) = self.0.task.lock() {
             *t = Some(handle);
         }
     }
 
-    /// Stops the sync loop.
+    /// Stops the sync loop and leaves the leader election.
     pub fn stop(&self) {
         let _ = self.0.stop.send(true);
+        // A stopped bot leaves the lead to the oracle's other servers.
+        if let Some(state) = self.0.state.get() {
+            state.leadership().stop();
+        }
     }
 
     /// The bot's Matrix user.
@@ -255,6 +260,9 @@ impl Bot {
             }
         };
         for rec in calls {
+            if !state.is_leader() {
+                break;
+            }
             let span = tracing::info_span!("call", call_id = %rec.call_id);
             let _ = tracing::Instrument::instrument(
                 async {
@@ -282,8 +290,43 @@ impl Bot {
                 () = tokio::time::sleep(every) => {},
                 _ = stop.changed() => break,
             }
+            // One server of the oracle writes the backlog: the leader.
+            if !state.is_leader() {
+                continue;
+            }
             // Changes younger than one period are still with their own writer.
             self.mirror_backlog(&state, every).await;
+        }
+    }
+
+    /// True when this server leads its oracle's servers (see [`crate::leader`]): only the
+    /// leader accepts invites and writes the backlog of status edits.
+    fn leads(&self) -> bool {
+        self.0.state.get().is_some_and(AppState::is_leader)
+    }
+
+    /// When this server takes the lead: accepts the invites that arrived while another server
+    /// led (or none did) and writes the backlog the old leader left.
+    async fn run_leader_duties(self) {
+        let mut stop = self.0.stop.subscribe();
+        let Some(state) = self.0.state.get().cloned() else {
+            return;
+        };
+        let leadership = state.leadership();
+        let mut flag = leadership.subscribe();
+        let settle = Duration::from_secs(state.config().matrix.mirror_retry_secs.max(1));
+        loop {
+            if *flag.borrow_and_update() && leadership.is_leader() {
+                for room in self.0.client.invited_rooms() {
+                    info!(room = %room.room_id(), "answering an invite left for the leader");
+                    invites::answer(&state, &self.0.client, &room).await;
+                }
+                self.mirror_backlog(&state, settle).await;
+            }
+            tokio::select! {
+                changed = flag.changed() => if changed.is_err() { break },
+                _ = stop.changed() => break,
+            }
         }
     }
 
@@ -332,7 +375,8 @@ impl Bot {
         let Some(state) = self.0.state.get() else {
             return;
         };
-        for room_id in resp.rooms.invited.keys() {
+        // Invites are the leader's (see [`crate::leader`]).
+        for room_id in resp.rooms.invited.keys().filter(|_| self.leads()) {
             if let Some(room) = self.0.client.get_room(room_id) {
                 invites::answer(state, &self.0.client, &room).await;
             }

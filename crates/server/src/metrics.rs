@@ -28,6 +28,9 @@ pub struct Metrics {
     /// Matrix invites by decision (`joined`, `declined_remote`, `declined_room_cap`,
     /// `failed`).
     pub invites: IntCounterVec,
+    /// 1 while this server leads the servers of its oracle (runs the bot's single-writer
+    /// duties), 0 otherwise.
+    pub leader: IntGauge,
 }
 
 impl Metrics {
@@ -108,6 +111,13 @@ impl Metrics {
             .register(Box::new(openid_lookups.clone()))
             .map_err(bug)?;
         registry.register(Box::new(invites.clone())).map_err(bug)?;
+        let leader = IntGauge::new(
+            "leader",
+            "1 while this server leads its oracle's servers (the bot's single-writer duties)",
+        )
+        .map_err(bug)?;
+        leader.set(1);
+        registry.register(Box::new(leader.clone())).map_err(bug)?;
         registry.register(Box::new(calls.clone())).map_err(bug)?;
         registry
             .register(Box::new(prekey_claims.clone()))
@@ -128,6 +138,7 @@ impl Metrics {
             prekey_claims,
             openid_lookups,
             invites,
+            leader,
         })
     }
 

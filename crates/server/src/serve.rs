@@ -7,7 +7,8 @@ use tokio::net::TcpListener;
 use tracing::info;
 
 use crate::config::{Config, Secrets};
-use crate::store::Store;
+use crate::leader::Leadership;
+use crate::store::{Backend, Store};
 use crate::{AppState, Error, Result, router};
 
 /// Opens the store (running migrations), starts the oracle's Matrix bot, and builds the state.
@@ -17,10 +18,32 @@ use crate::{AppState, Error, Result, router};
 pub async fn build_state(config: Config, secrets: Secrets) -> Result<AppState> {
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| Error::Config(format!("creating data_dir: {e}")))?;
-    let store = Store::connect(config.store_url(&secrets)?.dangerous_expose()).await?;
+    let url = config.store_url(&secrets)?;
+    let store = Store::connect(url.dangerous_expose()).await?;
     info!(backend = ?store.backend(), "store ready");
     let bot = crate::matrix::Bot::start(&config, &secrets).await?;
+    // The well-known lists every server's device: register this one.
+    if let Some(device) = bot.device() {
+        store
+            .register_bot_device(
+                &config.oracle.did,
+                &config.matrix.user_id,
+                device,
+                crate::now().unix_millis(),
+            )
+            .await?;
+    }
+    let (oracle, cluster) = (config.oracle.did.clone(), config.cluster.clone());
     let state = AppState::new(config, secrets, store, Some(bot.clone()))?;
+    // On PostgreSQL several servers may share the oracle: one of them leads.
+    if state.store().backend() == Backend::Postgres {
+        state.set_leadership(Leadership::elect(
+            url,
+            &oracle,
+            &cluster,
+            state.metrics().leader.clone(),
+        ));
+    }
     bot.attach(state.clone());
     Ok(state)
 }
@@ -63,6 +86,7 @@ pub async fn serve_on(
     if let Some(bot) = state.matrix() {
         bot.stop();
     }
+    state.leadership().stop();
     info!("stopped");
     Ok(())
 }

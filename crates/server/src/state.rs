@@ -32,6 +32,8 @@ struct Inner {
     audit: crate::audit::AuditLog,
     limits: crate::limits::Limits,
     redispatches: crate::calls::Redispatches,
+    /// Set once by [`crate::build_state`] on PostgreSQL; unset, the server leads alone.
+    leadership: std::sync::OnceLock<crate::leader::Leadership>,
 }
 
 impl AppState {
@@ -89,6 +91,7 @@ impl AppState {
             user_bindings,
             webhooks: tokio::sync::broadcast::channel(64).0,
             webhook_ids: crate::replay::SeenWebhooks::default(),
+            leadership: std::sync::OnceLock::new(),
         })))
     }
 
@@ -125,6 +128,24 @@ impl AppState {
     pub(crate) fn webhook_seen(&self, ev: &crate::livekit::WebhookEvent) {
         // Nobody listening is fine.
         let _ = self.0.webhooks.send(ev.clone());
+    }
+    /// Whether this server leads the servers of its oracle (see [`crate::leader`]).
+    pub fn leadership(&self) -> crate::leader::Leadership {
+        self.0
+            .leadership
+            .get()
+            .cloned()
+            .unwrap_or_else(crate::leader::Leadership::alone)
+    }
+    /// True while this server leads.
+    pub fn is_leader(&self) -> bool {
+        self.0
+            .leadership
+            .get()
+            .is_none_or(crate::leader::Leadership::is_leader)
+    }
+    pub(crate) fn set_leadership(&self, leadership: crate::leader::Leadership) {
+        let _ = self.0.leadership.set(leadership);
     }
     pub(crate) fn webhook_ids(&self) -> &crate::replay::SeenWebhooks {
         &self.0.webhook_ids

@@ -13,6 +13,7 @@ use sqlx::{AnyPool, Row, SqlSafeStr as _};
 use crate::{Error, Result};
 
 mod api_keys;
+mod cluster;
 mod cursor;
 mod prekeys;
 
@@ -507,7 +508,7 @@ fn reason_str(r: CallReason) -> String {
 }
 
 fn migrator(backend: Backend) -> Migrator {
-    let steps: [(i64, &'static str, &'static str, &'static str); 4] = [
+    let steps: [(i64, &'static str, &'static str, &'static str); 5] = [
         (
             1,
             "init",
@@ -531,6 +532,12 @@ fn migrator(backend: Backend) -> Migrator {
             "prekeys",
             include_str!("../migrations/sqlite/0004_prekeys.sql"),
             include_str!("../migrations/postgres/0004_prekeys.sql"),
+        ),
+        (
+            5,
+            "cluster",
+            include_str!("../migrations/sqlite/0005_cluster.sql"),
+            include_str!("../migrations/postgres/0005_cluster.sql"),
         ),
     ];
     Migrator::with_migrations(

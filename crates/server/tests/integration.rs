@@ -11,6 +11,8 @@
 
 #[path = "integration/api.rs"]
 mod api;
+#[path = "integration/cluster.rs"]
+mod cluster;
 #[path = "integration/cors.rs"]
 mod cors;
 #[path = "integration/freshness.rs"]

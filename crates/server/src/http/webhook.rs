@@ -4,14 +4,15 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use oracle_calls_proto::ApiErrorBody;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::livekit::WebhookEvent;
 use crate::{AppState, Result, state};
 
 /// A LiveKit webhook (signed JWT in `Authorization`, no `Bearer`). `room_finished` and the
-/// call's user leaving end the call whose room it is. Each event id is acted on once: a replay
-/// answers 200 and changes nothing.
+/// call's user leaving end the call whose room it is. Each event id is acted on once, across
+/// every server on the store: a replay (or the same event delivered to another server) answers
+/// 200 and changes nothing.
 #[utoipa::path(post, path = "/livekit/webhook", tag = "livekit",
     request_body(content = String, content_type = "application/webhook+json"),
     responses(
@@ -29,22 +30,49 @@ pub async fn receive(
         .and_then(|v| v.to_str().ok());
     let now = state::now();
     let ev = state.livekit().verify_webhook(&body, auth, now)?;
+    let now_secs = now.unix_millis() / 1000;
+    // This process's memory first (no store round trip for a replay sent here), then the
+    // store, shared by every server of the oracle: one claim wins across all of them.
     if !state
         .webhook_ids()
-        .claim(&ev.id, ev.signature_valid_until, now.unix_millis() / 1000)
+        .claim(&ev.id, ev.signature_valid_until, now_secs)
     {
-        state.metrics().call_event("webhook_replayed");
-        info!(id = %ev.id, event = %ev.event, "replayed LiveKit webhook ignored");
-        return Ok(StatusCode::OK);
+        return Ok(replayed(&state, &ev));
+    }
+    if !ev.id.is_empty() {
+        match state
+            .store()
+            .claim_webhook(&ev.id, ev.signature_valid_until, now_secs)
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => return Ok(replayed(&state, &ev)),
+            Err(e) => {
+                state.webhook_ids().release(&ev.id);
+                return Err(e);
+            }
+        }
     }
     state.metrics().call_event("webhook");
     let handled = handle(&state, &ev).await;
     if handled.is_err() {
         state.webhook_ids().release(&ev.id);
+        if !ev.id.is_empty()
+            && let Err(e) = state.store().release_webhook(&ev.id).await
+        {
+            warn!(id = %ev.id, error = %e, "could not release a failed webhook's claim");
+        }
     }
     handled?;
     state.webhook_seen(&ev);
     Ok(StatusCode::OK)
+}
+
+/// A replay, or a delivery another server claimed: counted, logged, acknowledged.
+fn replayed(state: &AppState, ev: &WebhookEvent) -> StatusCode {
+    state.metrics().call_event("webhook_replayed");
+    info!(id = %ev.id, event = %ev.event, "replayed LiveKit webhook ignored");
+    StatusCode::OK
 }
 
 async fn handle(state: &AppState, ev: &WebhookEvent) -> Result<()> {

@@ -11,7 +11,7 @@ use sha2::{Digest as _, Sha256};
 use crate::support::{Db, TestServer, answer, metric, read_file, room_name, stack_var, unique};
 
 /// Signs like livekit-server's webhook notifier does (independently of the server's code).
-fn webhook_auth(body: &[u8], secret: &str, api_key: &str) -> String {
+pub(crate) fn webhook_auth(body: &[u8], secret: &str, api_key: &str) -> String {
     let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let sha = base64::engine::general_purpose::STANDARD.encode(Sha256::digest(body));
