@@ -693,6 +693,7 @@ impl Core {
             }
             Event::MediaAdded(m) if side == Side::Subscriber => {
                 let track = self.sub.rtc.media(m.mid).map(|x| x.track_id().to_owned());
+                debug!(mid = %m.mid, ?track, "subscriber media added");
                 if let Some(t) = track.filter(|t| !t.is_empty()) {
                     self.mid_track.insert(m.mid, t);
                 }
@@ -729,9 +730,11 @@ impl Core {
             _ => return,
         };
         let Some(track_sid) = self.mid_track.get(&mid).cloned() else {
+            debug!(%mid, "media on a mid with no track");
             return;
         };
         let Some(track) = self.tracks.get_mut(&track_sid) else {
+            debug!(%mid, %track_sid, "media of a track no participant announced");
             return;
         };
         let identity = track.identity.clone();
@@ -825,6 +828,7 @@ impl Core {
     fn on_signal(&mut self, m: Resp) -> Result<(), Error> {
         match m {
             Resp::Offer(sd) => {
+                debug!(mids = ?sd.mid_to_track_id, "subscriber offer");
                 for (mid, track) in &sd.mid_to_track_id {
                     self.mid_track
                         .insert(Mid::from(mid.as_str()), track.clone());
