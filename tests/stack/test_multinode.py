@@ -108,3 +108,32 @@ def test_redis_password_is_private(env):
     for p in holders:
         assert password.decode() in p.read_text(), p
         assert stat.S_IMODE(p.stat().st_mode) == 0o600, f"{p} holds the Redis password"
+
+
+# These need no running stack: `env` on a fresh temporary state dir checks the settings.
+
+def _env_with(tmp_path, **settings):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STACK_")}
+    env.update(STACK_DIR=str(tmp_path / "state"), **settings)
+    return subprocess.run([sys.executable, str(STACK), "env"], capture_output=True, text=True,
+                          timeout=60, cwd=str(REPO), env=env)
+
+
+def test_node_count_out_of_range_is_refused(tmp_path):
+    for bad in ("0", "9", "two"):
+        r = _env_with(tmp_path, STACK_LIVEKIT_NODES=bad)
+        assert r.returncode == 1, (bad, r.stdout)
+        assert "STACK_LIVEKIT_NODES" in r.stderr, r.stderr
+
+
+def test_a_node_port_that_collides_is_refused_before_anything_starts(tmp_path):
+    # Node 2 would listen on STACK_LIVEKIT_PORT + 10, which is where Redis was asked to be.
+    r = _env_with(tmp_path, STACK_LIVEKIT_NODES="2", STACK_LIVEKIT_PORT="37880",
+                  STACK_LIVEKIT_UDP_PORT="37882", STACK_REDIS_PORT="37890")
+    assert r.returncode == 1, r.stdout
+    assert "STACK_REDIS_PORT" in r.stderr and "37890" in r.stderr, r.stderr
+    # The same settings with one node: no Redis, no node 2, nothing collides.
+    r = _env_with(tmp_path, STACK_LIVEKIT_NODES="1", STACK_LIVEKIT_PORT="37880",
+                  STACK_LIVEKIT_UDP_PORT="37882", STACK_REDIS_PORT="37890")
+    assert r.returncode == 0, r.stderr
+    assert "LIVEKIT_NODE_URLS" not in r.stdout and "REDIS" not in r.stdout
