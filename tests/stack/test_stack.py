@@ -138,7 +138,8 @@ def pids_from_status(text: str) -> dict:
 
 def test_second_up_is_a_quick_no_op(env):
     before = pids_from_status(stack("status").stdout)
-    assert set(before) == {"postgres", "synapse", "livekit"}
+    # With STACK_LIVEKIT_NODES > 1 there are also livekit-2, ... and redis.
+    assert {"postgres", "synapse", "livekit"} <= set(before), before
     t0 = time.monotonic()
     r = stack("up")
     elapsed = time.monotonic() - t0

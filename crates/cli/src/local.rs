@@ -118,6 +118,15 @@ impl Stack {
             .with_context(|| format!("`scripts/stack env` has no {k}"))
     }
 
+    /// A copy that reports `v` for setting `k`: e.g. another LiveKit node's URL as
+    /// `LIVEKIT_URL`, for a deployment whose server hands its clients that node.
+    #[must_use]
+    pub fn with_setting(&self, k: &str, v: &str) -> Self {
+        let mut s = self.clone();
+        s.vars.insert(k.to_owned(), v.to_owned());
+        s
+    }
+
     /// The content of the secret file named by setting `k`.
     ///
     /// # Errors
