@@ -794,20 +794,21 @@ impl Deployment {
     }
 }
 
-/// Says `secs` seconds of synthesized speech into `call` and answers how well the oracle's
-/// echo follows it (the envelope correlation of `analysis::compare`, 150 frames of delay at
-/// most). What the tests use to hear that a call really connected.
+/// Speaks `pcm` into `call` in real time while collecting what the oracle says, for `listen`
+/// in total: the oracle's audio heard meanwhile.
 ///
 /// # Errors
 /// When a frame from a participant did not decrypt, or the microphone task panicked.
-pub async fn echo_envelope(call: &mut oracle_calls_client::Call, secs: f64) -> anyhow::Result<f64> {
+pub async fn talk(
+    call: &mut oracle_calls_client::Call,
+    pcm: Vec<i16>,
+    listen: std::time::Duration,
+) -> anyhow::Result<Vec<i16>> {
     use oracle_calls_client::CallEvent;
-    let speech = crate::speech::synthesize(secs, 5);
     let mic = call.microphone();
-    let said = speech.clone();
-    let speaker = tokio::spawn(async move { mic.play(&said).await });
+    let speaker = tokio::spawn(async move { mic.play(&pcm).await });
     let mut heard = Vec::new();
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs_f64(secs + 2.0);
+    let deadline = tokio::time::Instant::now() + listen;
     while let Ok(Some(ev)) = tokio::time::timeout_at(deadline, call.next_event()).await {
         match ev {
             CallEvent::OracleAudio { pcm } => heard.extend(pcm),
@@ -820,5 +821,22 @@ pub async fn echo_envelope(call: &mut oracle_calls_client::Call, secs: f64) -> a
     }
     // How the microphone's playback ended does not matter here, only what was heard.
     let _ = speaker.await.context("the microphone task")?;
+    Ok(heard)
+}
+
+/// Says `secs` seconds of synthesized speech into `call` and answers how well the oracle's
+/// echo follows it (the envelope correlation of `analysis::compare`, 150 frames of delay at
+/// most). What the tests use to hear that a call really connected.
+///
+/// # Errors
+/// As [`talk`].
+pub async fn echo_envelope(call: &mut oracle_calls_client::Call, secs: f64) -> anyhow::Result<f64> {
+    let speech = crate::speech::synthesize(secs, 5);
+    let heard = talk(
+        call,
+        speech.clone(),
+        std::time::Duration::from_secs_f64(secs + 2.0),
+    )
+    .await?;
     Ok(crate::analysis::compare(&speech, &heard, 150).envelope)
 }

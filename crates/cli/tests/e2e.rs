@@ -37,24 +37,9 @@ fn init_logs() {
 }
 
 /// Speaks `pcm` into the call in real time while collecting what the oracle says, for
-/// `listen` in total. Returns the oracle's audio.
+/// `listen` in total (a frame that does not decrypt fails the test).
 async fn talk(call: &mut Call, pcm: Vec<i16>, listen: Duration) -> Vec<i16> {
-    let mic = call.microphone();
-    let speaker = tokio::spawn(async move { mic.play(&pcm).await });
-    let mut heard = Vec::new();
-    let deadline = tokio::time::Instant::now() + listen;
-    loop {
-        match tokio::time::timeout_at(deadline, call.next_event()).await {
-            Ok(Some(CallEvent::OracleAudio { pcm })) => heard.extend(pcm),
-            Ok(Some(CallEvent::DecryptionFailed { identity, failures })) => {
-                panic!("oracle audio from {identity} failed to decrypt ({failures})")
-            }
-            Ok(Some(_)) => {}
-            Ok(None) | Err(_) => break,
-        }
-    }
-    let _ = speaker.await.unwrap();
-    heard
+    oracle_calls::local::talk(call, pcm, listen).await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -68,24 +68,10 @@ fn exe() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_oracle-calls"))
 }
 
-/// Speaks `pcm` while listening for `listen`; the oracle's audio heard meanwhile.
+/// Speaks `pcm` into the call in real time while collecting what the oracle says, for
+/// `listen` in total (a frame that does not decrypt fails the test).
 async fn talk(call: &mut Call, pcm: Vec<i16>, listen: Duration) -> Vec<i16> {
-    let mic = call.microphone();
-    let speaker = tokio::spawn(async move { mic.play(&pcm).await });
-    let mut heard = Vec::new();
-    let deadline = tokio::time::Instant::now() + listen;
-    loop {
-        match tokio::time::timeout_at(deadline, call.next_event()).await {
-            Ok(Some(CallEvent::OracleAudio { pcm })) => heard.extend(pcm),
-            Ok(Some(CallEvent::DecryptionFailed { identity, failures })) => {
-                panic!("oracle audio from {identity} failed to decrypt ({failures})")
-            }
-            Ok(Some(_)) => {}
-            Ok(None) | Err(_) => break,
-        }
-    }
-    let _ = speaker.await.unwrap();
-    heard
+    oracle_calls::local::talk(call, pcm, listen).await.unwrap()
 }
 
 fn metric(dep: &Deployment, name: &str) -> f64 {
