@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use oracle_calls_proto::{
-    ApiErrorBody, CallId, ErrorCode, KeyResponse, PrekeyStock, PublishPrekeysRequest, SignedPrekey,
-    UpdateRequest, WellKnown,
+    AgentJob, ApiErrorBody, CallId, DeclineJobRequest, ErrorCode, KeyResponse, NextJobRequest,
+    PrekeyStock, PublishPrekeysRequest, SignedPrekey, UpdateRequest, WellKnown,
 };
 use tracing::{debug, warn};
 use zeroize::Zeroizing;
@@ -164,6 +164,63 @@ impl ServerApi {
     }
 }
 
+/// How long one `POST /agent/jobs/next` asks to wait (the server may cap it lower).
+pub(crate) const JOB_WAIT: Duration = Duration::from_secs(15);
+
+impl ServerApi {
+    /// `POST /agent/jobs/next`: waits up to [`JOB_WAIT`] for a call the server hands this
+    /// agent directly (docs/PROTOCOL.md §6.8); `None` when none came. Not retried here: the
+    /// caller asks again.
+    ///
+    /// # Errors
+    /// [`ApiError`]; a 404 means the server does not hand calls out directly.
+    pub async fn next_job(&self) -> Result<Option<AgentJob>, ApiError> {
+        let wait_ms = u64::try_from(JOB_WAIT.as_millis()).unwrap_or(u64::MAX);
+        let resp = self
+            .http
+            .post(format!("{}/agent/jobs/next", self.base))
+            .bearer_auth(self.api_key.as_str())
+            .timeout(JOB_WAIT + Duration::from_secs(10))
+            .json(&NextJobRequest {
+                wait_ms: Some(wait_ms),
+            })
+            .send()
+            .await
+            .map_err(|e| ApiError::Unreachable(e.to_string()))?;
+        if resp.status() == reqwest::StatusCode::NO_CONTENT {
+            return Ok(None);
+        }
+        answer(resp).await.map(Some)
+    }
+
+    /// `POST /agent/jobs/{jobId}/decline`: LiveKit then dispatches the call to the pool.
+    /// Retried like [`ServerApi::key`].
+    ///
+    /// # Errors
+    /// [`ApiError`].
+    pub async fn decline_job(&self, job_id: &str, reason: &str) -> Result<(), ApiError> {
+        let url = format!("{}/agent/jobs/{job_id}/decline", self.base);
+        let body = DeclineJobRequest {
+            reason: reason.to_owned(),
+        };
+        retry("decline", || async {
+            let resp = self
+                .http
+                .post(&url)
+                .bearer_auth(self.api_key.as_str())
+                .json(&body)
+                .send()
+                .await
+                .map_err(|e| ApiError::Unreachable(e.to_string()))?;
+            if resp.status() == reqwest::StatusCode::NO_CONTENT {
+                return Ok(());
+            }
+            answer::<serde_json::Value>(resp).await.map(drop)
+        })
+        .await
+    }
+}
+
 async fn retry<T, F, Fut>(what: &str, mut f: F) -> Result<T, ApiError>
 where
     F: FnMut() -> Fut,
@@ -190,6 +247,10 @@ async fn json<T: serde::de::DeserializeOwned>(req: reqwest::RequestBuilder) -> R
         .send()
         .await
         .map_err(|e| ApiError::Unreachable(e.to_string()))?;
+    answer(resp).await
+}
+
+async fn answer<T: serde::de::DeserializeOwned>(resp: reqwest::Response) -> Result<T, ApiError> {
     let status = resp.status().as_u16();
     let body = resp
         .bytes()

@@ -140,6 +140,11 @@ pub struct FileConfig {
     /// (`oracle-calls bench opus`).
     #[serde(default)]
     pub opus_complexity: Option<u8>,
+    /// Wait at the server for calls it hands out directly (`POST /agent/jobs/next`, default
+    /// on): a call then reaches this agent without LiveKit's dispatch and its node-choosing
+    /// wait. LiveKit's dispatch is served either way.
+    #[serde(default = "default_direct_dispatch")]
+    pub direct_dispatch: bool,
     /// LiveKit settings.
     pub livekit: LiveKitSection,
     /// Prekeys (forward secrecy). Required when the server publishes a `prekeySigningKey`.
@@ -220,6 +225,10 @@ pub struct LiveKitSection {
     pub url: Option<String>,
 }
 
+fn default_direct_dispatch() -> bool {
+    true
+}
+
 fn default_max_calls() -> usize {
     16
 }
@@ -272,6 +281,8 @@ pub struct AgentConfig {
     pub opus_complexity: Option<u8>,
     /// See [`FileConfig::prekeys`].
     pub prekeys: Option<PrekeyConfig>,
+    /// See [`FileConfig::direct_dispatch`].
+    pub direct_dispatch: bool,
 }
 
 /// Reads secret `name` from `env(name)` or from the file named by `env(name + "_FILE")`.
@@ -367,6 +378,7 @@ impl AgentConfig {
             accept_legacy_envelopes: file.accept_legacy_envelopes,
             opus_complexity: file.opus_complexity.map(|c| c.min(10)),
             prekeys,
+            direct_dispatch: file.direct_dispatch,
         })
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt as _, StreamExt as _};
 use livekit_protocol as lk;
-use oracle_calls_proto::{CallId, KeyResponse};
+use oracle_calls_proto::{AgentJob, CallId, KeyResponse};
 use prost::Message as _;
 use tokio::sync::{Mutex, broadcast, mpsc, watch};
 use tokio::task::JoinHandle;
@@ -141,7 +141,20 @@ impl<O: Oracle> Agent<O> {
                 keep_stocked(shared.clone(), shutdown_rx.clone()).instrument(span.clone()),
             );
         }
-        let task = tokio::spawn(Worker::new(shared, shutdown_rx).run(ws).instrument(span));
+        let direct = if shared.cfg.direct_dispatch {
+            let (tx, rx) = mpsc::channel(64);
+            tokio::spawn(
+                poll_jobs(shared.clone(), tx, shutdown_rx.clone()).instrument(span.clone()),
+            );
+            Some(rx)
+        } else {
+            None
+        };
+        let task = tokio::spawn(
+            Worker::new(shared, shutdown_rx, direct)
+                .run(ws)
+                .instrument(span),
+        );
         Ok(AgentHandle {
             worker_id,
             stats,
@@ -307,6 +320,10 @@ struct Worker<O> {
     done_rx: mpsc::Receiver<String>,
     checked_tx: mpsc::Sender<KeyCheck>,
     checked_rx: mpsc::Receiver<KeyCheck>,
+    /// Calls the server hands this agent directly ([`poll_jobs`]); `None` when off.
+    direct_rx: Option<mpsc::Receiver<AgentJob>>,
+    /// Handed-off calls whose key is being looked at.
+    direct: HashMap<String, AgentJob>,
 }
 
 /// What the look at an offered call's envelope found.
@@ -319,7 +336,11 @@ struct KeyCheck {
 }
 
 impl<O: Oracle> Worker<O> {
-    fn new(shared: Arc<Shared<O>>, shutdown: watch::Receiver<bool>) -> Self {
+    fn new(
+        shared: Arc<Shared<O>>,
+        shutdown: watch::Receiver<bool>,
+        direct_rx: Option<mpsc::Receiver<AgentJob>>,
+    ) -> Self {
         let (out_tx, out_rx) = mpsc::channel(256);
         let (done_tx, done_rx) = mpsc::channel(256);
         let (checked_tx, checked_rx) = mpsc::channel(256);
@@ -335,6 +356,8 @@ impl<O: Oracle> Worker<O> {
             done_rx,
             checked_tx,
             checked_rx,
+            direct_rx,
+            direct: HashMap::new(),
         }
     }
 
@@ -362,17 +385,26 @@ impl<O: Oracle> Worker<O> {
                     }
                 },
                 Some(m) = self.out_rx.recv() => {
+                    // LiveKit knows nothing of the jobs the server handed us directly.
+                    if is_direct_update(&m) { continue; }
                     if let Err(e) = ws.send(Message::Binary(m.encode_to_vec().into())).await {
                         warn!(error = %e, "could not send a job update");
                     }
                 }
                 Some(c) = self.checked_rx.recv() => {
-                    if let Some(reply) = self.on_key_check(c)
+                    if let Some(job) = self.direct.remove(&c.job_id) {
+                        self.on_direct_checked(job, c);
+                        let _ = send(&mut ws, self.status()).await;
+                    } else if let Some(reply) = self.on_key_check(c)
                         && let Err(e) = send(&mut ws, reply).await
                     {
                         warn!(error = %e, "could not answer LiveKit");
                     }
                 }
+                j = recv_opt(&mut self.direct_rx) => match j {
+                    Some(job) => self.on_direct(job),
+                    None => self.direct_rx = None,
+                },
                 Some(id) = self.done_rx.recv() => {
                     self.jobs.remove(&id);
                     self.shared.stats.calls_active.store(self.jobs.len() as u64, Ordering::Relaxed);
@@ -564,6 +596,88 @@ impl<O: Oracle> Worker<O> {
                 None
             }
         };
+        let url = a.url.unwrap_or_else(|| self.shared.cfg.livekit_url.clone());
+        self.start_job(job, a.token, url, key);
+    }
+
+    /// A call the server handed us: declined at once without capacity, else its envelope is
+    /// looked at first, as for LiveKit's offers ([`Self::on_direct_checked`] goes on).
+    fn on_direct(&mut self, job: AgentJob) {
+        let stats = &self.shared.stats;
+        stats.jobs_offered.fetch_add(1, Ordering::Relaxed);
+        let busy = self.jobs.len() + self.promised.len();
+        if self.draining || busy >= self.shared.cfg.max_calls {
+            info!(job = %job.job_id, busy, draining = self.draining, "declining a handed-off call: no capacity");
+            stats.jobs_declined.fetch_add(1, Ordering::Relaxed);
+            self.decline_direct(job.job_id, "no capacity");
+            return;
+        }
+        self.promised.insert(job.job_id.clone(), None);
+        let check = key_check(
+            self.shared.clone(),
+            job.job_id.clone(),
+            Some(job.call_id.clone()),
+        );
+        self.direct.insert(job.job_id.clone(), job);
+        let tx = self.checked_tx.clone();
+        tokio::spawn(
+            async move {
+                let _ = tx.send(check.await).await;
+            }
+            .instrument(tracing::Span::current()),
+        );
+    }
+
+    /// Starts a handed-off call once its envelope was looked at, or declines it when its key
+    /// is sealed to a key this agent does not hold (LiveKit then offers it to the pool).
+    fn on_direct_checked(&mut self, job: AgentJob, c: KeyCheck) {
+        self.promised.remove(&job.job_id);
+        let stats = &self.shared.stats;
+        if let Some(why) = c.not_held {
+            stats.jobs_declined.fetch_add(1, Ordering::Relaxed);
+            stats.keys_not_held.fetch_add(1, Ordering::Relaxed);
+            warn!(job = %job.job_id, reason = %why, "declining a handed-off call: its key is for another agent of the pool");
+            self.decline_direct(
+                job.job_id,
+                "the call's key is sealed to a key this agent does not hold",
+            );
+            return;
+        }
+        if self.draining {
+            self.decline_direct(job.job_id, "draining");
+            return;
+        }
+        stats.jobs_accepted.fetch_add(1, Ordering::Relaxed);
+        info!(job = %job.job_id, call_id = %job.call_id, "took a call the server handed over");
+        let lk_job = lk::Job {
+            id: job.job_id.clone(),
+            room: Some(lk::Room {
+                name: job.room.as_str().to_owned(),
+                ..Default::default()
+            }),
+            metadata: job.call_id.as_str().to_owned(),
+            agent_name: self.shared.cfg.agent_name.clone(),
+            ..Default::default()
+        };
+        // The agent's own LiveKit URL: it may reach LiveKit by another address than users.
+        let url = self.shared.cfg.livekit_url.clone();
+        self.start_job(lk_job, job.token, url, c.key);
+    }
+
+    fn decline_direct(&self, job_id: String, reason: &'static str) {
+        let server = self.shared.cfg.server.clone();
+        tokio::spawn(
+            async move {
+                if let Err(e) = server.decline_job(&job_id, reason).await {
+                    warn!(job = %job_id, error = %e, "could not decline a handed-off call; the server's fallback dispatches it");
+                }
+            }
+            .instrument(tracing::Span::current()),
+        );
+    }
+
+    fn start_job(&mut self, job: lk::Job, token: String, url: String, key: Option<KeyResponse>) {
+        let id = job.id.clone();
         let (stop_tx, stop_rx) = watch::channel(None);
         self.jobs.insert(id.clone(), stop_tx);
         self.shared
@@ -571,8 +685,8 @@ impl<O: Oracle> Worker<O> {
             .calls_active
             .store(self.jobs.len() as u64, Ordering::Relaxed);
         let assignment = Assignment {
-            url: a.url.unwrap_or_else(|| self.shared.cfg.livekit_url.clone()),
-            token: a.token,
+            url,
+            token,
             job,
             key,
         };
@@ -662,6 +776,75 @@ async fn key_check<O: Oracle>(
         Err(_) => debug!(job = %check.job_id, "key check: no answer in time; the job will retry"),
     }
     check
+}
+
+/// Waits at the server for calls it hands this agent directly (docs/PROTOCOL.md §6.8) while
+/// this process has room for one more, until shutdown. Stops for good when the server does
+/// not offer it (404) or refuses this key (401/403): LiveKit's dispatch still serves.
+async fn poll_jobs<O: Oracle>(
+    shared: Arc<Shared<O>>,
+    tx: mpsc::Sender<AgentJob>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        let active = usize::try_from(shared.stats.calls_active.load(Ordering::Relaxed))
+            .unwrap_or(usize::MAX);
+        let pause = if active >= shared.cfg.max_calls {
+            Some(Duration::from_millis(200))
+        } else {
+            let next = tokio::select! {
+                r = shared.cfg.server.next_job() => r,
+                _ = shutdown.changed() => return,
+            };
+            match next {
+                Ok(Some(job)) => {
+                    backoff = Duration::from_secs(1);
+                    if tx.send(job).await.is_err() {
+                        return;
+                    }
+                    None
+                }
+                Ok(None) => {
+                    backoff = Duration::from_secs(1);
+                    None
+                }
+                Err(crate::api::ApiError::Status {
+                    status, message, ..
+                }) if matches!(status, 401 | 403 | 404) => {
+                    warn!(status, %message, "the server does not hand calls to this agent directly; LiveKit's dispatch only");
+                    return;
+                }
+                Err(e) => {
+                    warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "waiting for a call at the server failed");
+                    let b = backoff;
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                    Some(b)
+                }
+            }
+        };
+        if let Some(p) = pause {
+            tokio::select! {
+                () = tokio::time::sleep(p) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
+
+/// A job update about a call the server handed over (its id starts `DJ_`).
+fn is_direct_update(m: &lk::WorkerMessage) -> bool {
+    matches!(&m.message, Some(lk::worker_message::Message::UpdateJob(u)) if u.job_id.starts_with("DJ_"))
+}
+
+async fn recv_opt<T>(rx: &mut Option<mpsc::Receiver<T>>) -> Option<T> {
+    match rx {
+        Some(r) => r.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn sleep_opt(deadline: Option<tokio::time::Instant>) {

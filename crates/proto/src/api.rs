@@ -535,3 +535,46 @@ mod tests {
         }
     }
 }
+
+/// `POST /agent/jobs/next` body: how long the agent waits for a call (direct dispatch,
+/// docs/PROTOCOL.md §6.8). The server caps it below its request deadline.
+#[derive(Clone, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct NextJobRequest {
+    /// Longest wait in milliseconds; absent: the server's longest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_ms: Option<u64>,
+}
+
+/// `POST /agent/jobs/next` answer: a call handed to this agent directly, with the LiveKit
+/// token it joins the call's room with. It carries no key: the agent fetches the wrapped key
+/// from `GET /calls/{callId}/key` as for a job LiveKit dispatched.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct AgentJob {
+    /// The job's id (`DJ_` and 24 hex digits); the agent joins as `agent-<jobId>`.
+    pub job_id: String,
+    /// The call.
+    pub call_id: CallId,
+    /// The call's LiveKit room (the room name in the call id).
+    pub room: RoomName,
+    /// The LiveKit signaling URL the server hands out.
+    pub livekit_url: String,
+    /// A join token for `room` as `agent-<jobId>`, of participant kind agent.
+    pub token: String,
+    /// When the token stops being accepted for a first join.
+    pub token_expires_at: Timestamp,
+}
+
+/// `POST /agent/jobs/{jobId}/decline` body: why the agent will not serve the call (the server
+/// hands it to LiveKit's dispatch at once).
+#[derive(Clone, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct DeclineJobRequest {
+    /// A short reason, logged by the server (at most 200 characters are kept).
+    #[serde(default)]
+    pub reason: String,
+}

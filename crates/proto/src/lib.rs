@@ -35,9 +35,10 @@ mod text;
 mod timestamp;
 
 pub use api::{
-    ApiError, ApiErrorBody, BotDevice, CallReason, CallSummary, ErrorCode, KeyResponse,
-    ListCallsQuery, ListCallsResponse, OracleKeyInfo, PrekeyStock, PublishPrekeysRequest,
-    SignedPrekey, SyncRequest, SyncResponse, UpdateRequest, WellKnown,
+    AgentJob, ApiError, ApiErrorBody, BotDevice, CallReason, CallSummary, DeclineJobRequest,
+    ErrorCode, KeyResponse, ListCallsQuery, ListCallsResponse, NextJobRequest, OracleKeyInfo,
+    PrekeyStock, PublishPrekeysRequest, SignedPrekey, SyncRequest, SyncResponse, UpdateRequest,
+    WellKnown,
 };
 pub use call_id::{CallId, EventId, RoomName};
 pub use did::Did;

@@ -297,6 +297,15 @@ pub struct LiveKitConfig {
     /// room while the user is still there (a crashed or killed agent process); 0: never.
     #[serde(default = "default_max_redispatches")]
     pub max_redispatches: u32,
+    /// Hand a new call to an agent waiting at `POST /agent/jobs/next` on this server when one
+    /// is (direct dispatch, docs/PROTOCOL.md §6.8), instead of LiveKit's dispatch; LiveKit's
+    /// stays the path when none waits, when the agent declines, and as the fallback.
+    #[serde(default = "default_true")]
+    pub direct_dispatch: bool,
+    /// How long after a direct hand-off the server waits for an agent participant in the room
+    /// before it asks LiveKit to dispatch one, in milliseconds.
+    #[serde(default = "default_direct_fallback_ms")]
+    pub direct_dispatch_fallback_ms: u64,
 }
 
 /// Checks of the call event at sync.
@@ -364,6 +373,14 @@ fn default_token_ttl() -> u64 {
 fn default_empty_timeout() -> u32 {
     120
 }
+fn default_true() -> bool {
+    true
+}
+
+fn default_direct_fallback_ms() -> u64 {
+    3000
+}
+
 fn default_max_redispatches() -> u32 {
     3
 }

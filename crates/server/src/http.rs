@@ -13,6 +13,7 @@ use tower_http::trace::TraceLayer;
 
 use crate::AppState;
 
+mod agents;
 mod calls;
 mod extract;
 mod meta;
@@ -42,6 +43,8 @@ pub fn router(state: AppState) -> Router {
                 .layer(DefaultBodyLimit::max(prekeys::PUBLISH_BODY_LIMIT)),
         )
         .route("/prekeys/claim", post(prekeys::claim))
+        .route("/agent/jobs/next", post(agents::next))
+        .route("/agent/jobs/{job_id}/decline", post(agents::decline))
         .route(
             "/livekit/webhook",
             post(webhook::receive).layer(DefaultBodyLimit::max(WEBHOOK_BODY_LIMIT)),

@@ -24,6 +24,7 @@ mod auth;
 mod cache;
 mod calls;
 pub mod config;
+pub mod direct;
 mod error;
 mod http;
 mod jwt;

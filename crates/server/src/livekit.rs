@@ -133,7 +133,44 @@ impl LiveKit {
         Ok((jwt::sign(&claims, &self.secret), expires))
     }
 
-    /// `RoomService.CreateRoom` with a dispatch of `agent_name` whose metadata is `metadata`
+    /// A join token for an agent the server hands a call to itself: `identity` in `room`, of
+    /// participant kind agent (the `kind` claim and the `agent` grant), so LiveKit and the
+    /// webhooks tell it from the user as they do for a dispatched agent.
+    ///
+    /// # Errors
+    /// [`Error::Internal`] when the expiry is out of range.
+    pub fn agent_token(
+        &self,
+        room: &RoomName,
+        identity: &str,
+        now: Timestamp,
+    ) -> Result<(String, Timestamp)> {
+        let now_s = now.unix_millis() / 1000;
+        let ttl = i64::try_from(self.config.token_ttl_secs).unwrap_or(600);
+        let exp = now_s + ttl;
+        let claims = json!({
+            "iss": self.config.api_key,
+            "sub": identity,
+            "name": "oracle",
+            "kind": "agent",
+            "nbf": now_s,
+            "iat": now_s,
+            "exp": exp,
+            "video": {
+                "roomJoin": true,
+                "room": room.as_str(),
+                "canPublish": true,
+                "canSubscribe": true,
+                "canPublishData": true,
+                "agent": true,
+            },
+        });
+        let expires = Timestamp::from_unix_millis(exp * 1000)
+            .map_err(|_| Error::Internal("token expiry out of range".into()))?;
+        Ok((jwt::sign(&claims, &self.secret), expires))
+    }
+
+    /// `RoomService.CreateRoom`, with a dispatch of `agent_name` (when given) whose metadata is `metadata`
     /// (the call id: the agent's job carries it); the room's own metadata is `metadata` too, so
     /// the server can tell its call's room from another room of that name.
     ///
@@ -147,23 +184,27 @@ impl LiveKit {
     pub async fn create_room(
         &self,
         room: &RoomName,
-        agent_name: &str,
+        agent_name: Option<&str>,
         metadata: &str,
     ) -> Result<()> {
-        let body = json!({
+        let mut body = json!({
             "name": room.as_str(),
             "emptyTimeout": self.config.empty_timeout_secs,
             "metadata": metadata,
-            "agents": [{"agentName": agent_name, "metadata": metadata}],
         });
+        if let Some(agent_name) = agent_name {
+            body["agents"] = json!([{"agentName": agent_name, "metadata": metadata}]);
+        }
         self.twirp("CreateRoom", json!({"roomCreate": true}), &body)
             .await?;
         Ok(())
     }
 
-    /// The room of this call, created (with the agent dispatched) when it does not exist yet.
-    /// A room of that name made for anything else (another call, another server or app on the
-    /// same LiveKit) is left alone.
+    /// The room of this call, created when it does not exist yet: with `agent_name`
+    /// dispatched by LiveKit, or with no dispatch when `agent_name` is `None` (the server hands
+    /// the call to an agent itself). A room of that name made for anything else (another call,
+    /// another server or app on the same LiveKit) is left alone. True when the room was made
+    /// now.
     ///
     /// # Errors
     /// [`Error::Conflict`] when a room of that name exists and is not this call's;
@@ -171,15 +212,18 @@ impl LiveKit {
     pub async fn open_call_room(
         &self,
         room: &RoomName,
-        agent_name: &str,
+        agent_name: Option<&str>,
         call_id: &str,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         match self.room(room).await? {
-            Some(live) if live.metadata == call_id => Ok(()),
+            Some(live) if live.metadata == call_id => Ok(false),
             Some(_) => Err(Error::Conflict(
                 "roomId names a LiveKit room that belongs to something else".into(),
             )),
-            None => self.create_room(room, agent_name, call_id).await,
+            None => self
+                .create_room(room, agent_name, call_id)
+                .await
+                .map(|()| true),
         }
     }
 
@@ -270,6 +314,38 @@ impl LiveKit {
         )
         .await
         .map(drop)
+    }
+
+    /// `AgentDispatchService.ListDispatch`: the agent names dispatched into `room` (none when
+    /// the room is gone).
+    ///
+    /// # Errors
+    /// [`Error::LiveKitUnavailable`] / [`Error::LiveKitBadAnswer`].
+    pub async fn dispatches(&self, room: &RoomName) -> Result<Vec<String>> {
+        let v = match self
+            .twirp_to(
+                "livekit.AgentDispatchService",
+                "ListDispatch",
+                json!({"roomAdmin": true, "room": room.as_str()}),
+                &json!({"room": room.as_str()}),
+            )
+            .await
+        {
+            Err(Error::LiveKitBadAnswer(m)) if m.contains("not_found") => return Ok(Vec::new()),
+            other => other?,
+        };
+        // Twirp's JSON may name fields as in the .proto file or in lowerCamelCase.
+        let field =
+            |v: &Value, proto: &str, camel: &str| v.get(proto).or_else(|| v.get(camel)).cloned();
+        Ok(field(&v, "agent_dispatches", "agentDispatches")
+            .as_ref()
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|d| {
+                field(d, "agent_name", "agentName").and_then(|n| n.as_str().map(str::to_owned))
+            })
+            .collect())
     }
 
     /// `RoomService.DeleteRoom`. A room that is already gone is not an error.
@@ -417,6 +493,8 @@ mod tests {
             empty_timeout_secs: 10,
             request_timeout_secs: 1,
             max_redispatches: 3,
+            direct_dispatch: true,
+            direct_dispatch_fallback_ms: 3000,
         };
         LiveKit::new(config, Secret::new("secret")).unwrap()
     }

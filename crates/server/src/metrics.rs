@@ -31,6 +31,8 @@ pub struct Metrics {
     /// 1 while this server leads the servers of its oracle (runs the bot's single-writer
     /// duties), 0 otherwise.
     pub leader: IntGauge,
+    /// How calls got their agent, by path (`direct`, `livekit`, `declined`, `fallback`).
+    pub dispatches: IntCounterVec,
 }
 
 impl Metrics {
@@ -118,6 +120,19 @@ impl Metrics {
         .map_err(bug)?;
         leader.set(1);
         registry.register(Box::new(leader.clone())).map_err(bug)?;
+        let dispatches = IntCounterVec::new(
+            Opts::new(
+                "agent_dispatches_total",
+                "how activated calls got their agent: direct (handed to an agent waiting at this \
+                 server), livekit (LiveKit's dispatch), declined (LiveKit's after the agent \
+                 declined a hand-off), fallback (LiveKit's after no agent joined in time)",
+            ),
+            &["path"],
+        )
+        .map_err(bug)?;
+        registry
+            .register(Box::new(dispatches.clone()))
+            .map_err(bug)?;
         registry.register(Box::new(calls.clone())).map_err(bug)?;
         registry
             .register(Box::new(prekey_claims.clone()))
@@ -139,12 +154,18 @@ impl Metrics {
             openid_lookups,
             invites,
             leader,
+            dispatches,
         })
     }
 
     /// Counts one call event.
     pub fn call_event(&self, event: &str) {
         self.calls.with_label_values(&[event]).inc();
+    }
+
+    /// Counts how one call got its agent (a fixed label set: see [`Metrics::dispatches`]).
+    pub fn dispatch(&self, path: &'static str) {
+        self.dispatches.with_label_values(&[path]).inc();
     }
 
     /// Counts one Matrix write attempt's outcome.

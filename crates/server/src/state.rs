@@ -32,6 +32,7 @@ struct Inner {
     audit: crate::audit::AuditLog,
     limits: crate::limits::Limits,
     redispatches: crate::calls::Redispatches,
+    direct: crate::direct::DirectDispatch,
     /// Set once by [`crate::build_state`] on PostgreSQL; unset, the server leads alone.
     leadership: std::sync::OnceLock<crate::leader::Leadership>,
 }
@@ -87,6 +88,7 @@ impl AppState {
             metrics,
             limits,
             redispatches: crate::calls::Redispatches::default(),
+            direct: crate::direct::DirectDispatch::default(),
             matrix,
             user_bindings,
             webhooks: tokio::sync::broadcast::channel(64).0,
@@ -161,6 +163,11 @@ impl AppState {
     }
     pub(crate) fn redispatches(&self) -> &crate::calls::Redispatches {
         &self.0.redispatches
+    }
+
+    /// The agents waiting here for a call, and the calls handed to them.
+    pub fn direct(&self) -> &crate::direct::DirectDispatch {
+        &self.0.direct
     }
     pub(crate) fn limits(&self) -> &crate::limits::Limits {
         &self.0.limits

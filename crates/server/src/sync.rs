@@ -1,5 +1,6 @@
 //! `POST /calls/{callId}/sync`: validate the call event as the oracle's bot device, store it,
-//! create the LiveKit room with the agent dispatched, mark the call active in Matrix, and hand
+//! create the LiveKit room and get the agent into it (handed to a waiting agent, or LiveKit's
+//! dispatch: [`crate::direct`]), mark the call active in Matrix, and hand
 //! the user a join token. A repeated sync by the same user answers the same and writes nothing
 //! twice.
 
@@ -199,14 +200,7 @@ async fn activate(
         ));
     }
     let room = rec.call_id.room_name().clone();
-    state
-        .livekit()
-        .open_call_room(
-            &room,
-            &state.config().oracle.agent_name,
-            rec.call_id.as_str(),
-        )
-        .await?;
+    crate::direct::open_room_with_agent(state, &rec.call_id).await?;
     let rec = crate::calls::transition(state, rec, CallStatus::Active, None).await?;
     let (token, token_expires_at) = state.livekit().join_token(&room, user, state::now())?;
     Ok(SyncResponse {

@@ -15,6 +15,8 @@ mod api;
 mod cluster;
 #[path = "integration/cors.rs"]
 mod cors;
+#[path = "integration/direct.rs"]
+mod direct;
 #[path = "integration/freshness.rs"]
 mod freshness;
 #[path = "integration/hygiene.rs"]

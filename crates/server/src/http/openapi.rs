@@ -1,9 +1,10 @@
 //! The OpenAPI document, generated from the handlers and the proto types.
 
 use oracle_calls_proto::{
-    ApiError, ApiErrorBody, BotDevice, CallReason, CallStatus, CallSummary, CallType, ErrorCode,
-    KeyResponse, KeyScheme, ListCallsResponse, OracleKeyInfo, PrekeyStock, PublishPrekeysRequest,
-    SignedPrekey, SyncRequest, SyncResponse, UpdateRequest, WellKnown,
+    AgentJob, ApiError, ApiErrorBody, BotDevice, CallReason, CallStatus, CallSummary, CallType,
+    DeclineJobRequest, ErrorCode, KeyResponse, KeyScheme, ListCallsResponse, NextJobRequest,
+    OracleKeyInfo, PrekeyStock, PublishPrekeysRequest, SignedPrekey, SyncRequest, SyncResponse,
+    UpdateRequest, WellKnown,
 };
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
@@ -15,6 +16,7 @@ use utoipa::{Modify, OpenApi};
     paths(
         super::calls::sync, super::calls::key, super::calls::update, super::calls::list,
         super::prekeys::publish, super::prekeys::stock, super::prekeys::claim,
+        super::agents::next, super::agents::decline,
         super::webhook::receive,
         super::meta::well_known, super::meta::healthz, super::meta::metrics, super::meta::openapi,
     ),
@@ -22,6 +24,7 @@ use utoipa::{Modify, OpenApi};
         SyncRequest, SyncResponse, KeyResponse, UpdateRequest, CallSummary, ListCallsResponse,
         WellKnown, OracleKeyInfo, BotDevice, ApiErrorBody, ApiError, ErrorCode, CallReason, CallStatus,
         CallType, KeyScheme, SignedPrekey, PublishPrekeysRequest, PrekeyStock,
+        NextJobRequest, AgentJob, DeclineJobRequest,
     )),
     modifiers(&Security),
 )]

@@ -31,8 +31,8 @@ async fn rooms_are_created_with_dispatch_listed_and_deleted() {
     let s = TestServer::start(Db::Sqlite).await;
     let lk = s.state.livekit();
     let room = RoomName::parse(&room_name()).unwrap();
-    lk.create_room(&room, "agent-x", "").await.unwrap();
-    lk.create_room(&room, "agent-x", "")
+    lk.create_room(&room, Some("agent-x"), "").await.unwrap();
+    lk.create_room(&room, Some("agent-x"), "")
         .await
         .expect("creating twice is harmless");
     assert!(
@@ -188,7 +188,7 @@ async fn real_webhook_from_livekit_arrives_and_verifies() {
     let room = RoomName::parse(&room_name()).unwrap();
     s.state
         .livekit()
-        .create_room(&room, "agent-x", "")
+        .create_room(&room, Some("agent-x"), "")
         .await
         .unwrap();
     let got = tokio::time::timeout(Duration::from_secs(20), async {

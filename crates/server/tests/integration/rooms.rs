@@ -127,7 +127,11 @@ async fn squatting(db: Db) {
     let foreign = RoomName::parse(&room_name()).unwrap();
     s.state
         .livekit()
-        .create_room(&foreign, "someone-elses-agent", "not-a-call-of-this-server")
+        .create_room(
+            &foreign,
+            Some("someone-elses-agent"),
+            "not-a-call-of-this-server",
+        )
         .await
         .unwrap();
     let ev = mallory
@@ -157,7 +161,7 @@ async fn squatting(db: Db) {
     let other_room = m_pending.room_name().clone();
     s.state
         .livekit()
-        .create_room(&other_room, "someone-elses-agent", "not-this-call")
+        .create_room(&other_room, Some("someone-elses-agent"), "not-this-call")
         .await
         .unwrap();
     let (st, body) = update(
