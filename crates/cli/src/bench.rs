@@ -100,16 +100,19 @@ struct Side {
 }
 
 impl Side {
-    /// A deployment with forward secrecy and key transparency (`trusted`) or without them.
+    /// A deployment with forward secrecy and key transparency (`trusted`) or without them,
+    /// its agents taking calls the server hands them directly (`direct`) or only LiveKit's.
     async fn start(
         name: &'static str,
         dir: PathBuf,
         trusted: bool,
+        direct: bool,
         max_calls: usize,
     ) -> anyhow::Result<Self> {
         let mut opts = DeployOptions::new(&dir);
         opts.max_calls = max_calls;
         opts.forward_secrecy = trusted;
+        opts.direct_dispatch = direct;
         let dep = Deployment::start(Stack::running()?, opts).await?;
         let kt = if trusted {
             let exe = std::env::current_exe().context("this program's path")?;
@@ -176,18 +179,39 @@ impl Side {
     }
 }
 
+/// What `bench setup` sets beside its reference.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Compare {
+    /// Calls handed to the agent by the server (docs/PROTOCOL.md §6.8) against LiveKit's
+    /// dispatch only; neither with key transparency or prekeys.
+    Direct,
+    /// Key transparency and one-time prekeys against neither; both with LiveKit's dispatch
+    /// only (the issue-12 measurement).
+    Kt,
+}
+
 /// `bench setup`: the same returning users call two oracles on the same stack in turn — the
-/// reference without forward secrecy and key transparency, and one with both (a one-time
-/// prekey claimed and verified per call, the oracle's record verified against the directory) —
-/// so both are measured under the same load and noise.
-pub fn setup(calls: usize, concurrency: usize, dir: PathBuf) -> anyhow::Result<()> {
+/// reference (LiveKit's dispatch, no forward secrecy or key transparency) and one that differs
+/// by what `compare` names (the server handing calls to the agent directly; or a one-time
+/// prekey claimed and verified per call with the oracle's record verified against the
+/// directory) — so both are measured under the same load and noise.
+pub fn setup(
+    calls: usize,
+    concurrency: usize,
+    compare: Compare,
+    dir: PathBuf,
+) -> anyhow::Result<()> {
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
         let users = concurrency.max(1);
-        let reference =
-            Arc::new(Side::start("reference", dir.join("reference"), false, users * 2).await?);
-        let trusted =
-            Arc::new(Side::start("kt+prekeys", dir.join("trusted"), true, users * 2).await?);
+        let reference = Arc::new(
+            Side::start("reference", dir.join("reference"), false, false, users * 2).await?,
+        );
+        let (name, kt, direct, short) = match compare {
+            Compare::Direct => ("direct dispatch", false, true, "direct"),
+            Compare::Kt => ("kt+prekeys", true, false, "kt+pk"),
+        };
+        let trusted = Arc::new(Side::start(name, dir.join("other"), kt, direct, users * 2).await?);
         let mut pairs = Vec::new();
         for _ in 0..users {
             pairs.push((reference.user().await?, trusted.user().await?));
@@ -222,7 +246,12 @@ pub fn setup(calls: usize, concurrency: usize, dir: PathBuf) -> anyhow::Result<(
         );
         println!(
             "{:<30} {:>9} {:>9} {:>11} {:>11} {:>7}",
-            "phase", "ref p50", "ref p95", "kt+pk p50", "kt+pk p95", "p50 ×"
+            "phase",
+            "ref p50",
+            "ref p95",
+            format!("{short} p50"),
+            format!("{short} p95"),
+            "p50 ×"
         );
         for p in PHASES {
             let col = |all: &[Sample]| {

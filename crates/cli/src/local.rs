@@ -214,6 +214,9 @@ pub struct DeployOptions {
     /// Web pages (exact origins, `scheme://host[:port]`) the server lets call its API from a
     /// browser (the server's `[cors] allowed_origins`); none by default.
     pub cors_allowed_origins: Vec<String>,
+    /// The agents wait at the server for calls it hands them directly (docs/PROTOCOL.md
+    /// §6.8); off, every call goes through LiveKit's dispatch. On by default.
+    pub direct_dispatch: bool,
 }
 
 impl DeployOptions {
@@ -228,6 +231,7 @@ impl DeployOptions {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             forward_secrecy: true,
             cors_allowed_origins: Vec::new(),
+            direct_dispatch: true,
         }
     }
 }
@@ -295,6 +299,8 @@ struct RestartInputs {
     prekey_store: PathBuf,
     /// The server's `[cors] allowed_origins`.
     cors_allowed_origins: Vec<String>,
+    /// The agents' `direct_dispatch`.
+    direct_dispatch: bool,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -479,6 +485,7 @@ impl Deployment {
             prekey_signer,
             prekey_store: opts.dir.join(format!("prekeys-{id}")),
             cors_allowed_origins: opts.cors_allowed_origins,
+            direct_dispatch: opts.direct_dispatch,
         };
         let (server, pepper_secret) = start_server(
             &stack,
@@ -598,6 +605,7 @@ impl Deployment {
             user_join_timeout_secs: 20,
             accept_legacy_envelopes: false,
             opus_complexity: None,
+            direct_dispatch: self.restart.direct_dispatch,
             livekit: toml::from_str(&format!(
                 "api_key = \"{}\"",
                 self.stack.get("LIVEKIT_API_KEY")?

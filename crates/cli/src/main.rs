@@ -196,6 +196,10 @@ enum BenchCmd {
         /// Calls in flight at once (one user each).
         #[arg(long, default_value_t = 1)]
         concurrency: usize,
+        /// What differs from the reference (LiveKit's dispatch, no prekeys or key
+        /// transparency): `direct` (the server hands calls to the agent) or `kt`.
+        #[arg(long, value_enum, default_value_t = bench::Compare::Direct)]
+        compare: bench::Compare,
         /// Working directory.
         #[arg(long, default_value = "bench-out/setup")]
         dir: PathBuf,
@@ -340,8 +344,9 @@ fn main() -> anyhow::Result<()> {
             BenchCmd::Setup {
                 calls,
                 concurrency,
+                compare,
                 dir,
-            } => bench::setup(calls, concurrency, dir),
+            } => bench::setup(calls, concurrency, compare, dir),
             BenchCmd::Agent {
                 calls,
                 seconds,
