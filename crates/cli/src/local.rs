@@ -752,7 +752,8 @@ impl Deployment {
     /// deployment runs it: stops the in-process server (its bot and leadership with it),
     /// writes the same settings (address, database, data directory with the bot's device)
     /// into the deployment directory, passes the secrets as `_FILE` variables (0600 files), and
-    /// returns once the process answers `/healthz`. Its log is kept next to its config.
+    /// returns once the process answers `/healthz`. Its log is kept next to its config. The
+    /// caller owns the process: [`Deployment::stop`] stops only what runs in this process.
     ///
     /// # Errors
     /// When it cannot be started or does not answer within `ready_within`.
