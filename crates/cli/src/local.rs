@@ -14,7 +14,7 @@ use oracle_calls_agent::oracles::Builtin;
 use oracle_calls_agent::{Agent, AgentConfig, AgentHandle, FileConfig, PrekeysSection};
 use oracle_calls_client::{ClientConfig, Login, OracleClient};
 use oracle_calls_crypto::{KeyScheme, OracleKeyPair, PrekeySigningKey};
-use oracle_calls_proto::Did;
+use oracle_calls_proto::{Did, OracleKeyInfo};
 use oracle_calls_rtc::token::ApiCredentials;
 use oracle_calls_server::{AppState, Config, Secrets};
 use tokio::net::TcpListener;
@@ -304,12 +304,12 @@ struct RestartInputs {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn config_toml(
+fn config_toml_keys(
     stack: &Stack,
     oracle: &Did,
     agent_name: &str,
     bot: &str,
-    keys: &[&OracleKeyPair],
+    keys: &[OracleKeyInfo],
     dir: &Path,
     database_url: &str,
     listen: SocketAddr,
@@ -321,9 +321,7 @@ fn config_toml(
         .map(|k| {
             format!(
                 r#"{{ keyId = "{}", scheme = "{}", publicKey = "{}" }}"#,
-                k.key_id(),
-                k.scheme(),
-                URL_SAFE_NO_PAD.encode(k.public_key().to_raw())
+                k.key_id, k.scheme, k.public_key
             )
         })
         .collect();
@@ -371,6 +369,15 @@ per_user = {{ per_sec = 500.0, burst = 2000 }}
     ))
 }
 
+/// What the server's `[oracle] keys` lists for `k`.
+fn key_info(k: &OracleKeyPair) -> OracleKeyInfo {
+    OracleKeyInfo {
+        key_id: k.key_id().to_string(),
+        scheme: k.scheme(),
+        public_key: URL_SAFE_NO_PAD.encode(k.public_key().to_raw()),
+    }
+}
+
 /// Builds the server's state from its settings and serves it on `listen`. Returns the
 /// running server and the API-key pepper it uses.
 async fn start_server(
@@ -382,12 +389,13 @@ async fn start_server(
     listen: SocketAddr,
     r: &RestartInputs,
 ) -> anyhow::Result<(ServerHandle, oracle_calls_server::Secret)> {
-    let toml = config_toml(
+    let published: Vec<OracleKeyInfo> = published.iter().copied().map(key_info).collect();
+    let toml = config_toml_keys(
         stack,
         oracle_did,
         &r.agent_name,
         bot,
-        published,
+        &published,
         &r.server_data,
         database_url,
         listen,
@@ -746,6 +754,109 @@ impl Deployment {
             );
         }
         Ok(child)
+    }
+
+    /// Moves the server into its own `exe serve` process (an `oracle-calls` binary), as a
+    /// deployment runs it: stops the in-process server (its bot and leadership with it),
+    /// writes the same settings (address, database, data directory with the bot's device)
+    /// into the deployment directory, passes the secrets as `_FILE` variables (0600 files), and
+    /// returns once the process answers `/healthz`. Its log is kept next to its config. The
+    /// caller owns the process: [`Deployment::stop`] stops only what runs in this process.
+    ///
+    /// # Errors
+    /// When it cannot be started or does not answer within `ready_within`.
+    pub async fn spawn_server_process(
+        &mut self,
+        exe: &Path,
+        ready_within: std::time::Duration,
+    ) -> anyhow::Result<std::process::Child> {
+        let listen: SocketAddr = self
+            .server
+            .url
+            .trim_start_matches("http://")
+            .parse()
+            .context("the server's address")?;
+        let placeholder = ServerHandle {
+            url: self.server.url.clone(),
+            state: self.server.state.clone(),
+            stop: None,
+            task: None,
+        };
+        std::mem::replace(&mut self.server, placeholder)
+            .stop()
+            .await;
+        let published = self.server.state.config().oracle.keys.clone();
+        let tag = unique_hex(3);
+        let cfg = self.dir.join(format!("server-{tag}.toml"));
+        let toml = config_toml_keys(
+            &self.stack,
+            &self.oracle_did,
+            &self.restart.agent_name,
+            &self.oracle_user_id,
+            &published,
+            &self.restart.server_data,
+            &self.database_url,
+            listen,
+            self.restart
+                .prekey_signer
+                .as_ref()
+                .map(|(_, public)| public.as_str()),
+            &self.restart.cors_allowed_origins,
+        )?;
+        std::fs::write(&cfg, toml).with_context(|| format!("writing {}", cfg.display()))?;
+        let secret_file = |name: &str, value: &str| -> anyhow::Result<PathBuf> {
+            let path = self.dir.join(format!("server-{tag}-{name}"));
+            crate::keyfile::write_secret_file(&path, value.as_bytes(), false)?;
+            Ok(path)
+        };
+        let pepper = secret_file("pepper", &self.restart.pepper)?;
+        let password = secret_file("matrix-password", &self.restart.bot_password)?;
+        let log_path = self.dir.join(format!("server-{tag}.log"));
+        let log = std::fs::File::create(&log_path)
+            .with_context(|| format!("creating {}", log_path.display()))?;
+        let mut child = Command::new(exe)
+            .args(["serve", "--config"])
+            .arg(&cfg)
+            .env(
+                "ORACLE_CALLS_LIVEKIT_API_SECRET_FILE",
+                self.stack.get("LIVEKIT_API_SECRET_FILE")?,
+            )
+            .env("ORACLE_CALLS_API_KEY_PEPPER_FILE", &pepper)
+            .env("ORACLE_CALLS_MATRIX_PASSWORD_FILE", &password)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {} serve", exe.display()))?;
+        let http = reqwest::Client::new();
+        let health = format!("{}/healthz", self.server.url);
+        let deadline = tokio::time::Instant::now() + ready_within;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                bail!(
+                    "the server process exited ({status}) before answering (its log: {})",
+                    log_path.display()
+                );
+            }
+            if http
+                .get(&health)
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+            {
+                return Ok(child);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!(
+                    "the server process did not answer within {} s (its log: {})",
+                    ready_within.as_secs(),
+                    log_path.display()
+                );
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
     }
 
     /// Provisions a user `@did-ixo-<id>:server` and connects a client for it.

@@ -5,6 +5,7 @@ mod agent_cmd;
 mod apikey;
 mod bench;
 mod bench_key;
+mod bench_load;
 mod bench_opus;
 mod call_cmd;
 mod call_demo;
@@ -262,6 +263,26 @@ enum BenchCmd {
         #[arg(long, default_value = "bench-out/agent")]
         dir: PathBuf,
     },
+    /// N concurrent echo calls with each component in its own process: CPU and memory per
+    /// component (agent, server, each server of the stack, the users' load generator), echo
+    /// frame loss at the users, and call setup under that load.
+    Load {
+        /// Comma-separated numbers of concurrent calls.
+        #[arg(long, default_value = "5,10,20", value_delimiter = ',')]
+        calls: Vec<usize>,
+        /// Seconds measured per level.
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+        /// Calls placed one after the other under each load, for setup under load.
+        #[arg(long, default_value_t = 5)]
+        probes: usize,
+        /// A name for the stack's topology, printed with the results.
+        #[arg(long, default_value = "stack")]
+        label: String,
+        /// Working directory.
+        #[arg(long, default_value = "bench-out/load")]
+        dir: PathBuf,
+    },
     /// Encode time and fidelity of each Opus complexity on synthesized speech (the default
     /// complexity is the reference).
     Opus {
@@ -367,6 +388,19 @@ fn main() -> anyhow::Result<()> {
                 page,
                 library,
                 driver,
+            }),
+            BenchCmd::Load {
+                calls,
+                seconds,
+                probes,
+                label,
+                dir,
+            } => bench_load::run(bench_load::Options {
+                levels: calls,
+                seconds,
+                probes,
+                label,
+                dir,
             }),
             BenchCmd::Opus { seconds, rounds } => bench_opus::run(seconds, rounds),
             BenchCmd::Speech {

@@ -1091,3 +1091,51 @@ async fn the_tone_oracle_answers_an_utterance_with_its_chime() {
     }
     dep.stop().await;
 }
+
+/// The server moved into its own `oracle-calls serve` process (what `bench load` measures):
+/// same address, database and bot device; a new user's call goes through it and the echo
+/// follows the speech; the call's end reaches that process's store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_through_the_server_as_its_own_process() {
+    init_logs();
+    let _serial = SERIAL.lock().await;
+    let mut dep = Deployment::start(Stack::running().unwrap(), DeployOptions::new(temp_dir()))
+        .await
+        .unwrap();
+    let exe = std::path::Path::new(env!("CARGO_BIN_EXE_oracle-calls"));
+    let mut server = dep
+        .spawn_server_process(exe, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let client = dep.new_user().await.unwrap();
+    let mut call = client.call_oracle(CallType::Audio).await.unwrap();
+    let speech = oracle_calls::speech::synthesize(4.0, 12);
+    let heard = talk(&mut call, speech.clone(), Duration::from_secs(6)).await;
+    let m = analysis::compare(&speech, &heard, 150);
+    assert!(m.envelope > 0.6, "the echo follows the speech: {m:?}");
+    call.end().await.unwrap();
+    // The store is shared (the SQLite file): the serving process wrote the call's end.
+    let mut status = None;
+    for _ in 0..50 {
+        status = dep
+            .server
+            .state
+            .store()
+            .call(call.id())
+            .await
+            .unwrap()
+            .map(|r| r.status);
+        if status == Some(CallStatus::Ended) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, Some(CallStatus::Ended));
+    assert!(
+        server.try_wait().unwrap().is_none(),
+        "the server process still runs"
+    );
+    server.kill().unwrap();
+    server.wait().unwrap();
+    dep.stop().await;
+}
