@@ -34,8 +34,8 @@ enum Pending {
 }
 
 enum Done {
-    Resume(Result<(Ws, lk::ReconnectResponse), Error>),
-    Rejoin(Result<(Ws, lk::JoinResponse, FreshToken), Error>),
+    Resume(Box<Result<(Ws, lk::ReconnectResponse), Error>>),
+    Rejoin(Box<Result<(Ws, lk::JoinResponse, FreshToken), Error>>),
 }
 
 pub(crate) struct Engine {
@@ -126,23 +126,27 @@ impl Engine {
                     resuming = None;
                     let now = Instant::now();
                     match r {
-                        Done::Resume(Ok((ws, response))) => {
-                            self.ws = Some(ws);
-                            self.core.resumed(now, &response);
-                        }
-                        Done::Resume(Err(e)) => self.core.resume_failed(now, &e),
-                        Done::Rejoin(Ok((ws, join, fresh))) => {
-                            let me = join.participant.clone().unwrap_or_default();
-                            info!(identity = %me.identity, sid = %me.sid, url = %fresh.url, "joined again");
-                            self.ws = Some(ws);
-                            self.url = fresh.url;
-                            self.token = fresh.token;
-                            self.sid = me.sid;
-                            if let Err(e) = self.core.rejoined(now, &join) {
-                                self.core.rejoin_failed(now, &e);
+                        Done::Resume(r) => match *r {
+                            Ok((ws, response)) => {
+                                self.ws = Some(ws);
+                                self.core.resumed(now, &response);
                             }
-                        }
-                        Done::Rejoin(Err(e)) => self.core.rejoin_failed(now, &e),
+                            Err(e) => self.core.resume_failed(now, &e),
+                        },
+                        Done::Rejoin(r) => match *r {
+                            Ok((ws, join, fresh)) => {
+                                let me = join.participant.clone().unwrap_or_default();
+                                info!(identity = %me.identity, sid = %me.sid, url = %fresh.url, "joined again");
+                                self.ws = Some(ws);
+                                self.url = fresh.url;
+                                self.token = fresh.token;
+                                self.sid = me.sid;
+                                if let Err(e) = self.core.rejoined(now, &join) {
+                                    self.core.rejoin_failed(now, &e);
+                                }
+                            }
+                            Err(e) => self.core.rejoin_failed(now, &e),
+                        },
                     }
                 }
                 cmd = cmds.recv() => match cmd {
@@ -266,8 +270,8 @@ async fn recv(ws: &mut Option<Ws>) -> Result<Option<Resp>, Error> {
 /// The outcome of the resume or rejoin attempt under way, or pending forever without one.
 async fn next_resume(resuming: &mut Option<Pending>) -> Done {
     match resuming {
-        Some(Pending::Resume(f)) => Done::Resume(f.as_mut().await),
-        Some(Pending::Rejoin(f)) => Done::Rejoin(f.as_mut().await),
+        Some(Pending::Resume(f)) => Done::Resume(Box::new(f.as_mut().await)),
+        Some(Pending::Rejoin(f)) => Done::Rejoin(Box::new(f.as_mut().await)),
         None => std::future::pending().await,
     }
 }

@@ -526,16 +526,17 @@ async fn a_refused_resume_becomes_a_full_reconnect_under_the_same_key() {
     assert_eq!(a.log().decrypt_failures, 0);
     assert_eq!(b.log().decrypt_failures, 0);
     // b saw a leave (the server removed it) and come back.
-    let log = b.log();
-    let left = log
-        .first(|e| matches!(e, RoomEvent::ParticipantLeft { identity } if identity == "a"))
-        .expect("b saw a leave");
-    assert!(
-        log.events.iter().any(|(t, e)| *t > left
-            && matches!(e, RoomEvent::ParticipantJoined { identity } if identity == "a")),
-        "b saw a come back"
-    );
-    drop(log);
+    {
+        let log = b.log();
+        let left = log
+            .first(|e| matches!(e, RoomEvent::ParticipantLeft { identity } if identity == "a"))
+            .expect("b saw a leave");
+        assert!(
+            log.events.iter().any(|(t, e)| *t > left
+                && matches!(e, RoomEvent::ParticipantJoined { identity } if identity == "a")),
+            "b saw a come back"
+        );
+    }
     a.room.leave().await;
     b.room.leave().await;
 }
