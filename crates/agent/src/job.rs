@@ -9,9 +9,10 @@ use livekit_protocol as lk;
 use oracle_calls_crypto::CallContext;
 use oracle_calls_crypto::frame::{KeyRing, KeyRingOptions};
 use oracle_calls_proto::{CallId, CallReason, CallStatus, KeyResponse, UpdateRequest};
-use oracle_calls_rtc::{E2eeOptions, Room, RoomEvent, RoomOptions};
+use oracle_calls_rtc::{E2eeOptions, FreshToken, Room, RoomEvent, RoomOptions, TokenSource};
 use tokio::sync::{mpsc, watch};
 use tracing::{Instrument as _, debug, error, info, info_span, warn};
+use zeroize::Zeroizing;
 
 use crate::keys::{Opening, open_call_key};
 use crate::oracle::IoCounters;
@@ -105,6 +106,10 @@ impl CallReport {
         }
     }
 }
+
+/// How long a job token renewed for a full reconnect is valid (LiveKit refreshes it while
+/// connected).
+const REJOIN_TOKEN_TTL_SECS: u64 = 600;
 
 pub(crate) struct Assignment {
     pub(crate) job: lk::Job,
@@ -301,10 +306,28 @@ async fn serve<O: Oracle>(
     drop(call_key);
     report.key_ready_after = Some(started.elapsed());
 
-    // 3. Join with E2EE and publish.
+    // 3. Join with E2EE and publish. A full reconnect (the LiveKit node hosting the room
+    // died) joins again with the job token's grants renewed under the worker's own API key:
+    // LiveKit signed the job token with it; identity (`agent-<job id>`) and room stay. (LiveKit
+    // also dispatches the room's agent again when the room starts on a live node: the worker
+    // declines that job while this one serves the call.)
+    let token_source = {
+        let creds = cfg.livekit.clone();
+        let (url, token) = (a.url.clone(), Zeroizing::new(a.token.clone()));
+        TokenSource::new(move || {
+            let fresh = creds
+                .renew(&token, REJOIN_TOKEN_TTL_SECS)
+                .map(|t| FreshToken {
+                    url: url.clone(),
+                    token: Zeroizing::new(t),
+                });
+            async move { fresh }
+        })
+    };
     let opts = RoomOptions {
         e2ee: Some(E2eeOptions { key_ring }),
         opus_complexity: cfg.opus_complexity,
+        token_source: Some(token_source),
         ..Default::default()
     };
     let joined = async {
@@ -403,10 +426,13 @@ async fn serve<O: Oracle>(
                     report.unencrypted_tracks += 1;
                     warn!(%identity, %track_sid, "the user's track is not end-to-end encrypted; not listening to it");
                 }
-                Some(RoomEvent::Reconnecting { attempt, reason }) => {
+                Some(RoomEvent::Reconnecting { attempt, reason, full: false }) => {
                     warn!(attempt, %reason, "room signaling lost; resuming");
                 }
-                Some(RoomEvent::Reconnected) => info!("room signaling resumed"),
+                Some(RoomEvent::Reconnecting { attempt, reason, .. }) => {
+                    warn!(attempt, %reason, "room session lost; rejoining with a renewed token");
+                }
+                Some(RoomEvent::Reconnected) => info!("room signaling resumed or rejoined"),
                 Some(RoomEvent::Disconnected { reason }) => {
                     info!(%reason, "disconnected from the room");
                     break EndedBy::RoomClosed;

@@ -310,6 +310,8 @@ struct Worker<O> {
     shutdown: watch::Receiver<bool>,
     /// Running jobs and the switch that ends each.
     jobs: HashMap<String, watch::Sender<Option<EndedBy>>>,
+    /// The LiveKit room of each running job.
+    rooms: HashMap<String, String>,
     /// Jobs offered to us and not yet assigned: being checked (`None`), or accepted with the
     /// call's key response when the check fetched it.
     promised: HashMap<String, Option<KeyResponse>>,
@@ -348,6 +350,7 @@ impl<O: Oracle> Worker<O> {
             shared,
             shutdown,
             jobs: HashMap::new(),
+            rooms: HashMap::new(),
             promised: HashMap::new(),
             draining: false,
             out_tx,
@@ -407,6 +410,7 @@ impl<O: Oracle> Worker<O> {
                 },
                 Some(id) = self.done_rx.recv() => {
                     self.jobs.remove(&id);
+                    self.rooms.remove(&id);
                     self.shared.stats.calls_active.store(self.jobs.len() as u64, Ordering::Relaxed);
                     let _ = send(&mut ws, self.status()).await;
                     if self.draining && self.jobs.is_empty() { break; }
@@ -528,6 +532,14 @@ impl<O: Oracle> Worker<O> {
         if job.agent_name != self.shared.cfg.agent_name {
             warn!(job = %job.id, agent_name = %job.agent_name, "offered a job for another agent name; declining");
             resp.terminate = true;
+        } else if let Some(room) = job.room.as_ref().map(|r| r.name.as_str())
+            && self.rooms.values().any(|r| r == room)
+        {
+            // LiveKit dispatches a room's agent again when the room starts on another node
+            // after its node died; our job there rejoins by itself (a full reconnect), so a
+            // second one would be a second agent in the call.
+            info!(job = %job.id, %room, "declining a job for a room one of our jobs serves");
+            resp.available = false;
         } else if self.draining || busy >= self.shared.cfg.max_calls {
             info!(job = %job.id, busy, draining = self.draining, "declining a job: no capacity");
             resp.available = false;
@@ -680,6 +692,9 @@ impl<O: Oracle> Worker<O> {
         let id = job.id.clone();
         let (stop_tx, stop_rx) = watch::channel(None);
         self.jobs.insert(id.clone(), stop_tx);
+        if let Some(room) = &job.room {
+            self.rooms.insert(id.clone(), room.name.clone());
+        }
         self.shared
             .stats
             .calls_active

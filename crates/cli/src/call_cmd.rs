@@ -216,8 +216,9 @@ pub fn call(args: CallArgs) -> anyhow::Result<()> {
                 Ok(Some(CallEvent::UnexpectedParticipant { identity })) => {
                     eprintln!("warning: {identity}, who is not the oracle's agent, joined the call's media room (it has no call key)")
                 }
-                Ok(Some(CallEvent::Reconnecting { attempt, reason })) => {
-                    eprintln!("reconnecting to the media server (try {attempt}): {reason}")
+                Ok(Some(CallEvent::Reconnecting { attempt, reason, full })) => {
+                    let how = if full { "rejoining" } else { "reconnecting to" };
+                    eprintln!("{how} the media server (try {attempt}): {reason}")
                 }
                 Ok(Some(CallEvent::Reconnected)) => eprintln!("reconnected to the media server"),
                 Ok(Some(CallEvent::DecryptionFailed { identity, failures })) => {

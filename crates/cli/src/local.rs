@@ -57,6 +57,8 @@ fn parse_kv(text: &str) -> HashMap<String, String> {
 pub struct Stack {
     script: PathBuf,
     vars: HashMap<String, String>,
+    /// Settings the script runs with (`STACK_DIR`, ports): empty for the default stack.
+    env: Vec<(String, String)>,
 }
 
 impl Stack {
@@ -65,8 +67,18 @@ impl Stack {
     /// # Errors
     /// When `scripts/stack up` fails.
     pub fn up() -> anyhow::Result<Self> {
+        Self::up_with(&[])
+    }
+
+    /// [`Stack::up`] for the stack that the script's settings `env` name (e.g. a private
+    /// instance: its own `STACK_DIR` and ports); later verbs run with the same settings.
+    ///
+    /// # Errors
+    /// When `scripts/stack up` fails.
+    pub fn up_with(env: &[(String, String)]) -> anyhow::Result<Self> {
         let script = stack_script();
         let st = Command::new(&script)
+            .envs(env.iter().cloned())
             .arg("up")
             .stdout(Stdio::inherit())
             .stderr(Stdio::inherit())
@@ -75,7 +87,7 @@ impl Stack {
         if !st.success() {
             bail!("`{} up` failed (see its output above)", script.display());
         }
-        Self::running()
+        Self::running_with(env)
     }
 
     /// Reads a stack that is already up.
@@ -83,8 +95,17 @@ impl Stack {
     /// # Errors
     /// When the stack is not running.
     pub fn running() -> anyhow::Result<Self> {
+        Self::running_with(&[])
+    }
+
+    /// [`Stack::running`] for the stack that the script's settings `env` name.
+    ///
+    /// # Errors
+    /// When the stack is not running.
+    pub fn running_with(env: &[(String, String)]) -> anyhow::Result<Self> {
         let script = stack_script();
         let status = Command::new(&script)
+            .envs(env.iter().cloned())
             .arg("status")
             .output()
             .with_context(|| format!("running {} status", script.display()))?;
@@ -95,6 +116,7 @@ impl Stack {
             );
         }
         let out = Command::new(&script)
+            .envs(env.iter().cloned())
             .arg("env")
             .output()
             .with_context(|| format!("running {} env", script.display()))?;
@@ -104,7 +126,27 @@ impl Stack {
         Ok(Self {
             script,
             vars: parse_kv(&String::from_utf8_lossy(&out.stdout)),
+            env: env.to_vec(),
         })
+    }
+
+    /// Runs the stack script with `args` (e.g. `["down"]`) and this stack's settings, its
+    /// output going to ours.
+    ///
+    /// # Errors
+    /// When it cannot run or fails.
+    pub fn script(&self, args: &[&str]) -> anyhow::Result<()> {
+        let st = Command::new(&self.script)
+            .envs(self.env.iter().cloned())
+            .args(args)
+            .stdout(Stdio::inherit())
+            .stderr(Stdio::inherit())
+            .status()
+            .with_context(|| format!("running {} {args:?}", self.script.display()))?;
+        if !st.success() {
+            bail!("`{} {args:?}` failed", self.script.display());
+        }
+        Ok(())
     }
 
     /// One setting, e.g. `MATRIX_URL`.
@@ -154,6 +196,7 @@ impl Stack {
     /// When `scripts/stack user` fails.
     pub fn user(&self, name: &str) -> anyhow::Result<(String, Zeroizing<String>)> {
         let out = Command::new(&self.script)
+            .envs(self.env.iter().cloned())
             .args(["user", name])
             .output()
             .with_context(|| format!("running {} user {name}", self.script.display()))?;

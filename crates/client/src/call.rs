@@ -138,14 +138,18 @@ pub enum CallEvent {
     /// The oracle's side wants a key frame of our camera: push one soon.
     KeyframeRequested,
     /// The media room's signaling connection was lost; resume try `attempt` starts (audio
-    /// keeps flowing meanwhile).
+    /// keeps flowing meanwhile). With `full`, the media server no longer knows us (e.g. its
+    /// node died): fresh join `attempt` starts, with a fresh token from the server (audio stops
+    /// until it is done; the call key stays the same).
     Reconnecting {
         /// 1 for the first try.
         attempt: u32,
         /// Why it was lost.
         reason: String,
+        /// A full reconnect (fresh join) rather than a resume.
+        full: bool,
     },
-    /// The signaling connection was resumed.
+    /// The signaling connection was resumed, or the room joined again.
     Reconnected,
     /// The room closed (the call ended elsewhere or the connection was lost).
     Ended {
@@ -221,6 +225,12 @@ impl Call {
         self.room.as_ref().map(|r| r.identity())
     }
 
+    /// The local UDP addresses the call's media uses (subscriber, publisher), while in the
+    /// room: the same across reconnects.
+    pub fn media_addrs(&self) -> Option<[std::net::SocketAddr; 2]> {
+        self.room.as_ref().map(|r| r.media_addrs())
+    }
+
     /// Phase timings so far.
     pub fn timeline(&self) -> &Timeline {
         &self.timeline
@@ -289,9 +299,15 @@ impl Call {
                     CallEvent::OracleVideo { vp8, keyframe }
                 }
                 RoomEvent::KeyframeRequested => CallEvent::KeyframeRequested,
-                RoomEvent::Reconnecting { attempt, reason } => {
-                    CallEvent::Reconnecting { attempt, reason }
-                }
+                RoomEvent::Reconnecting {
+                    attempt,
+                    reason,
+                    full,
+                } => CallEvent::Reconnecting {
+                    attempt,
+                    reason,
+                    full,
+                },
                 RoomEvent::Reconnected => CallEvent::Reconnected,
                 RoomEvent::DecryptionFailed { identity, .. } => {
                     self.failures += 1;

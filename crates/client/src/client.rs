@@ -402,9 +402,34 @@ impl OracleClient {
         tl.mark(Phase::Sync);
 
         // 7. Media, end to end encrypted with the call key.
+        // A full reconnect (the LiveKit node hosting the call died) joins again with a fresh
+        // token from a repeated sync: the server answers it for the call's own user while the
+        // call is neither ended nor too old, and hands out its current LiveKit URL.
+        let token_source = {
+            let client = self.clone();
+            let call_id = call_id.clone();
+            oracle_calls_rtc::TokenSource::new(move || {
+                let (client, call_id) = (client.clone(), call_id.clone());
+                async move {
+                    let openid = client.openid_token().await.map_err(|e| e.to_string())?;
+                    let synced = client
+                        .0
+                        .api
+                        .sync(&call_id, &openid)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    info!(%call_id, "fresh LiveKit token for a full reconnect");
+                    Ok(oracle_calls_rtc::FreshToken {
+                        url: synced.livekit_url,
+                        token: Zeroizing::new(synced.token),
+                    })
+                }
+            })
+        };
         let opts = RoomOptions {
             e2ee: Some(E2eeOptions { key_ring }),
             opus_complexity: self.0.cfg.opus_complexity,
+            token_source: Some(token_source),
             ..Default::default()
         };
         drop(call_key);

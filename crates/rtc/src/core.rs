@@ -110,6 +110,10 @@ pub(crate) enum Output {
     /// The signaling connection is gone: drop it, wait `delay`, then open a resuming one and
     /// report [`Core::resumed`] or [`Core::resume_failed`].
     Resume { attempt: u32, delay: Duration },
+    /// The session is gone for good: drop the signaling connection, wait `delay`, get a
+    /// fresh token from the token source, join again from scratch (no `reconnect`), and report
+    /// [`Core::rejoined`] or [`Core::rejoin_failed`].
+    Rejoin { attempt: u32, delay: Duration },
     /// The room is over for us: close the signaling connection and stop.
     Closed,
 }
@@ -160,8 +164,29 @@ enum SignalState {
         reason: String,
         queued: Vec<Req>,
     },
+    /// The session is gone (resume refused or out of tries): fresh join `attempt` is under
+    /// way. Signaling requests of the old session are dropped.
+    Rejoining { attempt: u32, reason: String },
     /// The room is over.
     Closed,
+}
+
+/// A track we published, to publish again after a full reconnect.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Publication {
+    video: bool,
+    name: String,
+    width: u32,
+    height: u32,
+}
+
+/// A track asked for and not confirmed yet: its client id, the caller's reply (none when it
+/// is published again after a rejoin), the deadline.
+struct PendingPublish {
+    cid: String,
+    publication: Publication,
+    reply: Option<Reply>,
+    deadline: Instant,
 }
 
 /// One participant's room, without IO.
@@ -190,15 +215,19 @@ pub(crate) struct Core {
     mid_track: HashMap<Mid, String>,
     decoders: HashMap<Mid, opus::Decoder>,
     /// Publishing: the track the server has not confirmed yet (client id, reply, deadline).
-    pending_publish: Option<(String, Reply, Instant)>,
-    pending_is_video: bool,
+    pending_publish: Option<PendingPublish>,
+    /// What we published (kept for a rejoin), and what still waits to be published again.
+    published: Vec<Publication>,
+    republish: VecDeque<(Publication, Option<Reply>)>,
+    /// Whether a refused resume may become a full reconnect (the driver has a token source).
+    can_rejoin: bool,
     audio_mid: Option<Mid>,
     video_mid: Option<Mid>,
     /// Our unanswered publisher offer (its SDP kept to send again after a resume).
     pending_offer: Option<(SdpPendingOffer, Option<Reply>, String)>,
     channels_added: bool,
     /// A publish confirmed while another offer was still unanswered: negotiated after it.
-    deferred_media: Option<(MediaKind, String, Reply)>,
+    deferred_media: Option<(MediaKind, String, Option<Reply>)>,
     /// Data: our identity, the publisher's `_reliable` channel, and messages waiting for it.
     me: String,
     reliable: Option<ChannelId>,
@@ -213,11 +242,13 @@ pub(crate) struct Core {
 
 impl Core {
     /// A room we have just joined (`join`), with one UDP socket per peer connection bound at
-    /// `sub_local` and `pub_local`.
+    /// `sub_local` and `pub_local`; `can_rejoin` when a token source allows full reconnects.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         join: &lk::JoinResponse,
         e2ee: Option<KeyRing>,
         policy: ReconnectPolicy,
+        can_rejoin: bool,
         opus_complexity: Option<u8>,
         sub_local: SocketAddr,
         pub_local: SocketAddr,
@@ -254,7 +285,9 @@ impl Core {
             mid_track: HashMap::new(),
             decoders: HashMap::new(),
             pending_publish: None,
-            pending_is_video: false,
+            published: Vec::new(),
+            republish: VecDeque::new(),
+            can_rejoin,
             audio_mid: None,
             video_mid: None,
             pending_offer: None,
@@ -290,7 +323,7 @@ impl Core {
             t = t.min(*next_ping).min(*last_rx + self.ping_timeout);
         }
         if let Some(p) = &self.pending_publish {
-            t = t.min(p.2);
+            t = t.min(p.deadline);
         }
         if let Some(d) = self.pending_data.first() {
             t = t.min(d.2);
@@ -334,13 +367,22 @@ impl Core {
                 self.send_signal(Req::PingReq(lk::Ping { timestamp, rtt }));
             }
         }
-        if self.pending_publish.as_ref().is_some_and(|p| p.2 <= now)
-            && let Some((_, reply, _)) = self.pending_publish.take()
+        if self
+            .pending_publish
+            .as_ref()
+            .is_some_and(|p| p.deadline <= now)
+            && let Some(p) = self.pending_publish.take()
         {
-            self.reply(
-                reply,
-                Err(Error::Timeout("the server to confirm the track")),
-            );
+            match p.reply {
+                Some(reply) => self.reply(
+                    reply,
+                    Err(Error::Timeout("the server to confirm the track")),
+                ),
+                None => {
+                    warn!(name = %p.publication.name, "a track published again was not confirmed")
+                }
+            }
+            self.next_republish(now);
         }
         let (late, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.pending_data)
             .into_iter()
@@ -391,14 +433,28 @@ impl Core {
                 self.close("left".into());
             }
             Command::PublishAudio { name, reply } => {
-                self.start_publish(now, false, name, 0, 0, reply)
+                let p = Publication {
+                    video: false,
+                    name,
+                    width: 0,
+                    height: 0,
+                };
+                self.start_publish(now, p, Some(reply))
             }
             Command::PublishVideo {
                 name,
                 width,
                 height,
                 reply,
-            } => self.start_publish(now, true, name, width, height, reply),
+            } => {
+                let p = Publication {
+                    video: true,
+                    name,
+                    width,
+                    height,
+                };
+                self.start_publish(now, p, Some(reply))
+            }
             Command::AudioFrame(pcm) => {
                 if let Err(e) = self.write_audio(now, &pcm) {
                     warn!(error = %e, "audio frame not sent");
@@ -539,10 +595,152 @@ impl Core {
         }
         warn!(error = %error, "resume attempt failed");
         if matches!(error, Error::Refused(_)) {
-            self.close(format!("the server refused to resume the session: {error}"));
+            self.give_up_session(format!("the server refused to resume the session: {error}"));
             return;
         }
         self.next_attempt(error.to_string());
+    }
+
+    /// The session cannot be resumed: rejoin from scratch when allowed, else close.
+    fn give_up_session(&mut self, why: String) {
+        if !self.can_rejoin || self.policy.rejoin_attempts == 0 {
+            self.close(why);
+            return;
+        }
+        warn!(reason = %why, "session lost; rejoining with a fresh token");
+        // Requests queued for the old session mean nothing to a new one.
+        self.signal = SignalState::Rejoining {
+            attempt: 0,
+            reason: why,
+        };
+        self.next_rejoin(String::new());
+    }
+
+    fn next_rejoin(&mut self, last_error: String) {
+        let SignalState::Rejoining { attempt, reason } = &mut self.signal else {
+            return;
+        };
+        if *attempt >= self.policy.rejoin_attempts {
+            let why = format!(
+                "{reason}; not rejoined after {} attempts (last: {last_error})",
+                self.policy.rejoin_attempts
+            );
+            self.close(why);
+            return;
+        }
+        *attempt += 1;
+        let attempt = *attempt;
+        let reason = reason.clone();
+        let delay = self.policy.delay(attempt);
+        self.out.push_back(Output::Event(RoomEvent::Reconnecting {
+            attempt,
+            reason,
+            full: true,
+        }));
+        self.out.push_back(Output::Rejoin { attempt, delay });
+    }
+
+    /// A fresh join failed. No token (the source refused: the call is over, or we may not
+    /// join any more) ends the room; anything else is tried again until the policy's
+    /// rejoin attempts run out.
+    pub(crate) fn rejoin_failed(&mut self, now: Instant, error: &Error) {
+        self.now = now;
+        if !matches!(self.signal, SignalState::Rejoining { .. }) {
+            return;
+        }
+        warn!(error = %error, "rejoin attempt failed");
+        if matches!(error, Error::Token(_)) {
+            self.close(format!("could not rejoin: {error}"));
+            return;
+        }
+        self.next_rejoin(error.to_string());
+    }
+
+    /// A fresh join succeeded (`join`): new peer connections on the same sockets, the room's
+    /// participants and tracks from the join, our tracks published again. The E2EE keyring,
+    /// our encryptor and every sender's decryptor stay as they are, so frames before and
+    /// after are under the same keys.
+    pub(crate) fn rejoined(&mut self, now: Instant, join: &lk::JoinResponse) -> Result<(), Error> {
+        self.now = now;
+        let SignalState::Rejoining { attempt, .. } = self.signal else {
+            return Ok(());
+        };
+        info!(attempt, "rejoined the room with a fresh join");
+        let sub = Pc::new(self.sub.local, now)?;
+        let publ = Pc::new(self.publ.local, now)?;
+        self.sub = sub;
+        self.publ = publ;
+        let ping_interval =
+            Duration::from_secs(u64::from(join.ping_interval.max(1).unsigned_abs()));
+        self.ping_interval = ping_interval;
+        self.ping_timeout = Duration::from_secs(u64::from(join.ping_timeout.max(0).unsigned_abs()))
+            .max(ping_interval * 2);
+        self.signal = SignalState::Up {
+            last_rx: now,
+            next_ping: now + ping_interval,
+        };
+        self.sif_trailer = join.sif_trailer.clone();
+        for dec in self.decryptors.values_mut() {
+            dec.set_sif_trailer(join.sif_trailer.clone());
+        }
+        // The old session's negotiation is gone with it. A track the server had confirmed is
+        // published again below like every other, so its caller is answered now; one it had
+        // not confirmed yet is asked for again first, and answered when that is confirmed.
+        if let Some((_, Some(reply), _)) = self.pending_offer.take() {
+            self.reply(reply, Ok(()));
+        }
+        if let Some((_, _, Some(reply))) = self.deferred_media.take() {
+            self.reply(reply, Ok(()));
+        }
+        let unconfirmed = self.pending_publish.take();
+        self.audio_mid = None;
+        self.video_mid = None;
+        let had_channels = self.channels_added;
+        self.channels_added = false;
+        self.reliable = None;
+        self.reliable_open = false;
+        self.tracks.clear();
+        self.mid_track.clear();
+        self.decoders.clear();
+        // Participants the new session does not show yet (they may be rejoining too) are
+        // forgotten without a `ParticipantLeft`; they are announced again when they come.
+        let before = std::mem::take(&mut self.participants);
+        let known: std::collections::HashSet<String> = before.into_values().collect();
+        for p in &join.other_participants {
+            if known.contains(&p.identity) {
+                self.participants.insert(p.sid.clone(), p.identity.clone());
+            }
+            self.update_participant(p);
+        }
+        self.emit(RoomEvent::Reconnected);
+        self.pump(Side::Subscriber);
+        self.pump(Side::Publisher);
+        self.republish = std::mem::take(&mut self.published)
+            .into_iter()
+            .map(|p| (p, None))
+            .collect();
+        if let Some(p) = unconfirmed {
+            self.republish.push_front((p.publication, p.reply));
+        }
+        if self.republish.is_empty() {
+            if had_channels || !self.pending_data.is_empty() {
+                self.negotiate(None, None);
+            }
+        } else {
+            self.next_republish(now);
+        }
+        Ok(())
+    }
+
+    /// Publishes the next track of a rejoin again, if any and none is pending.
+    fn next_republish(&mut self, now: Instant) {
+        if self.pending_publish.is_some() || !matches!(self.signal, SignalState::Up { .. }) {
+            return;
+        }
+        if let Some((p, reply)) = self.republish.pop_front() {
+            debug!(name = %p.name, video = p.video, "publishing again after the rejoin");
+            self.start_publish(now, p, reply);
+        }
     }
 
     fn next_attempt(&mut self, last_error: String) {
@@ -557,15 +755,18 @@ impl Core {
                 "signaling connection lost ({reason}) and not resumed after {} attempts (last: {last_error})",
                 self.policy.attempts
             );
-            self.close(why);
+            self.give_up_session(why);
             return;
         }
         *attempt += 1;
         let attempt = *attempt;
         let reason = reason.clone();
         let delay = self.policy.delay(attempt);
-        self.out
-            .push_back(Output::Event(RoomEvent::Reconnecting { attempt, reason }));
+        self.out.push_back(Output::Event(RoomEvent::Reconnecting {
+            attempt,
+            reason,
+            full: false,
+        }));
         self.out.push_back(Output::Resume { attempt, delay });
     }
 
@@ -586,13 +787,16 @@ impl Core {
         }
         info!(%reason, "room closed");
         self.signal = SignalState::Closed;
-        if let Some((_, reply, _)) = self.pending_publish.take() {
+        if let Some(PendingPublish {
+            reply: Some(reply), ..
+        }) = self.pending_publish.take()
+        {
             self.reply(reply, Err(Error::Closed));
         }
         if let Some((_, Some(reply), _)) = self.pending_offer.take() {
             self.reply(reply, Err(Error::Closed));
         }
-        if let Some((_, _, reply)) = self.deferred_media.take() {
+        if let Some((_, _, Some(reply))) = self.deferred_media.take() {
             self.reply(reply, Err(Error::Closed));
         }
         for (_, reply, _) in std::mem::take(&mut self.pending_data) {
@@ -620,7 +824,8 @@ impl Core {
                     queued.push(req);
                 }
             }
-            SignalState::Closed => {}
+            // The old session's requests mean nothing to the next one.
+            SignalState::Rejoining { .. } | SignalState::Closed => {}
         }
     }
 
@@ -862,7 +1067,7 @@ impl Core {
                         self.reply(reply, r);
                     }
                     if let Some((kind, cid, reply)) = self.deferred_media.take() {
-                        self.negotiate(Some((kind, cid)), Some(reply));
+                        self.negotiate(Some((kind, cid)), reply);
                     }
                 }
             }
@@ -891,19 +1096,22 @@ impl Core {
                 let matches = self
                     .pending_publish
                     .as_ref()
-                    .is_some_and(|(cid, _, _)| *cid == tp.cid);
-                if matches && let Some((cid, reply, _)) = self.pending_publish.take() {
-                    let kind = if self.pending_is_video {
+                    .is_some_and(|p| p.cid == tp.cid);
+                if matches && let Some(p) = self.pending_publish.take() {
+                    let kind = if p.publication.video {
                         MediaKind::Video
                     } else {
                         MediaKind::Audio
                     };
+                    self.published.push(p.publication);
                     if self.pending_offer.is_some() {
                         // One offer at a time: this one follows the answer to the current one.
-                        self.deferred_media = Some((kind, cid, reply));
+                        self.deferred_media = Some((kind, p.cid, p.reply));
                     } else {
-                        self.negotiate(Some((kind, cid)), Some(reply));
+                        self.negotiate(Some((kind, p.cid)), p.reply);
                     }
+                    let now = self.now;
+                    self.next_republish(now);
                 }
             }
             Resp::PongResp(p) if p.last_ping_timestamp > 0 => {
@@ -959,27 +1167,18 @@ impl Core {
 
     /// Asks the server for a track (`AddTrackRequest`, GCM-encrypted when E2EE is on, RED
     /// off); the answer is `TrackPublished` with our client id, then we negotiate the media.
-    fn start_publish(
-        &mut self,
-        now: Instant,
-        video: bool,
-        name: String,
-        width: u32,
-        height: u32,
-        reply: Reply,
-    ) {
-        let taken = if video {
-            self.video_mid.is_some()
-        } else {
-            self.audio_mid.is_some()
-        };
+    fn start_publish(&mut self, now: Instant, publication: Publication, reply: Option<Reply>) {
+        let video = publication.video;
+        let taken = self.published.iter().any(|p| p.video == video)
+            || self.republish.iter().any(|(p, _)| p.video == video);
         if taken || self.pending_publish.is_some() {
-            self.reply(
-                reply,
-                Err(Error::Protocol(
-                    "a track of this kind is already published, or a publication is pending",
-                )),
+            let e = Error::Protocol(
+                "a track of this kind is already published, or a publication is pending",
             );
+            match reply {
+                Some(reply) => self.reply(reply, Err(e)),
+                None => warn!(error = %e, "not published again"),
+            }
             return;
         }
         let (kind, source) = if video {
@@ -995,17 +1194,21 @@ impl Core {
         };
         self.send_signal(Req::AddTrack(lk::AddTrackRequest {
             cid: cid.clone(),
-            name,
+            name: publication.name.clone(),
             r#type: kind as i32,
             source: source as i32,
-            width,
-            height,
+            width: publication.width,
+            height: publication.height,
             disable_red: true,
             encryption: encryption as i32,
             ..Default::default()
         }));
-        self.pending_publish = Some((cid, reply, now + PUBLISH_TIMEOUT));
-        self.pending_is_video = video;
+        self.pending_publish = Some(PendingPublish {
+            cid,
+            publication,
+            reply,
+            deadline: now + PUBLISH_TIMEOUT,
+        });
     }
 
     /// Sends the publisher connection an offer adding the track `media` (if any) and, the
@@ -1341,13 +1544,18 @@ mod tests {
     }
 
     fn core(e2ee: bool, now: Instant) -> Core {
+        core_with(e2ee, false, now)
+    }
+
+    fn core_with(e2ee: bool, can_rejoin: bool, now: Instant) -> Core {
         let ring = e2ee.then(|| {
             let key = CallKey::generate(&mut rand::rng());
             KeyRing::with_call_key(&key, KeyDerivation::Hkdf, KeyRingOptions::default()).unwrap()
         });
         let a: SocketAddr = "127.0.0.1:40000".parse().unwrap();
         let b: SocketAddr = "127.0.0.1:40001".parse().unwrap();
-        Core::new(&join(), ring, ReconnectPolicy::default(), None, a, b, now).unwrap()
+        let policy = ReconnectPolicy::default();
+        Core::new(&join(), ring, policy, can_rejoin, None, a, b, now).unwrap()
     }
 
     /// Everything the core asks, as short strings (datagrams left out).
@@ -1363,9 +1571,16 @@ mod tests {
                     other => format!("signal:{other:?}"),
                 },
                 Output::Transmit { .. } => continue,
-                Output::Event(RoomEvent::Reconnecting { attempt, reason }) => {
-                    format!("reconnecting:{attempt}:{reason}")
-                }
+                Output::Event(RoomEvent::Reconnecting {
+                    attempt,
+                    reason,
+                    full: false,
+                }) => format!("reconnecting:{attempt}:{reason}"),
+                Output::Event(RoomEvent::Reconnecting {
+                    attempt,
+                    reason,
+                    full: true,
+                }) => format!("rejoining:{attempt}:{reason}"),
                 Output::Event(RoomEvent::Disconnected { reason }) => {
                     format!("disconnected:{reason}")
                 }
@@ -1374,6 +1589,9 @@ mod tests {
                 Output::Reply(_, Err(e)) => format!("reply:err:{e}"),
                 Output::Resume { attempt, delay } => {
                     format!("resume:{attempt}:{}ms", delay.as_millis())
+                }
+                Output::Rejoin { attempt, delay } => {
+                    format!("rejoin:{attempt}:{}ms", delay.as_millis())
                 }
                 Output::Closed => "closed".into(),
             });
@@ -1508,6 +1726,146 @@ mod tests {
             },
         );
         assert_eq!(drain(&mut c), ["reply:err:the room is closed"]);
+    }
+
+    /// The server's answer to our `AddTrack` with the client id it carried.
+    fn confirm_track(c: &mut Core, now: Instant, sid: &str) {
+        let cid = c.pending_publish.as_ref().unwrap().cid.clone();
+        c.handle_signal(
+            now,
+            Resp::TrackPublished(lk::TrackPublishedResponse {
+                cid,
+                track: Some(lk::TrackInfo {
+                    sid: sid.into(),
+                    ..Default::default()
+                }),
+            }),
+        );
+    }
+
+    fn refused() -> Error {
+        Error::Refused("the server no longer has this participant (leave, reason 0)".into())
+    }
+
+    #[test]
+    fn a_refused_resume_with_a_token_source_rejoins_and_publishes_again() {
+        let t0 = Instant::now();
+        let mut c = core_with(true, true, t0);
+        drain(&mut c);
+        publish_mic(&mut c, t0);
+        confirm_track(&mut c, t0, "TR_a");
+        let out = drain(&mut c);
+        assert_eq!(out, ["signal:add_track", "signal:offer"], "{out:?}");
+        // The publisher's offer is never answered: its session goes away.
+        c.signal_lost(t0, "node gone".into());
+        assert_eq!(drain(&mut c), ["reconnecting:1:node gone", "resume:1:0ms"]);
+        c.resume_failed(t0, &refused());
+        assert_eq!(
+            drain(&mut c),
+            [
+                "rejoining:1:the server refused to resume the session: the server refused to \
+                 join: the server no longer has this participant (leave, reason 0)",
+                "rejoin:1:0ms"
+            ]
+        );
+        // Requests of the old session are dropped while rejoining; no pings either.
+        c.handle_timeout(t0 + Duration::from_secs(20));
+        assert!(drain(&mut c).is_empty());
+        // A failed fresh join backs off like a resume.
+        c.rejoin_failed(t0, &Error::Signal("connection refused".into()));
+        let out = drain(&mut c);
+        assert_eq!(out.len(), 2, "{out:?}");
+        assert!(out[0].starts_with("rejoining:2:"), "{out:?}");
+        assert_eq!(out[1], "rejoin:2:250ms");
+        // The rejoin: the room is announced as it is now (b is there again: no second
+        // `ParticipantJoined`, c is new), and the microphone is published again by itself.
+        let mut j = join();
+        j.participant.as_mut().unwrap().sid = "PA_me2".into();
+        j.other_participants.push(lk::ParticipantInfo {
+            sid: "PA_c".into(),
+            identity: "c".into(),
+            state: lk::participant_info::State::Active as i32,
+            ..Default::default()
+        });
+        let ring_before = c.key_ring.clone().unwrap();
+        c.rejoined(t0 + Duration::from_secs(1), &j).unwrap();
+        // The caller of the publication is answered (the track is confirmed and goes again).
+        assert_eq!(
+            drain(&mut c),
+            [
+                "reply:ok",
+                r#"event:ParticipantJoined { identity: "c" }"#,
+                "event:Reconnected",
+                "signal:add_track"
+            ]
+        );
+        // Same keys: what we send now opens with the keyring from before the rejoin.
+        let sealed = c
+            .encryptor
+            .as_mut()
+            .unwrap()
+            .encrypt(FrameKind::Audio, b"after the rejoin")
+            .unwrap();
+        let mut opened = FrameDecryptor::new(ring_before);
+        let plain = opened.decrypt(FrameKind::Audio, &sealed).unwrap();
+        assert!(
+            matches!(&plain, oracle_calls_crypto::frame::Decrypted::Frame(f) if f == b"after the rejoin"),
+            "{plain:?}"
+        );
+        // The confirmation negotiates the track on the new publisher connection (no reply:
+        // nobody asked this time).
+        confirm_track(&mut c, t0 + Duration::from_secs(1), "TR_b");
+        assert_eq!(drain(&mut c), ["signal:offer"]);
+        assert!(c.audio_mid.is_some());
+        // Publishing a second microphone is still refused.
+        publish_mic(&mut c, t0 + Duration::from_secs(1));
+        let out = drain(&mut c);
+        assert!(out[0].starts_with("reply:err:"), "{out:?}");
+    }
+
+    #[test]
+    fn rejoins_are_bounded_and_a_refused_token_ends_the_room() {
+        let t0 = Instant::now();
+        let mut c = core_with(false, true, t0);
+        drain(&mut c);
+        c.signal_lost(t0, "reset".into());
+        // Resumes run out: then the fresh joins, then the room closes.
+        for _ in 0..6 {
+            drain(&mut c);
+            c.resume_failed(t0, &Error::Signal("refused".into()));
+        }
+        let mut delays = Vec::new();
+        for _ in 0..6 {
+            let out = drain(&mut c);
+            assert_eq!(out.len(), 2, "{out:?}");
+            assert!(out[0].contains("not resumed after 6 attempts"), "{out:?}");
+            delays.push(out[1].clone());
+            c.rejoin_failed(t0, &Error::Timeout("a fresh join"));
+        }
+        assert_eq!(delays[0], "rejoin:1:0ms");
+        assert_eq!(delays[5], "rejoin:6:4000ms");
+        let out = drain(&mut c);
+        assert!(out[0].contains("not rejoined after 6 attempts"), "{out:?}");
+        assert!(out[0].contains("a fresh join"), "{out:?}");
+        assert_eq!(out[1], "closed");
+
+        // No fresh token (the call ended): closed at once.
+        let mut c = core_with(false, true, t0);
+        drain(&mut c);
+        c.signal_lost(t0, "reset".into());
+        drain(&mut c);
+        c.resume_failed(t0, &refused());
+        drain(&mut c);
+        c.rejoin_failed(t0, &Error::Token("410 the call has ended".into()));
+        let out = drain(&mut c);
+        assert!(
+            out[0].starts_with("disconnected:could not rejoin: no fresh token"),
+            "{out:?}"
+        );
+        assert_eq!(out[1], "closed");
+        // A late report changes nothing.
+        c.rejoined(t0, &join()).unwrap();
+        assert!(drain(&mut c).is_empty());
     }
 
     #[test]

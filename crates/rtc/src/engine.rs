@@ -15,13 +15,28 @@ use zeroize::Zeroizing;
 
 use crate::Error;
 use crate::core::{Command, Core, Output, Side};
-use crate::room::{RoomEvent, RoomOptions};
+use crate::room::{FreshToken, RoomEvent, RoomOptions, TokenSource};
 use crate::signal::{self, Ws};
 
 /// How long one resume attempt (WebSocket upgrade + the server's `reconnect`) may take.
 const RESUME_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one fresh join of a full reconnect (token + WebSocket upgrade + `join`) may take.
+const REJOIN_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 
 type Resuming = Pin<Box<dyn Future<Output = Result<(Ws, lk::ReconnectResponse), Error>> + Send>>;
+type Rejoining =
+    Pin<Box<dyn Future<Output = Result<(Ws, lk::JoinResponse, FreshToken), Error>> + Send>>;
+
+/// The reconnect under way, if any: a resume of the session or a fresh join.
+enum Pending {
+    Resume(Resuming),
+    Rejoin(Rejoining),
+}
+
+enum Done {
+    Resume(Box<Result<(Ws, lk::ReconnectResponse), Error>>),
+    Rejoin(Box<Result<(Ws, lk::JoinResponse, FreshToken), Error>>),
+}
 
 pub(crate) struct Engine {
     core: Core,
@@ -33,6 +48,7 @@ pub(crate) struct Engine {
     /// The latest token (the server refreshes it), for resuming.
     token: Zeroizing<String>,
     sid: String,
+    token_source: Option<TokenSource>,
 }
 
 impl Engine {
@@ -41,7 +57,7 @@ impl Engine {
         token: &str,
         options: RoomOptions,
         events: mpsc::Sender<RoomEvent>,
-    ) -> Result<(Engine, String, String), Error> {
+    ) -> Result<(Engine, String, String, [SocketAddr; 2]), Error> {
         let (ws, join) = signal::connect(url, token).await?;
         let me = join.participant.clone().unwrap_or_default();
         let ip = local_ip_for(url).await;
@@ -52,6 +68,7 @@ impl Engine {
             &join,
             options.e2ee.map(|e| e.key_ring),
             options.reconnect,
+            options.token_source.is_some(),
             options.opus_complexity,
             sub.local_addr()?,
             publ.local_addr()?,
@@ -66,14 +83,16 @@ impl Engine {
             url: url.to_owned(),
             token: Zeroizing::new(token.to_owned()),
             sid: me.sid.clone(),
+            token_source: options.token_source,
         };
-        Ok((engine, me.identity, me.sid))
+        let locals = [engine.sub.local_addr()?, engine.publ.local_addr()?];
+        Ok((engine, me.identity, me.sid, locals))
     }
 
     pub(crate) async fn run(mut self, mut cmds: mpsc::Receiver<Command>) {
         let mut buf_s = vec![0u8; 2000];
         let mut buf_p = vec![0u8; 2000];
-        let mut resuming: Option<Resuming> = None;
+        let mut resuming: Option<Pending> = None;
         loop {
             if !self.flush(&mut resuming).await {
                 return;
@@ -107,11 +126,27 @@ impl Engine {
                     resuming = None;
                     let now = Instant::now();
                     match r {
-                        Ok((ws, response)) => {
-                            self.ws = Some(ws);
-                            self.core.resumed(now, &response);
-                        }
-                        Err(e) => self.core.resume_failed(now, &e),
+                        Done::Resume(r) => match *r {
+                            Ok((ws, response)) => {
+                                self.ws = Some(ws);
+                                self.core.resumed(now, &response);
+                            }
+                            Err(e) => self.core.resume_failed(now, &e),
+                        },
+                        Done::Rejoin(r) => match *r {
+                            Ok((ws, join, fresh)) => {
+                                let me = join.participant.clone().unwrap_or_default();
+                                info!(identity = %me.identity, sid = %me.sid, url = %fresh.url, "joined again");
+                                self.ws = Some(ws);
+                                self.url = fresh.url;
+                                self.token = fresh.token;
+                                self.sid = me.sid;
+                                if let Err(e) = self.core.rejoined(now, &join) {
+                                    self.core.rejoin_failed(now, &e);
+                                }
+                            }
+                            Err(e) => self.core.rejoin_failed(now, &e),
+                        },
                     }
                 }
                 cmd = cmds.recv() => match cmd {
@@ -123,7 +158,7 @@ impl Engine {
     }
 
     /// Does everything the core asks; false once the room is over.
-    async fn flush(&mut self, resuming: &mut Option<Resuming>) -> bool {
+    async fn flush(&mut self, resuming: &mut Option<Pending>) -> bool {
         while let Some(out) = self.core.poll_output() {
             match out {
                 Output::Transmit {
@@ -179,7 +214,7 @@ impl Engine {
                         delay_ms = delay.as_millis() as u64,
                         "resuming the signaling connection"
                     );
-                    *resuming = Some(Box::pin(async move {
+                    *resuming = Some(Pending::Resume(Box::pin(async move {
                         tokio::time::sleep(delay).await;
                         tokio::time::timeout(
                             RESUME_ATTEMPT_TIMEOUT,
@@ -187,7 +222,30 @@ impl Engine {
                         )
                         .await
                         .map_err(|_| Error::Timeout("the server to resume the session"))?
-                    }));
+                    })));
+                }
+                Output::Rejoin { attempt, delay } => {
+                    // Dropped, not closed: a close could wait on a peer that is gone.
+                    self.ws = None;
+                    info!(
+                        attempt,
+                        delay_ms = delay.as_millis() as u64,
+                        "rejoining the room with a fresh token"
+                    );
+                    let source = self.token_source.clone();
+                    *resuming = Some(Pending::Rejoin(Box::pin(async move {
+                        tokio::time::sleep(delay).await;
+                        let source =
+                            source.ok_or_else(|| Error::Token("no token source".into()))?;
+                        let attempt = async {
+                            let fresh = source.fetch().await.map_err(Error::Token)?;
+                            let (ws, join) = signal::connect(&fresh.url, &fresh.token).await?;
+                            Ok::<_, Error>((ws, join, fresh))
+                        };
+                        tokio::time::timeout(REJOIN_ATTEMPT_TIMEOUT, attempt)
+                            .await
+                            .map_err(|_| Error::Timeout("a fresh join"))?
+                    })));
                 }
                 Output::Closed => {
                     if let Some(mut ws) = self.ws.take() {
@@ -209,12 +267,11 @@ async fn recv(ws: &mut Option<Ws>) -> Result<Option<Resp>, Error> {
     }
 }
 
-/// The outcome of the resume attempt under way, or pending forever without one.
-async fn next_resume(
-    resuming: &mut Option<Resuming>,
-) -> Result<(Ws, lk::ReconnectResponse), Error> {
+/// The outcome of the resume or rejoin attempt under way, or pending forever without one.
+async fn next_resume(resuming: &mut Option<Pending>) -> Done {
     match resuming {
-        Some(f) => f.as_mut().await,
+        Some(Pending::Resume(f)) => Done::Resume(Box::new(f.as_mut().await)),
+        Some(Pending::Rejoin(f)) => Done::Rejoin(Box::new(f.as_mut().await)),
         None => std::future::pending().await,
     }
 }

@@ -28,6 +28,9 @@ pub enum Error {
     /// A key operation in a room without end-to-end encryption.
     #[error("end-to-end encryption is not on in this room")]
     NoE2ee,
+    /// No fresh token could be had for a full reconnect (the token source's reason).
+    #[error("no fresh token to rejoin: {0}")]
+    Token(String),
     /// The room's task has ended.
     #[error("the room is closed")]
     Closed,

@@ -33,5 +33,6 @@ pub mod token;
 pub use audio::{AUDIO_FRAME_SAMPLES, SAMPLE_RATE, goertzel_power, sine_tone};
 pub use error::Error;
 pub use room::{
-    AudioSource, E2eeOptions, ReconnectPolicy, Room, RoomEvent, RoomOptions, VideoSource,
+    AudioSource, E2eeOptions, FreshToken, ReconnectPolicy, Room, RoomEvent, RoomOptions,
+    TokenFuture, TokenSource, VideoSource,
 };

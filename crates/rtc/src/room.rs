@@ -1,5 +1,8 @@
 //! The public API: connect, publish audio, receive events, leave.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use oracle_calls_crypto::FrameError;
@@ -22,10 +25,18 @@ pub struct E2eeOptions {
 
 /// How a lost signaling connection is resumed: up to `attempts` tries, the first at once,
 /// then after `first_delay`, doubling up to `max_delay`. Media keeps flowing meanwhile.
+///
+/// When the server refuses the resume (it no longer knows the participant, e.g. its node
+/// died) or the tries run out, and the room has a [`TokenSource`], the room rejoins from
+/// scratch: up to `rejoin_attempts` fresh joins (same schedule) with a fresh token, new peer
+/// connections, the same tracks published again and the same E2EE keys.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ReconnectPolicy {
-    /// Tries before the room is given up (`Disconnected`); 0 never resumes.
+    /// Tries before the room is given up (`Disconnected`) or rejoined; 0 never resumes.
     pub attempts: u32,
+    /// Fresh joins (full reconnects) before the room is given up; 0 never rejoins. Only used
+    /// with a [`RoomOptions::token_source`].
+    pub rejoin_attempts: u32,
     /// The wait before the second try.
     pub first_delay: Duration,
     /// The longest wait between tries.
@@ -33,10 +44,12 @@ pub struct ReconnectPolicy {
 }
 
 impl Default for ReconnectPolicy {
-    /// 6 tries over about 8 s (0, 0.25, 0.5, 1, 2, 4 s apart), each allowed 5 s.
+    /// 6 tries over about 8 s (0, 0.25, 0.5, 1, 2, 4 s apart), each allowed 5 s; then (with
+    /// a token source) 6 fresh joins on the same schedule, each allowed 10 s.
     fn default() -> Self {
         Self {
             attempts: 6,
+            rejoin_attempts: 6,
             first_delay: Duration::from_millis(250),
             max_delay: Duration::from_secs(4),
         }
@@ -67,6 +80,57 @@ pub struct RoomOptions {
     /// (9). Encoding is most of a participant's CPU: 5 costs about half of 9 for speech (see
     /// `oracle-calls bench opus`).
     pub opus_complexity: Option<u8>,
+    /// Where a full reconnect gets its fresh token (and URL); `None`: a room whose resume is
+    /// refused closes.
+    pub token_source: Option<TokenSource>,
+}
+
+/// A fresh join: the signaling URL and a new access token for the same identity and room.
+#[derive(Clone)]
+pub struct FreshToken {
+    /// The LiveKit URL (`ws://…`) to join at; it may differ from the first one.
+    pub url: String,
+    /// The access token.
+    pub token: Zeroizing<String>,
+}
+
+impl std::fmt::Debug for FreshToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FreshToken")
+            .field("url", &self.url)
+            .field("token", &"<redacted>")
+            .finish()
+    }
+}
+
+/// The future a [`TokenSource`] returns: a fresh token, or why none could be had (the room
+/// then closes with that reason).
+pub type TokenFuture = Pin<Box<dyn Future<Output = Result<FreshToken, String>> + Send>>;
+
+/// Mints a fresh token for a full reconnect (see [`ReconnectPolicy`]); called once per
+/// rejoin attempt, from the room's task.
+#[derive(Clone)]
+pub struct TokenSource(Arc<dyn Fn() -> TokenFuture + Send + Sync>);
+
+impl TokenSource {
+    /// Wraps an async closure.
+    pub fn new<F, Fut>(f: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<FreshToken, String>> + Send + 'static,
+    {
+        Self(Arc::new(move || Box::pin(f())))
+    }
+
+    pub(crate) fn fetch(&self) -> TokenFuture {
+        (self.0)()
+    }
+}
+
+impl std::fmt::Debug for TokenSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TokenSource")
+    }
 }
 
 /// What happens in the room.
@@ -158,14 +222,20 @@ pub enum RoomEvent {
         identity: String,
     },
     /// The signaling connection was lost (closed, failed, or silent past the server's ping
-    /// timeout) and resume try `attempt` starts; media keeps flowing.
+    /// timeout) and resume try `attempt` starts; media keeps flowing. With `full`, the
+    /// resume was refused or ran out of tries and fresh join `attempt` starts: media stops
+    /// until it is done.
     Reconnecting {
-        /// 1 for the first try.
+        /// 1 for the first try (counted separately for resumes and full reconnects).
         attempt: u32,
-        /// Why the connection was lost.
+        /// Why the connection was lost (or the resume failed).
         reason: String,
+        /// A full reconnect (fresh join, new peer connections) rather than a resume.
+        full: bool,
     },
-    /// The session was resumed on a new signaling connection (same participant).
+    /// The session was resumed on a new signaling connection (same participant), or, after a
+    /// full reconnect, rejoined as a new participant with the same identity, the same tracks
+    /// published again and the same E2EE keys.
     Reconnected,
     /// The room ended for us.
     Disconnected {
@@ -180,6 +250,7 @@ pub struct Room {
     cmd: mpsc::Sender<Command>,
     identity: String,
     sid: String,
+    locals: [std::net::SocketAddr; 2],
 }
 
 impl Room {
@@ -195,13 +266,14 @@ impl Room {
     ) -> Result<(Room, mpsc::Receiver<RoomEvent>), Error> {
         let (events_tx, events_rx) = mpsc::channel(1024);
         let (cmd_tx, cmd_rx) = mpsc::channel(256);
-        let (engine, identity, sid) = Engine::start(url, token, options, events_tx).await?;
+        let (engine, identity, sid, locals) = Engine::start(url, token, options, events_tx).await?;
         tokio::spawn(engine.run(cmd_rx));
         Ok((
             Room {
                 cmd: cmd_tx,
                 identity,
                 sid,
+                locals,
             },
             events_rx,
         ))
@@ -215,6 +287,12 @@ impl Room {
     /// Our participant sid (`PA_…`).
     pub fn sid(&self) -> &str {
         &self.sid
+    }
+
+    /// The local UDP addresses of the subscriber and publisher peer connections (kept for
+    /// the room's life, across resumes and full reconnects): what a firewall rule matches.
+    pub fn media_addrs(&self) -> [std::net::SocketAddr; 2] {
+        self.locals
     }
 
     /// Publishes a microphone track (Opus, 48 kHz mono, 20 ms frames), encrypted when E2EE is on.

@@ -57,6 +57,46 @@ impl ApiCredentials {
         )
     }
 
+    /// The same grants as `token` with a new validity of `ttl_secs` from now: for an agent's
+    /// full reconnect, whose job token came from LiveKit signed with these credentials. The
+    /// token must carry a valid signature under this key (expired is fine: its grants are
+    /// what is renewed, and only a token this key signed is ever renewed).
+    ///
+    /// # Errors
+    /// A token that is malformed, signed with another key, or whose issuer is not this key.
+    pub fn renew(&self, token: &str, ttl_secs: u64) -> Result<String, String> {
+        let (input, sig) = token
+            .rsplit_once('.')
+            .ok_or_else(|| "not a JWT".to_owned())?;
+        let sig = URL_SAFE_NO_PAD
+            .decode(sig)
+            .map_err(|_| "the signature is not base64url".to_owned())?;
+        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(self.secret.as_bytes())
+            .unwrap_or_else(|_| unreachable!("HMAC accepts any key length"));
+        mac.update(input.as_bytes());
+        mac.verify_slice(&sig)
+            .map_err(|_| "the token is not signed with these credentials".to_owned())?;
+        let body = input
+            .split('.')
+            .nth(1)
+            .ok_or_else(|| "not a JWT".to_owned())?;
+        let bytes = URL_SAFE_NO_PAD
+            .decode(body)
+            .map_err(|_| "the claims are not base64url".to_owned())?;
+        let mut claims: Value =
+            serde_json::from_slice(&bytes).map_err(|_| "the claims are not JSON".to_owned())?;
+        let obj = claims
+            .as_object_mut()
+            .ok_or_else(|| "the claims are not an object".to_owned())?;
+        if obj.get("iss").and_then(Value::as_str) != Some(self.key.as_str()) {
+            return Err("the token was issued for another API key".into());
+        }
+        for k in ["nbf", "exp", "iat", "jti"] {
+            obj.remove(k);
+        }
+        Ok(self.sign(claims, ttl_secs))
+    }
+
     /// Signs `claims` (an object) with `iss`, `nbf` and `exp` added.
     pub fn sign(&self, mut claims: Value, ttl_secs: u64) -> String {
         let now = std::time::SystemTime::now()
@@ -106,6 +146,31 @@ mod tests {
         assert_eq!(cl["iss"], "devkey");
         assert_eq!(cl["video"]["agent"], true);
         assert!(cl["exp"].as_u64().unwrap() > cl["nbf"].as_u64().unwrap());
+    }
+
+    #[test]
+    fn renew_keeps_the_grants_and_refuses_other_keys() {
+        let c = ApiCredentials::new("k", "secret-1");
+        let old = c.sign(
+            json!({"sub": "agent-AJ_1", "kind": "agent",
+                   "video": {"roomJoin": true, "room": "oc-1", "agent": true}}),
+            0,
+        );
+        let new = c.renew(&old, 600).unwrap();
+        let (a, b) = (claims(&old), claims(&new));
+        assert_eq!(b["sub"], "agent-AJ_1");
+        assert_eq!(b["kind"], "agent");
+        assert_eq!(b["video"], a["video"]);
+        assert!(b["exp"].as_u64().unwrap() >= a["exp"].as_u64().unwrap() + 590);
+        // Another key's token, a tampered one, and garbage are refused.
+        let other = ApiCredentials::new("k", "secret-2");
+        assert!(other.renew(&old, 600).is_err());
+        let foreign = ApiCredentials::new("k2", "secret-1");
+        assert!(foreign.renew(&old, 600).is_err());
+        let (input, sig) = old.rsplit_once('.').unwrap();
+        let tampered = format!("{input}x.{sig}");
+        assert!(c.renew(&tampered, 600).is_err());
+        assert!(c.renew("not a token", 600).is_err());
     }
 
     #[test]
