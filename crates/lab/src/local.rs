@@ -451,7 +451,7 @@ impl Deployment {
         let (bot, bot_password) = stack.user(&format!("oracle-{id}"))?;
         let kp = OracleKeyPair::generate(opts.scheme, &mut rand::rng())?;
         let key_file = opts.dir.join(format!("oracle-{id}.pem"));
-        crate::keyfile::write_private_key(&key_file, &kp, false)?;
+        oracle_calls::keyfile::write_private_key(&key_file, &kp, false)?;
         let database_url = match opts.db {
             Db::Sqlite => format!(
                 "sqlite://{}?mode=rwc",
@@ -464,7 +464,11 @@ impl Deployment {
         let prekey_signer = if opts.forward_secrecy {
             let signer = PrekeySigningKey::generate(&mut rand::rng());
             let path = opts.dir.join(format!("prekey-signing-{id}.pem"));
-            crate::keyfile::write_secret_file(&path, signer.to_pkcs8_pem().as_bytes(), false)?;
+            oracle_calls::keyfile::write_secret_file(
+                &path,
+                signer.to_pkcs8_pem().as_bytes(),
+                false,
+            )?;
             Some((path, signer.public_key().to_string()))
         } else {
             None
@@ -561,7 +565,7 @@ impl Deployment {
         old.stop().await;
         let kp = OracleKeyPair::generate(scheme, &mut rand::rng())?;
         let key_file = self.dir.join(format!("oracle-{}.pem", kp.key_id()));
-        crate::keyfile::write_private_key(&key_file, &kp, false)?;
+        oracle_calls::keyfile::write_private_key(&key_file, &kp, false)?;
         self.key_file = key_file;
         let (server, _) = start_server(
             &self.stack,
