@@ -9,5 +9,6 @@ pub mod local;
 pub mod local_kt;
 pub mod speech;
 pub mod speech_local;
+pub mod topology;
 pub mod verify;
 pub mod web;

@@ -298,7 +298,7 @@ struct RestartInputs {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn config_toml(
+pub(crate) fn config_toml(
     stack: &Stack,
     oracle: &Did,
     agent_name: &str,

@@ -1,5 +1,5 @@
 //! `oracle-lab`: the lab around the product: the real call demo, the crypto walkthrough, the
-//! benchmarks and the browser demo page on the local stack. It also
+//! benchmarks, the browser demo page, and multi-node deployments on the local stack. It also
 //! runs every product command (`serve`, `agent`, `kt`, …: the same code as `oracle-calls`),
 //! so the processes it starts need no second binary.
 
@@ -11,9 +11,14 @@ mod demo;
 
 use std::path::PathBuf;
 
+use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 use oracle_calls::cli::parse_scheme;
 use oracle_calls_crypto::KeyScheme;
+use oracle_calls_lab::local::{Stack, stack_script};
+use oracle_calls_lab::topology::{
+    ECHO_HEARD, Topology, TopologyInfo, TopologyOptions, place_calls,
+};
 
 /// The oracle-calls lab: demos, benchmarks and deployments on the local stack.
 #[derive(Parser, Debug)]
@@ -67,6 +72,40 @@ enum Command {
         /// Port on 127.0.0.1 (0: any free port).
         #[arg(long, default_value_t = 0)]
         port: u16,
+    },
+    /// A multi-node deployment of one oracle on the local stack, each group in its own
+    /// processes: N LiveKit nodes (the stack's; it is brought up with that many when down), M
+    /// servers on the stack's PostgreSQL, K agents. Prints where everything is and runs until
+    /// Ctrl-C; `load` places calls against it from another process.
+    Up {
+        /// LiveKit nodes.
+        #[arg(long, default_value_t = 2)]
+        livekit_nodes: usize,
+        /// Server processes.
+        #[arg(long, default_value_t = 2)]
+        servers: usize,
+        /// Agent processes.
+        #[arg(long, default_value_t = 2)]
+        agents: usize,
+        /// Calls one agent takes at once.
+        #[arg(long, default_value_t = 16)]
+        max_calls: usize,
+        /// Working directory (must not exist yet).
+        #[arg(long, default_value = "lab-out/topology")]
+        dir: PathBuf,
+    },
+    /// Users calling a running `up` topology at once, each from its own `call` process, spread
+    /// over its servers: each says synthetic speech and checks the echo it records.
+    Load {
+        /// The topology's directory (as given to `up`).
+        #[arg(long, default_value = "lab-out/topology")]
+        dir: PathBuf,
+        /// Users (one call each).
+        #[arg(long, default_value_t = 4)]
+        users: usize,
+        /// Seconds per call.
+        #[arg(long, default_value_t = 6)]
+        seconds: u64,
     },
     /// The product's commands (as `oracle-calls` runs them).
     #[command(flatten)]
@@ -247,6 +286,129 @@ fn main() -> anyhow::Result<()> {
             } => bench_key::run(db, clients, seconds, dir),
         },
         Command::Web { dir, port } => oracle_calls_lab::web::run_command(&dir, port),
+        Command::Up {
+            livekit_nodes,
+            servers,
+            agents,
+            max_calls,
+            dir,
+        } => up(TopologyOptions {
+            dir,
+            livekit_nodes,
+            servers,
+            agents,
+            max_calls,
+            exe: std::env::current_exe().context("this program's path")?,
+        }),
+        Command::Load {
+            dir,
+            users,
+            seconds,
+        } => load(&dir, users, seconds),
         Command::Product(command) => oracle_calls::cli::run(command),
     }
+}
+
+fn up(opts: TopologyOptions) -> anyhow::Result<()> {
+    if opts.dir.exists() {
+        bail!(
+            "{} exists: give `up` a new --dir (or remove the old one)",
+            opts.dir.display()
+        );
+    }
+    let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    rt.block_on(async move {
+        let stack = match Stack::running() {
+            Ok(stack) => stack,
+            Err(_) => {
+                let script = stack_script();
+                let status = std::process::Command::new(&script)
+                    .arg("up")
+                    .env("STACK_LIVEKIT_NODES", opts.livekit_nodes.to_string())
+                    .status()
+                    .with_context(|| format!("running {} up", script.display()))?;
+                if !status.success() {
+                    bail!("`{} up` failed (see its output above)", script.display());
+                }
+                Stack::running()?
+            }
+        };
+        eprintln!(
+            "starting {} server(s) and {} agent(s) on {} LiveKit node(s) …",
+            opts.servers, opts.agents, opts.livekit_nodes
+        );
+        let topology = Topology::start(stack, opts).await?;
+        let info = &topology.info;
+        println!("oracle      {}", info.oracle);
+        println!("homeserver  {}", info.homeserver);
+        for (i, n) in info.nodes.iter().enumerate() {
+            println!("livekit {i}   {} (API {})", n.url, n.http_url);
+        }
+        for (i, s) in info.servers.iter().enumerate() {
+            println!(
+                "server {i}    {} (pid {}, LiveKit node {}, log {})",
+                s.url,
+                s.pid,
+                s.node,
+                s.log.display()
+            );
+        }
+        for (j, a) in info.agents.iter().enumerate() {
+            println!(
+                "agent {j}     pid {} (server {}, LiveKit node {}, log {})",
+                a.pid,
+                a.server,
+                a.node,
+                a.log.display()
+            );
+        }
+        println!(
+            "calls:      oracle-lab load --dir {} --users 4",
+            info.dir.display()
+        );
+        println!("running until Ctrl-C");
+        tokio::signal::ctrl_c()
+            .await
+            .context("waiting for Ctrl-C")?;
+        eprintln!("stopping");
+        drop(topology);
+        Ok(())
+    })
+}
+
+fn load(dir: &std::path::Path, users: usize, seconds: u64) -> anyhow::Result<()> {
+    let info = TopologyInfo::read(dir)?;
+    let exe = std::env::current_exe().context("this program's path")?;
+    let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    let calls = rt.block_on(async {
+        let stack = Stack::running()?;
+        let all: Vec<usize> = (0..info.servers.len()).collect();
+        place_calls(&exe, &stack, &info, &all, users, seconds).await
+    })?;
+    let mut failed = 0;
+    println!(
+        "{:<20} {:>6} {:>6} {:>9}  call",
+        "user", "server", "agent", "envelope"
+    );
+    for c in &calls {
+        let agent = c.agent.map_or("-".to_owned(), |a| a.to_string());
+        println!(
+            "{:<20} {:>6} {:>6} {:>9.2}  {}",
+            c.user, c.server, agent, c.envelope, c.call_id
+        );
+        if let Some(e) = &c.error {
+            println!("  failed: {e}");
+        }
+        if c.error.is_some() || c.envelope <= ECHO_HEARD {
+            failed += 1;
+        }
+    }
+    if failed > 0 {
+        bail!(
+            "{failed} of {} calls failed or did not hear the echo",
+            calls.len()
+        );
+    }
+    println!("all {} calls heard the echo", calls.len());
+    Ok(())
 }
