@@ -28,6 +28,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once per process: the product's commands stay unboxed, as in `oracle-calls`.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 enum Command {
     /// A real end-to-end encrypted call on the local stack: brings the stack up, provisions a

@@ -447,8 +447,10 @@ impl Topology {
             .position(|c| c.id() == pid)
             .context("the process is gone")?;
         let mut child = self.children.swap_remove(at);
-        child.kill().context("killing the process")?;
-        child.wait()?;
+        let killed = child.kill();
+        let waited = child.wait();
+        killed.context("killing the process")?;
+        waited.context("waiting for the killed process")?;
         Ok(())
     }
 }
