@@ -1,7 +1,7 @@
 """Checks of the stack's multi-node LiveKit (`STACK_LIVEKIT_NODES=2 scripts/stack up`).
 
 Skipped when the stack runs one LiveKit node. What the nodes do together (rooms spread over
-them, calls across them) is crates/cli/tests/livekit_nodes.rs; this file checks what the
+them, calls across them) is crates/lab/tests/livekit_nodes.rs; this file checks what the
 stack itself promises: every node answers, Redis is private (password, loopback, nothing on
 disk), and no secret is on a command line or in a file others can read.
 """

@@ -137,7 +137,7 @@ pub struct FileConfig {
     pub accept_legacy_envelopes: bool,
     /// The Opus encoder complexity of the oracle's voice, 0..=10 (default: libopus's, 9). Each
     /// call encodes one stream: 5 saves about a third of the encoding CPU, 0 about two thirds
-    /// (`oracle-calls bench opus`).
+    /// (`oracle-lab bench opus`).
     #[serde(default)]
     pub opus_complexity: Option<u8>,
     /// Wait at the server for calls it hands out directly (`POST /agent/jobs/next`, default

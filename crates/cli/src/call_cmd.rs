@@ -3,10 +3,10 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::ivf as crate_ivf;
+use crate::wav;
 use anyhow::{Context as _, bail};
 use clap::Args;
-use oracle_calls::ivf as crate_ivf;
-use oracle_calls::wav;
 use oracle_calls_client::{
     CallEvent, ClientConfig, DirectoryPublicKey, KtConfig, Login, OracleClient, TrustOverride,
 };

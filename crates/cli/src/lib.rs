@@ -1,15 +1,12 @@
-//! Library side of the `oracle-calls` binary: a local deployment on the stack (what `demo`,
-//! the end-to-end tests and `bench setup` run), audio analysis, speech synthesis and WAV files.
+//! Library side of the `oracle-calls` binary: the product's commands (what `oracle-calls` and
+//! the lab's processes run), oracle key files, IVF video and WAV files.
 
-pub mod analysis;
-pub mod bench_browser;
-pub mod bench_speech;
+mod agent_cmd;
+mod apikey;
+mod call_cmd;
+pub mod cli;
 pub mod ivf;
 pub mod keyfile;
-pub mod local;
-pub mod local_kt;
-pub mod speech;
-pub mod speech_local;
-pub mod verify;
+mod kt_cmd;
+mod serve;
 pub mod wav;
-pub mod web;

@@ -122,3 +122,34 @@ fn key_transparency_never_links_the_crypto_crate() {
     );
     assert!(deps.contains("akd_core"), "the check looks at the kt crate");
 }
+
+#[test]
+fn the_product_never_depends_on_the_lab() {
+    let meta = metadata();
+    // Not through its own normal dependencies…
+    let deps = normal_closure(&meta, "oracle-calls").unwrap();
+    assert!(
+        !deps.contains("oracle-calls-lab"),
+        "oracle-calls depends on oracle-calls-lab"
+    );
+    // …nor as a dev- or build-dependency of the product's package.
+    let product = meta["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "oracle-calls")
+        .unwrap();
+    for dep in product["dependencies"].as_array().unwrap() {
+        assert_ne!(
+            dep["name"], "oracle-calls-lab",
+            "oracle-calls names oracle-calls-lab as a {} dependency",
+            dep["kind"]
+        );
+    }
+    // And the check itself works: the lab does depend on the product.
+    assert!(
+        normal_closure(&meta, "oracle-calls-lab")
+            .unwrap()
+            .contains("oracle-calls")
+    );
+}

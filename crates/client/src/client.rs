@@ -54,7 +54,7 @@ pub struct ClientConfig {
     /// How long to wait for the oracle's bot to join a new DM room.
     pub bot_join_timeout: Duration,
     /// The microphone's Opus encoder complexity (0..=10); `None` keeps libopus's default (9).
-    /// Lower values save CPU on small devices (`oracle-calls bench opus`).
+    /// Lower values save CPU on small devices (`oracle-lab bench opus`).
     pub opus_complexity: Option<u8>,
     /// Check the oracle's keys, bot and bot devices against this key-transparency directory
     /// (PROTOCOL §12) instead of trusting the server on first use. `None` (the default):

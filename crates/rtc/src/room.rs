@@ -78,7 +78,7 @@ pub struct RoomOptions {
     pub reconnect: ReconnectPolicy,
     /// The Opus encoder's complexity, 0 (cheapest) ..= 10; `None` keeps libopus's default
     /// (9). Encoding is most of a participant's CPU: 5 costs about half of 9 for speech (see
-    /// `oracle-calls bench opus`).
+    /// `oracle-lab bench opus`).
     pub opus_complexity: Option<u8>,
     /// Where a full reconnect gets its fresh token (and URL); `None`: a room whose resume is
     /// refused closes.

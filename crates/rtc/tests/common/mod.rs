@@ -7,42 +7,15 @@
     clippy::indexing_slicing
 )]
 
-use std::collections::HashMap;
 use std::process::Command;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::{KeyInit as _, Mac as _};
 
+/// The checkout's root directory.
 pub fn repo_root() -> String {
-    format!("{}/../..", env!("CARGO_MANIFEST_DIR"))
-}
-
-/// `scripts/stack env`, as a map. Panics with the fix when the stack is not up.
-pub fn stack_env() -> HashMap<String, String> {
-    let out = Command::new(format!("{}/scripts/stack", repo_root()))
-        .arg("env")
-        .output()
-        .expect("run scripts/stack env");
-    assert!(
-        out.status.success(),
-        "scripts/stack env failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let env: HashMap<String, String> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.to_owned(), v.trim_matches('"').to_owned()))
-        .collect();
-    let health = Command::new(format!("{}/scripts/stack", repo_root()))
-        .arg("status")
-        .output()
-        .unwrap();
-    assert!(
-        health.status.success(),
-        "the stack is not up: run `scripts/stack up` (scripts/test does)"
-    );
-    env
+    oracle_calls_test_support::repo_root().display().to_string()
 }
 
 pub struct LiveKit {
@@ -53,15 +26,11 @@ pub struct LiveKit {
 
 impl LiveKit {
     pub fn from_stack() -> Self {
-        let env = stack_env();
-        let secret = std::fs::read_to_string(&env["LIVEKIT_API_SECRET_FILE"])
-            .unwrap()
-            .trim()
-            .to_owned();
+        let lk = oracle_calls_test_support::LiveKitCredentials::from_stack();
         Self {
-            url: env["LIVEKIT_URL"].clone(),
-            key: env["LIVEKIT_API_KEY"].clone(),
-            secret,
+            url: lk.url,
+            key: lk.api_key,
+            secret: lk.api_secret,
         }
     }
 
@@ -120,14 +89,7 @@ pub async fn tone_while(
 }
 
 pub fn unique_room(prefix: &str) -> String {
-    format!("{prefix}-{:08x}", rand_u32())
-}
-
-fn rand_u32() -> u32 {
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap();
-    t.subsec_nanos() ^ std::process::id().rotate_left(16)
+    oracle_calls_test_support::unique(&format!("{prefix}-"))
 }
 
 impl LiveKit {

@@ -1,10 +1,7 @@
 //! The stack's coordinates, Matrix users with OpenID tokens, and an in-process server.
 
-use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Command;
-use std::sync::OnceLock;
 
 use oracle_calls_proto::{
     CallId, CallStatus, CallType, Did, EventId, KeyDerivation, KeyEnvelope, OraclesCallContent,
@@ -23,66 +20,15 @@ pub enum Db {
     Postgres,
 }
 
-pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// `scripts/stack env`, parsed once; fails with a hint when the stack is not up.
-pub fn stack() -> &'static HashMap<String, String> {
-    static ENV: OnceLock<HashMap<String, String>> = OnceLock::new();
-    ENV.get_or_init(|| {
-        let out = Command::new(repo_root().join("scripts/stack"))
-            .arg("env")
-            .output()
-            .expect("running scripts/stack env");
-        assert!(out.status.success(), "scripts/stack env failed");
-        let env: HashMap<String, String> = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| l.split_once('='))
-            .map(|(k, v)| (k.to_owned(), v.trim_matches('\'').to_owned()))
-            .collect();
-        let matrix = format!("{}/health", env["MATRIX_URL"]);
-        let up = std::net::TcpStream::connect_timeout(
-            &env["MATRIX_URL"]
-                .trim_start_matches("http://")
-                .parse::<SocketAddr>()
-                .unwrap(),
-            std::time::Duration::from_secs(2),
-        )
-        .is_ok();
-        assert!(
-            up,
-            "the stack is not running ({matrix} unreachable): run `scripts/stack up` first"
-        );
-        env
-    })
-}
-
-pub fn stack_var(k: &str) -> String {
-    stack()
-        .get(k)
-        .cloned()
-        .unwrap_or_else(|| panic!("scripts/stack env has no {k}"))
-}
-
-pub fn read_file(path: &str) -> String {
-    std::fs::read_to_string(path).unwrap().trim().to_owned()
-}
+// The stack's settings and secrets, and unique names, come from the workspace's shared test
+// support (crates/test-support).
+pub use oracle_calls_test_support::{read_secret as read_file, stack_var, unique};
 
 /// A fresh room name of the shape a client makes: `oc-` and 32 lower-case hex characters.
 pub fn room_name() -> String {
     let mut b = [0u8; 16];
     rand::fill(&mut b);
     RoomName::from_random(b).as_str().to_owned()
-}
-
-pub fn unique(prefix: &str) -> String {
-    let mut b = [0u8; 6];
-    rand::fill(&mut b);
-    format!(
-        "{prefix}{}",
-        b.iter().map(|x| format!("{x:02x}")).collect::<String>()
-    )
 }
 
 /// A Matrix user of the stack's Synapse.
@@ -96,7 +42,7 @@ pub struct MatrixUser {
 impl MatrixUser {
     /// Provisions `@<name>:<server>` with `scripts/stack user` and logs it in.
     pub async fn new(name: &str) -> Self {
-        let out = Command::new(repo_root().join("scripts/stack"))
+        let out = Command::new(oracle_calls_test_support::stack_script())
             .args(["user", name])
             .output()
             .unwrap();
@@ -105,11 +51,7 @@ impl MatrixUser {
             "scripts/stack user {name}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let kv: HashMap<String, String> = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| l.split_once('='))
-            .map(|(k, v)| (k.to_owned(), v.trim_matches('\'').to_owned()))
-            .collect();
+        let kv = oracle_calls_test_support::parse_env(&String::from_utf8_lossy(&out.stdout));
         let password = read_file(&kv["MATRIX_USER_PASSWORD_FILE"]);
         let login: Value = reqwest::Client::new()
             .post(format!(

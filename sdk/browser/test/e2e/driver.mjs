@@ -1,8 +1,8 @@
 #!/usr/bin/env node
-// Drives the browser SDK's demo page (sdk/browser/demo, served by `oracle-calls web`) in
+// Drives the browser SDK's demo page (sdk/browser/demo, served by `oracle-lab web`) in
 // Debian's headless Chromium through playwright-core, as a person would: signs in, calls the
 // oracle, listens, hangs up. What it saw is printed as ONE JSON line on stdout; progress and
-// diagnostics go to stderr. The Rust test crates/cli/tests/browser_sdk.rs runs it against the
+// diagnostics go to stderr. The Rust test crates/lab/tests/browser_sdk.rs runs it against the
 // real stack, the oracle-calls server and its echo agent, and asserts on both.
 //
 // Usage: node sdk/browser/test/e2e/driver.mjs < config.json   (the password only on stdin)
@@ -40,7 +40,7 @@
 //     {"benchCall": {block, index, warmup, callId, startedAtEpochMs, echoAtEpochMs, timeline,
 //     encryption, decryptionFailures}} (the wall clock just before callOracle() and when the
 //     echo was heard; the warm-up's line has warmup true), all before the result line.
-//     `oracle-calls bench browser` runs it.
+//     `oracle-lab bench browser` runs it.
 //   With errorShot, afterwards a sign-in with a wrong password in a fresh browser context, for
 //   the error state (errorState in the result).
 // stdout (one line): {"ok", "scenario", "error", "chromium", "console": [{type, text, url}],

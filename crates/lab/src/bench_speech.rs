@@ -1,4 +1,4 @@
-//! `oracle-calls bench speech`: voice-to-voice latency of the speaking oracle, turn by turn,
+//! `oracle-lab bench speech`: voice-to-voice latency of the speaking oracle, turn by turn,
 //! through the real stack and the E2EE call, split into its stages; with the offline default
 //! (earshot, the Whisper sidecar, the knowledge file, flite) and with every engine behind a
 //! local OpenAI-compatible server (the Whisper sidecar for `/audio/transcriptions` and

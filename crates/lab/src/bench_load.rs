@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use oracle_calls::local::{Db, DeployOptions, Deployment, Stack};
+use oracle_calls_lab::local::{Db, DeployOptions, Deployment, Stack};
 use oracle_calls_client::{CallEvent, OracleClient};
 use oracle_calls_proto::CallType;
 
@@ -203,7 +203,7 @@ fn rms(pcm: &[i16]) -> f64 {
 
 /// Ten seconds of synthesized speech over a steady 150 Hz tone, so that no frame is quiet.
 fn user_signal(seed: u64) -> Vec<i16> {
-    let speech = oracle_calls::speech::synthesize(10.0, seed);
+    let speech = oracle_calls_lab::speech::synthesize(10.0, seed);
     let tone = oracle_calls_rtc::sine_tone(150.0, 1500.0, 0, speech.len());
     speech
         .iter()
@@ -276,7 +276,7 @@ async fn level(stack: &Stack, exe: &Path, o: &Options, n: usize) -> anyhow::Resu
     let dir = o.dir.join(format!(
         "{}-n{n}-{}",
         o.label,
-        oracle_calls::local::unique_hex(3)
+        oracle_calls_lab::local::unique_hex(3)
     ));
     let mut opts = DeployOptions::new(&dir);
     opts.oracle = None;

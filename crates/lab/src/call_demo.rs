@@ -1,4 +1,4 @@
-//! `oracle-calls demo`: a real end-to-end encrypted call between a person and an oracle on the
+//! `oracle-lab demo`: a real end-to-end encrypted call between a person and an oracle on the
 //! local stack, with a timeline and a verification block in which every line is a real check.
 //!
 //! Two oracles. `echo` says back what it hears: the user's synthesized speech must come back.
@@ -12,16 +12,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use oracle_calls::analysis::{self, Match};
-use oracle_calls::local::{DeployOptions, Deployment, Stack};
-use oracle_calls::local_kt::{self, KtDirectory};
-use oracle_calls::speech_local::{
-    self, Conversation, LocalServer, RunEnd, SPEAKING_RMS, SidecarRole, SpeechEnv,
-};
-use oracle_calls::{speech, verify, wav};
+use oracle_calls::wav;
 use oracle_calls_agent::oracles::Builtin;
 use oracle_calls_agent::{JobOutcome, Speech};
 use oracle_calls_client::{Call, CallEvent, Phase};
+use oracle_calls_lab::analysis::{self, Match};
+use oracle_calls_lab::local::{DeployOptions, Deployment, Stack};
+use oracle_calls_lab::local_kt::{self, KtDirectory};
+use oracle_calls_lab::speech_local::{
+    self, Conversation, LocalServer, RunEnd, SPEAKING_RMS, SidecarRole, SpeechEnv,
+};
+use oracle_calls_lab::{speech, verify};
 use oracle_calls_proto::{CallStatus, CallType};
 use oracle_calls_rtc::{Room, RoomEvent, RoomOptions};
 use oracle_calls_speech::Message;
@@ -189,7 +190,7 @@ async fn demo(opts: Options) -> anyhow::Result<()> {
     let total = if speaking { 9 } else { 7 };
     let mut n = 1;
     eprintln!(
-        "oracle-calls demo: a real end-to-end encrypted call to an AI oracle on the local stack\n"
+        "oracle-lab demo: a real end-to-end encrypted call to an AI oracle on the local stack\n"
     );
     std::fs::create_dir_all(&opts.out)
         .with_context(|| format!("creating {}", opts.out.display()))?;

@@ -73,7 +73,7 @@ fn median(v: &mut [f64]) -> f64 {
 /// Runs the benchmark: `rounds` rounds over `seconds` of speech, the complexities interleaved
 /// in each round so the machine's noise spreads over all of them.
 pub fn run(seconds: f64, rounds: usize) -> anyhow::Result<()> {
-    let speech = oracle_calls::speech::synthesize(seconds, 7);
+    let speech = oracle_calls_lab::speech::synthesize(seconds, 7);
     let default = opus::Encoder::new(48_000, opus::Channels::Mono, opus::Application::Voip)?
         .get_complexity()?;
     let mut levels = vec![default, 10, 8, 5, 3, 1, 0];

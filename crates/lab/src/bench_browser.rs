@@ -1,4 +1,4 @@
-//! `oracle-calls bench browser`: call setup from the browser SDK's demo page (headless Chromium,
+//! `oracle-lab bench browser`: call setup from the browser SDK's demo page (headless Chromium,
 //! driven by `sdk/browser/test/e2e/driver.mjs`, scenario `bench`) next to the Rust client's, in
 //! the same run, against one oracle on the local stack; and the SDK's bundle sizes (gzip).
 //!

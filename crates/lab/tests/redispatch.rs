@@ -15,9 +15,9 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use oracle_calls::local::{DeployOptions, Deployment, Stack, unique_hex};
-use oracle_calls::{analysis, verify};
 use oracle_calls_client::{Call, CallEvent};
+use oracle_calls_lab::local::{DeployOptions, Deployment, Stack, unique_hex};
+use oracle_calls_lab::{analysis, verify};
 use oracle_calls_proto::{CallStatus, CallType};
 
 fn temp_dir() -> std::path::PathBuf {
@@ -65,13 +65,15 @@ impl Drop for Agent {
 }
 
 fn exe() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_oracle-calls"))
+    Path::new(env!("CARGO_BIN_EXE_oracle-lab"))
 }
 
 /// Speaks `pcm` into the call in real time while collecting what the oracle says, for
 /// `listen` in total (a frame that does not decrypt fails the test).
 async fn talk(call: &mut Call, pcm: Vec<i16>, listen: Duration) -> Vec<i16> {
-    oracle_calls::local::talk(call, pcm, listen).await.unwrap()
+    oracle_calls_lab::local::talk(call, pcm, listen)
+        .await
+        .unwrap()
 }
 
 fn metric(dep: &Deployment, name: &str) -> f64 {
@@ -106,7 +108,7 @@ async fn a_killed_agent_is_dispatched_again_and_a_new_one_rejoins_under_the_same
     );
     let user = dep.new_user().await.unwrap();
     let mut call = user.call_oracle(CallType::Audio).await.unwrap();
-    let speech = oracle_calls::speech::synthesize(2.0, 1);
+    let speech = oracle_calls_lab::speech::synthesize(2.0, 1);
     let heard = talk(&mut call, speech.clone(), Duration::from_secs(3)).await;
     assert!(
         analysis::compare(&speech, &heard, 150).envelope > 0.6,
@@ -129,7 +131,7 @@ async fn a_killed_agent_is_dispatched_again_and_a_new_one_rejoins_under_the_same
     let mut turn = 0;
     while killed.elapsed() < Duration::from_secs(45) && back_after.is_none() {
         turn += 1;
-        let pcm = oracle_calls::speech::synthesize(1.0, 10 + turn);
+        let pcm = oracle_calls_lab::speech::synthesize(1.0, 10 + turn);
         let mic = call.microphone();
         let speaker = tokio::spawn(async move { mic.play(&pcm).await });
         let deadline = tokio::time::Instant::now() + Duration::from_millis(1500);
@@ -256,7 +258,7 @@ async fn an_agent_leaving_after_its_user_is_not_dispatched_again() {
     let dep = Deployment::start(stack, opts).await.unwrap();
     let user = dep.new_user().await.unwrap();
     let mut call = user.call_oracle(CallType::Audio).await.unwrap();
-    let speech = oracle_calls::speech::synthesize(2.0, 4);
+    let speech = oracle_calls_lab::speech::synthesize(2.0, 4);
     let heard = talk(&mut call, speech.clone(), Duration::from_secs(3)).await;
     assert!(analysis::compare(&speech, &heard, 150).envelope > 0.6);
     // The user hangs up: the agent leaves after it, and that is the call's end, not a crash.

@@ -1,4 +1,4 @@
-//! `oracle-calls bench setup`: how long a call takes to set up, phase by phase, on the local
+//! `oracle-lab bench setup`: how long a call takes to set up, phase by phase, on the local
 //! stack, and what the agent process costs at 1, 10 and 50 concurrent calls.
 
 use std::collections::BTreeMap;
@@ -7,10 +7,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use oracle_calls::local::{DeployOptions, Deployment, Stack};
-use oracle_calls::local_kt::{self, KtDirectory, KtService};
 use oracle_calls_agent::CallReport;
 use oracle_calls_client::{Call, CallEvent, KtConfig, OracleClient, Phase};
+use oracle_calls_lab::local::{DeployOptions, Deployment, Stack};
+use oracle_calls_lab::local_kt::{self, KtDirectory, KtService};
 use oracle_calls_proto::CallType;
 use tokio::sync::Mutex;
 
@@ -361,7 +361,7 @@ pub fn agent(
                     let mic = call.microphone();
                     let talker = tokio::spawn(async move {
                         // Ten seconds of speech, over and over.
-                        let speech = oracle_calls::speech::synthesize(10.0, 5);
+                        let speech = oracle_calls_lab::speech::synthesize(10.0, 5);
                         loop {
                             if mic.play(&speech).await.is_err() {
                                 return;

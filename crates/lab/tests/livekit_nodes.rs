@@ -16,9 +16,9 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use oracle_calls::local::{DeployOptions, Deployment, Stack, echo_envelope, unique_hex};
 use oracle_calls_agent::oracles::{Builtin, Echo};
 use oracle_calls_agent::{Agent, JobOutcome};
+use oracle_calls_lab::local::{DeployOptions, Deployment, Stack, echo_envelope, unique_hex};
 use oracle_calls_proto::CallType;
 use oracle_calls_rtc::token::ApiCredentials;
 use serde_json::{Value, json};

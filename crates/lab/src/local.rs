@@ -347,7 +347,7 @@ struct RestartInputs {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn config_toml_keys(
+pub(crate) fn config_toml_keys(
     stack: &Stack,
     oracle: &Did,
     agent_name: &str,
@@ -413,7 +413,7 @@ per_user = {{ per_sec = 500.0, burst = 2000 }}
 }
 
 /// What the server's `[oracle] keys` lists for `k`.
-fn key_info(k: &OracleKeyPair) -> OracleKeyInfo {
+pub(crate) fn key_info(k: &OracleKeyPair) -> OracleKeyInfo {
     OracleKeyInfo {
         key_id: k.key_id().to_string(),
         scheme: k.scheme(),
@@ -508,7 +508,7 @@ impl Deployment {
         let (bot, bot_password) = stack.user(&format!("oracle-{id}"))?;
         let kp = OracleKeyPair::generate(opts.scheme, &mut rand::rng())?;
         let key_file = opts.dir.join(format!("oracle-{id}.pem"));
-        crate::keyfile::write_private_key(&key_file, &kp, false)?;
+        oracle_calls::keyfile::write_private_key(&key_file, &kp, false)?;
         let database_url = match opts.db {
             Db::Sqlite => format!(
                 "sqlite://{}?mode=rwc",
@@ -521,7 +521,11 @@ impl Deployment {
         let prekey_signer = if opts.forward_secrecy {
             let signer = PrekeySigningKey::generate(&mut rand::rng());
             let path = opts.dir.join(format!("prekey-signing-{id}.pem"));
-            crate::keyfile::write_secret_file(&path, signer.to_pkcs8_pem().as_bytes(), false)?;
+            oracle_calls::keyfile::write_secret_file(
+                &path,
+                signer.to_pkcs8_pem().as_bytes(),
+                false,
+            )?;
             Some((path, signer.public_key().to_string()))
         } else {
             None
@@ -619,7 +623,7 @@ impl Deployment {
         old.stop().await;
         let kp = OracleKeyPair::generate(scheme, &mut rand::rng())?;
         let key_file = self.dir.join(format!("oracle-{}.pem", kp.key_id()));
-        crate::keyfile::write_private_key(&key_file, &kp, false)?;
+        oracle_calls::keyfile::write_private_key(&key_file, &kp, false)?;
         self.key_file = key_file;
         let (server, _) = start_server(
             &self.stack,

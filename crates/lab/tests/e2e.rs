@@ -9,11 +9,11 @@
 
 use std::time::Duration;
 
-use oracle_calls::analysis;
-use oracle_calls::local::{DeployOptions, Deployment, Stack, unique_hex};
 use oracle_calls_agent::JobOutcome;
 use oracle_calls_agent::job::EndedBy;
 use oracle_calls_client::{Call, CallEvent};
+use oracle_calls_lab::analysis;
+use oracle_calls_lab::local::{DeployOptions, Deployment, Stack, unique_hex};
 use oracle_calls_proto::{CallReason, CallStatus, CallType};
 
 fn temp_dir() -> std::path::PathBuf {
@@ -39,7 +39,9 @@ fn init_logs() {
 /// Speaks `pcm` into the call in real time while collecting what the oracle says, for
 /// `listen` in total (a frame that does not decrypt fails the test).
 async fn talk(call: &mut Call, pcm: Vec<i16>, listen: Duration) -> Vec<i16> {
-    oracle_calls::local::talk(call, pcm, listen).await.unwrap()
+    oracle_calls_lab::local::talk(call, pcm, listen)
+        .await
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -51,7 +53,7 @@ async fn audio_call_through_the_echo_oracle() {
         .unwrap();
     let client = dep.new_user().await.unwrap();
     let mut call = client.call_oracle(CallType::Audio).await.unwrap();
-    let speech = oracle_calls::speech::synthesize(4.0, 11);
+    let speech = oracle_calls_lab::speech::synthesize(4.0, 11);
     let heard = talk(&mut call, speech.clone(), Duration::from_secs(6)).await;
     let m = analysis::compare(&speech, &heard, 150);
     assert!(
@@ -106,7 +108,10 @@ async fn audio_call_through_the_echo_oracle() {
 async fn video_call_through_the_echo_oracle() {
     init_logs();
     let _serial = SERIAL.lock().await;
-    let clip = oracle_calls::ivf::parse(include_bytes!("fixtures/testsrc-320x240.ivf")).unwrap();
+    let clip = oracle_calls::ivf::parse(include_bytes!(
+        "../../cli/tests/fixtures/testsrc-320x240.ivf"
+    ))
+    .unwrap();
     let dep = Deployment::start(Stack::running().unwrap(), DeployOptions::new(temp_dir()))
         .await
         .unwrap();
@@ -132,7 +137,7 @@ async fn video_call_through_the_echo_oracle() {
             i += 1;
         }
     });
-    let speech = oracle_calls::speech::synthesize(4.0, 12);
+    let speech = oracle_calls_lab::speech::synthesize(4.0, 12);
     let mic = call.microphone();
     let pcm = speech.clone();
     let speaker = tokio::spawn(async move { mic.play(&pcm).await });
@@ -269,7 +274,7 @@ async fn a_key_sealed_to_another_agents_key_is_left_to_the_pool() {
         .await
         .unwrap();
     let mut call = client.call_oracle(CallType::Audio).await.unwrap();
-    let speech = oracle_calls::speech::synthesize(2.0, 5);
+    let speech = oracle_calls_lab::speech::synthesize(2.0, 5);
     let heard = talk(&mut call, speech, Duration::from_secs(4)).await;
     assert!(
         heard.len() > 16_000,
@@ -491,7 +496,7 @@ async fn an_intruder_in_the_room_is_not_taken_for_the_user() {
     )
     .await
     .unwrap();
-    let speech = oracle_calls::speech::synthesize(2.0, 7);
+    let speech = oracle_calls_lab::speech::synthesize(2.0, 7);
     let heard = talk(&mut call, speech, Duration::from_secs(4)).await;
     assert!(
         heard.len() > 16_000,
@@ -546,7 +551,7 @@ async fn ten_concurrent_calls_through_one_agent() {
             let mut call = client.call_oracle(CallType::Audio).await.unwrap();
             // Talk only once all ten are connected: then all ten are surely in flight together.
             all_up.wait().await;
-            let speech = oracle_calls::speech::synthesize(4.0, 100 + i);
+            let speech = oracle_calls_lab::speech::synthesize(4.0, 100 + i);
             let heard = talk(&mut call, speech, Duration::from_secs(7)).await;
             call.end().await.unwrap();
             heard.len() / 960
@@ -831,7 +836,7 @@ async fn an_agent_killed_mid_call_breaks_neither_the_server_nor_other_calls() {
     // Call A goes to the agent process (the only worker; it takes one call).
     let mut doomed = dep
         .spawn_agent_process(
-            std::path::Path::new(env!("CARGO_BIN_EXE_oracle-calls")),
+            std::path::Path::new(env!("CARGO_BIN_EXE_oracle-lab")),
             1,
             // The agent process's config also carries an encoder complexity here.
             Some(5),
@@ -843,7 +848,7 @@ async fn an_agent_killed_mid_call_breaks_neither_the_server_nor_other_calls() {
     let mut a = a_user.call_oracle(CallType::Audio).await.unwrap();
     let heard_a = talk(
         &mut a,
-        oracle_calls::speech::synthesize(2.0, 1),
+        oracle_calls_lab::speech::synthesize(2.0, 1),
         Duration::from_secs(3),
     )
     .await;
@@ -862,7 +867,7 @@ async fn an_agent_killed_mid_call_breaks_neither_the_server_nor_other_calls() {
     // Kill the first agent while both calls run.
     doomed.kill().unwrap();
     doomed.wait().unwrap();
-    let speech = oracle_calls::speech::synthesize(4.0, 2);
+    let speech = oracle_calls_lab::speech::synthesize(4.0, 2);
     let heard_b = talk(&mut b, speech.clone(), Duration::from_secs(6)).await;
     let m = analysis::compare(&speech, &heard_b, 150);
     assert!(m.envelope > 0.6, "call B goes on: {m:?}");
@@ -880,7 +885,7 @@ async fn an_agent_killed_mid_call_breaks_neither_the_server_nor_other_calls() {
     // And a new call after the kill is served.
     let c_user = dep.new_user().await.unwrap();
     let mut c = c_user.call_oracle(CallType::Audio).await.unwrap();
-    let speech = oracle_calls::speech::synthesize(3.0, 3);
+    let speech = oracle_calls_lab::speech::synthesize(3.0, 3);
     let heard_c = talk(&mut c, speech.clone(), Duration::from_secs(5)).await;
     assert!(analysis::compare(&speech, &heard_c, 150).envelope > 0.6);
     c.end().await.unwrap();
@@ -901,10 +906,10 @@ async fn the_call_command_says_a_wav_and_records_the_answer() {
     std::fs::write(&pw_file, password.as_bytes()).unwrap();
     let input = dep.dir.join("in.wav");
     let output = dep.dir.join("out.wav");
-    let speech = oracle_calls::speech::synthesize(3.0, 77);
+    let speech = oracle_calls_lab::speech::synthesize(3.0, 77);
     oracle_calls::wav::write(&input, &speech).unwrap();
     let run = |extra: &[&str]| {
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_oracle-calls"));
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_oracle-lab"));
         cmd.args(["call", "--user", &name, "--homeserver"])
             .arg(dep.stack.get("MATRIX_URL").unwrap());
         if !extra.contains(&"--oracle") {
@@ -941,7 +946,7 @@ async fn the_call_command_says_a_wav_and_records_the_answer() {
     // The call it printed is listed as ended by `calls`.
     let call_id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     let list = tokio::task::spawn_blocking({
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_oracle-calls"));
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_oracle-lab"));
         cmd.args(["calls", "--user", &name, "--homeserver"])
             .arg(dep.stack.get("MATRIX_URL").unwrap())
             .args(["--oracle", dep.oracle_did.as_str()])
@@ -975,7 +980,7 @@ async fn the_call_command_says_a_wav_and_records_the_answer() {
     // A key-transparency directory must be reached over TLS (or on loopback), and its public
     // key comes with it.
     let kt_keys = dep.dir.join("kt-keys");
-    let keygen = std::process::Command::new(env!("CARGO_BIN_EXE_oracle-calls"))
+    let keygen = std::process::Command::new(env!("CARGO_BIN_EXE_oracle-lab"))
         .args(["kt", "keygen", "--out-dir"])
         .arg(&kt_keys)
         .output()
@@ -1036,8 +1041,8 @@ async fn the_call_command_says_a_wav_and_records_the_answer() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--video-input"));
     // A video call: libvpx's frames out, the oracle's echo recorded as IVF.
-    let fixture =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/testsrc-320x240.ivf");
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../cli/tests/fixtures/testsrc-320x240.ivf");
     let video_out = dep.dir.join("out.ivf");
     let out = tokio::task::spawn_blocking({
         let mut cmd = run(&["--type", "video", "--seconds", "5", "--video-input"]);
@@ -1073,7 +1078,7 @@ async fn the_tone_oracle_answers_an_utterance_with_its_chime() {
     let client = dep.new_user().await.unwrap();
     let mut call = client.call_oracle(CallType::Audio).await.unwrap();
     // One second of speech, then quiet: one utterance.
-    let mut said = oracle_calls::speech::synthesize(1.0, 9);
+    let mut said = oracle_calls_lab::speech::synthesize(1.0, 9);
     said.extend(std::iter::repeat_n(0i16, 48_000 * 3));
     let heard = talk(&mut call, said, Duration::from_secs(5)).await;
     call.end().await.unwrap();
@@ -1102,14 +1107,14 @@ async fn a_call_through_the_server_as_its_own_process() {
     let mut dep = Deployment::start(Stack::running().unwrap(), DeployOptions::new(temp_dir()))
         .await
         .unwrap();
-    let exe = std::path::Path::new(env!("CARGO_BIN_EXE_oracle-calls"));
+    let exe = std::path::Path::new(env!("CARGO_BIN_EXE_oracle-lab"));
     let mut server = dep
         .spawn_server_process(exe, Duration::from_secs(30))
         .await
         .unwrap();
     let client = dep.new_user().await.unwrap();
     let mut call = client.call_oracle(CallType::Audio).await.unwrap();
-    let speech = oracle_calls::speech::synthesize(4.0, 12);
+    let speech = oracle_calls_lab::speech::synthesize(4.0, 12);
     let heard = talk(&mut call, speech.clone(), Duration::from_secs(6)).await;
     let m = analysis::compare(&speech, &heard, 150);
     assert!(m.envelope > 0.6, "the echo follows the speech: {m:?}");

@@ -31,10 +31,10 @@ use matrix_sdk::ruma::events::room::member::MembershipState;
 use matrix_sdk::ruma::serde::Raw;
 use matrix_sdk::ruma::{OwnedUserId, UserId};
 use matrix_sdk_base::crypto::CollectStrategy;
-use oracle_calls::analysis;
-use oracle_calls::local::{DeployOptions, Deployment, Stack};
 use oracle_calls_crypto::KeyDerivation;
 use oracle_calls_crypto::frame::{KeyRing, KeyRingOptions};
+use oracle_calls_lab::analysis;
+use oracle_calls_lab::local::{DeployOptions, Deployment, Stack};
 use oracle_calls_rtc::{E2eeOptions, RoomEvent, RoomOptions};
 use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
@@ -941,7 +941,7 @@ async fn an_outside_client_following_protocol_md_places_and_ends_a_call() {
     })
     .await
     .expect("§7: the agent joins as agent-<job id>");
-    let speech = oracle_calls::speech::synthesize(4.0, 21);
+    let speech = oracle_calls_lab::speech::synthesize(4.0, 21);
     let pcm = speech.clone();
     let speaker = tokio::spawn(async move { mic.play(&pcm).await });
     let mut heard: Vec<i16> = Vec::new();
@@ -1118,7 +1118,7 @@ async fn an_outside_client_following_protocol_md_places_and_ends_a_call() {
     // … and the key holder destroyed its private half once the call's layer was opened, and
     // what it kept for the running call once the agent's job ended (§13, §13.5: forward
     // secrecy from here on).
-    let _ = oracle_calls::verify::wait_calls_over(&key_holder, Duration::from_secs(15)).await;
+    let _ = oracle_calls_lab::verify::wait_calls_over(&key_holder, Duration::from_secs(15)).await;
     check(
         !holds_prekey(&prekey_id_hex),
         format!(

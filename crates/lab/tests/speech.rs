@@ -16,14 +16,14 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use oracle_calls::local::{DeployOptions, Deployment, Stack, unique_hex};
-use oracle_calls::speech_local::{
-    Conversation, LocalServer, RunEnd, SidecarRole, SpeechEnv, offline_section, say, speech_dir,
-    start_sidecar, start_sidecar_with, transcribe, word_error_rate,
-};
 use oracle_calls_agent::Speech;
 use oracle_calls_agent::oracles::Builtin;
 use oracle_calls_client::Call;
+use oracle_calls_lab::local::{DeployOptions, Deployment, Stack, unique_hex};
+use oracle_calls_lab::speech_local::{
+    Conversation, LocalServer, RunEnd, SidecarRole, SpeechEnv, offline_section, say, speech_dir,
+    start_sidecar, start_sidecar_with, transcribe, word_error_rate,
+};
 use oracle_calls_proto::CallType;
 use oracle_calls_speech::config::SpeechSection;
 
@@ -166,12 +166,12 @@ async fn spoken_questions_get_their_spoken_answers_through_the_encrypted_call() 
             latency.as_millis()
         );
         assert!(
-            oracle_calls::speech_local::words(&heard)
+            oracle_calls_lab::speech_local::words(&heard)
                 .iter()
                 .any(|w| w == key),
             "{q:?}: heard {heard:?}, expected {expected:?}"
         );
-        let n = oracle_calls::speech_local::words(&expected).len();
+        let n = oracle_calls_lab::speech_local::words(&expected).len();
         edits += wer * n as f64;
         words += n;
         latencies.push(latency);
@@ -372,7 +372,9 @@ async fn a_brain_killed_mid_answer_gives_the_fallback_line_and_the_call_goes_on(
     let checker = start_sidecar_with(&env, SidecarRole::SttOnly, 5)
         .await
         .unwrap();
-    let mut llama = oracle_calls::speech_local::start_llama(&env).await.unwrap();
+    let mut llama = oracle_calls_lab::speech_local::start_llama(&env)
+        .await
+        .unwrap();
     let section: SpeechSection = toml::from_str(&format!(
         r#"
 greeting = ""
@@ -437,8 +439,8 @@ kind = "flite"
             .as_millis()
     );
     let fallback = "Sorry, something went wrong on my side. Please say that again.";
-    let tail: Vec<String> = oracle_calls::speech_local::words(&heard);
-    let expected = oracle_calls::speech_local::words(fallback);
+    let tail: Vec<String> = oracle_calls_lab::speech_local::words(&heard);
+    let expected = oracle_calls_lab::speech_local::words(fallback);
     let tail = tail[tail.len().saturating_sub(expected.len())..].join(" ");
     let wer = word_error_rate(fallback, &tail);
     assert!(

@@ -16,10 +16,10 @@ use std::time::Duration;
 
 use matrix_sdk::config::SyncSettings;
 use matrix_sdk::deserialized_responses::TimelineEventKind;
-use oracle_calls::local::{DeployOptions, Deployment, Stack, echo_envelope, unique_hex};
-use oracle_calls::local_kt::{self, KtDirectory, KtService, record_of};
 use oracle_calls_client::{CallError, ClientConfig, Login, OracleClient};
 use oracle_calls_kt::{DirectoryPublicKey, OracleRecord, SignedCheckpoint};
+use oracle_calls_lab::local::{DeployOptions, Deployment, Stack, echo_envelope, unique_hex};
+use oracle_calls_lab::local_kt::{self, KtDirectory, KtService, record_of};
 use oracle_calls_proto::{CallType, Did, KeyScheme, WellKnown};
 
 /// One deployment at a time: they share two cores with the servers.
@@ -281,7 +281,7 @@ async fn a_device_the_homeserver_adds_to_the_bot_cannot_read_the_call_event() {
     dep.stop().await;
 }
 
-const BIN: &str = env!("CARGO_BIN_EXE_oracle-calls");
+const BIN: &str = env!("CARGO_BIN_EXE_oracle-lab");
 
 fn kt_directory(dep: &Deployment) -> KtDirectory {
     KtDirectory::new(Path::new(BIN), dep.dir.join("kt"), &dep.oracle_did).unwrap()

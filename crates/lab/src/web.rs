@@ -1,4 +1,4 @@
-//! The browser demo's web server (`oracle-calls web`, and the browser end-to-end test): serves a
+//! The browser demo's web server (`oracle-lab web`, and the browser end-to-end test): serves a
 //! built page directory (`sdk/browser/demo/dist`) on loopback, with MIME types by extension
 //! (`.wasm` as `application/wasm`, which `WebAssembly.instantiateStreaming` requires), a strict
 //! Content-Security-Policy on every response, and `/config.json` telling the page where the
@@ -427,7 +427,7 @@ fn respond(
     r
 }
 
-/// `oracle-calls web`: the stack (brought up if needed), an oracle with its server and echo agent
+/// `oracle-lab web`: the stack (brought up if needed), an oracle with its server and echo agent
 /// (forward secrecy on) allowing the page's origin, a provisioned user, and the page in `dir`
 /// served on `127.0.0.1:port` (0: any free port) until Ctrl-C.
 ///
@@ -446,7 +446,7 @@ pub fn run_command(dir: &Path, port: u16) -> anyhow::Result<()> {
 
 async fn run_async(dir: &Path, port: u16) -> anyhow::Result<()> {
     use crate::local::{DeployOptions, Deployment, Stack, unique_hex};
-    eprintln!("oracle-calls web: the browser demo on the local stack (scripts/stack up) …");
+    eprintln!("oracle-lab web: the browser demo on the local stack (scripts/stack up) …");
     let stack = tokio::task::spawn_blocking(Stack::up)
         .await
         .context("the stack task")??;

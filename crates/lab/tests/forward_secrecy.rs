@@ -12,12 +12,12 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use oracle_calls::local::{DeployOptions, Deployment, Stack, echo_envelope, unique_hex};
-use oracle_calls::verify::read_prekey_store;
 use oracle_calls_crypto::{
     CallContext, CallKey, EnvelopeError, KeyEnvelope, OpenedKey, OracleKeyPair, Prekey,
     PrekeySigningPublicKey, Recipient, open, open_prekey_layer,
 };
+use oracle_calls_lab::local::{DeployOptions, Deployment, Stack, echo_envelope, unique_hex};
+use oracle_calls_lab::verify::read_prekey_store;
 use oracle_calls_proto::{CallType, Did, RoomName, SessionId, SignedPrekey, WellKnown};
 use sqlx::Row as _;
 
@@ -92,7 +92,7 @@ async fn after_a_call_its_envelope_does_not_open_with_the_long_term_key_the_data
     call.end().await.unwrap();
     // The key holder keeps the call's inner envelope while the call runs (for an agent
     // dispatched again); the agent's job ends soon after the user left, and so must that.
-    oracle_calls::verify::wait_calls_over(&store_dir, Duration::from_secs(15))
+    oracle_calls_lab::verify::wait_calls_over(&store_dir, Duration::from_secs(15))
         .await
         .unwrap();
 
@@ -171,7 +171,7 @@ async fn after_a_call_its_envelope_does_not_open_with_the_long_term_key_the_data
         attack(&long_term, &store, &envelope, &ctx).is_none(),
         "the past call's envelope opened"
     );
-    for kept in oracle_calls::verify::kept_envelopes(&store_dir).unwrap() {
+    for kept in oracle_calls_lab::verify::kept_envelopes(&store_dir).unwrap() {
         assert!(
             open(&long_term, &kept, &ctx).is_err(),
             "an envelope left in the store opened"

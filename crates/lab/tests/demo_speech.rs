@@ -1,4 +1,4 @@
-//! `oracle-calls demo --oracle speech` as a person runs it: the real binary, the real stack,
+//! `oracle-lab demo --oracle speech` as a person runs it: the real binary, the real stack,
 //! the speaking oracle with the offline engines. It must exit 0 with every verification line a
 //! PASS, the answer it checked being the knowledge file's, and its recordings on disk; without
 //! the speech engines it must stop at once and say how to install them.
@@ -23,7 +23,7 @@ fn out_dir(tag: &str) -> PathBuf {
 }
 
 fn demo(args: &[&str], out: &Path, env: &[(&str, &Path)]) -> (Output, String, String) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_oracle-calls"));
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_oracle-lab"));
     cmd.arg("demo").args(args).arg("--out").arg(out);
     for (k, v) in env {
         cmd.env(k, v);

@@ -1,5 +1,5 @@
 //! The browser SDK (`sdk/browser`, `@oracle-calls/browser`) in a real browser: its demo page,
-//! served by `oracle-calls web` (`oracle_calls::web`) under its strict CSP, is driven in
+//! served by `oracle-calls web` (`oracle_calls_lab::web`) under its strict CSP, is driven in
 //! Debian's headless Chromium by `sdk/browser/test/e2e/driver.mjs` (playwright-core) against
 //! the real stack (Synapse, livekit-server), the oracle-calls server and its echo agent, with
 //! forward secrecy on. The page signs in, calls, hears its own microphone tone come back from
@@ -24,11 +24,12 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use base64::Engine as _;
-use oracle_calls::local::{DeployOptions, Deployment, Stack, unique_hex};
-use oracle_calls::web::{self, PageConfig, WebOptions};
-use oracle_calls::{keyfile, verify};
+use oracle_calls::keyfile;
 use oracle_calls_agent::JobOutcome;
 use oracle_calls_crypto::{CallContext, OpenedKey, Recipient};
+use oracle_calls_lab::local::{DeployOptions, Deployment, Stack, unique_hex};
+use oracle_calls_lab::verify;
+use oracle_calls_lab::web::{self, PageConfig, WebOptions};
 use oracle_calls_proto::{CallId, CallReason, CallStatus};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -336,7 +337,7 @@ struct Harness {
     tag: String,
     dep: Deployment,
     /// The key-transparency directory the page verifies the oracle from, if any.
-    kt: Option<oracle_calls::local_kt::KtService>,
+    kt: Option<oracle_calls_lab::local_kt::KtService>,
     site: web::WebServer,
     dir: PathBuf,
     homeserver: String,
@@ -386,9 +387,9 @@ impl Harness {
         let (kt, key_transparency) = if kt_mode == Kt::Off {
             (None, None)
         } else {
-            use oracle_calls::local_kt;
+            use oracle_calls_lab::local_kt;
             let directory = local_kt::KtDirectory::new(
-                Path::new(env!("CARGO_BIN_EXE_oracle-calls")),
+                Path::new(env!("CARGO_BIN_EXE_oracle-lab")),
                 dir.join("kt"),
                 &dep.oracle_did,
             )
@@ -634,7 +635,7 @@ fn assert_connected(tag: &str, r: &Value) -> CallId {
         .map(|t| (t["phase"].as_str().unwrap(), t["ms"].as_f64().unwrap()))
         .collect();
     eprintln!("browser_sdk ({tag}): timeline {timeline:?}");
-    for phase in oracle_calls::bench_browser::PHASES {
+    for phase in oracle_calls_lab::bench_browser::PHASES {
         assert!(
             timeline.iter().any(|(p, _)| *p == phase),
             "phase {phase} missing from the timeline: {timeline:?}"
@@ -1421,7 +1422,7 @@ async fn failures_are_typed_and_leave_nothing_half_open() {
 async fn the_web_command_serves_the_demo_for_a_fresh_oracle_until_ctrl_c() {
     let _serial = SERIAL.lock().await;
     let dist = demo_dist();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_oracle-calls"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_oracle-lab"))
         .args(["web", "--dir"])
         .arg(&dist)
         .current_dir(repo())

@@ -1,4 +1,4 @@
-//! `oracle-calls bench key`: throughput and latency of `GET /calls/{callId}/key` (what every
+//! `oracle-lab bench key`: throughput and latency of `GET /calls/{callId}/key` (what every
 //! agent job asks first) on SQLite and PostgreSQL, at several client counts, driven by `wrk`
 //! from another process. The reference, measured in the same run against the same server, is
 //! `/.well-known/oracle-calls`: the same HTTP stack with no store, auth or audit behind it.
@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context as _, bail};
-use oracle_calls::local::Stack;
+use oracle_calls_lab::local::Stack;
 use oracle_calls_proto::{
     CallId, CallStatus, CallType, Did, EventId, KeyDerivation, KeyEnvelope, OraclesCallContent,
     RoomName, SessionId,
