@@ -57,6 +57,9 @@ fn parse_kv(text: &str) -> HashMap<String, String> {
 pub struct Stack {
     script: PathBuf,
     vars: HashMap<String, String>,
+    /// `STACK_*` variables every `scripts/stack` run gets (a private stack's directory and
+    /// ports); empty for the stack that the environment names.
+    env: Vec<(String, String)>,
 }
 
 impl Stack {
@@ -65,9 +68,20 @@ impl Stack {
     /// # Errors
     /// When `scripts/stack up` fails.
     pub fn up() -> anyhow::Result<Self> {
+        Self::up_with_env(&[])
+    }
+
+    /// [`Self::up`] for the stack that `env` describes (`STACK_DIR`, `STACK_*_PORT`, ...: e.g.
+    /// a private stack a test restarts servers of); every later `scripts/stack` run of the
+    /// returned value gets the same variables.
+    ///
+    /// # Errors
+    /// When `scripts/stack up` fails.
+    pub fn up_with_env(env: &[(&str, &str)]) -> anyhow::Result<Self> {
         let script = stack_script();
         let st = Command::new(&script)
             .arg("up")
+            .envs(env.iter().copied())
             .stdout(Stdio::inherit())
             .stderr(Stdio::inherit())
             .status()
@@ -75,7 +89,7 @@ impl Stack {
         if !st.success() {
             bail!("`{} up` failed (see its output above)", script.display());
         }
-        Self::running()
+        Self::read(script, env)
     }
 
     /// Reads a stack that is already up.
@@ -83,9 +97,40 @@ impl Stack {
     /// # Errors
     /// When the stack is not running.
     pub fn running() -> anyhow::Result<Self> {
-        let script = stack_script();
+        Self::read(stack_script(), &[])
+    }
+
+    /// Runs `scripts/stack ARGS` for this stack (e.g. `["stop", "redis"]`) and returns what
+    /// it printed on stdout; its progress goes to stderr.
+    ///
+    /// # Errors
+    /// When it cannot be run or fails.
+    pub fn run(&self, args: &[&str]) -> anyhow::Result<String> {
+        let out = self
+            .command()
+            .args(args)
+            .stderr(Stdio::inherit())
+            .output()
+            .with_context(|| format!("running {} {}", self.script.display(), args.join(" ")))?;
+        if !out.status.success() {
+            bail!(
+                "`scripts/stack {}` failed (see its output above)",
+                args.join(" ")
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    fn command(&self) -> Command {
+        let mut c = Command::new(&self.script);
+        c.envs(self.env.iter().map(|(k, v)| (k, v)));
+        c
+    }
+
+    fn read(script: PathBuf, env: &[(&str, &str)]) -> anyhow::Result<Self> {
         let status = Command::new(&script)
             .arg("status")
+            .envs(env.iter().copied())
             .output()
             .with_context(|| format!("running {} status", script.display()))?;
         if !status.status.success() {
@@ -96,6 +141,7 @@ impl Stack {
         }
         let out = Command::new(&script)
             .arg("env")
+            .envs(env.iter().copied())
             .output()
             .with_context(|| format!("running {} env", script.display()))?;
         if !out.status.success() {
@@ -104,6 +150,10 @@ impl Stack {
         Ok(Self {
             script,
             vars: parse_kv(&String::from_utf8_lossy(&out.stdout)),
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
         })
     }
 
@@ -153,7 +203,8 @@ impl Stack {
     /// # Errors
     /// When `scripts/stack user` fails.
     pub fn user(&self, name: &str) -> anyhow::Result<(String, Zeroizing<String>)> {
-        let out = Command::new(&self.script)
+        let out = self
+            .command()
             .args(["user", name])
             .output()
             .with_context(|| format!("running {} user {name}", self.script.display()))?;
@@ -518,6 +569,44 @@ impl Deployment {
             dep.agent = Some(agent);
         }
         Ok(dep)
+    }
+
+    /// Starts one more server of this oracle on `listen` (port 0: any free one): the same
+    /// DID, bot user, database, keys and secrets, its own data directory (so its own Matrix
+    /// device). On PostgreSQL the servers elect one leader among them (`leader.rs`).
+    ///
+    /// # Errors
+    /// When the server cannot start.
+    pub async fn start_another_server(&self, listen: SocketAddr) -> anyhow::Result<ServerHandle> {
+        let kp = OracleKeyPair::from_pkcs8_pem(
+            &std::fs::read_to_string(&self.key_file)
+                .with_context(|| format!("reading {}", self.key_file.display()))?,
+        )?;
+        let inputs = RestartInputs {
+            server_data: self
+                .restart
+                .server_data
+                .with_file_name(format!("server-{}", unique_hex(5))),
+            agent_name: self.restart.agent_name.clone(),
+            bot_password: self.restart.bot_password.clone(),
+            pepper: self.restart.pepper.clone(),
+            max_calls: self.restart.max_calls,
+            oracle: None,
+            prekey_signer: self.restart.prekey_signer.clone(),
+            prekey_store: self.restart.prekey_store.clone(),
+            cors_allowed_origins: self.restart.cors_allowed_origins.clone(),
+        };
+        let (server, _) = start_server(
+            &self.stack,
+            &self.oracle_did,
+            &self.oracle_user_id,
+            &[&kp],
+            &self.database_url,
+            listen,
+            &inputs,
+        )
+        .await?;
+        Ok(server)
     }
 
     /// The agents' prekey store (the key holder's), with forward secrecy.
