@@ -320,11 +320,11 @@ async fn redis_restart(stack: &PrivateStack) {
     );
 
     // Nothing half-open: every call ends in the store and in LiveKit.
-    call.end().await.unwrap();
-    fresh.end().await.unwrap();
+    hang_up("the live call", &mut call).await;
+    hang_up("the call placed after Redis came back", &mut fresh).await;
     let mut ids = vec![call.id().clone(), fresh.id().clone()];
     if let Some(mut c) = during_call {
-        c.end().await.unwrap();
+        hang_up("the call placed while Redis was down", &mut c).await;
         ids.push(c.id().clone());
     }
     for id in &ids {
@@ -334,6 +334,19 @@ async fn redis_restart(stack: &PrivateStack) {
     // A call that failed while Redis was down left nothing running either.
     assert_no_open_calls(&other).await;
     dep.stop().await;
+}
+
+/// Hangs up `call`; fails the test (instead of hanging it) when that takes over 20 s.
+async fn hang_up(what: &str, call: &mut Call) {
+    let t0 = Instant::now();
+    match tokio::time::timeout(Duration::from_secs(20), call.end()).await {
+        Ok(r) => r.unwrap(),
+        Err(_) => panic!(
+            "hanging up {what} ({}) did not return within 20 s",
+            call.id()
+        ),
+    }
+    eprintln!("hung up {what} in {:.1?}", t0.elapsed());
 }
 
 /// None of `user`'s calls is still pending or active (within 15 s).
