@@ -130,6 +130,40 @@ impl Stack {
         })
     }
 
+    /// [`Stack::up`] for the stack that `env` describes (`STACK_DIR`, `STACK_*_PORT`, ...),
+    /// as `&str` pairs: [`Stack::up_with`].
+    ///
+    /// # Errors
+    /// When `scripts/stack up` fails.
+    pub fn up_with_env(env: &[(&str, &str)]) -> anyhow::Result<Self> {
+        let owned: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        Self::up_with(&owned)
+    }
+
+    /// Runs `scripts/stack ARGS` for this stack (e.g. `["stop", "redis"]`) and returns what
+    /// it printed on stdout; its progress goes to stderr.
+    ///
+    /// # Errors
+    /// When it cannot be run or fails.
+    pub fn run(&self, args: &[&str]) -> anyhow::Result<String> {
+        let out = Command::new(&self.script)
+            .envs(self.env.iter().cloned())
+            .args(args)
+            .stderr(Stdio::inherit())
+            .output()
+            .with_context(|| format!("running {} {}", self.script.display(), args.join(" ")))?;
+        if !out.status.success() {
+            bail!(
+                "`scripts/stack {}` failed (see its output above)",
+                args.join(" ")
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
     /// Runs the stack script with `args` (e.g. `["down"]`) and this stack's settings, its
     /// output going to ours.
     ///
@@ -580,6 +614,45 @@ impl Deployment {
             dep.agent = Some(agent);
         }
         Ok(dep)
+    }
+
+    /// Starts one more server of this oracle on `listen` (port 0: any free one): the same
+    /// DID, bot user, database, keys and secrets, its own data directory (so its own Matrix
+    /// device). On PostgreSQL the servers elect one leader among them (`leader.rs`).
+    ///
+    /// # Errors
+    /// When the server cannot start.
+    pub async fn start_another_server(&self, listen: SocketAddr) -> anyhow::Result<ServerHandle> {
+        let kp = OracleKeyPair::from_pkcs8_pem(
+            &std::fs::read_to_string(&self.key_file)
+                .with_context(|| format!("reading {}", self.key_file.display()))?,
+        )?;
+        let inputs = RestartInputs {
+            server_data: self
+                .restart
+                .server_data
+                .with_file_name(format!("server-{}", unique_hex(5))),
+            agent_name: self.restart.agent_name.clone(),
+            bot_password: self.restart.bot_password.clone(),
+            pepper: self.restart.pepper.clone(),
+            max_calls: self.restart.max_calls,
+            oracle: None,
+            prekey_signer: self.restart.prekey_signer.clone(),
+            prekey_store: self.restart.prekey_store.clone(),
+            cors_allowed_origins: self.restart.cors_allowed_origins.clone(),
+            direct_dispatch: self.restart.direct_dispatch,
+        };
+        let (server, _) = start_server(
+            &self.stack,
+            &self.oracle_did,
+            &self.oracle_user_id,
+            &[&kp],
+            &self.database_url,
+            listen,
+            &inputs,
+        )
+        .await?;
+        Ok(server)
     }
 
     /// The agents' prekey store (the key holder's), with forward secrecy.

@@ -37,6 +37,11 @@ pub struct Config {
     /// Time limit of one request, in seconds.
     #[serde(default = "default_request_timeout")]
     pub request_timeout_secs: u64,
+    /// How long a request waits for a database connection, in milliseconds, before it is
+    /// answered `503 unavailable` ("the database is unavailable"). A database that restarts
+    /// within this time only delays requests; one that stays away longer is reported.
+    #[serde(default = "default_store_wait")]
+    pub store_wait_ms: u64,
     /// How long a looked-up API key record is reused before the store is asked again, in
     /// seconds: a key revoked with `oracle-calls apikey revoke` stops working within this
     /// time. 0 asks the store on every request.
@@ -355,6 +360,9 @@ fn default_body_limit() -> usize {
 fn default_request_timeout() -> u64 {
     30
 }
+fn default_store_wait() -> u64 {
+    5000
+}
 fn default_outbound_timeout() -> u64 {
     10
 }
@@ -456,6 +464,11 @@ impl Config {
     /// Request timeout as a duration.
     pub fn request_timeout(&self) -> Duration {
         Duration::from_secs(self.request_timeout_secs)
+    }
+
+    /// [`Self::store_wait_ms`] (at least 100 ms).
+    pub fn store_wait(&self) -> Duration {
+        Duration::from_millis(self.store_wait_ms.max(100))
     }
 
     fn check(&self) -> Result<()> {

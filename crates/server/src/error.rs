@@ -71,7 +71,12 @@ pub enum Error {
     Config(String),
     /// The database failed.
     #[error("store: {0}")]
-    Store(#[from] sqlx::Error),
+    Store(sqlx::Error),
+    /// The database cannot be reached now: it is down or restarting, refuses connections, or
+    /// no connection came free within `store_wait_ms`. Answered 503 with a reason, so callers
+    /// retry instead of treating it as a bug.
+    #[error("the database is unavailable: {0}")]
+    StoreUnavailable(sqlx::Error),
     /// A database migration failed.
     #[error("store migration: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
@@ -97,7 +102,9 @@ impl Error {
             ),
             Self::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, ErrorCode::RateLimited),
             Self::Busy(_) => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable),
-            Self::MatrixUnavailable(_) | Self::LiveKitUnavailable(_) => {
+            Self::MatrixUnavailable(_)
+            | Self::LiveKitUnavailable(_)
+            | Self::StoreUnavailable(_) => {
                 (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable)
             }
             Self::MatrixBadAnswer(_) | Self::LiveKitBadAnswer(_) => {
@@ -132,6 +139,10 @@ impl IntoResponse for Error {
                 tracing::warn!(error = %self, "upstream failure");
                 "LiveKit answered badly".to_owned()
             }
+            Self::StoreUnavailable(_) => {
+                tracing::warn!(error = %self, "store unavailable");
+                "the database is unavailable; retry later".to_owned()
+            }
             _ if status.is_server_error() => {
                 tracing::error!(error = %self, "request failed");
                 "internal error; see the server log".to_owned()
@@ -143,6 +154,7 @@ impl IntoResponse for Error {
                 retry_after_secs, ..
             } => Some(*retry_after_secs),
             Self::Busy(_) => Some(1),
+            Self::StoreUnavailable(_) => Some(2),
             _ => None,
         };
         let mut resp = (status, Json(ApiErrorBody::new(code, message))).into_response();
@@ -151,6 +163,32 @@ impl IntoResponse for Error {
                 .insert(axum::http::header::RETRY_AFTER, secs.into());
         }
         resp
+    }
+}
+
+/// A database error becomes [`Error::StoreUnavailable`] when it says the database cannot be
+/// reached now (see [`store_unreachable`]), else [`Error::Store`].
+impl From<sqlx::Error> for Error {
+    fn from(e: sqlx::Error) -> Self {
+        if store_unreachable(&e) {
+            Self::StoreUnavailable(e)
+        } else {
+            Self::Store(e)
+        }
+    }
+}
+
+/// True for the errors of a database that is away rather than of a bad query: no connection
+/// within the pool's wait, a closed pool, a socket error, and PostgreSQL's SQLSTATE classes
+/// 08 (connection exception) and 57P (operator intervention: shutting down, starting up),
+/// and 53300 (too many connections).
+fn store_unreachable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => true,
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|c| c.starts_with("08") || c.starts_with("57P") || c == "53300"),
+        _ => false,
     }
 }
 
@@ -177,5 +215,26 @@ mod tests {
         let r = Error::Busy("full").into_response();
         assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(r.headers()["retry-after"], "1");
+    }
+
+    #[test]
+    fn an_unreachable_store_is_a_503_with_a_reason_and_a_bad_query_a_500() {
+        for e in [
+            sqlx::Error::PoolTimedOut,
+            sqlx::Error::PoolClosed,
+            sqlx::Error::Io(std::io::ErrorKind::ConnectionRefused.into()),
+        ] {
+            let err = Error::from(e);
+            assert!(matches!(err, Error::StoreUnavailable(_)), "{err:?}");
+            let r = err.into_response();
+            assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(r.headers()["retry-after"], "2");
+        }
+        let err = Error::from(sqlx::Error::RowNotFound);
+        assert!(matches!(err, Error::Store(_)), "{err:?}");
+        assert_eq!(
+            err.into_response().status(),
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
     }
 }

@@ -59,7 +59,9 @@ pub async fn reindex(state: &AppState) -> Result<ReindexReport> {
         match reindex_room(state, bot, &room, &mut report).await {
             Ok(()) => {}
             // The store failing fails the rebuild; one unreadable room does not.
-            Err(e @ (Error::Store(_) | Error::Migrate(_))) => return Err(e),
+            Err(e @ (Error::Store(_) | Error::StoreUnavailable(_) | Error::Migrate(_))) => {
+                return Err(e);
+            }
             Err(e) => {
                 warn!(room = %room.room_id(), error = %e, "room skipped by the rebuild");
                 report

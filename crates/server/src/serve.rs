@@ -19,7 +19,7 @@ pub async fn build_state(config: Config, secrets: Secrets) -> Result<AppState> {
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| Error::Config(format!("creating data_dir: {e}")))?;
     let url = config.store_url(&secrets)?;
-    let store = Store::connect(url.dangerous_expose()).await?;
+    let store = Store::connect_waiting(url.dangerous_expose(), config.store_wait()).await?;
     info!(backend = ?store.backend(), "store ready");
     let bot = crate::matrix::Bot::start(&config, &secrets).await?;
     // The well-known lists every server's device: register this one.

@@ -140,11 +140,22 @@ pub enum Inserted {
 }
 
 impl Store {
-    /// Connects to `url` (`sqlite://…` or `postgres://…`) and runs the migrations.
+    /// Connects to `url` (`sqlite://…` or `postgres://…`) and runs the migrations; a query
+    /// waits up to 10 s for a connection.
     ///
     /// # Errors
     /// [`Error::Config`] for an unknown scheme, [`Error::Store`]/[`Error::Migrate`] otherwise.
     pub async fn connect(url: &str) -> Result<Self> {
+        Self::connect_waiting(url, std::time::Duration::from_secs(10)).await
+    }
+
+    /// [`Self::connect`], with queries waiting up to `wait` for a connection (while the
+    /// database is unreachable, the pool keeps trying to connect for that long); after that
+    /// they fail with [`Error::StoreUnavailable`].
+    ///
+    /// # Errors
+    /// As [`Self::connect`].
+    pub async fn connect_waiting(url: &str, wait: std::time::Duration) -> Result<Self> {
         sqlx::any::install_default_drivers();
         let backend = if url.starts_with("sqlite:") {
             Backend::Sqlite
@@ -158,7 +169,7 @@ impl Store {
         let max = if backend == Backend::Sqlite { 4 } else { 8 };
         let pool = AnyPoolOptions::new()
             .max_connections(max)
-            .acquire_timeout(std::time::Duration::from_secs(10))
+            .acquire_timeout(wait)
             .after_connect(move |conn, _| {
                 Box::pin(async move {
                     if backend == Backend::Sqlite {
