@@ -34,6 +34,9 @@ const TOKEN_TTL_SECS: u64 = 600;
 /// Finished calls' reports kept for [`AgentHandle::next_report`]. When nobody reads them (as
 /// `oracle-calls agent` does not), the oldest are dropped and counted, so memory stays bounded.
 pub(crate) const REPORTS_KEPT: usize = 64;
+/// Waits for handed-off calls a process keeps open at the server at once (at most its
+/// `max_calls`).
+const DIRECT_WAITS: usize = 8;
 /// How long the agent may look at a call's envelope before it answers LiveKit's offer (which
 /// waits a few seconds); past it, the job is accepted and the job itself finds out.
 const KEY_CHECK_TIMEOUT: Duration = Duration::from_millis(1500);
@@ -143,9 +146,13 @@ impl<O: Oracle> Agent<O> {
         }
         let direct = if shared.cfg.direct_dispatch {
             let (tx, rx) = mpsc::channel(64);
-            tokio::spawn(
-                poll_jobs(shared.clone(), tx, shutdown_rx.clone()).instrument(span.clone()),
-            );
+            // Several waits at once, so a burst of calls all take the short path.
+            for _ in 0..shared.cfg.max_calls.clamp(1, DIRECT_WAITS) {
+                tokio::spawn(
+                    poll_jobs(shared.clone(), tx.clone(), shutdown_rx.clone())
+                        .instrument(span.clone()),
+                );
+            }
             Some(rx)
         } else {
             None
