@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use oracle_calls_lab::local::{Db, DeployOptions, Deployment, Stack};
 use oracle_calls_client::{CallEvent, OracleClient};
+use oracle_calls_lab::local::{Db, DeployOptions, Deployment, Stack};
 use oracle_calls_proto::CallType;
 
 /// Samples in one 20 ms frame at 48 kHz.

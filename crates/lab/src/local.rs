@@ -926,7 +926,7 @@ impl Deployment {
         std::fs::write(&cfg, toml).with_context(|| format!("writing {}", cfg.display()))?;
         let secret_file = |name: &str, value: &str| -> anyhow::Result<PathBuf> {
             let path = self.dir.join(format!("server-{tag}-{name}"));
-            crate::keyfile::write_secret_file(&path, value.as_bytes(), false)?;
+            oracle_calls::keyfile::write_secret_file(&path, value.as_bytes(), false)?;
             Ok(path)
         };
         let pepper = secret_file("pepper", &self.restart.pepper)?;

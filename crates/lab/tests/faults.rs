@@ -24,11 +24,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use oracle_calls_client::{Call, CallEvent, OracleClient};
 use oracle_calls_lab::local::{
     Db, DeployOptions, Deployment, ServerHandle, Stack, echo_envelope, unique_hex,
 };
 use oracle_calls_lab::speech;
-use oracle_calls_client::{Call, CallEvent, OracleClient};
 use oracle_calls_proto::{CallId, CallStatus, CallType};
 
 /// How far the private stack's ports are from the default stack's.

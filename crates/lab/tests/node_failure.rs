@@ -22,10 +22,10 @@ use std::collections::HashSet;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use oracle_calls_lab::local::{DeployOptions, Deployment, Stack, echo_envelope, unique_hex};
 use oracle_calls_agent::oracles::{Builtin, Echo};
 use oracle_calls_agent::{Agent, JobOutcome};
 use oracle_calls_client::{Call, CallEvent};
+use oracle_calls_lab::local::{DeployOptions, Deployment, Stack, echo_envelope, unique_hex};
 use oracle_calls_proto::{CallStatus, CallType};
 use oracle_calls_rtc::sine_tone;
 use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};

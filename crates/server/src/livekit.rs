@@ -187,14 +187,16 @@ impl LiveKit {
         agent_name: Option<&str>,
         metadata: &str,
     ) -> Result<()> {
-        let mut body = json!({
+        let agents = match agent_name {
+            Some(agent_name) => json!([{"agentName": agent_name, "metadata": metadata}]),
+            None => json!([]),
+        };
+        let body = json!({
             "name": room.as_str(),
             "emptyTimeout": self.config.empty_timeout_secs,
             "metadata": metadata,
+            "agents": agents,
         });
-        if let Some(agent_name) = agent_name {
-            body["agents"] = json!([{"agentName": agent_name, "metadata": metadata}]);
-        }
         self.twirp("CreateRoom", json!({"roomCreate": true}), &body)
             .await?;
         Ok(())
