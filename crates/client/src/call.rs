@@ -10,6 +10,9 @@ use tracing::{debug, info, warn};
 use crate::client::edit_status;
 use crate::{CallError, OracleClient};
 
+/// How long hanging up waits for the media room to be left cleanly.
+const LEAVE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// A step of placing a call (DESIGN §3), for timing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Phase {
@@ -347,8 +350,15 @@ impl Call {
             warn!(call_id = %self.id, error = %e, "could not tell the server the call ended");
         }
         debug!(call_id = %self.id, ms = t.elapsed().as_millis() as u64, "told the server");
-        if let Some(room) = self.room.take() {
-            room.leave().await;
+        if let Some(room) = self.room.take()
+            && tokio::time::timeout(LEAVE_WAIT, room.leave())
+                .await
+                .is_err()
+        {
+            // A LiveKit that does not answer (e.g. re-syncing after a Redis restart) must not
+            // hold up a hang-up: the room's task is dropped, its sockets with it.
+            warn!(call_id = %self.id, wait_ms = LEAVE_WAIT.as_millis() as u64,
+                  "leaving the media room did not finish in time; dropped it");
         }
         debug!(call_id = %self.id, ms = t.elapsed().as_millis() as u64, "left the media room");
         let matrix = edit_status(

@@ -187,18 +187,38 @@ async fn transition_inner(
     ))
 }
 
+/// How long ending a call waits for LiveKit to delete its room before it answers anyway.
+const ROOM_DELETE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Side effects of a stored transition. Failures here are logged, not returned: the store is
 /// the API's truth, and Matrix/LiveKit catch up (the room empties and closes by itself).
 async fn after_transition(state: &AppState, rec: &CallRecord, mirror: bool) {
     if rec.status == CallStatus::Ended {
         state.metrics().call_event("ended");
-        // Only the room made for this call: never another room that has its name.
-        if let Err(e) = state
-            .livekit()
-            .delete_call_room(rec.call_id.room_name(), rec.call_id.as_str())
+        // Only the room made for this call: never another room that has its name. The answer
+        // waits for it only briefly: a LiveKit that hangs (its nodes re-syncing after a Redis
+        // restart, say) must not hold up a hang-up; the deletion goes on in the background.
+        let (st, id) = (state.clone(), rec.call_id.clone());
+        let delete = tokio::spawn(
+            async move {
+                if let Err(e) = st
+                    .livekit()
+                    .delete_call_room(id.room_name(), id.as_str())
+                    .await
+                {
+                    warn!(error = %e, "could not delete the LiveKit room");
+                }
+            }
+            .in_current_span(),
+        );
+        if tokio::time::timeout(ROOM_DELETE_WAIT, delete)
             .await
+            .is_err()
         {
-            warn!(error = %e, "could not delete the LiveKit room");
+            warn!(
+                wait_ms = ROOM_DELETE_WAIT.as_millis() as u64,
+                "deleting the LiveKit room is slow; answering now, it goes on in the background"
+            );
         }
     }
     // The Matrix edit runs on its own: under load the bot's device serializes its encrypted
