@@ -143,14 +143,21 @@ fn new_job_id() -> String {
     s
 }
 
-/// Opens the room of a call being activated, and gets an agent into it: handed directly to
-/// an agent waiting here when `livekit.direct_dispatch` is on and one waits (the room then has
-/// no LiveKit dispatch, and a watchdog asks LiveKit for one if no agent joined in time), or
-/// by LiveKit's dispatch with the room as before.
+/// A call whose room was made with no dispatch, to be handed to a waiting agent once it is
+/// active ([`hand_off`]).
+#[derive(Debug)]
+#[must_use = "the call still needs its agent: pass it to `hand_off`"]
+pub(crate) struct HandOff(CallId);
+
+/// Opens the room of a call being activated, choosing how its agent comes: with LiveKit's
+/// dispatch (the room is created with it), or handed to an agent waiting here when
+/// `livekit.direct_dispatch` is on and one waits — then the room has no dispatch and the
+/// caller passes the returned [`HandOff`] to [`hand_off`] once the call is active, so the
+/// agent never sees (nor ends) a call before its activation is stored.
 ///
 /// # Errors
 /// As [`crate::livekit::LiveKit::open_call_room`].
-pub(crate) async fn open_room_with_agent(state: &AppState, call_id: &CallId) -> Result<()> {
+pub(crate) async fn open_room(state: &AppState, call_id: &CallId) -> Result<Option<HandOff>> {
     let room = call_id.room_name();
     let agent_name = state.config().oracle.agent_name.as_str();
     let direct = state.config().livekit.direct_dispatch && state.direct().has_waiter();
@@ -159,16 +166,24 @@ pub(crate) async fn open_room_with_agent(state: &AppState, call_id: &CallId) -> 
             .livekit()
             .open_call_room(room, Some(agent_name), call_id.as_str())
             .await?;
-        return Ok(());
+        return Ok(None);
     }
-    if !state
+    let made = state
         .livekit()
         .open_call_room(room, None, call_id.as_str())
-        .await?
-    {
-        // The room was there already (a repeated sync): its agent is on its way or in it.
-        return Ok(());
-    }
+        .await?;
+    // A room that was there already (a repeated sync) has its agent on the way or in it.
+    Ok(made.then(|| HandOff(call_id.clone())))
+}
+
+/// Hands the call to the agent that has waited longest (a watchdog asks LiveKit for one if no
+/// agent joined in time), or, when every waiter left meanwhile, asks LiveKit's dispatch.
+///
+/// # Errors
+/// LiveKit errors of that dispatch; [`Error::Internal`] for a token that cannot be made.
+pub(crate) async fn hand_off(state: &AppState, h: HandOff) -> Result<()> {
+    let HandOff(call_id) = h;
+    let room = call_id.room_name();
     let job_id = new_job_id();
     let identity = format!("agent-{job_id}");
     let (token, token_expires_at) = state.livekit().agent_token(room, &identity, state::now())?;
@@ -183,12 +198,12 @@ pub(crate) async fn open_room_with_agent(state: &AppState, call_id: &CallId) -> 
     if state.direct().hand_off(&job) {
         state.metrics().dispatch("direct");
         info!(job = %job_id, "call handed to a waiting agent");
-        spawn_fallback(state.clone(), call_id.clone(), job_id);
+        spawn_fallback(state.clone(), call_id, job_id);
+        Ok(())
     } else {
         // Every waiter left in between: LiveKit's dispatch, into the room made without one.
-        dispatch_by_livekit(state, call_id, "livekit").await?;
+        dispatch_by_livekit(state, &call_id, "livekit").await
     }
-    Ok(())
 }
 
 async fn dispatch_by_livekit(state: &AppState, call_id: &CallId, path: &'static str) -> Result<()> {

@@ -200,8 +200,11 @@ async fn activate(
         ));
     }
     let room = rec.call_id.room_name().clone();
-    crate::direct::open_room_with_agent(state, &rec.call_id).await?;
+    let hand_off = crate::direct::open_room(state, &rec.call_id).await?;
     let rec = crate::calls::transition(state, rec, CallStatus::Active, None).await?;
+    if let Some(h) = hand_off {
+        crate::direct::hand_off(state, h).await?;
+    }
     let (token, token_expires_at) = state.livekit().join_token(&room, user, state::now())?;
     Ok(SyncResponse {
         call_id: rec.call_id,
