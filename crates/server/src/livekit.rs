@@ -105,32 +105,16 @@ impl LiveKit {
     }
 
     /// A join token for `identity` in `room` only, valid for the configured TTL.
+    ///
+    /// # Errors
+    /// [`Error::Internal`] when the expiry is out of range.
     pub fn join_token(
         &self,
         room: &RoomName,
         identity: &str,
         now: Timestamp,
     ) -> Result<(String, Timestamp)> {
-        let now_s = now.unix_millis() / 1000;
-        let ttl = i64::try_from(self.config.token_ttl_secs).unwrap_or(600);
-        let exp = now_s + ttl;
-        let claims = json!({
-            "iss": self.config.api_key,
-            "sub": identity,
-            "nbf": now_s,
-            "iat": now_s,
-            "exp": exp,
-            "video": {
-                "roomJoin": true,
-                "room": room.as_str(),
-                "canPublish": true,
-                "canSubscribe": true,
-                "canPublishData": true,
-            },
-        });
-        let expires = Timestamp::from_unix_millis(exp * 1000)
-            .map_err(|_| Error::Internal("token expiry out of range".into()))?;
-        Ok((jwt::sign(&claims, &self.secret), expires))
+        self.room_token(room, identity, now, false)
     }
 
     /// A join token for an agent the server hands a call to itself: `identity` in `room`, of
@@ -145,26 +129,41 @@ impl LiveKit {
         identity: &str,
         now: Timestamp,
     ) -> Result<(String, Timestamp)> {
+        self.room_token(room, identity, now, true)
+    }
+
+    fn room_token(
+        &self,
+        room: &RoomName,
+        identity: &str,
+        now: Timestamp,
+        agent: bool,
+    ) -> Result<(String, Timestamp)> {
         let now_s = now.unix_millis() / 1000;
         let ttl = i64::try_from(self.config.token_ttl_secs).unwrap_or(600);
         let exp = now_s + ttl;
-        let claims = json!({
+        let mut video = json!({
+            "roomJoin": true,
+            "room": room.as_str(),
+            "canPublish": true,
+            "canSubscribe": true,
+            "canPublishData": true,
+        });
+        let mut claims = json!({
             "iss": self.config.api_key,
             "sub": identity,
-            "name": "oracle",
-            "kind": "agent",
             "nbf": now_s,
             "iat": now_s,
             "exp": exp,
-            "video": {
-                "roomJoin": true,
-                "room": room.as_str(),
-                "canPublish": true,
-                "canSubscribe": true,
-                "canPublishData": true,
-                "agent": true,
-            },
         });
+        if agent && let (Some(v), Some(c)) = (video.as_object_mut(), claims.as_object_mut()) {
+            v.insert("agent".into(), json!(true));
+            c.insert("name".into(), json!("oracle"));
+            c.insert("kind".into(), json!("agent"));
+        }
+        if let Some(c) = claims.as_object_mut() {
+            c.insert("video".into(), video);
+        }
         let expires = Timestamp::from_unix_millis(exp * 1000)
             .map_err(|_| Error::Internal("token expiry out of range".into()))?;
         Ok((jwt::sign(&claims, &self.secret), expires))
