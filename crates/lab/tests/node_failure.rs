@@ -48,7 +48,13 @@ fn init_logs() {
 /// The private stack's settings for `scripts/stack`.
 fn private_env() -> Vec<(String, String)> {
     let dir = std::env::var("ORACLE_CALLS_FAULT_STACK_DIR").map_or_else(
-        |_| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../.stack-faults")),
+        |_| {
+            let lab = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+            lab.parent()
+                .and_then(std::path::Path::parent)
+                .unwrap_or(lab)
+                .join(".stack-faults")
+        },
         PathBuf::from,
     );
     let port = |default: u16| (default + OFFSET).to_string();
