@@ -24,9 +24,11 @@
 #![deny(missing_docs)]
 
 pub mod binding;
+pub mod call;
 pub mod error;
 pub mod signal;
 
 pub use binding::{CallBinding, DtlsFingerprint, EphemeralKeyPair, PartyIdentity, Role};
+pub use call::{CallConfig, CallMachine, EventAuth, Notification, Output, SecurityEvent};
 pub use error::{BindingError, CallError, Error, ExtensionError, SignalError};
 pub use signal::{CallEvent, CallId, HangupReason, PartyId};
