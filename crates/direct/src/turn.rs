@@ -948,3 +948,6 @@ fn send_indication(peer: SocketAddr, bytes: &[u8]) -> Vec<u8> {
     let _ = msg.add_attribute(&DataAttribute::new(bytes));
     msg.finish()
 }
+
+#[cfg(test)]
+mod tests;
