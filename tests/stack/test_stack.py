@@ -96,6 +96,7 @@ REQUIRED_KEYS = [
     "LIVEKIT_URL", "LIVEKIT_HTTP_URL", "LIVEKIT_API_KEY", "LIVEKIT_API_SECRET_FILE",
     "LIVEKIT_WEBHOOK_URL", "DATABASE_URL", "STACK_MATRIX_PORT", "STACK_LIVEKIT_PORT",
     "STACK_LIVEKIT_UDP_PORT", "STACK_PG_PORT", "STACK_SERVER_PORT",
+    "STACK_TURN_PORT", "TURN_URI", "TURN_REALM", "TURN_SHARED_SECRET_FILE", "TURN_LOG",
 ]
 
 
@@ -110,7 +111,8 @@ def test_env_has_every_key_and_no_secret_values(env):
     assert db.scheme == "postgres" and db.hostname == "127.0.0.1"
     assert str(db.port) == env["STACK_PG_PORT"]
     raw = stack("env").stdout
-    for key in ("LIVEKIT_API_SECRET_FILE", "MATRIX_REGISTRATION_SECRET_FILE"):
+    for key in ("LIVEKIT_API_SECRET_FILE", "MATRIX_REGISTRATION_SECRET_FILE",
+                "TURN_SHARED_SECRET_FILE"):
         path = Path(env[key])
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, f"{path} must be mode 0600"
         value = path.read_text()
@@ -118,10 +120,10 @@ def test_env_has_every_key_and_no_secret_values(env):
         assert value not in raw, f"the secret in {path} leaked into `scripts/stack env`"
 
 
-def test_status_exits_zero_and_names_all_three(env):
+def test_status_exits_zero_and_names_every_server(env):
     r = stack("status")
     assert r.returncode == 0, r.stdout + r.stderr
-    for name in ("postgres", "synapse", "livekit"):
+    for name in ("postgres", "turn", "synapse", "livekit"):
         lines = [line for line in r.stdout.splitlines() if line.startswith(name)]
         assert lines, f"status does not mention {name}:\n{r.stdout}"
         assert "healthy" in lines[0] and "UNHEALTHY" not in lines[0], lines[0]
@@ -358,6 +360,48 @@ def test_livekit_udp_mux_listens_on_loopback(env):
             s.bind(("127.0.0.1", port))
     finally:
         s.close()
+
+
+# ----------------------------------------------------------------------------- coturn
+
+
+def stun_binding(port: int) -> bytes:
+    txid = secrets.token_bytes(12)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(3)
+        s.sendto(b"\x00\x01\x00\x00\x21\x12\xa4\x42" + txid, ("127.0.0.1", port))
+        reply, _ = s.recvfrom(2048)
+    assert reply[:2] == b"\x01\x01" and reply[8:20] == txid, reply[:20].hex()
+    return reply
+
+
+def test_turn_answers_stun_on_loopback_udp(env):
+    port = int(env["STACK_TURN_PORT"])
+    assert env["TURN_URI"] == f"turn:127.0.0.1:{port}?transport=udp"
+    stun_binding(port)
+    conf = Path(env["STACK_DIR"]) / "turn" / "turnserver.conf"
+    assert stat.S_IMODE(conf.stat().st_mode) == 0o600, "the coturn config holds the shared secret"
+
+
+def test_synapse_hands_out_coturn_credentials(env, user):
+    """/voip/turnServer: the stack's TURN URI and TURN REST credentials made with the secret
+    coturn checks (password = base64(HMAC-SHA1(secret, "<expiry>:<user id>")))."""
+    password = Path(user["MATRIX_USER_PASSWORD_FILE"]).read_text()
+    status, body = login(env, user["name"], password)
+    assert status == 200, body
+    token = json.loads(body)["access_token"]
+    status, body = http("GET", env["MATRIX_URL"] + "/_matrix/client/v3/voip/turnServer",
+                        headers={"Authorization": f"Bearer {token}"})
+    assert status == 200, body
+    turn = json.loads(body)
+    assert turn["uris"] == [env["TURN_URI"]]
+    expiry, _, user_id = turn["username"].partition(":")
+    assert user_id == user["MATRIX_USER_ID"]
+    assert 0 < int(expiry) - time.time() <= 3600 + 5
+    assert turn["ttl"] == 3600
+    secret = read_secret(env["TURN_SHARED_SECRET_FILE"]).encode()
+    mac = hmac.new(secret, turn["username"].encode(), hashlib.sha1).digest()
+    assert turn["password"] == base64.b64encode(mac).decode()
 
 
 # ----------------------------------------------------------------------------- PostgreSQL

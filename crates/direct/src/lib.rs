@@ -1,7 +1,8 @@
 //! Person-to-person calls without an SFU: Matrix VoIP v1 signalling (`m.call.*`) in the
 //! encrypted DM of the two people, a per-call binding key (ephemeral P-256 inside the
 //! encrypted invite and answer, bound to the call, both identities and both DTLS
-//! fingerprints) with key confirmation, and a sans-IO state machine for one call.
+//! fingerprints) with key confirmation, a sans-IO state machine for one call, and [`turn`], a
+//! sans-IO TURN allocation with the credentials the homeserver hands out.
 //!
 //! No IO, no clock, no global RNG: time and randomness come in as arguments.
 //!
@@ -27,6 +28,7 @@ pub mod binding;
 pub mod call;
 pub mod error;
 pub mod signal;
+pub mod turn;
 
 pub use binding::{CallBinding, DtlsFingerprint, EphemeralKeyPair, PartyIdentity, Role};
 pub use call::{CallConfig, CallMachine, EventAuth, Notification, Output, SecurityEvent};

@@ -66,6 +66,7 @@ fn private_env() -> Vec<(String, String)> {
         ("STACK_PG_PORT", port(15432)),
         ("STACK_SERVER_PORT", port(18080)),
         ("STACK_REDIS_PORT", port(16379)),
+        ("STACK_TURN_PORT", port(13478)),
         ("STACK_LIVEKIT_NODES", "2".to_owned()),
     ]
     .into_iter()
