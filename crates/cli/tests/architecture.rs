@@ -92,7 +92,11 @@ fn proto_and_crypto_do_no_io() {
         "socket2",
         "tracing-subscriber",
     ];
-    for krate in ["oracle-calls-proto", "oracle-calls-crypto"] {
+    for krate in [
+        "oracle-calls-proto",
+        "oracle-calls-crypto",
+        "oracle-calls-media",
+    ] {
         let deps = normal_closure(&meta, krate).unwrap();
         for f in forbidden {
             assert!(!deps.contains(f), "{krate} pulls in {f}");
@@ -152,4 +156,23 @@ fn the_product_never_depends_on_the_lab() {
             .unwrap()
             .contains("oracle-calls")
     );
+}
+
+#[test]
+fn audio_code_lives_in_the_media_crate_only() {
+    let meta = metadata();
+    // The LiveKit client takes Opus from the media crate, not from its own copy…
+    let rtc = normal_closure(&meta, "oracle-calls-rtc").unwrap();
+    assert!(rtc.contains("oracle-calls-media"));
+    // …and the media crate knows nothing of LiveKit, str0m or the call key.
+    let media = normal_closure(&meta, "oracle-calls-media").unwrap();
+    for f in [
+        "oracle-calls-rtc",
+        "str0m",
+        "livekit-protocol",
+        "oracle-calls-crypto",
+    ] {
+        assert!(!media.contains(f), "oracle-calls-media pulls in {f}");
+    }
+    assert!(media.contains("opus"), "the check looks at the media crate");
 }
