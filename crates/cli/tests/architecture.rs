@@ -161,9 +161,24 @@ fn the_product_never_depends_on_the_lab() {
 #[test]
 fn audio_code_lives_in_the_media_crate_only() {
     let meta = metadata();
-    // The LiveKit client takes Opus from the media crate, not from its own copy…
-    let rtc = normal_closure(&meta, "oracle-calls-rtc").unwrap();
-    assert!(rtc.contains("oracle-calls-media"));
+    // The LiveKit client and the direct mode take Opus from the media crate: neither declares
+    // libopus itself…
+    for name in ["oracle-calls-rtc", "oracle-calls-direct"] {
+        let package = meta["packages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap();
+        let declared: BTreeSet<&str> = package["dependencies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["name"].as_str().unwrap())
+            .collect();
+        assert!(declared.contains("oracle-calls-media"), "{name}");
+        assert!(!declared.contains("opus"), "{name} uses opus directly");
+    }
     // …and the media crate knows nothing of LiveKit, str0m or the call key.
     let media = normal_closure(&meta, "oracle-calls-media").unwrap();
     for f in [

@@ -6,6 +6,22 @@
 //! returns [`Output::Timeout`] (or [`Output::Closed`]): each [`Output::Transmit`] goes out of
 //! the socket it names, each [`Output::Event`] to the call.
 //!
+//! ```
+//! use std::time::Instant;
+//! use oracle_calls_direct::peer::{Output, Peer, audio_msid_stream};
+//! let now = Instant::now();
+//! let (mut caller, offer) = Peer::offer(now, &["127.0.0.1:40000".parse()?])?; // → m.call.invite
+//! let (callee, answer) = Peer::answer(&offer, now, &["127.0.0.1:40001".parse()?])?; // → m.call.answer
+//! caller.accept_answer(&answer)?;
+//! // Our own msid, not the caller's: `sdp_stream_metadata` is keyed by it.
+//! assert_eq!(audio_msid_stream(&answer), Some(callee.stream_id()));
+//! // The driver: send each Transmit, feed back what arrives, wake at the Timeout.
+//! while let Output::Transmit(t) = caller.poll_output() {
+//!     assert_eq!(t.source.port(), 40000);
+//! }
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
 //! Security, what this layer guarantees:
 //! - DTLS 1.2 (str0m's DTLS 1.3 server would let the client pick AES-CM over AES-GCM); a
 //!   session that came up with another version fails with [`Failure::DtlsVersion`].
@@ -475,10 +491,8 @@ impl Peer {
                 self.ice_connected = up;
             }
             Event::Connected => self.on_dtls_connected(),
-            Event::MediaAdded(m) => {
-                if m.kind == MediaKind::Audio && self.mid.is_none() {
-                    self.mid = Some(m.mid);
-                }
+            Event::MediaAdded(m) if m.kind == MediaKind::Audio && self.mid.is_none() => {
+                self.mid = Some(m.mid);
             }
             Event::MediaData(d) => {
                 if !self.dtls_connected || Some(d.mid) != self.mid {

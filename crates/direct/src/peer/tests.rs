@@ -85,7 +85,7 @@ fn run(a: &mut Peer, b: &mut Peer, now: &mut Instant, dur: Duration) -> (Seen, S
         a.handle_input(*now, Input::Timeout).unwrap();
         b.handle_input(*now, Input::Timeout).unwrap();
         step += 1;
-        if step % 4 == 0 {
+        if step.is_multiple_of(4) {
             let _ = a.send_pcm(*now, &sine_tone(440.0, 8000.0, samples, 960));
             let _ = b.send_pcm(*now, &sine_tone(880.0, 8000.0, samples, 960));
             samples += 960;
