@@ -7,7 +7,7 @@
 //! the socket it names, each [`Output::Event`] to the call.
 //!
 //! ```
-//! use std::time::Instant;
+//! use std::time::{Duration, Instant};
 //! use oracle_calls_direct::peer::{Output, Peer, audio_msid_stream};
 //! let now = Instant::now();
 //! let (mut caller, offer) = Peer::offer(now, &["127.0.0.1:40000".parse()?])?; // → m.call.invite
@@ -41,7 +41,7 @@ mod sdp;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use oracle_calls_media::{AUDIO_FRAME_SAMPLES, OpusDecoder, OpusEncoder};
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
@@ -71,6 +71,10 @@ pub enum PeerError {
     /// The other side's SDP has no single `sha-256` DTLS fingerprint.
     #[error("the peer's SDP has no usable sha-256 DTLS fingerprint")]
     UnsupportedFingerprint,
+    /// A later SDP of the other side (renegotiation, ICE restart) names another certificate
+    /// than its first one did.
+    #[error("the peer's SDP changed its DTLS fingerprint mid-call")]
+    FingerprintChanged,
     /// A candidate line from the other side does not parse.
     #[error("the peer sent a candidate that does not parse")]
     BadCandidate,
@@ -160,9 +164,10 @@ pub struct Transmit {
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum PeerEvent {
-    /// ICE found a working pair (also again after a restart or a disconnection).
+    /// ICE has a working pair and datagrams arrive (again, after [`PeerEvent::IceDisconnected`]).
     IceConnected,
-    /// ICE lost its pair (it may come back; an ICE restart helps).
+    /// The path is lost: ICE says so, or nothing arrived from the other side for
+    /// [`PATH_TIMEOUT`]. It may come back by itself; an ICE restart helps.
     IceDisconnected,
     /// DTLS is up, SRTP keyed: the certificate matched the SDP's fingerprint.
     Connected {
@@ -184,13 +189,21 @@ pub struct Peer {
     stream_id: String,
     track_id: String,
     local_fingerprint: DtlsFingerprint,
+    /// What the other side's first SDP announced; every later one must say the same.
+    remote_sdp_fingerprint: Option<DtlsFingerprint>,
     mid: Option<Mid>,
     pending: Option<SdpPendingOffer>,
     events: VecDeque<PeerEvent>,
     encoder: OpusEncoder,
     decoder: OpusDecoder,
     rtp_samples: u64,
-    ice_connected: bool,
+    /// What str0m's ICE agent says of the path.
+    ice_up: bool,
+    /// What we last reported ([`PeerEvent::IceConnected`] / [`PeerEvent::IceDisconnected`]).
+    path_up: bool,
+    /// When the last datagram from the other side arrived, and the time of the last input.
+    last_rx: Option<Instant>,
+    now: Instant,
     dtls_connected: bool,
     failed: Option<Failure>,
     closed: bool,
@@ -201,7 +214,7 @@ impl std::fmt::Debug for Peer {
         f.debug_struct("Peer")
             .field("role", &self.role)
             .field("stream_id", &self.stream_id)
-            .field("ice_connected", &self.ice_connected)
+            .field("path_up", &self.path_up)
             .field("dtls_connected", &self.dtls_connected)
             .field("failed", &self.failed)
             .finish_non_exhaustive()
@@ -258,13 +271,15 @@ impl Peer {
     /// [`Peer::answer`].
     pub fn accept_answer(&mut self, answer_sdp: &str) -> Result<(), PeerError> {
         self.check_open()?;
-        fingerprint_of_sdp(answer_sdp)?;
+        let fp = self.check_remote_fingerprint(answer_sdp)?;
         let answer = SdpAnswer::from_sdp_string(answer_sdp).map_err(|_| PeerError::SdpSyntax)?;
         let pending = self.pending.take().ok_or(PeerError::NoPendingOffer)?;
         self.rtc
             .sdp_api()
             .accept_answer(pending, answer)
-            .map_err(PeerError::RemoteSdp)
+            .map_err(PeerError::RemoteSdp)?;
+        self.remote_sdp_fingerprint = Some(fp);
+        Ok(())
     }
 
     /// Answers a new offer from the other side in the same call (`m.call.negotiate`, e.g. its
@@ -274,7 +289,7 @@ impl Peer {
     /// The SDP errors of [`Peer::answer`].
     pub fn accept_offer(&mut self, offer_sdp: &str) -> Result<String, PeerError> {
         self.check_open()?;
-        fingerprint_of_sdp(offer_sdp)?;
+        let fp = self.check_remote_fingerprint(offer_sdp)?;
         if !offer_sdp.lines().any(|l| l.starts_with("m=audio ")) {
             return Err(PeerError::NoAudio);
         }
@@ -286,6 +301,7 @@ impl Peer {
             .sdp_api()
             .accept_offer(offer)
             .map_err(PeerError::RemoteSdp)?;
+        self.remote_sdp_fingerprint = Some(fp);
         Ok(self.outgoing(&answer.to_sdp_string()))
     }
 
@@ -331,6 +347,7 @@ impl Peer {
         if self.closed || self.failed.is_some() {
             return Ok(());
         }
+        self.now = self.now.max(now);
         let input = match input {
             Input::Timeout => str0m::Input::Timeout(now),
             Input::Receive {
@@ -338,7 +355,12 @@ impl Peer {
                 destination,
                 contents,
             } => match Receive::new(Protocol::Udp, source, destination, contents) {
-                Ok(r) => str0m::Input::Receive(now, r),
+                Ok(r) => {
+                    // Liveness only: a datagram a stranger forges can at most delay the
+                    // report of a lost path.
+                    self.last_rx = Some(now);
+                    str0m::Input::Receive(now, r)
+                }
                 Err(_) => {
                     debug!("dropped a datagram that is not STUN, DTLS or RTP");
                     return Ok(());
@@ -348,6 +370,7 @@ impl Peer {
         if let Err(e) = self.rtc.handle_input(input) {
             self.on_rtc_error(&e);
         }
+        self.update_path();
         Ok(())
     }
 
@@ -362,7 +385,14 @@ impl Peer {
                 return Output::Closed;
             }
             match self.rtc.poll_output() {
-                Ok(str0m::Output::Timeout(t)) => return Output::Timeout(t),
+                Ok(str0m::Output::Timeout(t)) => {
+                    // Wake up in time to notice a silent path.
+                    let silent_at = self
+                        .last_rx
+                        .filter(|_| self.path_up)
+                        .map(|t| t + PATH_TIMEOUT);
+                    return Output::Timeout(silent_at.map_or(t, |s| t.min(s)));
+                }
                 Ok(str0m::Output::Transmit(t)) => {
                     return Output::Transmit(Transmit {
                         source: t.source,
@@ -448,6 +478,7 @@ impl Peer {
         Ok(Peer {
             rtc,
             local_fingerprint,
+            remote_sdp_fingerprint: None,
             role,
             stream_id: random_token("oc"),
             track_id: random_token("oca"),
@@ -457,7 +488,10 @@ impl Peer {
             encoder: OpusEncoder::new(None)?,
             decoder: OpusDecoder::new()?,
             rtp_samples: 0,
-            ice_connected: false,
+            ice_up: false,
+            path_up: false,
+            last_rx: None,
+            now,
             dtls_connected: false,
             failed: None,
             closed: false,
@@ -467,6 +501,16 @@ impl Peer {
     /// An SDP of ours as it goes out: with our msid, whatever str0m copied.
     fn outgoing(&self, sdp: &str) -> String {
         sdp::rewrite_msid(sdp, &self.stream_id, &self.track_id)
+    }
+
+    /// The SDP's fingerprint, which must be usable and, after the first accepted SDP,
+    /// unchanged. Checked before str0m sees the SDP, so a refused one changes nothing.
+    fn check_remote_fingerprint(&self, sdp: &str) -> Result<DtlsFingerprint, PeerError> {
+        let fp = fingerprint_of_sdp(sdp)?;
+        match self.remote_sdp_fingerprint {
+            Some(known) if known != fp => Err(PeerError::FingerprintChanged),
+            _ => Ok(fp),
+        }
     }
 
     fn check_open(&self) -> Result<(), PeerError> {
@@ -479,16 +523,16 @@ impl Peer {
     fn on_event(&mut self, e: Event) {
         match e {
             Event::IceConnectionStateChange(s) => {
-                let up = matches!(
-                    s,
-                    IceConnectionState::Connected | IceConnectionState::Completed
-                );
-                if up && !self.ice_connected {
-                    self.events.push_back(PeerEvent::IceConnected);
-                } else if s == IceConnectionState::Disconnected && self.ice_connected {
-                    self.events.push_back(PeerEvent::IceDisconnected);
+                // Checking (an ICE restart under way) changes nothing: media still flows on
+                // the old pair until str0m says otherwise.
+                match s {
+                    IceConnectionState::Connected | IceConnectionState::Completed => {
+                        self.ice_up = true;
+                    }
+                    IceConnectionState::Disconnected => self.ice_up = false,
+                    _ => {}
                 }
-                self.ice_connected = up;
+                self.update_path();
             }
             Event::Connected => self.on_dtls_connected(),
             Event::MediaAdded(m) if m.kind == MediaKind::Audio && self.mid.is_none() => {
@@ -504,6 +548,23 @@ impl Peer {
                 }
             }
             _ => {}
+        }
+    }
+
+    /// Reports the path up when ICE has a pair and datagrams from the other side arrived in
+    /// the last [`PATH_TIMEOUT`], down otherwise (on changes only).
+    fn update_path(&mut self) {
+        let fresh = self
+            .last_rx
+            .is_some_and(|t| self.now.saturating_duration_since(t) < PATH_TIMEOUT);
+        let up = self.ice_up && fresh;
+        if up != self.path_up {
+            self.path_up = up;
+            self.events.push_back(if up {
+                PeerEvent::IceConnected
+            } else {
+                PeerEvent::IceDisconnected
+            });
         }
     }
 
@@ -554,14 +615,26 @@ impl Peer {
     }
 }
 
-/// The str0m configuration of every direct peer: Opus only, DTLS 1.2, fingerprints checked.
+/// The str0m configuration of every direct peer: Opus only, DTLS 1.2, fingerprints checked,
+/// and the nominated pair checked at least every [`MAX_STUN_RTO`].
 fn rtc_config() -> RtcConfig {
-    Rtc::builder()
+    let mut config = Rtc::builder()
         .clear_codecs()
         .enable_opus(true, false)
         .set_dtls_version(DtlsVersion::Dtls12)
-        .set_fingerprint_verification(true)
+        .set_fingerprint_verification(true);
+    config.set_max_stun_rto(MAX_STUN_RTO);
+    config
 }
+
+/// The longest wait between two STUN checks of a pair.
+const MAX_STUN_RTO: Duration = Duration::from_millis(1000);
+/// How long the other side may send nothing (no audio, no STUN: with [`MAX_STUN_RTO`] a live
+/// pair is checked every second even when no audio flows) before the path is reported lost.
+/// str0m's ICE agent alone keeps a pair alive for 15 s after the other side's last STUN
+/// request, and then ~20 s more; a call wants to restart ICE much sooner (MatrixCall: 2 s
+/// after its browser says `disconnected`).
+pub const PATH_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// `prefix-` and 24 random hex digits: an msid token (RFC 8830 token characters only).
 fn random_token(prefix: &str) -> String {

@@ -35,6 +35,7 @@ struct Driver {
     first_audio: Option<Instant>,
     connected: Option<(DtlsFingerprint, DtlsFingerprint)>,
     failed: Option<Failure>,
+    ice_disconnects: usize,
     closed: bool,
 }
 
@@ -55,6 +56,7 @@ impl Driver {
             first_audio: None,
             connected: None,
             failed: None,
+            ice_disconnects: 0,
             closed: false,
         }
     }
@@ -111,6 +113,7 @@ impl Driver {
                     self.connected = Some((local, remote));
                 }
                 Output::Event(PeerEvent::Failed(f)) => self.failed = Some(f),
+                Output::Event(PeerEvent::IceDisconnected) => self.ice_disconnects += 1,
                 Output::Event(e) => eprintln!("{}: {e:?}", self.name),
             }
         }
@@ -229,6 +232,7 @@ async fn two_peers_hear_each_other_over_udp_and_survive_an_ice_restart() {
     let until = Instant::now() + Duration::from_millis(1500);
     tokio::join!(a.run_until(until), b.run_until(until));
     assert!(a.failed.is_none() && b.failed.is_none());
+    assert_eq!((a.ice_disconnects, b.ice_disconnects), (0, 0));
     assert!(
         a.heard.len() - heard_a > 48_000,
         "{}",

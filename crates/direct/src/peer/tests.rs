@@ -21,6 +21,7 @@ fn addr(s: &str) -> SocketAddr {
 #[derive(Default)]
 struct Seen {
     ice_connected: usize,
+    ice_disconnected: usize,
     connected: Option<(DtlsFingerprint, DtlsFingerprint)>,
     heard: Vec<i16>,
     failed: Option<Failure>,
@@ -38,12 +39,12 @@ fn drain(peer: &mut Peer, seen: &mut Seen, wire: &mut Vec<Transmit>) -> Option<I
                 return None;
             }
             Output::Event(PeerEvent::IceConnected) => seen.ice_connected += 1,
+            Output::Event(PeerEvent::IceDisconnected) => seen.ice_disconnected += 1,
             Output::Event(PeerEvent::Connected { local, remote }) => {
                 seen.connected = Some((local, remote));
             }
             Output::Event(PeerEvent::AudioFrame(pcm)) => seen.heard.extend(pcm),
             Output::Event(PeerEvent::Failed(f)) => seen.failed = Some(f),
-            Output::Event(_) => {}
         }
     }
 }
@@ -51,6 +52,17 @@ fn drain(peer: &mut Peer, seen: &mut Seen, wire: &mut Vec<Transmit>) -> Option<I
 /// Runs both peers for `dur` of simulated time in 5 ms steps, each sending its tone every
 /// 20 ms; datagrams arrive one step after they were sent.
 fn run(a: &mut Peer, b: &mut Peer, now: &mut Instant, dur: Duration) -> (Seen, Seen) {
+    run_on(a, b, now, dur, true)
+}
+
+/// [`run`], with the path between the two cut (every datagram lost) unless `path_up`.
+fn run_on(
+    a: &mut Peer,
+    b: &mut Peer,
+    now: &mut Instant,
+    dur: Duration,
+    path_up: bool,
+) -> (Seen, Seen) {
     let (mut sa, mut sb) = (Seen::default(), Seen::default());
     let end = *now + dur;
     let mut samples = 0u64;
@@ -60,6 +72,10 @@ fn run(a: &mut Peer, b: &mut Peer, now: &mut Instant, dur: Duration) -> (Seen, S
         drain(a, &mut sa, &mut wa);
         drain(b, &mut sb, &mut wb);
         *now += Duration::from_millis(5);
+        if !path_up {
+            wa.clear();
+            wb.clear();
+        }
         for t in wa {
             b.handle_input(
                 *now,
@@ -184,6 +200,8 @@ fn ice_restart_renegotiates_and_audio_goes_on() {
     a.accept_answer(&answer).unwrap();
     let (sa2, sb2) = run(&mut a, &mut b, &mut now, Duration::from_secs(1));
     assert!(sa2.failed.is_none() && sb2.failed.is_none());
+    // A restart is not a lost path: the media stayed on the old pair meanwhile.
+    assert_eq!((sa2.ice_disconnected, sb2.ice_disconnected), (0, 0));
     let tail = |h: &[i16]| h[h.len() - 9_600..].to_vec();
     assert!(goertzel_power(&tail(&sa2.heard), 880.0) > 0.5);
     assert!(goertzel_power(&tail(&sb2.heard), 440.0) > 0.5);
@@ -247,4 +265,52 @@ fn misuse_and_bad_sdp_are_typed_errors() {
     a.close();
     assert!(matches!(a.poll_output(), Output::Closed));
     assert!(matches!(a.ice_restart(), Err(PeerError::Closed)));
+}
+
+#[test]
+fn a_cut_path_is_reported_and_an_ice_restart_brings_the_audio_back() {
+    let (mut a, mut b, mut now) = call();
+    let (sa, _) = run(&mut a, &mut b, &mut now, Duration::from_secs(1));
+    assert!(sa.connected.is_some());
+    // Cut for a little longer than the path timeout: both sides report the path lost.
+    let cut = PATH_TIMEOUT + Duration::from_millis(500);
+    let (sa, sb) = run_on(&mut a, &mut b, &mut now, cut, false);
+    assert_eq!((sa.ice_disconnected, sb.ice_disconnected), (1, 1));
+    assert!(sa.heard.is_empty() && sb.heard.is_empty());
+    assert!(sa.failed.is_none() && sb.failed.is_none());
+    // The path is back; the caller restarts ICE (m.call.negotiate) and the audio returns.
+    let offer = a.ice_restart().unwrap();
+    let answer = b.accept_offer(&offer).unwrap();
+    a.accept_answer(&answer).unwrap();
+    let (sa, sb) = run(&mut a, &mut b, &mut now, Duration::from_secs(2));
+    assert_eq!((sa.ice_connected, sb.ice_connected), (1, 1));
+    let tail = |h: &[i16]| h[h.len() - 24_000..].to_vec();
+    assert!(goertzel_power(&tail(&sa.heard), 880.0) > 0.5);
+    assert!(goertzel_power(&tail(&sb.heard), 440.0) > 0.5);
+}
+
+#[test]
+fn a_renegotiation_cannot_swap_the_certificate() {
+    let (mut a, mut b, mut now) = call();
+    run(&mut a, &mut b, &mut now, Duration::from_millis(500));
+    let (stranger, _) = Peer::offer(now, &[addr("10.0.0.3:3000")]).unwrap();
+    let swap = |sdp: &str, from: DtlsFingerprint| {
+        sdp.replace(&from.to_string(), &stranger.local_fingerprint().to_string())
+    };
+    // An offer (ICE restart) from "the caller" with another certificate is refused…
+    let offer = a.ice_restart().unwrap();
+    assert!(matches!(
+        b.accept_offer(&swap(&offer, a.local_fingerprint())),
+        Err(PeerError::FingerprintChanged)
+    ));
+    // …and so is such an answer, which leaves our offer waiting for the real one.
+    let answer = b.accept_offer(&offer).unwrap();
+    assert!(matches!(
+        a.accept_answer(&swap(&answer, b.local_fingerprint())),
+        Err(PeerError::FingerprintChanged)
+    ));
+    a.accept_answer(&answer).unwrap();
+    let (sa, sb) = run(&mut a, &mut b, &mut now, Duration::from_millis(500));
+    assert!(sa.failed.is_none() && sb.failed.is_none());
+    assert!(!sa.heard.is_empty() && !sb.heard.is_empty());
 }
