@@ -314,3 +314,57 @@ fn a_renegotiation_cannot_swap_the_certificate() {
     assert!(sa.failed.is_none() && sb.failed.is_none());
     assert!(!sa.heard.is_empty() && !sb.heard.is_empty());
 }
+
+mod untrusted_sdp {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::peer::sdp;
+
+    /// A real offer, so mutations reach deep into str0m's parser and ours.
+    fn real_offer() -> String {
+        Peer::offer(Instant::now(), &[addr("10.0.0.1:1000")])
+            .unwrap()
+            .1
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        #[test]
+        fn any_text_is_refused_or_taken_without_a_panic(text in ".{0,400}") {
+            let _ = fingerprint_of_sdp(&text);
+            let _ = audio_msid_stream(&text);
+            let _ = sdp::rewrite_msid(&text, "s", "t");
+            let _ = sdp::parse_candidate(&text);
+            let _ = Peer::answer(&text, Instant::now(), &[]);
+        }
+
+        #[test]
+        fn a_mangled_offer_is_refused_or_taken_without_a_panic(
+            cut in 0usize..2000,
+            at in 0usize..2000,
+            junk in "[ -~\r\n]{0,40}",
+        ) {
+            let mut offer = real_offer();
+            let cut = cut.min(offer.len());
+            let at = at.min(cut);
+            if offer.is_char_boundary(at) && offer.is_char_boundary(cut) {
+                offer.replace_range(at..cut, &junk);
+            }
+            if let Ok((mut peer, answer)) = Peer::answer(&offer, Instant::now(), &[addr("10.0.0.2:2000")]) {
+                prop_assert_eq!(audio_msid_stream(&answer), Some(peer.stream_id()));
+                while let Output::Transmit(_) | Output::Event(_) = peer.poll_output() {}
+            }
+        }
+
+        #[test]
+        fn any_candidate_line_is_refused_or_taken_without_a_panic(line in "(a=)?candidate:[ -~]{0,120}") {
+            let (mut b, _) = Peer::answer(&real_offer(), Instant::now(), &[addr("10.0.0.2:2000")]).unwrap();
+            let _ = b.add_remote_candidate(&line);
+            let now = Instant::now();
+            b.handle_input(now, Input::Timeout).unwrap();
+            while let Output::Transmit(_) | Output::Event(_) = b.poll_output() {}
+        }
+    }
+}
