@@ -321,6 +321,24 @@ impl Peer {
         Ok(RemoteCandidate::Added)
     }
 
+    /// Adds a local candidate found after the SDP went out (server-reflexive, relayed through
+    /// TURN — its [`Output::Transmit`]s then name the relayed address as `source` —, another
+    /// interface): the line to trickle in `m.call.candidates`, or `None` when str0m already
+    /// had it.
+    ///
+    /// # Errors
+    /// [`PeerError::Closed`] after a failure.
+    pub fn add_local_candidate(
+        &mut self,
+        candidate: Candidate,
+    ) -> Result<Option<String>, PeerError> {
+        self.check_open()?;
+        Ok(self
+            .rtc
+            .add_local_candidate(candidate)
+            .map(Candidate::to_sdp_string))
+    }
+
     /// Restarts ICE (new ufrag and password, local candidates kept): the offer to send in
     /// `m.call.negotiate`; its answer goes to [`Peer::accept_answer`]. Media keeps flowing on
     /// the old pair until a new one is nominated.

@@ -235,6 +235,33 @@ fn remote_candidates_as_matrix_call_sends_them() {
 }
 
 #[test]
+fn a_candidate_found_later_is_trickled_and_used() {
+    // The caller's only address is announced after the offer, as m.call.candidates would.
+    let now = Instant::now();
+    let (mut a, offer) = Peer::offer(now, &[]).unwrap();
+    assert!(!offer.contains("typ host"));
+    let (mut b, answer) = Peer::answer(&offer, now, &[addr("10.0.0.2:2000")]).unwrap();
+    a.accept_answer(&answer).unwrap();
+    let line = a
+        .add_local_candidate(Candidate::host(addr("10.0.0.1:1000"), "udp").unwrap())
+        .unwrap()
+        .unwrap();
+    assert!(line.starts_with("candidate:") && line.contains("10.0.0.1 1000 typ host"));
+    assert_eq!(
+        b.add_remote_candidate(&line).unwrap(),
+        RemoteCandidate::Added
+    );
+    assert_eq!(
+        b.add_remote_candidate("").unwrap(),
+        RemoteCandidate::EndOfCandidates
+    );
+    let mut now = now;
+    let (sa, sb) = run(&mut a, &mut b, &mut now, Duration::from_secs(1));
+    assert!(sa.connected.is_some() && sb.connected.is_some());
+    assert!(!sa.heard.is_empty() && !sb.heard.is_empty());
+}
+
+#[test]
 fn misuse_and_bad_sdp_are_typed_errors() {
     let now = Instant::now();
     let (mut a, offer) = Peer::offer(now, &[addr("10.0.0.1:1000")]).unwrap();
