@@ -294,13 +294,13 @@ impl Peer {
             return Err(PeerError::NoAudio);
         }
         let offer = SdpOffer::from_sdp_string(offer_sdp).map_err(|_| PeerError::SdpSyntax)?;
-        // Glare inside a call: the other side's offer wins over ours (we are polite).
-        self.pending = None;
         let answer = self
             .rtc
             .sdp_api()
             .accept_offer(offer)
             .map_err(PeerError::RemoteSdp)?;
+        // Glare inside a call: the other side's offer won over ours (we are polite).
+        self.pending = None;
         self.remote_sdp_fingerprint = Some(fp);
         Ok(self.outgoing(&answer.to_sdp_string()))
     }
