@@ -206,7 +206,7 @@ impl CallIo {
 ///             }
 ///             let frame = if heard >= 50 {
 ///                 heard = 0;
-///                 oracle_calls_rtc::sine_tone(1000.0, 8000.0, 0, 960)
+///                 oracle_calls_media::sine_tone(1000.0, 8000.0, 0, 960)
 ///             } else {
 ///                 silence.to_vec()
 ///             };

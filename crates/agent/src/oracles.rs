@@ -3,7 +3,7 @@
 
 use std::collections::VecDeque;
 
-use oracle_calls_rtc::{AUDIO_FRAME_SAMPLES, sine_tone};
+use oracle_calls_media::{AUDIO_FRAME_SAMPLES, sine_tone};
 
 use std::path::Path;
 use std::sync::Arc;
@@ -304,9 +304,9 @@ mod tests {
         let c = chime();
         assert_eq!(c.len(), 30);
         let first: Vec<i16> = c[..8].concat();
-        let p = oracle_calls_rtc::goertzel_power(&first, CHIME[0]);
+        let p = oracle_calls_media::goertzel_power(&first, CHIME[0]);
         assert!(p > 0.5, "{p}");
-        assert!(oracle_calls_rtc::goertzel_power(&first, CHIME[2]) < 0.01);
+        assert!(oracle_calls_media::goertzel_power(&first, CHIME[2]) < 0.01);
     }
 
     #[test]

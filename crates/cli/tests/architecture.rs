@@ -92,7 +92,11 @@ fn proto_and_crypto_do_no_io() {
         "socket2",
         "tracing-subscriber",
     ];
-    for krate in ["oracle-calls-proto", "oracle-calls-crypto"] {
+    for krate in [
+        "oracle-calls-proto",
+        "oracle-calls-crypto",
+        "oracle-calls-media",
+    ] {
         let deps = normal_closure(&meta, krate).unwrap();
         for f in forbidden {
             assert!(!deps.contains(f), "{krate} pulls in {f}");
@@ -152,4 +156,38 @@ fn the_product_never_depends_on_the_lab() {
             .unwrap()
             .contains("oracle-calls")
     );
+}
+
+#[test]
+fn audio_code_lives_in_the_media_crate_only() {
+    let meta = metadata();
+    // The LiveKit client and the direct mode take Opus from the media crate: neither declares
+    // libopus itself…
+    for name in ["oracle-calls-rtc", "oracle-calls-direct"] {
+        let package = meta["packages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap();
+        let declared: BTreeSet<&str> = package["dependencies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["name"].as_str().unwrap())
+            .collect();
+        assert!(declared.contains("oracle-calls-media"), "{name}");
+        assert!(!declared.contains("opus"), "{name} uses opus directly");
+    }
+    // …and the media crate knows nothing of LiveKit, str0m or the call key.
+    let media = normal_closure(&meta, "oracle-calls-media").unwrap();
+    for f in [
+        "oracle-calls-rtc",
+        "str0m",
+        "livekit-protocol",
+        "oracle-calls-crypto",
+    ] {
+        assert!(!media.contains(f), "oracle-calls-media pulls in {f}");
+    }
+    assert!(media.contains("opus"), "the check looks at the media crate");
 }

@@ -4,6 +4,10 @@
 //! fingerprints) with key confirmation, a sans-IO state machine for one call, and [`turn`], a
 //! sans-IO TURN allocation with the credentials the homeserver hands out.
 //!
+//! [`peer`] is the media side: a sans-IO [`peer::Peer`] over str0m that makes or answers the
+//! SDP, runs ICE and DTLS-SRTP (DTLS 1.2, fingerprints verified) and carries Opus from
+//! `oracle-calls-media`. The caller's driver owns the sockets and the clock.
+//!
 //! No IO, no clock, no global RNG: time and randomness come in as arguments.
 //!
 //! ```
@@ -27,6 +31,7 @@
 pub mod binding;
 pub mod call;
 pub mod error;
+pub mod peer;
 pub mod signal;
 pub mod turn;
 

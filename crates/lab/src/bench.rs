@@ -40,7 +40,7 @@ async fn one_call(client: &OracleClient) -> anyhow::Result<(Call, Instant, Durat
     let mut call = client.call_oracle(CallType::Audio).await?;
     let mic = call.microphone();
     // A tone longer than the wait for the first answer below.
-    let tone = oracle_calls_rtc::sine_tone(300.0, 6000.0, 0, 48_000 * 25);
+    let tone = oracle_calls_media::sine_tone(300.0, 6000.0, 0, 48_000 * 25);
     let talker = tokio::spawn(async move { mic.play(&tone).await });
     let first = tokio::time::timeout(Duration::from_secs(20), async {
         loop {

@@ -197,14 +197,14 @@ async fn rust_call(client: &OracleClient, clock: &Clock) -> anyhow::Result<(Stri
     let t0 = Instant::now();
     let mut call = client.call_oracle(CallType::Audio).await?;
     let mic = call.microphone();
-    let tone = oracle_calls_rtc::sine_tone(TONE_HZ, TONE_AMPLITUDE, 0, 48_000 * 65);
+    let tone = oracle_calls_media::sine_tone(TONE_HZ, TONE_AMPLITUDE, 0, 48_000 * 65);
     let talker = tokio::spawn(async move { mic.play(&tone).await });
     let heard = tokio::time::timeout(RUST_CALL_LIMIT, async {
         loop {
             match call.next_event().await {
                 Some(CallEvent::OracleAudio { pcm })
                     if rms(&pcm) > AUDIBLE_RMS
-                        && oracle_calls_rtc::goertzel_power(&pcm, TONE_HZ) > TONE_POWER =>
+                        && oracle_calls_media::goertzel_power(&pcm, TONE_HZ) > TONE_POWER =>
                 {
                     return Ok(t0.elapsed());
                 }
@@ -973,13 +973,13 @@ mod tests {
     fn rms_is_a_fraction_of_full_scale() {
         assert_eq!(rms(&[]), 0.0);
         assert_eq!(rms(&[0; 960]), 0.0);
-        let tone = oracle_calls_rtc::sine_tone(TONE_HZ, TONE_AMPLITUDE, 0, 960);
+        let tone = oracle_calls_media::sine_tone(TONE_HZ, TONE_AMPLITUDE, 0, 960);
         let r = rms(&tone);
         assert!((r - 0.5 / 2f64.sqrt()).abs() < 0.01, "{r}");
         assert!(r > AUDIBLE_RMS);
         // The tone is what the echo check looks for; another frequency is not.
-        assert!(oracle_calls_rtc::goertzel_power(&tone, TONE_HZ) > TONE_POWER);
-        let other = oracle_calls_rtc::sine_tone(TONE_HZ * 1.5, TONE_AMPLITUDE, 0, 960);
-        assert!(oracle_calls_rtc::goertzel_power(&other, TONE_HZ) < TONE_POWER);
+        assert!(oracle_calls_media::goertzel_power(&tone, TONE_HZ) > TONE_POWER);
+        let other = oracle_calls_media::sine_tone(TONE_HZ * 1.5, TONE_AMPLITUDE, 0, 960);
+        assert!(oracle_calls_media::goertzel_power(&other, TONE_HZ) < TONE_POWER);
     }
 }

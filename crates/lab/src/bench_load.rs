@@ -204,7 +204,7 @@ fn rms(pcm: &[i16]) -> f64 {
 /// Ten seconds of synthesized speech over a steady 150 Hz tone, so that no frame is quiet.
 fn user_signal(seed: u64) -> Vec<i16> {
     let speech = oracle_calls_lab::speech::synthesize(10.0, seed);
-    let tone = oracle_calls_rtc::sine_tone(150.0, 1500.0, 0, speech.len());
+    let tone = oracle_calls_media::sine_tone(150.0, 1500.0, 0, speech.len());
     speech
         .iter()
         .zip(tone.iter())

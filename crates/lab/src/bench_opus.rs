@@ -6,20 +6,17 @@
 use std::time::Instant;
 
 use anyhow::Context as _;
-
-const FRAME: usize = 960;
+use oracle_calls_media::{AUDIO_FRAME_SAMPLES as FRAME, OpusDecoder, OpusEncoder};
 
 /// Encodes `pcm` in 20 ms frames with a fresh encoder at `complexity`; returns the packets
 /// and the time per frame in microseconds.
 fn encode(pcm: &[i16], complexity: i32) -> anyhow::Result<(Vec<Vec<u8>>, f64)> {
-    let mut enc = opus::Encoder::new(48_000, opus::Channels::Mono, opus::Application::Voip)?;
-    enc.set_complexity(complexity)?;
-    let mut out = vec![0u8; 1500];
+    let complexity = u8::try_from(complexity).context("complexity")?;
+    let mut enc = OpusEncoder::new(Some(complexity))?;
     let mut packets = Vec::with_capacity(pcm.len() / FRAME);
     let t = Instant::now();
     for f in pcm.chunks_exact(FRAME) {
-        let n = enc.encode(f, &mut out)?;
-        packets.push(out.get(..n).context("packet size")?.to_vec());
+        packets.push(enc.encode(f)?);
     }
     let us = t.elapsed().as_secs_f64() * 1e6 / packets.len().max(1) as f64;
     Ok((packets, us))
@@ -27,13 +24,11 @@ fn encode(pcm: &[i16], complexity: i32) -> anyhow::Result<(Vec<Vec<u8>>, f64)> {
 
 /// Decodes `packets`; returns the PCM and the time per frame in microseconds.
 fn decode(packets: &[Vec<u8>]) -> anyhow::Result<(Vec<i16>, f64)> {
-    let mut dec = opus::Decoder::new(48_000, opus::Channels::Mono)?;
+    let mut dec = OpusDecoder::new()?;
     let mut pcm = Vec::with_capacity(packets.len() * FRAME);
-    let mut buf = vec![0i16; 5760];
     let t = Instant::now();
     for p in packets {
-        let n = dec.decode(p, &mut buf, false)?;
-        pcm.extend_from_slice(buf.get(..n).context("frame size")?);
+        pcm.extend_from_slice(&dec.decode(p)?);
     }
     let us = t.elapsed().as_secs_f64() * 1e6 / packets.len().max(1) as f64;
     Ok((pcm, us))
@@ -74,8 +69,7 @@ fn median(v: &mut [f64]) -> f64 {
 /// in each round so the machine's noise spreads over all of them.
 pub fn run(seconds: f64, rounds: usize) -> anyhow::Result<()> {
     let speech = oracle_calls_lab::speech::synthesize(seconds, 7);
-    let default = opus::Encoder::new(48_000, opus::Channels::Mono, opus::Application::Voip)?
-        .get_complexity()?;
+    let default = OpusEncoder::new(None)?.complexity()?;
     let mut levels = vec![default, 10, 8, 5, 3, 1, 0];
     levels.dedup();
     levels.sort_unstable_by(|a, b| b.cmp(a));

@@ -1087,7 +1087,7 @@ async fn the_tone_oracle_answers_an_utterance_with_its_chime() {
         heard
             .chunks_exact(960 * 8)
             .chain(heard.get(480..).unwrap_or(&[]).chunks_exact(960 * 8))
-            .map(|w| oracle_calls_rtc::goertzel_power(w, f))
+            .map(|w| oracle_calls_media::goertzel_power(w, f))
             .fold(0.0f64, f64::max)
     };
     for f in oracle_calls_agent::oracles::CHIME {

@@ -26,8 +26,8 @@ use oracle_calls_agent::oracles::{Builtin, Echo};
 use oracle_calls_agent::{Agent, JobOutcome};
 use oracle_calls_client::{Call, CallEvent};
 use oracle_calls_lab::local::{DeployOptions, Deployment, Stack, echo_envelope, unique_hex};
+use oracle_calls_media::sine_tone;
 use oracle_calls_proto::{CallStatus, CallType};
-use oracle_calls_rtc::sine_tone;
 use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::net::TcpStream;
 

@@ -16,6 +16,7 @@ use lk::signal_request::Message as Req;
 use lk::signal_response::Message as Resp;
 use oracle_calls_crypto::KeyDerivation;
 use oracle_calls_crypto::frame::{FrameDecryptor, FrameEncryptor, FrameKind, KeyRing, Outcome};
+use oracle_calls_media::{OpusDecoder, OpusEncoder, level_dbov};
 use prost::Message as _;
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::channel::{ChannelConfig, ChannelId, Reliability};
@@ -27,7 +28,6 @@ use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 use zeroize::Zeroizing;
 
-use crate::audio::level_dbov;
 use crate::room::{ReconnectPolicy, RoomEvent};
 use crate::signal;
 use crate::{AUDIO_FRAME_SAMPLES, Error};
@@ -213,7 +213,7 @@ pub(crate) struct Core {
     tracks: HashMap<String, RemoteTrack>,
     participants: HashMap<String, String>,
     mid_track: HashMap<Mid, String>,
-    decoders: HashMap<Mid, opus::Decoder>,
+    decoders: HashMap<Mid, OpusDecoder>,
     /// Publishing: the track the server has not confirmed yet (client id, reply, deadline).
     pending_publish: Option<PendingPublish>,
     /// What we published (kept for a rejoin), and what still waits to be published again.
@@ -234,7 +234,7 @@ pub(crate) struct Core {
     reliable_open: bool,
     data_seq: u32,
     pending_data: Vec<(Vec<u8>, Reply, Instant)>,
-    encoder: Option<opus::Encoder>,
+    encoder: Option<OpusEncoder>,
     opus_complexity: Option<u8>,
     rtp_samples: u64,
     connected_sent: bool,
@@ -990,20 +990,16 @@ impl Core {
         }
         let dec = match self.decoders.entry(mid) {
             std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
-            std::collections::hash_map::Entry::Vacant(v) => {
-                match opus::Decoder::new(48_000, opus::Channels::Mono) {
-                    Ok(d) => v.insert(d),
-                    Err(e) => {
-                        warn!(error = %e, "opus decoder");
-                        return;
-                    }
+            std::collections::hash_map::Entry::Vacant(v) => match OpusDecoder::new() {
+                Ok(d) => v.insert(d),
+                Err(e) => {
+                    warn!(error = %e, "opus decoder");
+                    return;
                 }
-            }
+            },
         };
-        let mut pcm = vec![0i16; 5760];
-        match dec.decode(&frame, &mut pcm, false) {
-            Ok(n) => {
-                pcm.truncate(n);
+        match dec.decode(&frame) {
+            Ok(pcm) => {
                 self.emit(RoomEvent::AudioFrame {
                     identity,
                     track_sid,
@@ -1315,22 +1311,14 @@ impl Core {
             return Ok(());
         }
         if self.encoder.is_none() {
-            let mut e = opus::Encoder::new(48_000, opus::Channels::Mono, opus::Application::Voip)
-                .map_err(|e| Error::Codec(e.to_string()))?;
-            if let Some(c) = self.opus_complexity {
-                e.set_complexity(i32::from(c.min(10)))
-                    .map_err(|e| Error::Codec(e.to_string()))?;
-            }
+            let e =
+                OpusEncoder::new(self.opus_complexity).map_err(|e| Error::Codec(e.to_string()))?;
             self.encoder = Some(e);
         }
         let Some(enc) = self.encoder.as_mut() else {
             return Ok(());
         };
-        let mut out = vec![0u8; 1500];
-        let n = enc
-            .encode(pcm, &mut out)
-            .map_err(|e| Error::Codec(e.to_string()))?;
-        out.truncate(n);
+        let mut out = enc.encode(pcm).map_err(|e| Error::Codec(e.to_string()))?;
         if let Some(e) = self.encryptor.as_mut() {
             e.encrypt_in_place(FrameKind::Audio, &mut out)?;
         }

@@ -21,7 +21,6 @@
 //! ```
 #![deny(missing_docs)]
 
-mod audio;
 mod core;
 mod engine;
 mod error;
@@ -30,8 +29,8 @@ mod signal;
 pub use signal::{Ws, open_websocket};
 pub mod token;
 
-pub use audio::{AUDIO_FRAME_SAMPLES, SAMPLE_RATE, goertzel_power, sine_tone};
 pub use error::Error;
+pub use oracle_calls_media::{AUDIO_FRAME_SAMPLES, SAMPLE_RATE, goertzel_power, sine_tone};
 pub use room::{
     AudioSource, E2eeOptions, FreshToken, ReconnectPolicy, Room, RoomEvent, RoomOptions,
     TokenFuture, TokenSource, VideoSource,

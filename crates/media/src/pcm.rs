@@ -1,6 +1,6 @@
-//! PCM helpers: the frame size, a tone generator and a Goertzel detector.
+//! PCM helpers: the frame size, a tone generator, a Goertzel detector and the audio level.
 
-/// Sample rate of all PCM in this crate (Opus's native rate).
+/// Sample rate of all PCM in calls (Opus's native rate).
 pub const SAMPLE_RATE: u32 = 48_000;
 /// Samples in one 20 ms mono frame.
 pub const AUDIO_FRAME_SAMPLES: usize = 960;
@@ -42,7 +42,7 @@ pub fn goertzel_power(pcm: &[i16], freq: f64) -> f64 {
 }
 
 /// Audio level in -dBov (0 = loudest, 127 = silence) for RFC 6464.
-pub(crate) fn level_dbov(pcm: &[i16]) -> i8 {
+pub fn level_dbov(pcm: &[i16]) -> i8 {
     if pcm.is_empty() {
         return -127;
     }
