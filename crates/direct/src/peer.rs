@@ -65,8 +65,8 @@ pub enum PeerError {
     /// The other side's SDP does not parse at all.
     #[error("the peer's SDP does not parse")]
     SdpSyntax,
-    /// The other side's offer has no audio section.
-    #[error("the peer's offer has no audio")]
+    /// The other side's offer has no audio section we can take (none, or none with Opus).
+    #[error("the peer's offer has no audio we can take (an Opus audio section)")]
     NoAudio,
     /// The other side's SDP has no single `sha-256` DTLS fingerprint.
     #[error("the peer's SDP has no usable sha-256 DTLS fingerprint")]
@@ -299,10 +299,20 @@ impl Peer {
             .sdp_api()
             .accept_offer(offer)
             .map_err(PeerError::RemoteSdp)?;
+        let answer = answer.to_sdp_string();
+        // str0m answers an audio section it cannot take (no Opus it can parse) with port 0:
+        // there would be no call, so say so instead of sending that answer.
+        let taken = answer
+            .lines()
+            .filter_map(|l| l.strip_prefix("m=audio "))
+            .any(|rest| !rest.starts_with("0 "));
+        if !taken {
+            return Err(PeerError::NoAudio);
+        }
         // Glare inside a call: the other side's offer won over ours (we are polite).
         self.pending = None;
         self.remote_sdp_fingerprint = Some(fp);
-        Ok(self.outgoing(&answer.to_sdp_string()))
+        Ok(self.outgoing(&answer))
     }
 
     /// Adds one remote candidate from `m.call.candidates` (`candidate:…`; `""` ends them).

@@ -342,6 +342,21 @@ fn a_renegotiation_cannot_swap_the_certificate() {
     assert!(!sa.heard.is_empty() && !sb.heard.is_empty());
 }
 
+/// An offer whose audio section str0m cannot take (here its Opus `rtpmap` is mangled, as the
+/// property test below once found) is refused, not answered with a dead `m=audio 0`.
+#[test]
+fn an_offer_without_usable_opus_is_refused() {
+    let offer = Peer::offer(Instant::now(), &[addr("10.0.0.1:1000")])
+        .unwrap()
+        .1;
+    let mangled = offer.replace("a=rtpmap:111 opus/48000/2", "a=rtpmap:111  opus/48000/2");
+    assert_ne!(offer, mangled, "the offer names Opus as payload type 111");
+    assert!(matches!(
+        Peer::answer(&mangled, Instant::now(), &[addr("10.0.0.2:2000")]),
+        Err(PeerError::NoAudio)
+    ));
+}
+
 mod untrusted_sdp {
     use proptest::prelude::*;
 
