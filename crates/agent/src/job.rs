@@ -59,6 +59,11 @@ pub enum EndedBy {
     OracleDone,
     /// The user never joined the room.
     UserNeverJoined,
+    /// Another agent serves the call: two were in the room (a job dispatched again while the
+    /// first agent rejoined after its LiveKit node died, or LiveKit dispatching into a call
+    /// handed off directly), and the one whose identity sorts last stays. The call goes on;
+    /// nothing is reported to the server.
+    AnotherAgent,
 }
 
 /// What the agent did in one job. Sent on [`crate::AgentHandle::reports`] when the job ends.
@@ -380,13 +385,18 @@ async fn serve<O: Oracle>(
     let user_deadline = tokio::time::Instant::now() + cfg.user_join_timeout;
     // Only the identity the server issued the user's token for is the user.
     let user = key.user_identity.as_str();
-    let mut presence = Presence::new(user);
+    let mut presence = Presence::new(user, room.identity());
     let mut oracle_error = None;
     let ended_by = loop {
         tokio::select! {
             ev = events.recv() => match ev {
                 None => break EndedBy::RoomClosed,
-                Some(RoomEvent::ParticipantJoined { identity }) => presence.joined(identity),
+                Some(RoomEvent::ParticipantJoined { identity }) => {
+                    if presence.joined(identity) == Joined::AgentThatStays {
+                        warn!("another agent serves this call too; leaving it to that one");
+                        break EndedBy::AnotherAgent;
+                    }
+                }
                 Some(RoomEvent::ParticipantLeft { identity }) => {
                     if presence.left(&identity) {
                         info!(%identity, "the user left");
@@ -485,7 +495,7 @@ async fn serve<O: Oracle>(
         EndedBy::UserLeft => Some(CallReason::ParticipantLeft),
         EndedBy::Shutdown | EndedBy::OracleDone => Some(CallReason::AgentHangup),
         EndedBy::UserNeverJoined => Some(CallReason::Timeout),
-        EndedBy::RoomClosed | EndedBy::Terminated => None,
+        EndedBy::RoomClosed | EndedBy::Terminated | EndedBy::AnotherAgent => None,
     };
     if let Some(reason) = reason {
         report_to_server(shared, call_id, Some(CallStatus::Ended), reason).await;
@@ -501,17 +511,32 @@ async fn serve<O: Oracle>(
 
 /// Who is in the call's room besides us. Only the participant the server named as the user
 /// (`KeyResponse::user_identity`) counts: anyone else is logged as unexpected and neither
-/// stops the wait for the user nor keeps the call going once the user has left.
+/// stops the wait for the user nor keeps the call going once the user has left. Another
+/// agent (`agent-…`) is the one case that matters: of two agents, the one whose identity
+/// sorts last serves the call, so both decide alike without talking. (A directly handed-off
+/// agent, `agent-DJ_…`, sorts after one of LiveKit's jobs, `agent-AJ_…`: a call handed off
+/// keeps its first agent when LiveKit dispatches another into it.)
 struct Presence {
     user: String,
+    own: String,
     seen_user: bool,
     unexpected: HashSet<String>,
 }
 
+/// What a participant's joining means for this agent.
+#[derive(Debug, PartialEq, Eq)]
+enum Joined {
+    /// Nothing changes for us (the user, an intruder, or an agent that leaves to us).
+    Noted,
+    /// Another agent whose identity sorts after ours: it serves the call, we leave.
+    AgentThatStays,
+}
+
 impl Presence {
-    fn new(user: &str) -> Self {
+    fn new(user: &str, own: &str) -> Self {
         Self {
             user: user.to_owned(),
+            own: own.to_owned(),
             seen_user: false,
             unexpected: HashSet::new(),
         }
@@ -522,14 +547,21 @@ impl Presence {
         self.seen_user
     }
 
-    fn joined(&mut self, identity: String) {
+    fn joined(&mut self, identity: String) -> Joined {
         if identity == self.user {
             self.seen_user = true;
+        } else if identity.starts_with("agent-") && identity != self.own {
+            if identity > self.own {
+                return Joined::AgentThatStays;
+            }
+            info!(%identity, "another agent joined this call; it leaves it to us");
+            self.unexpected.insert(identity);
         } else {
             // It gets nothing it can decrypt; it is only logged.
             warn!(%identity, "a participant who is not the call's user joined the room; ignoring it");
             self.unexpected.insert(identity);
         }
+        Joined::Noted
     }
 
     /// Whether the one who left is the user (which ends the call).
@@ -550,17 +582,33 @@ mod tests {
 
     #[test]
     fn only_the_named_user_is_the_user() {
-        let mut p = Presence::new("@did-ixo-u:localhost");
+        let mut p = Presence::new("@did-ixo-u:localhost", "agent-DJ_1");
         // An intruder does not end the wait for the user...
-        p.joined("@mallory:localhost".to_owned());
+        assert_eq!(p.joined("@mallory:localhost".to_owned()), Joined::Noted);
         p.joined("lk-intruder".to_owned());
         assert!(!p.seen_user());
         // ...and its leaving is not the user leaving.
         assert!(!p.left("lk-intruder"));
-        p.joined("@did-ixo-u:localhost".to_owned());
+        assert_eq!(p.joined("@did-ixo-u:localhost".to_owned()), Joined::Noted);
         assert!(p.seen_user());
         // The user leaving ends the call although the intruder is still there.
         assert!(p.left("@did-ixo-u:localhost"));
         assert!(p.unexpected.contains("@mallory:localhost"));
+    }
+
+    #[test]
+    fn of_two_agents_the_last_identity_stays_and_both_agree() {
+        let (a, b) = ("agent-AJ_x7", "agent-DJ_00ff");
+        let mut first = Presence::new("@u:localhost", a);
+        let mut second = Presence::new("@u:localhost", b);
+        assert_eq!(
+            first.joined(b.to_owned()),
+            Joined::AgentThatStays,
+            "a leaves"
+        );
+        assert_eq!(second.joined(a.to_owned()), Joined::Noted, "b stays");
+        // Our own identity (a rejoin) and non-agents never make us leave.
+        assert_eq!(first.joined(a.to_owned()), Joined::Noted);
+        assert_eq!(second.joined("lk-agent-x".to_owned()), Joined::Noted);
     }
 }

@@ -284,3 +284,111 @@ async fn an_agent_leaving_after_its_user_is_not_dispatched_again() {
     );
     dep.stop().await;
 }
+
+/// Two agents in one call — LiveKit dispatching the oracle's agent into a call a waiting agent
+/// was handed directly, as happens when a room made with LiveKit's dispatch restarts on
+/// another node while its first agent rejoins: the agent whose identity sorts last stays, the
+/// other leaves on its own without ending the call, and the user goes on hearing the oracle.
+/// Real processes of one pool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn of_two_agents_in_one_call_one_leaves_and_the_call_goes_on() {
+    init_logs();
+    let dir = temp_dir();
+    let stack = Stack::running().unwrap();
+    let mut opts = DeployOptions::new(&dir);
+    opts.oracle = None;
+    opts.forward_secrecy = false;
+    let dep = Deployment::start(stack, opts).await.unwrap();
+    let _first = Agent(
+        dep.spawn_agent_process(exe(), 4, None, Duration::from_secs(30))
+            .await
+            .unwrap(),
+    );
+    let user = dep.new_user().await.unwrap();
+    let mut call = user.call_oracle(CallType::Audio).await.unwrap();
+    let speech = oracle_calls_lab::speech::synthesize(2.0, 1);
+    let heard = talk(&mut call, speech.clone(), Duration::from_secs(3)).await;
+    assert!(analysis::compare(&speech, &heard, 150).envelope > 0.6);
+    let _second = Agent(
+        dep.spawn_agent_process(exe(), 4, None, Duration::from_secs(30))
+            .await
+            .unwrap(),
+    );
+    let room = call.id().room_name().clone();
+    let lk = dep.server.state.livekit();
+    let agents = || async {
+        let mut v: Vec<String> = lk
+            .participants(&room)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|p| p.starts_with("agent-"))
+            .collect();
+        v.sort();
+        v
+    };
+    let first_agent = agents().await;
+    assert_eq!(first_agent.len(), 1, "{first_agent:?}");
+    assert!(
+        first_agent[0].starts_with("agent-DJ_"),
+        "handed off directly: {first_agent:?}"
+    );
+
+    // LiveKit dispatches the oracle's agent into the call too: the pool's idle process takes
+    // it (the busy one declines a job for a room it serves) and joins.
+    lk.dispatch_agent(
+        &room,
+        &dep.server.state.config().oracle.agent_name,
+        call.id().as_str(),
+    )
+    .await
+    .unwrap();
+    let t0 = Instant::now();
+    let (mut joined, mut left) = (Vec::new(), Vec::new());
+    while t0.elapsed() < Duration::from_secs(20) && left.is_empty() {
+        match tokio::time::timeout(Duration::from_millis(200), call.next_event()).await {
+            Ok(Some(CallEvent::OracleJoined { identity })) => joined.push(identity),
+            Ok(Some(CallEvent::OracleLeft { identity })) => left.push(identity),
+            Ok(Some(CallEvent::Ended { reason })) => panic!("the call ended: {reason}"),
+            Ok(Some(CallEvent::DecryptionFailed { identity, failures })) => {
+                panic!("audio from {identity} failed to decrypt ({failures})")
+            }
+            Ok(None) => panic!("the call closed"),
+            Ok(Some(_)) | Err(_) => {}
+        }
+    }
+    eprintln!(
+        "second agent joined {joined:?}; left {left:?} after {:?}",
+        t0.elapsed()
+    );
+    assert_eq!(joined.len(), 1, "one more agent joined: {joined:?}");
+    assert!(
+        joined[0].starts_with("agent-AJ_"),
+        "LiveKit's job: {joined:?}"
+    );
+    // Both sorted alike: `agent-AJ_…` < `agent-DJ_…`, so LiveKit's newcomer leaves.
+    assert_eq!(left, joined, "the agent whose identity sorts first left");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(agents().await, first_agent, "one agent serves the call");
+    let rec = dep
+        .server
+        .state
+        .store()
+        .call(call.id())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        rec.status,
+        CallStatus::Active,
+        "leaving did not end the call"
+    );
+    let speech = oracle_calls_lab::speech::synthesize(2.0, 2);
+    let heard = talk(&mut call, speech.clone(), Duration::from_secs(3)).await;
+    assert!(
+        analysis::compare(&speech, &heard, 150).envelope > 0.6,
+        "the oracle still echoes"
+    );
+    call.end().await.unwrap();
+    dep.stop().await;
+}
