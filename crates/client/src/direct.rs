@@ -62,8 +62,8 @@ use std::time::Duration;
 
 use matrix_sdk::Client;
 use matrix_sdk::ruma::{OwnedRoomId, OwnedUserId, UserId};
-pub use oracle_calls_direct::call::EndReason;
 use oracle_calls_direct::call::DEFAULT_INVITE_LIFETIME;
+pub use oracle_calls_direct::call::EndReason;
 pub use oracle_calls_direct::{CallId, SecurityEvent};
 use tokio::sync::{Mutex, mpsc, oneshot};
 

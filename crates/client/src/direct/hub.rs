@@ -175,7 +175,10 @@ impl Hub {
         }
     }
 
-    pub(super) async fn place_call(self: &Arc<Self>, peer: &UserId) -> Result<DirectCall, DirectError> {
+    pub(super) async fn place_call(
+        self: &Arc<Self>,
+        peer: &UserId,
+    ) -> Result<DirectCall, DirectError> {
         let room = self.dm_room(peer).await?;
         self.pin_on_first_contact(peer).await?;
         self.share_with_pinned(peer).await?;
@@ -472,7 +475,10 @@ impl Hub {
                 }
             };
         }
-        if pins.iter().any(|p| p.device_id == device && p.ed25519 == ed25519) {
+        if pins
+            .iter()
+            .any(|p| p.device_id == device && p.ed25519 == ed25519)
+        {
             return DeviceTrust::Trusted;
         }
         let changed = pins.iter().any(|p| p.device_id == device);

@@ -7,7 +7,9 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use oracle_calls_direct::peer::{Input, Peer, Transmit};
-use oracle_calls_direct::turn::{AllocationState, Incoming, TurnAllocation, TurnConfig, TurnServers};
+use oracle_calls_direct::turn::{
+    AllocationState, Incoming, TurnAllocation, TurnConfig, TurnServers,
+};
 use tokio::net::UdpSocket;
 use tracing::{debug, warn};
 
@@ -46,7 +48,14 @@ impl Media {
     ) -> Self {
         let allocation = turn.and_then(|t| {
             let server = t.uris().iter().find_map(|u| u.socket_addr())?;
-            match TurnAllocation::new(local, server, t.username(), t.password(), TurnConfig::default(), now) {
+            match TurnAllocation::new(
+                local,
+                server,
+                t.username(),
+                t.password(),
+                TurnConfig::default(),
+                now,
+            ) {
                 Ok(a) => Some(a),
                 Err(e) => {
                     warn!(error = %e, "TURN allocation refused before it started");
@@ -75,7 +84,6 @@ impl Media {
             mid,
         }
     }
-
 
     /// Sends what str0m asked for: from the relayed address through the TURN server, or from
     /// the socket directly.
@@ -133,7 +141,11 @@ impl Media {
     }
 
     /// Lets the remote candidates of `sdp_or_line` reach us through the relay.
-    pub(super) fn permit_candidates<'a>(&mut self, lines: impl Iterator<Item = &'a str>, now: Instant) {
+    pub(super) fn permit_candidates<'a>(
+        &mut self,
+        lines: impl Iterator<Item = &'a str>,
+        now: Instant,
+    ) {
         let Some(turn) = &mut self.turn else { return };
         for line in lines {
             let line = line.trim().trim_start_matches("a=");
@@ -172,17 +184,27 @@ impl Media {
                 while let Some(t) = turn.poll_transmit(Instant::now()) {
                     let _ = socket.send_to(&t.contents, t.destination).await;
                 }
-                if matches!(turn.state(), AllocationState::Released | AllocationState::Failed(_)) {
+                if matches!(
+                    turn.state(),
+                    AllocationState::Released | AllocationState::Failed(_)
+                ) {
                     break;
                 }
                 let wait = deadline.saturating_duration_since(Instant::now());
                 if wait.is_zero() {
                     break;
                 }
-                if let Ok(Ok((n, from))) =
-                    tokio::time::timeout(wait.min(Duration::from_millis(100)), socket.recv_from(&mut buf)).await
+                if let Ok(Ok((n, from))) = tokio::time::timeout(
+                    wait.min(Duration::from_millis(100)),
+                    socket.recv_from(&mut buf),
+                )
+                .await
                 {
-                    let _ = turn.handle_incoming(from, buf.get(..n).unwrap_or_default(), Instant::now());
+                    let _ = turn.handle_incoming(
+                        from,
+                        buf.get(..n).unwrap_or_default(),
+                        Instant::now(),
+                    );
                 }
             }
             debug!(state = ?turn.state(), "TURN allocation released; socket closed");

@@ -18,9 +18,7 @@ use tracing::{debug, info, warn};
 
 use super::hub::Hub;
 use super::media::Media;
-use super::{
-    CallStats, DirectCallEvent, DirectError, IcePolicy, IncomingCall, SecurityNotice,
-};
+use super::{CallStats, DirectCallEvent, DirectError, IcePolicy, IncomingCall, SecurityNotice};
 
 type Placed = (
     CallId,
@@ -163,7 +161,9 @@ impl RoomTask {
                     if let Some(m) = &mut self.media
                         && now >= m.peer_timeout
                     {
-                        let _ = m.peer.handle_input(now, oracle_calls_direct::peer::Input::Timeout);
+                        let _ = m
+                            .peer
+                            .handle_input(now, oracle_calls_direct::peer::Input::Timeout);
                     }
                     if now >= self.machine_timeout {
                         self.machine.handle_timeout(now);
@@ -183,7 +183,10 @@ impl RoomTask {
                 content,
                 auth,
             } => {
-                if let Err(e) = self.machine.handle_raw_event(now, &event_type, &content, &auth) {
+                if let Err(e) = self
+                    .machine
+                    .handle_raw_event(now, &event_type, &content, &auth)
+                {
                     warn!(%event_type, error = %e, "a call event that does not parse was dropped");
                 }
             }
