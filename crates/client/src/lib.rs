@@ -35,9 +35,12 @@
 //! record that changed is checked through its key history, and a changed key names the epoch
 //! of the change ([`CallError::OracleKeyChanged`]).
 #![deny(missing_docs)]
+// matrix-sdk's sync future is deep enough to overflow the default when spawned.
+#![recursion_limit = "256"]
 
 mod call;
 mod client;
+mod direct;
 mod error;
 mod kt;
 mod server;
@@ -45,8 +48,12 @@ mod trust;
 
 pub use call::{Call, CallEvent, Phase, Timeline};
 pub use client::{ClientConfig, Login, OracleClient};
+pub use direct::{
+    CallStats, DirectCall, DirectCallEvent, DirectCalls, DirectConfig, DirectError, EndReason,
+    IcePolicy, IncomingCall, PeopleTrust, SecurityNotice,
+};
 pub use error::CallError;
 pub use kt::KtConfig;
 pub use oracle_calls_kt::DirectoryPublicKey;
 pub use server::UserApi;
-pub use trust::{OracleTrust, PinnedKey, TrustOverride};
+pub use trust::{OracleTrust, PinnedDevice, PinnedKey, TrustOverride};

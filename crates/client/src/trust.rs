@@ -112,6 +112,21 @@ struct TrustFile {
         skip_serializing_if = "BTreeMap::is_empty"
     )]
     kt_checkpoints: BTreeMap<String, SignedCheckpoint>,
+    /// Per person (Matrix user id): the devices pinned for direct calls (see
+    /// [`PinnedDevice`]). Older clients ignore the field.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    people: BTreeMap<String, Vec<PinnedDevice>>,
+}
+
+/// A person's device pinned for direct calls: trusted on first contact (all the devices the
+/// person had then), or accepted explicitly later.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PinnedDevice {
+    /// The Matrix device id.
+    pub device_id: String,
+    /// Its Ed25519 identity key (unpadded base64, as Matrix writes it).
+    pub ed25519: String,
 }
 
 /// What key transparency verified for the oracle, handed to [`TrustStore::check_verified`].
@@ -175,6 +190,7 @@ impl TrustStore {
                 })
                 .collect(),
             kt_checkpoints: BTreeMap::new(),
+            people: BTreeMap::new(),
         })
     }
 
@@ -234,6 +250,36 @@ impl TrustStore {
         }
         file.version = 2;
         file.kt_checkpoints.insert(id, checkpoint.clone());
+        self.save(&file)
+    }
+
+    /// The devices of `user` pinned for direct calls (empty: never met).
+    pub(crate) fn person_devices(&self, user: &str) -> Result<Vec<PinnedDevice>, CallError> {
+        Ok(self.load()?.people.remove(user).unwrap_or_default())
+    }
+
+    /// Adds `devices` to the pins of `user` (a device id pinned with another key is
+    /// replaced: the caller decided, e.g. an explicit override).
+    pub(crate) fn pin_person_devices(
+        &self,
+        user: &str,
+        devices: &[PinnedDevice],
+    ) -> Result<(), CallError> {
+        let mut file = self.load()?;
+        let pins = file.people.entry(user.to_owned()).or_default();
+        let mut changed = false;
+        for d in devices {
+            if pins.contains(d) {
+                continue;
+            }
+            pins.retain(|p| p.device_id != d.device_id);
+            pins.push(d.clone());
+            changed = true;
+        }
+        if !changed {
+            return Ok(());
+        }
+        file.version = 2;
         self.save(&file)
     }
 

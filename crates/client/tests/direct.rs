@@ -1,0 +1,498 @@
+//! Person-to-person calls through the stack's real Synapse (and coturn): two matrix-sdk
+//! clients with their own stores, each driven by `DirectCalls`.
+//!
+//! Needs `scripts/stack up` (Synapse with TURN credentials, coturn). With a stack elsewhere,
+//! point `STACK_DIR` at it.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use matrix_sdk::Client;
+use matrix_sdk::config::SyncSettings;
+use matrix_sdk::ruma::{OwnedUserId, UserId};
+use oracle_calls_client::{
+    DirectCall, DirectCallEvent, DirectCalls, DirectConfig, EndReason, IcePolicy, IncomingCall,
+    PeopleTrust, SecurityNotice,
+};
+use oracle_calls_direct::SecurityEvent;
+use oracle_calls_media::{AUDIO_FRAME_SAMPLES, goertzel_power, sine_tone};
+use oracle_calls_test_support::{parse_env, stack_script, stack_var, unique};
+use serde_json::{Value, json};
+
+struct Person {
+    user: OwnedUserId,
+    client: Client,
+    token: String,
+    dir: PathBuf,
+}
+
+fn new_user(prefix: &str) -> (String, String) {
+    let name = unique(prefix);
+    let out = Command::new(stack_script())
+        .args(["user", &name])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let kv = parse_env(&String::from_utf8_lossy(&out.stdout));
+    let password = std::fs::read_to_string(&kv["MATRIX_USER_PASSWORD_FILE"])
+        .unwrap()
+        .trim()
+        .to_owned();
+    (name, password)
+}
+
+/// A fresh login (a new device) of `name`, with its own store.
+async fn login(name: &str, password: &str) -> Person {
+    let dir = std::env::temp_dir().join(unique("oc-direct-"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let client = Client::builder()
+        .homeserver_url(stack_var("MATRIX_URL"))
+        .sqlite_store(dir.join("matrix"), None)
+        .build()
+        .await
+        .unwrap();
+    client
+        .matrix_auth()
+        .login_username(name, password)
+        .send()
+        .await
+        .unwrap();
+    client
+        .sync_once(SyncSettings::default().timeout(Duration::ZERO))
+        .await
+        .unwrap();
+    let token = client.access_token().unwrap();
+    Person {
+        user: client.user_id().unwrap().to_owned(),
+        client,
+        token,
+        dir,
+    }
+}
+
+async fn person(prefix: &str) -> Person {
+    let (name, password) = new_user(prefix);
+    login(&name, &password).await
+}
+
+async fn start(p: &Person, policy: IcePolicy) -> DirectCalls {
+    let config = DirectConfig {
+        ice_policy: policy,
+        auto_join_direct_invites: true,
+        ..DirectConfig::default()
+    };
+    DirectCalls::start(
+        &p.client,
+        PeopleTrust::open(p.dir.join("pins.json")),
+        config,
+    )
+    .await
+    .unwrap()
+}
+
+async fn incoming(calls: &DirectCalls, limit: Duration) -> Option<IncomingCall> {
+    tokio::time::timeout(limit, calls.next_incoming())
+        .await
+        .ok()
+        .flatten()
+}
+
+async fn notice(calls: &DirectCalls, limit: Duration) -> Option<SecurityNotice> {
+    tokio::time::timeout(limit, calls.next_security_notice())
+        .await
+        .ok()
+        .flatten()
+}
+
+/// What one side of a call saw.
+#[derive(Debug, Default)]
+struct Side {
+    heard: Vec<i16>,
+    first_audio: Option<Instant>,
+    connected: bool,
+    key_confirmation_expected: bool,
+    key_confirmed: bool,
+    ended: Option<EndReason>,
+}
+
+/// Sends `tone_hz` every 20 ms and collects events until `until` or the end of the call.
+async fn run_side(call: &mut DirectCall, tone_hz: f64, until: Instant, side: &mut Side) {
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    let mut sent = 0u64;
+    while Instant::now() < until && side.ended.is_none() {
+        tokio::select! {
+            _ = tick.tick() => {
+                let pcm = sine_tone(tone_hz, 8000.0, sent, AUDIO_FRAME_SAMPLES);
+                sent += AUDIO_FRAME_SAMPLES as u64;
+                let _ = call.send_audio(pcm);
+            }
+            ev = call.next_event() => match ev {
+                Some(DirectCallEvent::Audio(pcm)) => {
+                    side.first_audio.get_or_insert_with(Instant::now);
+                    side.heard.extend(pcm);
+                }
+                Some(DirectCallEvent::Connected { key_confirmation_expected, .. }) => {
+                    side.connected = true;
+                    side.key_confirmation_expected = key_confirmation_expected;
+                }
+                Some(DirectCallEvent::KeyConfirmed) => side.key_confirmed = true,
+                Some(DirectCallEvent::Ended(r)) => side.ended = Some(r),
+                Some(_) => {}
+                None => break,
+            },
+        }
+    }
+}
+
+/// The power of `hz` against `other` in the last second heard (both must be clear).
+fn assert_tone(side: &Side, who: &str, hz: f64, other: f64) {
+    assert!(
+        side.heard.len() >= 48_000,
+        "{who} heard only {} samples",
+        side.heard.len()
+    );
+    let last = &side.heard[side.heard.len() - 48_000..];
+    let (p, q) = (goertzel_power(last, hz), goertzel_power(last, other));
+    assert!(
+        p > 20.0 * q && p > 0.0,
+        "{who}: {hz} Hz power {p}, {other} Hz power {q}"
+    );
+}
+
+/// alice calls bob, bob answers, both send their tone for ~3 s once connected.
+async fn call_and_talk(
+    alice: &Person,
+    bob: &Person,
+    policy: IcePolicy,
+) -> (Side, Side, DirectCall, DirectCall, [DirectCalls; 2]) {
+    let a_calls = start(alice, policy).await;
+    let b_calls = start(bob, policy).await;
+    let placed_at = Instant::now();
+    let mut a_call = a_calls.place_call(&bob.user).await.unwrap();
+    let ring = incoming(&b_calls, Duration::from_secs(20))
+        .await
+        .expect("bob's device rings");
+    assert_eq!(ring.caller(), alice.user.as_ref() as &UserId);
+    let mut b_call = ring.answer().await.unwrap();
+    let (mut a, mut b) = (Side::default(), Side::default());
+    let until = Instant::now() + Duration::from_secs(6);
+    tokio::join!(
+        run_side(&mut a_call, 440.0, until, &mut a),
+        run_side(&mut b_call, 880.0, until, &mut b)
+    );
+    let first = a.first_audio.expect("alice heard bob") - placed_at;
+    eprintln!(
+        "place → first far-end audio at the caller: {} ms ({policy:?})",
+        first.as_millis()
+    );
+    (a, b, a_call, b_call, [a_calls, b_calls])
+}
+
+async fn raw_messages(p: &Person, room: &str) -> Vec<Value> {
+    let url = format!(
+        "{}/_matrix/client/v3/rooms/{}/messages?dir=b&limit=200",
+        stack_var("MATRIX_URL"),
+        room
+    );
+    let body: Value = reqwest::Client::new()
+        .get(url)
+        .bearer_auth(&p.token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    body["chunk"].as_array().cloned().unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rust_to_rust_call_hears_both_tones_confirms_the_binding_and_stores_only_ciphertext() {
+    let alice = person("alice-direct").await;
+    let bob = person("bob-direct").await;
+    let (a, b, a_call, _b_call, _services) = call_and_talk(&alice, &bob, IcePolicy::All).await;
+    assert!(a.connected && b.connected);
+    assert!(a.key_confirmation_expected && b.key_confirmation_expected);
+    assert!(a.key_confirmed, "alice verified bob's key confirmation");
+    assert!(b.key_confirmed, "bob verified alice's key confirmation");
+    assert_tone(&b, "bob", 440.0, 880.0);
+    assert_tone(&a, "alice", 880.0, 440.0);
+    assert!(a_call.stats().direct_datagrams() > 0);
+    a_call.hangup().unwrap();
+    let mut a_call = a_call;
+    let end = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if let Some(DirectCallEvent::Ended(r)) = a_call.next_event().await {
+                return r;
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert!(matches!(end, EndReason::LocalHangup(_)), "{end:?}");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The homeserver's copy: every call event is `m.room.encrypted`.
+    let events = raw_messages(&alice, a_call.room_id().as_str()).await;
+    let types: Vec<&str> = events.iter().filter_map(|e| e["type"].as_str()).collect();
+    let plaintext: Vec<_> = types
+        .iter()
+        .filter(|t| t.starts_with("m.call.") || t.starts_with("org.oraclecalls."))
+        .collect();
+    assert!(
+        plaintext.is_empty(),
+        "plaintext call events on the server: {plaintext:?}"
+    );
+    let encrypted = types.iter().filter(|t| **t == "m.room.encrypted").count();
+    // invite, candidates, answer, select_answer, 2 confirms, hangup at least.
+    assert!(
+        encrypted >= 6,
+        "only {encrypted} encrypted events: {types:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn relay_only_call_goes_through_coturn_and_releases_the_allocation() {
+    let alice = person("alice-relay").await;
+    let bob = person("bob-relay").await;
+    let log_before = std::fs::read_to_string(stack_var("TURN_LOG"))
+        .unwrap_or_default()
+        .len();
+    let (a, b, a_call, b_call, _services) = call_and_talk(&alice, &bob, IcePolicy::RelayOnly).await;
+    assert!(a.connected && b.connected && a.key_confirmed && b.key_confirmed);
+    assert_tone(&b, "bob", 440.0, 880.0);
+    assert_tone(&a, "alice", 880.0, 440.0);
+    for (who, call) in [("alice", &a_call), ("bob", &b_call)] {
+        let s = call.stats();
+        assert!(s.relayed_addr().is_some(), "{who} has a relayed address");
+        assert!(
+            s.relayed_datagrams() > 100,
+            "{who}: {} relayed",
+            s.relayed_datagrams()
+        );
+        assert_eq!(
+            s.direct_datagrams(),
+            0,
+            "{who} sent nothing around the relay"
+        );
+    }
+    let local = a_call.stats().local_addr().unwrap();
+    let hung_up = Instant::now();
+    a_call.hangup().unwrap();
+    // coturn logs the deletion of alice's allocation (Refresh lifetime 0) within 2 s.
+    let needle = format!("{}>", alice.user);
+    loop {
+        let log = std::fs::read_to_string(stack_var("TURN_LOG")).unwrap_or_default();
+        let fresh = log.get(log_before..).unwrap_or("");
+        let ours = |what: &str| {
+            fresh
+                .lines()
+                .any(|l| l.contains(what) && l.contains(&needle))
+        };
+        // Deleted because of our Refresh with lifetime 0, not by expiry.
+        if ours("delete: realm=") {
+            assert!(ours("lifetime=0"), "deleted without our Refresh:\n{fresh}");
+            break;
+        }
+        assert!(
+            hung_up.elapsed() < Duration::from_secs(2),
+            "no deletion in coturn's log:\n{fresh}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The socket is closed: its port can be bound again.
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    std::net::UdpSocket::bind(local).expect("the call's socket was closed");
+}
+
+/// A raw PUT of `content` as `event_type` into `room` with `p`'s token (no encryption).
+async fn put_plaintext(p: &Person, room: &str, event_type: &str, content: &Value) {
+    let url = format!(
+        "{}/_matrix/client/v3/rooms/{}/send/{}/{}",
+        stack_var("MATRIX_URL"),
+        room,
+        event_type,
+        unique("txn")
+    );
+    let r = reqwest::Client::new()
+        .put(url)
+        .bearer_auth(&p.token)
+        .json(content)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+}
+
+fn invite(call_id: &str, party: &str, invitee: &UserId) -> Value {
+    let now = Instant::now();
+    let (_peer, sdp) =
+        oracle_calls_direct::peer::Peer::offer(now, &["127.0.0.1:40000".parse().unwrap()]).unwrap();
+    json!({"call_id": call_id, "party_id": party, "version": "1", "lifetime": 60000,
+           "invitee": invitee.as_str(), "offer": {"type": "offer", "sdp": sdp}})
+}
+
+async fn send_encrypted(p: &Person, room: &str, event_type: &str, content: &Value) {
+    let room = p
+        .client
+        .get_room(&matrix_sdk::ruma::RoomId::parse(room).unwrap())
+        .expect("joined");
+    room.send_raw(event_type, content.clone()).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn security_negatives_on_real_synapse() {
+    let (bob_name, bob_password) = new_user("bob-neg");
+    let alice = person("alice-neg").await;
+    let bob = login(&bob_name, &bob_password).await;
+    let a_calls = start(&alice, IcePolicy::All).await;
+    let b_calls = start(&bob, IcePolicy::All).await;
+    // The DM, and the first contact: alice pins bob's device by placing a call he rejects.
+    let call = a_calls.place_call(&bob.user).await.unwrap();
+    let room = call.room_id().to_string();
+    incoming(&b_calls, Duration::from_secs(20))
+        .await
+        .expect("rings")
+        .reject()
+        .unwrap();
+    drop(call);
+    let bob_device = bob.client.device_id().unwrap().to_string();
+    let short = Duration::from_secs(4);
+
+    // 1. A plaintext invite PUT raw into the encrypted DM: a typed event, no ring.
+    put_plaintext(
+        &bob,
+        &room,
+        "m.call.invite",
+        &invite("plain1", &bob_device, &alice.user),
+    )
+    .await;
+    let n = notice(&a_calls, Duration::from_secs(10))
+        .await
+        .expect("a security notice");
+    assert!(
+        matches!(n.event, SecurityEvent::PlaintextCallEvent { ref event_type, .. } if event_type == "m.call.invite"),
+        "{n:?}"
+    );
+    assert!(
+        incoming(&a_calls, short).await.is_none(),
+        "a plaintext invite rang"
+    );
+
+    // 2. An encrypted invite whose party_id is not the sending device: refused.
+    send_encrypted(
+        &bob,
+        &room,
+        "m.call.invite",
+        &invite("party1", "NOTMYDEVICE", &alice.user),
+    )
+    .await;
+    let n = notice(&a_calls, Duration::from_secs(10))
+        .await
+        .expect("a security notice");
+    assert!(
+        matches!(n.event, SecurityEvent::PartyIdMismatch { ref device, ref party_id, .. }
+        if *device == bob_device && party_id == "NOTMYDEVICE"),
+        "{n:?}"
+    );
+    assert!(
+        incoming(&a_calls, short).await.is_none(),
+        "a party_id mismatch rang"
+    );
+
+    // 3. A valid invite rings once; the same content re-sent is a replay.
+    let valid = invite("replay1", &bob_device, &alice.user);
+    send_encrypted(&bob, &room, "m.call.invite", &valid).await;
+    let ring = incoming(&a_calls, Duration::from_secs(10))
+        .await
+        .expect("the valid invite rings");
+    assert_eq!(ring.call_id().as_str(), "replay1");
+    send_encrypted(&bob, &room, "m.call.invite", &valid).await;
+    let n = notice(&a_calls, Duration::from_secs(10))
+        .await
+        .expect("a security notice");
+    assert!(
+        matches!(n.event, SecurityEvent::ReplayedInvite { ref call_id } if call_id.as_str() == "replay1"),
+        "{n:?}"
+    );
+    ring.reject().unwrap();
+    assert!(incoming(&a_calls, short).await.is_none(), "a replay rang");
+
+    // 4. A second login of bob (a device alice never pinned): refused until accepted.
+    let bob2 = login(&bob_name, &bob_password).await;
+    let bob2_device = bob2.client.device_id().unwrap().to_owned();
+    let bob2_ed = bob2.client.encryption().ed25519_key().await.unwrap();
+    // Alice's client learns of the new device (the sync loop queries its keys).
+    let t0 = Instant::now();
+    while alice
+        .client
+        .encryption()
+        .get_device(&bob.user, &bob2_device)
+        .await
+        .unwrap()
+        .is_none()
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(15),
+            "alice never saw bob's new device"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let t0 = Instant::now();
+    while bob2
+        .client
+        .get_room(&matrix_sdk::ruma::RoomId::parse(&room).unwrap())
+        .is_none()
+    {
+        bob2.client
+            .sync_once(SyncSettings::default().timeout(Duration::ZERO))
+            .await
+            .unwrap();
+        assert!(t0.elapsed() < Duration::from_secs(10));
+    }
+    send_encrypted(
+        &bob2,
+        &room,
+        "m.call.invite",
+        &invite("untrusted1", bob2_device.as_str(), &alice.user),
+    )
+    .await;
+    let n = notice(&a_calls, Duration::from_secs(10))
+        .await
+        .expect("a security notice");
+    assert!(
+        matches!(n.event, SecurityEvent::UntrustedDevice { ref device, .. } if device == bob2_device.as_str()),
+        "{n:?}"
+    );
+    assert!(
+        incoming(&a_calls, short).await.is_none(),
+        "an untrusted device rang"
+    );
+    // The explicit override names exactly the new device's key; then it rings.
+    a_calls
+        .accept_device(&bob.user, bob2_device.as_str(), &bob2_ed)
+        .unwrap();
+    send_encrypted(
+        &bob2,
+        &room,
+        "m.call.invite",
+        &invite("untrusted2", bob2_device.as_str(), &alice.user),
+    )
+    .await;
+    let ring = incoming(&a_calls, Duration::from_secs(10))
+        .await
+        .expect("the accepted device rings");
+    assert_eq!(ring.call_id().as_str(), "untrusted2");
+    ring.reject().unwrap();
+    drop(b_calls);
+}
