@@ -211,10 +211,12 @@ function follow(call, { role, t0, cfg, ctx, emit }) {
   let statsTimer = null;
   let hangupTimer = null;
 
+  let over = false; // set when the call ends: a snapshot that completes later shows it closed
   const pollStats = async () => {
-    if (!call.peerConn) return;
+    if (!call.peerConn || over) return;
     try {
-      res.stats = await statsOf(call.peerConn);
+      const s = await statsOf(call.peerConn);
+      if (!over) res.stats = s;
     } catch (e) {
       log(`getStats failed: ${e.message}`);
     }
@@ -244,6 +246,7 @@ function follow(call, { role, t0, cfg, ctx, emit }) {
   const ended = new Promise((resolve) => {
     call.on(sdk.CallEvent.State, (state) => {
       const t = ms();
+      if (state === 'ended') over = true;
       res.states.push({ state, t_ms: t });
       emit({ event: 'state', call_id: call.callId, state, t_ms: t, at: Date.now() });
       if (state === 'connected' && res.connected_ms === null) {
@@ -265,7 +268,10 @@ function follow(call, { role, t0, cfg, ctx, emit }) {
       res.errors.push(`${e.code}: ${e.message}`);
       emit({ event: 'error', call_id: call.callId, ...e, t_ms: ms() });
     });
-    call.on(sdk.CallEvent.Hangup, () => resolve());
+    call.on(sdk.CallEvent.Hangup, () => {
+      over = true;
+      resolve();
+    });
     if (call.state === 'ended') resolve();
   });
 
