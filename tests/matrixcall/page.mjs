@@ -147,7 +147,6 @@ async function statsOf(pc) {
         bytes: s.bytesReceived ?? 0,
         lost: s.packetsLost ?? 0,
         jitter: s.jitter ?? null,
-        energy: s.totalAudioEnergy ?? null,
       };
       const codec = s.codecId ? byId.get(s.codecId) : null;
       if (codec) out.codec = { mime_type: codec.mimeType, clock_rate: codec.clockRate };
