@@ -11,7 +11,9 @@ seconds (synced, no call). Reported, over the calls:
   * place -> connected and place -> first remote audio energy (alice's clock), p50 / p95;
     bob's Call.incoming -> first audio too;
   * per browser (the Chromium process tree, from /proc): CPU while idle and while in a call (in
-    % of one core), and its RSS and PSS idle and in a call.
+    % of one core), and its memory idle and in a call: RSS (shared pages once per process),
+    PSS (shared pages split among their users, so it moves when the other browser starts) and
+    private (clean + dirty, the memory this browser alone holds).
 Writes bench-out/matrixcall-bench-<mode>.json with every line both parties printed.
 Benchmarks are not tests: nothing here asserts beyond "every call connected".
 """
@@ -52,11 +54,13 @@ def cpu_and_memory(party):
     if by.get("idle_start") and by.get("idle_end"):
         a, b = by["idle_start"][0], by["idle_end"][0]
         idle = {"cpu_pct": 100 * (b["cpu_ms"] - a["cpu_ms"]) / max(1, b["wall_ms"] - a["wall_ms"]),
-                "rss_mib": b["rss_kib"] / 1024, "pss_mib": b["pss_kib"] / 1024}
+                "rss_mib": b["rss_kib"] / 1024, "pss_mib": b["pss_kib"] / 1024,
+                "private_mib": b["private_kib"] / 1024}
     calls = []
     for c, h in zip(by.get("connected", []), by.get("hangup", [])):
         calls.append({"cpu_pct": 100 * (h["cpu_ms"] - c["cpu_ms"]) / max(1, h["wall_ms"] - c["wall_ms"]),
-                      "rss_mib": h["rss_kib"] / 1024, "pss_mib": h["pss_kib"] / 1024})
+                      "rss_mib": h["rss_kib"] / 1024, "pss_mib": h["pss_kib"] / 1024,
+                      "private_mib": h["private_kib"] / 1024})
     return idle, calls
 
 
@@ -97,7 +101,7 @@ def summary(mode, caller, callee, a, b):
         idle, calls = cpu_and_memory(party)
         out[f"{who}_browser"] = {
             "idle": idle,
-            "in_call": {k: statistics.median(c[k] for c in calls) for k in ("cpu_pct", "rss_mib", "pss_mib")}
+            "in_call": {k: statistics.median(c[k] for c in calls) for k in ("cpu_pct", "rss_mib", "pss_mib", "private_mib")}
             if calls else None,
         }
     return out

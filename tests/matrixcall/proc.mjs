@@ -27,8 +27,11 @@ function kib(pid, file, key) {
 }
 
 /**
- * {pids, cpu_ms, rss_kib, pss_kib} summed over `root` and its descendants, or null when
- * `root` is gone. cpu_ms is user + system time since each process started.
+ * {pids, cpu_ms, rss_kib, pss_kib, private_kib} summed over `root` and its descendants, or null
+ * when `root` is gone. cpu_ms is user + system time since each process started. rss counts the
+ * pages the processes share once per process; pss splits shared pages among all their users
+ * (so it drops when another browser starts); private (clean + dirty) is what the tree alone
+ * holds: the cost of one more browser.
  */
 export function processTree(root) {
   const parent = new Map();
@@ -51,6 +54,7 @@ export function processTree(root) {
   let ticks = 0;
   let rss = 0;
   let pss = 0;
+  let priv = 0;
   let pids = 0;
   for (const [pid, s] of stats) {
     if (!inTree(pid)) continue;
@@ -58,8 +62,9 @@ export function processTree(root) {
     ticks += s.utime + s.stime;
     rss += kib(pid, 'status', 'VmRSS');
     pss += kib(pid, 'smaps_rollup', 'Pss');
+    priv += kib(pid, 'smaps_rollup', 'Private_Clean') + kib(pid, 'smaps_rollup', 'Private_Dirty');
   }
-  return { pids, cpu_ms: Math.round((ticks * 1000) / TICKS_PER_S), rss_kib: rss, pss_kib: pss };
+  return { pids, cpu_ms: Math.round((ticks * 1000) / TICKS_PER_S), rss_kib: rss, pss_kib: pss, private_kib: priv };
 }
 
 /** The direct children of `pid` whose command line contains `needle`. */

@@ -32,15 +32,14 @@ def stack():
     return Stack.from_scripts()
 
 
-def _call(stack, *options, hangup_after=4):
+def _pair(stack, callee_args, caller_args):
     """alice calls bob (fresh users, a fresh encrypted DM); both parties' call_result lines."""
     alice, bob = stack.new_user("mc_alice"), stack.new_user("mc_bob")
-    callee = Party.answer(bob, "--tone-hz", str(BOB_HZ), "--expect-hz", str(ALICE_HZ), *options)
+    callee = Party.answer(bob, *callee_args)
     caller = None
     try:
         callee.wait_for("ready", timeout=60)
-        caller = Party.call(alice, bob.user_id, "--hangup-after", str(hangup_after),
-                            "--tone-hz", str(ALICE_HZ), "--expect-hz", str(BOB_HZ), *options)
+        caller = Party.call(alice, bob.user_id, *caller_args)
         a = caller.result(timeout=120)
         b = callee.result(timeout=30)
     finally:
@@ -49,6 +48,14 @@ def _call(stack, *options, hangup_after=4):
                 p.stop()
     assert len(a) == 1 and len(b) == 1, (a, b)
     return alice, bob, a[0], b[0]
+
+
+def _call(stack, *options, hangup_after=4):
+    """A call with a tone each way that alice hangs up `hangup_after` s after connecting."""
+    return _pair(stack,
+                 ["--tone-hz", str(BOB_HZ), "--expect-hz", str(ALICE_HZ), *options],
+                 ["--hangup-after", str(hangup_after), "--tone-hz", str(ALICE_HZ),
+                  "--expect-hz", str(BOB_HZ), *options])
 
 
 def _assert_media(res, expect_hz):
@@ -125,3 +132,18 @@ def test_matrixcall_relay_only(stack):
     pa, pb = a["stats"]["pair"], b["stats"]["pair"]
     assert (pa["local"]["port"], pa["remote"]["port"]) == (pb["remote"]["port"], pb["local"]["port"])
     _assert_signalling(stack, alice, bob, a, b)
+
+
+def test_matrixcall_reject(stack):
+    """bob rejects: alice's call ends (hung up by the remote party) without ever connecting,
+    and the m.call.reject is encrypted on the server like the rest."""
+    alice, bob, a, b = _pair(stack, ["--reject"], [])
+    assert a["connected_ms"] is None and b["connected_ms"] is None, (a["states"], b["states"])
+    assert a["states"][-1]["state"] == "ended"
+    assert a["hangup_party"] == "remote" and b["hangup_party"] == "local", (a, b)
+    assert a["remote_feed"] is False and a["tone"] is None
+    got = [e for e in a["call_events"] if e["type"] == "m.call.reject"]
+    assert got and all(e["encrypted"] and e["sender"] == bob.user_id for e in got), a["call_events"]
+    events = stack.room_events(alice, a["room_id"])
+    assert {e["type"] for e in events if "state_key" not in e} == {"m.room.encrypted"}
+
