@@ -8,6 +8,7 @@ Needs: the running stack (`scripts/stack up`), `npm ci` in tests/matrixcall, Deb
 at /usr/bin/chromium (the tests skip without it). Run: `python3 -m pytest -q tests/matrixcall`.
 """
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -147,3 +148,19 @@ def test_matrixcall_reject(stack):
     events = stack.room_events(alice, a["room_id"])
     assert {e["type"] for e in events if "state_key" not in e} == {"m.room.encrypted"}
 
+
+
+def test_party_refuses_bad_input_and_never_prints_the_token():
+    base = {**os.environ, "MATRIXCALL_HOMESERVER": "http://127.0.0.1:9",
+            "MATRIXCALL_USER_ID": "@a:localhost", "MATRIXCALL_DEVICE_ID": "DEV"}
+    for env, args in (
+        (base, ["call", "@b:localhost"]),                                   # no token
+        ({**base, "MATRIXCALL_ACCESS_TOKEN": "secret-token-1"}, ["ring"]),  # unknown mode
+        ({**base, "MATRIXCALL_ACCESS_TOKEN": "secret-token-1"}, ["call", "bob"]),
+        ({**base, "MATRIXCALL_ACCESS_TOKEN": "secret-token-1"}, ["answer", "--calls", "x"]),
+    ):
+        r = subprocess.run(["node", str(HERE / "party.mjs"), *args], env=env, capture_output=True,
+                           text=True, timeout=30)
+        assert r.returncode == 2, (args, r.returncode, r.stderr)
+        assert "bad input" in r.stderr
+        assert "secret-token-1" not in r.stdout + r.stderr
