@@ -219,6 +219,9 @@ fn device_audio_lives_in_the_device_crate_only() {
     ] {
         assert!(!device.contains(f), "oracle-calls-device pulls in {f}");
     }
-    assert!(device.contains("cpal"), "the check looks at the device crate");
+    assert!(
+        device.contains("cpal"),
+        "the check looks at the device crate"
+    );
     assert!(device.contains("oracle-calls-media"));
 }
