@@ -191,3 +191,37 @@ fn audio_code_lives_in_the_media_crate_only() {
     }
     assert!(media.contains("opus"), "the check looks at the media crate");
 }
+
+#[test]
+fn device_audio_lives_in_the_device_crate_only() {
+    let meta = metadata();
+    // The sound card is IO: the sans-IO crates (and the media crate, which turns frames into
+    // Opus and back) never link cpal…
+    for name in [
+        "oracle-calls-proto",
+        "oracle-calls-crypto",
+        "oracle-calls-media",
+        "oracle-calls-direct",
+        "oracle-calls-rtc",
+        "oracle-calls-server",
+    ] {
+        let deps = normal_closure(&meta, name).unwrap();
+        assert!(!deps.contains("cpal"), "{name} pulls in cpal");
+    }
+    // …and the device crate is audio IO only: frames in and out, no keys, no calls.
+    let device = normal_closure(&meta, "oracle-calls-device").unwrap();
+    for f in [
+        "oracle-calls-crypto",
+        "oracle-calls-direct",
+        "oracle-calls-rtc",
+        "oracle-calls-client",
+        "tokio",
+    ] {
+        assert!(!device.contains(f), "oracle-calls-device pulls in {f}");
+    }
+    assert!(
+        device.contains("cpal"),
+        "the check looks at the device crate"
+    );
+    assert!(device.contains("oracle-calls-media"));
+}
