@@ -9,7 +9,9 @@ use livekit_protocol as lk;
 use oracle_calls_crypto::CallContext;
 use oracle_calls_crypto::frame::{KeyRing, KeyRingOptions};
 use oracle_calls_proto::{CallId, CallReason, CallStatus, KeyResponse, UpdateRequest};
-use oracle_calls_rtc::{E2eeOptions, FreshToken, Room, RoomEvent, RoomOptions, TokenSource};
+use oracle_calls_rtc::{
+    E2eeOptions, FreshToken, Room, RoomEvent, RoomOptions, TokenError, TokenSource,
+};
 use tokio::sync::{mpsc, watch};
 use tracing::{Instrument as _, debug, error, info, info_span, warn};
 use zeroize::Zeroizing;
@@ -325,7 +327,8 @@ async fn serve<O: Oracle>(
                 .map(|t| FreshToken {
                     url: url.clone(),
                     token: Zeroizing::new(t),
-                });
+                })
+                .map_err(TokenError::Refused);
             async move { fresh }
         })
     };

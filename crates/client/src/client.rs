@@ -411,13 +411,13 @@ impl OracleClient {
             oracle_calls_rtc::TokenSource::new(move || {
                 let (client, call_id) = (client.clone(), call_id.clone());
                 async move {
-                    let openid = client.openid_token().await.map_err(|e| e.to_string())?;
+                    let openid = client.openid_token().await.map_err(rejoin_token_error)?;
                     let synced = client
                         .0
                         .api
                         .sync(&call_id, &openid)
                         .await
-                        .map_err(|e| e.to_string())?;
+                        .map_err(rejoin_token_error)?;
                     info!(%call_id, "fresh LiveKit token for a full reconnect");
                     Ok(oracle_calls_rtc::FreshToken {
                         url: synced.livekit_url,
@@ -815,6 +815,22 @@ fn write_session(path: &std::path::Path, s: &MatrixSession) -> Result<(), CallEr
     opts.open(path)
         .and_then(|mut f| f.write_all(text.as_bytes()))
         .map_err(|e| CallError::Setup(format!("{}: {e}", path.display())))
+}
+
+/// Whether a failed repeated sync ends a full reconnect (the server refuses: the call ended,
+/// is too old or another user's, 4xx) or is tried again (the homeserver, the server or what it
+/// asks, Matrix or LiveKit, is unreachable or failing for now: 5xx, no answer).
+fn rejoin_token_error(e: CallError) -> oracle_calls_rtc::TokenError {
+    use oracle_calls_rtc::TokenError;
+    match &e {
+        CallError::ServerUnreachable { .. } | CallError::Matrix(_) => {
+            TokenError::Unavailable(e.to_string())
+        }
+        CallError::Server { status, .. } if *status >= 500 => {
+            TokenError::Unavailable(e.to_string())
+        }
+        _ => TokenError::Refused(e.to_string()),
+    }
 }
 
 #[cfg(test)]

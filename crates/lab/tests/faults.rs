@@ -236,12 +236,76 @@ async fn new_call_that_works(user: &OracleClient, within: Duration) -> (Call, u3
     }
 }
 
+/// The tests of this file share one private stack's ports: one at a time.
+static PRIVATE_STACK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn redis_and_postgres_restart_under_a_live_call() {
     init_logs();
+    let _one = PRIVATE_STACK.lock().await;
     let stack = PrivateStack::up();
     redis_restart(&stack).await;
     postgres_restart(&stack).await;
+}
+
+/// Redis away for 10 s under a live call: long enough for LiveKit to close the signalling it
+/// relays between nodes (about 9 s). The participants' resumes are refused while Redis is
+/// away; once it is back, their full reconnect (a fresh token from a repeated sync for the
+/// user, a renewed job token for the agent, both retried while LiveKit's nodes register
+/// again) brings the call back under the same keys, and the server, told by LiveKit that the
+/// user left without meaning to, waits `livekit.user_rejoin_grace_ms` for it instead of ending
+/// the call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_down_ten_seconds_under_a_live_call() {
+    init_logs();
+    let _one = PRIVATE_STACK.lock().await;
+    let stack = PrivateStack::up();
+    let dep = deployment(&stack.0).await;
+    let user = dep.new_user().await.unwrap();
+    let mut call = user.call_oracle(CallType::Audio).await.unwrap();
+    let talking = keep_talking(&call, 120.0);
+    assert_heard("live call, before the fault", listen(&mut call).await);
+    stack.stop("redis");
+    let down = Instant::now();
+    let mut trouble = 0;
+    let mut silent_while_down = 0;
+    while down.elapsed() < Duration::from_secs(10) {
+        let loud = listen_noting(&mut call, "Redis down", &mut trouble).await;
+        if loud < loud_per_window() / 2.0 {
+            silent_while_down += 1;
+        }
+    }
+    let outage = down.elapsed();
+    let started_in = stack.start("redis");
+    let back = Instant::now();
+    let mut heard_at = None;
+    let mut windows = 0;
+    while back.elapsed() < Duration::from_secs(40) {
+        let loud = listen_noting(&mut call, "Redis back", &mut trouble).await;
+        windows += 1;
+        if loud >= loud_per_window() / 2.0 {
+            heard_at = Some(back.elapsed());
+            break;
+        }
+    }
+    eprintln!(
+        "Redis down {outage:.1?} ({silent_while_down} silent 2 s windows meanwhile), healthy \
+         again after {started_in:.1?}; {trouble} signalling events; the echo was heard again \
+         {heard_at:?} after Redis was back ({windows} windows)"
+    );
+    let heard_at = heard_at.expect("the live call's echo came back within 40 s of Redis");
+    assert!(heard_at < Duration::from_secs(40), "{heard_at:?}");
+    // The agents settle meanwhile (the rejoining one, and one the server may have dispatched
+    // when the first left: one of them leaves), so events may still come; the echo must not go.
+    for _ in 0..3 {
+        let loud = listen_noting(&mut call, "live call after the rejoin", &mut trouble).await;
+        assert_heard("live call after the rejoin", loud);
+    }
+    talking.abort();
+    hang_up("the live call", &mut call).await;
+    let t = assert_closed(&dep, call.id()).await;
+    eprintln!("the call ended in the store and in LiveKit {t:.1?} after hanging up");
+    dep.stop().await;
 }
 
 /// Redis goes away for a few seconds and comes back empty (no persistence): the nodes

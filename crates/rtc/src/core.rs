@@ -641,8 +641,8 @@ impl Core {
     }
 
     /// A fresh join failed. No token (the source refused: the call is over, or we may not
-    /// join any more) ends the room; anything else is tried again until the policy's
-    /// rejoin attempts run out.
+    /// join any more) ends the room; anything else (no token *yet* included) is tried again
+    /// until the policy's rejoin attempts run out.
     pub(crate) fn rejoin_failed(&mut self, now: Instant, error: &Error) {
         self.now = now;
         if !matches!(self.signal, SignalState::Rejoining { .. }) {
@@ -1844,6 +1844,17 @@ mod tests {
         drain(&mut c);
         c.resume_failed(t0, &refused());
         drain(&mut c);
+        // No token yet (the server could not reach LiveKit): tried again, not closed.
+        c.rejoin_failed(
+            t0,
+            &Error::TokenUnavailable("502 LiveKit answered badly".into()),
+        );
+        let out = drain(&mut c);
+        assert!(
+            out.iter().any(|o| o.starts_with("rejoining:2:"))
+                && out.iter().any(|o| o.starts_with("rejoin:2:")),
+            "a token not available yet is another rejoin attempt: {out:?}"
+        );
         c.rejoin_failed(t0, &Error::Token("410 the call has ended".into()));
         let out = drain(&mut c);
         assert!(

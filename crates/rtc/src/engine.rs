@@ -15,7 +15,7 @@ use zeroize::Zeroizing;
 
 use crate::Error;
 use crate::core::{Command, Core, Output, Side};
-use crate::room::{FreshToken, RoomEvent, RoomOptions, TokenSource};
+use crate::room::{FreshToken, RoomEvent, RoomOptions, TokenError, TokenSource};
 use crate::signal::{self, Ws};
 
 /// How long one resume attempt (WebSocket upgrade + the server's `reconnect`) may take.
@@ -238,7 +238,10 @@ impl Engine {
                         let source =
                             source.ok_or_else(|| Error::Token("no token source".into()))?;
                         let attempt = async {
-                            let fresh = source.fetch().await.map_err(Error::Token)?;
+                            let fresh = source.fetch().await.map_err(|e| match e {
+                                TokenError::Refused(why) => Error::Token(why),
+                                TokenError::Unavailable(why) => Error::TokenUnavailable(why),
+                            })?;
                             let (ws, join) = signal::connect(&fresh.url, &fresh.token).await?;
                             Ok::<_, Error>((ws, join, fresh))
                         };

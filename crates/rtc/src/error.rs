@@ -28,9 +28,14 @@ pub enum Error {
     /// A key operation in a room without end-to-end encryption.
     #[error("end-to-end encryption is not on in this room")]
     NoE2ee,
-    /// No fresh token could be had for a full reconnect (the token source's reason).
+    /// No fresh token could be had for a full reconnect (the token source refused: its
+    /// reason).
     #[error("no fresh token to rejoin: {0}")]
     Token(String),
+    /// No fresh token for a full reconnect yet (the token source could not get one now); the
+    /// rejoin is tried again.
+    #[error("no fresh token to rejoin yet: {0}")]
+    TokenUnavailable(String),
     /// The room's task has ended.
     #[error("the room is closed")]
     Closed,

@@ -33,5 +33,5 @@ pub use error::Error;
 pub use oracle_calls_media::{AUDIO_FRAME_SAMPLES, SAMPLE_RATE, goertzel_power, sine_tone};
 pub use room::{
     AudioSource, E2eeOptions, FreshToken, ReconnectPolicy, Room, RoomEvent, RoomOptions,
-    TokenFuture, TokenSource, VideoSource,
+    TokenError, TokenFuture, TokenSource, VideoSource,
 };

@@ -103,9 +103,28 @@ impl std::fmt::Debug for FreshToken {
     }
 }
 
-/// The future a [`TokenSource`] returns: a fresh token, or why none could be had (the room
-/// then closes with that reason).
-pub type TokenFuture = Pin<Box<dyn Future<Output = Result<FreshToken, String>> + Send>>;
+/// Why a [`TokenSource`] gave no token.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    /// The source will not give one (the call is over, or this participant may no longer
+    /// join): the room closes with this reason.
+    #[error("{0}")]
+    Refused(String),
+    /// None for now (whoever mints it is unreachable or cannot reach LiveKit, e.g. while
+    /// LiveKit's nodes register again after a Redis outage): the rejoin is tried again, within
+    /// the policy's `rejoin_attempts`.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl From<String> for TokenError {
+    fn from(why: String) -> Self {
+        Self::Refused(why)
+    }
+}
+
+/// The future a [`TokenSource`] returns: a fresh token, or why none could be had.
+pub type TokenFuture = Pin<Box<dyn Future<Output = Result<FreshToken, TokenError>> + Send>>;
 
 /// Mints a fresh token for a full reconnect (see [`ReconnectPolicy`]); called once per
 /// rejoin attempt, from the room's task.
@@ -117,7 +136,7 @@ impl TokenSource {
     pub fn new<F, Fut>(f: F) -> Self
     where
         F: Fn() -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<FreshToken, String>> + Send + 'static,
+        Fut: Future<Output = Result<FreshToken, TokenError>> + Send + 'static,
     {
         Self(Arc::new(move || Box::pin(f())))
     }

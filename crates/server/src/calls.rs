@@ -267,6 +267,43 @@ pub async fn end_from_webhook(
     }
 }
 
+/// The call's user lost its connection to the room (it did not leave on purpose): after
+/// `grace`, unless its identity is in the room again (a full reconnect, e.g. after its
+/// LiveKit node died or Redis was away), the call ends as if it had left.
+pub fn end_unless_back(
+    state: &AppState,
+    room: &crate::livekit::WebhookRoom,
+    who: &str,
+    grace: std::time::Duration,
+) {
+    let (state, room, who) = (state.clone(), room.clone(), who.to_owned());
+    tokio::spawn(
+        async move {
+            tokio::time::sleep(grace).await;
+            let Ok(name) = oracle_calls_proto::RoomName::parse(&room.name) else {
+                return;
+            };
+            // A room LiveKit no longer has (or cannot list) holds nobody.
+            let back = match state.livekit().participants(&name).await {
+                Ok(present) => present.contains(&who),
+                Err(_) => false,
+            };
+            if back {
+                info!(room = %room.name, "the call's user came back within the grace; the call goes on");
+                return;
+            }
+            match end_from_webhook(&state, &room, Some(&who)).await {
+                Ok(Some(id)) => {
+                    info!(call_id = %id, "the call's user did not come back; call ended");
+                }
+                Ok(None) => {}
+                Err(e) => warn!(room = %room.name, error = %e, "could not end a call whose user left"),
+            }
+        }
+        .in_current_span(),
+    );
+}
+
 /// What [`redispatch_after_agent_left`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Redispatch {

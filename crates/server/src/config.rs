@@ -311,6 +311,12 @@ pub struct LiveKitConfig {
     /// before it asks LiveKit to dispatch one, in milliseconds.
     #[serde(default = "default_direct_fallback_ms")]
     pub direct_dispatch_fallback_ms: u64,
+    /// When the call's user leaves the room without leaving on purpose (LiveKit's
+    /// `disconnectReason` is not `CLIENT_INITIATED`: its connection or its node was lost), how
+    /// long the server waits for it to join again (a full reconnect) before it ends the call,
+    /// in milliseconds; 0: at once.
+    #[serde(default = "default_user_rejoin_grace_ms")]
+    pub user_rejoin_grace_ms: u64,
 }
 
 /// Checks of the call event at sync.
@@ -387,6 +393,10 @@ fn default_true() -> bool {
 
 fn default_direct_fallback_ms() -> u64 {
     3000
+}
+
+fn default_user_rejoin_grace_ms() -> u64 {
+    15_000
 }
 
 fn default_max_redispatches() -> u32 {

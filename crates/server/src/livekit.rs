@@ -75,12 +75,22 @@ pub struct WebhookParticipant {
     /// standard participant).
     #[serde(default)]
     pub kind: String,
+    /// Why it left, as LiveKit names it (`CLIENT_INITIATED` when the participant itself left;
+    /// `SIGNAL_CLOSE`, `MIGRATION`, … when its connection was lost); absent when not given.
+    #[serde(default, rename = "disconnectReason")]
+    pub disconnect_reason: String,
 }
 
 impl WebhookParticipant {
     /// True for an agent's participant.
     pub fn is_agent(&self) -> bool {
         self.kind == "AGENT"
+    }
+
+    /// True when the participant left by itself (not a lost connection it may come back
+    /// from with a full reconnect).
+    pub fn left_on_purpose(&self) -> bool {
+        self.disconnect_reason == "CLIENT_INITIATED"
     }
 }
 
@@ -496,6 +506,7 @@ mod tests {
             max_redispatches: 3,
             direct_dispatch: true,
             direct_dispatch_fallback_ms: 3000,
+            user_rejoin_grace_ms: 15_000,
         };
         LiveKit::new(config, Secret::new("secret")).unwrap()
     }

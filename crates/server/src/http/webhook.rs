@@ -1,5 +1,7 @@
 //! `POST /livekit/webhook`: signature first, then the body.
 
+use std::time::Duration;
+
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
@@ -88,12 +90,17 @@ async fn handle(state: &AppState, ev: &WebhookEvent) -> Result<()> {
             None
         }
         "participant_left" => {
-            let who = ev
+            let (who, on_purpose) = ev
                 .participant
                 .as_ref()
-                .map(|p| p.identity.as_str())
-                .unwrap_or_default();
-            crate::calls::end_from_webhook(state, room, Some(who)).await?
+                .map_or(("", false), |p| (p.identity.as_str(), p.left_on_purpose()));
+            let grace = state.config().livekit.user_rejoin_grace_ms;
+            if on_purpose || grace == 0 {
+                crate::calls::end_from_webhook(state, room, Some(who)).await?
+            } else {
+                crate::calls::end_unless_back(state, room, who, Duration::from_millis(grace));
+                None
+            }
         }
         _ => None,
     };

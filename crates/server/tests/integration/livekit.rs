@@ -69,7 +69,13 @@ async fn rooms_are_created_with_dispatch_listed_and_deleted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_webhooks_are_rejected_and_signed_ones_end_calls() {
-    let s = TestServer::start(Db::Sqlite).await;
+    let s = TestServer::start_edited(Db::Sqlite, |t| {
+        t.replace(
+            "empty_timeout_secs = 30",
+            "empty_timeout_secs = 30\n        user_rejoin_grace_ms = 1500",
+        )
+    })
+    .await;
     let http = reqwest::Client::new();
     let secret = read_file(&stack_var("LIVEKIT_API_SECRET_FILE"));
     let key = stack_var("LIVEKIT_API_KEY");
@@ -131,7 +137,8 @@ async fn forged_webhooks_are_rejected_and_signed_ones_end_calls() {
     let left_in = |who: &str, metadata: &str| {
         json!({"event": "participant_left",
         "room": {"name": id.room_name().as_str(), "metadata": metadata},
-        "participant": {"identity": who}, "id": unique("EV_")})
+        "participant": {"identity": who, "disconnectReason": "CLIENT_INITIATED"},
+        "id": unique("EV_")})
         .to_string()
     };
     let left = |who: &str| left_in(who, id.as_str());
@@ -174,6 +181,69 @@ async fn forged_webhooks_are_rejected_and_signed_ones_end_calls() {
     assert_eq!(
         s.store().call(&id).await.unwrap().unwrap().status.as_str(),
         "ended"
+    );
+}
+
+/// A user whose connection was lost (LiveKit's `disconnectReason` is not `CLIENT_INITIATED`)
+/// ends the call only if it is not back in the room after `livekit.user_rejoin_grace_ms`: a
+/// full reconnect after a node's death or a Redis outage keeps the call (the user coming
+/// back: `crates/lab/tests/faults.rs::redis_down_ten_seconds_under_a_live_call`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_who_lost_its_connection_has_a_grace_to_come_back() {
+    let s = TestServer::start_edited(Db::Sqlite, |t| {
+        t.replace(
+            "empty_timeout_secs = 30",
+            "empty_timeout_secs = 30\n        user_rejoin_grace_ms = 1500",
+        )
+    })
+    .await;
+    let http = reqwest::Client::new();
+    let secret = read_file(&stack_var("LIVEKIT_API_SECRET_FILE"));
+    let key = stack_var("LIVEKIT_API_KEY");
+    let lost = |id: &CallId, who: &str| {
+        json!({"event": "participant_left",
+            "room": {"name": id.room_name().as_str(), "metadata": id.as_str()},
+            "participant": {"identity": who, "disconnectReason": "SIGNAL_CLOSE"},
+            "id": unique("EV_")})
+        .to_string()
+    };
+    let post = |body: String| {
+        http.post(s.url("/livekit/webhook"))
+            .header("content-type", "application/webhook+json")
+            .header(
+                "authorization",
+                webhook_auth(body.as_bytes(), &secret, &key),
+            )
+            .body(body)
+            .send()
+    };
+    let status = |id: &CallId| {
+        let store = s.store().clone();
+        let id = id.clone();
+        async move {
+            store
+                .call(&id)
+                .await
+                .unwrap()
+                .unwrap()
+                .status
+                .as_str()
+                .to_owned()
+        }
+    };
+
+    // Not back (no room in LiveKit at all): ended after the grace, not before.
+    let id = s.seed_call("@u:localhost", "s", &s.oracle).await;
+    let (st, _) = answer(post(lost(&id, "@u:localhost")).await.unwrap()).await;
+    assert_eq!(st, 200);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(status(&id).await, "pending", "ended within the grace");
+    tokio::time::sleep(Duration::from_millis(2300)).await;
+    assert_eq!(status(&id).await, "ended", "not ended after the grace");
+    let rec = s.store().call(&id).await.unwrap().unwrap();
+    assert_eq!(
+        rec.reason.map(|r| format!("{r:?}")),
+        Some("ParticipantLeft".into())
     );
 }
 
@@ -269,7 +339,8 @@ async fn replayed_webhooks_change_nothing() {
     );
     let mut left = serde_json::from_str::<Value>(&finished(&later, &unique("EV_"))).unwrap();
     left["event"] = json!("participant_left");
-    left["participant"] = json!({"identity": "@u:localhost"});
+    left["participant"] =
+        json!({"identity": "@u:localhost", "disconnectReason": "CLIENT_INITIATED"});
     let left = left.to_string();
     let (st, _) = answer(post(&left).await.unwrap()).await;
     assert_eq!(st, 200);
