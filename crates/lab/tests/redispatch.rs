@@ -76,6 +76,25 @@ async fn talk(call: &mut Call, pcm: Vec<i16>, listen: Duration) -> Vec<i16> {
         .unwrap()
 }
 
+/// Another agent process of the deployment's pool, registered with LiveKit.
+async fn agent_process(dep: &Deployment) -> Agent {
+    Agent(
+        dep.spawn_agent_process(exe(), 4, None, Duration::from_secs(30))
+            .await
+            .unwrap(),
+    )
+}
+
+/// Says 2 s of speech (`seed`) into the call and asserts that the oracle echoes it.
+async fn assert_echoes(call: &mut Call, seed: u64, what: &str) {
+    let speech = oracle_calls_lab::speech::synthesize(2.0, seed);
+    let heard = talk(call, speech.clone(), Duration::from_secs(3)).await;
+    assert!(
+        analysis::compare(&speech, &heard, 150).envelope > 0.6,
+        "{what}"
+    );
+}
+
 fn metric(dep: &Deployment, name: &str) -> f64 {
     dep.server
         .state
@@ -101,24 +120,11 @@ async fn a_killed_agent_is_dispatched_again_and_a_new_one_rejoins_under_the_same
     let dep = Deployment::start(stack, opts).await.unwrap();
     let store = dep.prekey_store().unwrap().to_owned();
     // The pool's first process takes the call; the second joins the pool afterwards.
-    let mut doomed = Agent(
-        dep.spawn_agent_process(exe(), 4, None, Duration::from_secs(30))
-            .await
-            .unwrap(),
-    );
+    let mut doomed = agent_process(&dep).await;
     let user = dep.new_user().await.unwrap();
     let mut call = user.call_oracle(CallType::Audio).await.unwrap();
-    let speech = oracle_calls_lab::speech::synthesize(2.0, 1);
-    let heard = talk(&mut call, speech.clone(), Duration::from_secs(3)).await;
-    assert!(
-        analysis::compare(&speech, &heard, 150).envelope > 0.6,
-        "the first agent echoes"
-    );
-    let survivor = Agent(
-        dep.spawn_agent_process(exe(), 4, None, Duration::from_secs(30))
-            .await
-            .unwrap(),
-    );
+    assert_echoes(&mut call, 1, "the first agent echoes").await;
+    let survivor = agent_process(&dep).await;
 
     // kill -9 the agent serving the call.
     doomed.0.kill().unwrap();
@@ -258,9 +264,7 @@ async fn an_agent_leaving_after_its_user_is_not_dispatched_again() {
     let dep = Deployment::start(stack, opts).await.unwrap();
     let user = dep.new_user().await.unwrap();
     let mut call = user.call_oracle(CallType::Audio).await.unwrap();
-    let speech = oracle_calls_lab::speech::synthesize(2.0, 4);
-    let heard = talk(&mut call, speech.clone(), Duration::from_secs(3)).await;
-    assert!(analysis::compare(&speech, &heard, 150).envelope > 0.6);
+    assert_echoes(&mut call, 4, "the agent echoes").await;
     // The user hangs up: the agent leaves after it, and that is the call's end, not a crash.
     call.end().await.unwrap();
     // LiveKit's webhooks for the call's participants did arrive (so this test can fail)...
@@ -299,21 +303,11 @@ async fn of_two_agents_in_one_call_one_leaves_and_the_call_goes_on() {
     opts.oracle = None;
     opts.forward_secrecy = false;
     let dep = Deployment::start(stack, opts).await.unwrap();
-    let _first = Agent(
-        dep.spawn_agent_process(exe(), 4, None, Duration::from_secs(30))
-            .await
-            .unwrap(),
-    );
+    let _first = agent_process(&dep).await;
     let user = dep.new_user().await.unwrap();
     let mut call = user.call_oracle(CallType::Audio).await.unwrap();
-    let speech = oracle_calls_lab::speech::synthesize(2.0, 1);
-    let heard = talk(&mut call, speech.clone(), Duration::from_secs(3)).await;
-    assert!(analysis::compare(&speech, &heard, 150).envelope > 0.6);
-    let _second = Agent(
-        dep.spawn_agent_process(exe(), 4, None, Duration::from_secs(30))
-            .await
-            .unwrap(),
-    );
+    assert_echoes(&mut call, 1, "the handed-off agent echoes").await;
+    let _second = agent_process(&dep).await;
     let room = call.id().room_name().clone();
     let lk = dep.server.state.livekit();
     let agents = || async {
@@ -417,12 +411,7 @@ async fn of_two_agents_in_one_call_one_leaves_and_the_call_goes_on() {
         CallStatus::Active,
         "leaving did not end the call"
     );
-    let speech = oracle_calls_lab::speech::synthesize(2.0, 2);
-    let heard = talk(&mut call, speech.clone(), Duration::from_secs(3)).await;
-    assert!(
-        analysis::compare(&speech, &heard, 150).envelope > 0.6,
-        "the oracle still echoes"
-    );
+    assert_echoes(&mut call, 2, "the oracle still echoes").await;
     call.end().await.unwrap();
     dep.stop().await;
 }
