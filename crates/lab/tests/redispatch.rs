@@ -388,10 +388,14 @@ async fn of_two_agents_in_one_call_one_leaves_and_the_call_goes_on() {
         .expect("the second agent joined and left to the first within 20 s");
     eprintln!("after {:?}: {why}", t0.elapsed());
     assert!(why.contains("job=AJ_"), "LiveKit's job left: {why}");
-    assert!(
-        text.contains("outcome=Served { ended_by: AnotherAgent }"),
-        "its job ended as served by another agent"
-    );
+    // Its job's end is logged right after (leaving the room comes first).
+    while !logs().contains("outcome=Served { ended_by: AnotherAgent }") {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "its job did not end as served by another agent"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert!(
         !left.contains(&first_agent[0]),
         "the first agent stayed: {left:?}"
