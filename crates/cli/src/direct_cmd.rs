@@ -103,7 +103,7 @@ pub fn answer(args: AnswerArgs) -> anyhow::Result<()> {
     let Some((mut source, mut sink)) = audio else {
         incoming.reject().context("rejecting the call")?;
         info!("call rejected");
-        rt.block_on(tokio::time::sleep(SEND_GRACE));
+        rt.block_on(async { tokio::time::sleep(SEND_GRACE).await });
         calls.stop();
         return Ok(());
     };
@@ -317,7 +317,7 @@ fn finish(
         "device error callbacks"
     );
     // Let the driver's send loop deliver our hangup before the process exits.
-    rt.block_on(tokio::time::sleep(SEND_GRACE));
+    rt.block_on(async { tokio::time::sleep(SEND_GRACE).await });
     calls.stop();
     written?;
     match result? {
