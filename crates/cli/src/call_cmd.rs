@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::call_audio::CallAudioArgs;
 use crate::ivf as crate_ivf;
 use crate::wav;
 use anyhow::{Context as _, bail};
@@ -13,38 +14,78 @@ use oracle_calls_client::{
 use oracle_calls_proto::{CallStatus, CallType, Did, ListCallsQuery};
 use zeroize::Zeroizing;
 
-/// Who the user is and where the servers are.
+/// The person's Matrix login: one device, kept in the state directory, shared by oracle and
+/// person-to-person calls.
 #[derive(Args, Debug)]
-pub struct UserArgs {
+pub struct LoginArgs {
     /// The Matrix homeserver.
     #[arg(
         long,
         env = "ORACLE_CALLS_HOMESERVER",
         default_value = "http://127.0.0.1:18008"
     )]
-    homeserver: String,
-    /// The oracle to call (its DID). You choose it; its server must describe exactly this
-    /// oracle, and what the client verified about it is kept in the state directory.
+    pub(crate) homeserver: String,
+    /// Matrix user (localpart or full id). The password, needed for the first login only,
+    /// comes from ORACLE_CALLS_MATRIX_PASSWORD or the file in ORACLE_CALLS_MATRIX_PASSWORD_FILE.
+    #[arg(long, env = "ORACLE_CALLS_USER")]
+    pub(crate) user: String,
+    /// The client's state directory (Matrix device, pinned oracle keys and people's devices).
+    #[arg(
+        long,
+        env = "ORACLE_CALLS_STATE",
+        default_value = ".oracle-calls-client"
+    )]
+    pub(crate) state: PathBuf,
+}
+
+impl LoginArgs {
+    /// This user's store directory.
+    pub(crate) fn store_dir(&self) -> PathBuf {
+        self.state.join(&self.user)
+    }
+
+    /// A password login when a password is configured, else the saved session.
+    pub(crate) fn login(&self) -> anyhow::Result<Login> {
+        let password = match (
+            std::env::var("ORACLE_CALLS_MATRIX_PASSWORD").ok(),
+            std::env::var("ORACLE_CALLS_MATRIX_PASSWORD_FILE").ok(),
+        ) {
+            (Some(p), _) => Some(Zeroizing::new(p)),
+            (None, Some(f)) => Some(Zeroizing::new(
+                std::fs::read_to_string(&f)
+                    .with_context(|| format!("reading {f}"))?
+                    .trim_end_matches('\n')
+                    .to_owned(),
+            )),
+            (None, None) => None,
+        };
+        Ok(match password {
+            Some(password) => Login::Password {
+                user: self.user.clone(),
+                password,
+            },
+            None => Login::Restore,
+        })
+    }
+}
+
+/// Who the user is and where the servers are.
+#[derive(Args, Debug)]
+pub struct UserArgs {
+    #[command(flatten)]
+    pub(crate) login: LoginArgs,
+    /// The oracle to call (its DID), for oracle calls. You choose it; its server must describe
+    /// exactly this oracle, and what the client verified about it is kept in the state
+    /// directory.
     #[arg(long, env = "ORACLE_CALLS_ORACLE")]
-    oracle: Did,
+    oracle: Option<Did>,
     /// The oracle's oracle-calls server (https://, or http:// on loopback only).
     #[arg(
         long,
         env = "ORACLE_CALLS_SERVER_URL",
         default_value = "http://127.0.0.1:18080"
     )]
-    server: String,
-    /// Matrix user (localpart or full id). The password, needed for the first login only,
-    /// comes from ORACLE_CALLS_MATRIX_PASSWORD or the file in ORACLE_CALLS_MATRIX_PASSWORD_FILE.
-    #[arg(long, env = "ORACLE_CALLS_USER")]
-    user: String,
-    /// The client's state directory (Matrix device, pinned oracle keys).
-    #[arg(
-        long,
-        env = "ORACLE_CALLS_STATE",
-        default_value = ".oracle-calls-client"
-    )]
-    state: PathBuf,
+    pub(crate) server: String,
     /// Accept exactly this new oracle key id when the oracle's key changed (after verifying
     /// the change out of band; the refusal names the new id).
     #[arg(long, value_name = "KEY_ID")]
@@ -68,12 +109,18 @@ pub struct UserArgs {
 }
 
 impl UserArgs {
+    fn oracle(&self) -> anyhow::Result<&Did> {
+        self.oracle
+            .as_ref()
+            .context("an oracle call needs --oracle (or ORACLE_CALLS_ORACLE); to call a person, name them: `call @bob:example.org`")
+    }
+
     async fn connect(&self) -> anyhow::Result<OracleClient> {
         let mut cfg = ClientConfig::new(
-            &self.homeserver,
+            &self.login.homeserver,
             &self.server,
-            self.state.join(&self.user),
-            self.oracle.clone(),
+            self.login.store_dir(),
+            self.oracle()?.clone(),
         );
         if let (Some(url), Some(path)) = (&self.kt_url, &self.kt_public_key) {
             let text =
@@ -90,57 +137,51 @@ impl UserArgs {
             bot_device: self.accept_bot_device.clone(),
             prekey_signing_key: self.accept_prekey_signing_key.clone(),
         };
-        let password = match (
-            std::env::var("ORACLE_CALLS_MATRIX_PASSWORD").ok(),
-            std::env::var("ORACLE_CALLS_MATRIX_PASSWORD_FILE").ok(),
-        ) {
-            (Some(p), _) => Some(Zeroizing::new(p)),
-            (None, Some(f)) => Some(Zeroizing::new(
-                std::fs::read_to_string(&f)
-                    .with_context(|| format!("reading {f}"))?
-                    .trim_end_matches('\n')
-                    .to_owned(),
-            )),
-            (None, None) => None,
-        };
-        let login = match password {
-            Some(password) => Login::Password {
-                user: self.user.clone(),
-                password,
-            },
-            None => Login::Restore,
-        };
-        Ok(OracleClient::connect(cfg, login).await?)
+        Ok(OracleClient::connect(cfg, self.login.login()?).await?)
     }
 }
 
 /// `oracle-calls call`.
 #[derive(Args, Debug)]
 pub struct CallArgs {
+    /// The person to call (`@bob:example.org`), on the computer's microphone and speaker
+    /// (`--mic`, `--speaker`). Without it, the command calls the oracle named by `--oracle`.
+    #[arg(value_name = "@USER:SERVER")]
+    pub(crate) peer: Option<String>,
     #[command(flatten)]
-    user: UserArgs,
-    /// Audio or video.
-    #[arg(long = "type", default_value = "audio")]
+    pub(crate) user: UserArgs,
+    #[command(flatten)]
+    pub(crate) audio: CallAudioArgs,
+    /// Person-to-person calls only: offer only TURN relay candidates, so that the other side
+    /// never learns this computer's address (the homeserver must offer TURN).
+    #[arg(long, requires = "peer")]
+    pub(crate) relay_only: bool,
+    /// Oracle calls: audio or video.
+    #[arg(long = "type", default_value = "audio", conflicts_with = "peer")]
     call_type: String,
-    /// 48 kHz 16-bit WAV to say (silence if absent).
-    #[arg(long)]
+    /// Oracle calls: 48 kHz 16-bit WAV to say (silence if absent).
+    #[arg(long, conflicts_with = "peer")]
     input: Option<PathBuf>,
-    /// Where to write what the oracle says (48 kHz mono WAV).
-    #[arg(long)]
+    /// Oracle calls: where to write what the oracle says (48 kHz mono WAV).
+    #[arg(long, conflicts_with = "peer")]
     output: Option<PathBuf>,
     /// For `--type video`: a VP8 IVF file (320x240, e.g. from ffmpeg's libvpx) to show, looped
     /// at 15 frames per second.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "peer")]
     video_input: Option<PathBuf>,
     /// For `--type video`: where to write the oracle's video (VP8 IVF).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "peer")]
     video_output: Option<PathBuf>,
-    /// How long the call lasts.
-    #[arg(long, default_value_t = 10)]
-    seconds: u64,
+    /// How long the call lasts, then hang up. An oracle call lasts 10 s unless told; a
+    /// person-to-person call lasts until either side hangs up (Ctrl-C here).
+    #[arg(long)]
+    pub(crate) seconds: Option<u64>,
 }
 
 pub fn call(args: CallArgs) -> anyhow::Result<()> {
+    if args.peer.is_some() {
+        return crate::direct_cmd::call(args);
+    }
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
         let call_type: CallType = match args.call_type.as_str() {
@@ -166,14 +207,14 @@ pub fn call(args: CallArgs) -> anyhow::Result<()> {
             _ => None,
         };
         let client = args.user.connect().await?;
-        eprintln!("calling {} at {} …", args.user.oracle, args.user.server);
+        eprintln!("calling {} at {} …", args.user.oracle()?, args.user.server);
         let mut call = client.call_oracle(call_type).await?;
         eprintln!("call {} is up", call.id());
         for (p, at) in call.timeline().marks() {
             eprintln!("  {:<24} +{} ms", p.as_str(), at.as_millis());
         }
         let mic = call.microphone();
-        let seconds = args.seconds;
+        let seconds = args.seconds.unwrap_or(10);
         // The input, cut or padded with silence to the call's length.
         let mut said = input;
         said.resize(usize::try_from(seconds).unwrap_or(usize::MAX).saturating_mul(48_000), 0);

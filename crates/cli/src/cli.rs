@@ -2,7 +2,7 @@
 //! management and key transparency. `oracle-calls` (src/main.rs) runs them; the lab
 //! (`oracle-lab`, crates/lab) runs the same commands for the processes it starts.
 
-use crate::{agent_cmd, apikey, call_cmd, keyfile, kt_cmd, serve};
+use crate::{agent_cmd, apikey, call_cmd, direct_cmd, keyfile, kt_cmd, serve};
 use oracle_calls_agent::oracles::OracleKind;
 
 use std::path::PathBuf;
@@ -67,8 +67,13 @@ pub enum Command {
         #[arg(long, default_value = "echo")]
         oracle: OracleKind,
     },
-    /// Call the oracle as a user: say a WAV file, record the answer.
+    /// Call a person (`call @bob:example.org`: on the microphone and speaker, until either
+    /// side hangs up), or, without a person, the oracle named by `--oracle` (say a WAV file,
+    /// record the answer).
     Call(call_cmd::CallArgs),
+    /// Wait for a person's call and answer it on the microphone and speaker (`--reject`
+    /// rejects it).
+    Answer(direct_cmd::AnswerArgs),
     /// List the user's calls.
     Calls(call_cmd::CallsArgs),
     /// Manage agent API keys in the server's store.
@@ -167,6 +172,7 @@ pub fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Agent { config, oracle } => agent_cmd::run(config, oracle),
         Command::Call(a) => call_cmd::call(a),
+        Command::Answer(a) => direct_cmd::answer(a),
         Command::Calls(a) => call_cmd::calls(a),
         Command::Keygen { scheme, out, force } => {
             let kp = oracle_calls_crypto::OracleKeyPair::generate(scheme, &mut rand::rng())

@@ -7,6 +7,7 @@ mod apikey;
 pub mod call_audio;
 mod call_cmd;
 pub mod cli;
+mod direct_cmd;
 pub mod ivf;
 pub mod keyfile;
 mod kt_cmd;

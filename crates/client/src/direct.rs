@@ -445,6 +445,12 @@ impl DirectCall {
         self.events.recv().await
     }
 
+    /// What already happened, without waiting: for an audio loop on a plain thread (the
+    /// command line's microphone loop). `None` when nothing is waiting, or after the end.
+    pub fn try_next_event(&mut self) -> Option<DirectCallEvent> {
+        self.events.try_recv().ok()
+    }
+
     /// Hangs up (`m.call.hangup` `user_hangup`); the socket closes and the TURN allocation is
     /// deleted. [`DirectCallEvent::Ended`] follows.
     ///

@@ -1,0 +1,347 @@
+//! `oracle-calls call @bob:…` and `oracle-calls answer`: person-to-person calls (PROTOCOL §14)
+//! on the computer's microphone and speaker, or on WAV files, through the client's direct-call
+//! driver (`oracle_calls_client::DirectCalls`). The Matrix device is the one `call` uses for
+//! the oracle (same state directory, same login).
+//!
+//! The audio loop ([`run_call_audio`]) runs on the command's own thread, because the
+//! microphone blocks; the driver, its sync loop and the Ctrl-C watcher run on the tokio
+//! runtime beside it.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use clap::Args;
+use oracle_calls_client::{
+    ClientConfig, DirectCall, DirectCallEvent, DirectCalls, DirectConfig, EndReason, IcePolicy,
+    OracleClient, PeopleTrust,
+};
+use oracle_calls_proto::Did;
+use tracing::{info, warn};
+
+use crate::call_audio::{CallAudio, CallAudioArgs, FrameSink, FrameSource, run_call_audio};
+use crate::call_cmd::{CallArgs, LoginArgs};
+
+/// How long the command waits for the driver to report the end after it hung up.
+const END_WAIT: Duration = Duration::from_secs(10);
+/// How long the command stays after the end, so that the driver's send loop delivers the
+/// hangup (or reject) event before the process exits.
+const SEND_GRACE: Duration = Duration::from_secs(2);
+
+/// `oracle-calls answer`.
+#[derive(Args, Debug)]
+pub struct AnswerArgs {
+    #[command(flatten)]
+    login: LoginArgs,
+    #[command(flatten)]
+    audio: CallAudioArgs,
+    /// Offer only TURN relay candidates, so that the caller never learns this computer's
+    /// address (the homeserver must offer TURN).
+    #[arg(long)]
+    relay_only: bool,
+    /// Hang up this many seconds after the call connects (default: when either side hangs
+    /// up; Ctrl-C here).
+    #[arg(long)]
+    seconds: Option<u64>,
+    /// Give up when no call rings within this many seconds (default: wait until Ctrl-C).
+    #[arg(long)]
+    timeout: Option<u64>,
+    /// Reject the call instead of answering it.
+    #[arg(long, conflicts_with = "seconds")]
+    reject: bool,
+}
+
+/// `oracle-calls call @bob:server`.
+pub fn call(args: CallArgs) -> anyhow::Result<()> {
+    let Some(peer) = args.peer.as_deref() else {
+        bail!("no person to call");
+    };
+    let peer = matrix_sdk_user_id(peer)?;
+    let rt = tokio::runtime::Runtime::new()?;
+    let (mut source, mut sink) = open_audio(&args.audio)?;
+    let (calls, call) = rt.block_on(async {
+        let calls = start(&args.user.login, args.relay_only, false).await?;
+        info!(%peer, "placing the call");
+        let call = tokio::select! {
+            r = calls.place_call(&peer) => r.with_context(|| format!("calling {peer}"))?,
+            () = crate::serve::shutdown_signal() => bail!("interrupted before the call was placed"),
+        };
+        info!(call_id = %call.call_id(), room = %call.room_id(), "call placed");
+        anyhow::Ok((calls, call))
+    })?;
+    let result = converse(&rt, call, &mut source, &mut sink, args.seconds);
+    finish(&rt, calls, source, sink, result)
+}
+
+/// `oracle-calls answer`.
+pub fn answer(args: AnswerArgs) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Runtime::new()?;
+    let audio = if args.reject {
+        None
+    } else {
+        Some(open_audio(&args.audio)?)
+    };
+    let (calls, incoming) = rt.block_on(async {
+        let calls = start(&args.login, args.relay_only, true).await?;
+        info!("waiting for a call");
+        let wait = async {
+            match args.timeout {
+                Some(s) => tokio::time::timeout(Duration::from_secs(s), calls.next_incoming())
+                    .await
+                    .with_context(|| format!("no call rang within {s} s")),
+                None => Ok(calls.next_incoming().await),
+            }
+        };
+        let incoming = tokio::select! {
+            r = wait => r?.context("the call driver stopped")?,
+            () = crate::serve::shutdown_signal() => bail!("interrupted while waiting for a call"),
+        };
+        anyhow::Ok((calls, incoming))
+    })?;
+    info!(caller = %incoming.caller(), call_id = %incoming.call_id(), "ringing");
+    let Some((mut source, mut sink)) = audio else {
+        incoming.reject().context("rejecting the call")?;
+        info!("call rejected");
+        rt.block_on(async { tokio::time::sleep(SEND_GRACE).await });
+        calls.stop();
+        return Ok(());
+    };
+    let call = rt
+        .block_on(incoming.answer())
+        .context("answering the call")?;
+    info!("answered");
+    let result = converse(&rt, call, &mut source, &mut sink, args.seconds);
+    finish(&rt, calls, source, sink, result)
+}
+
+fn matrix_sdk_user_id(s: &str) -> anyhow::Result<matrix_sdk::ruma::OwnedUserId> {
+    matrix_sdk::ruma::OwnedUserId::try_from(s)
+        .map_err(|e| anyhow::anyhow!("`{s}` is not a Matrix user id like @bob:example.org: {e}"))
+}
+
+fn open_audio(audio: &CallAudioArgs) -> anyhow::Result<(FrameSource, FrameSink)> {
+    Ok((audio.open_source()?, audio.open_sink()?))
+}
+
+/// Logs in (or restores the session) and starts the direct-call driver on that device.
+async fn start(
+    login: &LoginArgs,
+    relay_only: bool,
+    auto_join: bool,
+) -> anyhow::Result<DirectCalls> {
+    // The oracle client's connect opens (or logs in) the device; a person-to-person call
+    // names no oracle and no oracle server, so both are placeholders it never contacts.
+    let mut cfg = ClientConfig::new(
+        &login.homeserver,
+        "http://127.0.0.1",
+        login.store_dir(),
+        Did::parse("did:oraclecalls:none").context("the placeholder oracle DID")?,
+    );
+    let localpart = login
+        .user
+        .trim_start_matches('@')
+        .split(':')
+        .next()
+        .unwrap_or_default();
+    if !localpart.starts_with("did-ixo-") {
+        cfg.user_did = Some(
+            Did::parse(&format!("did:matrix:{localpart}"))
+                .or_else(|_| Did::parse("did:matrix:person"))
+                .context("the placeholder user DID")?,
+        );
+    }
+    let client = OracleClient::connect(cfg, login.login()?)
+        .await
+        .context("logging in to Matrix")?;
+    let config = DirectConfig {
+        ice_policy: if relay_only {
+            IcePolicy::RelayOnly
+        } else {
+            IcePolicy::All
+        },
+        auto_join_direct_invites: auto_join,
+        ..DirectConfig::default()
+    };
+    let trust = PeopleTrust::open(login.store_dir().join("pins.json"));
+    let calls = DirectCalls::start(client.matrix(), trust, config)
+        .await
+        .context("starting the call driver")?;
+    Ok(calls)
+}
+
+/// The driver's call as the audio loop's [`CallAudio`]: frames go to the call; received audio
+/// comes back, and every other event is logged on the way (the end stops the loop).
+struct DirectCallAudio<'a> {
+    call: &'a mut DirectCall,
+    stop: &'a AtomicBool,
+    /// Hang up this long after the call connected.
+    seconds: Option<Duration>,
+    deadline: Option<Instant>,
+    ended: Option<EndReason>,
+    closed: bool,
+}
+
+impl DirectCallAudio<'_> {
+    fn note(&mut self, ev: DirectCallEvent) {
+        match ev {
+            DirectCallEvent::Ringing => info!(peer = %self.call.peer(), "ringing"),
+            DirectCallEvent::Connected {
+                local_fingerprint,
+                remote_fingerprint,
+                key_confirmation_expected,
+            } => {
+                info!(
+                    %local_fingerprint,
+                    %remote_fingerprint,
+                    key_confirmation_expected,
+                    "connected"
+                );
+                if let Some(s) = self.seconds {
+                    self.deadline.get_or_insert(Instant::now() + s);
+                }
+            }
+            DirectCallEvent::KeyConfirmed => info!("key confirmed"),
+            DirectCallEvent::Reconnecting => warn!("the path was lost; reconnecting"),
+            DirectCallEvent::Ended(reason) => {
+                info!(reason = %describe(&reason), "ended");
+                self.ended = Some(reason);
+                self.stop.store(true, Ordering::Relaxed);
+            }
+            DirectCallEvent::Audio(_) => {}
+            other => info!(event = ?other, "call event"),
+        }
+    }
+}
+
+impl CallAudio for DirectCallAudio<'_> {
+    fn send_audio(&mut self, pcm: Vec<i16>) {
+        if self.call.send_audio(pcm).is_err() {
+            self.closed = true;
+            self.stop.store(true, Ordering::Relaxed);
+        }
+    }
+
+    fn try_received_audio(&mut self) -> Option<Vec<i16>> {
+        if self.deadline.is_some_and(|d| Instant::now() >= d) {
+            info!("time is up: hanging up");
+            self.deadline = None;
+            self.stop.store(true, Ordering::Relaxed);
+        }
+        while let Some(ev) = self.call.try_next_event() {
+            match ev {
+                DirectCallEvent::Audio(pcm) => return Some(pcm),
+                other => self.note(other),
+            }
+        }
+        None
+    }
+}
+
+/// Runs the call's audio until it ends, Ctrl-C, or `seconds` after it connected; hangs up
+/// unless the other side ended it. Returns how it ended.
+fn converse(
+    rt: &tokio::runtime::Runtime,
+    mut call: DirectCall,
+    source: &mut FrameSource,
+    sink: &mut FrameSink,
+    seconds: Option<u64>,
+) -> anyhow::Result<EndReason> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = rt.spawn({
+        let stop = stop.clone();
+        async move {
+            crate::serve::shutdown_signal().await;
+            info!("interrupted: hanging up");
+            stop.store(true, Ordering::Relaxed);
+        }
+    });
+    let mut audio = DirectCallAudio {
+        call: &mut call,
+        stop: &stop,
+        seconds: seconds.map(Duration::from_secs),
+        deadline: None,
+        ended: None,
+        closed: false,
+    };
+    let (sent, played) = run_call_audio(source, sink, &mut audio, &stop);
+    let (ended, closed) = (audio.ended.take(), audio.closed);
+    watcher.abort();
+    info!(frames_sent = sent, frames_played = played, "audio stopped");
+    if let Some(reason) = ended {
+        return Ok(reason);
+    }
+    if closed {
+        bail!("the call driver stopped during the call");
+    }
+    call.hangup().context("hanging up")?;
+    rt.block_on(async {
+        tokio::time::timeout(END_WAIT, async {
+            while let Some(ev) = call.next_event().await {
+                if let DirectCallEvent::Ended(reason) = ev {
+                    info!(reason = %describe(&reason), "ended");
+                    return Some(reason);
+                }
+            }
+            None
+        })
+        .await
+    })
+    .ok()
+    .flatten()
+    .context("the call did not end after the hangup")
+}
+
+/// Closes the devices, reports their error counts, stops the driver, and turns the end into
+/// the command's result: a hangup by either person is success, anything else an error.
+fn finish(
+    rt: &tokio::runtime::Runtime,
+    calls: DirectCalls,
+    source: FrameSource,
+    sink: FrameSink,
+    result: anyhow::Result<EndReason>,
+) -> anyhow::Result<()> {
+    let mic_errors = match &source {
+        FrameSource::Device(mic) => Some(mic.stats().errors),
+        FrameSource::Wav { .. } => None,
+    };
+    let speaker_errors = match &sink {
+        FrameSink::Device(speaker) => Some(speaker.stats().errors),
+        FrameSink::Wav { .. } => None,
+    };
+    drop(source);
+    let written = sink.finish();
+    info!(
+        microphone_errors = %mic_errors.map_or_else(|| "-".to_owned(), |n| n.to_string()),
+        speaker_errors = %speaker_errors.map_or_else(|| "-".to_owned(), |n| n.to_string()),
+        "device error callbacks"
+    );
+    // Let the driver's send loop deliver our hangup before the process exits.
+    rt.block_on(async { tokio::time::sleep(SEND_GRACE).await });
+    calls.stop();
+    written?;
+    match result? {
+        EndReason::LocalHangup(r) | EndReason::RemoteHangup(r) if r.as_str() == "user_hangup" => {
+            Ok(())
+        }
+        other => bail!("the call ended: {}", describe(&other)),
+    }
+}
+
+/// A person's words for how a call ended.
+fn describe(reason: &EndReason) -> String {
+    match reason {
+        EndReason::LocalHangup(r) if r.as_str() == "user_hangup" => "we hung up".into(),
+        EndReason::LocalHangup(r) => format!("we ended it ({})", r.as_str()),
+        EndReason::RemoteHangup(r) if r.as_str() == "user_hangup" => {
+            "the other person hung up".into()
+        }
+        EndReason::RemoteHangup(r) => format!("the other side ended it ({})", r.as_str()),
+        EndReason::LocalReject => "we rejected it".into(),
+        EndReason::RemoteReject => "the other person rejected it".into(),
+        EndReason::AnsweredElsewhere => "answered on another device".into(),
+        EndReason::RejectedElsewhere => "rejected on another device".into(),
+        EndReason::InviteExpired => "nobody answered in time".into(),
+        EndReason::Security(e) => format!("refused for security: {e:?}"),
+    }
+}
