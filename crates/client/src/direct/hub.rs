@@ -47,6 +47,8 @@ pub(crate) struct Hub {
     pub(super) config: DirectConfig,
     pub(super) own: PartyIdentity,
     rooms: std::sync::Mutex<HashMap<OwnedRoomId, mpsc::UnboundedSender<RoomInput>>>,
+    /// The rooms with a call in progress (placed, ringing or running).
+    active: std::sync::Mutex<std::collections::HashSet<OwnedRoomId>>,
     pub(super) incoming: mpsc::UnboundedSender<IncomingCall>,
     pub(super) security: mpsc::UnboundedSender<SecurityNotice>,
     handlers: std::sync::Mutex<Vec<EventHandlerHandle>>,
@@ -101,6 +103,7 @@ impl Hub {
                 ed25519,
             },
             rooms: std::sync::Mutex::new(HashMap::new()),
+            active: std::sync::Mutex::new(std::collections::HashSet::new()),
             incoming: incoming_tx,
             security: security_tx,
             handlers: std::sync::Mutex::new(Vec::new()),
@@ -369,6 +372,29 @@ impl Hub {
         RoomTask::spawn(self.clone(), room.clone(), peer, tx.clone(), rx);
         rooms.insert(room.room_id().to_owned(), tx.clone());
         tx
+    }
+
+    /// Records whether `room` has a call in progress.
+    pub(super) fn set_active(&self, room: &matrix_sdk::ruma::RoomId, active: bool) {
+        let mut set = match self.active.lock() {
+            Ok(s) => s,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if active {
+            set.insert(room.to_owned());
+        } else {
+            set.remove(room);
+        }
+    }
+
+    /// Whether a room other than `room` has a call in progress (one call at a time per
+    /// client: a second one is refused as `user_busy`).
+    pub(super) fn busy_elsewhere(&self, room: &matrix_sdk::ruma::RoomId) -> bool {
+        let set = match self.active.lock() {
+            Ok(s) => s,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        set.iter().any(|r| r != room)
     }
 
     fn room_senders(&self) -> Vec<mpsc::UnboundedSender<RoomInput>> {
