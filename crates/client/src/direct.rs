@@ -103,6 +103,22 @@ pub struct DirectConfig {
     pub auto_join_direct_invites: bool,
     /// How long [`DirectCalls::place_call`] waits for the other person to join a new DM.
     pub peer_join_timeout: Duration,
+    /// Faults the integration tests inject; all off by default. Never set them in a product:
+    /// each one breaks a call on purpose.
+    #[doc(hidden)]
+    pub dangerous_test_faults: DangerousTestFaults,
+}
+
+/// Faults a test injects into our side of a call, to prove the other side refuses it.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DangerousTestFaults {
+    /// Our answers carry a DTLS fingerprint that is not our certificate's.
+    pub tamper_answer_fingerprint: bool,
+    /// Our key confirmation is never sent.
+    pub drop_key_confirmation: bool,
+    /// Our key confirmation is sent with one bit flipped.
+    pub wrong_key_confirmation: bool,
 }
 
 impl Default for DirectConfig {
@@ -115,6 +131,7 @@ impl Default for DirectConfig {
             host_address: IpAddr::V4(Ipv4Addr::LOCALHOST),
             auto_join_direct_invites: false,
             peer_join_timeout: Duration::from_secs(30),
+            dangerous_test_faults: DangerousTestFaults::default(),
         }
     }
 }

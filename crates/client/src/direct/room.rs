@@ -344,6 +344,16 @@ impl RoomTask {
         let (socket, local) = bind_now(self.hub.config.host_address)?;
         let host = self.host_for(local);
         let (peer, sdp) = Peer::answer(&offer, now, &host)?;
+        let sdp = if self
+            .hub
+            .config
+            .dangerous_test_faults
+            .tamper_answer_fingerprint
+        {
+            tamper_fingerprint(&sdp)
+        } else {
+            sdp
+        };
         let desc = describe(&peer, &sdp);
         let stats = self
             .slot
@@ -414,7 +424,9 @@ impl RoomTask {
                 match self.machine.poll_output() {
                     Output::Send(ev) => {
                         moved = true;
-                        let _ = self.sends.send(ev);
+                        if let Some(ev) = self.with_test_faults(ev) {
+                            let _ = self.sends.send(ev);
+                        }
                     }
                     Output::Notify(n) => {
                         moved = true;
@@ -492,10 +504,20 @@ impl RoomTask {
     fn on_peer_event(&mut self, e: PeerEvent, now: Instant) {
         match e {
             PeerEvent::Connected { local, remote } => {
+                if let Some(m) = &mut self.media {
+                    m.dtls_connected = true;
+                }
                 self.machine.media_connected(now);
                 self.pending_fingerprints = Some((hex(local.as_bytes()), hex(remote.as_bytes())));
             }
-            PeerEvent::IceConnected => self.machine.media_connected(now),
+            // ICE alone is not the media: before DTLS verified the certificate against the
+            // announced fingerprint, nothing counts as connected (and no key confirmation
+            // goes out). Afterwards ICE coming back is the path recovered.
+            PeerEvent::IceConnected => {
+                if self.media.as_ref().is_some_and(|m| m.dtls_connected) {
+                    self.machine.media_connected(now);
+                }
+            }
             PeerEvent::IceDisconnected => {
                 self.machine.media_disconnected(now);
                 self.emit(DirectCallEvent::Reconnecting);
@@ -673,6 +695,48 @@ impl RoomTask {
             }
         });
     }
+}
+
+impl RoomTask {
+    /// The event as the configured test faults change it (unchanged without them).
+    fn with_test_faults(&self, ev: CallEvent) -> Option<CallEvent> {
+        let faults = self.hub.config.dangerous_test_faults;
+        match ev {
+            CallEvent::Confirm(_) if faults.drop_key_confirmation => {
+                warn!("test fault: our key confirmation is not sent");
+                None
+            }
+            CallEvent::Confirm(mut c) if faults.wrong_key_confirmation => {
+                warn!("test fault: our key confirmation is sent wrong");
+                let mut mac = *c.mac.as_bytes();
+                if let Some(b) = mac.first_mut() {
+                    *b ^= 1;
+                }
+                c.mac = oracle_calls_direct::binding::Confirmation::from_bytes(mac);
+                Some(CallEvent::Confirm(c))
+            }
+            ev => Some(ev),
+        }
+    }
+}
+
+/// `sdp` with the last hex digit of its `a=fingerprint` changed (a test fault).
+fn tamper_fingerprint(sdp: &str) -> String {
+    warn!("test fault: our answer carries a wrong DTLS fingerprint");
+    sdp.split("\r\n")
+        .map(|line| {
+            if line.starts_with("a=fingerprint:") {
+                let mut l = line.to_owned();
+                if let Some(last) = l.pop() {
+                    l.push(if last == '0' { '1' } else { '0' });
+                }
+                l
+            } else {
+                line.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\r\n")
 }
 
 /// Receives on the call's socket, or waits forever without one.
