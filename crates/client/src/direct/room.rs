@@ -513,10 +513,8 @@ impl RoomTask {
             // ICE alone is not the media: before DTLS verified the certificate against the
             // announced fingerprint, nothing counts as connected (and no key confirmation
             // goes out). Afterwards ICE coming back is the path recovered.
-            PeerEvent::IceConnected => {
-                if self.media.as_ref().is_some_and(|m| m.dtls_connected) {
-                    self.machine.media_connected(now);
-                }
+            PeerEvent::IceConnected if self.media.as_ref().is_some_and(|m| m.dtls_connected) => {
+                self.machine.media_connected(now);
             }
             PeerEvent::IceDisconnected => {
                 self.machine.media_disconnected(now);
