@@ -47,8 +47,14 @@
 //!   are installed for every remote candidate's IP. One tokio task per DM room runs the
 //!   machine and the call's media; hangup closes the socket and deletes the allocation.
 //!
-//! Not done yet: glare answers automatically ([`IncomingCall::auto_answer`] tells the
-//! application to answer), server-reflexive candidates, more than one host address.
+//! - **Glare** (both people call each other at once): the machine keeps the lesser
+//!   `call_id`; on the side whose call lost, the driver hangs it up (`replaced`), answers the
+//!   peer's call on the user's behalf and hands it to the same [`DirectCall`] handle
+//!   ([`DirectCallEvent::Replaced`]), so the application's audio goes on into the survivor.
+//! - **Busy**: one call at a time per client; an invite in another room while a call is in
+//!   progress is refused with `m.call.hangup` `user_busy` and never rings.
+//!
+//! Not done yet: server-reflexive candidates, more than one host address.
 
 mod hub;
 mod media;
@@ -97,6 +103,22 @@ pub struct DirectConfig {
     pub auto_join_direct_invites: bool,
     /// How long [`DirectCalls::place_call`] waits for the other person to join a new DM.
     pub peer_join_timeout: Duration,
+    /// Faults the integration tests inject; all off by default. Never set them in a product:
+    /// each one breaks a call on purpose.
+    #[doc(hidden)]
+    pub dangerous_test_faults: DangerousTestFaults,
+}
+
+/// Faults a test injects into our side of a call, to prove the other side refuses it.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DangerousTestFaults {
+    /// Our answers carry a DTLS fingerprint that is not our certificate's.
+    pub tamper_answer_fingerprint: bool,
+    /// Our key confirmation is never sent.
+    pub drop_key_confirmation: bool,
+    /// Our key confirmation is sent with one bit flipped.
+    pub wrong_key_confirmation: bool,
 }
 
 impl Default for DirectConfig {
@@ -109,6 +131,7 @@ impl Default for DirectConfig {
             host_address: IpAddr::V4(Ipv4Addr::LOCALHOST),
             auto_join_direct_invites: false,
             peer_join_timeout: Duration::from_secs(30),
+            dangerous_test_faults: DangerousTestFaults::default(),
         }
     }
 }
@@ -215,6 +238,16 @@ pub enum DirectCallEvent {
     Audio(Vec<i16>),
     /// The path was lost; the call tries to get it back (ICE restart).
     Reconnecting,
+    /// Glare: both people called each other at once, and the peer's call (the lesser
+    /// `call_id`) replaced ours, which was hung up with reason `replaced`. The driver answers
+    /// the surviving call on the user's behalf; this handle carries it from now on (same
+    /// events, and the audio given to [`DirectCall::send_audio`] goes into it).
+    Replaced {
+        /// Our call, ended.
+        replaced: CallId,
+        /// The call this handle carries now.
+        by: CallId,
+    },
     /// The call is over.
     Ended(EndReason),
 }
@@ -353,9 +386,17 @@ impl IncomingCall {
     pub fn room_id(&self) -> &OwnedRoomId {
         &self.room_id
     }
-    /// Glare: our own call to this person was replaced by this one; answer without asking.
+    /// Glare with no call of ours left to carry it (the driver answers glare itself through
+    /// the replaced call's handle, see [`DirectCallEvent::Replaced`]): answer without asking.
     pub fn auto_answer(&self) -> bool {
         self.auto_answer
+    }
+
+    /// What happened while it rings: [`DirectCallEvent::Ended`] when it stops ringing
+    /// (answered or rejected on another device of ours, the caller hung up, the invite's
+    /// lifetime ran out). Waits until then; `None` once the driver stopped.
+    pub async fn next_event(&mut self) -> Option<DirectCallEvent> {
+        self.events.recv().await
     }
 
     /// Answers with our media.
@@ -440,9 +481,14 @@ impl DirectCall {
             .map_err(|_| DirectError::Closed)
     }
 
-    /// The next thing that happened; `None` after [`DirectCallEvent::Ended`].
+    /// The next thing that happened; `None` after [`DirectCallEvent::Ended`]. After
+    /// [`DirectCallEvent::Replaced`], [`Self::call_id`] names the new call.
     pub async fn next_event(&mut self) -> Option<DirectCallEvent> {
-        self.events.recv().await
+        let ev = self.events.recv().await;
+        if let Some(DirectCallEvent::Replaced { by, .. }) = &ev {
+            self.call_id = by.clone();
+        }
+        ev
     }
 
     /// What already happened, without waiting: for an audio loop on a plain thread (the

@@ -49,8 +49,8 @@ mod trust;
 pub use call::{Call, CallEvent, Phase, Timeline};
 pub use client::{ClientConfig, Login, OracleClient};
 pub use direct::{
-    CallStats, DirectCall, DirectCallEvent, DirectCalls, DirectConfig, DirectError, EndReason,
-    IcePolicy, IncomingCall, PeopleTrust, SecurityNotice,
+    CallStats, DangerousTestFaults, DirectCall, DirectCallEvent, DirectCalls, DirectConfig,
+    DirectError, EndReason, IcePolicy, IncomingCall, PeopleTrust, SecurityNotice,
 };
 pub use error::CallError;
 pub use kt::KtConfig;

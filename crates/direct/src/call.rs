@@ -50,7 +50,8 @@ use crate::signal::{
 /// The invite lifetime we send by default (MatrixCall uses 60 s; the spec recommends ≥ 90 s
 /// for slow clients, 60 s is what interoperates).
 pub const DEFAULT_INVITE_LIFETIME: Duration = Duration::from_secs(60);
-/// An invite with less than this left of its lifetime does not ring (MatrixCall's grace).
+/// An invite with less than this left of its lifetime does not ring (MatrixCall's grace); for
+/// invites shorter than twice this, half their lifetime (so a short-lived invite rings at all).
 pub const RING_GRACE: Duration = Duration::from_secs(3);
 /// The first candidates batch goes this long after the invite/answer.
 pub const FIRST_CANDIDATES_DELAY: Duration = Duration::from_millis(200);
@@ -352,6 +353,18 @@ impl CallMachine {
         Ok(())
     }
 
+    /// Refuses the ringing call as busy (`m.call.hangup` `user_busy`): the driver's answer
+    /// when a call in another room is in progress.
+    ///
+    /// # Errors
+    /// [`CallError::WrongState`] unless a call rings.
+    pub fn refuse_busy(&mut self, now: Instant) -> Result<(), CallError> {
+        self.now = now;
+        expect_phase(&mut self.call, "refuse_busy", &[Phase::Ringing])?;
+        self.hang_up(HangupReason::UserBusy, None);
+        Ok(())
+    }
+
     /// Hangs up whatever call is in progress (a ringing one is rejected).
     ///
     /// # Errors
@@ -642,7 +655,7 @@ impl CallMachine {
         }
         let age = auth.age.unwrap_or_default();
         let lifetime = Duration::from_millis(inv.lifetime_ms);
-        if age + RING_GRACE >= lifetime {
+        if age + RING_GRACE.min(lifetime / 2) >= lifetime {
             debug!(%call_id, "invite too old to ring");
             self.ignore_call(&call_id);
             return;

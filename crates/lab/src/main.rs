@@ -4,6 +4,7 @@
 //! so the processes it starts need no second binary.
 
 mod bench;
+mod bench_direct;
 mod bench_key;
 mod bench_load;
 mod bench_opus;
@@ -214,6 +215,23 @@ enum BenchCmd {
         #[arg(long, default_value = "bench-out/load")]
         dir: PathBuf,
     },
+    /// Person-to-person call setup (place → first far-end audio at the callee and back at
+    /// the caller) for returning users, p50/p95, and the CPU and RSS a running call costs the
+    /// client process.
+    Direct {
+        /// Calls to measure (after one warm-up call).
+        #[arg(long, default_value_t = 10)]
+        calls: usize,
+        /// Relay-only through the stack's TURN server instead of host candidates.
+        #[arg(long)]
+        relay: bool,
+        /// Seconds of the call measured for CPU and RSS (and of the idle window before it).
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Working directory.
+        #[arg(long, default_value = "bench-out/direct")]
+        dir: PathBuf,
+    },
     /// Encode time and fidelity of each Opus complexity on synthesized speech (the default
     /// complexity is the reference).
     Opus {
@@ -307,6 +325,17 @@ fn main() -> anyhow::Result<()> {
                 page,
                 library,
                 driver,
+            }),
+            BenchCmd::Direct {
+                calls,
+                relay,
+                seconds,
+                dir,
+            } => bench_direct::run(bench_direct::Options {
+                calls,
+                relay,
+                seconds,
+                dir,
             }),
             BenchCmd::Opus { seconds, rounds } => bench_opus::run(seconds, rounds),
             BenchCmd::Speech {

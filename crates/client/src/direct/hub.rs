@@ -15,7 +15,7 @@ use matrix_sdk::ruma::events::AnySyncTimelineEvent;
 use matrix_sdk::ruma::events::room::member::{MembershipState, StrippedRoomMemberEvent};
 use matrix_sdk::ruma::serde::Raw;
 use matrix_sdk::ruma::{OwnedRoomId, OwnedUserId, UserId};
-use matrix_sdk::{Client, LoopCtrl, Room, RoomMemberships, RoomState};
+use matrix_sdk::{Client, Room, RoomMemberships, RoomState};
 use oracle_calls_direct::call::DeviceTrust;
 use oracle_calls_direct::turn::TurnServers;
 use oracle_calls_direct::{CallEvent, EventAuth, PartyIdentity};
@@ -47,6 +47,8 @@ pub(crate) struct Hub {
     pub(super) config: DirectConfig,
     pub(super) own: PartyIdentity,
     rooms: std::sync::Mutex<HashMap<OwnedRoomId, mpsc::UnboundedSender<RoomInput>>>,
+    /// The rooms with a call in progress (placed, ringing or running).
+    active: std::sync::Mutex<std::collections::HashSet<OwnedRoomId>>,
     pub(super) incoming: mpsc::UnboundedSender<IncomingCall>,
     pub(super) security: mpsc::UnboundedSender<SecurityNotice>,
     handlers: std::sync::Mutex<Vec<EventHandlerHandle>>,
@@ -101,6 +103,7 @@ impl Hub {
                 ed25519,
             },
             rooms: std::sync::Mutex::new(HashMap::new()),
+            active: std::sync::Mutex::new(std::collections::HashSet::new()),
             incoming: incoming_tx,
             security: security_tx,
             handlers: std::sync::Mutex::new(Vec::new()),
@@ -144,23 +147,7 @@ impl Hub {
         }
         let intake = tokio::spawn(intake_loop(hub.clone(), intake_rx));
         let sync_client = client.clone();
-        let sync = tokio::spawn(async move {
-            let settings = SyncSettings::default().timeout(Duration::from_secs(10));
-            let r = sync_client
-                .sync_with_callback(settings, |_| {
-                    let tx = intake_tx.clone();
-                    async move {
-                        if tx.send(Intake::SyncDone).is_err() {
-                            return LoopCtrl::Break;
-                        }
-                        LoopCtrl::Continue
-                    }
-                })
-                .await;
-            if let Err(e) = r {
-                warn!(error = %e, "the direct-call sync loop stopped");
-            }
-        });
+        let sync = tokio::spawn(sync_loop(sync_client, intake_tx));
         Ok((hub, incoming_rx, security_rx, vec![intake, sync]))
     }
 
@@ -371,6 +358,29 @@ impl Hub {
         tx
     }
 
+    /// Records whether `room` has a call in progress.
+    pub(super) fn set_active(&self, room: &matrix_sdk::ruma::RoomId, active: bool) {
+        let mut set = match self.active.lock() {
+            Ok(s) => s,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if active {
+            set.insert(room.to_owned());
+        } else {
+            set.remove(room);
+        }
+    }
+
+    /// Whether a room other than `room` has a call in progress (one call at a time per
+    /// client: a second one is refused as `user_busy`).
+    pub(super) fn busy_elsewhere(&self, room: &matrix_sdk::ruma::RoomId) -> bool {
+        let set = match self.active.lock() {
+            Ok(s) => s,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        set.iter().any(|r| r != room)
+    }
+
     fn room_senders(&self) -> Vec<mpsc::UnboundedSender<RoomInput>> {
         self.rooms
             .lock()
@@ -484,6 +494,36 @@ impl Hub {
         let changed = pins.iter().any(|p| p.device_id == device);
         warn!(%user, %device, key_changed = changed, "call events from a device of this person that the trust store does not know are refused until it is accepted");
         DeviceTrust::Untrusted
+    }
+}
+
+/// Long-polls `/sync` and marks the end of each batch. Not matrix-sdk's own loop: that one
+/// sleeps 1 s after every sync that returns within 1 s of the previous one, and call setup is
+/// exactly such a burst (invite, answer, candidates, select_answer a few hundred ms apart), so
+/// that second was most of a call's setup time (docs/BENCHMARKS.md). This loop polls again at
+/// once; it waits only after an error (growing to 4 s) and, against a server that ignores the
+/// long-poll timeout, 50 ms after an answer that took under 10 ms.
+async fn sync_loop(client: Client, intake: mpsc::UnboundedSender<Intake>) {
+    let settings = SyncSettings::default().timeout(Duration::from_secs(10));
+    let mut failures = 0u32;
+    loop {
+        let asked = Instant::now();
+        match client.sync_once(settings.clone()).await {
+            Ok(_) => {
+                failures = 0;
+                if intake.send(Intake::SyncDone).is_err() {
+                    return;
+                }
+                if asked.elapsed() < Duration::from_millis(10) {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+            Err(e) => {
+                failures = failures.saturating_add(1);
+                warn!(error = %e, failures, "a direct-call sync failed; retrying");
+                tokio::time::sleep(Duration::from_millis(500) * failures.min(8)).await;
+            }
+        }
     }
 }
 

@@ -22,6 +22,8 @@ pub(super) struct Media {
     pub(super) turn: Option<TurnAllocation>,
     /// The relay candidate was added (or TURN gave up): gathering is over.
     pub(super) gathering_done: bool,
+    /// DTLS connected (with the announced fingerprint) at least once.
+    pub(super) dtls_connected: bool,
     pub(super) peer_timeout: Instant,
     pub(super) stats: Arc<CallStats>,
     pub(super) mid: String,
@@ -79,6 +81,7 @@ impl Media {
             peer,
             turn: allocation,
             gathering_done,
+            dtls_connected: false,
             peer_timeout: now,
             stats,
             mid,

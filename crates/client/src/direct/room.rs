@@ -7,9 +7,11 @@ use std::time::{Duration, Instant};
 
 use matrix_sdk::Room;
 use matrix_sdk::ruma::OwnedUserId;
-use oracle_calls_direct::call::{LocalDescription, Notification};
+use oracle_calls_direct::call::{EndReason, LocalDescription, Notification, Phase};
 use oracle_calls_direct::peer::{Output as PeerOutput, Peer, PeerEvent};
-use oracle_calls_direct::signal::{Candidate, SdpType, StreamMetadata, StreamPurpose};
+use oracle_calls_direct::signal::{
+    Candidate, HangupReason, SdpType, StreamMetadata, StreamPurpose,
+};
 use oracle_calls_direct::turn::{TurnEvent, TurnServers};
 use oracle_calls_direct::{CallConfig, CallEvent, CallId, CallMachine, EventAuth, Output};
 use serde_json::Value;
@@ -76,6 +78,32 @@ struct Slot {
     stats: Arc<CallStats>,
     /// Callee: the offer to answer.
     offer_sdp: Option<String>,
+    /// Calls this slot carried before glare replaced them (the application's handle may
+    /// still name them).
+    aliases: Vec<CallId>,
+    /// Glare ended our call (`replaced`); the peer's invite that replaces it is awaited.
+    replace_pending: bool,
+}
+
+impl Slot {
+    fn new(
+        call_id: CallId,
+        events: mpsc::UnboundedSender<DirectCallEvent>,
+        stats: Arc<CallStats>,
+    ) -> Self {
+        Self {
+            call_id,
+            events,
+            stats,
+            offer_sdp: None,
+            aliases: Vec::new(),
+            replace_pending: false,
+        }
+    }
+
+    fn names(&self, call_id: &CallId) -> bool {
+        self.call_id == *call_id || self.aliases.contains(call_id)
+    }
 }
 
 pub(super) struct RoomTask {
@@ -90,6 +118,8 @@ pub(super) struct RoomTask {
     media: Option<Media>,
     /// The fingerprints of the DTLS session, until the machine says `Connected`.
     pending_fingerprints: Option<(String, String)>,
+    /// Whether the hub counts this room as having a call (for `user_busy` across rooms).
+    marked_active: bool,
 }
 
 enum Wake {
@@ -130,6 +160,7 @@ impl RoomTask {
             slot: None,
             media: None,
             pending_fingerprints: None,
+            marked_active: false,
         };
         tokio::spawn(task.run(rx));
     }
@@ -138,6 +169,7 @@ impl RoomTask {
         let mut buf = vec![0u8; 2048];
         loop {
             self.drain(Instant::now());
+            self.mark_active();
             let mut wake = self.machine_timeout;
             if let Some(m) = &self.media {
                 wake = wake.min(m.next_wake());
@@ -150,6 +182,11 @@ impl RoomTask {
             let now = Instant::now();
             match event {
                 Wake::Input(None) => break,
+                Wake::Input(Some(RoomInput::SyncDone)) => {
+                    self.machine.sync_processed(now);
+                    self.drain(now);
+                    self.settle_replaced();
+                }
                 Wake::Input(Some(i)) => self.on_input(i, now),
                 Wake::Datagram(Ok((n, from))) => {
                     if let Some(m) = &mut self.media {
@@ -173,6 +210,32 @@ impl RoomTask {
         }
         if let Some(m) = self.media.take() {
             m.close();
+        }
+        self.hub.set_active(self.room.room_id(), false);
+    }
+
+    fn mark_active(&mut self) {
+        let active = self.machine.call_id().is_some();
+        if active != self.marked_active {
+            self.marked_active = active;
+            self.hub.set_active(self.room.room_id(), active);
+        }
+    }
+
+    /// Whether `call_id` (from the application's handle) names the machine's current call.
+    fn owns(&self, call_id: &CallId) -> bool {
+        self.slot
+            .as_ref()
+            .is_some_and(|s| s.names(call_id) && self.machine.call_id() == Some(&s.call_id))
+    }
+
+    /// After a sync batch: a call that glare ended but that no invite replaced is over.
+    fn settle_replaced(&mut self) {
+        if self.slot.as_ref().is_some_and(|s| s.replace_pending) {
+            self.emit(DirectCallEvent::Ended(EndReason::LocalHangup(
+                HangupReason::replaced(),
+            )));
+            self.slot = None;
         }
     }
 
@@ -207,12 +270,18 @@ impl RoomTask {
                 }
             }
             RoomInput::Hangup { call_id } => {
-                if self.machine.call_id() == Some(&call_id) {
+                if self.owns(&call_id) {
                     let _ = self.machine.hangup(now);
+                } else if self.slot.as_ref().is_some_and(|s| s.names(&call_id)) {
+                    // Between glare's end of our call and the invite that replaces it.
+                    self.emit(DirectCallEvent::Ended(EndReason::LocalHangup(
+                        HangupReason::UserHangup,
+                    )));
+                    self.slot = None;
                 }
             }
             RoomInput::Audio { call_id, pcm } => {
-                if self.machine.call_id() == Some(&call_id)
+                if self.owns(&call_id)
                     && let Some(m) = &mut self.media
                 {
                     let _ = m.peer.send_pcm(now, &pcm);
@@ -222,6 +291,18 @@ impl RoomTask {
     }
 
     fn place(&mut self, turn: Option<&TurnServers>, now: Instant) -> Result<Placed, DirectError> {
+        if self.machine.phase() == Some(Phase::Ringing)
+            && let Some(slot) = &mut self.slot
+        {
+            // The peer's call rings here: calling them back is answering it (glare before our
+            // invite went out). The handle of the ringing call sees its events end.
+            let (events, events_rx) = mpsc::unbounded_channel();
+            slot.events = events;
+            let (call_id, stats) = (slot.call_id.clone(), slot.stats.clone());
+            info!(%call_id, "calling the person whose call rings here answers that call");
+            self.answer(&call_id, turn, now)?;
+            return Ok((call_id, events_rx, stats));
+        }
         let mut rng = rand::rng();
         let call_id = self.machine.place(now, &mut rng)?;
         let result = (|| {
@@ -243,12 +324,7 @@ impl RoomTask {
         };
         let (events, events_rx) = mpsc::unbounded_channel();
         self.start_media(media, now);
-        self.slot = Some(Slot {
-            call_id: call_id.clone(),
-            events,
-            stats: stats.clone(),
-            offer_sdp: None,
-        });
+        self.slot = Some(Slot::new(call_id.clone(), events, stats.clone()));
         info!(%call_id, peer = %self.peer_user, "direct call placed");
         Ok((call_id, events_rx, stats))
     }
@@ -268,6 +344,16 @@ impl RoomTask {
         let (socket, local) = bind_now(self.hub.config.host_address)?;
         let host = self.host_for(local);
         let (peer, sdp) = Peer::answer(&offer, now, &host)?;
+        let sdp = if self
+            .hub
+            .config
+            .dangerous_test_faults
+            .tamper_answer_fingerprint
+        {
+            tamper_fingerprint(&sdp)
+        } else {
+            sdp
+        };
         let desc = describe(&peer, &sdp);
         let stats = self
             .slot
@@ -338,7 +424,9 @@ impl RoomTask {
                 match self.machine.poll_output() {
                     Output::Send(ev) => {
                         moved = true;
-                        let _ = self.sends.send(ev);
+                        if let Some(ev) = self.with_test_faults(ev) {
+                            let _ = self.sends.send(ev);
+                        }
                     }
                     Output::Notify(n) => {
                         moved = true;
@@ -416,10 +504,18 @@ impl RoomTask {
     fn on_peer_event(&mut self, e: PeerEvent, now: Instant) {
         match e {
             PeerEvent::Connected { local, remote } => {
+                if let Some(m) = &mut self.media {
+                    m.dtls_connected = true;
+                }
                 self.machine.media_connected(now);
                 self.pending_fingerprints = Some((hex(local.as_bytes()), hex(remote.as_bytes())));
             }
-            PeerEvent::IceConnected => self.machine.media_connected(now),
+            // ICE alone is not the media: before DTLS verified the certificate against the
+            // announced fingerprint, nothing counts as connected (and no key confirmation
+            // goes out). Afterwards ICE coming back is the path recovered.
+            PeerEvent::IceConnected if self.media.as_ref().is_some_and(|m| m.dtls_connected) => {
+                self.machine.media_connected(now);
+            }
             PeerEvent::IceDisconnected => {
                 self.machine.media_disconnected(now);
                 self.emit(DirectCallEvent::Reconnecting);
@@ -445,14 +541,20 @@ impl RoomTask {
                 let Ok(caller) = matrix_sdk::ruma::UserId::parse(caller.as_str()) else {
                     return;
                 };
+                if auto_answer && self.slot.as_ref().is_some_and(|s| s.replace_pending) {
+                    self.take_over(call_id, caller, offer_sdp);
+                    return;
+                }
+                if !auto_answer && self.hub.busy_elsewhere(self.room.room_id()) {
+                    info!(%call_id, "a call elsewhere is in progress: this one is refused as busy");
+                    let _ = self.machine.refuse_busy(now);
+                    return;
+                }
                 let (events, events_rx) = mpsc::unbounded_channel();
                 let stats = Arc::new(CallStats::default());
-                self.slot = Some(Slot {
-                    call_id: call_id.clone(),
-                    events,
-                    stats: stats.clone(),
-                    offer_sdp: Some(offer_sdp),
-                });
+                let mut slot = Slot::new(call_id.clone(), events, stats.clone());
+                slot.offer_sdp = Some(offer_sdp);
+                self.slot = Some(slot);
                 info!(%call_id, %caller, "incoming direct call");
                 let _ = self.hub.incoming.send(IncomingCall {
                     call_id,
@@ -531,7 +633,14 @@ impl RoomTask {
             Notification::RemoteStreamMetadata(_) => {}
             Notification::Ended { call_id, reason } => {
                 info!(%call_id, ?reason, "direct call ended");
-                if self.slot.as_ref().is_some_and(|s| s.call_id == call_id) {
+                let glare = reason == EndReason::LocalHangup(HangupReason::replaced());
+                if glare && let Some(s) = self.slot.as_mut().filter(|s| s.call_id == call_id) {
+                    // The peer's invite that replaces it follows once its batch is processed.
+                    s.replace_pending = true;
+                    if let Some(m) = self.media.take() {
+                        m.close();
+                    }
+                } else if self.slot.as_ref().is_some_and(|s| s.call_id == call_id) {
                     self.emit(DirectCallEvent::Ended(reason));
                     self.slot = None;
                     if let Some(m) = self.media.take() {
@@ -541,6 +650,91 @@ impl RoomTask {
             }
         }
     }
+}
+
+impl RoomTask {
+    /// Glare: the peer's invite replaced our call. The application's handle carries the new
+    /// call (same events, same audio source), which is answered on the user's behalf.
+    fn take_over(&mut self, call_id: CallId, caller: OwnedUserId, offer_sdp: String) {
+        let Some(slot) = self.slot.as_mut() else {
+            return;
+        };
+        let replaced = std::mem::replace(&mut slot.call_id, call_id.clone());
+        slot.aliases.push(replaced.clone());
+        slot.offer_sdp = Some(offer_sdp);
+        slot.replace_pending = false;
+        info!(%replaced, by = %call_id, "glare: our call was replaced by the peer's; answering it");
+        self.emit(DirectCallEvent::Replaced {
+            replaced,
+            by: call_id.clone(),
+        });
+        let hub = self.hub.clone();
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            let turn = match hub.turn_for_call(&caller).await {
+                Ok(t) => t,
+                Err(e) => {
+                    warn!(error = %e, "glare: no TURN for the automatic answer");
+                    let _ = tx.send(RoomInput::Hangup { call_id });
+                    return;
+                }
+            };
+            let (reply, answered) = oneshot::channel();
+            let sent = tx.send(RoomInput::Answer {
+                call_id: call_id.clone(),
+                turn,
+                reply,
+            });
+            if sent.is_ok()
+                && let Ok(Err(e)) = answered.await
+            {
+                warn!(error = %e, "glare: the automatic answer failed");
+                let _ = tx.send(RoomInput::Hangup { call_id });
+            }
+        });
+    }
+}
+
+impl RoomTask {
+    /// The event as the configured test faults change it (unchanged without them).
+    fn with_test_faults(&self, ev: CallEvent) -> Option<CallEvent> {
+        let faults = self.hub.config.dangerous_test_faults;
+        match ev {
+            CallEvent::Confirm(_) if faults.drop_key_confirmation => {
+                warn!("test fault: our key confirmation is not sent");
+                None
+            }
+            CallEvent::Confirm(mut c) if faults.wrong_key_confirmation => {
+                warn!("test fault: our key confirmation is sent wrong");
+                let mut mac = *c.mac.as_bytes();
+                if let Some(b) = mac.first_mut() {
+                    *b ^= 1;
+                }
+                c.mac = oracle_calls_direct::binding::Confirmation::from_bytes(mac);
+                Some(CallEvent::Confirm(c))
+            }
+            ev => Some(ev),
+        }
+    }
+}
+
+/// `sdp` with the last hex digit of its `a=fingerprint` changed (a test fault).
+fn tamper_fingerprint(sdp: &str) -> String {
+    warn!("test fault: our answer carries a wrong DTLS fingerprint");
+    sdp.split("\r\n")
+        .map(|line| {
+            if line.starts_with("a=fingerprint:") {
+                let mut l = line.to_owned();
+                if let Some(last) = l.pop() {
+                    l.push(if last == '0' { '1' } else { '0' });
+                }
+                l
+            } else {
+                line.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\r\n")
 }
 
 /// Receives on the call's socket, or waits forever without one.

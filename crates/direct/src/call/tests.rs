@@ -298,6 +298,23 @@ fn an_invite_too_old_never_rings_and_a_ringing_one_expires() {
 }
 
 #[test]
+fn a_short_lived_invite_rings_for_the_first_half_of_its_lifetime() {
+    let t = Instant::now();
+    let mut cfg = CallConfig::new(alice(), BOB);
+    cfg.invite_lifetime = Duration::from_secs(3);
+    let mut a = Side::with(cfg, t, 1);
+    let inv = invite(&mut a, t);
+    for (age_ms, rang) in [(0, true), (1400, true), (1500, false), (2900, false)] {
+        let mut b = Side::new(bob(), ALICE, t, 2);
+        let mut aged = auth(&alice());
+        aged.age = Some(Duration::from_millis(age_ms));
+        b.m.handle_event(t, inv.clone(), &aged);
+        b.m.sync_processed(t);
+        assert_eq!(rings(&b.drain()), rang, "age {age_ms} ms");
+    }
+}
+
+#[test]
 fn the_caller_gives_up_after_the_lifetime_with_invite_timeout() {
     let t = Instant::now();
     let mut cfg = CallConfig::new(alice(), BOB);
@@ -556,6 +573,27 @@ fn a_version_0_invite_is_refused_with_a_hangup() {
     b.drain();
     b.m.reject(t).unwrap();
     assert!(matches!(b.sent()[..], [CallEvent::Hangup(_)]));
+}
+
+#[test]
+fn a_ringing_call_refused_as_busy_sends_user_busy() {
+    let t = Instant::now();
+    let mut a = Side::new(alice(), BOB, t, 1);
+    let mut b = Side::new(bob(), ALICE, t, 2);
+    let inv = invite(&mut a, t);
+    b.m.handle_event(t, inv, &auth(&alice()));
+    b.m.sync_processed(t);
+    assert!(rings(&b.drain()));
+    b.m.refuse_busy(t).unwrap();
+    let out = b.drain();
+    assert!(
+        matches!(sends(&out)[..], [CallEvent::Hangup(h)] if h.reason == HangupReason::UserBusy)
+    );
+    assert_eq!(
+        ended(&out),
+        Some(&EndReason::LocalHangup(HangupReason::UserBusy))
+    );
+    assert!(b.m.refuse_busy(t).is_err(), "nothing rings any more");
 }
 
 #[test]
