@@ -19,26 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use oracle_calls_media::{goertzel_power, sine_tone};
-use oracle_calls_test_support::{parse_env, repo_root, stack_script, stack_var, unique};
-
-fn new_user(prefix: &str) -> (String, String) {
-    let name = unique(prefix);
-    let out = Command::new(stack_script())
-        .args(["user", &name])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let kv = parse_env(&String::from_utf8_lossy(&out.stdout));
-    let password = std::fs::read_to_string(&kv["MATRIX_USER_PASSWORD_FILE"])
-        .unwrap()
-        .trim()
-        .to_owned();
-    (name, password)
-}
+use oracle_calls_test_support::{parse_env, repo_root, stack_user, stack_var};
 
 /// A private PulseAudio server, stopped on drop.
 struct Pulse {
@@ -181,8 +162,8 @@ fn heard(path: &Path) -> Vec<i16> {
 
 #[test]
 fn two_processes_call_each_other_on_device_audio() {
-    let (alice, alice_pw) = new_user("pc-alice-");
-    let (bob, bob_pw) = new_user("pc-bob-");
+    let (alice, alice_pw) = stack_user("pc-alice-");
+    let (bob, bob_pw) = stack_user("pc-bob-");
     let server_name = stack_var("MATRIX_SERVER_NAME");
     // Short: PulseAudio's socket path must stay under ~100 bytes.
     let dir = PathBuf::from("/tmp").join(format!("ocpc{}", std::process::id()));

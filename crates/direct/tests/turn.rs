@@ -12,7 +12,6 @@
 )]
 
 use std::net::SocketAddr;
-use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
@@ -20,23 +19,12 @@ use oracle_calls_direct::turn::{
     AllocationState, Incoming, TurnAllocation, TurnConfig, TurnError, TurnEvent, TurnServerError,
     TurnServers,
 };
-use oracle_calls_test_support::{parse_env, stack_secret, stack_var, unique};
+use oracle_calls_test_support::{stack_secret, stack_var};
 use tokio::net::UdpSocket;
 
 /// A Matrix user's `/voip/turnServer` answer, raw and parsed.
 async fn turn_credentials(prefix: &str) -> (String, Vec<u8>, TurnServers) {
-    let name = unique(prefix);
-    let out = Command::new(oracle_calls_test_support::stack_script())
-        .args(["user", &name])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let kv = parse_env(&String::from_utf8_lossy(&out.stdout));
-    let password = std::fs::read_to_string(&kv["MATRIX_USER_PASSWORD_FILE"]).unwrap();
+    let (name, password) = oracle_calls_test_support::stack_user(prefix);
     let http = reqwest::Client::new();
     let login: serde_json::Value = http
         .post(format!(
@@ -68,7 +56,8 @@ async fn turn_credentials(prefix: &str) -> (String, Vec<u8>, TurnServers) {
     let servers = TurnServers::parse(&body)
         .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&body)))
         .expect("the stack's Synapse has TURN configured");
-    (kv["MATRIX_USER_ID"].clone(), body, servers)
+    let user_id = login["user_id"].as_str().expect("user id").to_owned();
+    (user_id, body, servers)
 }
 
 /// TURN REST password: base64(HMAC-SHA1(shared secret, username)), computed here with

@@ -158,6 +158,31 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}{}", unique_hex(6))
 }
 
+/// A new Matrix user on the stack's Synapse (`scripts/stack user`), named `prefix` and a unique
+/// suffix: its name and password.
+#[must_use]
+pub fn stack_user(prefix: &str) -> (String, String) {
+    let name = unique(prefix);
+    let out = Command::new(stack_script())
+        .args(["user", &name])
+        .output()
+        .expect("running scripts/stack user");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let kv = parse_env(&String::from_utf8_lossy(&out.stdout));
+    let file = kv
+        .get("MATRIX_USER_PASSWORD_FILE")
+        .expect("scripts/stack user printed no MATRIX_USER_PASSWORD_FILE");
+    let password = std::fs::read_to_string(file)
+        .unwrap_or_else(|e| panic!("reading {file}: {e}"))
+        .trim()
+        .to_owned();
+    (name, password)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,7 +4,6 @@
 #![allow(dead_code)]
 
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use matrix_sdk::Client;
@@ -16,7 +15,7 @@ use oracle_calls_client::{
 };
 use oracle_calls_direct::CallId;
 use oracle_calls_media::{AUDIO_FRAME_SAMPLES, goertzel_power, sine_tone};
-use oracle_calls_test_support::{parse_env, stack_script, stack_var, unique};
+use oracle_calls_test_support::{stack_var, unique};
 use serde_json::{Value, json};
 
 pub struct Person {
@@ -26,24 +25,8 @@ pub struct Person {
     pub dir: PathBuf,
 }
 
-pub fn new_user(prefix: &str) -> (String, String) {
-    let name = unique(prefix);
-    let out = Command::new(stack_script())
-        .args(["user", &name])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let kv = parse_env(&String::from_utf8_lossy(&out.stdout));
-    let password = std::fs::read_to_string(&kv["MATRIX_USER_PASSWORD_FILE"])
-        .unwrap()
-        .trim()
-        .to_owned();
-    (name, password)
-}
+/// A new user on the stack's Synapse: its name and password.
+pub use oracle_calls_test_support::stack_user as new_user;
 
 /// A fresh login (a new device) of `name`, with its own store.
 pub async fn login(name: &str, password: &str) -> Person {
