@@ -213,6 +213,8 @@ pub(crate) struct Core {
     tracks: HashMap<String, RemoteTrack>,
     participants: HashMap<String, String>,
     mid_track: HashMap<Mid, String>,
+    /// The SSRC LiveKit's last subscriber offer announced on each m-line.
+    sub_ssrcs: HashMap<Mid, u32>,
     decoders: HashMap<Mid, OpusDecoder>,
     /// Publishing: the track the server has not confirmed yet (client id, reply, deadline).
     pending_publish: Option<PendingPublish>,
@@ -283,6 +285,7 @@ impl Core {
             tracks: HashMap::new(),
             participants: HashMap::new(),
             mid_track: HashMap::new(),
+            sub_ssrcs: HashMap::new(),
             decoders: HashMap::new(),
             pending_publish: None,
             published: Vec::new(),
@@ -701,6 +704,7 @@ impl Core {
         self.reliable_open = false;
         self.tracks.clear();
         self.mid_track.clear();
+        self.sub_ssrcs.clear();
         self.decoders.clear();
         // Participants the new session does not show yet (they may be rejoining too) are
         // forgotten without a `ParticipantLeft`; they are announced again when they come.
@@ -1026,6 +1030,25 @@ impl Core {
         )
     }
 
+    /// LiveKit reuses a subscriber m-line (its `mid`) for the next track it sends there, e.g.
+    /// the oracle's agent dispatched again after the first one died, announcing the new
+    /// stream's SSRC in the offer. str0m 0.25 keeps the m-line's depacketizer from the old
+    /// stream and drops the new stream's packets until their sequence numbers pass the old
+    /// ones (seconds, minutes or never). So an m-line whose announced SSRC changed is removed
+    /// before the offer is read: str0m then takes it as a new m-line in the same slot, with
+    /// fresh receive state (and `MediaAdded` again), and its Opus decoder starts over too.
+    fn restart_reused_mlines(&mut self, sdp: &str) {
+        for (mid, ssrc) in signal::announced_ssrcs(sdp) {
+            let mid = Mid::from(mid.as_str());
+            let before = self.sub_ssrcs.insert(mid, ssrc);
+            if before.is_some_and(|b| b != ssrc) && self.sub.rtc.media(mid).is_some() {
+                debug!(%mid, ?before, ssrc, "a subscriber m-line carries a new stream: it starts over");
+                self.sub.rtc.direct_api().remove_media(mid);
+                self.decoders.remove(&mid);
+            }
+        }
+    }
+
     fn on_signal(&mut self, m: Resp) -> Result<(), Error> {
         match m {
             Resp::Offer(sd) => {
@@ -1034,6 +1057,7 @@ impl Core {
                     self.mid_track
                         .insert(Mid::from(mid.as_str()), track.clone());
                 }
+                self.restart_reused_mlines(&sd.sdp);
                 let offer = SdpOffer::from_sdp_string(&sd.sdp)
                     .map_err(|e| Error::Media(format!("subscriber offer: {e}")))?;
                 let answer =

@@ -8,6 +8,8 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+use std::collections::HashMap;
+
 use crate::Error;
 
 /// Protocol version we speak (v0 dual peer connection; no packet trailers).
@@ -153,6 +155,43 @@ pub(crate) fn candidate_line(init_json: &str) -> Option<String> {
     None
 }
 
+/// The SSRC each audio or video m-line of LiveKit's subscriber offer announces (its first
+/// `a=ssrc:` line), by `mid`. LiveKit reuses an m-line for the next track it sends there
+/// (e.g. the oracle's agent dispatched again after the first one died), with a new SSRC.
+pub(crate) fn announced_ssrcs(sdp: &str) -> HashMap<String, u32> {
+    /// One m-line's findings.
+    #[derive(Default)]
+    struct Section<'a> {
+        media: bool,
+        mid: Option<&'a str>,
+        ssrc: Option<u32>,
+    }
+    fn flush(s: &Section<'_>, out: &mut HashMap<String, u32>) {
+        if let (true, Some(m), Some(n)) = (s.media, s.mid, s.ssrc) {
+            out.insert(m.to_owned(), n);
+        }
+    }
+    let mut out = HashMap::new();
+    let mut cur = Section::default();
+    for line in sdp.lines().map(str::trim_end) {
+        if line.starts_with("m=") {
+            flush(&cur, &mut out);
+            cur = Section {
+                media: line.starts_with("m=audio") || line.starts_with("m=video"),
+                ..Section::default()
+            };
+        } else if let Some(m) = line.strip_prefix("a=mid:") {
+            cur.mid = Some(m.trim());
+        } else if let Some(rest) = line.strip_prefix("a=ssrc:")
+            && cur.ssrc.is_none()
+        {
+            cur.ssrc = rest.split_whitespace().next().and_then(|n| n.parse().ok());
+        }
+    }
+    flush(&cur, &mut out);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -173,5 +212,23 @@ mod tests {
         );
         assert_eq!(candidate_line("{}"), None);
         assert_eq!(candidate_line(r#"{"candidate":"unterminated"#), None);
+    }
+
+    #[test]
+    fn the_ssrc_of_each_media_line_is_read_by_mid() {
+        let sdp = "v=0\r\ns=-\r\nm=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\na=mid:0\r\n\
+                   a=ssrc:5 cname:x\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:1\r\n\
+                   a=ssrc:3829206880 cname:PA_a|TR_b\r\na=ssrc:3829206880 msid:PA_a|TR_b TR_b\r\n\
+                   m=video 9 UDP/TLS/RTP/SAVPF 96 97\r\na=ssrc-group:FID 7 8\r\na=ssrc:7 cname:v\r\n\
+                   a=ssrc:8 cname:v\r\na=mid:2\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:3\r\n\
+                   a=inactive\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=ssrc:x cname:y\r\na=mid:4\r\n";
+        let got = announced_ssrcs(sdp);
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert_eq!(got.get("1"), Some(&3_829_206_880));
+        // The group line names the main SSRC first; the first a=ssrc line is the main one.
+        assert_eq!(got.get("2"), Some(&7));
+        // No SSRC (inactive), the data channel, an unparsable SSRC: nothing.
+        assert!(!got.contains_key("3") && !got.contains_key("0") && !got.contains_key("4"));
+        assert!(announced_ssrcs("").is_empty());
     }
 }
