@@ -28,6 +28,7 @@ use oracle_calls_client::{Call, CallEvent};
 use oracle_calls_lab::local::{DeployOptions, Deployment, Stack, echo_envelope, unique_hex};
 use oracle_calls_media::sine_tone;
 use oracle_calls_proto::{CallStatus, CallType};
+use oracle_calls_test_support::Firewall;
 use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::net::TcpStream;
 
@@ -473,55 +474,6 @@ async fn a_killed_livekit_node_is_survived_by_a_full_reconnect_under_the_same_ke
     dep.stop().await;
 }
 
-/// Firewall rules on loopback, removed when dropped (also when the test fails half-way).
-struct Drop10s(Vec<Vec<String>>);
-
-impl Drop10s {
-    /// Inserts `rules` (each an `iptables` rule spec for the INPUT chain); `None` with the
-    /// reason when iptables is missing or the kernel refuses netfilter.
-    fn insert(rules: Vec<Vec<String>>) -> Result<Self, String> {
-        let mut done = Drop10s(Vec::new());
-        for r in rules {
-            let out = std::process::Command::new("iptables")
-                .args(["-I", "INPUT"])
-                .args(&r)
-                .output()
-                .map_err(|e| format!("iptables: {e}"))?;
-            if !out.status.success() {
-                return Err(format!(
-                    "iptables -I INPUT {}: {}",
-                    r.join(" "),
-                    String::from_utf8_lossy(&out.stderr).trim()
-                ));
-            }
-            done.0.push(r);
-        }
-        Ok(done)
-    }
-
-    fn remove(&mut self) {
-        for r in std::mem::take(&mut self.0) {
-            let ok = std::process::Command::new("iptables")
-                .args(["-D", "INPUT"])
-                .args(&r)
-                .status()
-                .is_ok_and(|s| s.success());
-            if !ok {
-                eprintln!(
-                    "could not remove the rule `iptables -I INPUT {}`",
-                    r.join(" ")
-                );
-            }
-        }
-    }
-}
-
-impl Drop for Drop10s {
-    fn drop(&mut self) {
-        self.remove();
-    }
-}
-
 /// The network between the user and its LiveKit node drops for 10 s (iptables DROP on
 /// loopback of exactly the user's two media sockets and its signalling port on that node:
 /// the agent and the server use the other node, so only the user is cut off). The call must
@@ -567,7 +519,7 @@ async fn a_10_s_network_drop_between_the_user_and_its_node_is_survived() {
         rule("udp", format!("{},{}", sub.port(), publ.port())),
         rule("tcp", node_port.clone()),
     ];
-    let mut cut = match Drop10s::insert(rules) {
+    let mut cut = match Firewall::insert(rules) {
         Ok(c) => c,
         Err(why) => {
             eprintln!("SKIPPED: no firewall to drop the network with ({why})");

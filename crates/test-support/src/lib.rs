@@ -183,6 +183,68 @@ pub fn stack_user(prefix: &str) -> (String, String) {
     (name, password)
 }
 
+/// `iptables` rules in the INPUT chain (loopback faults: a path cut, a lost network),
+/// removed again on [`Firewall::remove`] or when dropped, also when a test fails half-way.
+#[derive(Debug)]
+pub struct Firewall(Vec<Vec<String>>);
+
+impl Firewall {
+    /// Inserts `rules`, each an `iptables` rule spec for the INPUT chain. `Err` with the reason
+    /// when iptables is missing, we are not root, or the kernel refuses netfilter (the rules
+    /// inserted so far are removed again).
+    ///
+    /// # Errors
+    /// The reason, for the test to print when it skips.
+    pub fn insert(rules: Vec<Vec<String>>) -> Result<Self, String> {
+        let mut done = Firewall(Vec::new());
+        for r in rules {
+            let out = Command::new("iptables")
+                .args(["-I", "INPUT"])
+                .args(&r)
+                .output()
+                .map_err(|e| format!("iptables: {e}"))?;
+            if !out.status.success() {
+                return Err(format!(
+                    "iptables -I INPUT {}: {}",
+                    r.join(" "),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ));
+            }
+            done.0.push(r);
+        }
+        Ok(done)
+    }
+
+    /// A rule spec from words (`["-i", "lo", "-p", "udp", …]`).
+    #[must_use]
+    pub fn rule(words: &[&str]) -> Vec<String> {
+        words.iter().map(|w| (*w).to_owned()).collect()
+    }
+
+    /// Removes the rules now.
+    pub fn remove(&mut self) {
+        for r in std::mem::take(&mut self.0) {
+            let ok = Command::new("iptables")
+                .args(["-D", "INPUT"])
+                .args(&r)
+                .status()
+                .is_ok_and(|s| s.success());
+            if !ok {
+                eprintln!(
+                    "could not remove the rule `iptables -I INPUT {}`",
+                    r.join(" ")
+                );
+            }
+        }
+    }
+}
+
+impl Drop for Firewall {
+    fn drop(&mut self) {
+        self.remove();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
