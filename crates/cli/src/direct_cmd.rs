@@ -203,6 +203,7 @@ impl DirectCallAudio<'_> {
             }
             DirectCallEvent::KeyConfirmed => info!("key confirmed"),
             DirectCallEvent::Reconnecting => warn!("the path was lost; reconnecting"),
+            DirectCallEvent::Reconnected => info!("the path is back"),
             DirectCallEvent::Ended(reason) => {
                 info!(reason = %describe(&reason), "ended");
                 self.ended = Some(reason);

@@ -103,6 +103,15 @@ pub struct DirectConfig {
     pub auto_join_direct_invites: bool,
     /// How long [`DirectCalls::place_call`] waits for the other person to join a new DM.
     pub peer_join_timeout: Duration,
+    /// Media must connect this long after the answer, else the call ends `ice_failed`
+    /// (default 30 s).
+    pub media_connect_timeout: Duration,
+    /// After the path is lost (nothing from the other side for 2 s), an ICE restart is
+    /// offered through `m.call.negotiate` after this long (default 0.5 s).
+    pub ice_restart_delay: Duration,
+    /// After the path is lost, the call ends `ice_timeout` unless it is back within this
+    /// (default 30 s).
+    pub ice_disconnected_timeout: Duration,
     /// Faults the integration tests inject; all off by default. Never set them in a product:
     /// each one breaks a call on purpose.
     #[doc(hidden)]
@@ -131,6 +140,9 @@ impl Default for DirectConfig {
             host_address: IpAddr::V4(Ipv4Addr::LOCALHOST),
             auto_join_direct_invites: false,
             peer_join_timeout: Duration::from_secs(30),
+            media_connect_timeout: oracle_calls_direct::call::MEDIA_CONNECT_TIMEOUT,
+            ice_restart_delay: oracle_calls_direct::call::ICE_RESTART_DELAY,
+            ice_disconnected_timeout: oracle_calls_direct::call::ICE_DISCONNECTED_TIMEOUT,
             dangerous_test_faults: DangerousTestFaults::default(),
         }
     }
@@ -238,6 +250,8 @@ pub enum DirectCallEvent {
     Audio(Vec<i16>),
     /// The path was lost; the call tries to get it back (ICE restart).
     Reconnecting,
+    /// The path is back after [`Self::Reconnecting`] (by itself or through an ICE restart).
+    Reconnected,
     /// Glare: both people called each other at once, and the peer's call (the lesser
     /// `call_id`) replaced ours, which was hung up with reason `replaced`. The driver answers
     /// the surviving call on the user's behalf; this handle carries it from now on (same

@@ -59,11 +59,15 @@ pub const FIRST_CANDIDATES_DELAY: Duration = Duration::from_millis(200);
 pub const CALLER_CANDIDATES_WINDOW: Duration = Duration::from_millis(2000);
 /// Later batches of the callee: at least this long after the previous one.
 pub const CALLEE_CANDIDATES_WINDOW: Duration = Duration::from_millis(500);
-/// Media must connect this long after the answer, else `ice_failed`.
+/// Media must connect this long after the answer, else `ice_failed` (the default of
+/// [`CallConfig::media_connect_timeout`]).
 pub const MEDIA_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
-/// After media is lost, an ICE restart is asked for after this long.
-pub const ICE_RESTART_DELAY: Duration = Duration::from_secs(2);
-/// After media is lost, the call ends with `ice_timeout` after this long.
+/// After media is lost, an ICE restart is asked for after this long (the default of
+/// [`CallConfig::ice_restart_delay`]). The path is reported lost after
+/// [`crate::peer::PATH_TIMEOUT`] without a datagram, so a restart starts 2.5 s after a cut.
+pub const ICE_RESTART_DELAY: Duration = Duration::from_millis(500);
+/// After media is lost, the call ends with `ice_timeout` after this long (the default of
+/// [`CallConfig::ice_disconnected_timeout`]).
 pub const ICE_DISCONNECTED_TIMEOUT: Duration = Duration::from_secs(30);
 /// The peer's key confirmation must arrive this long after media connected.
 pub const DEFAULT_KEY_CONFIRMATION_TIMEOUT: Duration = Duration::from_secs(5);
@@ -310,7 +314,7 @@ impl CallMachine {
         };
         call.phase = Phase::Connecting;
         call.invite_expires = None;
-        call.connect_deadline = Some(now + MEDIA_CONNECT_TIMEOUT);
+        call.connect_deadline = Some(now + self.config.media_connect_timeout);
         call.candidates.opened = Some(now);
         call.candidates.schedule(now);
         call.remote_ready = true;
@@ -443,15 +447,20 @@ impl CallMachine {
     }
 
     /// Media was lost (ICE disconnected): an ICE restart is asked for after
-    /// [`ICE_RESTART_DELAY`], the call ends `ice_timeout` after [`ICE_DISCONNECTED_TIMEOUT`].
+    /// [`CallConfig::ice_restart_delay`], the call ends `ice_timeout` after
+    /// [`CallConfig::ice_disconnected_timeout`].
     pub fn media_disconnected(&mut self, now: Instant) {
         self.now = now;
+        let (restart, give_up) = (
+            self.config.ice_restart_delay,
+            self.config.ice_disconnected_timeout,
+        );
         if let Some(call) = &mut self.call
             && call.media_connected
         {
             call.media_connected = false;
-            call.restart_at = Some(now + ICE_RESTART_DELAY);
-            call.disconnected_deadline = Some(now + ICE_DISCONNECTED_TIMEOUT);
+            call.restart_at = Some(now + restart);
+            call.disconnected_deadline = Some(now + give_up);
         }
     }
 
@@ -768,7 +777,7 @@ impl CallMachine {
                 });
                 call.phase = Phase::Connecting;
                 call.invite_expires = None;
-                call.connect_deadline = Some(self.now + MEDIA_CONNECT_TIMEOUT);
+                call.connect_deadline = Some(self.now + self.config.media_connect_timeout);
                 call.remote_ready = true;
                 let call_id = call.call_id.clone();
                 self.out

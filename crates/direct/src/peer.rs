@@ -203,6 +203,8 @@ pub struct Peer {
     path_up: bool,
     /// When the last datagram from the other side arrived, and the time of the last input.
     last_rx: Option<Instant>,
+    /// (remote, local) of the last DTLS or SRTP datagram: the path the media takes.
+    media_path: Option<(SocketAddr, SocketAddr)>,
     now: Instant,
     dtls_connected: bool,
     failed: Option<Failure>,
@@ -384,9 +386,18 @@ impl Peer {
                 contents,
             } => match Receive::new(Protocol::Udp, source, destination, contents) {
                 Ok(r) => {
-                    // Liveness only: a datagram a stranger forges can at most delay the
-                    // report of a lost path.
-                    self.last_rx = Some(now);
+                    // Liveness of the path the media takes: DTLS and SRTP from the other side
+                    // (RFC 7983: a first byte over 3 is not STUN), and STUN only on that same
+                    // (remote, local) pair. STUN checks of the other candidate pairs (e.g. through
+                    // the relay) keep arriving when the media path is cut, and must not hide
+                    // it. A datagram a stranger forges can at most delay the report.
+                    let path = (source, destination);
+                    if contents.first().is_some_and(|b| *b > 3) {
+                        self.media_path = Some(path);
+                        self.last_rx = Some(now);
+                    } else if self.media_path == Some(path) {
+                        self.last_rx = Some(now);
+                    }
                     str0m::Input::Receive(now, r)
                 }
                 Err(_) => {
@@ -519,6 +530,7 @@ impl Peer {
             ice_up: false,
             path_up: false,
             last_rx: None,
+            media_path: None,
             now,
             dtls_connected: false,
             failed: None,
@@ -657,12 +669,13 @@ fn rtc_config() -> RtcConfig {
 
 /// The longest wait between two STUN checks of a pair.
 const MAX_STUN_RTO: Duration = Duration::from_millis(1000);
-/// How long the other side may send nothing (no audio, no STUN: with [`MAX_STUN_RTO`] a live
-/// pair is checked every second even when no audio flows) before the path is reported lost.
+/// How long the path the media takes may carry nothing from the other side (no audio or
+/// DTLS, and no STUN on that pair: with [`MAX_STUN_RTO`] a live pair is checked every second
+/// even when no audio flows) before it is reported lost.
 /// str0m's ICE agent alone keeps a pair alive for 15 s after the other side's last STUN
 /// request, and then ~20 s more; a call wants to restart ICE much sooner (MatrixCall: 2 s
 /// after its browser says `disconnected`).
-pub const PATH_TIMEOUT: Duration = Duration::from_secs(3);
+pub const PATH_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// `prefix-` and 24 random hex digits: an msid token (RFC 8830 token characters only).
 fn random_token(prefix: &str) -> String {

@@ -24,6 +24,8 @@ pub(super) struct Media {
     pub(super) gathering_done: bool,
     /// DTLS connected (with the announced fingerprint) at least once.
     pub(super) dtls_connected: bool,
+    /// The path was reported lost and has not come back yet.
+    pub(super) path_lost: bool,
     pub(super) peer_timeout: Instant,
     pub(super) stats: Arc<CallStats>,
     pub(super) mid: String,
@@ -82,6 +84,7 @@ impl Media {
             turn: allocation,
             gathering_done,
             dtls_connected: false,
+            path_lost: false,
             peer_timeout: now,
             stats,
             mid,

@@ -140,6 +140,9 @@ impl RoomTask {
         let mut config = CallConfig::new(hub.own.clone(), peer_user.to_string());
         config.invite_lifetime = hub.config.invite_lifetime;
         config.require_binding = hub.config.require_binding;
+        config.media_connect_timeout = hub.config.media_connect_timeout;
+        config.ice_restart_delay = hub.config.ice_restart_delay;
+        config.ice_disconnected_timeout = hub.config.ice_disconnected_timeout;
         let machine = match CallMachine::new(config, now) {
             Ok(m) => m,
             Err(e) => {
@@ -515,8 +518,18 @@ impl RoomTask {
             // goes out). Afterwards ICE coming back is the path recovered.
             PeerEvent::IceConnected if self.media.as_ref().is_some_and(|m| m.dtls_connected) => {
                 self.machine.media_connected(now);
+                if let Some(m) = &mut self.media
+                    && std::mem::take(&mut m.path_lost)
+                {
+                    info!("the path is back");
+                    self.emit(DirectCallEvent::Reconnected);
+                }
             }
             PeerEvent::IceDisconnected => {
+                if let Some(m) = &mut self.media {
+                    m.path_lost = true;
+                }
+                info!("the path was lost: nothing from the other side for 2 s");
                 self.machine.media_disconnected(now);
                 self.emit(DirectCallEvent::Reconnecting);
             }
@@ -603,6 +616,7 @@ impl RoomTask {
                 if let Some(m) = &mut self.media {
                     match m.peer.ice_restart() {
                         Ok(sdp) => {
+                            info!("ICE restart offered (m.call.negotiate)");
                             let desc = describe(&m.peer, &sdp);
                             if let Err(e) = self.machine.renegotiate(now, desc) {
                                 debug!(error = %e, "no ICE restart");

@@ -107,6 +107,11 @@ pub async fn notice(calls: &DirectCalls, limit: Duration) -> Option<SecurityNoti
 pub struct Side {
     pub heard: Vec<i16>,
     pub first_audio: Option<Instant>,
+    /// When each 20 ms of the other side's audio arrived.
+    pub audio_at: Vec<Instant>,
+    /// [`DirectCallEvent::Reconnecting`] and [`DirectCallEvent::Reconnected`] seen.
+    pub reconnecting: usize,
+    pub reconnected: usize,
     pub connected: bool,
     pub key_confirmation_expected: bool,
     pub key_confirmed: bool,
@@ -128,9 +133,13 @@ pub async fn run_side(call: &mut DirectCall, tone_hz: f64, until: Instant, side:
             }
             ev = call.next_event() => match ev {
                 Some(DirectCallEvent::Audio(pcm)) => {
-                    side.first_audio.get_or_insert_with(Instant::now);
+                    let now = Instant::now();
+                    side.first_audio.get_or_insert(now);
+                    side.audio_at.push(now);
                     side.heard.extend(pcm);
                 }
+                Some(DirectCallEvent::Reconnecting) => side.reconnecting += 1,
+                Some(DirectCallEvent::Reconnected) => side.reconnected += 1,
                 Some(DirectCallEvent::Connected { key_confirmation_expected, .. }) => {
                     side.connected = true;
                     side.key_confirmation_expected = key_confirmation_expected;

@@ -161,8 +161,13 @@ fn invite(a: &mut Side, now: Instant) -> CallEvent {
 
 /// Alice calls, Bob answers, Alice selects: both Connecting. Returns (alice, bob, now).
 fn connecting() -> (Side, Side, Instant) {
+    connecting_with(CallConfig::new(alice(), BOB))
+}
+
+/// [`connecting`] with Alice's settings.
+fn connecting_with(alice_config: CallConfig) -> (Side, Side, Instant) {
     let t = Instant::now();
-    let mut a = Side::new(alice(), BOB, t, 1);
+    let mut a = Side::with(alice_config, t, 1);
     let mut b = Side::new(bob(), ALICE, t, 2);
     let inv = invite(&mut a, t);
     let out = b.receive(t, &[inv], &alice());
@@ -800,6 +805,39 @@ fn ice_failed_when_media_never_connected_ice_timeout_when_it_had() {
     assert_eq!(
         ended(&a.drain()),
         Some(&EndReason::LocalHangup(HangupReason::IceFailed))
+    );
+}
+
+#[test]
+fn the_connect_restart_and_disconnected_timeouts_are_settings() {
+    let mut config = CallConfig::new(alice(), BOB);
+    config.media_connect_timeout = Duration::from_secs(4);
+    config.ice_restart_delay = Duration::from_millis(100);
+    config.ice_disconnected_timeout = Duration::from_secs(6);
+    let (mut a, _, t) = connecting_with(config.clone());
+    a.m.handle_timeout(t + Duration::from_millis(3999));
+    assert!(ended(&a.drain()).is_none());
+    a.m.handle_timeout(t + Duration::from_secs(4));
+    assert_eq!(
+        ended(&a.drain()),
+        Some(&EndReason::LocalHangup(HangupReason::IceFailed))
+    );
+
+    // (No key confirmation comes from Bob here: its own deadline is put out of the way.)
+    config.key_confirmation_timeout = Duration::from_secs(60);
+    let (mut a, _, t) = connecting_with(config);
+    a.m.media_connected(t);
+    a.drain();
+    a.m.media_disconnected(t);
+    assert_eq!(a.m.poll_timeout(), t + Duration::from_millis(100));
+    a.m.handle_timeout(t + Duration::from_millis(100));
+    assert!(notes(&a.drain()).contains(&&Notification::IceRestartNeeded));
+    a.m.handle_timeout(t + Duration::from_millis(5999));
+    assert!(ended(&a.drain()).is_none());
+    a.m.handle_timeout(t + Duration::from_secs(6));
+    assert_eq!(
+        ended(&a.drain()),
+        Some(&EndReason::LocalHangup(HangupReason::IceTimeout))
     );
 }
 

@@ -2,7 +2,10 @@
 
 use std::time::{Duration, Instant};
 
-use super::{DEFAULT_INVITE_LIFETIME, DEFAULT_KEY_CONFIRMATION_TIMEOUT};
+use super::{
+    DEFAULT_INVITE_LIFETIME, DEFAULT_KEY_CONFIRMATION_TIMEOUT, ICE_DISCONNECTED_TIMEOUT,
+    ICE_RESTART_DELAY, MEDIA_CONNECT_TIMEOUT,
+};
 use crate::binding::PartyIdentity;
 use crate::error::BindingError;
 use crate::signal::{CallEvent, CallId, Candidate, HangupReason, SdpStreamMetadata, SdpType};
@@ -22,6 +25,12 @@ pub struct CallConfig {
     pub require_binding: bool,
     /// How long after media connected the peer's key confirmation may take.
     pub key_confirmation_timeout: Duration,
+    /// Media must connect this long after the answer, else the call ends `ice_failed`.
+    pub media_connect_timeout: Duration,
+    /// After the path is lost, an ICE restart is asked for after this long.
+    pub ice_restart_delay: Duration,
+    /// After the path is lost, the call ends `ice_timeout` unless it is back within this.
+    pub ice_disconnected_timeout: Duration,
 }
 
 impl CallConfig {
@@ -33,6 +42,9 @@ impl CallConfig {
             invite_lifetime: DEFAULT_INVITE_LIFETIME,
             require_binding: false,
             key_confirmation_timeout: DEFAULT_KEY_CONFIRMATION_TIMEOUT,
+            media_connect_timeout: MEDIA_CONNECT_TIMEOUT,
+            ice_restart_delay: ICE_RESTART_DELAY,
+            ice_disconnected_timeout: ICE_DISCONNECTED_TIMEOUT,
         }
     }
 }
