@@ -119,6 +119,76 @@ async fn relay_only_call_goes_through_coturn_and_releases_the_allocation() {
     std::net::UdpSocket::bind(local).expect("the call's socket was closed");
 }
 
+/// A relay-only call longer than the allocation's lifetime (coturn's `max-allocate-lifetime`,
+/// the stack's `TURN_ALLOCATION_LIFETIME`, 60 s) keeps going: the driver refreshes the
+/// allocation (coturn logs `refreshed … lifetime=N`, N > 0, for both people), nothing expires,
+/// and the tones are still heard both ways at the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_relay_only_call_outlives_its_allocation_lifetime() {
+    let lifetime: u64 = stack_var("TURN_ALLOCATION_LIFETIME").parse().unwrap();
+    let alice = person("alice-long").await;
+    let bob = person("bob-long").await;
+    let log_before = std::fs::read_to_string(stack_var("TURN_LOG"))
+        .unwrap_or_default()
+        .len();
+    let a_calls = start(&alice, IcePolicy::RelayOnly).await;
+    let b_calls = start(&bob, IcePolicy::RelayOnly).await;
+    let mut a_call = a_calls.place_call(&bob.user).await.unwrap();
+    let ring = incoming(&b_calls, Duration::from_secs(20)).await.unwrap();
+    let mut b_call = ring.answer().await.unwrap();
+    let started = Instant::now();
+    let until = started + Duration::from_secs(lifetime + 15);
+    let (mut a, mut b) = (Side::default(), Side::default());
+    tokio::join!(
+        run_side(&mut a_call, 440.0, until, &mut a),
+        run_side(&mut b_call, 880.0, until, &mut b)
+    );
+    assert!(
+        a.ended.is_none() && b.ended.is_none(),
+        "{:?} {:?}",
+        a.ended,
+        b.ended
+    );
+    assert_tone(&b, "bob", 440.0, 880.0);
+    assert_tone(&a, "alice", 880.0, 440.0);
+    // Audio all the way through: no gap of a second after the first audio.
+    for (who, side) in [("alice", &a), ("bob", &b)] {
+        let gap = side.audio_at.windows(2).map(|w| w[1] - w[0]).max().unwrap();
+        assert!(gap < Duration::from_secs(1), "{who} heard a {gap:?} gap");
+    }
+    let log = std::fs::read_to_string(stack_var("TURN_LOG")).unwrap_or_default();
+    let fresh = log.get(log_before..).unwrap_or("");
+    for who in [&alice.user, &bob.user] {
+        let needle = format!("{who}>");
+        let refreshed = fresh
+            .lines()
+            .filter(|l| {
+                l.contains(&needle) && l.contains("refreshed,") && !l.contains("lifetime=0")
+            })
+            .count();
+        assert!(
+            refreshed >= 1,
+            "{who}'s allocation was never refreshed:\n{fresh}"
+        );
+        assert!(
+            !fresh
+                .lines()
+                .any(|l| l.contains(&needle) && l.contains("delete: realm=")),
+            "{who}'s allocation was deleted during the call"
+        );
+        eprintln!(
+            "{who}: {refreshed} refreshes in a {} s relay-only call",
+            started.elapsed().as_secs()
+        );
+    }
+    a_call.hangup().unwrap();
+    assert!(
+        wait_end(&mut b_call, Duration::from_secs(10))
+            .await
+            .is_some()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn security_negatives_on_real_synapse() {
     let (bob_name, bob_password) = new_user("bob-neg");

@@ -233,5 +233,57 @@ async fn after_hangup_no_socket_or_allocation_is_left() {
     // The call's handles report the end and nothing more.
     assert!(a_call.next_event().await.is_none());
     assert!(b_call.next_event().await.is_none());
+
+    // No task outlives its call. What stays is the services' own (the sync loop, one task
+    // per DM room that listens for calls and runs its calls' media, the room's send queue):
+    // a second call in the same room leaves the count of live tasks where the first one left
+    // it (the call's own tasks, e.g. the TURN release at hangup, are gone).
+    let tasks = || {
+        tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks()
+    };
+    let settled = settle_tasks(tasks).await;
+    let [a_calls, b_calls] = &services;
+    let mut again = a_calls.place_call(&bob.user).await.unwrap();
+    let ring = incoming(b_calls, Duration::from_secs(20)).await.unwrap();
+    let mut answered = ring.answer().await.unwrap();
+    let (mut sa, mut sb) = (Side::default(), Side::default());
+    let until = Instant::now() + Duration::from_secs(3);
+    tokio::join!(
+        run_side(&mut again, 440.0, until, &mut sa),
+        run_side(&mut answered, 880.0, until, &mut sb)
+    );
+    assert!(sa.connected && sb.connected, "the second call connects");
+    let during = tasks();
+    again.hangup().unwrap();
+    assert!(wait_end(&mut again, Duration::from_secs(5)).await.is_some());
+    assert!(
+        wait_end(&mut answered, Duration::from_secs(10))
+            .await
+            .is_some()
+    );
+    let after = settle_tasks(tasks).await;
+    eprintln!("live tasks: {settled} between calls, {during} during the second, {after} after");
+    assert!(
+        after <= settled,
+        "{after} tasks live after the second call, {settled} after the first"
+    );
     drop(services);
+}
+
+/// The count of live tasks once the call's last (the TURN release, up to 1.5 s) are done and
+/// it holds still.
+async fn settle_tasks(tasks: impl Fn() -> usize) -> usize {
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut last = tasks();
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let now = tasks();
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
+    last
 }
