@@ -250,3 +250,149 @@ fn two_processes_call_each_other_on_device_audio() {
     drop((pa, pb));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The child of [`mouth_to_ear_through_a_real_call`]: its PulseAudio's directory.
+const PROBE_CHILD: &str = "ORACLE_CALLS_MOUTH_TO_EAR_PULSE";
+const CLICKS: usize = 15;
+const CLICK_SPACING: Duration = Duration::from_millis(700);
+
+/// Mouth-to-ear latency of a real call between two `oracle-calls` processes on device audio:
+/// clicks go into alice's microphone (`micsink`), travel as Opus through str0m, DTLS-SRTP and
+/// the network to bob, and come out of bob's speaker (`bobspk`). Both parties use one
+/// PulseAudio server so that one process can probe both ends on one clock (`micsink.monitor`
+/// for the mouth, `bobspk.monitor` for the ear; the probes' own capture delay cancels). Goal:
+/// median ≤ 300 ms on loopback.
+#[test]
+fn mouth_to_ear_through_a_real_call() {
+    if let Ok(dir) = std::env::var(PROBE_CHILD) {
+        probe_clicks(Path::new(&dir));
+        return;
+    }
+    let (alice, alice_pw) = stack_user("m2e-alice-");
+    let (bob, bob_pw) = stack_user("m2e-bob-");
+    let server_name = stack_var("MATRIX_SERVER_NAME");
+    let dir = PathBuf::from("/tmp").join(format!("ocme{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let pulse = Pulse::up(&dir.join("p"));
+    // Bob's own speaker, and a microphone in a silent room.
+    for sink in ["bobspk", "bobair"] {
+        let ok = Command::new("pactl")
+            .envs(pulse.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .args([
+                "load-module",
+                "module-null-sink",
+                &format!("sink_name={sink}"),
+                "rate=48000",
+            ])
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(ok.success(), "pactl load-module {sink}");
+    }
+
+    let mut answer = oracle_calls(&pulse, &dir.join("state-b"), &bob, &bob_pw);
+    answer.args([
+        "answer",
+        "--mic",
+        "device:bobair.monitor",
+        "--speaker",
+        "device:bobspk",
+        "--timeout",
+        "90",
+    ]);
+    let mut b = Proc::spawn(answer);
+    b.wait_for("waiting for a call", Duration::from_secs(60));
+    let mut call = oracle_calls(&pulse, &dir.join("state-a"), &alice, &alice_pw);
+    call.arg("call").arg(format!("@{bob}:{server_name}")).args([
+        "--mic",
+        "default",
+        "--speaker",
+        "default",
+        "--seconds",
+        "25",
+    ]);
+    let mut a = Proc::spawn(call);
+    a.wait_for("key confirmed", Duration::from_secs(60));
+    b.wait_for("key confirmed", Duration::from_secs(20));
+
+    // The probes run in a child of this test binary whose environment is the server's.
+    let probe = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "mouth_to_ear_through_a_real_call",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .envs(pulse.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .env(PROBE_CHILD, dir.join("p"))
+        .status()
+        .unwrap();
+    let _ = a.child.kill();
+    let _ = b.child.kill();
+    assert!(
+        probe.success(),
+        "the mouth-to-ear probe failed\nalice:\n{}\nbob:\n{}",
+        a.log(),
+        b.log()
+    );
+    drop(pulse);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// In the child: clicks into alice's microphone, timed at the mouth and at bob's speaker.
+fn probe_clicks(pulse_dir: &Path) {
+    use oracle_calls_device::latency::{Probe, click_times, click_track, latencies, median};
+    use oracle_calls_device::{AudioHost, DeviceChoice};
+    let at = |name: &str| DeviceChoice {
+        host: AudioHost::PulseAudio,
+        name: Some(name.into()),
+    };
+    let mouth = Probe::start(&at("micsink.monitor")).unwrap();
+    let ear = Probe::start(&at("bobspk.monitor")).unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let clicks = pulse_dir.join("clicks.wav");
+    oracle_calls::wav::write(&clicks, &click_track(CLICKS, CLICK_SPACING)).unwrap();
+    let played = Command::new(repo_root().join("scripts/pulse"))
+        .arg("play")
+        .arg(pulse_dir)
+        .arg(&clicks)
+        .status()
+        .unwrap();
+    assert!(played.success(), "scripts/pulse play");
+    std::thread::sleep(Duration::from_secs(1));
+    let (mouth, ear) = (mouth.finish(), ear.finish());
+    for probe in [&mouth.stats, &ear.stats] {
+        assert_eq!((probe.dropped_frames, probe.errors), (0, 0), "{probe:?}");
+    }
+    let sent = click_times(&mouth.frames);
+    let heard = click_times(&ear.frames);
+    let delays = latencies(&sent, &heard, CLICK_SPACING);
+    let med = median(&delays).as_secs_f64() * 1000.0;
+    let mut ms: Vec<f64> = delays.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
+    ms.sort_by(f64::total_cmp);
+    println!(
+        "MOUTH-TO-EAR through a call: median {med:.1} ms, min {:.1}, max {:.1} over {} of {} clicks \
+         (heard {}): {:?}",
+        ms.first().copied().unwrap_or(f64::NAN),
+        ms.last().copied().unwrap_or(f64::NAN),
+        ms.len(),
+        sent.len(),
+        heard.len(),
+        ms.iter().map(|v| v.round() as i64).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        sent.len(),
+        CLICKS,
+        "every click was played into the microphone"
+    );
+    assert!(
+        ms.len() >= CLICKS - 2,
+        "only {} of {CLICKS} clicks came out of bob's speaker",
+        ms.len()
+    );
+    assert!(
+        med <= 300.0,
+        "mouth-to-ear median {med:.1} ms over the 300 ms goal"
+    );
+}

@@ -27,6 +27,7 @@
 mod convert;
 mod error;
 mod host;
+pub mod latency;
 mod microphone;
 mod playout;
 mod speaker;

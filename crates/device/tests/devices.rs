@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use oracle_calls_device::latency::{Probe, click_times, click_track, latencies};
 use oracle_calls_device::{AudioHost, DeviceChoice, Microphone, PlayoutConfig, Speaker};
 use oracle_calls_media::{AUDIO_FRAME_SAMPLES, SAMPLE_RATE, goertzel_power, sine_tone};
 
@@ -173,23 +174,19 @@ fn device_loopback_latency_through_alsa() {
 }
 
 const CLICKS: usize = 12;
-const CLICK_SPACING_MS: usize = 700;
+const CLICK_SPACING: Duration = Duration::from_millis(700);
 
 fn loopback_latency_ms(dir: &Path, host: AudioHost) -> Vec<f64> {
-    let probe_in = DeviceChoice {
+    let at = |name: &str| DeviceChoice {
         host: AudioHost::PulseAudio,
-        name: Some("micsink.monitor".into()),
-    };
-    let probe_out = DeviceChoice {
-        host: AudioHost::PulseAudio,
-        name: Some("spk.monitor".into()),
+        name: Some(name.into()),
     };
     let device = DeviceChoice { host, name: None };
     let mic = Microphone::open(&device).unwrap();
     let speaker = Speaker::open(&device, PlayoutConfig::default()).unwrap();
     let stop = Arc::new(AtomicBool::new(false));
-    let injected = probe(probe_in, stop.clone());
-    let heard = probe(probe_out, stop.clone());
+    let mouth = Probe::start(&at("micsink.monitor")).unwrap();
+    let ear = Probe::start(&at("spk.monitor")).unwrap();
     let route = {
         let stop = stop.clone();
         thread::spawn(move || {
@@ -205,7 +202,7 @@ fn loopback_latency_ms(dir: &Path, host: AudioHost) -> Vec<f64> {
     // Let every stream settle (the ALSA path starts late) before the first click.
     thread::sleep(Duration::from_secs(2));
     let clicks = dir.join("clicks.wav");
-    write_wav(&clicks, &click_track());
+    write_wav(&clicks, &click_track(CLICKS, CLICK_SPACING));
     assert!(
         pulse(dir, &["play", clicks.to_str().unwrap()])
             .status()
@@ -216,119 +213,21 @@ fn loopback_latency_ms(dir: &Path, host: AudioHost) -> Vec<f64> {
     stop.store(true, Ordering::Relaxed);
     let (mic_stats, speaker_stats) = route.join().unwrap();
     println!("{host:?}: microphone {mic_stats:?}; speaker {speaker_stats:?}");
-    let injected = click_times(&injected.join().unwrap());
-    let heard = click_times(&heard.join().unwrap());
+    let (mouth, ear) = (mouth.finish(), ear.finish());
+    for probe in [&mouth.stats, &ear.stats] {
+        assert_eq!((probe.dropped_frames, probe.errors), (0, 0), "{probe:?}");
+    }
+    let injected = click_times(&mouth.frames);
+    let heard = click_times(&ear.frames);
     println!(
         "{host:?}: {} clicks injected, {} heard",
         injected.len(),
         heard.len()
     );
-    injected
+    latencies(&injected, &heard, CLICK_SPACING)
         .iter()
-        .filter_map(|&t| {
-            heard
-                .iter()
-                .find(|&&h| h >= t && h - t < Duration::from_millis(CLICK_SPACING_MS as u64))
-                .map(|&h| (h - t).as_secs_f64() * 1000.0)
-        })
+        .map(|d| d.as_secs_f64() * 1000.0)
         .collect()
-}
-
-/// A capture stream that records (arrival time, frame) until `stop`.
-fn probe(
-    choice: DeviceChoice,
-    stop: Arc<AtomicBool>,
-) -> thread::JoinHandle<Vec<(Instant, Vec<i16>)>> {
-    let mic = Microphone::open(&choice).unwrap();
-    thread::spawn(move || {
-        let mut frames = Vec::new();
-        while !stop.load(Ordering::Relaxed) {
-            if let Some(f) = mic.next_timed_frame(Duration::from_millis(100)) {
-                frames.push(f);
-            }
-        }
-        assert_eq!(mic.stats().dropped_frames, 0);
-        assert_eq!(mic.stats().errors, 0);
-        frames
-    })
-}
-
-/// A 10 ms rising chirp (1 → 4 kHz, Hann window): sharp in time, easy to correlate.
-fn click() -> Vec<i16> {
-    let n = SAMPLE_RATE as usize / 100;
-    (0..n)
-        .map(|i| {
-            let t = i as f64 / f64::from(SAMPLE_RATE);
-            let dur = n as f64 / f64::from(SAMPLE_RATE);
-            let phase = 2.0 * std::f64::consts::PI * (1000.0 * t + 1500.0 * t * t / dur);
-            let window = 0.5 - 0.5 * (2.0 * std::f64::consts::PI * i as f64 / n as f64).cos();
-            (16000.0 * window * phase.sin()) as i16
-        })
-        .collect()
-}
-
-fn click_track() -> Vec<i16> {
-    let spacing = SAMPLE_RATE as usize * CLICK_SPACING_MS / 1000;
-    let mut track = vec![0i16; spacing * (CLICKS + 1)];
-    let c = click();
-    for k in 0..CLICKS {
-        let at = spacing / 2 + k * spacing;
-        track[at..at + c.len()].copy_from_slice(&c);
-    }
-    track
-}
-
-/// When each click starts, on the probe's clock: a coarse onset (the first loud sample after
-/// a quiet stretch) refined by cross-correlation with the click around it. A frame's last
-/// sample is taken to arrive at the frame's timestamp.
-fn click_times(frames: &[(Instant, Vec<i16>)]) -> Vec<Instant> {
-    let Some(&(first_at, _)) = frames.first() else {
-        return Vec::new();
-    };
-    // One sample timeline; each frame's samples end at its own timestamp.
-    let samples: Vec<i16> = frames.iter().flat_map(|(_, f)| f.iter().copied()).collect();
-    let sample_time = |idx: usize| -> Instant {
-        let frame = idx / AUDIO_FRAME_SAMPLES;
-        let (at, _) = frames[frame];
-        let after = AUDIO_FRAME_SAMPLES - 1 - idx % AUDIO_FRAME_SAMPLES;
-        at.checked_sub(Duration::from_secs_f64(
-            after as f64 / f64::from(SAMPLE_RATE),
-        ))
-        .unwrap_or(first_at)
-    };
-    let template: Vec<f64> = click().iter().map(|&s| f64::from(s)).collect();
-    let quiet = SAMPLE_RATE as usize / 10;
-    let mut times = Vec::new();
-    let mut last_loud: Option<usize> = None;
-    let mut i = 0;
-    while i < samples.len() {
-        let loud = samples[i].unsigned_abs() > 2000;
-        if loud && last_loud.is_none_or(|l| i - l > quiet) {
-            // Refine: best correlation with the click within ±5 ms of the coarse onset.
-            let from = i.saturating_sub(240);
-            let to = (i + 240).min(samples.len().saturating_sub(template.len()));
-            let best = (from..to.max(from + 1))
-                .max_by(|&a, &b| {
-                    corr(&samples, a, &template).total_cmp(&corr(&samples, b, &template))
-                })
-                .unwrap_or(i);
-            times.push(sample_time(best));
-        }
-        if loud {
-            last_loud = Some(i);
-        }
-        i += 1;
-    }
-    times
-}
-
-fn corr(samples: &[i16], at: usize, template: &[f64]) -> f64 {
-    samples
-        .iter()
-        .skip(at)
-        .zip(template)
-        .map(|(&s, &t)| f64::from(s) * t)
-        .sum()
 }
 
 fn report(host: &str, ms: &[f64]) {
