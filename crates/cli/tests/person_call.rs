@@ -144,6 +144,68 @@ fn oracle_calls(pulse: &Pulse, state: &Path, user: &str, password: &str) -> Comm
     c
 }
 
+/// One person of a call: its PulseAudio, state folder and Matrix login.
+struct Party<'a> {
+    pulse: &'a Pulse,
+    state: PathBuf,
+    user: &'a str,
+    password: &'a str,
+}
+
+impl<'a> Party<'a> {
+    fn new(pulse: &'a Pulse, state: &Path, user: &'a str, password: &'a str) -> Self {
+        Party {
+            pulse,
+            state: state.to_owned(),
+            user,
+            password,
+        }
+    }
+
+    fn command(&self) -> Command {
+        oracle_calls(self.pulse, &self.state, self.user, self.password)
+    }
+}
+
+/// Bob waits with `answer` on `bob_devices` (microphone, speaker); alice calls him on her
+/// default devices and hangs up `seconds` after connecting. Returns (alice, bob) once both
+/// logged `ready`.
+fn place_and_answer(
+    alice: Party<'_>,
+    bob: Party<'_>,
+    bob_devices: [&str; 2],
+    seconds: &str,
+    ready: &str,
+) -> (Proc, Proc) {
+    let mut answer = bob.command();
+    answer.args([
+        "answer",
+        "--mic",
+        bob_devices[0],
+        "--speaker",
+        bob_devices[1],
+        "--timeout",
+        "90",
+    ]);
+    let mut b = Proc::spawn(answer);
+    b.wait_for("waiting for a call", Duration::from_secs(60));
+    let mut call = alice.command();
+    call.arg("call")
+        .arg(format!("@{}:{}", bob.user, stack_var("MATRIX_SERVER_NAME")))
+        .args([
+            "--mic",
+            "default",
+            "--speaker",
+            "default",
+            "--seconds",
+            seconds,
+        ]);
+    let mut a = Proc::spawn(call);
+    a.wait_for(ready, Duration::from_secs(60));
+    b.wait_for(ready, Duration::from_secs(20));
+    (a, b)
+}
+
 fn db_over_neighbours(pcm: &[i16], freq: f64) -> f64 {
     let p = goertzel_power(pcm, freq);
     let n = goertzel_power(pcm, freq * 0.8).max(goertzel_power(pcm, freq * 1.25));
@@ -164,7 +226,6 @@ fn heard(path: &Path) -> Vec<i16> {
 fn two_processes_call_each_other_on_device_audio() {
     let (alice, alice_pw) = stack_user("pc-alice-");
     let (bob, bob_pw) = stack_user("pc-bob-");
-    let server_name = stack_var("MATRIX_SERVER_NAME");
     // Short: PulseAudio's socket path must stay under ~100 bytes.
     let dir = PathBuf::from("/tmp").join(format!("ocpc{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -175,31 +236,13 @@ fn two_processes_call_each_other_on_device_audio() {
     oracle_calls::wav::write(&tone_a, &sine_tone(440.0, 8000.0, 0, 48_000 * 6)).unwrap();
     oracle_calls::wav::write(&tone_b, &sine_tone(880.0, 8000.0, 0, 48_000 * 6)).unwrap();
 
-    let mut answer = oracle_calls(&pb, &dir.join("state-b"), &bob, &bob_pw);
-    answer.args([
-        "answer",
-        "--mic",
-        "default",
-        "--speaker",
-        "default",
-        "--timeout",
-        "90",
-    ]);
-    let mut b = Proc::spawn(answer);
-    b.wait_for("waiting for a call", Duration::from_secs(60));
-
-    let mut call = oracle_calls(&pa, &dir.join("state-a"), &alice, &alice_pw);
-    call.arg("call").arg(format!("@{bob}:{server_name}")).args([
-        "--mic",
-        "default",
-        "--speaker",
-        "default",
-        "--seconds",
+    let (mut a, mut b) = place_and_answer(
+        Party::new(&pa, &dir.join("state-a"), &alice, &alice_pw),
+        Party::new(&pb, &dir.join("state-b"), &bob, &bob_pw),
+        ["default", "default"],
         "10",
-    ]);
-    let mut a = Proc::spawn(call);
-    a.wait_for("connected", Duration::from_secs(60));
-    b.wait_for("connected", Duration::from_secs(20));
+        "connected",
+    );
 
     // Both tones at once; both speakers recorded meanwhile.
     let (rec_a, rec_b) = (dir.join("heard-by-alice.wav"), dir.join("heard-by-bob.wav"));
@@ -270,7 +313,6 @@ fn mouth_to_ear_through_a_real_call() {
     }
     let (alice, alice_pw) = stack_user("m2e-alice-");
     let (bob, bob_pw) = stack_user("m2e-bob-");
-    let server_name = stack_var("MATRIX_SERVER_NAME");
     let dir = PathBuf::from("/tmp").join(format!("ocme{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -291,30 +333,13 @@ fn mouth_to_ear_through_a_real_call() {
         assert!(ok.success(), "pactl load-module {sink}");
     }
 
-    let mut answer = oracle_calls(&pulse, &dir.join("state-b"), &bob, &bob_pw);
-    answer.args([
-        "answer",
-        "--mic",
-        "device:bobair.monitor",
-        "--speaker",
-        "device:bobspk",
-        "--timeout",
-        "90",
-    ]);
-    let mut b = Proc::spawn(answer);
-    b.wait_for("waiting for a call", Duration::from_secs(60));
-    let mut call = oracle_calls(&pulse, &dir.join("state-a"), &alice, &alice_pw);
-    call.arg("call").arg(format!("@{bob}:{server_name}")).args([
-        "--mic",
-        "default",
-        "--speaker",
-        "default",
-        "--seconds",
+    let (mut a, mut b) = place_and_answer(
+        Party::new(&pulse, &dir.join("state-a"), &alice, &alice_pw),
+        Party::new(&pulse, &dir.join("state-b"), &bob, &bob_pw),
+        ["device:bobair.monitor", "device:bobspk"],
         "25",
-    ]);
-    let mut a = Proc::spawn(call);
-    a.wait_for("key confirmed", Duration::from_secs(60));
-    b.wait_for("key confirmed", Duration::from_secs(20));
+        "key confirmed",
+    );
 
     // The probes run in a child of this test binary whose environment is the server's.
     let probe = Command::new(std::env::current_exe().unwrap())
