@@ -215,7 +215,11 @@ function follow(call, { role, t0, cfg, ctx, emit }) {
     if (!call.peerConn || over) return;
     try {
       const s = await statsOf(call.peerConn);
-      if (!over) res.stats = s;
+      // The other side's hangup closes DTLS (its close_notify) before its m.call.hangup is
+      // decrypted here: a snapshot in between shows the transport closed. Keep the last one
+      // taken while it was connected.
+      const live = s?.transport?.dtls_state === 'connected';
+      if (!over && (live || res.stats === null)) res.stats = s;
     } catch (e) {
       log(`getStats failed: ${e.message}`);
     }
