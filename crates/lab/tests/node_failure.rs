@@ -8,9 +8,9 @@
 //! The test brings up its own PRIVATE stack (`scripts/stack up` with its own `STACK_DIR` and
 //! every port 300 above the defaults, two LiveKit nodes), because it kills a server: the
 //! shared stack other suites use is never touched. `ORACLE_CALLS_FAULT_STACK_DIR` overrides
-//! the directory (default `<repo>/.stack-faults`); node 2 is started again at the end and the
-//! private stack is left up for the next run (`STACK_DIR=<dir> scripts/stack down` stops it;
-//! its settings are remembered in the directory).
+//! the directory (default `<repo>/.stack-faults`). Each test stops the private stack at its
+//! end, also when it fails: its ports are fixed, so a stack left running by one checkout (CI
+//! clones into a new directory each time) would block the next run.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -75,14 +75,15 @@ fn private_env() -> Vec<(String, String)> {
     .collect()
 }
 
-/// Starts node 2 again when dropped (also when the test fails half-way): `scripts/stack up`
-/// starts what is not running.
-struct RestartNodes(Stack);
+/// Stops the private stack when dropped (also when the test fails half-way): the next test's
+/// `setup` starts it again, and nothing of it outlives the test binary (its ports are fixed,
+/// so a stack left running by one checkout blocks the next checkout's run).
+struct DownAtEnd(Stack);
 
-impl Drop for RestartNodes {
+impl Drop for DownAtEnd {
     fn drop(&mut self) {
-        if let Err(e) = self.0.script(&["up"]) {
-            eprintln!("could not start the private stack's killed node again: {e:#}");
+        if let Err(e) = self.0.script(&["down"]) {
+            eprintln!("could not stop the private stack: {e:#}");
         }
     }
 }
@@ -264,6 +265,8 @@ async fn echo_back(call: &mut Call, t0: Instant, after_rejoin: bool, limit: Dura
 /// `agent` (0-based).
 struct Setup {
     stack: Stack,
+    /// Stops the private stack at the end of the test.
+    down: DownAtEnd,
     dep: Deployment,
     client: oracle_calls_client::OracleClient,
     ws: Vec<String>,
@@ -317,6 +320,7 @@ async fn setup(api: usize, user: usize, agent: usize) -> Setup {
     );
     let client = dep.new_user().await.unwrap();
     Setup {
+        down: DownAtEnd(stack.clone()),
         stack,
         dep,
         client,
@@ -365,12 +369,12 @@ async fn a_killed_livekit_node_is_survived_by_a_full_reconnect_under_the_same_ke
     // one lands on node 2, so node 1 relays both peers' signalling to it.
     let Setup {
         stack,
+        down: _down,
         dep,
         client,
         node_ids,
         ..
     } = setup(0, 0, 0).await;
-    let _restart = RestartNodes(stack.clone());
     let (node1, node2) = (node_ids[0].clone(), node_ids[1].clone());
 
     let mut placed = None;
@@ -485,7 +489,11 @@ async fn a_10_s_network_drop_between_the_user_and_its_node_is_survived() {
     let _serial = SERIAL.lock().await;
     // The user signals through node 1; the server's API and the agent use node 2.
     let Setup {
-        dep, client, ws, ..
+        down: _down,
+        dep,
+        client,
+        ws,
+        ..
     } = setup(1, 0, 1).await;
     let mut call = client.call_oracle(CallType::Audio).await.unwrap();
     let envelope = echo_envelope(&mut call, 3.0).await.unwrap();
