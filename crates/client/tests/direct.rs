@@ -94,26 +94,7 @@ async fn relay_only_call_goes_through_coturn_and_releases_the_allocation() {
     let hung_up = Instant::now();
     a_call.hangup().unwrap();
     // coturn logs the deletion of alice's allocation (Refresh lifetime 0) within 2 s.
-    let needle = format!("{}>", alice.user);
-    loop {
-        let log = std::fs::read_to_string(stack_var("TURN_LOG")).unwrap_or_default();
-        let fresh = log.get(log_before..).unwrap_or("");
-        let ours = |what: &str| {
-            fresh
-                .lines()
-                .any(|l| l.contains(what) && l.contains(&needle))
-        };
-        // Deleted because of our Refresh with lifetime 0, not by expiry.
-        if ours("delete: realm=") {
-            assert!(ours("lifetime=0"), "deleted without our Refresh:\n{fresh}");
-            break;
-        }
-        assert!(
-            hung_up.elapsed() < Duration::from_secs(2),
-            "no deletion in coturn's log:\n{fresh}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    assert_allocation_released(&alice.user, log_before, hung_up + Duration::from_secs(2)).await;
     // The socket is closed: its port can be bound again.
     tokio::time::sleep(Duration::from_millis(1600)).await;
     std::net::UdpSocket::bind(local).expect("the call's socket was closed");
@@ -156,8 +137,7 @@ async fn a_relay_only_call_outlives_its_allocation_lifetime() {
         let gap = side.audio_at.windows(2).map(|w| w[1] - w[0]).max().unwrap();
         assert!(gap < Duration::from_secs(1), "{who} heard a {gap:?} gap");
     }
-    let log = std::fs::read_to_string(stack_var("TURN_LOG")).unwrap_or_default();
-    let fresh = log.get(log_before..).unwrap_or("");
+    let fresh = turn_log_since(log_before);
     for who in [&alice.user, &bob.user] {
         let needle = format!("{who}>");
         let refreshed = fresh

@@ -208,27 +208,9 @@ async fn after_hangup_no_socket_or_allocation_is_left() {
     }
     // Both allocations (one per side, TURN is on by default) are deleted on our Refresh
     // with lifetime 0 (coturn logs the deletion about a second later).
-    let t0 = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(3);
     for who in [&alice.user, &bob.user] {
-        let needle = format!("{who}>");
-        loop {
-            let log = std::fs::read_to_string(stack_var("TURN_LOG")).unwrap_or_default();
-            let fresh = log.get(log_before..).unwrap_or("").to_owned();
-            let ours = |what: &str| {
-                fresh
-                    .lines()
-                    .any(|l| l.contains(what) && l.contains(&needle))
-            };
-            if ours("delete: realm=") {
-                assert!(ours("lifetime=0"), "{who}'s allocation expired instead");
-                break;
-            }
-            assert!(
-                t0.elapsed() < Duration::from_secs(3),
-                "no deletion of {who}'s allocation in coturn's log"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        assert_allocation_released(who, log_before, deadline).await;
     }
     // The call's handles report the end and nothing more.
     assert!(a_call.next_event().await.is_none());

@@ -253,6 +253,39 @@ pub async fn send_encrypted(p: &Person, room: &str, event_type: &str, content: &
     room.send_raw(event_type, content.clone()).await.unwrap();
 }
 
+/// coturn's log (the stack's `TURN_LOG`) from byte `from` on.
+pub fn turn_log_since(from: usize) -> String {
+    let log = std::fs::read_to_string(stack_var("TURN_LOG")).unwrap_or_default();
+    log.get(from..).unwrap_or("").to_owned()
+}
+
+/// Waits until coturn's log (from byte `log_before`) shows `user`'s allocation deleted, and
+/// asserts it was our Refresh with lifetime 0 that deleted it, not expiry; fails at
+/// `deadline`.
+pub async fn assert_allocation_released(user: &UserId, log_before: usize, deadline: Instant) {
+    let needle = format!("{user}>");
+    loop {
+        let fresh = turn_log_since(log_before);
+        let ours = |what: &str| {
+            fresh
+                .lines()
+                .any(|l| l.contains(what) && l.contains(&needle))
+        };
+        if ours("delete: realm=") {
+            assert!(
+                ours("lifetime=0"),
+                "{user}'s allocation was deleted without our Refresh:\n{fresh}"
+            );
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no deletion of {user}'s allocation in coturn's log:\n{fresh}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Waits for the end of `call` (discarding its other events).
 pub async fn wait_end(call: &mut DirectCall, limit: Duration) -> Option<EndReason> {
     tokio::time::timeout(limit, async {
