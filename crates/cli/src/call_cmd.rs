@@ -99,13 +99,38 @@ pub struct UserArgs {
     /// calls then have no forward secrecy).
     #[arg(long, value_name = "ED25519")]
     accept_prekey_signing_key: Option<String>,
-    /// A key-transparency directory (`oracle-calls kt serve`, https:// or loopback): the
-    /// oracle's key, bot and bot devices must be what the directory's verified record says.
+    #[command(flatten)]
+    pub(crate) kt: KtArgs,
+}
+
+/// The key-transparency directory, for oracle and person-to-person calls.
+#[derive(Args, Debug)]
+pub struct KtArgs {
+    /// A key-transparency directory (`oracle-calls kt serve`, https:// or loopback). An
+    /// oracle's key, bot and bot devices must be what its verified record says; in a call
+    /// between people, this device is published in your record and the other person's device
+    /// must be listed in theirs.
     #[arg(long, env = "ORACLE_CALLS_KT_URL", requires = "kt_public_key")]
     kt_url: Option<String>,
     /// The directory's public key JSON (`kt keygen` prints it), obtained out of band.
     #[arg(long, env = "ORACLE_CALLS_KT_PUBLIC_KEY", requires = "kt_url")]
     kt_public_key: Option<PathBuf>,
+}
+
+impl KtArgs {
+    /// The directory to use, if one is named.
+    pub(crate) fn config(&self) -> anyhow::Result<Option<KtConfig>> {
+        let (Some(url), Some(path)) = (&self.kt_url, &self.kt_public_key) else {
+            return Ok(None);
+        };
+        let text = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let directory_key: DirectoryPublicKey = serde_json::from_slice(&text)
+            .with_context(|| format!("{} is not a directory public key", path.display()))?;
+        Ok(Some(KtConfig {
+            url: url.clone(),
+            directory_key,
+        }))
+    }
 }
 
 impl UserArgs {
@@ -122,16 +147,7 @@ impl UserArgs {
             self.login.store_dir(),
             self.oracle()?.clone(),
         );
-        if let (Some(url), Some(path)) = (&self.kt_url, &self.kt_public_key) {
-            let text =
-                std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-            let directory_key: DirectoryPublicKey = serde_json::from_slice(&text)
-                .with_context(|| format!("{} is not a directory public key", path.display()))?;
-            cfg.key_transparency = Some(KtConfig {
-                url: url.clone(),
-                directory_key,
-            });
-        }
+        cfg.key_transparency = self.kt.config()?;
         cfg.trust_override = TrustOverride {
             oracle_key: self.accept_oracle_key.clone(),
             bot_device: self.accept_bot_device.clone(),

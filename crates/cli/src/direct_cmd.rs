@@ -21,7 +21,7 @@ use oracle_calls_proto::Did;
 use tracing::{info, warn};
 
 use crate::call_audio::{CallAudio, CallAudioArgs, FrameSink, FrameSource, run_call_audio};
-use crate::call_cmd::{CallArgs, LoginArgs};
+use crate::call_cmd::{CallArgs, KtArgs, LoginArgs};
 
 /// How long the command waits for the driver to report the end after it hung up.
 const END_WAIT: Duration = Duration::from_secs(10);
@@ -36,6 +36,8 @@ pub struct AnswerArgs {
     login: LoginArgs,
     #[command(flatten)]
     audio: CallAudioArgs,
+    #[command(flatten)]
+    kt: KtArgs,
     /// Offer only TURN relay candidates, so that the caller never learns this computer's
     /// address (the homeserver must offer TURN).
     #[arg(long)]
@@ -61,7 +63,7 @@ pub fn call(args: CallArgs) -> anyhow::Result<()> {
     let rt = tokio::runtime::Runtime::new()?;
     let (mut source, mut sink) = open_audio(&args.audio)?;
     let (calls, call) = rt.block_on(async {
-        let calls = start(&args.user.login, args.relay_only, false).await?;
+        let calls = start(&args.user.login, &args.user.kt, args.relay_only, false).await?;
         info!(%peer, "placing the call");
         let call = tokio::select! {
             r = calls.place_call(&peer) => r.with_context(|| format!("calling {peer}"))?,
@@ -83,7 +85,7 @@ pub fn answer(args: AnswerArgs) -> anyhow::Result<()> {
         Some(open_audio(&args.audio)?)
     };
     let (calls, incoming) = rt.block_on(async {
-        let calls = start(&args.login, args.relay_only, true).await?;
+        let calls = start(&args.login, &args.kt, args.relay_only, true).await?;
         info!("waiting for a call");
         let wait = async {
             match args.timeout {
@@ -127,6 +129,7 @@ fn open_audio(audio: &CallAudioArgs) -> anyhow::Result<(FrameSource, FrameSink)>
 /// Logs in (or restores the session) and starts the direct-call driver on that device.
 async fn start(
     login: &LoginArgs,
+    kt: &KtArgs,
     relay_only: bool,
     auto_join: bool,
 ) -> anyhow::Result<DirectCalls> {
@@ -161,6 +164,7 @@ async fn start(
             IcePolicy::All
         },
         auto_join_direct_invites: auto_join,
+        key_transparency: kt.config()?,
         ..DirectConfig::default()
     };
     let trust = PeopleTrust::open(login.store_dir().join("pins.json"));

@@ -113,6 +113,26 @@ pub struct Config {
     /// Who may publish: one entry per operator token, each scoped to one oracle DID.
     #[serde(default)]
     pub publishers: Vec<Publisher>,
+    /// The homeservers whose users may publish their own person record (the devices they
+    /// call from), proving who they are with a Matrix OpenID token that the homeserver
+    /// confirms. None: people cannot publish.
+    #[serde(default)]
+    pub homeservers: Vec<Homeserver>,
+    /// The most person-record publishes one user may make per hour (default 30); more get
+    /// 429 with `Retry-After`.
+    #[serde(default = "default_person_publishes_per_hour")]
+    pub person_publishes_per_hour: u32,
+}
+
+/// A homeserver whose users may publish person records.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Homeserver {
+    /// Its server name (the part of user ids after `:`).
+    pub server_name: String,
+    /// The base URL its federation API answers on (`/_matrix/federation/v1/openid/userinfo`);
+    /// `https://`, or `http://` on loopback.
+    pub url: String,
 }
 
 /// One operator credential: the SHA-256 of a bearer token, and the DID it may publish.
@@ -132,6 +152,10 @@ fn default_listen() -> SocketAddr {
 
 fn default_data_dir() -> PathBuf {
     PathBuf::from("kt-data")
+}
+
+fn default_person_publishes_per_hour() -> u32 {
+    30
 }
 
 fn default_body_limit() -> usize {
@@ -171,6 +195,29 @@ impl Config {
             if !hashes.insert(p.token_sha256) {
                 bail!("two publishers have the same token_sha256");
             }
+        }
+        let mut names = std::collections::HashSet::new();
+        for h in &self.homeservers {
+            if h.server_name.is_empty() || !names.insert(h.server_name.as_str()) {
+                bail!("each [[homeservers]] entry needs its own, non-empty server_name");
+            }
+            let url = reqwest::Url::parse(&h.url)
+                .with_context(|| format!("homeserver {}: url {}", h.server_name, h.url))?;
+            let host = url.host_str().unwrap_or_default();
+            let loopback = host == "localhost"
+                || host
+                    .trim_matches(['[', ']'])
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|a| a.is_loopback());
+            if url.scheme() != "https" && !(url.scheme() == "http" && loopback) {
+                bail!(
+                    "homeserver {}: the url must be https:// (http:// only on loopback)",
+                    h.server_name
+                );
+            }
+        }
+        if self.person_publishes_per_hour == 0 && !self.homeservers.is_empty() {
+            bail!("person_publishes_per_hour must be at least 1");
         }
         Ok(())
     }

@@ -30,7 +30,11 @@
 //!   marks the end of each sync batch, so an invite rings only after its whole batch was
 //!   processed. Refused events come out as [`SecurityNotice`]s and never ring.
 //! - **Trust of people's devices** (TOFU, like the oracle pins): a device that matrix-sdk
-//!   reports verified is trusted; otherwise the pins in the trust file decide. On first contact
+//!   reports verified is trusted; otherwise the pins in the trust file decide. With
+//!   [`DirectConfig::key_transparency`], the person's verified directory record decides
+//!   instead of the homeserver's device list (first contact pins what the record lists, and a
+//!   pinned device must still be listed), and this device publishes itself there at start
+//!   (`kt` module docs). On first contact
 //!   with a person (the first call placed to them: all of their devices then; the first call
 //!   event from them: that device) the devices are pinned; a device not pinned later (a new
 //!   login, a changed key) is refused with a warning until [`DirectCalls::accept_device`]
@@ -57,6 +61,7 @@
 //! Not done yet: server-reflexive candidates, more than one host address.
 
 mod hub;
+mod kt;
 mod media;
 mod room;
 
@@ -73,6 +78,7 @@ pub use oracle_calls_direct::call::EndReason;
 pub use oracle_calls_direct::{CallId, SecurityEvent};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
+use crate::kt::KtConfig;
 use crate::trust::{PinnedDevice, TrustStore};
 
 /// Which local candidates a call offers.
@@ -112,6 +118,11 @@ pub struct DirectConfig {
     /// After the path is lost, the call ends `ice_timeout` unless it is back within this
     /// (default 30 s).
     pub ice_disconnected_timeout: Duration,
+    /// The key-transparency directory people's devices are checked against (default none:
+    /// trust on first use from the homeserver's device list). With one, [`DirectCalls::start`]
+    /// publishes this device in the person's record, and a device of another person is
+    /// trusted only while their verified record lists it (docs/PROTOCOL.md §14.7).
+    pub key_transparency: Option<KtConfig>,
     /// Faults the integration tests inject; all off by default. Never set them in a product:
     /// each one breaks a call on purpose.
     #[doc(hidden)]
@@ -143,6 +154,7 @@ impl Default for DirectConfig {
             media_connect_timeout: oracle_calls_direct::call::MEDIA_CONNECT_TIMEOUT,
             ice_restart_delay: oracle_calls_direct::call::ICE_RESTART_DELAY,
             ice_disconnected_timeout: oracle_calls_direct::call::ICE_DISCONNECTED_TIMEOUT,
+            key_transparency: None,
             dangerous_test_faults: DangerousTestFaults::default(),
         }
     }
@@ -182,6 +194,19 @@ pub enum DirectError {
     /// Caller misuse: an Ed25519 key that is not unpadded base64 of 32 bytes.
     #[error("not an Ed25519 key: {0}")]
     BadKey(String),
+    /// Key transparency is configured and the directory cannot be asked, or refused to
+    /// publish this device. Nothing was sent.
+    #[error("key transparency: {0}")]
+    KtUnavailable(String),
+    /// Key transparency is configured and the directory's answer does not verify (a bad
+    /// checkpoint signature or proof, a rollback, a fork, a malformed record). Nothing was
+    /// sent.
+    #[error("key transparency: the directory's answer does not verify ({0})")]
+    KtUnverified(#[source] oracle_calls_kt::Error),
+    /// Key transparency is configured and the person has no record, or a record with no
+    /// device, in the directory: there is no device to trust. Nothing was sent.
+    #[error("{0} lists no device in the key-transparency directory; refusing to call")]
+    NotInDirectory(String),
 }
 
 pub(crate) fn matrix_err(e: impl std::fmt::Display) -> DirectError {
@@ -207,6 +232,10 @@ impl PeopleTrust {
         self.0
             .person_devices(user.as_str())
             .map_err(|e| DirectError::Trust(e.to_string()))
+    }
+
+    pub(crate) fn store(&self) -> &TrustStore {
+        &self.0
     }
 
     pub(crate) fn pin(&self, user: &UserId, devices: &[PinnedDevice]) -> Result<(), DirectError> {
@@ -306,10 +335,13 @@ pub struct DirectCalls {
 }
 
 impl DirectCalls {
-    /// Starts listening on `client` (logged in, with end-to-end encryption) and syncing.
+    /// Starts listening on `client` (logged in, with end-to-end encryption) and syncing. With
+    /// key transparency, first makes sure this device is in the person's directory record
+    /// (publishing it if not).
     ///
     /// # Errors
-    /// [`DirectError::Matrix`] when the client has no session or device keys.
+    /// [`DirectError::Matrix`] when the client has no session or device keys; with key
+    /// transparency [`DirectError::KtUnavailable`] and [`DirectError::KtUnverified`].
     pub async fn start(
         client: &Client,
         trust: PeopleTrust,
@@ -328,7 +360,9 @@ impl DirectCalls {
     ///
     /// # Errors
     /// [`DirectError::PeerAbsent`], [`DirectError::RoomNotEncrypted`],
-    /// [`DirectError::NoTurn`], [`DirectError::Call`] (busy), [`DirectError::Matrix`].
+    /// [`DirectError::NoTurn`], [`DirectError::Call`] (busy), [`DirectError::Matrix`]; with
+    /// key transparency [`DirectError::NotInDirectory`], [`DirectError::KtUnavailable`],
+    /// [`DirectError::KtUnverified`].
     pub async fn place_call(&self, peer: &UserId) -> Result<DirectCall, DirectError> {
         self.hub.place_call(peer).await
     }
@@ -355,6 +389,20 @@ impl DirectCalls {
         ed25519: &str,
     ) -> Result<(), DirectError> {
         self.hub.accept_device(user, device_id, ed25519)
+    }
+
+    /// With key transparency: the devices `user`'s verified directory record lists (`None`:
+    /// no record), looked up now. An application shows them when the person decides on a
+    /// device (this person's own record included).
+    ///
+    /// # Errors
+    /// [`DirectError::KtUnavailable`] (also when key transparency is not configured),
+    /// [`DirectError::KtUnverified`], [`DirectError::Trust`].
+    pub async fn directory_devices(
+        &self,
+        user: &UserId,
+    ) -> Result<Option<Vec<oracle_calls_kt::PersonDevice>>, DirectError> {
+        self.hub.directory_devices(user).await
     }
 
     /// Stops listening and syncing; calls in progress end without a word.

@@ -10,8 +10,8 @@
 use std::time::Duration;
 
 use oracle_calls_kt::{
-    DirectoryPublicKey, HistoryResponse, LookupResponse, OracleRecord, VerifiedHistory,
-    VerifiedRecord,
+    DirectoryPublicKey, HistoryResponse, LookupResponse, OracleRecord, PersonRecord,
+    SignedCheckpoint, Subject, VerifiedHistory, VerifiedRecord,
 };
 use oracle_calls_proto::{ApiErrorBody, Did, OracleKeyInfo, WellKnown};
 use tracing::warn;
@@ -30,7 +30,9 @@ const MAX_HISTORY_BODY: usize = 2 * oracle_calls_kt::MAX_HISTORY_PROOF_BYTES;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KtConfig {
     /// The directory service's base URL (`https://`, or `http://` on loopback only); the
-    /// client calls `{url}/kt/v1/lookup/{did}` and `{url}/kt/v1/history/{did}`.
+    /// client calls `{url}/kt/v1/lookup/{label}` and `{url}/kt/v1/history/{label}` (an
+    /// oracle's DID or a person's user id), and a person's client
+    /// `{url}/kt/v1/people/publish`.
     pub url: String,
     /// The directory's public key (checkpoint signing key and VRF key), obtained out of band:
     /// checkpoints signed by any other key are refused.
@@ -73,32 +75,105 @@ impl KtApi {
 
     /// `GET /kt/v1/lookup/{did}`.
     pub(crate) async fn lookup(&self, did: &Did) -> Result<LookupResponse, CallError> {
-        let body = self.get("lookup", did, MAX_LOOKUP_BODY).await?;
-        LookupResponse::from_json(&body).map_err(CallError::KeyTransparency)
+        self.lookup_label(did).await?.ok_or_else(|| no_record(did))
     }
 
     /// `GET /kt/v1/history/{did}`.
     pub(crate) async fn history(&self, did: &Did) -> Result<HistoryResponse, CallError> {
-        let body = self.get("history", did, MAX_HISTORY_BODY).await?;
-        HistoryResponse::from_json(&body).map_err(CallError::KeyTransparency)
+        self.history_label(did).await?.ok_or_else(|| no_record(did))
     }
 
-    fn url(&self, what: &str, did: &Did) -> Result<reqwest::Url, CallError> {
+    /// `GET /kt/v1/lookup/{label}`; `None` when the directory has no record under it.
+    pub(crate) async fn lookup_label<S: Subject>(
+        &self,
+        subject: &S,
+    ) -> Result<Option<LookupResponse>, CallError> {
+        match self.get("lookup", subject.label(), MAX_LOOKUP_BODY).await? {
+            Some(body) => LookupResponse::from_json(&body)
+                .map(Some)
+                .map_err(CallError::KeyTransparency),
+            None => Ok(None),
+        }
+    }
+
+    /// `GET /kt/v1/history/{label}`; `None` when the directory has no record under it.
+    pub(crate) async fn history_label<S: Subject>(
+        &self,
+        subject: &S,
+    ) -> Result<Option<HistoryResponse>, CallError> {
+        match self
+            .get("history", subject.label(), MAX_HISTORY_BODY)
+            .await?
+        {
+            Some(body) => HistoryResponse::from_json(&body)
+                .map(Some)
+                .map_err(CallError::KeyTransparency),
+            None => Ok(None),
+        }
+    }
+
+    /// `POST /kt/v1/people/publish`: this person's own record, authorized by a Matrix OpenID
+    /// token; answers the checkpoint of the epoch that holds it. Not retried (the caller
+    /// looks the record up again).
+    pub(crate) async fn publish_person(
+        &self,
+        openid_token: &str,
+        record: &PersonRecord,
+    ) -> Result<SignedCheckpoint, CallError> {
+        #[derive(serde::Deserialize)]
+        struct Published {
+            checkpoint: SignedCheckpoint,
+        }
+        let url = self.url(&["people", "publish"])?;
+        let req = self
+            .http
+            .post(url)
+            .bearer_auth(openid_token)
+            .json(&serde_json::json!({ "record": record }));
+        let body = match once(req, MAX_LOOKUP_BODY).await {
+            Ok(Some(body)) => body,
+            Ok(None) => {
+                return Err(CallError::KtUnavailable(
+                    "the directory has no people's publishing endpoint".into(),
+                ));
+            }
+            Err(Failure::Final(e)) => return Err(e),
+            Err(Failure::Transient(e)) => {
+                return Err(CallError::KtUnavailable(format!("publishing failed: {e}")));
+            }
+        };
+        serde_json::from_slice::<Published>(&body)
+            .map(|p| p.checkpoint)
+            .map_err(|_| {
+                CallError::KeyTransparency(oracle_calls_kt::Error::Malformed {
+                    what: "publish answer",
+                })
+            })
+    }
+
+    fn url(&self, segments: &[&str]) -> Result<reqwest::Url, CallError> {
         let mut url = self.base.clone();
         url.path_segments_mut()
             .map_err(|()| CallError::Setup(format!("{}: not a base URL", self.base)))?
             .pop_if_empty()
-            .extend(["kt", "v1", what, did.as_str()]);
+            .extend(["kt", "v1"])
+            .extend(segments);
         Ok(url)
     }
 
-    /// GET with bounded retries (refused connections, timeouts, 5xx) and a bounded body.
-    async fn get(&self, what: &str, did: &Did, limit: usize) -> Result<Vec<u8>, CallError> {
-        let url = self.url(what, did)?;
+    /// GET with bounded retries (refused connections, timeouts, 5xx) and a bounded body;
+    /// `None` for 404 (no record under `label`).
+    async fn get(
+        &self,
+        what: &str,
+        label: &str,
+        limit: usize,
+    ) -> Result<Option<Vec<u8>>, CallError> {
+        let url = self.url(&[what, label])?;
         let mut backoff = Duration::from_millis(200);
         let mut last = String::new();
         for attempt in 1..=ATTEMPTS {
-            match once(self.http.get(url.clone()), did, limit).await {
+            match once(self.http.get(url.clone()), limit).await {
                 Ok(body) => return Ok(body),
                 Err(Failure::Final(e)) => return Err(e),
                 Err(Failure::Transient(e)) => {
@@ -117,7 +192,12 @@ impl KtApi {
     }
 }
 
-async fn once(req: reqwest::RequestBuilder, did: &Did, limit: usize) -> Result<Vec<u8>, Failure> {
+fn no_record(did: &Did) -> CallError {
+    CallError::KtUnavailable(format!("the directory has no record for {did}"))
+}
+
+/// One request: the body of a 2xx answer, `None` for 404.
+async fn once(req: reqwest::RequestBuilder, limit: usize) -> Result<Option<Vec<u8>>, Failure> {
     let mut resp = req
         .send()
         .await
@@ -143,9 +223,7 @@ async fn once(req: reqwest::RequestBuilder, did: &Did, limit: usize) -> Result<V
         )));
     }
     if status == 404 {
-        return Err(Failure::Final(CallError::KtUnavailable(format!(
-            "the directory has no record for {did}"
-        ))));
+        return Ok(None);
     }
     if !(200..300).contains(&status) {
         return Err(Failure::Final(CallError::KtUnavailable(format!(
@@ -153,7 +231,7 @@ async fn once(req: reqwest::RequestBuilder, did: &Did, limit: usize) -> Result<V
             message(&body)
         ))));
     }
-    Ok(body)
+    Ok(Some(body))
 }
 
 fn message(body: &[u8]) -> String {
@@ -496,7 +574,7 @@ mod tests {
             ),
         ] {
             let api = KtApi::new(&cfg(base)).unwrap();
-            assert_eq!(api.url("lookup", &did()).unwrap().as_str(), want);
+            assert_eq!(api.url(&["lookup", did().as_str()]).unwrap().as_str(), want);
         }
     }
 }

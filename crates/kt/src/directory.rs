@@ -1,4 +1,5 @@
-//! The directory: akd's tree of oracle records, with a signed checkpoint for every epoch.
+//! The directory: akd's tree of oracle and person records, with a signed checkpoint for every
+//! epoch.
 //!
 //! The tree is akd's `AsyncInMemoryDatabase` (or any `akd::storage::Database`); the
 //! checkpoints live in memory next to it. [`Directory::open`] adds persistence: every epoch
@@ -16,7 +17,6 @@ use akd::storage::memory::AsyncInMemoryDatabase;
 use akd::storage::{Database, StorageManager};
 use akd::{AkdLabel, AkdValue, AzksParallelismConfig, HistoryParams};
 use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair as _};
-use oracle_calls_proto::Did;
 use tokio::sync::RwLock;
 use zeroize::Zeroizing;
 
@@ -28,8 +28,9 @@ use crate::error::{Error, Result};
 use crate::proof::{
     AppendOnlyProof, AuditProof, HistoryProof, HistoryResponse, LookupProof, LookupResponse,
 };
-use crate::record::{MAX_RECORD_BYTES, OracleRecord};
-use crate::verify::TreeConfig;
+use crate::record::MAX_RECORD_BYTES;
+use crate::subject::{Subject, check_stored};
+use crate::verify::{TreeConfig, label};
 
 /// The directory's Ed25519 checkpoint signing key (a 32-byte RFC 8032 seed).
 ///
@@ -158,7 +159,8 @@ impl VRFKeyStorage for VrfSecretKey {
     }
 }
 
-/// A key-transparency directory of oracle records.
+/// A key-transparency directory of oracle records (under their DIDs) and person records
+/// (under their Matrix user ids).
 ///
 /// Every publish that changes something makes a new epoch and signs its checkpoint; epoch 0
 /// (the empty tree) is signed when the directory is created. Publishes are serialized, and a
@@ -289,23 +291,25 @@ impl<S: Database + 'static> Directory<S> {
         &self.public
     }
 
-    /// Publishes new records (one per DID) as one epoch and signs its checkpoint, dated
+    /// Publishes new records (one per label: oracles' DIDs or people's user ids) as one epoch
+    /// and signs its checkpoint, dated
     /// `time_ms` (or the previous checkpoint's time if the clock went back). Records equal to
     /// the current ones change nothing; if nothing changes, the latest checkpoint is returned
     /// and no epoch is made.
     ///
-    /// Authorizing the publisher (the oracle operator's credential) is the service's job.
+    /// Authorizing the publisher (the oracle operator's credential, the person's Matrix
+    /// account) is the service's job.
     ///
     /// A directory with a log appends the new epoch to it before answering; if that fails, the
     /// directory refuses every later publish (its tree is ahead of its log) until it is opened
     /// again.
     ///
     /// # Errors
-    /// [`Error::BadRequest`] for no updates, a DID twice, or a record over
+    /// [`Error::BadRequest`] for no updates, a label twice, or a record over
     /// [`MAX_RECORD_BYTES`]; [`Error::Directory`]; [`Error::Store`]; [`Error::Inconsistent`].
-    pub async fn publish(
+    pub async fn publish<L: Subject>(
         &self,
-        updates: Vec<(Did, OracleRecord)>,
+        updates: Vec<(L, L::Record)>,
         time_ms: i64,
     ) -> Result<SignedCheckpoint> {
         if updates.is_empty() {
@@ -314,18 +318,24 @@ impl<S: Database + 'static> Directory<S> {
         let mut seen = HashSet::with_capacity(updates.len());
         let mut entries = Vec::with_capacity(updates.len());
         let mut logged = Vec::with_capacity(updates.len());
-        for (did, record) in updates {
-            if !seen.insert(did.clone()) {
-                return Err(Error::BadRequest("a DID appears twice in one publish"));
+        for (subject, record) in updates {
+            if !seen.insert(subject.clone()) {
+                return Err(Error::BadRequest("a label appears twice in one publish"));
             }
-            let value = record.to_bytes();
+            let value = L::encode(&record);
             if value.len() > MAX_RECORD_BYTES {
                 return Err(Error::BadRequest(
                     "a record is larger than MAX_RECORD_BYTES",
                 ));
             }
-            entries.push((label(&did), AkdValue(value.clone())));
-            logged.push((did, value));
+            // Only what a verifier decodes back to the same record is committed to.
+            if subject.decode(&value).ok().as_ref() != Some(&record) {
+                return Err(Error::BadRequest(
+                    "a record does not survive its own encoding (not a valid record for its label)",
+                ));
+            }
+            entries.push((label(&subject), AkdValue(value.clone())));
+            logged.push((subject.label().to_owned(), value));
         }
 
         let mut checkpoints = self.checkpoints.write().await;
@@ -382,29 +392,29 @@ impl<S: Database + 'static> Directory<S> {
         self.checkpoints.read().await.get(index).cloned()
     }
 
-    /// The latest record of `did`, with its proof and the checkpoint it is proved against.
+    /// The latest record of `subject`, with its proof and the checkpoint it is proved against.
     ///
     /// # Errors
-    /// [`Error::NotFound`] if the DID was never published; [`Error::Directory`];
+    /// [`Error::NotFound`] if the label was never published; [`Error::Directory`];
     /// [`Error::Inconsistent`].
-    pub async fn lookup(&self, did: &Did) -> Result<LookupResponse> {
+    pub async fn lookup<L: Subject>(&self, subject: &L) -> Result<LookupResponse> {
         let checkpoints = self.checkpoints.read().await;
-        let (proof, epoch_hash) = self.akd.lookup(label(did)).await.map_err(not_found)?;
+        let (proof, epoch_hash) = self.akd.lookup(label(subject)).await.map_err(not_found)?;
         Ok(LookupResponse {
             checkpoint: matching(&checkpoints, epoch_hash.epoch(), epoch_hash.hash())?,
             proof: LookupProof::encode(&proof)?,
         })
     }
 
-    /// Every record `did` ever had, with the proof and the checkpoint it is proved against.
+    /// Every record `subject` ever had, with the proof and the checkpoint it is proved against.
     ///
     /// # Errors
     /// As [`Directory::lookup`].
-    pub async fn history(&self, did: &Did) -> Result<HistoryResponse> {
+    pub async fn history<L: Subject>(&self, subject: &L) -> Result<HistoryResponse> {
         let checkpoints = self.checkpoints.read().await;
         let (proof, epoch_hash) = self
             .akd
-            .key_history(&label(did), HistoryParams::Complete)
+            .key_history(&label(subject), HistoryParams::Complete)
             .await
             .map_err(not_found)?;
         Ok(HistoryResponse {
@@ -484,13 +494,15 @@ async fn replay(
     } else {
         let mut seen = HashSet::with_capacity(stored.updates.len());
         let mut entries = Vec::with_capacity(stored.updates.len());
-        for (did, value) in stored.updates {
+        for (stored_label, value) in stored.updates {
             // Only what `publish` accepts can have been logged.
-            OracleRecord::from_bytes(&value).map_err(|_| bad("a stored record is malformed"))?;
-            if !seen.insert(did.clone()) {
-                return Err(bad("a DID appears twice in a stored epoch"));
+            check_stored(&stored_label, &value)
+                .map_err(|_| bad("a stored label or record is malformed"))?;
+            let akd_label = AkdLabel(stored_label.as_bytes().to_vec());
+            if !seen.insert(stored_label) {
+                return Err(bad("a label appears twice in a stored epoch"));
             }
-            entries.push((label(&did), AkdValue(value)));
+            entries.push((akd_label, AkdValue(value)));
         }
         if entries.is_empty() {
             return Err(bad("a stored epoch holds no update"));
@@ -503,10 +515,6 @@ async fn replay(
         ));
     }
     Ok(stored.checkpoint)
-}
-
-fn label(did: &Did) -> AkdLabel {
-    AkdLabel(did.as_str().as_bytes().to_vec())
 }
 
 fn not_found(e: AkdError) -> Error {

@@ -1,5 +1,5 @@
-//! The directory's persistent log: per epoch, the updates published in it (DID, record bytes,
-//! in order), its time and its signed checkpoint, in SQLite (the embedded default) or
+//! The directory's persistent log: per epoch, the updates published in it (label: an oracle's
+//! DID or a person's user id; record bytes; in order), its time and its signed checkpoint, in SQLite (the embedded default) or
 //! PostgreSQL through sqlx. akd's tree itself stays in memory; [`crate::Directory::open`]
 //! rebuilds it by replaying this log epoch by epoch and checks every replayed root against the
 //! signed checkpoint stored with it.
@@ -9,7 +9,6 @@
 
 use std::fmt;
 
-use oracle_calls_proto::Did;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Row as _};
 
@@ -31,7 +30,7 @@ const SCHEMA: [&str; 3] = [
     "CREATE TABLE IF NOT EXISTS kt_updates (
         epoch BIGINT NOT NULL REFERENCES kt_epochs (epoch),
         position BIGINT NOT NULL,
-        did TEXT NOT NULL,
+        did TEXT NOT NULL, -- the label: an oracle's DID or a person's user id
         record TEXT NOT NULL,
         PRIMARY KEY (epoch, position)
     )",
@@ -55,7 +54,8 @@ impl fmt::Debug for EpochLog {
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub(crate) struct StoredEpoch {
     pub(crate) checkpoint: SignedCheckpoint,
-    pub(crate) updates: Vec<(Did, Vec<u8>)>,
+    /// (label, record bytes); the label is checked when the epoch is replayed.
+    pub(crate) updates: Vec<(String, Vec<u8>)>,
 }
 
 impl EpochLog {
@@ -156,7 +156,6 @@ impl EpochLog {
             }
             last = Some((epoch, position));
             let did: String = row.try_get("did").map_err(Error::Store)?;
-            let did = Did::parse(&did).map_err(|_| bad("a stored DID does not parse"))?;
             let record: String = row.try_get("record").map_err(Error::Store)?;
             let record = hex::decode(record).map_err(|_| bad("a stored record is not hex"))?;
             usize::try_from(epoch)
@@ -192,7 +191,7 @@ impl EpochLog {
     pub(crate) async fn append(
         &self,
         checkpoint: &SignedCheckpoint,
-        updates: &[(Did, Vec<u8>)],
+        updates: &[(String, Vec<u8>)],
     ) -> Result<()> {
         let mut tx = self.pool.begin().await.map_err(Error::Store)?;
         insert_epoch(&mut tx, checkpoint, updates).await?;
@@ -208,7 +207,7 @@ impl EpochLog {
 async fn insert_epoch(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     checkpoint: &SignedCheckpoint,
-    updates: &[(Did, Vec<u8>)],
+    updates: &[(String, Vec<u8>)],
 ) -> Result<()> {
     let epoch = i64::try_from(checkpoint.checkpoint.epoch)
         .map_err(|_| Error::Inconsistent("epoch out of range"))?;
@@ -227,7 +226,7 @@ async fn insert_epoch(
         )
         .bind(epoch)
         .bind(position)
-        .bind(did.as_str().to_owned())
+        .bind(did.clone())
         .bind(hex::encode(record))
         .execute(&mut **tx)
         .await

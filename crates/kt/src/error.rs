@@ -57,8 +57,9 @@ pub enum Error {
         /// The limit.
         max: usize,
     },
-    /// The AKD value in a proof is not a well-formed oracle record (`OracleRecord`).
-    #[error("malformed oracle record: {0}")]
+    /// The AKD value in a proof is not a well-formed record of its label's kind
+    /// (`OracleRecord` under a DID, `PersonRecord` under a Matrix user id).
+    #[error("malformed record: {0}")]
     MalformedRecord(&'static str),
     /// A lookup proof (VRF, membership and freshness proofs) does not verify against the
     /// signed root hash.
@@ -87,7 +88,7 @@ pub enum Error {
     Directory(#[source] akd::errors::AkdError),
     /// The directory has never published a record for this DID.
     #[cfg(feature = "directory")]
-    #[error("no record for this DID")]
+    #[error("no record under this label (DID or user id)")]
     NotFound,
     /// The caller asked the directory for something it cannot give (an epoch range it does
     /// not have, two updates for one DID, ...).

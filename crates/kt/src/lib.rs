@@ -1,6 +1,7 @@
 //! Key transparency for oracle-calls: a verifiable directory that maps an oracle's DID to its
-//! published keys, bot and agent ([`OracleRecord`]), so that a client need not trust the
-//! oracle's own server for them.
+//! published keys, bot and agent ([`OracleRecord`]), and a person's Matrix user id to the
+//! devices they call from ([`PersonRecord`]), so that a client need not trust the oracle's
+//! server or the homeserver for them.
 //!
 //! The directory is Meta's AKD (`akd` 0.13, WhatsApp v1 tree configuration): a VRF hides which
 //! DIDs are in the tree, a Merkle tree commits to every version of every record, and each
@@ -43,8 +44,10 @@ mod encoding;
 #[cfg(feature = "directory")]
 mod epoch_log;
 mod error;
+mod person;
 mod proof;
 mod record;
+mod subject;
 mod verify;
 
 #[cfg(feature = "directory")]
@@ -58,9 +61,11 @@ pub use directory::{CheckpointSigningKey, Directory, VrfSecretKey};
 #[cfg(feature = "directory")]
 pub use epoch_log::EpochLog;
 pub use error::{Error, Result};
+pub use person::{MAX_PERSON_DEVICES, MAX_USER_ID_LEN, PersonDevice, PersonId, PersonRecord};
 pub use proof::{
     AppendOnlyProof, AuditProof, HistoryProof, HistoryResponse, LookupProof, LookupResponse,
     MAX_APPEND_ONLY_PROOF_BYTES, MAX_HISTORY_PROOF_BYTES, MAX_LOOKUP_PROOF_BYTES,
 };
 pub use record::{MAX_RECORD_BYTES, OracleRecord};
+pub use subject::Subject;
 pub use verify::{VerifiedHistory, VerifiedRecord, Verifier, verify_history, verify_lookup};

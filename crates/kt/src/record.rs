@@ -152,20 +152,20 @@ impl OracleRecord {
     }
 }
 
-fn put_len(out: &mut Vec<u8>, len: usize) {
+pub(crate) fn put_len(out: &mut Vec<u8>, len: usize) {
     // Records are capped far below 4 GiB (MAX_RECORD_BYTES); saturate rather than wrap so an
     // oversized record can never encode as a different, valid one.
     let len = u32::try_from(len).unwrap_or(u32::MAX);
     out.extend_from_slice(&len.to_be_bytes());
 }
 
-fn put_str(out: &mut Vec<u8>, s: &str) {
+pub(crate) fn put_str(out: &mut Vec<u8>, s: &str) {
     put_len(out, s.len());
     out.extend_from_slice(s.as_bytes());
 }
 
 /// A cursor over untrusted bytes; every read is bounds-checked.
-struct Reader<'a>(&'a [u8]);
+pub(crate) struct Reader<'a>(pub(crate) &'a [u8]);
 
 impl<'a> Reader<'a> {
     fn take(&mut self, n: usize) -> Result<&'a [u8]> {
@@ -177,7 +177,7 @@ impl<'a> Reader<'a> {
         Ok(head)
     }
 
-    fn u32(&mut self) -> Result<u32> {
+    pub(crate) fn u32(&mut self) -> Result<u32> {
         let b: [u8; 4] = self
             .take(4)?
             .try_into()
@@ -185,7 +185,7 @@ impl<'a> Reader<'a> {
         Ok(u32::from_be_bytes(b))
     }
 
-    fn str(&mut self) -> Result<&'a str> {
+    pub(crate) fn str(&mut self) -> Result<&'a str> {
         let len = usize::try_from(self.u32()?).map_err(|_| Error::MalformedRecord("truncated"))?;
         std::str::from_utf8(self.take(len)?).map_err(|_| Error::MalformedRecord("not UTF-8"))
     }

@@ -2,46 +2,45 @@
 //! and remember the newest checkpoint so a directory cannot roll back or fork unnoticed.
 //! Sans-IO: no clock, no network, no files; the caller brings the bytes and stores the state.
 
-use akd_core::verify::history::{HistoryParams, HistoryVerificationParams};
-use akd_core::verify::{key_history_verify, lookup_verify};
-use akd_core::{AkdLabel, WhatsAppV1Configuration};
-use oracle_calls_proto::Did;
-
 use crate::checkpoint::{Checkpoint, DirectoryPublicKey, SignedCheckpoint, verify_checkpoint};
 use crate::error::{Error, Result};
 use crate::proof::{HistoryProof, LookupProof};
 use crate::record::OracleRecord;
+use crate::subject::Subject;
+use akd_core::verify::history::{HistoryParams, HistoryVerificationParams};
+use akd_core::verify::{key_history_verify, lookup_verify};
+use akd_core::{AkdLabel, WhatsAppV1Configuration};
 
 /// The AKD tree configuration (hash function, leaf and node hashing) of every oracle-calls
 /// directory: akd's `WhatsAppV1Configuration` (BLAKE3).
 pub(crate) type TreeConfig = WhatsAppV1Configuration;
 
-/// A record the directory proved it serves for a DID.
+/// A record the directory proved it serves for a label (an oracle's DID, a person's user id).
 #[derive(Clone, PartialEq, Eq, Debug)]
-pub struct VerifiedRecord {
+pub struct VerifiedRecord<R = OracleRecord> {
     /// The record.
-    pub record: OracleRecord,
+    pub record: R,
     /// The epoch in which this version was published.
     pub epoch: u64,
-    /// The record's version for this DID: 1 for the first value, +1 per change.
+    /// The record's version for this label: 1 for the first value, +1 per change.
     pub version: u64,
 }
 
-/// Every value a DID ever had, as proved by a key-history proof: newest first, versions
+/// Every value a label ever had, as proved by a key-history proof: newest first, versions
 /// contiguous down to 1.
 #[derive(Clone, PartialEq, Eq, Debug)]
-pub struct VerifiedHistory {
-    versions: Vec<VerifiedRecord>,
+pub struct VerifiedHistory<R = OracleRecord> {
+    versions: Vec<VerifiedRecord<R>>,
 }
 
-impl VerifiedHistory {
+impl<R: PartialEq> VerifiedHistory<R> {
     /// Every version, newest first (never empty).
-    pub fn versions(&self) -> &[VerifiedRecord] {
+    pub fn versions(&self) -> &[VerifiedRecord<R>] {
         &self.versions
     }
 
     /// The newest version.
-    pub fn latest(&self) -> Option<&VerifiedRecord> {
+    pub fn latest(&self) -> Option<&VerifiedRecord<R>> {
         self.versions.first()
     }
 
@@ -54,9 +53,9 @@ impl VerifiedHistory {
     /// at it: the directory rewrote a value it once proved.
     pub fn change_since(
         &self,
-        pinned: &OracleRecord,
+        pinned: &R,
         pinned_version: u64,
-    ) -> Result<Option<&VerifiedRecord>> {
+    ) -> Result<Option<&VerifiedRecord<R>>> {
         let at = self
             .versions
             .iter()
@@ -70,9 +69,10 @@ impl VerifiedHistory {
     }
 }
 
-/// Verifies a lookup proof for `did` against a signed checkpoint: the checkpoint signature,
-/// the VRF proofs that hide the DID in the tree, the Merkle paths to the signed root hash,
-/// and that the proved version is the latest; then decodes the record.
+/// Verifies a lookup proof for `subject` (an oracle's [`oracle_calls_proto::Did`] or a
+/// person's [`crate::PersonId`]) against a signed checkpoint: the checkpoint signature, the
+/// VRF proofs that hide the label in the tree, the Merkle paths to the signed root hash, and
+/// that the proved version is the latest; then decodes the record of the label's kind.
 ///
 /// This checks one response alone; [`Verifier::verify_lookup`] also refuses rollbacks and
 /// forks.
@@ -81,31 +81,31 @@ impl VerifiedHistory {
 /// Those of [`verify_checkpoint`]; [`Error::Malformed`] / [`Error::TooLarge`] for a proof
 /// that does not parse; [`Error::LookupProof`] if it does not verify;
 /// [`Error::MalformedRecord`] if the proved value is not a record.
-pub fn verify_lookup(
+pub fn verify_lookup<S: Subject>(
     directory: &DirectoryPublicKey,
     signed: &SignedCheckpoint,
-    did: &Did,
+    subject: &S,
     proof: &LookupProof,
-) -> Result<VerifiedRecord> {
+) -> Result<VerifiedRecord<S::Record>> {
     let checkpoint = verify_checkpoint(signed, directory)?;
-    lookup_at(directory, &checkpoint, did, proof)
+    lookup_at(directory, &checkpoint, subject, proof)
 }
 
-/// Verifies a key-history proof for `did` against a signed checkpoint: every version from 1 to
+/// Verifies a key-history proof for `subject` against a signed checkpoint: every version from 1 to
 /// the latest, each in the tree at its epoch, none hidden after it.
 ///
 /// # Errors
 /// Those of [`verify_checkpoint`]; [`Error::Malformed`] / [`Error::TooLarge`] for a proof
 /// that does not parse; [`Error::HistoryProof`] if it does not verify;
 /// [`Error::MalformedRecord`] if a proved value is not a record.
-pub fn verify_history(
+pub fn verify_history<S: Subject>(
     directory: &DirectoryPublicKey,
     signed: &SignedCheckpoint,
-    did: &Did,
+    subject: &S,
     proof: &HistoryProof,
-) -> Result<VerifiedHistory> {
+) -> Result<VerifiedHistory<S::Record>> {
     let checkpoint = verify_checkpoint(signed, directory)?;
-    history_at(directory, &checkpoint, did, proof)
+    history_at(directory, &checkpoint, subject, proof)
 }
 
 /// One directory as a client or agent sees it: the directory key it was configured with and
@@ -170,14 +170,14 @@ impl Verifier {
     ///
     /// # Errors
     /// Those of [`verify_lookup`] and [`Verifier::accept_checkpoint`].
-    pub fn verify_lookup(
+    pub fn verify_lookup<S: Subject>(
         &mut self,
         signed: &SignedCheckpoint,
-        did: &Did,
+        subject: &S,
         proof: &LookupProof,
-    ) -> Result<VerifiedRecord> {
+    ) -> Result<VerifiedRecord<S::Record>> {
         let checkpoint = self.check(signed)?;
-        let record = lookup_at(&self.directory, &checkpoint, did, proof)?;
+        let record = lookup_at(&self.directory, &checkpoint, subject, proof)?;
         self.store(signed);
         Ok(record)
     }
@@ -188,14 +188,14 @@ impl Verifier {
     ///
     /// # Errors
     /// Those of [`verify_history`] and [`Verifier::accept_checkpoint`].
-    pub fn verify_history(
+    pub fn verify_history<S: Subject>(
         &mut self,
         signed: &SignedCheckpoint,
-        did: &Did,
+        subject: &S,
         proof: &HistoryProof,
-    ) -> Result<VerifiedHistory> {
+    ) -> Result<VerifiedHistory<S::Record>> {
         let checkpoint = self.check(signed)?;
-        let history = history_at(&self.directory, &checkpoint, did, proof)?;
+        let history = history_at(&self.directory, &checkpoint, subject, proof)?;
         self.store(signed);
         Ok(history)
     }
@@ -235,16 +235,16 @@ impl Verifier {
     }
 }
 
-fn label(did: &Did) -> AkdLabel {
-    AkdLabel(did.as_str().as_bytes().to_vec())
+pub(crate) fn label<S: Subject>(subject: &S) -> AkdLabel {
+    AkdLabel(subject.label().as_bytes().to_vec())
 }
 
-fn lookup_at(
+fn lookup_at<S: Subject>(
     directory: &DirectoryPublicKey,
     checkpoint: &Checkpoint,
-    did: &Did,
+    subject: &S,
     proof: &LookupProof,
-) -> Result<VerifiedRecord> {
+) -> Result<VerifiedRecord<S::Record>> {
     let proof = proof.decode()?;
     // akd_core assumes 1 <= version <= epoch (it asserts on version 0); check first.
     let in_range = |n: u64| (1..=checkpoint.epoch).contains(&n);
@@ -255,23 +255,23 @@ fn lookup_at(
         directory.vrf_key(),
         checkpoint.root_hash,
         checkpoint.epoch,
-        label(did),
+        label(subject),
         proof,
     )
     .map_err(|_| Error::LookupProof)?;
     Ok(VerifiedRecord {
-        record: OracleRecord::from_bytes(&result.value)?,
+        record: subject.decode(&result.value)?,
         epoch: result.epoch,
         version: result.version,
     })
 }
 
-fn history_at(
+fn history_at<S: Subject>(
     directory: &DirectoryPublicKey,
     checkpoint: &Checkpoint,
-    did: &Did,
+    subject: &S,
     proof: &HistoryProof,
-) -> Result<VerifiedHistory> {
+) -> Result<VerifiedHistory<S::Record>> {
     let proof = proof.decode()?;
     // akd_core adds to versions and computes marker versions before it bounds them by the
     // epoch; bound them here so nothing can overflow or assert.
@@ -288,7 +288,7 @@ fn history_at(
         directory.vrf_key(),
         checkpoint.root_hash,
         checkpoint.epoch,
-        label(did),
+        label(subject),
         proof,
         HistoryVerificationParams::Default {
             history_params: HistoryParams::Complete,
@@ -299,7 +299,7 @@ fn history_at(
         .into_iter()
         .map(|r| {
             Ok(VerifiedRecord {
-                record: OracleRecord::from_bytes(&r.value)?,
+                record: subject.decode(&r.value)?,
                 epoch: r.epoch,
                 version: r.version,
             })

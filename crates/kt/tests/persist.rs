@@ -15,8 +15,8 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use oracle_calls_kt::{
-    CheckpointSigningKey, Directory, EpochLog, Error, SignedCheckpoint, Verifier, VrfSecretKey,
-    audit,
+    CheckpointSigningKey, Directory, EpochLog, Error, PersonDevice, PersonId, PersonRecord,
+    SignedCheckpoint, Verifier, VrfSecretKey, audit,
 };
 use zeroize::Zeroizing;
 
@@ -355,4 +355,88 @@ async fn only_sqlite_and_postgres_urls_are_accepted() {
             Err(Error::BadRequest(_))
         ));
     }
+}
+
+fn person(user: &str, devices: &[(&str, u8)]) -> (PersonId, PersonRecord) {
+    use base64::Engine as _;
+    let record = PersonRecord {
+        matrix_user_id: user.into(),
+        devices: devices
+            .iter()
+            .map(|(id, key)| PersonDevice {
+                device_id: (*id).into(),
+                ed25519: base64::engine::general_purpose::STANDARD_NO_PAD.encode([*key; 32]),
+            })
+            .collect(),
+    };
+    (PersonId::parse(user).unwrap(), record)
+}
+
+/// People's records live in the same tree as oracles', survive a restart (the log replays
+/// both kinds), and a proof for one label never verifies for another.
+#[tokio::test]
+async fn people_and_oracles_share_the_directory_and_its_log() {
+    let tmp = TempDir::new();
+    let url = tmp.url();
+    let dir = open(&url).await.unwrap();
+    let (alice, a1) = person("@alice:example.org", &[("A1", 1)]);
+    let (bob, b1) = person("@bob:example.org", &[("B1", 3)]);
+    dir.publish(vec![(alice.clone(), a1.clone())], T0 + 1)
+        .await
+        .unwrap();
+    dir.publish(vec![(did(1), record("agent-a"))], T0 + 2)
+        .await
+        .unwrap();
+    let (_, a2) = person("@alice:example.org", &[("A1", 1), ("A2", 2)]);
+    dir.publish(
+        vec![(alice.clone(), a2.clone()), (bob.clone(), b1.clone())],
+        T0 + 3,
+    )
+    .await
+    .unwrap();
+    // A record that names another user than its label is not published.
+    assert!(matches!(
+        dir.publish(vec![(alice.clone(), b1.clone())], T0 + 4).await,
+        Err(Error::BadRequest(_))
+    ));
+    let public = dir.public_key().clone();
+    drop(dir);
+
+    let dir = open(&url).await.unwrap();
+    assert_eq!(dir.latest_checkpoint().await.unwrap().checkpoint.epoch, 3);
+    let mut client = Verifier::new(public);
+    let lookup = dir.lookup(&alice).await.unwrap();
+    let verified = client
+        .verify_lookup(&lookup.checkpoint, &alice, &lookup.proof)
+        .unwrap();
+    assert_eq!(
+        (verified.record, verified.version, verified.epoch),
+        (a2.clone(), 2, 3)
+    );
+    // alice's proof is no proof for bob.
+    assert!(matches!(
+        client.verify_lookup(&lookup.checkpoint, &bob, &lookup.proof),
+        Err(Error::LookupProof)
+    ));
+    let history = dir.history(&alice).await.unwrap();
+    let versions = client
+        .verify_history(&history.checkpoint, &alice, &history.proof)
+        .unwrap();
+    let records: Vec<_> = versions
+        .versions()
+        .iter()
+        .map(|v| v.record.clone())
+        .collect();
+    assert_eq!(records, vec![a2.clone(), a1.clone()]);
+    assert_eq!(versions.change_since(&a1, 1).unwrap().unwrap().record, a2);
+    let lookup = dir.lookup(&did(1)).await.unwrap();
+    let oracle = client
+        .verify_lookup(&lookup.checkpoint, &did(1), &lookup.proof)
+        .unwrap();
+    assert_eq!(oracle.record, record("agent-a"));
+    assert!(matches!(
+        dir.lookup(&PersonId::parse("@carol:example.org").unwrap())
+            .await,
+        Err(Error::NotFound)
+    ));
 }

@@ -82,11 +82,20 @@ impl KtDirectory {
     /// # Errors
     /// When it cannot be started or does not listen within a minute.
     pub fn start(&self, data: &str) -> anyhow::Result<KtService> {
+        self.start_with(data, "")
+    }
+
+    /// As [`KtDirectory::start`], with more of kt.toml (`extra`: top-level keys first, e.g.
+    /// `person_publishes_per_hour = 3`, then tables such as `[[homeservers]]`).
+    ///
+    /// # Errors
+    /// As [`KtDirectory::start`].
+    pub fn start_with(&self, data: &str, extra: &str) -> anyhow::Result<KtService> {
         let config = self.dir.join(format!("kt-{data}.toml"));
         std::fs::write(
             &config,
             format!(
-                "listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\n{}",
+                "listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\n{extra}\n{}",
                 self.dir.join(data).display(),
                 self.publisher
             ),

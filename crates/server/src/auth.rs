@@ -102,10 +102,7 @@ impl OpenIdVerifier {
         addr: Option<IpAddr>,
         limits: &Limits,
     ) -> Result<String> {
-        if token.is_empty()
-            || token.len() > MAX_TOKEN_LEN
-            || !token.bytes().all(|b| b.is_ascii_graphic())
-        {
+        if !bearer_token_well_formed(token) {
             return Err(Error::Unauthorized("invalid access token"));
         }
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
@@ -150,27 +147,10 @@ impl OpenIdVerifier {
 
     /// One homeserver request: the token's user, or why it is refused.
     async fn lookup(&self, token: &str) -> Result<Answer> {
-        let resp = self
-            .http
-            .get(&self.userinfo_url)
-            .query(&[("access_token", token)])
-            .send()
-            .await
-            .map_err(|e| Error::MatrixUnavailable(e.without_url().to_string()))?;
-        let status = resp.status();
-        if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN {
+        let Some(sub) = openid_userinfo(&self.http, &self.userinfo_url, token).await? else {
             return Ok(Answer::Refused("access token is unknown or expired"));
-        }
-        if !status.is_success() {
-            return Err(Error::MatrixBadAnswer(format!(
-                "openid userinfo answered {status}"
-            )));
-        }
-        let info: UserInfo = resp.json().await.map_err(|e| {
-            Error::MatrixBadAnswer(format!("openid userinfo body: {}", e.without_url()))
-        })?;
-        let on_our_server = info
-            .sub
+        };
+        let on_our_server = sub
             .strip_prefix('@')
             .and_then(|s| s.split_once(':'))
             .is_some_and(|(local, server)| !local.is_empty() && server == self.server_name);
@@ -179,7 +159,7 @@ impl OpenIdVerifier {
                 "the token's user is not on this homeserver",
             ));
         }
-        Ok(Answer::User(info.sub))
+        Ok(Answer::User(sub))
     }
 
     fn cached(&self, digest: &[u8; 32]) -> Option<Answer> {
@@ -195,6 +175,44 @@ impl Answer {
             Self::Refused(why) => Err(Error::Unauthorized(why)),
         }
     }
+}
+
+/// Whether a bearer token is worth sending to the homeserver: 1 to 1024 printable ASCII bytes.
+pub fn bearer_token_well_formed(token: &str) -> bool {
+    !token.is_empty() && token.len() <= MAX_TOKEN_LEN && token.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// One request to a homeserver's `/_matrix/federation/v1/openid/userinfo` (`userinfo_url`):
+/// the Matrix user id the OpenID token belongs to, `None` when the homeserver refuses the
+/// token (unknown or expired). No cache and no limits: the caller brings its own.
+///
+/// # Errors
+/// [`Error::MatrixUnavailable`] when the homeserver cannot be reached,
+/// [`Error::MatrixBadAnswer`] for another status or a body without `sub`.
+pub async fn openid_userinfo(
+    http: &reqwest::Client,
+    userinfo_url: &str,
+    token: &str,
+) -> Result<Option<String>> {
+    let resp = http
+        .get(userinfo_url)
+        .query(&[("access_token", token)])
+        .send()
+        .await
+        .map_err(|e| Error::MatrixUnavailable(e.without_url().to_string()))?;
+    let status = resp.status();
+    if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN {
+        return Ok(None);
+    }
+    if !status.is_success() {
+        return Err(Error::MatrixBadAnswer(format!(
+            "openid userinfo answered {status}"
+        )));
+    }
+    let info: UserInfo = resp.json().await.map_err(|e| {
+        Error::MatrixBadAnswer(format!("openid userinfo body: {}", e.without_url()))
+    })?;
+    Ok(Some(info.sub))
 }
 
 /// The client's address as the per-address limit counted it.

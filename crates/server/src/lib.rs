@@ -41,7 +41,7 @@ mod state;
 pub mod store;
 mod sync;
 
-pub use auth::{Agent, Caller, OpenIdVerifier, User};
+pub use auth::{Agent, Caller, OpenIdVerifier, User, bearer_token_well_formed, openid_userinfo};
 pub use config::{Config, Secrets};
 pub use error::{Error, Result};
 pub use http::{ApiDoc, router};

@@ -23,6 +23,7 @@ use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
+use super::kt::{Decision, PeopleDirectory, decide, listed};
 use super::room::{RoomInput, RoomTask};
 use super::{
     DirectCall, DirectConfig, DirectError, IcePolicy, IncomingCall, PeopleTrust, SecurityNotice,
@@ -46,6 +47,8 @@ pub(crate) struct Hub {
     pub(super) trust: PeopleTrust,
     pub(super) config: DirectConfig,
     pub(super) own: PartyIdentity,
+    /// Set with key transparency.
+    kt: Option<PeopleDirectory>,
     rooms: std::sync::Mutex<HashMap<OwnedRoomId, mpsc::UnboundedSender<RoomInput>>>,
     /// The rooms with a call in progress (placed, ringing or running).
     active: std::sync::Mutex<std::collections::HashSet<OwnedRoomId>>,
@@ -90,6 +93,15 @@ impl Hub {
             .await
             .ok_or_else(|| DirectError::Matrix("no device keys (encryption off?)".into()))?;
         let ed25519 = decode_ed25519(&ed)?;
+        let kt = match &config.key_transparency {
+            Some(cfg) => {
+                let kt = PeopleDirectory::new(cfg)?;
+                kt.publish_own(client, &trust, user.as_str(), device.as_str(), &ed)
+                    .await?;
+                Some(kt)
+            }
+            None => None,
+        };
         let (incoming_tx, incoming_rx) = mpsc::unbounded_channel();
         let (security_tx, security_rx) = mpsc::unbounded_channel();
         let (intake_tx, intake_rx) = mpsc::unbounded_channel();
@@ -102,6 +114,7 @@ impl Hub {
                 device_id: device.to_string(),
                 ed25519,
             },
+            kt,
             rooms: std::sync::Mutex::new(HashMap::new()),
             active: std::sync::Mutex::new(std::collections::HashSet::new()),
             incoming: incoming_tx,
@@ -166,6 +179,11 @@ impl Hub {
         self: &Arc<Self>,
         peer: &UserId,
     ) -> Result<DirectCall, DirectError> {
+        // With key transparency, a person who lists no device is refused before anything is
+        // sent (no DM is created).
+        if self.kt.is_some() {
+            self.listed_record(peer).await?;
+        }
         let room = self.dm_room(peer).await?;
         self.pin_on_first_contact(peer).await?;
         self.share_with_pinned(peer).await?;
@@ -286,8 +304,46 @@ impl Hub {
         Ok(room)
     }
 
-    /// Trust on first use: the first call to a person pins all of their devices.
+    /// With key transparency: the devices `user`'s verified record lists (`None`: no record).
+    pub(super) async fn directory_devices(
+        &self,
+        user: &UserId,
+    ) -> Result<Option<Vec<oracle_calls_kt::PersonDevice>>, DirectError> {
+        let kt = self.kt.as_ref().ok_or_else(|| {
+            DirectError::KtUnavailable("no key-transparency directory is configured".into())
+        })?;
+        Ok(kt
+            .record(&self.trust, user.as_str(), true)
+            .await?
+            .map(|v| v.record.devices))
+    }
+
+    /// With key transparency: `peer`'s verified record, which must list a device.
+    async fn listed_record(
+        &self,
+        peer: &UserId,
+    ) -> Result<oracle_calls_kt::VerifiedRecord<oracle_calls_kt::PersonRecord>, DirectError> {
+        let kt = self.kt.as_ref().ok_or_else(|| {
+            DirectError::KtUnavailable("no key-transparency directory is configured".into())
+        })?;
+        kt.record(&self.trust, peer.as_str(), false)
+            .await?
+            .filter(|v| !v.record.devices.is_empty())
+            .ok_or_else(|| DirectError::NotInDirectory(peer.to_string()))
+    }
+
+    /// Trust on first use: the first call to a person pins all of their devices. With key
+    /// transparency, the devices are those of the person's verified record (and a call to a
+    /// person who lists none is refused), never the homeserver's list.
     async fn pin_on_first_contact(&self, peer: &UserId) -> Result<(), DirectError> {
+        if self.kt.is_some() {
+            let record = self.listed_record(peer).await?;
+            if self.trust.pinned(peer)?.is_empty() {
+                info!(%peer, devices = record.record.devices.len(), epoch = record.epoch, version = record.version, "pinned the devices of the person's verified key-transparency record on first contact");
+                self.trust.pin(peer, &listed(&record.record))?;
+            }
+            return Ok(());
+        }
         if !self.trust.pinned(peer)?.is_empty() {
             return Ok(());
         }
@@ -314,9 +370,18 @@ impl Hub {
     }
 
     /// Marks the pinned devices of `peer` locally verified, so that a client sharing room
-    /// keys only with trusted devices reaches them (and only them).
+    /// keys only with trusted devices reaches them (and only them). With key transparency,
+    /// only the pinned devices the person's verified record still lists.
     async fn share_with_pinned(&self, peer: &UserId) -> Result<(), DirectError> {
-        let pins = self.trust.pinned(peer)?;
+        let mut pins = self.trust.pinned(peer)?;
+        if let Some(kt) = &self.kt {
+            let record = kt.record(&self.trust, peer.as_str(), false).await?;
+            pins.retain(|p| {
+                record
+                    .as_ref()
+                    .is_some_and(|v| v.record.lists(&p.device_id, &p.ed25519))
+            });
+        }
         let devices = self
             .client
             .encryption()
@@ -446,6 +511,7 @@ impl Hub {
                 DeviceTrust::Trusted
             } else {
                 self.person_trust(&info.sender, d.as_str(), &key.to_base64())
+                    .await
             };
         }
         EventAuth {
@@ -460,8 +526,9 @@ impl Hub {
     }
 
     /// TOFU for a device that is not verified: pinned on first contact with the person,
-    /// trusted while it matches its pin, refused (with a warning) otherwise.
-    fn person_trust(&self, user: &UserId, device: &str, ed25519: &str) -> DeviceTrust {
+    /// trusted while it matches its pin, refused (with a warning) otherwise. With key
+    /// transparency, the person's verified record decides ([`decide`]).
+    async fn person_trust(&self, user: &UserId, device: &str, ed25519: &str) -> DeviceTrust {
         let pins = match self.trust.pinned(user) {
             Ok(p) => p,
             Err(e) => {
@@ -469,6 +536,32 @@ impl Hub {
                 return DeviceTrust::Untrusted;
             }
         };
+        if let Some(kt) = &self.kt {
+            let record = match kt.record(&self.trust, user.as_str(), false).await {
+                Ok(r) => r,
+                Err(e) => {
+                    warn!(%user, %device, error = %e, "the person's key-transparency record cannot be verified; the device is not trusted");
+                    return DeviceTrust::Untrusted;
+                }
+            };
+            return match decide(&pins, record.as_ref().map(|v| &v.record), device, ed25519) {
+                Decision::Trusted => DeviceTrust::Trusted,
+                Decision::PinAll(all) => match self.trust.pin(user, &all) {
+                    Ok(()) => {
+                        info!(%user, %device, devices = all.len(), "pinned the devices of the person's verified key-transparency record on first contact");
+                        DeviceTrust::Trusted
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "the trust store cannot be written; the device is not trusted");
+                        DeviceTrust::Untrusted
+                    }
+                },
+                Decision::Refused(why) => {
+                    warn!(%user, %device, reason = why, "call events from this device are refused");
+                    DeviceTrust::Untrusted
+                }
+            };
+        }
         if pins.is_empty() {
             let pin = PinnedDevice {
                 device_id: device.to_owned(),
