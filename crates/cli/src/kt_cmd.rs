@@ -436,4 +436,35 @@ mod tests {
             .is_err()
         );
     }
+
+    #[test]
+    fn homeservers_must_be_named_once_and_reached_securely() {
+        let c: Config = toml::from_str("").unwrap();
+        assert!(c.homeservers.is_empty(), "people cannot publish by default");
+        assert_eq!(c.person_publishes_per_hour, 30);
+        let hs = |name: &str, url: &str| {
+            format!("[[homeservers]]\nserver_name = \"{name}\"\nurl = \"{url}\"\n")
+        };
+        let checked = |text: String| toml::from_str::<Config>(&text).unwrap().check();
+        for good in [
+            hs("example.org", "https://matrix.example.org"),
+            hs("localhost", "http://127.0.0.1:8008"),
+            hs("localhost", "http://[::1]:8008"),
+            hs("localhost", "http://localhost:8008/"),
+            format!("{}{}", hs("a", "https://a"), hs("b", "https://b")),
+        ] {
+            assert!(checked(good.clone()).is_ok(), "{good}");
+        }
+        for bad in [
+            hs("example.org", "http://matrix.example.org"),
+            hs("example.org", "ftp://matrix.example.org"),
+            hs("example.org", "not a url"),
+            hs("", "https://a"),
+            format!("{}{}", hs("a", "https://a"), hs("a", "https://b")),
+            format!("person_publishes_per_hour = 0\n{}", hs("a", "https://a")),
+        ] {
+            assert!(checked(bad.clone()).is_err(), "{bad}");
+        }
+        assert!(toml::from_str::<Config>(&format!("{}extra = 1\n", hs("a", "https://a"))).is_err());
+    }
 }

@@ -3,7 +3,8 @@
 #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
 
 use oracle_calls_kt::{
-    DirectoryKeyId, DirectoryPublicKey, OracleRecord, SignedCheckpoint, verify_checkpoint,
+    DirectoryKeyId, DirectoryPublicKey, OracleRecord, PersonId, PersonRecord, SignedCheckpoint,
+    Subject as _, verify_checkpoint,
 };
 use serde_json::Value;
 
@@ -63,6 +64,23 @@ fn records_encode_as_python_encodes_them() {
         let bytes = hex::decode(case["bytesHex"].as_str().unwrap()).unwrap();
         assert_eq!(record.to_bytes(), bytes);
         assert_eq!(OracleRecord::from_bytes(&bytes).unwrap(), record);
+    }
+}
+
+#[test]
+fn person_records_encode_as_python_encodes_them() {
+    let v = vectors();
+    let cases = v["people"].as_array().unwrap();
+    assert_eq!(cases.len(), 3);
+    for case in cases {
+        let record: PersonRecord = serde_json::from_value(case["record"].clone()).unwrap();
+        let bytes = hex::decode(case["bytesHex"].as_str().unwrap()).unwrap();
+        assert_eq!(record.to_bytes(), bytes);
+        let label = PersonId::parse(&record.matrix_user_id).unwrap();
+        assert_eq!(label.decode(&bytes).unwrap(), record);
+        // Under another label the same bytes are refused (the record names its user).
+        let other = PersonId::parse("@mallory:example.org").unwrap();
+        assert!(other.decode(&bytes).is_err());
     }
 }
 

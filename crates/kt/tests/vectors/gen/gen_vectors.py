@@ -4,7 +4,7 @@
 The checkpoint signature uses the PyPI `cryptography` package (Ed25519, RFC 8032); the byte
 layouts are written here with `struct` straight from the definitions in
 crates/kt/src/checkpoint.rs (`Checkpoint::signed_bytes`) and crates/kt/src/record.rs
-(`OracleRecord`'s encoding). Run from this directory: `python3 gen_vectors.py > ../kt.json`.
+(`OracleRecord`'s encoding) and crates/kt/src/person.rs (`PersonRecord`'s). Run from this directory: `python3 gen_vectors.py > ../kt.json`.
 """
 import base64
 import hashlib
@@ -39,6 +39,21 @@ def record_bytes(rec: dict) -> bytes:
     if v2:
         out += s(rec["prekeySigningKey"])
     return out
+
+
+def person_bytes(rec: dict) -> bytes:
+    out = s("oracle-calls/kt-person/v1") + s(rec["matrixUserId"])
+    out += struct.pack(">I", len(rec["devices"]))
+    for d in rec["devices"]:
+        out += s(d["deviceId"]) + s(d["ed25519"])
+    return out
+
+
+def ed25519_text(seed_byte: int) -> str:
+    """A real Ed25519 public key, as Matrix writes it (unpadded standard base64)."""
+    pk = Ed25519PrivateKey.from_private_bytes(bytes([seed_byte]) * 32).public_key()
+    raw = pk.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return base64.b64encode(raw).rstrip(b"=").decode()
 
 
 def checkpoint_bytes(epoch: int, root: bytes, time_ms: int) -> bytes:
@@ -89,10 +104,22 @@ for rec in [
 ]:
     records.append({"record": rec, "bytesHex": record_bytes(rec).hex()})
 
+people = []
+for rec in [
+    {"matrixUserId": "@alice:example.org", "devices": [{"deviceId": "ALICEDEV", "ed25519": base64.b64encode(bytes(range(32))).rstrip(b"=").decode()}]},
+    {"matrixUserId": "@bob:localhost:8448", "devices": [
+        {"deviceId": "PHONE", "ed25519": ed25519_text(7)},
+        {"deviceId": "LAPTOP", "ed25519": ed25519_text(8)},
+    ]},
+    {"matrixUserId": "@withdrawn=all/devices:example.org", "devices": []},
+]:
+    people.append({"record": rec, "bytesHex": person_bytes(rec).hex()})
+
 print(json.dumps({
     "generator": "crates/kt/tests/vectors/gen/gen_vectors.py (PyPI cryptography)",
     "signingPublicKey": b64url(public),
     "signingKeyId": key_id,
     "checkpoints": checkpoints,
     "records": records,
+    "people": people,
 }, indent=2, ensure_ascii=False))
