@@ -14,10 +14,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use clap::Args;
 use oracle_calls_client::{
-    ClientConfig, DirectCall, DirectCallEvent, DirectCalls, DirectConfig, EndReason, IcePolicy,
-    OracleClient, PeopleTrust,
+    DirectCall, DirectCallEvent, DirectCalls, DirectConfig, EndReason, IcePolicy, PeopleTrust,
+    open_matrix_client,
 };
-use oracle_calls_proto::Did;
 use tracing::{info, warn};
 
 use crate::call_audio::{CallAudio, CallAudioArgs, FrameSink, FrameSource, run_call_audio};
@@ -25,9 +24,9 @@ use crate::call_cmd::{CallArgs, KtArgs, LoginArgs};
 
 /// How long the command waits for the driver to report the end after it hung up.
 const END_WAIT: Duration = Duration::from_secs(10);
-/// How long the command stays after the end, so that the driver's send loop delivers the
-/// hangup (or reject) event before the process exits.
-const SEND_GRACE: Duration = Duration::from_secs(2);
+/// The longest the command waits, before it exits, for the driver to hand the hangup (or
+/// reject) event to the homeserver.
+const SEND_GRACE: Duration = Duration::from_secs(10);
 
 /// `oracle-calls answer`.
 #[derive(Args, Debug)]
@@ -105,7 +104,7 @@ pub fn answer(args: AnswerArgs) -> anyhow::Result<()> {
     let Some((mut source, mut sink)) = audio else {
         incoming.reject().context("rejecting the call")?;
         info!("call rejected");
-        rt.block_on(async { tokio::time::sleep(SEND_GRACE).await });
+        flush(&rt, &calls);
         calls.stop();
         return Ok(());
     };
@@ -115,6 +114,16 @@ pub fn answer(args: AnswerArgs) -> anyhow::Result<()> {
     info!("answered");
     let result = converse(&rt, call, &mut source, &mut sink, args.seconds);
     finish(&rt, calls, source, sink, result)
+}
+
+/// Waits until the driver handed every queued call event to the homeserver.
+fn flush(rt: &tokio::runtime::Runtime, calls: &DirectCalls) {
+    if !rt.block_on(calls.flush(SEND_GRACE)) {
+        warn!(
+            "the last call event was not delivered within {} s",
+            SEND_GRACE.as_secs()
+        );
+    }
 }
 
 fn matrix_sdk_user_id(s: &str) -> anyhow::Result<matrix_sdk::ruma::OwnedUserId> {
@@ -133,28 +142,7 @@ async fn start(
     relay_only: bool,
     auto_join: bool,
 ) -> anyhow::Result<DirectCalls> {
-    // The oracle client's connect opens (or logs in) the device; a person-to-person call
-    // names no oracle and no oracle server, so both are placeholders it never contacts.
-    let mut cfg = ClientConfig::new(
-        &login.homeserver,
-        "http://127.0.0.1",
-        login.store_dir(),
-        Did::parse("did:oraclecalls:none").context("the placeholder oracle DID")?,
-    );
-    let localpart = login
-        .user
-        .trim_start_matches('@')
-        .split(':')
-        .next()
-        .unwrap_or_default();
-    if !localpart.starts_with("did-ixo-") {
-        cfg.user_did = Some(
-            Did::parse(&format!("did:matrix:{localpart}"))
-                .or_else(|_| Did::parse("did:matrix:person"))
-                .context("the placeholder user DID")?,
-        );
-    }
-    let client = OracleClient::connect(cfg, login.login()?)
+    let client = open_matrix_client(&login.homeserver, &login.store_dir(), login.login()?)
         .await
         .context("logging in to Matrix")?;
     let config = DirectConfig {
@@ -168,7 +156,7 @@ async fn start(
         ..DirectConfig::default()
     };
     let trust = PeopleTrust::open(login.store_dir().join("pins.json"));
-    let calls = DirectCalls::start(client.matrix(), trust, config)
+    let calls = DirectCalls::start(&client, trust, config)
         .await
         .context("starting the call driver")?;
     Ok(calls)
@@ -321,8 +309,8 @@ fn finish(
         speaker_errors = %speaker_errors.map_or_else(|| "-".to_owned(), |n| n.to_string()),
         "device error callbacks"
     );
-    // Let the driver's send loop deliver our hangup before the process exits.
-    rt.block_on(async { tokio::time::sleep(SEND_GRACE).await });
+    // The driver's send loop delivers our hangup before the process exits.
+    flush(rt, &calls);
     calls.stop();
     written?;
     match result? {

@@ -1,6 +1,6 @@
 //! [`OracleClient`]: a user's Matrix device plus the oracle-calls server API.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -134,66 +134,9 @@ impl OracleClient {
     /// # Errors
     /// [`CallError::Setup`], [`CallError::Matrix`].
     pub async fn connect(cfg: ClientConfig, login: Login) -> Result<Self, CallError> {
-        crate::server::require_secure(&cfg.homeserver_url)?;
         let api = UserApi::new(&cfg.server_url)?;
         let kt = cfg.key_transparency.as_ref().map(KtApi::new).transpose()?;
-        let dir = cfg.store_dir.join("matrix");
-        private_dir(&cfg.store_dir)?;
-        private_dir(&dir)?;
-        let matrix = Client::builder()
-            .homeserver_url(&cfg.homeserver_url)
-            .sqlite_store(&dir, None)
-            .with_enable_share_history_on_invite(false)
-            // Room keys go only to devices this client trusts: the oracle bot's devices that
-            // the trust store lists (marked verified before each send), never a device the
-            // homeserver adds to the bot's account.
-            .with_room_key_recipient_strategy(CollectStrategy::OnlyTrustedDevices)
-            .build()
-            .await
-            .map_err(matrix_err)?;
-        let session_file = dir.join("session.json");
-        match login {
-            Login::Password { user, password } => {
-                let restored = match read_session(&session_file)? {
-                    Some(s) if s.meta.user_id.localpart() == localpart(&user) => {
-                        matrix
-                            .matrix_auth()
-                            .restore_session(s, matrix_sdk::store::RoomLoadSettings::default())
-                            .await
-                            .map_err(matrix_err)?;
-                        true
-                    }
-                    _ => false,
-                };
-                if !restored {
-                    matrix
-                        .matrix_auth()
-                        .login_username(&user, &password)
-                        .initial_device_display_name("oracle-calls client")
-                        .send()
-                        .await
-                        .map_err(matrix_err)?;
-                    let s = matrix
-                        .matrix_auth()
-                        .session()
-                        .ok_or_else(|| CallError::Matrix("logged in without a session".into()))?;
-                    write_session(&session_file, &s)?;
-                }
-            }
-            Login::Restore => {
-                let s = read_session(&session_file)?.ok_or_else(|| {
-                    CallError::Setup(format!(
-                        "no saved session in {}; log in with a password first",
-                        session_file.display()
-                    ))
-                })?;
-                matrix
-                    .matrix_auth()
-                    .restore_session(s, matrix_sdk::store::RoomLoadSettings::default())
-                    .await
-                    .map_err(matrix_err)?;
-            }
-        }
+        let matrix = open_matrix_client(&cfg.homeserver_url, &cfg.store_dir, login).await?;
         let user_id = matrix
             .user_id()
             .ok_or_else(|| CallError::Matrix("no user id after login".into()))?
@@ -206,10 +149,6 @@ impl OracleClient {
                 ))
             })?,
         };
-        matrix
-            .sync_once(SyncSettings::default().timeout(Duration::ZERO))
-            .await
-            .map_err(matrix_err)?;
         let trust = TrustStore::new(cfg.store_dir.join("pins.json"));
         info!(%user_id, %user_did, "client ready");
         Ok(Self(Arc::new(Inner {
@@ -831,6 +770,85 @@ fn rejoin_token_error(e: CallError) -> oracle_calls_rtc::TokenError {
         }
         _ => TokenError::Refused(e.to_string()),
     }
+}
+
+/// The person's Matrix device as oracle-calls keeps it: the homeserver at `homeserver_url`
+/// (https, or http on loopback), matrix-sdk's store in `<store_dir>/matrix` (0700), the
+/// session saved there after a password login and restored after (a session of another user
+/// is not reused), room keys shared only with devices this client trusts, and one sync done.
+/// [`OracleClient::connect`] uses it; so do person-to-person calls, which need no oracle.
+///
+/// # Errors
+/// [`CallError::InsecureUrl`], [`CallError::Setup`] (no saved session to restore),
+/// [`CallError::Matrix`], and the store's IO errors.
+pub async fn open_matrix_client(
+    homeserver_url: &str,
+    store_dir: &Path,
+    login: Login,
+) -> Result<Client, CallError> {
+    crate::server::require_secure(homeserver_url)?;
+    let dir = store_dir.join("matrix");
+    private_dir(store_dir)?;
+    private_dir(&dir)?;
+    let matrix = Client::builder()
+        .homeserver_url(homeserver_url)
+        .sqlite_store(&dir, None)
+        .with_enable_share_history_on_invite(false)
+        // Room keys go only to devices this client trusts: the oracle bot's devices that
+        // the trust store lists (marked verified before each send), never a device the
+        // homeserver adds to the bot's account.
+        .with_room_key_recipient_strategy(CollectStrategy::OnlyTrustedDevices)
+        .build()
+        .await
+        .map_err(matrix_err)?;
+    let session_file = dir.join("session.json");
+    match login {
+        Login::Password { user, password } => {
+            let restored = match read_session(&session_file)? {
+                Some(s) if s.meta.user_id.localpart() == localpart(&user) => {
+                    matrix
+                        .matrix_auth()
+                        .restore_session(s, matrix_sdk::store::RoomLoadSettings::default())
+                        .await
+                        .map_err(matrix_err)?;
+                    true
+                }
+                _ => false,
+            };
+            if !restored {
+                matrix
+                    .matrix_auth()
+                    .login_username(&user, &password)
+                    .initial_device_display_name("oracle-calls client")
+                    .send()
+                    .await
+                    .map_err(matrix_err)?;
+                let s = matrix
+                    .matrix_auth()
+                    .session()
+                    .ok_or_else(|| CallError::Matrix("logged in without a session".into()))?;
+                write_session(&session_file, &s)?;
+            }
+        }
+        Login::Restore => {
+            let s = read_session(&session_file)?.ok_or_else(|| {
+                CallError::Setup(format!(
+                    "no saved session in {}; log in with a password first",
+                    session_file.display()
+                ))
+            })?;
+            matrix
+                .matrix_auth()
+                .restore_session(s, matrix_sdk::store::RoomLoadSettings::default())
+                .await
+                .map_err(matrix_err)?;
+        }
+    }
+    matrix
+        .sync_once(SyncSettings::default().timeout(Duration::ZERO))
+        .await
+        .map_err(matrix_err)?;
+    Ok(matrix)
 }
 
 #[cfg(test)]

@@ -405,6 +405,14 @@ impl DirectCalls {
         self.hub.directory_devices(user).await
     }
 
+    /// Waits until the call events queued so far (a hangup or reject just asked for
+    /// included) were handed to the homeserver, at most `limit`; `true` if they were. An
+    /// application that exits after a call calls this first, so that the other side hears
+    /// the hangup.
+    pub async fn flush(&self, limit: Duration) -> bool {
+        tokio::time::timeout(limit, self.hub.flush()).await.is_ok()
+    }
+
     /// Stops listening and syncing; calls in progress end without a word.
     pub fn stop(self) {
         for t in &self.tasks {

@@ -47,7 +47,7 @@ mod server;
 mod trust;
 
 pub use call::{Call, CallEvent, Phase, Timeline};
-pub use client::{ClientConfig, Login, OracleClient};
+pub use client::{ClientConfig, Login, OracleClient, open_matrix_client};
 pub use direct::{
     CallStats, DangerousTestFaults, DirectCall, DirectCallEvent, DirectCalls, DirectConfig,
     DirectError, EndReason, IcePolicy, IncomingCall, PeopleTrust, SecurityNotice,

@@ -446,6 +446,21 @@ impl Hub {
         set.iter().any(|r| r != room)
     }
 
+    /// Resolves once every room's call events queued so far were handed to the homeserver
+    /// (or given up on after their retries).
+    pub(super) async fn flush(&self) {
+        let mut waits = Vec::new();
+        for tx in self.room_senders() {
+            let (reply, done) = oneshot::channel();
+            if tx.send(RoomInput::Flush { reply }).is_ok() {
+                waits.push(done);
+            }
+        }
+        for done in waits {
+            let _ = done.await;
+        }
+    }
+
     fn room_senders(&self) -> Vec<mpsc::UnboundedSender<RoomInput>> {
         self.rooms
             .lock()

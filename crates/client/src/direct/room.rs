@@ -55,6 +55,18 @@ pub(crate) enum RoomInput {
         call_id: CallId,
         pcm: Vec<i16>,
     },
+    /// Answer once every call event queued before this input was handed to the homeserver
+    /// (or given up on).
+    Flush {
+        reply: oneshot::Sender<()>,
+    },
+}
+
+/// What the send loop is given, in order.
+enum Outgoing {
+    Event(Box<CallEvent>),
+    /// Everything before it was sent: answer.
+    Flushed(oneshot::Sender<()>),
 }
 
 impl std::fmt::Debug for RoomInput {
@@ -67,6 +79,7 @@ impl std::fmt::Debug for RoomInput {
             Self::Reject { .. } => "Reject",
             Self::Hangup { .. } => "Hangup",
             Self::Audio { .. } => "Audio",
+            Self::Flush { .. } => "Flush",
         })
     }
 }
@@ -113,7 +126,7 @@ pub(super) struct RoomTask {
     tx: mpsc::UnboundedSender<RoomInput>,
     machine: CallMachine,
     machine_timeout: Instant,
-    sends: mpsc::UnboundedSender<CallEvent>,
+    sends: mpsc::UnboundedSender<Outgoing>,
     slot: Option<Slot>,
     media: Option<Media>,
     /// The fingerprints of the DTLS session, until the machine says `Connected`.
@@ -272,6 +285,11 @@ impl RoomTask {
                     let _ = self.machine.reject(now);
                 }
             }
+            RoomInput::Flush { reply } => {
+                // What the inputs before this one made the machine send goes out first.
+                self.drain(now);
+                let _ = self.sends.send(Outgoing::Flushed(reply));
+            }
             RoomInput::Hangup { call_id } => {
                 if self.owns(&call_id) {
                     let _ = self.machine.hangup(now);
@@ -428,7 +446,7 @@ impl RoomTask {
                     Output::Send(ev) => {
                         moved = true;
                         if let Some(ev) = self.with_test_faults(ev) {
-                            let _ = self.sends.send(ev);
+                            let _ = self.sends.send(Outgoing::Event(Box::new(ev)));
                         }
                     }
                     Output::Notify(n) => {
@@ -763,8 +781,15 @@ async fn recv(
 }
 
 /// Sends the machine's events into the room, in order, each retried a few times.
-async fn send_loop(room: Room, mut rx: mpsc::UnboundedReceiver<CallEvent>) {
-    while let Some(ev) = rx.recv().await {
+async fn send_loop(room: Room, mut rx: mpsc::UnboundedReceiver<Outgoing>) {
+    while let Some(item) = rx.recv().await {
+        let ev = match item {
+            Outgoing::Event(ev) => *ev,
+            Outgoing::Flushed(reply) => {
+                let _ = reply.send(());
+                continue;
+            }
+        };
         let content = ev.to_content();
         let mut delay = Duration::from_millis(200);
         for attempt in 1..=4 {
