@@ -233,7 +233,30 @@ impl Peer {
         now: Instant,
         local_candidates: &[SocketAddr],
     ) -> Result<(Peer, String), PeerError> {
-        let mut peer = Peer::new(Role::Offerer, now, local_candidates)?;
+        Self::offer_with(now, local_candidates, None)
+    }
+
+    /// [`Peer::offer`] with a DTLS certificate made before, for the fuzz targets only (a
+    /// certificate costs more than the rest of a peer). Never in a product: each call must
+    /// have a fresh certificate.
+    ///
+    /// # Errors
+    /// As [`Peer::offer`].
+    #[doc(hidden)]
+    pub fn dangerous_offer_with_certificate(
+        now: Instant,
+        local_candidates: &[SocketAddr],
+        certificate: str0m::config::DtlsCert,
+    ) -> Result<(Peer, String), PeerError> {
+        Self::offer_with(now, local_candidates, Some(certificate))
+    }
+
+    fn offer_with(
+        now: Instant,
+        local_candidates: &[SocketAddr],
+        certificate: Option<str0m::config::DtlsCert>,
+    ) -> Result<(Peer, String), PeerError> {
+        let mut peer = Peer::new(Role::Offerer, now, local_candidates, certificate)?;
         let mut api = peer.rtc.sdp_api();
         let mid = api.add_media(
             MediaKind::Audio,
@@ -261,7 +284,7 @@ impl Peer {
         now: Instant,
         local_candidates: &[SocketAddr],
     ) -> Result<(Peer, String), PeerError> {
-        let mut peer = Peer::new(Role::Answerer, now, local_candidates)?;
+        let mut peer = Peer::new(Role::Answerer, now, local_candidates, None)?;
         let answer = peer.accept_offer(offer_sdp)?;
         Ok((peer, answer))
     }
@@ -503,8 +526,17 @@ impl Peer {
         self.closed = true;
     }
 
-    fn new(role: Role, now: Instant, local_candidates: &[SocketAddr]) -> Result<Peer, PeerError> {
-        let mut rtc = rtc_config().build(now);
+    fn new(
+        role: Role,
+        now: Instant,
+        local_candidates: &[SocketAddr],
+        certificate: Option<str0m::config::DtlsCert>,
+    ) -> Result<Peer, PeerError> {
+        let mut config = rtc_config();
+        if let Some(cert) = certificate {
+            config = config.set_dtls_cert(cert);
+        }
+        let mut rtc = config.build(now);
         for &addr in local_candidates {
             let c = Candidate::host(addr, "udp").map_err(|_| PeerError::BadLocalCandidate(addr))?;
             rtc.add_local_candidate(c);
