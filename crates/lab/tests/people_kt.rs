@@ -7,6 +7,7 @@
 //!   homeserver knows but the person never published is refused, even on first contact).
 //! - A listed device that is new is refused until accepted; a device withdrawn from the
 //!   record stops being trusted; a person with no record cannot be called.
+//! - A directory served from an older copy of its log is refused (rollback).
 //! - The service refuses a publish without a token, with an unknown token, with another
 //!   user's token, for another homeserver's user, of a malformed record, and past the
 //!   per-user rate.
@@ -41,7 +42,9 @@ const BIN: &str = env!("CARGO_BIN_EXE_oracle-lab");
 
 struct Kt {
     dir: KtDirectory,
-    service: KtService,
+    service: Option<KtService>,
+    /// kt.toml's extra lines (the homeserver included).
+    extra: String,
 }
 
 impl Kt {
@@ -56,10 +59,35 @@ impl Kt {
             stack_var("MATRIX_SERVER_NAME"),
             stack_var("MATRIX_URL")
         );
-        let service = dir
-            .start_with("data", &format!("{extra}\n{homeserver}"))
-            .unwrap();
-        Self { dir, service }
+        let extra = format!("{extra}\n{homeserver}");
+        let service = Some(dir.start_with("data", &extra).unwrap());
+        Self {
+            dir,
+            service,
+            extra,
+        }
+    }
+
+    fn service(&self) -> &KtService {
+        self.service.as_ref().expect("the service runs")
+    }
+
+    /// Stops the service, and starts it again on the log in `data`.
+    fn restart(&mut self, data: &str) {
+        drop(self.service.take());
+        self.service = Some(self.dir.start_with(data, &self.extra).unwrap());
+    }
+
+    /// A copy of the log as it is now, in `to` (the service stopped while it is taken).
+    fn copy_log(&mut self, to: &str) {
+        drop(self.service.take());
+        let copy = self.dir.dir.join(to);
+        std::fs::create_dir_all(&copy).unwrap();
+        for f in std::fs::read_dir(self.dir.dir.join("data")).unwrap() {
+            let f = f.unwrap();
+            std::fs::copy(f.path(), copy.join(f.file_name())).unwrap();
+        }
+        self.restart("data");
     }
 
     fn config(&self) -> DirectConfig {
@@ -71,12 +99,12 @@ impl Kt {
     }
 
     fn client_config(&self) -> KtConfig {
-        self.dir.config(&self.service)
+        self.dir.config(self.service())
     }
 
     async fn publish(&self, token: Option<&str>, body: serde_json::Value) -> reqwest::Response {
         let mut req = reqwest::Client::new()
-            .post(format!("{}/kt/v1/people/publish", self.service.base))
+            .post(format!("{}/kt/v1/people/publish", self.service().base))
             .json(&body);
         if let Some(t) = token {
             req = req.bearer_auth(t);
@@ -86,7 +114,7 @@ impl Kt {
 
     /// The verified record of `user` (the test's own verifier, not the client's).
     async fn verified(&self, user: &str) -> Option<PersonRecord> {
-        let r = reqwest::get(format!("{}/kt/v1/lookup/{user}", self.service.base))
+        let r = reqwest::get(format!("{}/kt/v1/lookup/{user}", self.service().base))
             .await
             .unwrap();
         if r.status() == 404 {
@@ -331,6 +359,44 @@ async fn a_person_without_a_record_or_directory_cannot_be_called() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rolled_back_directory_is_refused() {
+    init_logs();
+    let mut kt = Kt::start("");
+    let alice = person("alice-ktr").await;
+    let bob = person("bob-ktr").await;
+    let a_calls = start_with(&alice, kt.config()).await;
+    a_calls.stop();
+    kt.copy_log("data-epoch1");
+    // bob's record makes epoch 2; alice's next start sees it (and stores its checkpoint).
+    let b_calls = start_with(&bob, kt.config()).await;
+    let a_calls = start_with(&alice, kt.config()).await;
+    assert!(
+        a_calls
+            .directory_devices(&bob.user)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    a_calls.stop();
+    // The directory, served from the copy of its log at epoch 1: alice refuses it.
+    kt.restart("data-epoch1");
+    let r = oracle_calls_client::DirectCalls::start(
+        &alice.client,
+        PeopleTrust::open(alice.dir.join("pins.json")),
+        kt.config(),
+    )
+    .await;
+    match r {
+        Err(DirectError::KtUnverified(oracle_calls_kt::Error::Rollback { stored, offered })) => {
+            assert_eq!((stored, offered), (2, 1));
+        }
+        Err(e) => panic!("expected a rollback, got {e}"),
+        Ok(_) => panic!("a rolled-back directory was accepted"),
+    }
+    drop(b_calls);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_directory_takes_a_persons_record_only_from_that_person() {
     init_logs();
@@ -428,14 +494,14 @@ async fn the_directory_takes_a_persons_record_only_from_that_person() {
     assert_eq!(
         get(format!(
             "{}/kt/v1/lookup/@nobody-{}:localhost",
-            kt.service.base,
+            kt.service().base,
             unique_hex(4)
         ))
         .await,
         404
     );
     assert_eq!(
-        get(format!("{}/kt/v1/lookup/not-a-label", kt.service.base)).await,
+        get(format!("{}/kt/v1/lookup/not-a-label", kt.service().base)).await,
         400
     );
 }
