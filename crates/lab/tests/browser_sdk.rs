@@ -44,12 +44,7 @@ const TONE_HZ: f64 = 660.0;
 const LISTEN_SECONDS: f64 = 5.0;
 
 fn init_logs() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_test_writer()
-        .try_init();
+    oracle_calls_test_support::init_test_logs("warn");
 }
 
 fn repo() -> PathBuf {

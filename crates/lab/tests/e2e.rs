@@ -27,13 +27,7 @@ fn temp_dir() -> std::path::PathBuf {
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn init_logs() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn,oracle_calls_agent=info".into()),
-        )
-        .with_test_writer()
-        .try_init();
+    oracle_calls_test_support::init_test_logs("warn,oracle_calls_agent=info");
 }
 
 /// Speaks `pcm` into the call in real time while collecting what the oracle says, for

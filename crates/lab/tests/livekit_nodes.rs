@@ -30,13 +30,7 @@ use tokio::net::TcpStream;
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn init_logs() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn,oracle_calls_agent=info".into()),
-        )
-        .with_test_writer()
-        .try_init();
+    oracle_calls_test_support::init_test_logs("warn,oracle_calls_agent=info");
 }
 
 /// The nodes' (WebSocket, HTTP) URLs, or `None` (with the reason printed) on a one-node stack.

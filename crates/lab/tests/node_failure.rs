@@ -36,14 +36,9 @@ use tokio::net::TcpStream;
 const OFFSET: u16 = 300;
 
 fn init_logs() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-                "warn,oracle_calls_rtc=info,oracle_calls_agent=info,oracle_calls_server=info".into()
-            }),
-        )
-        .with_test_writer()
-        .try_init();
+    oracle_calls_test_support::init_test_logs(
+        "warn,oracle_calls_rtc=info,oracle_calls_agent=info,oracle_calls_server=info",
+    );
 }
 
 /// The private stack's settings for `scripts/stack`.

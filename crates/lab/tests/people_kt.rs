@@ -132,13 +132,7 @@ impl Kt {
 }
 
 fn init_logs() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn,oracle_calls_client=info".into()),
-        )
-        .with_test_writer()
-        .try_init();
+    oracle_calls_test_support::init_test_logs("warn,oracle_calls_client=info");
 }
 
 async fn openid(p: &Person) -> String {

@@ -33,13 +33,9 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 const USER_VOICE: &str = "rms";
 
 fn init_logs() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn,oracle_calls_speech=info,oracle_calls_agent=info".into()),
-        )
-        .with_test_writer()
-        .try_init();
+    oracle_calls_test_support::init_test_logs(
+        "warn,oracle_calls_speech=info,oracle_calls_agent=info",
+    );
 }
 
 fn knowledge() -> std::path::PathBuf {

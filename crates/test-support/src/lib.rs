@@ -10,6 +10,19 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::sync::OnceLock;
 
+/// Logs of the code under test at `RUST_LOG`, or else at `default_filter` (e.g.
+/// `"warn,oracle_calls_client=info"`), written through the test harness, so that a failed
+/// test shows them. The first call in a process sets it up; later ones do nothing.
+pub fn init_test_logs(default_filter: &str) {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| default_filter.into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
 /// The checkout's root directory (this crate lives in `crates/test-support`).
 #[must_use]
 pub fn repo_root() -> PathBuf {
