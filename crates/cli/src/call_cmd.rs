@@ -172,6 +172,8 @@ pub struct CallArgs {
     /// never learns this computer's address (the homeserver must offer TURN).
     #[arg(long, requires = "peer")]
     pub(crate) relay_only: bool,
+    #[command(flatten)]
+    pub(crate) devices: crate::direct_cmd::DeviceTrustArgs,
     /// Oracle calls: audio or video.
     #[arg(long = "type", default_value = "audio", conflicts_with = "peer")]
     call_type: String,

@@ -70,7 +70,7 @@ pub enum Command {
     /// Call a person (`call @bob:example.org`: on the microphone and speaker, until either
     /// side hangs up), or, without a person, the oracle named by `--oracle` (say a WAV file,
     /// record the answer).
-    Call(call_cmd::CallArgs),
+    Call(Box<call_cmd::CallArgs>),
     /// Wait for a person's call and answer it on the microphone and speaker (`--reject`
     /// rejects it).
     Answer(direct_cmd::AnswerArgs),
@@ -171,7 +171,7 @@ pub fn init_logs(default_filter: &str) {
 pub fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Agent { config, oracle } => agent_cmd::run(config, oracle),
-        Command::Call(a) => call_cmd::call(a),
+        Command::Call(a) => call_cmd::call(*a),
         Command::Answer(a) => direct_cmd::answer(a),
         Command::Calls(a) => call_cmd::calls(a),
         Command::Keygen { scheme, out, force } => {

@@ -15,7 +15,7 @@ use anyhow::{Context as _, bail};
 use clap::Args;
 use oracle_calls_client::{
     DirectCall, DirectCallEvent, DirectCalls, DirectConfig, EndReason, IcePolicy, PeopleTrust,
-    open_matrix_client,
+    SecurityEvent, SecurityNotice, open_matrix_client,
 };
 use tracing::{info, warn};
 
@@ -37,6 +37,8 @@ pub struct AnswerArgs {
     audio: CallAudioArgs,
     #[command(flatten)]
     kt: KtArgs,
+    #[command(flatten)]
+    devices: DeviceTrustArgs,
     /// Offer only TURN relay candidates, so that the caller never learns this computer's
     /// address (the homeserver must offer TURN).
     #[arg(long)]
@@ -53,6 +55,47 @@ pub struct AnswerArgs {
     reject: bool,
 }
 
+/// Which devices of other people to trust, for `call` and `answer`.
+#[derive(Args, Debug)]
+pub struct DeviceTrustArgs {
+    /// Person-to-person calls: trust this device of a person from now on (kept in the state
+    /// folder), after comparing its Ed25519 key with them out of band:
+    /// `--accept-device @bob:example.org DEVICEID ED25519`. A refused call event from an
+    /// unknown device is logged with exactly these three values. Repeatable.
+    #[arg(long, num_args = 3, value_names = ["USER", "DEVICE", "ED25519"], action = clap::ArgAction::Append)]
+    accept_device: Vec<String>,
+}
+
+impl DeviceTrustArgs {
+    fn apply(&self, calls: &DirectCalls) -> anyhow::Result<()> {
+        for accepted in self.accept_device.chunks(3) {
+            let [user, device, key] = accepted else {
+                bail!("--accept-device takes three values: USER DEVICE ED25519");
+            };
+            let user = matrix_sdk_user_id(user)?;
+            calls
+                .accept_device(&user, device, key)
+                .with_context(|| format!("accepting {user}'s device {device}"))?;
+            info!(%user, %device, "accepted this device of the person for direct calls");
+        }
+        Ok(())
+    }
+}
+
+/// Logs a refused call event so that a person can act on it: an unknown device is named with
+/// the `--accept-device` values that would trust it.
+fn report(notice: &SecurityNotice) {
+    match (&notice.event, &notice.sender_ed25519) {
+        (SecurityEvent::UntrustedDevice { sender, device }, Some(key)) => warn!(
+            room = %notice.room_id,
+            "refused a call event from {sender}'s device {device}, which you have not accepted \
+             (Ed25519 {key}); if {sender} confirms this key, accept it with \
+             --accept-device {sender} {device} {key}"
+        ),
+        (event, _) => warn!(room = %notice.room_id, ?event, "refused a call event"),
+    }
+}
+
 /// `oracle-calls call @bob:server`.
 pub fn call(args: CallArgs) -> anyhow::Result<()> {
     let Some(peer) = args.peer.as_deref() else {
@@ -63,6 +106,7 @@ pub fn call(args: CallArgs) -> anyhow::Result<()> {
     let (mut source, mut sink) = open_audio(&args.audio)?;
     let (calls, call) = rt.block_on(async {
         let calls = start(&args.user.login, &args.user.kt, args.relay_only, false).await?;
+        args.devices.apply(&calls)?;
         info!(%peer, "placing the call");
         let call = tokio::select! {
             r = calls.place_call(&peer) => r.with_context(|| format!("calling {peer}"))?,
@@ -71,7 +115,7 @@ pub fn call(args: CallArgs) -> anyhow::Result<()> {
         info!(call_id = %call.call_id(), room = %call.room_id(), "call placed");
         anyhow::Ok((calls, call))
     })?;
-    let result = converse(&rt, call, &mut source, &mut sink, args.seconds);
+    let result = converse(&rt, &calls, call, &mut source, &mut sink, args.seconds);
     finish(&rt, calls, source, sink, result)
 }
 
@@ -85,13 +129,22 @@ pub fn answer(args: AnswerArgs) -> anyhow::Result<()> {
     };
     let (calls, incoming) = rt.block_on(async {
         let calls = start(&args.login, &args.kt, args.relay_only, true).await?;
+        args.devices.apply(&calls)?;
         info!("waiting for a call");
+        let ring = async {
+            loop {
+                tokio::select! {
+                    incoming = calls.next_incoming() => break incoming,
+                    Some(notice) = calls.next_security_notice() => report(&notice),
+                }
+            }
+        };
         let wait = async {
             match args.timeout {
-                Some(s) => tokio::time::timeout(Duration::from_secs(s), calls.next_incoming())
+                Some(s) => tokio::time::timeout(Duration::from_secs(s), ring)
                     .await
                     .with_context(|| format!("no call rang within {s} s")),
-                None => Ok(calls.next_incoming().await),
+                None => Ok(ring.await),
             }
         };
         let incoming = tokio::select! {
@@ -112,7 +165,7 @@ pub fn answer(args: AnswerArgs) -> anyhow::Result<()> {
         .block_on(incoming.answer())
         .context("answering the call")?;
     info!("answered");
-    let result = converse(&rt, call, &mut source, &mut sink, args.seconds);
+    let result = converse(&rt, &calls, call, &mut source, &mut sink, args.seconds);
     finish(&rt, calls, source, sink, result)
 }
 
@@ -165,6 +218,7 @@ async fn start(
 /// The driver's call as the audio loop's [`CallAudio`]: frames go to the call; received audio
 /// comes back, and every other event is logged on the way (the end stops the loop).
 struct DirectCallAudio<'a> {
+    calls: &'a DirectCalls,
     call: &'a mut DirectCall,
     stop: &'a AtomicBool,
     /// Hang up this long after the call connected.
@@ -221,6 +275,9 @@ impl CallAudio for DirectCallAudio<'_> {
             self.deadline = None;
             self.stop.store(true, Ordering::Relaxed);
         }
+        while let Some(notice) = self.calls.try_next_security_notice() {
+            report(&notice);
+        }
         while let Some(ev) = self.call.try_next_event() {
             match ev {
                 DirectCallEvent::Audio(pcm) => return Some(pcm),
@@ -235,6 +292,7 @@ impl CallAudio for DirectCallAudio<'_> {
 /// unless the other side ended it. Returns how it ended.
 fn converse(
     rt: &tokio::runtime::Runtime,
+    calls: &DirectCalls,
     mut call: DirectCall,
     source: &mut FrameSource,
     sink: &mut FrameSink,
@@ -250,6 +308,7 @@ fn converse(
         }
     });
     let mut audio = DirectCallAudio {
+        calls,
         call: &mut call,
         stop: &stop,
         seconds: seconds.map(Duration::from_secs),

@@ -421,3 +421,101 @@ fn probe_clicks(pulse_dir: &Path) {
         "mouth-to-ear median {med:.1} ms over the 300 ms goal"
     );
 }
+
+/// The `--accept-device` values a refused call event was logged with.
+fn accept_values(log: &str) -> [String; 3] {
+    let at = log
+        .find("--accept-device ")
+        .unwrap_or_else(|| panic!("no --accept-device hint in:\n{log}"));
+    let mut words = log[at + "--accept-device ".len()..].split_whitespace();
+    std::array::from_fn(|_| {
+        words
+            .next()
+            .unwrap()
+            .trim_end_matches(['"', '\''])
+            .to_owned()
+    })
+}
+
+/// A person's second device (a new login, never accepted) calls someone who pinned their
+/// first: `answer` refuses it, never rings, and logs the device with the exact
+/// `--accept-device` values; run again with them, the same device's call is answered.
+#[test]
+fn a_new_device_rings_only_once_accepted_and_the_refusal_says_how() {
+    let (alice, alice_pw) = stack_user("pc-acc-alice-");
+    let (bob, bob_pw) = stack_user("pc-acc-bob-");
+    let dir = PathBuf::from("/tmp").join(format!("ocacc{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let pulse = Pulse::up(&dir.join("p"));
+    let tone = dir.join("tone.wav");
+    oracle_calls::wav::write(&tone, &sine_tone(440.0, 8000.0, 0, 48_000 * 3)).unwrap();
+    let tone = tone.to_str().unwrap().to_owned();
+    let alice_at = format!("@{alice}:{}", stack_var("MATRIX_SERVER_NAME"));
+    let alice_party = Party::new(&pulse, &dir.join("state-a"), &alice, &alice_pw);
+    let bob1 = Party::new(&pulse, &dir.join("state-b1"), &bob, &bob_pw);
+    let bob2 = Party::new(&pulse, &dir.join("state-b2"), &bob, &bob_pw);
+    let answer = |extra: &[String], timeout: &str| {
+        let mut c = alice_party.command();
+        c.args(["answer", "--mic", &tone, "--speaker"])
+            .arg(dir.join("alice-heard.wav"))
+            .args(["--timeout", timeout])
+            .args(extra);
+        let mut p = Proc::spawn(c);
+        p.wait_for("waiting for a call", Duration::from_secs(60));
+        p
+    };
+    let call = |from: &Party<'_>, name: &str| {
+        let mut c = from.command();
+        c.args(["call", &alice_at, "--mic", &tone, "--speaker"])
+            .arg(dir.join(format!("{name}-heard.wav")))
+            .args(["--seconds", "1"]);
+        Proc::spawn(c)
+    };
+
+    // First contact: bob's first device calls and alice pins it.
+    let mut a = answer(&[], "60");
+    let mut b = call(&bob1, "bob1");
+    let (sb, sa) = (
+        b.wait_exit(Duration::from_secs(60)),
+        a.wait_exit(Duration::from_secs(30)),
+    );
+    assert!(sa.success() && sb.success(), "{}\n{}", a.log(), b.log());
+
+    // bob's second device: refused, never rings, and the refusal names it.
+    let mut a = answer(&[], "25");
+    let b = call(&bob2, "bob2");
+    a.wait_for("refused a call event from", Duration::from_secs(40));
+    let sa = a.wait_exit(Duration::from_secs(40));
+    let log = a.log();
+    assert!(!sa.success(), "{log}");
+    assert!(log.contains("no call rang within 25 s"), "{log}");
+    assert!(
+        !log.contains("ringing"),
+        "an unaccepted device rang:\n{log}"
+    );
+    drop(b);
+    let values = accept_values(&log);
+    assert_eq!(
+        values[0],
+        format!("@{bob}:{}", stack_var("MATRIX_SERVER_NAME"))
+    );
+
+    // Accepted with exactly those values, the same device's call is answered.
+    let mut extra = vec!["--accept-device".to_owned()];
+    extra.extend(values);
+    let mut a = answer(&extra, "60");
+    let mut b = call(&bob2, "bob2");
+    let (sb, sa) = (
+        b.wait_exit(Duration::from_secs(60)),
+        a.wait_exit(Duration::from_secs(30)),
+    );
+    let (la, lb) = (a.log(), b.log());
+    assert!(sa.success() && sb.success(), "{la}\n{lb}");
+    assert!(
+        la.contains("accepted this device") && la.contains("key confirmed"),
+        "{la}"
+    );
+    drop(pulse);
+    let _ = std::fs::remove_dir_all(&dir);
+}

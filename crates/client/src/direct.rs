@@ -377,6 +377,11 @@ impl DirectCalls {
         self.security.lock().await.recv().await
     }
 
+    /// The next refused call event if one is waiting (never waits).
+    pub fn try_next_security_notice(&self) -> Option<SecurityNotice> {
+        self.security.try_lock().ok()?.try_recv().ok()
+    }
+
     /// Trusts `user`'s device `device_id` from now on, if its Ed25519 key is exactly
     /// `ed25519` (unpadded base64, as the person compared it out of band).
     ///

@@ -50,7 +50,7 @@ pub use call::{Call, CallEvent, Phase, Timeline};
 pub use client::{ClientConfig, Login, OracleClient, open_matrix_client};
 pub use direct::{
     CallStats, DangerousTestFaults, DirectCall, DirectCallEvent, DirectCalls, DirectConfig,
-    DirectError, EndReason, IcePolicy, IncomingCall, PeopleTrust, SecurityNotice,
+    DirectError, EndReason, IcePolicy, IncomingCall, PeopleTrust, SecurityEvent, SecurityNotice,
 };
 pub use error::CallError;
 pub use kt::KtConfig;

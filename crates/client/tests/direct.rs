@@ -293,6 +293,8 @@ async fn security_negatives_on_real_synapse() {
         matches!(n.event, SecurityEvent::UntrustedDevice { ref device, .. } if device == bob2_device.as_str()),
         "{n:?}"
     );
+    // The notice names the key to compare (and to accept).
+    assert_eq!(n.sender_ed25519.as_deref(), Some(bob2_ed.as_str()));
     assert!(
         incoming(&a_calls, short).await.is_none(),
         "an untrusted device rang"

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use base64::Engine as _;
 use matrix_sdk::Room;
 use matrix_sdk::ruma::OwnedUserId;
 use oracle_calls_direct::call::{EndReason, LocalDescription, Notification, Phase};
@@ -13,7 +14,9 @@ use oracle_calls_direct::signal::{
     Candidate, HangupReason, SdpType, StreamMetadata, StreamPurpose,
 };
 use oracle_calls_direct::turn::{TurnEvent, TurnServers};
-use oracle_calls_direct::{CallConfig, CallEvent, CallId, CallMachine, EventAuth, Output};
+use oracle_calls_direct::{
+    CallConfig, CallEvent, CallId, CallMachine, EventAuth, Output, SecurityEvent,
+};
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
@@ -133,6 +136,9 @@ pub(super) struct RoomTask {
     pending_fingerprints: Option<(String, String)>,
     /// Whether the hub counts this room as having a call (for `user_busy` across rooms).
     marked_active: bool,
+    /// The sending device of the last call event handed to the machine and its Ed25519 key
+    /// (unpadded base64), for the security notice that event may cause.
+    last_sender: Option<(String, String)>,
 }
 
 enum Wake {
@@ -177,6 +183,7 @@ impl RoomTask {
             media: None,
             pending_fingerprints: None,
             marked_active: false,
+            last_sender: None,
         };
         tokio::spawn(task.run(rx));
     }
@@ -262,6 +269,10 @@ impl RoomTask {
                 content,
                 auth,
             } => {
+                self.last_sender = auth.sender_device.clone().zip(
+                    auth.sender_ed25519
+                        .map(|k| base64::engine::general_purpose::STANDARD_NO_PAD.encode(k)),
+                );
                 if let Err(e) = self
                     .machine
                     .handle_raw_event(now, &event_type, &content, &auth)
@@ -455,10 +466,22 @@ impl RoomTask {
                     }
                     Output::Security(e) => {
                         moved = true;
+                        // The key, when the refused event's device is the one that sent the
+                        // event just handled (never for a timer's notice).
+                        let named = match &e {
+                            SecurityEvent::UntrustedDevice { device, .. }
+                            | SecurityEvent::PartyIdMismatch { device, .. } => Some(device),
+                            _ => None,
+                        };
+                        let sender_ed25519 = self
+                            .last_sender
+                            .as_ref()
+                            .filter(|(d, _)| Some(d) == named)
+                            .map(|(_, key)| key.clone());
                         let _ = self.hub.security.send(SecurityNotice {
                             room_id: self.room.room_id().to_owned(),
                             event: e,
-                            sender_ed25519: None,
+                            sender_ed25519,
                         });
                     }
                     Output::Timeout(t) => {
