@@ -212,8 +212,7 @@ impl PersonRecord {
                 return Err(Error::MalformedRecord("an Ed25519 key is not 32 bytes"));
             }
         }
-        // Each string adds 4 bytes of length; the size is bounded without encoding.
-        let size = self.to_bytes().len();
+        let size = self.encoded_len();
         if size > MAX_RECORD_BYTES {
             return Err(Error::TooLarge {
                 what: "person record",
@@ -222,6 +221,21 @@ impl PersonRecord {
             });
         }
         Ok(())
+    }
+
+    /// The length of [`PersonRecord::to_bytes`], without encoding: every string is 4 bytes of
+    /// length and its bytes, the device count 4 bytes.
+    fn encoded_len(&self) -> usize {
+        let str_len = |s: &str| 4usize.saturating_add(s.len());
+        self.devices.iter().fold(
+            str_len(PERSON_TAG)
+                .saturating_add(str_len(&self.matrix_user_id))
+                .saturating_add(4),
+            |n, d| {
+                n.saturating_add(str_len(&d.device_id))
+                    .saturating_add(str_len(&d.ed25519))
+            },
+        )
     }
 
     /// The device with this id and key, if the record lists it.
@@ -263,6 +277,7 @@ mod tests {
             expected.extend_from_slice(part);
         }
         assert_eq!(sample().to_bytes(), expected);
+        assert_eq!(sample().encoded_len(), expected.len());
         assert_eq!(PersonRecord::from_bytes(&expected).unwrap(), sample());
         let json = serde_json::to_value(sample()).unwrap();
         assert_eq!(
