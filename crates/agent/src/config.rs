@@ -65,6 +65,16 @@ pub enum ConfigError {
         /// What is wrong.
         reason: String,
     },
+    /// A setting is out of its range.
+    #[error("{setting} = {value}: {reason}")]
+    OutOfRange {
+        /// The setting.
+        setting: &'static str,
+        /// Its value.
+        value: u64,
+        /// The range.
+        reason: &'static str,
+    },
     /// The oracle's key-transparency record does not verify, cannot be fetched, or the server
     /// or this agent's keys disagree with it.
     #[error("key transparency: {0}")]
@@ -145,6 +155,14 @@ pub struct FileConfig {
     /// wait. LiveKit's dispatch is served either way.
     #[serde(default = "default_direct_dispatch")]
     pub direct_dispatch: bool,
+    /// The oracle's first frame waits until the user has been in the room this long (default
+    /// 170 ms; 0 sends at once). livekit-server holds back a subscriber's renegotiation for
+    /// 150 ms when its peer connection negotiated in the last 150 ms (as one that just joined
+    /// did), and offers a track within 10 ms otherwise: a track that reaches the room after
+    /// that window reaches the user sooner than one published earlier (docs/BENCHMARKS.md,
+    /// "Call setup with direct dispatch").
+    #[serde(default = "default_first_frame_hold")]
+    pub first_frame_hold_ms: u64,
     /// LiveKit settings.
     pub livekit: LiveKitSection,
     /// Prekeys (forward secrecy). Required when the server publishes a `prekeySigningKey`.
@@ -235,11 +253,21 @@ fn default_max_calls() -> usize {
 fn default_drain() -> u64 {
     30
 }
+/// The longest `first_frame_hold_ms`: a longer one is a misreading of the setting.
+const MAX_FIRST_FRAME_HOLD_MS: u64 = 1000;
+
+fn default_first_frame_hold() -> u64 {
+    FileConfig::DEFAULT_FIRST_FRAME_HOLD_MS
+}
+
 fn default_user_wait() -> u64 {
     30
 }
 
 impl FileConfig {
+    /// The default `first_frame_hold_ms`.
+    pub const DEFAULT_FIRST_FRAME_HOLD_MS: u64 = 170;
+
     /// Reads and parses the TOML file.
     ///
     /// # Errors
@@ -283,6 +311,8 @@ pub struct AgentConfig {
     pub prekeys: Option<PrekeyConfig>,
     /// See [`FileConfig::direct_dispatch`].
     pub direct_dispatch: bool,
+    /// See [`FileConfig::first_frame_hold_ms`].
+    pub first_frame_hold: Duration,
 }
 
 /// Reads secret `name` from `env(name)` or from the file named by `env(name + "_FILE")`.
@@ -329,6 +359,13 @@ impl AgentConfig {
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Self, ConfigError> {
         require_encrypted_url("server_url", &file.server_url, "https", "http")?;
+        if file.first_frame_hold_ms > MAX_FIRST_FRAME_HOLD_MS {
+            return Err(ConfigError::OutOfRange {
+                setting: "first_frame_hold_ms",
+                value: file.first_frame_hold_ms,
+                reason: "at most 1000 (the hold only has to outlast LiveKit's 150 ms window)",
+            });
+        }
         if let Some(url) = &file.livekit.url {
             require_encrypted_url("[livekit] url", url, "wss", "ws")?;
         }
@@ -379,6 +416,7 @@ impl AgentConfig {
             opus_complexity: file.opus_complexity.map(|c| c.min(10)),
             prekeys,
             direct_dispatch: file.direct_dispatch,
+            first_frame_hold: Duration::from_millis(file.first_frame_hold_ms),
         })
     }
 }
@@ -553,6 +591,21 @@ mod tests {
         let e = secret(&|k| (k == "S_FILE").then(|| fp.clone()), "S").unwrap_err();
         assert!(e.to_string().contains("empty"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_first_frame_hold_defaults_and_is_bounded() {
+        let text = "server_url = \"http://127.0.0.1:1\"\noracle_key_file = \"k\"\n[livekit]\napi_key = \"k\"\n";
+        let mut file: FileConfig = toml::from_str(text).unwrap();
+        assert_eq!(file.first_frame_hold_ms, 170);
+        file.first_frame_hold_ms = 1001;
+        match AgentConfig::resolve(&file, &|_| None).await {
+            Err(e @ ConfigError::OutOfRange { .. }) => {
+                let e = e.to_string();
+                assert!(e.contains("first_frame_hold_ms = 1001"), "{e}");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

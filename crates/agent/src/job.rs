@@ -12,12 +12,12 @@ use oracle_calls_proto::{CallId, CallReason, CallStatus, KeyResponse, UpdateRequ
 use oracle_calls_rtc::{
     E2eeOptions, FreshToken, Room, RoomEvent, RoomOptions, TokenError, TokenSource,
 };
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{Instrument as _, debug, error, info, info_span, warn};
 use zeroize::Zeroizing;
 
 use crate::keys::{Opening, open_call_key};
-use crate::oracle::IoCounters;
+use crate::oracle::{IoCounters, Media};
 use crate::worker::Shared;
 use crate::{CallInfo, CallIo, Heard, Oracle};
 
@@ -338,19 +338,22 @@ async fn serve<O: Oracle>(
         token_source: Some(token_source),
         ..Default::default()
     };
+    let call_type = key.call_type;
+    let held = !cfg.first_frame_hold.is_zero();
     let joined = async {
         let (room, events) = Room::connect(&a.url, &a.token, opts).await?;
-        let mouth = room.publish_audio("oracle").await?;
-        // A video call gets the oracle's camera too (what the oracle shows; VP8, 320x240).
-        let camera = if key.call_type == oracle_calls_proto::CallType::Video {
-            Some(room.publish_video("oracle-camera", 320, 240).await?)
-        } else {
+        let media = if held {
+            // The tracks come once the user's join has settled (`FirstFrameHold`); the
+            // connection they will use is made now.
+            room.connect_publisher().await?;
             None
+        } else {
+            Some(publish_media(&room, call_type).await?)
         };
-        Ok::<_, oracle_calls_rtc::Error>((room, events, mouth, camera))
+        Ok::<_, oracle_calls_rtc::Error>((room, events, media))
     }
     .await;
-    let (room, mut events, mouth, camera) = match joined {
+    let (room, mut events, media) = match joined {
         Ok(x) => x,
         Err(e) => {
             error!(error = %e, "could not join the room");
@@ -379,7 +382,10 @@ async fn serve<O: Oracle>(
         call_type: key.call_type,
     };
     let (asks_tx, mut asks) = mpsc::channel::<()>(4);
-    let io = CallIo::new(info, rx, mouth, camera, asks_tx, counters.clone());
+    let (media_tx, media_rx) = oneshot::channel();
+    let mut hold = FirstFrameHold::new(cfg.first_frame_hold, media_tx);
+    let io = CallIo::new(info, rx, media.ok_or(media_rx), asks_tx, counters.clone());
+    let mut publish_failed = None;
     let mut user_video: Option<String> = None;
     let oracle = shared.oracle.clone();
     let mut oracle_task =
@@ -394,7 +400,10 @@ async fn serve<O: Oracle>(
         tokio::select! {
             ev = events.recv() => match ev {
                 None => break EndedBy::RoomClosed,
-                Some(RoomEvent::ParticipantJoined { identity }) => {
+                Some(RoomEvent::ParticipantJoined { identity, joined_at_ms }) => {
+                    if identity == user {
+                        hold.user_joined(joined_at_ms, unix_ms_now());
+                    }
                     if presence.joined(identity) == Joined::AgentThatStays {
                         warn!("another agent serves this call too; leaving it to that one");
                         break EndedBy::AnotherAgent;
@@ -452,6 +461,15 @@ async fn serve<O: Oracle>(
                 }
                 Some(_) => {}
             },
+            () = hold.opening(), if hold.waiting() => {
+                match publish_media(&room, call_type).await {
+                    Ok(m) => hold.open(m),
+                    Err(e) => {
+                        publish_failed = Some(e.to_string());
+                        break EndedBy::RoomClosed;
+                    }
+                }
+            }
             Some(()) = asks.recv() => {
                 if let Some(track) = &user_video {
                     let _ = room.request_keyframe(track).await;
@@ -475,6 +493,8 @@ async fn serve<O: Oracle>(
         }
     };
     drop(tx);
+    // An oracle still waiting for its tracks learns they will not come.
+    drop(hold);
     if !oracle_done {
         match tokio::time::timeout(Duration::from_secs(2), &mut oracle_task).await {
             // The room going away under an oracle that is still speaking is the normal end.
@@ -492,6 +512,19 @@ async fn serve<O: Oracle>(
 
     // 5. Tell LiveKit the job succeeded before leaving (so leaving is not a failure), leave,
     //    and tell the server.
+    if let Some(e) = publish_failed {
+        error!(error = %e, "could not publish the oracle's tracks");
+        job_status(out, &a.job.id, lk::JobStatus::JsFailed, &e).await;
+        room.leave().await;
+        report_to_server(
+            shared,
+            call_id,
+            Some(CallStatus::Ended),
+            CallReason::MediaFailed,
+        )
+        .await;
+        return JobOutcome::JoinFailed(e);
+    }
     job_status(out, &a.job.id, lk::JobStatus::JsSuccess, "").await;
     room.leave().await;
     let reason = match ended_by {
@@ -510,6 +543,98 @@ async fn serve<O: Oracle>(
         }
         None => JobOutcome::Served { ended_by },
     }
+}
+
+/// Publishes the oracle's microphone and, in a video call, its camera (what the oracle shows;
+/// VP8, 320x240).
+async fn publish_media(
+    room: &Room,
+    call_type: oracle_calls_proto::CallType,
+) -> Result<Media, oracle_calls_rtc::Error> {
+    let mouth = room.publish_audio("oracle").await?;
+    let camera = if call_type == oracle_calls_proto::CallType::Video {
+        Some(room.publish_video("oracle-camera", 320, 240).await?)
+    } else {
+        None
+    };
+    Ok(Media { mouth, camera })
+}
+
+/// Holds the oracle's tracks back until the user has been in the room for `hold`.
+///
+/// livekit-server debounces a subscriber peer connection's renegotiation: a track published
+/// within 150 ms of that connection's last offer (or of its creation, which is the user's
+/// join) is offered 150 ms after it is published; one published later, within 10 ms.
+/// LiveKit counts a track as published once the publisher's offer naming it is applied, not
+/// at its first packet. So publishing just after that window, on a publisher connection
+/// opened at join, has the track in the user's next offer sooner than publishing at once,
+/// whenever the agent is ready less than 150 ms after the user joined (the usual case: both
+/// join right after the server's sync answer). It opens once; with a hold of zero the job
+/// publishes at join and never uses this.
+struct FirstFrameHold {
+    hold: Duration,
+    opens_at: Option<tokio::time::Instant>,
+    media: Option<oneshot::Sender<Media>>,
+}
+
+impl FirstFrameHold {
+    fn new(hold: Duration, media: oneshot::Sender<Media>) -> Self {
+        Self {
+            hold,
+            opens_at: None,
+            media: (!hold.is_zero()).then_some(media),
+        }
+    }
+
+    /// The user is in the room: its node says it joined at `joined_at_ms` (0: not said).
+    fn user_joined(&mut self, joined_at_ms: i64, now_ms: i64) {
+        if self.media.is_none() || self.opens_at.is_some() {
+            return;
+        }
+        let left = hold_left(self.hold, joined_at_ms, now_ms);
+        debug!(
+            hold_ms = left.as_millis(),
+            "the oracle's tracks are published once the user's join has settled"
+        );
+        self.opens_at = Some(tokio::time::Instant::now() + left);
+    }
+
+    /// Whether the tracks are held with a time to publish them.
+    fn waiting(&self) -> bool {
+        self.opens_at.is_some() && self.media.is_some()
+    }
+
+    /// Resolves when the tracks are due (never while no time is set).
+    async fn opening(&self) {
+        match self.opens_at {
+            Some(at) => tokio::time::sleep_until(at).await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Hands the published tracks to the oracle.
+    fn open(&mut self, media: Media) {
+        if let Some(tx) = self.media.take() {
+            let _ = tx.send(media);
+        }
+    }
+}
+
+/// How much of `hold` is left for a user that joined at `joined_at_ms` by its LiveKit node's
+/// clock, now being `now_ms` by ours: all of it when the join time is unknown (0) or ahead of
+/// our clock, none once it has passed.
+fn hold_left(hold: Duration, joined_at_ms: i64, now_ms: i64) -> Duration {
+    if joined_at_ms <= 0 {
+        return hold;
+    }
+    let since = u64::try_from(now_ms.saturating_sub(joined_at_ms)).unwrap_or(0);
+    hold.saturating_sub(Duration::from_millis(since))
+}
+
+fn unix_ms_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// Who is in the call's room besides us. Only the participant the server named as the user
@@ -582,6 +707,54 @@ impl Presence {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_hold_counts_from_the_users_join_by_its_nodes_clock() {
+        let hold = Duration::from_millis(170);
+        // Unknown join time: the whole hold, from now.
+        assert_eq!(hold_left(hold, 0, 1_000_000), hold);
+        // Joined 60 ms ago: 110 ms left; 170 ms or more ago: none.
+        assert_eq!(
+            hold_left(hold, 999_940, 1_000_000),
+            Duration::from_millis(110)
+        );
+        assert_eq!(hold_left(hold, 999_830, 1_000_000), Duration::ZERO);
+        assert_eq!(hold_left(hold, 1, 1_000_000), Duration::ZERO);
+        // A node clock ahead of ours gives no credit: the whole hold.
+        assert_eq!(hold_left(hold, 1_000_050, 1_000_000), hold);
+    }
+
+    #[tokio::test]
+    async fn the_tracks_are_due_once_the_users_join_has_settled() {
+        let (tx, mut rx) = oneshot::channel();
+        let mut h = FirstFrameHold::new(Duration::from_millis(170), tx);
+        assert!(!h.waiting(), "no time to publish before the user joins");
+        let t0 = tokio::time::Instant::now();
+        // Joined 120 ms ago by the node's clock: 50 ms left.
+        h.user_joined(999_880, 1_000_000);
+        assert!(h.waiting());
+        let due = h.opens_at;
+        h.opening().await;
+        let took = t0.elapsed();
+        assert!(
+            took >= Duration::from_millis(50) && took < Duration::from_millis(150),
+            "{took:?}"
+        );
+        // A second join (the user's full reconnect) does not move it.
+        h.user_joined(0, 2_000_000);
+        assert_eq!(h.opens_at, due);
+        // Dropped unopened (the job ended first): the oracle learns its tracks never come.
+        drop(h);
+        assert!(matches!(
+            rx.try_recv(),
+            Err(oneshot::error::TryRecvError::Closed)
+        ));
+        // A hold of zero never waits: the job published at join.
+        let (tx, _rx) = oneshot::channel();
+        let mut h = FirstFrameHold::new(Duration::ZERO, tx);
+        h.user_joined(0, 1_000_000);
+        assert!(!h.waiting());
+    }
 
     #[test]
     fn only_the_named_user_is_the_user() {

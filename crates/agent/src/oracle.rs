@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use oracle_calls_proto::{CallId, CallType, Did, SessionId};
 use oracle_calls_rtc::{AUDIO_FRAME_SAMPLES, AudioSource, VideoSource};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Interval, MissedTickBehavior};
 
 /// What the oracle hears from the user.
@@ -93,20 +93,36 @@ pub(crate) struct IoCounters {
 pub struct CallIo {
     info: CallInfo,
     input: mpsc::Receiver<Heard>,
-    mouth: AudioSource,
-    camera: Option<VideoSource>,
+    outlet: Outlet,
     keyframe_asks: mpsc::Sender<()>,
     started: tokio::time::Instant,
     clock: Interval,
     counters: Arc<IoCounters>,
 }
 
+/// The oracle's published tracks.
+#[derive(Debug)]
+pub(crate) struct Media {
+    pub(crate) mouth: AudioSource,
+    pub(crate) camera: Option<VideoSource>,
+}
+
+/// Where the oracle's media goes: its tracks, or the job still holding them back (see
+/// `first_frame_hold_ms` in the agent's configuration), or nowhere (they were never
+/// published: the job ended first).
+#[derive(Debug)]
+enum Outlet {
+    Ready(Media),
+    Held(oneshot::Receiver<Media>),
+    Gone,
+}
+
 impl CallIo {
+    /// `media` is the oracle's tracks, or what the job sends them on once it publishes them.
     pub(crate) fn new(
         info: CallInfo,
         input: mpsc::Receiver<Heard>,
-        mouth: AudioSource,
-        camera: Option<VideoSource>,
+        media: Result<Media, oneshot::Receiver<Media>>,
         keyframe_asks: mpsc::Sender<()>,
         counters: Arc<IoCounters>,
     ) -> Self {
@@ -115,12 +131,30 @@ impl CallIo {
         Self {
             info,
             input,
-            mouth,
-            camera,
+            outlet: match media {
+                Ok(m) => Outlet::Ready(m),
+                Err(held) => Outlet::Held(held),
+            },
             keyframe_asks,
             started: tokio::time::Instant::now(),
             clock,
             counters,
+        }
+    }
+
+    /// The oracle's tracks, once the job has published them (waits while it holds them).
+    async fn media(&mut self) -> Result<&Media, OracleError> {
+        if let Outlet::Held(rx) = &mut self.outlet {
+            self.outlet = match rx.await {
+                Ok(m) => Outlet::Ready(m),
+                Err(_) => Outlet::Gone,
+            };
+            // Real time starts now: no burst of frames for the ticks the hold took.
+            self.clock.reset_immediately();
+        }
+        match &self.outlet {
+            Outlet::Ready(m) => Ok(m),
+            Outlet::Held(_) | Outlet::Gone => Err(OracleError::RoomGone),
         }
     }
 
@@ -154,8 +188,12 @@ impl CallIo {
                 pcm.len()
             )));
         }
+        self.media().await?;
         self.clock.tick().await;
-        self.mouth.push_pcm(pcm).await.map_err(publish_error)?;
+        let Outlet::Ready(m) = &self.outlet else {
+            return Err(OracleError::RoomGone);
+        };
+        m.mouth.push_pcm(pcm).await.map_err(publish_error)?;
         self.counters.spoken.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
@@ -168,7 +206,15 @@ impl CallIo {
     /// # Errors
     /// [`OracleError::Publish`] if the room is gone.
     pub async fn show(&mut self, vp8: &[u8]) -> Result<(), OracleError> {
-        let Some(camera) = &self.camera else {
+        if self.info.call_type != CallType::Video {
+            return Ok(());
+        }
+        self.media().await?;
+        let Outlet::Ready(Media {
+            camera: Some(camera),
+            ..
+        }) = &self.outlet
+        else {
             return Ok(());
         };
         let ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);

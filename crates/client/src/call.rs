@@ -276,11 +276,11 @@ impl Call {
         loop {
             let ev = self.events.recv().await?;
             let mapped = match ev {
-                RoomEvent::ParticipantJoined { identity } if is_agent(&identity) => {
+                RoomEvent::ParticipantJoined { identity, .. } if is_agent(&identity) => {
                     self.timeline.mark(Phase::AgentJoined);
                     CallEvent::OracleJoined { identity }
                 }
-                RoomEvent::ParticipantJoined { identity } => {
+                RoomEvent::ParticipantJoined { identity, .. } => {
                     warn!(call_id = %self.id, %identity, "a participant who is not the oracle's agent joined the call's room");
                     CallEvent::UnexpectedParticipant { identity }
                 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use oracle_calls_agent::CallReport;
+use oracle_calls_agent::{CallReport, FileConfig};
 use oracle_calls_client::{Call, CallEvent, KtConfig, OracleClient, Phase};
 use oracle_calls_lab::local::{DeployOptions, Deployment, Stack};
 use oracle_calls_lab::local_kt::{self, KtDirectory, KtService};
@@ -100,19 +100,23 @@ struct Side {
 }
 
 impl Side {
-    /// A deployment with forward secrecy and key transparency (`trusted`) or without them,
-    /// its agents taking calls the server hands them directly (`direct`) or only LiveKit's.
+    /// A deployment set up as `how` says.
     async fn start(
         name: &'static str,
         dir: PathBuf,
-        trusted: bool,
-        direct: bool,
+        how: SideOptions,
         max_calls: usize,
     ) -> anyhow::Result<Self> {
+        let SideOptions {
+            trusted,
+            direct,
+            hold_ms,
+        } = how;
         let mut opts = DeployOptions::new(&dir);
         opts.max_calls = max_calls;
         opts.forward_secrecy = trusted;
         opts.direct_dispatch = direct;
+        opts.first_frame_hold_ms = Some(hold_ms);
         let dep = Deployment::start(Stack::running()?, opts).await?;
         let kt = if trusted {
             let exe = std::env::current_exe().context("this program's path")?;
@@ -179,15 +183,75 @@ impl Side {
     }
 }
 
+/// How one side of `bench setup` is deployed.
+#[derive(Clone, Copy, Debug)]
+struct SideOptions {
+    /// Forward secrecy and key transparency.
+    trusted: bool,
+    /// The agents take calls the server hands them directly, besides LiveKit's.
+    direct: bool,
+    /// The agents' `first_frame_hold_ms`.
+    hold_ms: u64,
+}
+
 /// What `bench setup` sets beside its reference.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Compare {
     /// Calls handed to the agent by the server (docs/PROTOCOL.md §6.8) against LiveKit's
-    /// dispatch only; neither with key transparency or prekeys.
+    /// dispatch only; neither with key transparency or prekeys, nor a first-frame hold.
     Direct,
     /// Key transparency and one-time prekeys against neither; both with LiveKit's dispatch
-    /// only (the issue-12 measurement).
+    /// only and no first-frame hold (the issue-12 measurement).
     Kt,
+    /// The agent's first-frame hold (its default) against none; both with direct dispatch,
+    /// neither with key transparency or prekeys.
+    Hold,
+}
+
+impl Compare {
+    /// The reference's deployment, the other side's, its name and its column's label.
+    fn sides(self) -> (SideOptions, SideOptions, &'static str, &'static str) {
+        let plain = SideOptions {
+            trusted: false,
+            direct: false,
+            hold_ms: 0,
+        };
+        match self {
+            Self::Direct => (
+                plain,
+                SideOptions {
+                    direct: true,
+                    ..plain
+                },
+                "direct dispatch",
+                "direct",
+            ),
+            Self::Kt => (
+                plain,
+                SideOptions {
+                    trusted: true,
+                    ..plain
+                },
+                "kt+prekeys",
+                "kt+pk",
+            ),
+            Self::Hold => {
+                let direct = SideOptions {
+                    direct: true,
+                    ..plain
+                };
+                (
+                    direct,
+                    SideOptions {
+                        hold_ms: FileConfig::DEFAULT_FIRST_FRAME_HOLD_MS,
+                        ..direct
+                    },
+                    "first-frame hold",
+                    "hold",
+                )
+            }
+        }
+    }
 }
 
 /// `bench setup`: the same returning users call two oracles on the same stack in turn — the
@@ -204,14 +268,10 @@ pub fn setup(
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
         let users = concurrency.max(1);
-        let reference = Arc::new(
-            Side::start("reference", dir.join("reference"), false, false, users * 2).await?,
-        );
-        let (name, kt, direct, short) = match compare {
-            Compare::Direct => ("direct dispatch", false, true, "direct"),
-            Compare::Kt => ("kt+prekeys", true, false, "kt+pk"),
-        };
-        let trusted = Arc::new(Side::start(name, dir.join("other"), kt, direct, users * 2).await?);
+        let (reference, other, name, short) = compare.sides();
+        let reference =
+            Arc::new(Side::start("reference", dir.join("reference"), reference, users * 2).await?);
+        let trusted = Arc::new(Side::start(name, dir.join("other"), other, users * 2).await?);
         let mut pairs = Vec::new();
         for _ in 0..users {
             pairs.push((reference.user().await?, trusted.user().await?));

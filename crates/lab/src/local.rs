@@ -294,6 +294,8 @@ pub struct DeployOptions {
     /// The agents wait at the server for calls it hands them directly (docs/PROTOCOL.md
     /// §6.8); off, every call goes through LiveKit's dispatch. On by default.
     pub direct_dispatch: bool,
+    /// The agents' `first_frame_hold_ms` (`None`: the agent's default).
+    pub first_frame_hold_ms: Option<u64>,
 }
 
 impl DeployOptions {
@@ -309,6 +311,7 @@ impl DeployOptions {
             forward_secrecy: true,
             cors_allowed_origins: Vec::new(),
             direct_dispatch: true,
+            first_frame_hold_ms: None,
         }
     }
 }
@@ -378,6 +381,8 @@ struct RestartInputs {
     cors_allowed_origins: Vec<String>,
     /// The agents' `direct_dispatch`.
     direct_dispatch: bool,
+    /// The agents' `first_frame_hold_ms`, when set.
+    first_frame_hold_ms: Option<u64>,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -575,6 +580,7 @@ impl Deployment {
             prekey_store: opts.dir.join(format!("prekeys-{id}")),
             cors_allowed_origins: opts.cors_allowed_origins,
             direct_dispatch: opts.direct_dispatch,
+            first_frame_hold_ms: opts.first_frame_hold_ms,
         };
         let (server, pepper_secret) = start_server(
             &stack,
@@ -641,6 +647,7 @@ impl Deployment {
             prekey_store: self.restart.prekey_store.clone(),
             cors_allowed_origins: self.restart.cors_allowed_origins.clone(),
             direct_dispatch: self.restart.direct_dispatch,
+            first_frame_hold_ms: self.restart.first_frame_hold_ms,
         };
         let (server, _) = start_server(
             &self.stack,
@@ -734,6 +741,10 @@ impl Deployment {
             accept_legacy_envelopes: false,
             opus_complexity: None,
             direct_dispatch: self.restart.direct_dispatch,
+            first_frame_hold_ms: self
+                .restart
+                .first_frame_hold_ms
+                .unwrap_or(FileConfig::DEFAULT_FIRST_FRAME_HOLD_MS),
             livekit: toml::from_str(&format!(
                 "api_key = \"{}\"",
                 self.stack.get("LIVEKIT_API_KEY")?

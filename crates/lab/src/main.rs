@@ -119,9 +119,8 @@ enum Command {
 #[derive(Subcommand, Debug)]
 enum BenchCmd {
     /// Time from call_oracle() to the first decrypted oracle audio, split by phase, for
-    /// returning users of two oracles on the same stack called in turn: the reference (LiveKit's
-    /// dispatch only, without forward secrecy and key transparency), and one that differs by
-    /// `--compare`.
+    /// returning users of two oracles on the same stack called in turn: a reference, and one
+    /// that differs from it by `--compare`.
     Setup {
         /// Calls to measure.
         #[arg(long, default_value_t = 50)]
@@ -129,8 +128,10 @@ enum BenchCmd {
         /// Calls in flight at once (one user each).
         #[arg(long, default_value_t = 1)]
         concurrency: usize,
-        /// What differs from the reference: `direct` (the server hands calls to the agent) or
-        /// `kt` (key transparency and one-time prekeys).
+        /// What differs from the reference: `direct` (the server hands calls to the agent;
+        /// reference: LiveKit's dispatch), `kt` (key transparency and one-time prekeys;
+        /// reference: neither) or `hold` (the agent's first-frame hold; reference: none, both
+        /// with direct dispatch).
         #[arg(long, value_enum, default_value_t = bench::Compare::Direct)]
         compare: bench::Compare,
         /// Working directory.

@@ -924,10 +924,10 @@ async fn an_outside_client_following_protocol_md_places_and_ends_a_call() {
     let agent = tokio::time::timeout(Duration::from_secs(15), async {
         loop {
             match events.recv().await {
-                Some(RoomEvent::ParticipantJoined { identity }) if is_oracle(&identity) => {
+                Some(RoomEvent::ParticipantJoined { identity, .. }) if is_oracle(&identity) => {
                     return identity;
                 }
-                Some(RoomEvent::ParticipantJoined { identity }) => others.push(identity),
+                Some(RoomEvent::ParticipantJoined { identity, .. }) => others.push(identity),
                 Some(RoomEvent::Disconnected { reason }) => panic!("left the room: {reason}"),
                 Some(_) => {}
                 None => panic!("the room closed"),
@@ -954,7 +954,7 @@ async fn an_outside_client_following_protocol_md_places_and_ends_a_call() {
             RoomEvent::UnencryptedTrack { identity, .. } => {
                 panic!("§7: {identity} published a track without encryption")
             }
-            RoomEvent::ParticipantJoined { identity } if !is_oracle(&identity) => {
+            RoomEvent::ParticipantJoined { identity, .. } if !is_oracle(&identity) => {
                 others.push(identity);
             }
             _ => {}

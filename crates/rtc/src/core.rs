@@ -63,6 +63,7 @@ pub(crate) enum Command {
     RequestKeyframe {
         track_sid: String,
     },
+    ConnectPublisher,
     SendData {
         payload: Vec<u8>,
         topic: Option<String>,
@@ -465,6 +466,12 @@ impl Core {
             }
             Command::VideoFrame { vp8, capture_ms } => self.write_video(now, vp8, capture_ms),
             Command::RequestKeyframe { track_sid } => self.request_keyframe(&track_sid),
+            Command::ConnectPublisher => {
+                // Nothing to do once a track or data opened it (or is opening it).
+                if !self.channels_added && self.pending_offer.is_none() {
+                    self.negotiate(None, None);
+                }
+            }
             Command::SendData {
                 payload,
                 topic,
@@ -1170,6 +1177,7 @@ impl Core {
         {
             self.emit(RoomEvent::ParticipantJoined {
                 identity: p.identity.clone(),
+                joined_at_ms: p.joined_at_ms,
             });
         }
         for t in &p.tracks {
@@ -1524,7 +1532,8 @@ impl Command {
             | Command::Leave { reply } => Some(reply),
             Command::AudioFrame(_)
             | Command::VideoFrame { .. }
-            | Command::RequestKeyframe { .. } => None,
+            | Command::RequestKeyframe { .. }
+            | Command::ConnectPublisher => None,
         }
     }
 }
@@ -1629,7 +1638,7 @@ mod tests {
         let mut c = core(false, t0);
         assert_eq!(
             drain(&mut c),
-            [r#"event:ParticipantJoined { identity: "b" }"#]
+            [r#"event:ParticipantJoined { identity: "b", joined_at_ms: 0 }"#]
         );
         assert!(c.poll_timeout() <= t0 + Duration::from_secs(5));
         c.handle_timeout(t0 + Duration::from_secs(5));
@@ -1806,7 +1815,7 @@ mod tests {
             drain(&mut c),
             [
                 "reply:ok",
-                r#"event:ParticipantJoined { identity: "c" }"#,
+                r#"event:ParticipantJoined { identity: "c", joined_at_ms: 0 }"#,
                 "event:Reconnected",
                 "signal:add_track"
             ]

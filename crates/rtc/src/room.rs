@@ -162,6 +162,9 @@ pub enum RoomEvent {
     ParticipantJoined {
         /// Its identity.
         identity: String,
+        /// When it joined the room, by the LiveKit node's clock (milliseconds since the Unix
+        /// epoch; 0 when the server did not say).
+        joined_at_ms: i64,
     },
     /// A participant left.
     ParticipantLeft {
@@ -383,6 +386,20 @@ impl Room {
             reply: tx,
         };
         self.request(cmd, rx).await
+    }
+
+    /// Opens the publisher connection now, with only its data channels, if no track or data
+    /// has opened it yet; returns at once. A track published later is then one quick
+    /// renegotiation on a connection that is already up, instead of ICE, DTLS and SCTP on a
+    /// new one.
+    ///
+    /// # Errors
+    /// [`Error::Closed`].
+    pub async fn connect_publisher(&self) -> Result<(), Error> {
+        self.cmd
+            .send(Command::ConnectPublisher)
+            .await
+            .map_err(|_| Error::Closed)
     }
 
     /// Ratchets our sending key one step (LiveKit's `ratchetKey` on the current key index):

@@ -199,7 +199,7 @@ async fn data_both_ways(kdf: KeyDerivation) {
             .expect("no data from the Python SDK within 20 s")
             .unwrap();
         match ev {
-            RoomEvent::ParticipantJoined { identity } if identity == "py-data" && !sent => {
+            RoomEvent::ParticipantJoined { identity, .. } if identity == "py-data" && !sent => {
                 room.send_data(from_rust.as_bytes(), Some("oc-test"))
                     .await
                     .unwrap();

@@ -237,7 +237,7 @@ async fn a_cut_signaling_connection_is_resumed_and_the_room_goes_on() {
         "a sees c and hears its 660 Hz",
         |l| {
             l.events.iter().any(
-                |(_, e)| matches!(e, RoomEvent::ParticipantJoined { identity } if identity == "c"),
+                |(_, e)| matches!(e, RoomEvent::ParticipantJoined { identity, .. } if identity == "c"),
             ) && l.tone("c", 660.0, resumed_at) > 0.5
         },
     )
@@ -544,7 +544,7 @@ async fn a_refused_resume_becomes_a_full_reconnect_under_the_same_key() {
             .expect("b saw a leave");
         assert!(
             log.events.iter().any(|(t, e)| *t > left
-                && matches!(e, RoomEvent::ParticipantJoined { identity } if identity == "a")),
+                && matches!(e, RoomEvent::ParticipantJoined { identity, .. } if identity == "a")),
             "b saw a come back"
         );
     }
