@@ -318,7 +318,8 @@ pub(crate) enum Redispatch {
 
 /// Dispatches the oracle's agent again when an agent participant left an active call's room
 /// while the call's user is still in it (open-source LiveKit never does: a dead worker's job
-/// is lost). At most `livekit.max_redispatches` times per call, counted per server process.
+/// is lost). At most `livekit.max_redispatches` times per call, counted in the store, so every
+/// server of the oracle counts against the same limit.
 ///
 /// # Errors
 /// [`Error::Store`], LiveKit errors.
@@ -342,10 +343,11 @@ pub(crate) async fn redispatch_after_agent_left(
         // Another agent of the pool is there (e.g. a dispatch already answered).
         return Ok(Redispatch::NotNeeded);
     }
-    let Some(n) = state.redispatches().next(
-        rec.call_id.as_str(),
-        state.config().livekit.max_redispatches,
-    ) else {
+    let Some(n) = state
+        .store()
+        .count_redispatch(&rec.call_id, state.config().livekit.max_redispatches)
+        .await?
+    else {
         state.metrics().call_event("agent_redispatch_gave_up");
         warn!(call_id = %rec.call_id, "the agent left again; no more dispatches for this call");
         return Ok(Redispatch::GaveUp);
@@ -361,37 +363,6 @@ pub(crate) async fn redispatch_after_agent_left(
     state.metrics().call_event("agent_redispatched");
     info!(call_id = %rec.call_id, n, "the agent left an active call; dispatched again");
     Ok(Redispatch::Dispatched(n))
-}
-
-/// How many times each call's agent was dispatched again, in bounded memory.
-#[derive(Debug)]
-pub(crate) struct Redispatches(std::sync::Mutex<crate::cache::BoundedCache<String, u32>>);
-
-impl Default for Redispatches {
-    fn default() -> Self {
-        Self(std::sync::Mutex::new(crate::cache::BoundedCache::new(
-            100_000,
-        )))
-    }
-}
-
-impl Redispatches {
-    /// Counts one more dispatch of `call_id`'s agent: its number, or `None` past `max`.
-    pub(crate) fn next(&self, call_id: &str, max: u32) -> Option<u32> {
-        let mut counts = self.0.lock().ok()?;
-        let now = std::time::Instant::now();
-        let done = counts.get(&call_id.to_owned(), now).map_or(0, |n| *n);
-        if done >= max {
-            return None;
-        }
-        // Kept a day: longer than any call (`max_call_age_secs`).
-        counts.insert(
-            call_id.to_owned(),
-            done + 1,
-            now + std::time::Duration::from_secs(86_400),
-        );
-        Some(done + 1)
-    }
 }
 
 /// True when the call started longer ago than `validation.max_call_age_secs`: the server no

@@ -31,7 +31,6 @@ struct Inner {
     key_cache: crate::apikey::KeyCache,
     audit: crate::audit::AuditLog,
     limits: crate::limits::Limits,
-    redispatches: crate::calls::Redispatches,
     direct: crate::direct::DirectDispatch,
     /// Set once by [`crate::build_state`] on PostgreSQL; unset, the server leads alone.
     leadership: std::sync::OnceLock<crate::leader::Leadership>,
@@ -87,7 +86,6 @@ impl AppState {
             livekit,
             metrics,
             limits,
-            redispatches: crate::calls::Redispatches::default(),
             direct: crate::direct::DirectDispatch::default(),
             matrix,
             user_bindings,
@@ -160,9 +158,6 @@ impl AppState {
     }
     pub(crate) fn audit(&self) -> &crate::audit::AuditLog {
         &self.0.audit
-    }
-    pub(crate) fn redispatches(&self) -> &crate::calls::Redispatches {
-        &self.0.redispatches
     }
 
     /// The agents waiting here for a call, and the calls handed to them.

@@ -395,6 +395,30 @@ impl Store {
         Ok(())
     }
 
+    /// Counts one more dispatch of `call_id`'s agent, atomically across every server on this
+    /// database: the new count, or `None` when `max` were made already (or no such call).
+    ///
+    /// # Errors
+    /// [`Error::Store`].
+    pub async fn count_redispatch(&self, call_id: &CallId, max: u32) -> Result<Option<u32>> {
+        let row = sqlx::query(
+            "UPDATE calls SET redispatches = redispatches + 1
+             WHERE call_id = $1 AND redispatches < $2
+             RETURNING redispatches",
+        )
+        .bind(call_id.as_str())
+        .bind(i64::from(max))
+        .fetch_optional(&self.pool)
+        .await?;
+        match row {
+            Some(r) => {
+                let n: i64 = r.try_get(0)?;
+                Ok(Some(u32::try_from(n).unwrap_or(u32::MAX)))
+            }
+            None => Ok(None),
+        }
+    }
+
     /// Calls whose status Matrix does not show yet (oldest change first), changed before
     /// `older_than_ms` (Unix ms; younger changes are still being written by their own transition).
     ///
@@ -519,7 +543,7 @@ fn reason_str(r: CallReason) -> String {
 }
 
 fn migrator(backend: Backend) -> Migrator {
-    let steps: [(i64, &'static str, &'static str, &'static str); 5] = [
+    let steps: [(i64, &'static str, &'static str, &'static str); 6] = [
         (
             1,
             "init",
@@ -549,6 +573,12 @@ fn migrator(backend: Backend) -> Migrator {
             "cluster",
             include_str!("../migrations/sqlite/0005_cluster.sql"),
             include_str!("../migrations/postgres/0005_cluster.sql"),
+        ),
+        (
+            6,
+            "redispatches",
+            include_str!("../migrations/sqlite/0006_redispatches.sql"),
+            include_str!("../migrations/postgres/0006_redispatches.sql"),
         ),
     ];
     Migrator::with_migrations(

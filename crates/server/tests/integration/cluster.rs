@@ -690,3 +690,38 @@ crate::support::both_backends!(
     the_shared_store_records_devices_and_webhook_claims,
     shared_store_records
 );
+
+/// The re-dispatch count lives with the call in the database, so the servers on it share one
+/// `max_redispatches`: racing tries (on the pool's several connections) count exactly to it.
+async fn redispatches_are_counted_per_call_across_servers(db: Db) {
+    let s = TestServer::start(db).await;
+    let store = s.store();
+    let id = s
+        .seed_call("@did-ixo-user1:localhost", "sess-redispatch", &s.oracle)
+        .await;
+    let other = s
+        .seed_call("@did-ixo-user1:localhost", "sess-other", &s.oracle)
+        .await;
+    // Five racing tries against a limit of three: exactly three counts, 1 to 3.
+    let tries = (0..5).map(|_| store.count_redispatch(&id, 3));
+    let mut got: Vec<u32> = futures_util::future::join_all(tries)
+        .await
+        .into_iter()
+        .filter_map(|r| r.unwrap())
+        .collect();
+    got.sort_unstable();
+    assert_eq!(got, [1, 2, 3]);
+    // Past the limit nothing is counted; a higher limit (another server's setting) goes on
+    // from the same count.
+    assert_eq!(store.count_redispatch(&id, 3).await.unwrap(), None);
+    assert_eq!(store.count_redispatch(&id, 4).await.unwrap(), Some(4));
+    // Another call has its own count; an unknown call has none.
+    assert_eq!(store.count_redispatch(&other, 3).await.unwrap(), Some(1));
+    let unknown =
+        oracle_calls_proto::CallId::parse("$nope@oc-00000000000000000000000000000000").unwrap();
+    assert_eq!(store.count_redispatch(&unknown, 3).await.unwrap(), None);
+}
+crate::support::both_backends!(
+    the_redispatch_count_is_shared_by_the_servers,
+    redispatches_are_counted_per_call_across_servers
+);
