@@ -25,9 +25,44 @@ struct Run {
     errors: u64,
 }
 
+/// The `[limits]` of one measured server: `Off` turns the rate limits that one key from one
+/// address would hit off (their middleware still runs and returns at once); `On` keeps them
+/// on with rates no run reaches, so every request takes its tokens (a mutex, a hash lookup
+/// and a bounded-cache insert per limit) and none is refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Limits {
+    /// The per-address and per-agent-key limits off.
+    Off,
+    /// Both on, at rates no run reaches.
+    On,
+}
+
+impl Limits {
+    fn toml(self) -> &'static str {
+        match self {
+            Self::Off => {
+                "per_address = { per_sec = 0.0, burst = 1 }\n\
+                 per_agent_key = { per_sec = 0.0, burst = 1 }\n"
+            }
+            Self::On => {
+                "per_address = { per_sec = 1000000000.0, burst = 4000000000 }\n\
+                 per_agent_key = { per_sec = 1000000000.0, burst = 4000000000 }\n"
+            }
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Off => "off",
+            Self::On => "on",
+        }
+    }
+}
+
 pub fn run(
     dbs: Vec<String>,
     clients: Vec<usize>,
+    limits: Vec<Limits>,
     seconds: u64,
     dir: PathBuf,
 ) -> anyhow::Result<()> {
@@ -42,8 +77,10 @@ pub fn run(
     let mut report = String::new();
     let _ = writeln!(
         report,
-        "| store | clients | key req/s | key p50 ms | key p99 ms | reference req/s | reference p99 ms | key/reference |\n|---|---|---|---|---|---|---|---|"
+        "| store | limits | clients | key req/s | key p50 ms | key p99 ms | reference req/s | reference p99 ms | key/reference |\n|---|---|---|---|---|---|---|---|---|"
     );
+    // (store, clients) → the key's req/s per limits setting, for the on/off ratios.
+    let mut by_setting: Vec<(String, usize, Limits, f64)> = Vec::new();
     for db in &dbs {
         let url = match db.as_str() {
             "sqlite" => format!(
@@ -57,38 +94,57 @@ pub fn run(
             }
             other => bail!("unknown store `{other}` (sqlite or postgres)"),
         };
-        let (base, script) = rt.block_on(start_server(&url, &dir))?;
-        eprintln!("[{db}] server on {base}");
-        for &c in &clients {
-            let key = wrk(&format!("{base}{}", script.1), &script.0, c, seconds)?;
-            let reference = wrk(
-                &format!("{base}/.well-known/oracle-calls"),
-                &script.0,
-                c,
-                seconds,
-            )?;
-            eprintln!(
-                "[{db}] {c:>2} clients: key {:.0} req/s p50 {:.2} ms p99 {:.2} ms ({} errors) | reference {:.0} req/s p99 {:.2} ms",
-                key.rps, key.p50_ms, key.p99_ms, key.errors, reference.rps, reference.p99_ms
-            );
-            if key.errors > 0 {
-                bail!(
-                    "{} key requests failed: the benchmark is not measuring answers",
-                    key.errors
+        for &lim in &limits {
+            let (base, script) = rt.block_on(start_server(&url, &dir, lim))?;
+            let tag = lim.name();
+            eprintln!("[{db}, limits {tag}] server on {base}");
+            for &c in &clients {
+                let key = wrk(&format!("{base}{}", script.1), &script.0, c, seconds)?;
+                let reference = wrk(
+                    &format!("{base}/.well-known/oracle-calls"),
+                    &script.0,
+                    c,
+                    seconds,
+                )?;
+                eprintln!(
+                    "[{db}, limits {tag}] {c:>2} clients: key {:.0} req/s p50 {:.2} ms p99 {:.2} ms ({} errors) | reference {:.0} req/s p99 {:.2} ms",
+                    key.rps, key.p50_ms, key.p99_ms, key.errors, reference.rps, reference.p99_ms
+                );
+                if key.errors > 0 {
+                    bail!(
+                        "{} key requests failed: the benchmark is not measuring answers",
+                        key.errors
+                    );
+                }
+                by_setting.push((db.clone(), c, lim, key.rps));
+                let _ = writeln!(
+                    report,
+                    "| {db} | {tag} | {c} | {:.0} | {:.2} | {:.2} | {:.0} | {:.2} | {:.2} |",
+                    key.rps,
+                    key.p50_ms,
+                    key.p99_ms,
+                    reference.rps,
+                    reference.p99_ms,
+                    key.rps / reference.rps
                 );
             }
+            let _ = std::fs::remove_file(&script.0);
+        }
+    }
+    for (db, c, lim, on) in &by_setting {
+        if *lim != Limits::On {
+            continue;
+        }
+        if let Some((_, _, _, off)) = by_setting
+            .iter()
+            .find(|(d, k, l, _)| d == db && k == c && *l == Limits::Off)
+        {
             let _ = writeln!(
                 report,
-                "| {db} | {c} | {:.0} | {:.2} | {:.2} | {:.0} | {:.2} | {:.2} |",
-                key.rps,
-                key.p50_ms,
-                key.p99_ms,
-                reference.rps,
-                reference.p99_ms,
-                key.rps / reference.rps
+                "\n{db}, {c} clients: key req/s with the limits on / off = {:.3}",
+                on / off
             );
         }
-        let _ = std::fs::remove_file(&script.0);
     }
     println!("{report}");
     std::fs::write(dir.join("key.md"), &report)?;
@@ -97,7 +153,11 @@ pub fn run(
 
 /// Starts a server without Matrix on `url`'s store with one active call and one agent API
 /// key. Returns its base URL and (wrk script holding the key, the call's key path).
-async fn start_server(url: &str, dir: &Path) -> anyhow::Result<(String, (PathBuf, String))> {
+async fn start_server(
+    url: &str,
+    dir: &Path,
+    limits: Limits,
+) -> anyhow::Result<(String, (PathBuf, String))> {
     let oracle = Did::parse(&format!("did:ixo:bench{}", std::process::id()))?;
     let toml = format!(
         r#"
@@ -117,11 +177,10 @@ async fn start_server(url: &str, dir: &Path) -> anyhow::Result<(String, (PathBuf
         api_key = "bench"
         [limits]
         # One key from one address at full speed is the point here: the limits that would
-        # stop it are off (the limit middleware still runs on every request).
-        per_address = {{ per_sec = 0.0, burst = 1 }}
-        per_agent_key = {{ per_sec = 0.0, burst = 1 }}
-        "#,
-        dir = dir.display()
+        # stop it are off, or on at rates it never reaches (`Limits`).
+        {limits}"#,
+        dir = dir.display(),
+        limits = limits.toml(),
     );
     let config = Config::from_toml(&toml)?;
     let mut pepper = [0u8; 16];

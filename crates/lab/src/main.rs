@@ -252,6 +252,10 @@ enum BenchCmd {
         /// Comma-separated numbers of concurrent clients.
         #[arg(long, default_value = "1,16,64", value_delimiter = ',')]
         clients: Vec<usize>,
+        /// The per-address and per-agent-key limits: `off`, `on` (at rates no run reaches,
+        /// so each request pays for its tokens), or both, to compare.
+        #[arg(long, value_enum, default_value = "off", value_delimiter = ',')]
+        limits: Vec<bench_key::Limits>,
         /// Seconds per measurement.
         #[arg(long, default_value_t = 10)]
         seconds: u64,
@@ -353,9 +357,10 @@ fn main() -> anyhow::Result<()> {
             BenchCmd::Key {
                 db,
                 clients,
+                limits,
                 seconds,
                 dir,
-            } => bench_key::run(db, clients, seconds, dir),
+            } => bench_key::run(db, clients, limits, seconds, dir),
         },
         Command::Web { dir, port } => oracle_calls_lab::web::run_command(&dir, port),
         Command::Up {
