@@ -389,9 +389,22 @@ impl TrustStore {
                 } else {
                     Vec::new()
                 };
-                if !kept.is_empty() {
+                if !kept.is_empty() && kept.len() < wk.matrix_devices.len() && kt.is_some() {
+                    // A device the oracle's verified directory record adds (another server
+                    // of the oracle): the record's log, not the homeserver, vouches for it,
+                    // as it did for the devices pinned first.
+                    info!(%oracle, devices = %devices_text(&wk.matrix_devices), "pinned the bot devices the oracle's verified record adds");
+                    (t.matrix_user_id.clone(), wk.matrix_devices.clone())
+                } else if !kept.is_empty() {
+                    let mut kept = kept;
+                    if let Some(d) = accepted_device
+                        && !kept.contains(d)
+                    {
+                        warn!(%oracle, device = %d.device_id, "a new bot device next to the pinned ones; accepting it as explicitly allowed");
+                        kept.push(d.clone());
+                    }
                     if kept.len() < wk.matrix_devices.len() {
-                        warn!(%oracle, "the server publishes bot devices the trust store does not list; they get no call keys");
+                        warn!(%oracle, "the server publishes bot devices the trust store does not list; they get no call keys (with key transparency, a device in the oracle's verified record is pinned)");
                     }
                     (t.matrix_user_id.clone(), kept)
                 } else if let Some(d) = accepted_device {
@@ -773,6 +786,21 @@ mod tests {
             s.check(&o, &two, &NONE).unwrap().devices,
             vec![dev("BOT", "ed-a")]
         );
+        // Accepted explicitly (another server of the oracle, checked out of band), the new
+        // device is pinned next to the first, on a copy of the store.
+        let (s3, dir3) = store();
+        s3.check(&o, &wk(vec![info(&a)]), &NONE).unwrap();
+        let accept_x = TrustOverride {
+            oracle_key: None,
+            bot_device: Some("ed-x".into()),
+            prekey_signing_key: None,
+        };
+        assert_eq!(
+            s3.check(&o, &two, &accept_x).unwrap().devices,
+            vec![dev("BOT", "ed-a"), dev("EVIL", "ed-x")]
+        );
+        assert_eq!(s3.check(&o, &two, &NONE).unwrap().devices.len(), 2);
+        std::fs::remove_dir_all(dir3).unwrap();
         // The same device id with another key is another device.
         let swapped = wk_of(
             "did:ixo:o",
@@ -895,6 +923,41 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(s.get(&o).unwrap().unwrap(), pinned);
+        // A record that adds a bot device (a second server of the oracle), verified: the new
+        // device is pinned next to the first; the same list without verification is not.
+        let rec2 = OracleRecord {
+            bot_devices: vec![dev("BOT", "ed-a"), dev("BOT2", "ed-b")],
+            ..rec(&a)
+        };
+        let v3 = VerifiedRecord {
+            record: rec2.clone(),
+            epoch: 11,
+            version: 3,
+        };
+        let wk2 = wk_of(
+            "did:ixo:o",
+            "@o:localhost",
+            vec![info(&a)],
+            vec![dev("BOT", "ed-a"), dev("BOT2", "ed-b")],
+        );
+        let (s2, dir2) = store();
+        s2.check_verified(&o, &wk(vec![info(&a)]), &NONE, kt(&v1, None))
+            .unwrap();
+        assert_eq!(
+            s2.check(&o, &wk2, &NONE).unwrap().devices,
+            vec![dev("BOT", "ed-a")],
+            "unverified: the added device gets no keys"
+        );
+        let t = s2.check_verified(&o, &wk2, &NONE, kt(&v3, None)).unwrap();
+        assert_eq!(t.devices, vec![dev("BOT", "ed-a"), dev("BOT2", "ed-b")]);
+        assert_eq!(
+            s2.get(&o).unwrap().unwrap().bot_devices,
+            vec![dev("BOT", "ed-a"), dev("BOT2", "ed-b")],
+            "pinned"
+        );
+        // Pinned once, it stays trusted on later calls without the directory.
+        assert_eq!(s2.check(&o, &wk2, &NONE).unwrap().devices.len(), 2);
+        std::fs::remove_dir_all(dir2).unwrap();
         // Without key transparency the pinned record is kept, and its epoch named.
         match s.check(&o, &wk(vec![info(&b)]), &NONE) {
             Err(CallError::OracleKeyChanged { epoch, .. }) => assert_eq!(epoch, Some(4)),

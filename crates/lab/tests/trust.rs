@@ -2,8 +2,8 @@
 //! compromised oracle server cannot move a call to another oracle or key, and a compromised
 //! homeserver that adds a device to the oracle bot's account cannot read the call event; and
 //! with key transparency (the real `oracle-calls kt serve`), the server must agree with the
-//! oracle's verified record, a key change names its epoch, and a rolled-back directory is
-//! refused.
+//! oracle's verified record, a key change names its epoch, a rolled-back directory is
+//! refused, and a server added to the oracle later is trusted once its record lists it.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -481,5 +481,99 @@ async fn with_key_transparency_the_server_must_agree_with_the_oracles_verified_r
         "the stored checkpoint is kept"
     );
     drop(old);
+    dep.stop().await;
+}
+
+/// A server added to the oracle after its users pinned the bot's devices (scale-out): its own
+/// bot device is in no user's trust store, so without key transparency it gets no room keys
+/// and cannot read their call events (a sync reaching it fails, 422). Once the operator
+/// publishes the record that lists the new device, a user who verifies it pins the device,
+/// and a call whose sync reaches the new server connects and is heard.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_added_after_pinning_is_trusted_once_the_verified_record_lists_it() {
+    init_logs();
+    let _serial = SERIAL.lock().await;
+    let mut opts = DeployOptions::new(temp_dir());
+    opts.db = oracle_calls_lab::local::Db::Postgres;
+    let dep = Deployment::start(Stack::running().unwrap(), opts)
+        .await
+        .unwrap();
+    let kt = kt_directory(&dep);
+    let service = kt.start("data").unwrap();
+    let first = record_of(&well_known(&dep).await);
+    assert_eq!(first.bot_devices.len(), 1);
+    publish(&service, &kt.token, &dep.oracle_did, &first).await;
+    let (client, cfg) = user(&dep, |c| c.key_transparency = Some(kt.config(&service))).await;
+    let mut call = client.call_oracle(CallType::Audio).await.unwrap();
+    call.end().await.unwrap();
+    drop(client);
+    // A user without key transparency pins the same one device.
+    let (plain, plain_cfg) = user(&dep, |_| {}).await;
+    let mut c = plain.call_oracle(CallType::Audio).await.unwrap();
+    c.end().await.unwrap();
+    drop(plain);
+
+    // The second server: the well-known now lists its device too.
+    let second = dep
+        .start_another_server("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let wk = well_known(&dep).await;
+    assert_eq!(wk.matrix_devices.len(), 2);
+    let added = wk
+        .matrix_devices
+        .iter()
+        .find(|d| !first.bot_devices.contains(d))
+        .unwrap()
+        .clone();
+    // The same user, its syncs to the new server.
+    let mut via_second = cfg.clone();
+    via_second.server_url = second.url.clone();
+    let client = OracleClient::connect(via_second.clone(), Login::Restore)
+        .await
+        .unwrap();
+    // Before the operator publishes it, the served list disagrees with the verified record.
+    match client.call_oracle(CallType::Audio).await {
+        Err(CallError::KtMismatch { what, .. }) => assert_eq!(what, "matrixDevices"),
+        Err(e) => panic!("expected KtMismatch, got {e}"),
+        Ok(_) => panic!("a call went out with a device the directory does not list"),
+    }
+    publish(&service, &kt.token, &dep.oracle_did, &record_of(&wk)).await;
+    let mut call = client.call_oracle(CallType::Audio).await.unwrap();
+    assert!(echo_envelope(&mut call, 2.0).await.unwrap() > 0.6);
+    call.end().await.unwrap();
+    let pinned = client.oracle_trust().unwrap().unwrap();
+    assert!(pinned.bot_devices.contains(&added), "{pinned:?}");
+    assert_eq!(pinned.bot_devices.len(), 2);
+    drop(client);
+
+    // Without key transparency the user who pinned before the scale-out still cannot reach
+    // the new server (the documented limit): its sync there is refused, not silently served.
+    let mut plain_second = plain_cfg.clone();
+    plain_second.server_url = second.url.clone();
+    let plain = OracleClient::connect(plain_second, Login::Restore)
+        .await
+        .unwrap();
+    let pinned = plain.oracle_trust().unwrap().unwrap();
+    assert_eq!(
+        pinned.bot_devices.len(),
+        1,
+        "pinned before the scale-out: one device"
+    );
+    match plain.call_oracle(CallType::Audio).await {
+        Err(e) => {
+            let e = e.to_string();
+            assert!(
+                e.contains("422") && e.contains("could not decrypt"),
+                "expected the new server's 422, got {e}"
+            );
+        }
+        Ok(mut c) => {
+            c.end().await.unwrap();
+            panic!("the new server read an event whose key its device never got");
+        }
+    }
+    drop(plain);
+    second.stop().await;
     dep.stop().await;
 }
