@@ -212,6 +212,18 @@ async fn job_status(out: &mpsc::Sender<lk::WorkerMessage>, id: &str, s: lk::JobS
 }
 
 /// Tells the server; failures to report are logged, never fatal.
+/// The call's media could not be set up: the server hears `mediaFailed` and the job ends.
+async fn media_failed<O: Oracle>(shared: &Shared<O>, call_id: &CallId, why: String) -> JobOutcome {
+    report_to_server(
+        shared,
+        call_id,
+        Some(CallStatus::Ended),
+        CallReason::MediaFailed,
+    )
+    .await;
+    JobOutcome::JoinFailed(why)
+}
+
 async fn report_to_server<O: Oracle>(
     shared: &Shared<O>,
     call_id: &CallId,
@@ -357,14 +369,7 @@ async fn serve<O: Oracle>(
         Ok(x) => x,
         Err(e) => {
             error!(error = %e, "could not join the room");
-            report_to_server(
-                shared,
-                call_id,
-                Some(CallStatus::Ended),
-                CallReason::MediaFailed,
-            )
-            .await;
-            return JobOutcome::JoinFailed(e.to_string());
+            return media_failed(shared, call_id, e.to_string()).await;
         }
     };
     report.joined_after = Some(started.elapsed());
@@ -516,14 +521,7 @@ async fn serve<O: Oracle>(
         error!(error = %e, "could not publish the oracle's tracks");
         job_status(out, &a.job.id, lk::JobStatus::JsFailed, &e).await;
         room.leave().await;
-        report_to_server(
-            shared,
-            call_id,
-            Some(CallStatus::Ended),
-            CallReason::MediaFailed,
-        )
-        .await;
-        return JobOutcome::JoinFailed(e);
+        return media_failed(shared, call_id, e).await;
     }
     job_status(out, &a.job.id, lk::JobStatus::JsSuccess, "").await;
     room.leave().await;
