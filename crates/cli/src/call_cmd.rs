@@ -91,7 +91,8 @@ pub struct UserArgs {
     #[arg(long, value_name = "KEY_ID")]
     accept_oracle_key: Option<String>,
     /// Accept exactly the bot device with this Ed25519 key when the oracle's bot device (or
-    /// bot) changed (after verifying it; the refusal names it).
+    /// bot) changed, or when a new one appears next to the pinned ones (another server of the
+    /// oracle), after verifying it; the refusal or the warning names it.
     #[arg(long, value_name = "ED25519")]
     accept_bot_device: Option<String>,
     /// Accept exactly this new prekey signing key when the oracle's changed (after verifying

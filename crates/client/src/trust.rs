@@ -404,7 +404,13 @@ impl TrustStore {
                         kept.push(d.clone());
                     }
                     if kept.len() < wk.matrix_devices.len() {
-                        warn!(%oracle, "the server publishes bot devices the trust store does not list; they get no call keys (with key transparency, a device in the oracle's verified record is pinned)");
+                        let unpinned: Vec<BotDevice> = wk
+                            .matrix_devices
+                            .iter()
+                            .filter(|d| !kept.contains(d))
+                            .cloned()
+                            .collect();
+                        warn!(%oracle, devices = %devices_text(&unpinned), "the server publishes bot devices the trust store does not list; they get no call keys (with key transparency, a device in the oracle's verified record is pinned; without it, accept one by its ed25519 after checking it)");
                     }
                     (t.matrix_user_id.clone(), kept)
                 } else if let Some(d) = accepted_device {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use oracle_calls_agent::{CallReport, FileConfig};
+use oracle_calls_agent::CallReport;
 use oracle_calls_client::{Call, CallEvent, KtConfig, OracleClient, Phase};
 use oracle_calls_lab::local::{DeployOptions, Deployment, Stack};
 use oracle_calls_lab::local_kt::{self, KtDirectory, KtService};
@@ -203,14 +203,14 @@ pub enum Compare {
     /// Key transparency and one-time prekeys against neither; both with LiveKit's dispatch
     /// only and no first-frame hold (the issue-12 measurement).
     Kt,
-    /// The agent's first-frame hold (its default) against none; both with direct dispatch,
-    /// neither with key transparency or prekeys.
+    /// The agent's first-frame hold (`--hold-ms`, by default the agent's default) against
+    /// none; both with direct dispatch, neither with key transparency or prekeys.
     Hold,
 }
 
 impl Compare {
     /// The reference's deployment, the other side's, its name and its column's label.
-    fn sides(self) -> (SideOptions, SideOptions, &'static str, &'static str) {
+    fn sides(self, hold_ms: u64) -> (SideOptions, SideOptions, &'static str, &'static str) {
         let plain = SideOptions {
             trusted: false,
             direct: false,
@@ -242,10 +242,7 @@ impl Compare {
                 };
                 (
                     direct,
-                    SideOptions {
-                        hold_ms: FileConfig::DEFAULT_FIRST_FRAME_HOLD_MS,
-                        ..direct
-                    },
+                    SideOptions { hold_ms, ..direct },
                     "first-frame hold",
                     "hold",
                 )
@@ -263,12 +260,13 @@ pub fn setup(
     calls: usize,
     concurrency: usize,
     compare: Compare,
+    hold_ms: u64,
     dir: PathBuf,
 ) -> anyhow::Result<()> {
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
         let users = concurrency.max(1);
-        let (reference, other, name, short) = compare.sides();
+        let (reference, other, name, short) = compare.sides(hold_ms);
         let reference =
             Arc::new(Side::start("reference", dir.join("reference"), reference, users * 2).await?);
         let trusted = Arc::new(Side::start(name, dir.join("other"), other, users * 2).await?);

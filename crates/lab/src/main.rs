@@ -134,6 +134,9 @@ enum BenchCmd {
         /// with direct dispatch).
         #[arg(long, value_enum, default_value_t = bench::Compare::Direct)]
         compare: bench::Compare,
+        /// With `--compare hold`: the hold side's `first_frame_hold_ms`.
+        #[arg(long, default_value_t = oracle_calls_agent::FileConfig::DEFAULT_FIRST_FRAME_HOLD_MS)]
+        hold_ms: u64,
         /// Working directory.
         #[arg(long, default_value = "bench-out/setup")]
         dir: PathBuf,
@@ -295,8 +298,9 @@ fn main() -> anyhow::Result<()> {
                 calls,
                 concurrency,
                 compare,
+                hold_ms,
                 dir,
-            } => bench::setup(calls, concurrency, compare, dir),
+            } => bench::setup(calls, concurrency, compare, hold_ms, dir),
             BenchCmd::Load {
                 calls,
                 seconds,
