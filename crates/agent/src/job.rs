@@ -211,7 +211,6 @@ async fn job_status(out: &mpsc::Sender<lk::WorkerMessage>, id: &str, s: lk::JobS
     let _ = out.send(msg).await;
 }
 
-/// Tells the server; failures to report are logged, never fatal.
 /// The call's media could not be set up: the server hears `mediaFailed` and the job ends.
 async fn media_failed<O: Oracle>(shared: &Shared<O>, call_id: &CallId, why: String) -> JobOutcome {
     report_to_server(
@@ -224,6 +223,7 @@ async fn media_failed<O: Oracle>(shared: &Shared<O>, call_id: &CallId, why: Stri
     JobOutcome::JoinFailed(why)
 }
 
+/// Tells the server; failures to report are logged, never fatal.
 async fn report_to_server<O: Oracle>(
     shared: &Shared<O>,
     call_id: &CallId,
