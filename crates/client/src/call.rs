@@ -71,6 +71,14 @@ impl Timeline {
         }
     }
 
+    /// As [`Timeline::mark`], for a phase reached at `at` (work that ran beside another).
+    pub(crate) fn mark_at(&mut self, p: Phase, at: std::time::Instant) {
+        if !self.marks.iter().any(|(q, _)| *q == p) {
+            self.marks
+                .push((p, at.saturating_duration_since(self.started)));
+        }
+    }
+
     /// `(phase, time since start)` in the order reached.
     pub fn marks(&self) -> &[(Phase, Duration)] {
         &self.marks

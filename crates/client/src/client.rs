@@ -60,6 +60,11 @@ pub struct ClientConfig {
     /// (PROTOCOL §12) instead of trusting the server on first use. `None` (the default):
     /// trust on first use.
     pub key_transparency: Option<KtConfig>,
+    /// Claim the call's LiveKit room and join it while the call event travels through Matrix
+    /// (docs/PROTOCOL.md §6.9), so that the join is off the setup's critical path. Where the
+    /// server does not offer it (or the claim fails), the client joins after the sync, as it
+    /// does with this off. Default on.
+    pub early_join: bool,
 }
 
 impl ClientConfig {
@@ -81,6 +86,7 @@ impl ClientConfig {
             bot_join_timeout: Duration::from_secs(15),
             opus_complexity: None,
             key_transparency: None,
+            early_join: true,
         }
     }
 }
@@ -288,68 +294,30 @@ impl OracleClient {
             .map_err(|e| CallError::Crypto(e.to_string()))?;
             (key, env)
         };
-        let key_ring = KeyRing::with_call_key(
-            &call_key,
-            self.0.cfg.key_derivation,
-            KeyRingOptions::default(),
-        )
-        .map_err(|e| CallError::Crypto(e.to_string()))?;
-        tl.mark(Phase::Wrap);
-
-        // 4. The encrypted DM with the bot, the bot joined, then the event.
-        let room = self.dm_room(&bot).await?;
-        self.trust_bot_devices(&bot, &trusted.devices).await?;
-        tl.mark(Phase::Room);
-        let content = OraclesCallContent {
-            call_id: None,
-            call_type,
-            call_status: CallStatus::Pending,
-            call_started_at: now(),
-            call_ended_at: None,
-            encryption_key: envelope,
-            session_id,
-            room_id: room_name,
-            user_did: self.0.user_did.clone(),
-            oracle_did,
-            key_derivation: self.0.cfg.key_derivation,
+        let key_ring = |call_key: &CallKey| {
+            KeyRing::with_call_key(
+                call_key,
+                self.0.cfg.key_derivation,
+                KeyRingOptions::default(),
+            )
+            .map_err(|e| CallError::Crypto(e.to_string()))
         };
-        let body = serde_json::to_value(&content).map_err(|e| CallError::Setup(e.to_string()))?;
-        let event_id = send_with_retry(&room, &body, new_txn()).await?;
-        // 5. The call id.
-        let event_id = EventId::parse(&event_id).map_err(|e| CallError::Matrix(e.to_string()))?;
-        let call_id = content.call_id_for(event_id);
-        tl.mark(Phase::Send);
-        info!(%call_id, key_id = %trusted.key.key_id,
-              prekey = %prekey.as_ref().map_or_else(|| "none".to_owned(), |p| p.id().to_string()),
-              last_resort = prekey.as_ref().is_some_and(|p| p.last_resort()),
-              "call event sent");
-
-        // 6. The server validates, activates, creates the room and answers with a token.
-        let synced = async {
-            let token = self.openid_token().await?;
-            self.0.api.sync(&call_id, &token).await
-        }
-        .await;
-        let synced = match synced {
-            Ok(s) => s,
-            Err(e) => {
-                warn!(%call_id, error = %e, "sync failed; marking the call ended in Matrix");
-                let _ = edit_status(&room, &call_id, &content, CallStatus::Ended).await;
-                return Err(e);
-            }
-        };
-        tl.mark(Phase::Sync);
-
-        // 7. Media, end to end encrypted with the call key.
         // A full reconnect (the LiveKit node hosting the call died) joins again with a fresh
         // token from a repeated sync: the server answers it for the call's own user while the
-        // call is neither ended nor too old, and hands out its current LiveKit URL.
+        // call is neither ended nor too old, and hands out its current LiveKit URL. Until the
+        // call id is known (an early join still waiting for its event to be sent) there is none.
+        let placed: Arc<std::sync::OnceLock<CallId>> = Arc::default();
         let token_source = {
             let client = self.clone();
-            let call_id = call_id.clone();
+            let placed = placed.clone();
             oracle_calls_rtc::TokenSource::new(move || {
-                let (client, call_id) = (client.clone(), call_id.clone());
+                let (client, placed) = (client.clone(), placed.clone());
                 async move {
+                    let call_id = placed.get().cloned().ok_or_else(|| {
+                        oracle_calls_rtc::TokenError::Unavailable(
+                            "the call is not placed yet".into(),
+                        )
+                    })?;
                     let openid = client.openid_token().await.map_err(rejoin_token_error)?;
                     let synced = client
                         .0
@@ -365,37 +333,132 @@ impl OracleClient {
                 }
             })
         };
-        let opts = RoomOptions {
+        let opts = |key_ring: KeyRing| RoomOptions {
             e2ee: Some(E2eeOptions { key_ring }),
             opus_complexity: self.0.cfg.opus_complexity,
-            token_source: Some(token_source),
+            token_source: Some(token_source.clone()),
             ..Default::default()
         };
-        drop(call_key);
-        let joined = async {
-            let (lk_room, events) =
-                oracle_calls_rtc::Room::connect(&synced.livekit_url, &synced.token, opts).await?;
-            let published = async {
-                let mic = lk_room.publish_audio("microphone").await?;
-                // A video call publishes the camera too (VP8 the caller encodes, 320x240).
-                let camera = if call_type == CallType::Video {
-                    Some(lk_room.publish_video("camera", 320, 240).await?)
-                } else {
-                    None
-                };
-                Ok::<_, oracle_calls_rtc::Error>((mic, camera))
+        tl.mark(Phase::Wrap);
+
+        // 4-6 with the early join (docs/PROTOCOL.md §6.9): the room is claimed and joined,
+        // media already end to end encrypted, while the event goes out and is synced.
+        let early = async {
+            if !self.0.cfg.early_join {
+                return None;
+            }
+            let claimed = async {
+                let openid = self.openid_token().await?;
+                self.0.api.claim_room(&room_name, &openid).await
             }
             .await;
-            let (mic, camera) = match published {
-                Ok(m) => m,
+            let claim = match claimed {
+                Ok(c) => c,
                 Err(e) => {
-                    lk_room.leave().await;
-                    return Err(e);
+                    info!(error = %e, "no early join; joining after the sync");
+                    return None;
                 }
             };
-            Ok::<_, oracle_calls_rtc::Error>((lk_room, events, mic, camera))
-        }
-        .await;
+            let ring = match key_ring(&call_key) {
+                Ok(r) => r,
+                Err(e) => return Some(Err(e)),
+            };
+            match join_media(&claim.livekit_url, &claim.token, opts(ring), call_type).await {
+                Ok(joined) => Some(Ok(joined)),
+                Err(e) => {
+                    warn!(error = %e, "the early join failed; joining after the sync");
+                    None
+                }
+            }
+        };
+        let placing = async {
+            // 4. The encrypted DM with the bot, the bot joined, then the event.
+            let room = self.dm_room(&bot).await?;
+            self.trust_bot_devices(&bot, &trusted.devices).await?;
+            let room_at = Instant::now();
+            let content = OraclesCallContent {
+                call_id: None,
+                call_type,
+                call_status: CallStatus::Pending,
+                call_started_at: now(),
+                call_ended_at: None,
+                encryption_key: envelope,
+                session_id,
+                room_id: room_name.clone(),
+                user_did: self.0.user_did.clone(),
+                oracle_did,
+                key_derivation: self.0.cfg.key_derivation,
+            };
+            let body =
+                serde_json::to_value(&content).map_err(|e| CallError::Setup(e.to_string()))?;
+            let event_id = send_with_retry(&room, &body, new_txn()).await?;
+            // 5. The call id.
+            let event_id =
+                EventId::parse(&event_id).map_err(|e| CallError::Matrix(e.to_string()))?;
+            let call_id = content.call_id_for(event_id);
+            let _ = placed.set(call_id.clone());
+            let sent_at = Instant::now();
+            info!(%call_id, key_id = %trusted.key.key_id,
+                  prekey = %prekey.as_ref().map_or_else(|| "none".to_owned(), |p| p.id().to_string()),
+                  last_resort = prekey.as_ref().is_some_and(|p| p.last_resort()),
+                  "call event sent");
+
+            // 6. The server validates, activates (adopting the claimed room) and answers with
+            //    a token.
+            let synced = async {
+                let token = self.openid_token().await?;
+                self.0.api.sync(&call_id, &token).await
+            }
+            .await;
+            match synced {
+                Ok(s) => Ok((room, content, call_id, [room_at, sent_at], s)),
+                Err(e) => {
+                    warn!(%call_id, error = %e, "sync failed; marking the call ended in Matrix");
+                    let _ = edit_status(&room, &call_id, &content, CallStatus::Ended).await;
+                    Err(e)
+                }
+            }
+        };
+        let (early, placed_call) = tokio::join!(early, placing);
+        let early = match early {
+            Some(Ok(joined)) => Some(joined),
+            Some(Err(e)) => {
+                if let Ok((room, content, call_id, ..)) = &placed_call {
+                    self.report_end(call_id, CallReason::MediaFailed).await;
+                    let _ = edit_status(room, call_id, content, CallStatus::Ended).await;
+                }
+                return Err(e);
+            }
+            None => None,
+        };
+        let (room, content, call_id, [room_at, sent_at], synced) = match placed_call {
+            Ok(p) => p,
+            Err(e) => {
+                if let Some((lk_room, ..)) = early {
+                    lk_room.leave().await;
+                }
+                return Err(e);
+            }
+        };
+        tl.mark_at(Phase::Room, room_at);
+        tl.mark_at(Phase::Send, sent_at);
+        tl.mark(Phase::Sync);
+
+        // 7. Media, end to end encrypted with the call key: joined already, or now.
+        let joined = match early {
+            Some(joined) => Ok(joined),
+            None => match key_ring(&call_key) {
+                Ok(ring) => {
+                    join_media(&synced.livekit_url, &synced.token, opts(ring), call_type).await
+                }
+                Err(e) => {
+                    self.report_end(&call_id, CallReason::MediaFailed).await;
+                    let _ = edit_status(&room, &call_id, &content, CallStatus::Ended).await;
+                    return Err(e);
+                }
+            },
+        };
+        drop(call_key);
         let (lk_room, events, mic, camera) = match joined {
             Ok(x) => x,
             Err(e) => {
@@ -635,6 +698,42 @@ async fn is_joined(room: &Room, user: &UserId) -> bool {
         room.get_member_no_sync(user).await,
         Ok(Some(m)) if *m.membership() == MembershipState::Join
     )
+}
+
+/// Joins a call's LiveKit room and publishes the microphone (and, for a video call, the
+/// camera: VP8 the caller encodes, 320x240); leaves again when publishing fails.
+async fn join_media(
+    url: &str,
+    token: &str,
+    opts: RoomOptions,
+    call_type: CallType,
+) -> Result<
+    (
+        oracle_calls_rtc::Room,
+        tokio::sync::mpsc::Receiver<oracle_calls_rtc::RoomEvent>,
+        oracle_calls_rtc::AudioSource,
+        Option<oracle_calls_rtc::VideoSource>,
+    ),
+    oracle_calls_rtc::Error,
+> {
+    let (lk_room, events) = oracle_calls_rtc::Room::connect(url, token, opts).await?;
+    let published = async {
+        let mic = lk_room.publish_audio("microphone").await?;
+        let camera = if call_type == CallType::Video {
+            Some(lk_room.publish_video("camera", 320, 240).await?)
+        } else {
+            None
+        };
+        Ok::<_, oracle_calls_rtc::Error>((mic, camera))
+    }
+    .await;
+    match published {
+        Ok((mic, camera)) => Ok((lk_room, events, mic, camera)),
+        Err(e) => {
+            lk_room.leave().await;
+            Err(e)
+        }
+    }
 }
 
 /// Sends `body` as the call event, retrying with backoff under one transaction id.

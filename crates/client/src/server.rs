@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use oracle_calls_proto::{
-    ApiErrorBody, CallId, ListCallsQuery, ListCallsResponse, SignedPrekey, SyncRequest,
-    SyncResponse, UpdateRequest, WellKnown,
+    ApiErrorBody, CallId, ListCallsQuery, ListCallsResponse, RoomClaimResponse, RoomName,
+    SignedPrekey, SyncRequest, SyncResponse, UpdateRequest, WellKnown,
 };
 use tracing::warn;
 
@@ -75,6 +75,28 @@ impl UserApi {
         };
         self.retry(|| self.http.post(&url).bearer_auth(openid).json(&body))
             .await
+    }
+
+    /// `POST /rooms/{roomId}/claim`: the call's LiveKit room, claimed for this user, and a
+    /// token to join it before the call is synced (docs/PROTOCOL.md §6.9). Not retried: a
+    /// client whose claim fails joins after the sync instead.
+    ///
+    /// # Errors
+    /// [`CallError::Server`] (404: the server offers no early join),
+    /// [`CallError::ServerUnreachable`].
+    pub async fn claim_room(
+        &self,
+        room: &RoomName,
+        openid: &str,
+    ) -> Result<RoomClaimResponse, CallError> {
+        let url = format!("{}/rooms/{}/claim", self.base, room.as_str());
+        match once(self.http.post(&url).bearer_auth(openid)).await {
+            Ok(r) => Ok(r),
+            Err(Failure::Final(e) | Failure::Limited(_, e)) => Err(e),
+            Err(Failure::Transient(last)) => {
+                Err(CallError::ServerUnreachable { attempts: 1, last })
+            }
+        }
     }
 
     /// `POST /prekeys/claim`: one of the oracle's signed prekeys, never handed out before

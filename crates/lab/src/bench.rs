@@ -97,6 +97,8 @@ struct Side {
     /// With key transparency: what its users configure, and the service (kept running while
     /// the side is measured).
     kt: Option<(KtConfig, KtService)>,
+    /// Its users' [`oracle_calls_client::ClientConfig::early_join`].
+    early_join: bool,
 }
 
 impl Side {
@@ -111,6 +113,7 @@ impl Side {
             trusted,
             direct,
             hold_ms,
+            early_join,
         } = how;
         let mut opts = DeployOptions::new(&dir);
         opts.max_calls = max_calls;
@@ -134,6 +137,7 @@ impl Side {
             reports: Mutex::new(BTreeMap::new()),
             samples: Mutex::new(Vec::new()),
             kt,
+            early_join,
         })
     }
 
@@ -143,7 +147,10 @@ impl Side {
         let kt = self.kt.as_ref().map(|(c, _)| c.clone());
         let c = self
             .dep
-            .new_user_with(|cfg| cfg.key_transparency = kt)
+            .new_user_with(|cfg| {
+                cfg.key_transparency = kt;
+                cfg.early_join = self.early_join;
+            })
             .await?;
         let (call, _, _) = one_call(&c).await?;
         self.report_for(&call.id().to_string()).await?;
@@ -192,6 +199,8 @@ struct SideOptions {
     direct: bool,
     /// The agents' `first_frame_hold_ms`.
     hold_ms: u64,
+    /// The users claim the call's room and join it while the event is sent and synced.
+    early_join: bool,
 }
 
 /// What `bench setup` sets beside its reference.
@@ -206,6 +215,10 @@ pub enum Compare {
     /// The agent's first-frame hold (`--hold-ms`, by default the agent's default) against
     /// none; both with direct dispatch, neither with key transparency or prekeys.
     Hold,
+    /// The users' early join (docs/PROTOCOL.md §6.9) against joining after the sync; both
+    /// with direct dispatch and the first-frame hold (`--hold-ms`), neither with key
+    /// transparency or prekeys.
+    Early,
 }
 
 impl Compare {
@@ -215,6 +228,7 @@ impl Compare {
             trusted: false,
             direct: false,
             hold_ms: 0,
+            early_join: false,
         };
         match self {
             Self::Direct => (
@@ -245,6 +259,22 @@ impl Compare {
                     SideOptions { hold_ms, ..direct },
                     "first-frame hold",
                     "hold",
+                )
+            }
+            Self::Early => {
+                let held = SideOptions {
+                    direct: true,
+                    hold_ms,
+                    ..plain
+                };
+                (
+                    held,
+                    SideOptions {
+                        early_join: true,
+                        ..held
+                    },
+                    "early join",
+                    "early",
                 )
             }
         }

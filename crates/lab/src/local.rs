@@ -296,6 +296,8 @@ pub struct DeployOptions {
     pub direct_dispatch: bool,
     /// The agents' `first_frame_hold_ms` (`None`: the agent's default).
     pub first_frame_hold_ms: Option<u64>,
+    /// The server's `livekit.early_join` (docs/PROTOCOL.md §6.9). On by default.
+    pub early_join: bool,
 }
 
 impl DeployOptions {
@@ -312,6 +314,7 @@ impl DeployOptions {
             cors_allowed_origins: Vec::new(),
             direct_dispatch: true,
             first_frame_hold_ms: None,
+            early_join: true,
         }
     }
 }
@@ -383,6 +386,8 @@ struct RestartInputs {
     direct_dispatch: bool,
     /// The agents' `first_frame_hold_ms`, when set.
     first_frame_hold_ms: Option<u64>,
+    /// The server's `livekit.early_join`.
+    early_join: bool,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -397,6 +402,7 @@ pub(crate) fn config_toml_keys(
     listen: SocketAddr,
     prekey_signing_key: Option<&str>,
     cors_allowed_origins: &[String],
+    early_join: bool,
 ) -> anyhow::Result<String> {
     let keys: Vec<String> = keys
         .iter()
@@ -424,6 +430,7 @@ user_id = "{bot}"
 url = "{lk}"
 http_url = "{lkhttp}"
 api_key = "{lkkey}"
+early_join = {early_join}
 [cors]
 allowed_origins = [{cors}]
 [limits]
@@ -483,6 +490,7 @@ async fn start_server(
         listen,
         r.prekey_signer.as_ref().map(|(_, public)| public.as_str()),
         &r.cors_allowed_origins,
+        r.early_join,
     )?;
     let config = Config::from_toml(&toml)?;
     let lk_secret = stack.secret("LIVEKIT_API_SECRET_FILE")?;
@@ -581,6 +589,7 @@ impl Deployment {
             cors_allowed_origins: opts.cors_allowed_origins,
             direct_dispatch: opts.direct_dispatch,
             first_frame_hold_ms: opts.first_frame_hold_ms,
+            early_join: opts.early_join,
         };
         let (server, pepper_secret) = start_server(
             &stack,
@@ -648,6 +657,7 @@ impl Deployment {
             cors_allowed_origins: self.restart.cors_allowed_origins.clone(),
             direct_dispatch: self.restart.direct_dispatch,
             first_frame_hold_ms: self.restart.first_frame_hold_ms,
+            early_join: self.restart.early_join,
         };
         let (server, _) = start_server(
             &self.stack,
@@ -933,6 +943,7 @@ impl Deployment {
                 .as_ref()
                 .map(|(_, public)| public.as_str()),
             &self.restart.cors_allowed_origins,
+            self.restart.early_join,
         )?;
         std::fs::write(&cfg, toml).with_context(|| format!("writing {}", cfg.display()))?;
         let secret_file = |name: &str, value: &str| -> anyhow::Result<PathBuf> {
@@ -1072,6 +1083,30 @@ pub async fn talk(
     // How the microphone's playback ended does not matter here, only what was heard.
     let _ = speaker.await.context("the microphone task")?;
     Ok(heard)
+}
+
+/// Waits until the oracle is heard in `call` (its first audio frame), at most `within`; how
+/// long that took. `call_oracle` answers once the call is active and the user is in the room,
+/// which can be before the oracle's agent is (it joins a room the user joined early): speech
+/// said before the agent is there is not heard by it.
+///
+/// # Errors
+/// When the oracle is not heard in time, or the call ends first.
+pub async fn until_oracle_heard(
+    call: &mut oracle_calls_client::Call,
+    within: std::time::Duration,
+) -> anyhow::Result<std::time::Duration> {
+    let started = tokio::time::Instant::now();
+    loop {
+        match tokio::time::timeout_at(started + within, call.next_event()).await {
+            Ok(Some(oracle_calls_client::CallEvent::OracleAudio { .. })) => {
+                return Ok(started.elapsed());
+            }
+            Ok(Some(_)) => {}
+            Ok(None) => bail!("the call ended before the oracle was heard"),
+            Err(_) => bail!("the oracle was not heard within {within:?}"),
+        }
+    }
 }
 
 /// Says `secs` seconds of synthesized speech into `call` and answers how well the oracle's

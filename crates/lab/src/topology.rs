@@ -297,6 +297,7 @@ impl Topology {
                 listen,
                 Some(signer_public.as_str()),
                 &[],
+                true,
             )?;
             let path = dir.join(format!("server-{i}.toml"));
             std::fs::write(&path, toml).with_context(|| format!("writing {}", path.display()))?;

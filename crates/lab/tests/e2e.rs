@@ -858,6 +858,11 @@ async fn an_agent_killed_mid_call_breaks_neither_the_server_nor_other_calls() {
         .unwrap();
     let b_user = dep.new_user().await.unwrap();
     let mut b = b_user.call_oracle(CallType::Audio).await.unwrap();
+    // B's agent comes through LiveKit's dispatch (the full process declines the hand-off):
+    // speak once it is there.
+    oracle_calls_lab::local::until_oracle_heard(&mut b, Duration::from_secs(10))
+        .await
+        .unwrap();
     // Kill the first agent while both calls run.
     doomed.kill().unwrap();
     doomed.wait().unwrap();
@@ -1137,4 +1142,66 @@ async fn a_call_through_the_server_as_its_own_process() {
     server.kill().unwrap();
     server.wait().unwrap();
     dep.stop().await;
+}
+
+fn call_events(dep: &Deployment, event: &str) -> f64 {
+    let name = format!("oracle_calls_call_events_total{{event=\"{event}\"}}");
+    dep.server
+        .state
+        .metrics()
+        .render()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(name.as_str())
+                .and_then(|r| r.strip_prefix(' '))
+        })
+        .map_or(0.0, |v| v.trim().parse().unwrap())
+}
+
+/// The client joins the call's room early where the server offers it (the sync adopts the
+/// room it claimed), and joins after the sync where it does not: both calls connect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_early_join_is_used_where_offered_and_its_absence_is_no_failure() {
+    init_logs();
+    let _serial = SERIAL.lock().await;
+    for offered in [true, false] {
+        let mut opts = DeployOptions::new(temp_dir());
+        opts.early_join = offered;
+        let dep = Deployment::start(Stack::running().unwrap(), opts)
+            .await
+            .unwrap();
+        let client = dep.new_user().await.unwrap();
+        let mut call = client.call_oracle(CallType::Audio).await.unwrap();
+        oracle_calls_lab::local::until_oracle_heard(&mut call, Duration::from_secs(10))
+            .await
+            .unwrap();
+        let speech = oracle_calls_lab::speech::synthesize(3.0, 21);
+        let heard = talk(&mut call, speech.clone(), Duration::from_secs(5)).await;
+        let m = analysis::compare(&speech, &heard, 150);
+        assert!(m.envelope > 0.6, "early join offered: {offered}: {m:?}");
+        let (claimed, adopted) = (
+            call_events(&dep, "room_claimed"),
+            call_events(&dep, "room_adopted"),
+        );
+        if offered {
+            assert_eq!(
+                (claimed, adopted),
+                (1.0, 1.0),
+                "claimed, then adopted at sync"
+            );
+        } else {
+            assert_eq!((claimed, adopted), (0.0, 0.0), "joined after the sync");
+        }
+        call.end().await.unwrap();
+        let rec = dep
+            .server
+            .state
+            .store()
+            .call(call.id())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(rec.status, CallStatus::Ended);
+        dep.stop().await;
+    }
 }

@@ -53,6 +53,38 @@ impl std::fmt::Debug for SyncResponse {
     }
 }
 
+/// `POST /rooms/{roomId}/claim` answer: a join token for a LiveKit room the user claimed for
+/// the call it is placing (the early join, docs/PROTOCOL.md §6.9).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RoomClaimResponse {
+    /// The claimed room's name.
+    pub room_id: RoomName,
+    /// LiveKit signaling URL (`ws://…` / `wss://…`).
+    pub livekit_url: String,
+    /// A short-lived LiveKit join token for this room and this user only. A bearer secret:
+    /// never log it.
+    pub token: String,
+    /// When `token` stops being accepted for a join.
+    pub token_expires_at: Timestamp,
+    /// When the claim lapses if no sync of a call event naming this room took it: the room is
+    /// deleted then, with whoever is in it.
+    pub claim_expires_at: Timestamp,
+}
+
+impl std::fmt::Debug for RoomClaimResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RoomClaimResponse")
+            .field("room_id", &self.room_id)
+            .field("livekit_url", &self.livekit_url)
+            .field("token", &"..")
+            .field("token_expires_at", &self.token_expires_at)
+            .field("claim_expires_at", &self.claim_expires_at)
+            .finish()
+    }
+}
+
 /// `GET /calls/{callId}/key` answer (the seed's shape): the envelope still wrapped.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -37,8 +37,8 @@ mod timestamp;
 pub use api::{
     AgentJob, ApiError, ApiErrorBody, BotDevice, CallReason, CallSummary, DeclineJobRequest,
     ErrorCode, KeyResponse, ListCallsQuery, ListCallsResponse, NextJobRequest, OracleKeyInfo,
-    PrekeyStock, PublishPrekeysRequest, SignedPrekey, SyncRequest, SyncResponse, UpdateRequest,
-    WellKnown,
+    PrekeyStock, PublishPrekeysRequest, RoomClaimResponse, SignedPrekey, SyncRequest, SyncResponse,
+    UpdateRequest, WellKnown,
 };
 pub use call_id::{CallId, EventId, RoomName};
 pub use did::Did;

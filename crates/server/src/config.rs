@@ -112,6 +112,10 @@ pub struct LimitsConfig {
     /// How long a sync waits for the room key of a call event the bot cannot decrypt yet, in
     /// ms (default 6000); one such wait per user at a time.
     pub key_wait_ms: u64,
+    /// Most LiveKit rooms one user may hold claimed for an early join at once (claims younger
+    /// than `livekit.room_claim_ttl_secs` that no call took yet); later claims are 429
+    /// (default 4).
+    pub max_open_room_claims: usize,
 }
 
 impl Default for LimitsConfig {
@@ -140,6 +144,7 @@ impl Default for LimitsConfig {
             max_tracked_keys: 100_000,
             max_rooms_per_user: 20,
             key_wait_ms: 6000,
+            max_open_room_claims: 4,
         }
     }
 }
@@ -161,10 +166,11 @@ impl LimitsConfig {
         if self.max_concurrent_token_checks == 0
             || self.max_tracked_keys == 0
             || self.max_rooms_per_user == 0
+            || self.max_open_room_claims == 0
         {
             return Err(Error::Config(
-                "limits.max_concurrent_token_checks, max_tracked_keys and max_rooms_per_user \
-                 must be positive"
+                "limits.max_concurrent_token_checks, max_tracked_keys, max_rooms_per_user and \
+                 max_open_room_claims must be positive"
                     .into(),
             ));
         }
@@ -317,6 +323,15 @@ pub struct LiveKitConfig {
     /// in milliseconds; 0: at once.
     #[serde(default = "default_user_rejoin_grace_ms")]
     pub user_rejoin_grace_ms: u64,
+    /// Let a user claim its call's LiveKit room and join it while its call event travels
+    /// through Matrix (`POST /rooms/{roomId}/claim`, docs/PROTOCOL.md §6.9); the call's sync
+    /// adopts the room. Off: that route answers 404 and clients join after the sync.
+    #[serde(default = "default_true")]
+    pub early_join: bool,
+    /// How long a claimed room waits for its call's sync, in seconds: after that the claim is
+    /// dropped and the room deleted (with whoever is in it), by whichever server sweeps first.
+    #[serde(default = "default_room_claim_ttl")]
+    pub room_claim_ttl_secs: u64,
 }
 
 /// Checks of the call event at sync.
@@ -393,6 +408,10 @@ fn default_true() -> bool {
 
 fn default_direct_fallback_ms() -> u64 {
     3000
+}
+
+fn default_room_claim_ttl() -> u64 {
+    60
 }
 
 fn default_user_rejoin_grace_ms() -> u64 {
@@ -491,6 +510,11 @@ impl Config {
         if self.body_limit_bytes == 0 || self.livekit.token_ttl_secs == 0 {
             return Err(Error::Config(
                 "body_limit_bytes and livekit.token_ttl_secs must be positive".into(),
+            ));
+        }
+        if !(1..=3600).contains(&self.livekit.room_claim_ttl_secs) {
+            return Err(Error::Config(
+                "livekit.room_claim_ttl_secs must be 1 to 3600".into(),
             ));
         }
         if let Some(key) = &self.oracle.prekey_signing_key

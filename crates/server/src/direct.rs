@@ -17,6 +17,7 @@ use oracle_calls_proto::{AgentJob, CallId, CallStatus};
 use tokio::sync::oneshot;
 use tracing::{info, warn};
 
+use crate::livekit::Opened;
 use crate::{AppState, Error, Result, state};
 
 /// Longest wait of one `POST /agent/jobs/next`, whatever the agent asks for.
@@ -157,23 +158,30 @@ pub(crate) struct HandOff(CallId);
 ///
 /// # Errors
 /// As [`crate::livekit::LiveKit::open_call_room`].
-pub(crate) async fn open_room(state: &AppState, call_id: &CallId) -> Result<Option<HandOff>> {
+pub(crate) async fn open_room(
+    state: &AppState,
+    call_id: &CallId,
+    user: &str,
+) -> Result<Option<HandOff>> {
     let room = call_id.room_name();
     let agent_name = state.config().oracle.agent_name.as_str();
     let direct = state.config().livekit.direct_dispatch && state.direct().has_waiter();
-    if !direct {
-        state
-            .livekit()
-            .open_call_room(room, Some(agent_name), call_id.as_str())
-            .await?;
-        return Ok(None);
-    }
-    let made = state
+    // The user's early join: a room this user claimed may become the call's.
+    let marker = crate::claims::adoptable(state, room, user).await?;
+    let opened = state
         .livekit()
-        .open_call_room(room, None, call_id.as_str())
+        .open_call_room(
+            room,
+            (!direct).then_some(agent_name),
+            call_id.as_str(),
+            marker.as_deref(),
+        )
         .await?;
+    if opened == Opened::Adopted {
+        crate::claims::adopted(state, room, user).await;
+    }
     // A room that was there already (a repeated sync) has its agent on the way or in it.
-    Ok(made.then(|| HandOff(call_id.clone())))
+    Ok((direct && opened != Opened::Existing).then(|| HandOff(call_id.clone())))
 }
 
 /// Hands the call to the agent that has waited longest (a watchdog asks LiveKit for one if no

@@ -26,6 +26,9 @@ pub enum Error {
     /// `POST /prekeys/claim` found neither a one-time nor a last-resort prekey.
     #[error("the oracle has published no prekeys")]
     NoPrekeys,
+    /// `POST /rooms/{roomId}/claim` on a server with `livekit.early_join` off.
+    #[error("this server offers no early join; join with the sync's token")]
+    NoEarlyJoin,
     /// An illegal status transition or conflicting state.
     #[error("{0}")]
     Conflict(String),
@@ -92,7 +95,9 @@ impl Error {
             Self::BadRequest(_) => (StatusCode::BAD_REQUEST, ErrorCode::BadRequest),
             Self::Unauthorized(_) => (StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized),
             Self::Forbidden(_) => (StatusCode::FORBIDDEN, ErrorCode::Forbidden),
-            Self::NotFound | Self::NoPrekeys => (StatusCode::NOT_FOUND, ErrorCode::NotFound),
+            Self::NotFound | Self::NoPrekeys | Self::NoEarlyJoin => {
+                (StatusCode::NOT_FOUND, ErrorCode::NotFound)
+            }
             Self::Conflict(_) => (StatusCode::CONFLICT, ErrorCode::Conflict),
             Self::Gone | Self::TooOld => (StatusCode::GONE, ErrorCode::Gone),
             Self::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::PayloadTooLarge),

@@ -36,6 +36,7 @@ pub fn router(state: AppState) -> Router {
         .route("/calls/{call_id}/sync", post(calls::sync))
         .route("/calls/{call_id}/key", get(calls::key).post(calls::key))
         .route("/calls/{call_id}/update", post(calls::update))
+        .route("/rooms/{room_id}/claim", post(calls::claim_room))
         .route(
             "/prekeys",
             get(prekeys::stock)

@@ -23,6 +23,7 @@ mod audit;
 mod auth;
 mod cache;
 mod calls;
+pub mod claims;
 pub mod config;
 pub mod direct;
 mod error;

@@ -56,6 +56,17 @@ pub struct WebhookRoom {
     pub metadata: String,
 }
 
+/// What [`LiveKit::open_call_room`] found or did.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Opened {
+    /// The call's room was there already (a repeated sync): its agent is on the way or in it.
+    Existing,
+    /// The room was made now.
+    Created,
+    /// The user's claimed room became the call's now.
+    Adopted,
+}
+
 /// A room that exists in LiveKit now (from `ListRooms`).
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct LiveRoom {
@@ -213,9 +224,11 @@ impl LiveKit {
 
     /// The room of this call, created when it does not exist yet: with `agent_name`
     /// dispatched by LiveKit, or with no dispatch when `agent_name` is `None` (the server hands
-    /// the call to an agent itself). A room of that name made for anything else (another call,
-    /// another server or app on the same LiveKit) is left alone. True when the room was made
-    /// now.
+    /// the call to an agent itself). A room whose metadata is `adoptable` (the claim marker of
+    /// the call's user, when the store holds that user's claim on the room: the early join,
+    /// docs/PROTOCOL.md §6.9) becomes the call's: its metadata is set to the call id, then
+    /// `agent_name` is dispatched into it. A room of that name made for anything else (another
+    /// call, another user's claim, another server or app on the same LiveKit) is left alone.
     ///
     /// # Errors
     /// [`Error::Conflict`] when a room of that name exists and is not this call's;
@@ -225,17 +238,41 @@ impl LiveKit {
         room: &RoomName,
         agent_name: Option<&str>,
         call_id: &str,
-    ) -> Result<bool> {
+        adoptable: Option<&str>,
+    ) -> Result<Opened> {
         match self.room(room).await? {
-            Some(live) if live.metadata == call_id => Ok(false),
+            Some(live) if live.metadata == call_id => Ok(Opened::Existing),
+            Some(live) if adoptable.is_some_and(|m| live.metadata == m) => {
+                // The call id first: the agent checks its job's room against it, and webhooks
+                // act on the room only once it carries the call id.
+                self.update_room_metadata(room, call_id).await?;
+                if let Some(agent_name) = agent_name {
+                    self.dispatch_agent(room, agent_name, call_id).await?;
+                }
+                Ok(Opened::Adopted)
+            }
             Some(_) => Err(Error::Conflict(
                 "roomId names a LiveKit room that belongs to something else".into(),
             )),
             None => self
                 .create_room(room, agent_name, call_id)
                 .await
-                .map(|()| true),
+                .map(|()| Opened::Created),
         }
+    }
+
+    /// `RoomService.UpdateRoomMetadata`.
+    ///
+    /// # Errors
+    /// [`Error::LiveKitUnavailable`] / [`Error::LiveKitBadAnswer`].
+    pub async fn update_room_metadata(&self, room: &RoomName, metadata: &str) -> Result<()> {
+        self.twirp(
+            "UpdateRoomMetadata",
+            json!({"roomAdmin": true, "room": room.as_str()}),
+            &json!({"room": room.as_str(), "metadata": metadata}),
+        )
+        .await
+        .map(drop)
     }
 
     /// Deletes the room of this call: only when it exists and is the call's own (its metadata
@@ -507,6 +544,8 @@ mod tests {
             direct_dispatch: true,
             direct_dispatch_fallback_ms: 3000,
             user_rejoin_grace_ms: 15_000,
+            early_join: true,
+            room_claim_ttl_secs: 60,
         };
         LiveKit::new(config, Secret::new("secret")).unwrap()
     }

@@ -16,6 +16,17 @@ use crate::{Error, Result, Secret};
 #[derive(Clone, Debug)]
 pub struct AppState(Arc<Inner>);
 
+/// See [`AppState::downgrade`].
+#[derive(Clone, Debug)]
+pub(crate) struct WeakState(std::sync::Weak<Inner>);
+
+impl WeakState {
+    /// The state, while anything else still holds it.
+    pub(crate) fn upgrade(&self) -> Option<AppState> {
+        self.0.upgrade().map(AppState)
+    }
+}
+
 #[derive(Debug)]
 struct Inner {
     config: Config,
@@ -76,7 +87,7 @@ impl AppState {
         let key_cache =
             crate::apikey::KeyCache::new(Duration::from_secs(config.api_key_cache_secs));
         let audit = crate::audit::AuditLog::new(store.clone());
-        Ok(Self(Arc::new(Inner {
+        let state = Self(Arc::new(Inner {
             config,
             secrets,
             store,
@@ -92,7 +103,14 @@ impl AppState {
             webhooks: tokio::sync::broadcast::channel(64).0,
             webhook_ids: crate::replay::SeenWebhooks::default(),
             leadership: std::sync::OnceLock::new(),
-        })))
+        }));
+        crate::claims::spawn_sweeper(state.downgrade());
+        Ok(state)
+    }
+
+    /// A handle that does not keep the state alive (for background loops that end with it).
+    pub(crate) fn downgrade(&self) -> WeakState {
+        WeakState(Arc::downgrade(&self.0))
     }
 
     /// The configuration.

@@ -13,11 +13,13 @@ use sqlx::{AnyPool, Row, SqlSafeStr as _};
 use crate::{Error, Result};
 
 mod api_keys;
+mod claims;
 mod cluster;
 mod cursor;
 mod prekeys;
 
 pub use api_keys::{ApiKeyRecord, KeyRequestRecord};
+pub use claims::{Claim, ClaimRecord};
 pub use cursor::ListFilter;
 pub use prekeys::{Claimed, MAX_UNCLAIMED_ONE_TIME, Published};
 
@@ -543,7 +545,7 @@ fn reason_str(r: CallReason) -> String {
 }
 
 fn migrator(backend: Backend) -> Migrator {
-    let steps: [(i64, &'static str, &'static str, &'static str); 6] = [
+    let steps: [(i64, &'static str, &'static str, &'static str); 7] = [
         (
             1,
             "init",
@@ -579,6 +581,12 @@ fn migrator(backend: Backend) -> Migrator {
             "redispatches",
             include_str!("../migrations/sqlite/0006_redispatches.sql"),
             include_str!("../migrations/postgres/0006_redispatches.sql"),
+        ),
+        (
+            7,
+            "room claims",
+            include_str!("../migrations/sqlite/0007_room_claims.sql"),
+            include_str!("../migrations/postgres/0007_room_claims.sql"),
         ),
     ];
     Migrator::with_migrations(

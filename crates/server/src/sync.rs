@@ -200,7 +200,7 @@ async fn activate(
         ));
     }
     let room = rec.call_id.room_name().clone();
-    let hand_off = crate::direct::open_room(state, &rec.call_id).await?;
+    let hand_off = crate::direct::open_room(state, &rec.call_id, &rec.sender).await?;
     let rec = crate::calls::transition(state, rec, CallStatus::Active, None).await?;
     if let Some(h) = hand_off {
         crate::direct::hand_off(state, h).await?;

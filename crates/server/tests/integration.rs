@@ -11,6 +11,8 @@
 
 #[path = "integration/api.rs"]
 mod api;
+#[path = "integration/claims.rs"]
+mod claims;
 #[path = "integration/cluster.rs"]
 mod cluster;
 #[path = "integration/cors.rs"]

@@ -2,10 +2,10 @@
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use oracle_calls_proto::{
-    ApiErrorBody, CallSummary, KeyResponse, ListCallsQuery, ListCallsResponse, SyncRequest,
-    SyncResponse, UpdateRequest,
+    ApiErrorBody, CallSummary, KeyResponse, ListCallsQuery, ListCallsResponse, RoomClaimResponse,
+    RoomName, SyncRequest, SyncResponse, UpdateRequest,
 };
 
 use super::extract::{CallIdPath, JsonBody, QueryArgs, Remote};
@@ -122,4 +122,26 @@ pub async fn list(
             .collect(),
         next_cursor,
     }))
+}
+
+/// Claim the LiveKit room of the call being placed and get a join token for it, to join while
+/// the call event travels through Matrix (the early join); the call's sync takes the room over.
+#[utoipa::path(post, path = "/rooms/{roomId}/claim", tag = "calls",
+    params(("roomId" = String, Path, description = "the call's room name: `oc-` and 32 lower-case hex characters")),
+    responses(
+        (status = 429, description = "a rate limit of `[limits]`, or `limits.max_open_room_claims`; retry after `Retry-After` seconds", body = ApiErrorBody), (status = 503, description = "too many access token checks in flight, or an upstream is unreachable", body = ApiErrorBody),
+        (status = 200, body = RoomClaimResponse),
+        (status = 400, body = ApiErrorBody), (status = 401, body = ApiErrorBody),
+        (status = 403, body = ApiErrorBody),
+        (status = 404, description = "the server does not offer the early join", body = ApiErrorBody),
+        (status = 409, body = ApiErrorBody), (status = 502, body = ApiErrorBody),
+    ),
+    security(("matrixOpenId" = [])))]
+pub async fn claim_room(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+    User(user): User,
+) -> Result<Json<RoomClaimResponse>> {
+    let room = RoomName::parse(&raw).map_err(|e| Error::BadRequest(format!("roomId: {e}")))?;
+    Ok(Json(crate::claims::claim(&state, &room, &user).await?))
 }

@@ -3,8 +3,8 @@
 use oracle_calls_proto::{
     AgentJob, ApiError, ApiErrorBody, BotDevice, CallReason, CallStatus, CallSummary, CallType,
     DeclineJobRequest, ErrorCode, KeyResponse, KeyScheme, ListCallsResponse, NextJobRequest,
-    OracleKeyInfo, PrekeyStock, PublishPrekeysRequest, SignedPrekey, SyncRequest, SyncResponse,
-    UpdateRequest, WellKnown,
+    OracleKeyInfo, PrekeyStock, PublishPrekeysRequest, RoomClaimResponse, SignedPrekey,
+    SyncRequest, SyncResponse, UpdateRequest, WellKnown,
 };
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
@@ -15,13 +15,14 @@ use utoipa::{Modify, OpenApi};
     info(title = "oracle-calls server", description = "Call API of an AI oracle: sync, key, update, list; the oracle's prekeys."),
     paths(
         super::calls::sync, super::calls::key, super::calls::update, super::calls::list,
+        super::calls::claim_room,
         super::prekeys::publish, super::prekeys::stock, super::prekeys::claim,
         super::agents::next, super::agents::decline,
         super::webhook::receive,
         super::meta::well_known, super::meta::healthz, super::meta::metrics, super::meta::openapi,
     ),
     components(schemas(
-        SyncRequest, SyncResponse, KeyResponse, UpdateRequest, CallSummary, ListCallsResponse,
+        SyncRequest, SyncResponse, RoomClaimResponse, KeyResponse, UpdateRequest, CallSummary, ListCallsResponse,
         WellKnown, OracleKeyInfo, BotDevice, ApiErrorBody, ApiError, ErrorCode, CallReason, CallStatus,
         CallType, KeyScheme, SignedPrekey, PublishPrekeysRequest, PrekeyStock,
         NextJobRequest, AgentJob, DeclineJobRequest,

@@ -1,0 +1,184 @@
+//! The early join (docs/PROTOCOL.md §6.9): a user claims the LiveKit room of the call it is
+//! placing and joins it while its call event travels through Matrix; the call's sync adopts
+//! the room ([`crate::livekit::LiveKit::open_call_room`]). Nothing about the call is decided
+//! here: the room carries a claim marker, not a call id, until the sync has checked the event,
+//! so no agent is dispatched into it, no webhook about it ends a call, and nobody but the
+//! claiming user gets a token for it. Claims that no sync took within
+//! `livekit.room_claim_ttl_secs` are swept, their rooms deleted.
+
+use std::time::Duration;
+
+use oracle_calls_proto::{RoomClaimResponse, RoomName, Timestamp};
+use tracing::{debug, info, warn};
+
+use crate::state::WeakState;
+use crate::store::Claim;
+use crate::{AppState, Error, Result, state};
+
+/// The metadata of a room claimed by `user` (never a call id: those hold an `@` after an
+/// event id, these start with `claim:`).
+pub fn marker(user: &str) -> String {
+    format!("claim:{user}")
+}
+
+/// `POST /rooms/{roomId}/claim`: claims `room` for `user` and answers a join token for it.
+///
+/// # Errors
+/// 404 when `livekit.early_join` is off; 409 when a call holds the room name, another user
+/// claimed it, or a LiveKit room of that name is something else; 429 past
+/// `limits.max_open_room_claims`; 502/503 LiveKit trouble.
+pub async fn claim(state: &AppState, room: &RoomName, user: &str) -> Result<RoomClaimResponse> {
+    let lk = &state.config().livekit;
+    if !lk.early_join {
+        return Err(Error::NoEarlyJoin);
+    }
+    if state.store().call_in_room(room.as_str()).await?.is_some() {
+        return Err(Error::Conflict(
+            "roomId is already the room of a call".into(),
+        ));
+    }
+    let now = state::now();
+    let ttl_ms = i64::try_from(lk.room_claim_ttl_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
+    let created = match state
+        .store()
+        .claim_room(
+            &state.config().oracle.did,
+            room.as_str(),
+            user,
+            now.unix_millis(),
+            now.unix_millis().saturating_sub(ttl_ms),
+            state.config().limits.max_open_room_claims,
+        )
+        .await?
+    {
+        Claim::New => now.unix_millis(),
+        Claim::Again { created_at_ms } => created_at_ms,
+        Claim::Taken => {
+            return Err(Error::Conflict("roomId is claimed by another user".into()));
+        }
+        Claim::TooMany => {
+            return Err(Error::RateLimited {
+                what: "too many claimed rooms not yet taken by a call",
+                retry_after_secs: lk.room_claim_ttl_secs,
+            });
+        }
+    };
+    let mark = marker(user);
+    match state.livekit().room(room).await? {
+        Some(live) if live.metadata == mark => {}
+        Some(_) => {
+            return Err(Error::Conflict(
+                "roomId names a LiveKit room that belongs to something else".into(),
+            ));
+        }
+        None => state.livekit().create_room(room, None, &mark).await?,
+    }
+    let (token, token_expires_at) = state.livekit().join_token(room, user, now)?;
+    let claim_expires_at = Timestamp::from_unix_millis(created.saturating_add(ttl_ms))
+        .map_err(|e| Error::Internal(e.to_string()))?;
+    state.metrics().call_event("room_claimed");
+    info!(room = %room.as_str(), "room claimed for an early join");
+    Ok(RoomClaimResponse {
+        room_id: room.clone(),
+        livekit_url: state.livekit().url().to_owned(),
+        token,
+        token_expires_at,
+        claim_expires_at,
+    })
+}
+
+/// The claim marker a call of `user` may adopt in `room`: only when the store holds that
+/// user's claim on it.
+///
+/// # Errors
+/// [`Error::Store`].
+pub(crate) async fn adoptable(
+    state: &AppState,
+    room: &RoomName,
+    user: &str,
+) -> Result<Option<String>> {
+    Ok(state
+        .store()
+        .room_claim(room.as_str())
+        .await?
+        .filter(|c| c.is_of(&state.config().oracle.did, user))
+        .map(|_| marker(user)))
+}
+
+/// The call took the claimed room: the claim is done. A failure here only leaves a row that
+/// the sweep removes (without touching the room, which now carries the call id).
+pub(crate) async fn adopted(state: &AppState, room: &RoomName, user: &str) {
+    state.metrics().call_event("room_adopted");
+    if let Err(e) = state
+        .store()
+        .drop_room_claim(&state.config().oracle.did, room.as_str(), user)
+        .await
+    {
+        warn!(error = %e, "could not drop the claim of an adopted room");
+    }
+}
+
+/// Drops the claims older than `livekit.room_claim_ttl_secs` and deletes their rooms, where a
+/// room still carries the claim marker (an adopted room carries its call id and is left
+/// alone). Every server runs it; each claim is taken by one of them. The number of rooms
+/// deleted.
+///
+/// # Errors
+/// [`Error::Store`]; LiveKit errors are logged and the sweep goes on.
+pub async fn sweep(state: &AppState) -> Result<usize> {
+    let ttl_ms = i64::try_from(
+        state
+            .config()
+            .livekit
+            .room_claim_ttl_secs
+            .saturating_mul(1000),
+    )
+    .unwrap_or(i64::MAX);
+    let before = state::now().unix_millis().saturating_sub(ttl_ms);
+    let expired = state
+        .store()
+        .take_expired_room_claims(&state.config().oracle.did, before)
+        .await?;
+    let mut deleted = 0;
+    for (room, user) in expired {
+        let Ok(name) = RoomName::parse(&room) else {
+            continue;
+        };
+        match state
+            .livekit()
+            .delete_call_room(&name, &marker(&user))
+            .await
+        {
+            Ok(true) => {
+                deleted += 1;
+                state.metrics().call_event("room_claim_expired");
+                info!(room = %room, "claimed room not taken by a call in time: deleted");
+            }
+            Ok(false) => debug!(room = %room, "expired claim's room is gone or a call's"),
+            Err(e) => warn!(room = %room, error = %e, "could not delete an expired claim's room"),
+        }
+    }
+    Ok(deleted)
+}
+
+/// Runs [`sweep`] every half claim lifetime (at most every 10 s) while the state lives.
+pub(crate) fn spawn_sweeper(state: WeakState) {
+    let Ok(rt) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    rt.spawn(async move {
+        loop {
+            let every = match state.upgrade() {
+                Some(s) if s.config().livekit.early_join => Duration::from_millis(
+                    (s.config().livekit.room_claim_ttl_secs.saturating_mul(500)).clamp(250, 10_000),
+                ),
+                _ => return,
+            };
+            tokio::time::sleep(every).await;
+            let Some(s) = state.upgrade() else { return };
+            if let Err(e) = sweep(&s).await {
+                warn!(error = %e, "sweeping expired room claims failed");
+            }
+        }
+    });
+}
