@@ -232,6 +232,12 @@ pub fn call(args: CallArgs) -> anyhow::Result<()> {
         for (p, at) in call.timeline().marks() {
             eprintln!("  {:<24} +{} ms", p.as_str(), at.as_millis());
         }
+        if let Some(at) = call.timeline().joined_early_at() {
+            eprintln!(
+                "  (joined LiveKit early, beside the send and the sync: +{} ms)",
+                at.as_millis()
+            );
+        }
         let mic = call.microphone();
         let seconds = args.seconds.unwrap_or(10);
         // The input, cut or padded with silence to the call's length.

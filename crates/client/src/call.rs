@@ -55,6 +55,7 @@ impl Phase {
 pub struct Timeline {
     started: Instant,
     marks: Vec<(Phase, Duration)>,
+    joined_early: Option<Duration>,
 }
 
 impl Timeline {
@@ -62,7 +63,19 @@ impl Timeline {
         Self {
             started: Instant::now(),
             marks: Vec::new(),
+            joined_early: None,
         }
+    }
+
+    /// The early join (docs/PROTOCOL.md §6.9) was in the room and publishing at `at`.
+    pub(crate) fn joined_early(&mut self, at: Instant) {
+        self.joined_early = Some(at.saturating_duration_since(self.started));
+    }
+
+    /// When the user was in the LiveKit room and publishing, when it joined early (beside
+    /// the send and the sync; [`Phase::Join`] then takes no time of its own).
+    pub fn joined_early_at(&self) -> Option<Duration> {
+        self.joined_early
     }
 
     pub(crate) fn mark(&mut self, p: Phase) {

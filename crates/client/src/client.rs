@@ -364,7 +364,7 @@ impl OracleClient {
                 Err(e) => return Some(Err(e)),
             };
             match join_media(&claim.livekit_url, &claim.token, opts(ring), call_type).await {
-                Ok(joined) => Some(Ok(joined)),
+                Ok(joined) => Some(Ok((joined, Instant::now()))),
                 Err(e) => {
                     warn!(error = %e, "the early join failed; joining after the sync");
                     None
@@ -421,7 +421,10 @@ impl OracleClient {
         };
         let (early, placed_call) = tokio::join!(early, placing);
         let early = match early {
-            Some(Ok(joined)) => Some(joined),
+            Some(Ok((joined, at))) => {
+                tl.joined_early(at);
+                Some(joined)
+            }
             Some(Err(e)) => {
                 if let Ok((room, content, call_id, ..)) = &placed_call {
                     self.report_end(call_id, CallReason::MediaFailed).await;

@@ -345,6 +345,12 @@ async fn demo(opts: Options) -> anyhow::Result<()> {
             fmt(tl.duration_of(*p).unwrap_or_default())
         );
     }
+    if let Some(at) = tl.joined_early_at() {
+        println!(
+            "  early join: in the LiveKit room and publishing at {}, beside the send and the sync",
+            fmt(at)
+        );
+    }
     if let Some(k) = report.key_ready_after {
         println!(
             "  agent: key fetched + opened {} after its job was assigned; in the room after {}",
