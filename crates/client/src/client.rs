@@ -363,8 +363,19 @@ impl OracleClient {
                 Ok(r) => r,
                 Err(e) => return Some(Err(e)),
             };
+            // When the server sweeps the claim (with its room) if no sync took it.
+            let lapses = Instant::now()
+                + Duration::from_millis(
+                    u64::try_from(
+                        claim
+                            .claim_expires_at
+                            .unix_millis()
+                            .saturating_sub(now().unix_millis()),
+                    )
+                    .unwrap_or(0),
+                );
             match join_media(&claim.livekit_url, &claim.token, opts(ring), call_type).await {
-                Ok(joined) => Some(Ok((joined, Instant::now()))),
+                Ok(joined) => Some(Ok((joined, Instant::now(), lapses))),
                 Err(e) => {
                     warn!(error = %e, "the early join failed; joining after the sync");
                     None
@@ -421,7 +432,16 @@ impl OracleClient {
         };
         let (early, placed_call) = tokio::join!(early, placing);
         let early = match early {
-            Some(Ok((joined, at))) => {
+            // A sync that came (nearly) after the claim lapsed may find the room swept: the
+            // room joined early is left, and the call joins with the sync's token.
+            Some(Ok((joined, _, lapses)))
+                if placed_call.is_ok() && Instant::now() + CLAIM_MARGIN >= lapses =>
+            {
+                info!("the claim of the room joined early lapsed before the sync; joining again");
+                joined.0.leave().await;
+                None
+            }
+            Some(Ok((joined, at, _))) => {
                 tl.joined_early(at);
                 Some(joined)
             }
@@ -786,6 +806,9 @@ pub(crate) async fn edit_status(
     let body = serde_json::to_value(&edit).map_err(|e| CallError::Setup(e.to_string()))?;
     send_with_retry(room, &body, new_txn()).await.map(drop)
 }
+
+/// How long before its claim lapses a room joined early is given up for the sync's token.
+const CLAIM_MARGIN: Duration = Duration::from_secs(2);
 
 pub(crate) fn now() -> Timestamp {
     let ms = std::time::SystemTime::now()

@@ -298,6 +298,8 @@ pub struct DeployOptions {
     pub first_frame_hold_ms: Option<u64>,
     /// The server's `livekit.early_join` (docs/PROTOCOL.md §6.9). On by default.
     pub early_join: bool,
+    /// The server's `livekit.room_claim_ttl_secs` (60 by default).
+    pub room_claim_ttl_secs: u64,
 }
 
 impl DeployOptions {
@@ -315,6 +317,7 @@ impl DeployOptions {
             direct_dispatch: true,
             first_frame_hold_ms: None,
             early_join: true,
+            room_claim_ttl_secs: 60,
         }
     }
 }
@@ -386,8 +389,8 @@ struct RestartInputs {
     direct_dispatch: bool,
     /// The agents' `first_frame_hold_ms`, when set.
     first_frame_hold_ms: Option<u64>,
-    /// The server's `livekit.early_join`.
-    early_join: bool,
+    /// The server's `livekit.early_join` and `livekit.room_claim_ttl_secs`.
+    early_join: (bool, u64),
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -402,7 +405,7 @@ pub(crate) fn config_toml_keys(
     listen: SocketAddr,
     prekey_signing_key: Option<&str>,
     cors_allowed_origins: &[String],
-    early_join: bool,
+    (early_join, room_claim_ttl_secs): (bool, u64),
 ) -> anyhow::Result<String> {
     let keys: Vec<String> = keys
         .iter()
@@ -431,6 +434,7 @@ url = "{lk}"
 http_url = "{lkhttp}"
 api_key = "{lkkey}"
 early_join = {early_join}
+room_claim_ttl_secs = {room_claim_ttl_secs}
 [cors]
 allowed_origins = [{cors}]
 [limits]
@@ -589,7 +593,7 @@ impl Deployment {
             cors_allowed_origins: opts.cors_allowed_origins,
             direct_dispatch: opts.direct_dispatch,
             first_frame_hold_ms: opts.first_frame_hold_ms,
-            early_join: opts.early_join,
+            early_join: (opts.early_join, opts.room_claim_ttl_secs),
         };
         let (server, pepper_secret) = start_server(
             &stack,

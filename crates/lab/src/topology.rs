@@ -297,7 +297,7 @@ impl Topology {
                 listen,
                 Some(signer_public.as_str()),
                 &[],
-                true,
+                (true, 60),
             )?;
             let path = dir.join(format!("server-{i}.toml"));
             std::fs::write(&path, toml).with_context(|| format!("writing {}", path.display()))?;

@@ -1205,3 +1205,49 @@ async fn the_early_join_is_used_where_offered_and_its_absence_is_no_failure() {
         dep.stop().await;
     }
 }
+
+/// A call event whose sends fail for longer than the room claim lives: the server sweeps the
+/// claimed room (with the user in it) before the sync, and the client, seeing its claim lapse,
+/// leaves the room it joined early and joins with the sync's token. The call connects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_that_lapses_before_the_sync_falls_back_to_the_syncs_token() {
+    init_logs();
+    let _serial = SERIAL.lock().await;
+    let mut opts = DeployOptions::new(temp_dir());
+    opts.room_claim_ttl_secs = 1;
+    let dep = Deployment::start(Stack::running().unwrap(), opts)
+        .await
+        .unwrap();
+    // The first three sends are refused: the retries take 0.2 + 0.4 + 0.8 s.
+    let (proxy, sends) = fault_proxy(
+        dep.stack.get("MATRIX_URL").unwrap(),
+        |_, n| (n < 3).then_some(Fault::Refuse),
+        |line| line.starts_with("PUT ") && line.contains("/send/m.room.encrypted/"),
+    )
+    .await;
+    let client = user_via(&dep, &proxy, &dep.server.url).await;
+    let mut call = client.call_oracle(CallType::Audio).await.unwrap();
+    assert!(
+        sends.load(std::sync::atomic::Ordering::SeqCst) >= 4,
+        "the send was retried"
+    );
+    assert_eq!(call_events(&dep, "room_claimed"), 1.0);
+    assert_eq!(
+        call_events(&dep, "room_adopted"),
+        0.0,
+        "the sync came after the claim lapsed"
+    );
+    assert!(
+        call.timeline().joined_early_at().is_none(),
+        "the call did not keep the room joined early"
+    );
+    oracle_calls_lab::local::until_oracle_heard(&mut call, Duration::from_secs(10))
+        .await
+        .unwrap();
+    let speech = oracle_calls_lab::speech::synthesize(3.0, 23);
+    let heard = talk(&mut call, speech.clone(), Duration::from_secs(5)).await;
+    let m = analysis::compare(&speech, &heard, 150);
+    assert!(m.envelope > 0.6, "{m:?}");
+    call.end().await.unwrap();
+    dep.stop().await;
+}
