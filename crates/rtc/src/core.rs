@@ -63,11 +63,7 @@ pub(crate) enum Command {
     RequestKeyframe {
         track_sid: String,
     },
-    /// Open the publisher connection (data channels only) if nothing has; answered once it
-    /// is connected.
-    ConnectPublisher {
-        reply: Reply,
-    },
+    ConnectPublisher,
     SendData {
         payload: Vec<u8>,
         topic: Option<String>,
@@ -245,8 +241,6 @@ pub(crate) struct Core {
     opus_complexity: Option<u8>,
     rtp_samples: u64,
     connected_sent: bool,
-    /// `ConnectPublisher` commands waiting for the publisher connection to be up.
-    publisher_waiters: Vec<Reply>,
 }
 
 impl Core {
@@ -312,7 +306,6 @@ impl Core {
             opus_complexity,
             rtp_samples: 0,
             connected_sent: false,
-            publisher_waiters: Vec::new(),
         };
         for p in &join.other_participants {
             core.update_participant(p);
@@ -473,18 +466,10 @@ impl Core {
             }
             Command::VideoFrame { vp8, capture_ms } => self.write_video(now, vp8, capture_ms),
             Command::RequestKeyframe { track_sid } => self.request_keyframe(&track_sid),
-            Command::ConnectPublisher { reply } => {
-                if self.publ.connected {
-                    self.reply(reply, Ok(()));
-                } else {
-                    // A second negotiation sent while the first one's ICE is still checking
-                    // can come back from livekit-server as an ICE restart the offer did not
-                    // ask for: whoever publishes next waits for this connection to be up.
-                    self.publisher_waiters.push(reply);
-                    // Nothing to negotiate once a track or data opened it (or is opening it).
-                    if !self.channels_added && self.pending_offer.is_none() {
-                        self.negotiate(None, None);
-                    }
+            Command::ConnectPublisher => {
+                // Nothing to do once a track or data opened it (or is opening it).
+                if !self.channels_added && self.pending_offer.is_none() {
+                    self.negotiate(None, None);
                 }
             }
             Command::SendData {
@@ -913,11 +898,6 @@ impl Core {
             Event::Connected => {
                 debug!(?side, "peer connection up");
                 self.pc(side).connected = true;
-                if side == Side::Publisher {
-                    for reply in std::mem::take(&mut self.publisher_waiters) {
-                        self.reply(reply, Ok(()));
-                    }
-                }
                 if self.sub.connected && !self.connected_sent {
                     self.connected_sent = true;
                     self.emit(RoomEvent::Connected);
@@ -1549,11 +1529,11 @@ impl Command {
             | Command::RatchetKey { reply }
             | Command::SetKey { reply, .. }
             | Command::SetKeyIndex { reply, .. }
-            | Command::ConnectPublisher { reply }
             | Command::Leave { reply } => Some(reply),
             Command::AudioFrame(_)
             | Command::VideoFrame { .. }
-            | Command::RequestKeyframe { .. } => None,
+            | Command::RequestKeyframe { .. }
+            | Command::ConnectPublisher => None,
         }
     }
 }

@@ -389,17 +389,17 @@ impl Room {
     }
 
     /// Opens the publisher connection now, with only its data channels, if no track or data
-    /// has opened it yet, and returns once it is connected. A track published later is then
-    /// one quick renegotiation on a connection that is already up, instead of ICE, DTLS and
-    /// SCTP on a new one (and never a second offer while the first one's ICE is checking,
-    /// which livekit-server can answer with an ICE restart the offer did not ask for).
+    /// has opened it yet; returns at once. A track published later is then one quick
+    /// renegotiation on a connection that is already up, instead of ICE, DTLS and SCTP on a
+    /// new one.
     ///
     /// # Errors
-    /// [`Error::Closed`] (also when the room closes before the connection is up).
+    /// [`Error::Closed`].
     pub async fn connect_publisher(&self) -> Result<(), Error> {
-        let (tx, rx) = oneshot::channel();
-        self.request(Command::ConnectPublisher { reply: tx }, rx)
+        self.cmd
+            .send(Command::ConnectPublisher)
             .await
+            .map_err(|_| Error::Closed)
     }
 
     /// Ratchets our sending key one step (LiveKit's `ratchetKey` on the current key index):
