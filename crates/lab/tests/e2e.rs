@@ -704,16 +704,18 @@ async fn user_via(
     dep: &Deployment,
     homeserver: &str,
     server: &str,
+    early_join: bool,
 ) -> oracle_calls_client::OracleClient {
     let id = unique_hex(5);
     let name = format!("did-ixo-user{id}");
     let (_, password) = dep.stack.user(&name).unwrap();
-    let cfg = oracle_calls_client::ClientConfig::new(
+    let mut cfg = oracle_calls_client::ClientConfig::new(
         homeserver,
         server,
         dep.dir.join(format!("client-{id}")),
         dep.oracle_did.clone(),
     );
+    cfg.early_join = early_join;
     oracle_calls_client::OracleClient::connect(
         cfg,
         oracle_calls_client::Login::Password {
@@ -738,7 +740,7 @@ async fn server_down_at_sync_gives_a_clear_error_after_bounded_retries_and_leave
         |line| line.starts_with("POST /calls/") && line.contains("/sync "),
     )
     .await;
-    let client = user_via(&dep, dep.stack.get("MATRIX_URL").unwrap(), &proxy).await;
+    let client = user_via(&dep, dep.stack.get("MATRIX_URL").unwrap(), &proxy, false).await;
     let err = client.call_oracle(CallType::Audio).await.unwrap_err();
     assert!(
         matches!(
@@ -783,7 +785,7 @@ async fn a_lost_matrix_send_answer_is_retried_without_a_duplicate_event() {
         |line| line.starts_with("PUT ") && line.contains("/send/m.room.encrypted/"),
     )
     .await;
-    let client = user_via(&dep, &proxy, &dep.server.url).await;
+    let client = user_via(&dep, &proxy, &dep.server.url, false).await;
     let mut call = client.call_oracle(CallType::Audio).await.unwrap();
     assert!(
         sends.load(std::sync::atomic::Ordering::SeqCst) >= 2,
@@ -1170,7 +1172,7 @@ async fn the_early_join_is_used_where_offered_and_its_absence_is_no_failure() {
         let dep = Deployment::start(Stack::running().unwrap(), opts)
             .await
             .unwrap();
-        let client = dep.new_user().await.unwrap();
+        let client = dep.new_user_with(|c| c.early_join = true).await.unwrap();
         let mut call = client.call_oracle(CallType::Audio).await.unwrap();
         oracle_calls_lab::local::until_oracle_heard(&mut call, Duration::from_secs(10))
             .await
@@ -1225,7 +1227,7 @@ async fn a_claim_that_lapses_before_the_sync_falls_back_to_the_syncs_token() {
         |line| line.starts_with("PUT ") && line.contains("/send/m.room.encrypted/"),
     )
     .await;
-    let client = user_via(&dep, &proxy, &dep.server.url).await;
+    let client = user_via(&dep, &proxy, &dep.server.url, true).await;
     let mut call = client.call_oracle(CallType::Audio).await.unwrap();
     assert!(
         sends.load(std::sync::atomic::Ordering::SeqCst) >= 4,
