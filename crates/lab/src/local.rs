@@ -1041,6 +1041,18 @@ impl Deployment {
         .await?)
     }
 
+    /// The in-process server's metric line `name` (with its labels, as `/metrics` writes it):
+    /// its value, 0 when the line is not there (yet), NaN when it is not a number.
+    pub fn metric(&self, name: &str) -> f64 {
+        self.server
+            .state
+            .metrics()
+            .render()
+            .lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
+            .map_or(0.0, |v| v.trim().parse().unwrap_or(f64::NAN))
+    }
+
     /// The SQLite database file, when the server uses SQLite.
     pub fn sqlite_file(&self) -> Option<PathBuf> {
         self.database_url

@@ -1147,17 +1147,9 @@ async fn a_call_through_the_server_as_its_own_process() {
 }
 
 fn call_events(dep: &Deployment, event: &str) -> f64 {
-    let name = format!("oracle_calls_call_events_total{{event=\"{event}\"}}");
-    dep.server
-        .state
-        .metrics()
-        .render()
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix(name.as_str())
-                .and_then(|r| r.strip_prefix(' '))
-        })
-        .map_or(0.0, |v| v.trim().parse().unwrap())
+    dep.metric(&format!(
+        "oracle_calls_call_events_total{{event=\"{event}\"}}"
+    ))
 }
 
 /// The client joins the call's room early where the server offers it (the sync adopts the
@@ -1177,10 +1169,10 @@ async fn the_early_join_is_used_where_offered_and_its_absence_is_no_failure() {
         oracle_calls_lab::local::until_oracle_heard(&mut call, Duration::from_secs(10))
             .await
             .unwrap();
-        let speech = oracle_calls_lab::speech::synthesize(3.0, 21);
-        let heard = talk(&mut call, speech.clone(), Duration::from_secs(5)).await;
-        let m = analysis::compare(&speech, &heard, 150);
-        assert!(m.envelope > 0.6, "early join offered: {offered}: {m:?}");
+        let envelope = oracle_calls_lab::local::echo_envelope(&mut call, 3.0)
+            .await
+            .unwrap();
+        assert!(envelope > 0.6, "early join offered: {offered}: {envelope}");
         let (claimed, adopted) = (
             call_events(&dep, "room_claimed"),
             call_events(&dep, "room_adopted"),
@@ -1246,10 +1238,10 @@ async fn a_claim_that_lapses_before_the_sync_falls_back_to_the_syncs_token() {
     oracle_calls_lab::local::until_oracle_heard(&mut call, Duration::from_secs(10))
         .await
         .unwrap();
-    let speech = oracle_calls_lab::speech::synthesize(3.0, 23);
-    let heard = talk(&mut call, speech.clone(), Duration::from_secs(5)).await;
-    let m = analysis::compare(&speech, &heard, 150);
-    assert!(m.envelope > 0.6, "{m:?}");
+    let envelope = oracle_calls_lab::local::echo_envelope(&mut call, 3.0)
+        .await
+        .unwrap();
+    assert!(envelope > 0.6, "{envelope}");
     call.end().await.unwrap();
     dep.stop().await;
 }

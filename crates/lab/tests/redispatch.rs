@@ -89,16 +89,6 @@ async fn assert_echoes(call: &mut Call, seed: u64, what: &str) {
     );
 }
 
-fn metric(dep: &Deployment, name: &str) -> f64 {
-    dep.server
-        .state
-        .metrics()
-        .render()
-        .lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
-        .map_or(0.0, |v| v.trim().parse().unwrap())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_agent_is_dispatched_again_and_a_new_one_rejoins_under_the_same_key() {
     init_logs();
@@ -177,10 +167,7 @@ async fn a_killed_agent_is_dispatched_again_and_a_new_one_rejoins_under_the_same
         oracle_back - oracle_left
     );
     assert_eq!(
-        metric(
-            &dep,
-            "oracle_calls_call_events_total{event=\"agent_redispatched\"}"
-        ),
+        dep.metric("oracle_calls_call_events_total{event=\"agent_redispatched\"}"),
         1.0
     );
     // The new agent opened this call's key through the inner envelope the key holder kept
@@ -264,20 +251,17 @@ async fn an_agent_leaving_after_its_user_is_not_dispatched_again() {
     // LiveKit's webhooks for the call's participants did arrive (so this test can fail)...
     let webhooks = "oracle_calls_call_events_total{event=\"webhook\"}";
     let deadline = Instant::now() + Duration::from_secs(10);
-    while metric(&dep, webhooks) < 4.0 && Instant::now() < deadline {
+    while dep.metric(webhooks) < 4.0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(
-        metric(&dep, webhooks) >= 4.0,
+        dep.metric(webhooks) >= 4.0,
         "room started, two joins and at least one leave"
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
     // ...and the agent leaving after its user brought no new dispatch.
     assert_eq!(
-        metric(
-            &dep,
-            "oracle_calls_call_events_total{event=\"agent_redispatched\"}"
-        ),
+        dep.metric("oracle_calls_call_events_total{event=\"agent_redispatched\"}"),
         0.0
     );
     dep.stop().await;

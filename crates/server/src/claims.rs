@@ -21,6 +21,18 @@ pub fn marker(user: &str) -> String {
     format!("claim:{user}")
 }
 
+/// `livekit.room_claim_ttl_secs` in milliseconds.
+fn claim_ttl_ms(state: &AppState) -> i64 {
+    i64::try_from(
+        state
+            .config()
+            .livekit
+            .room_claim_ttl_secs
+            .saturating_mul(1000),
+    )
+    .unwrap_or(i64::MAX)
+}
+
 /// `POST /rooms/{roomId}/claim`: claims `room` for `user` and answers a join token for it.
 ///
 /// # Errors
@@ -38,7 +50,7 @@ pub async fn claim(state: &AppState, room: &RoomName, user: &str) -> Result<Room
         ));
     }
     let now = state::now();
-    let ttl_ms = i64::try_from(lk.room_claim_ttl_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
+    let ttl_ms = claim_ttl_ms(state);
     let created = match state
         .store()
         .claim_room(
@@ -63,16 +75,12 @@ pub async fn claim(state: &AppState, room: &RoomName, user: &str) -> Result<Room
             });
         }
     };
-    let mark = marker(user);
-    match state.livekit().room(room).await? {
-        Some(live) if live.metadata == mark => {}
-        Some(_) => {
-            return Err(Error::Conflict(
-                "roomId names a LiveKit room that belongs to something else".into(),
-            ));
-        }
-        None => state.livekit().create_room(room, None, &mark).await?,
-    }
+    // The room as a call's room is opened, with the claim marker for its metadata and no
+    // agent: found when this user's earlier claim made it, made when missing, 409 otherwise.
+    state
+        .livekit()
+        .open_call_room(room, None, &marker(user), None)
+        .await?;
     let (token, token_expires_at) = state.livekit().join_token(room, user, now)?;
     let claim_expires_at = Timestamp::from_unix_millis(created.saturating_add(ttl_ms))
         .map_err(|e| Error::Internal(e.to_string()))?;
@@ -126,15 +134,9 @@ pub(crate) async fn adopted(state: &AppState, room: &RoomName, user: &str) {
 /// # Errors
 /// [`Error::Store`]; LiveKit errors are logged and the sweep goes on.
 pub async fn sweep(state: &AppState) -> Result<usize> {
-    let ttl_ms = i64::try_from(
-        state
-            .config()
-            .livekit
-            .room_claim_ttl_secs
-            .saturating_mul(1000),
-    )
-    .unwrap_or(i64::MAX);
-    let before = state::now().unix_millis().saturating_sub(ttl_ms);
+    let before = state::now()
+        .unix_millis()
+        .saturating_sub(claim_ttl_ms(state));
     let expired = state
         .store()
         .take_expired_room_claims(&state.config().oracle.did, before)
