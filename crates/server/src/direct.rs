@@ -156,18 +156,30 @@ pub(crate) struct HandOff(CallId);
 /// caller passes the returned [`HandOff`] to [`hand_off`] once the call is active, so the
 /// agent never sees (nor ends) a call before its activation is stored.
 ///
+/// A repeated sync of an `active` call takes back its room when it has no metadata: LiveKit
+/// makes a room on a participant's join, with none, after it lost the room (its Redis came
+/// back empty, say) and the call's user or agent rejoined first. Only this server hands out
+/// tokens for the name of a call it activated (to the call's user and agent), so that room is
+/// the call's; it gets its call id back, and an agent, as a room made now would.
+///
 /// # Errors
 /// As [`crate::livekit::LiveKit::open_call_room`].
 pub(crate) async fn open_room(
     state: &AppState,
     call_id: &CallId,
     user: &str,
+    active: bool,
 ) -> Result<Option<HandOff>> {
     let room = call_id.room_name();
     let agent_name = state.config().oracle.agent_name.as_str();
     let direct = state.config().livekit.direct_dispatch && state.direct().has_waiter();
-    // The user's early join: a room this user claimed may become the call's.
-    let marker = crate::claims::adoptable(state, room, user).await?;
+    // The user's early join: a room this user claimed may become the call's. An active call
+    // adopted its claim already; its room, made again by a rejoin, has no metadata.
+    let marker = if active {
+        Some(String::new())
+    } else {
+        crate::claims::adoptable(state, room, user).await?
+    };
     let opened = state
         .livekit()
         .open_call_room(
@@ -177,8 +189,13 @@ pub(crate) async fn open_room(
             marker.as_deref(),
         )
         .await?;
-    if opened == Opened::Adopted {
-        crate::claims::adopted(state, room, user).await;
+    match opened {
+        Opened::Adopted if active => {
+            warn!(room = %room.as_str(), "the call's room was made again without its call id (LiveKit lost it and a participant rejoined); taken back");
+            state.metrics().call_event("room_retaken");
+        }
+        Opened::Adopted => crate::claims::adopted(state, room, user).await,
+        Opened::Existing | Opened::Created => {}
     }
     // A room that was there already (a repeated sync) has its agent on the way or in it.
     Ok((direct && opened != Opened::Existing).then(|| HandOff(call_id.clone())))

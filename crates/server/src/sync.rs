@@ -200,7 +200,8 @@ async fn activate(
         ));
     }
     let room = rec.call_id.room_name().clone();
-    let hand_off = crate::direct::open_room(state, &rec.call_id, &rec.sender).await?;
+    let active = rec.status == CallStatus::Active;
+    let hand_off = crate::direct::open_room(state, &rec.call_id, &rec.sender, active).await?;
     let rec = crate::calls::transition(state, rec, CallStatus::Active, None).await?;
     if let Some(h) = hand_off {
         crate::direct::hand_off(state, h).await?;

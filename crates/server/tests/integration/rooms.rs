@@ -181,11 +181,66 @@ async fn squatting(db: Db) {
         "a room this call did not make is not deleted"
     );
 
+    // A room of the right shape with no metadata (what LiveKit makes when someone joins a
+    // room that does not exist: another app's, say) named by a new call: not taken either.
+    let bare = RoomName::parse(&room_name()).unwrap();
+    s.state
+        .livekit()
+        .create_room(&bare, None, "")
+        .await
+        .unwrap();
+    let ev = mallory
+        .send(&m_room, &mallory.content(&oracle, bare.as_str(), now_ms()))
+        .await;
+    let (st, body) = sync_call(&s, &m_token, &format!("{ev}@{bare}")).await;
+    assert_eq!(
+        (st, body["error"]["code"].as_str()),
+        (409, Some("conflict")),
+        "{body}"
+    );
+    let still = s.state.livekit().room(&bare).await.unwrap().unwrap();
+    assert_eq!(still.metadata, "", "not taken over");
+
+    // LiveKit loses Alice's room (its Redis came back empty) and a participant's rejoin makes
+    // it again, with no metadata: Alice's repeated sync takes it back for her active call.
+    s.state
+        .livekit()
+        .delete_room(alice_id.room_name())
+        .await
+        .unwrap();
+    s.state
+        .livekit()
+        .create_room(alice_id.room_name(), None, "")
+        .await
+        .unwrap();
+    let (st, body) = sync_call(&s, &a_token, &alice_call).await;
+    assert_eq!(
+        (st, body["status"].as_str()),
+        (200, Some("active")),
+        "{body}"
+    );
+    assert!(body["token"].as_str().is_some(), "{body}");
+    let live = s
+        .state
+        .livekit()
+        .room(alice_id.room_name())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(live.metadata, alice_call, "the call id is back on the room");
+    assert!(
+        s.state
+            .metrics()
+            .render()
+            .contains("oracle_calls_call_events_total{event=\"room_retaken\"} 1"),
+        "counted"
+    );
+
     // Alice hangs up: her own room goes.
     let (st, _) = update(&s, &a_token, &alice_call, json!({"callStatus": "ended"})).await;
     assert_eq!(st, 200);
     assert!(!room_exists(&s, &r).await, "the call's own room is deleted");
-    for room in [&foreign, &other_room] {
+    for room in [&foreign, &other_room, &bare] {
         s.state.livekit().delete_room(room).await.unwrap();
     }
 }
