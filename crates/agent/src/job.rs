@@ -354,13 +354,25 @@ async fn serve<O: Oracle>(
     let held = !cfg.first_frame_hold.is_zero();
     let joined = async {
         let (room, events) = Room::connect(&a.url, &a.token, opts).await?;
-        let media = if held {
-            // The tracks come once the user's join has settled (`FirstFrameHold`); the
-            // connection they will use is made now.
-            room.connect_publisher().await?;
-            None
-        } else {
-            Some(publish_media(&room, call_type).await?)
+        let media = match first_publish(&room, &key.user_identity, cfg.first_frame_hold) {
+            FirstPublish::Now => {
+                if held {
+                    debug!(
+                        "the user has been in the room for longer than the hold: publishing now"
+                    );
+                    shared
+                        .stats
+                        .tracks_in_first_offer
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                Some(publish_media(&room, call_type).await?)
+            }
+            FirstPublish::Held { connect_now } => {
+                if connect_now {
+                    room.connect_publisher().await?;
+                }
+                None
+            }
         };
         Ok::<_, oracle_calls_rtc::Error>((room, events, media))
     }
@@ -388,7 +400,13 @@ async fn serve<O: Oracle>(
     };
     let (asks_tx, mut asks) = mpsc::channel::<()>(4);
     let (media_tx, media_rx) = oneshot::channel();
-    let mut hold = FirstFrameHold::new(cfg.first_frame_hold, media_tx);
+    // Tracks already published are not held again.
+    let hold_for = if media.is_some() {
+        Duration::ZERO
+    } else {
+        cfg.first_frame_hold
+    };
+    let mut hold = FirstFrameHold::new(hold_for, media_tx);
     let io = CallIo::new(info, rx, media.ok_or(media_rx), asks_tx, counters.clone());
     let mut publish_failed = None;
     let mut user_video: Option<String> = None;
@@ -618,6 +636,42 @@ impl FirstFrameHold {
     }
 }
 
+/// When the oracle's tracks go out, decided once the room is joined.
+#[derive(Debug, PartialEq, Eq)]
+enum FirstPublish {
+    /// With the publisher's first offer: there is no hold, or the user was in the room for
+    /// longer than the hold (it joined early, or this agent replaces one that died).
+    Now,
+    /// Once the user's join has settled ([`FirstFrameHold`]). `connect_now`: the user is not
+    /// in the room yet, so the publisher connection is made while we wait for it, and the
+    /// tracks are one renegotiation on a connection that is up by then. When the user is
+    /// already there, at most the hold is left: one offer carrying the tracks goes when it
+    /// ends, and never a second offer right behind a first whose ICE is still checking
+    /// (livekit-server answered one such offer with new ICE credentials, an ICE restart
+    /// nobody asked for, and the publish failed).
+    Held { connect_now: bool },
+}
+
+fn first_publish(room: &Room, user: &str, hold: Duration) -> FirstPublish {
+    if hold.is_zero() {
+        return FirstPublish::Now;
+    }
+    let at_join = room.present_at_join().iter().find(|p| p.identity == user);
+    decide_first_publish(at_join.map(|p| p.joined_at_ms), hold, unix_ms_now())
+}
+
+fn decide_first_publish(
+    user_joined_at_ms: Option<i64>,
+    hold: Duration,
+    now_ms: i64,
+) -> FirstPublish {
+    match user_joined_at_ms {
+        None => FirstPublish::Held { connect_now: true },
+        Some(at) if hold_left(hold, at, now_ms).is_zero() => FirstPublish::Now,
+        Some(_) => FirstPublish::Held { connect_now: false },
+    }
+}
+
 /// How much of `hold` is left for a user that joined at `joined_at_ms` by its LiveKit node's
 /// clock, now being `now_ms` by ours: all of it when the join time is unknown (0) or ahead of
 /// our clock, none once it has passed.
@@ -720,6 +774,29 @@ mod tests {
         assert_eq!(hold_left(hold, 1, 1_000_000), Duration::ZERO);
         // A node clock ahead of ours gives no credit: the whole hold.
         assert_eq!(hold_left(hold, 1_000_050, 1_000_000), hold);
+    }
+
+    #[test]
+    fn a_user_long_in_the_room_gets_the_tracks_in_the_first_offer() {
+        let hold = Duration::from_millis(170);
+        let now = 1_000_000;
+        // Not there yet: the publisher connects while we wait for it.
+        assert_eq!(
+            decide_first_publish(None, hold, now),
+            FirstPublish::Held { connect_now: true }
+        );
+        // There for longer than the hold (an early join, a replaced agent): one offer, now.
+        assert_eq!(
+            decide_first_publish(Some(now - 400), hold, now),
+            FirstPublish::Now
+        );
+        // There, but not for long, or since an unknown time: one offer, when the hold ends.
+        for at in [now - 60, 0] {
+            assert_eq!(
+                decide_first_publish(Some(at), hold, now),
+                FirstPublish::Held { connect_now: false }
+            );
+        }
     }
 
     #[tokio::test]

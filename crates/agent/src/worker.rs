@@ -52,6 +52,10 @@ pub struct AgentStats {
     pub jobs_declined: AtomicU64,
     /// Calls whose room the agent joined.
     pub calls_joined: AtomicU64,
+    /// Calls whose tracks went out with the publisher connection's first offer, because the
+    /// user had been in the room for longer than the first-frame hold (an early join, or an
+    /// agent dispatched again): no renegotiation right behind the first one.
+    pub tracks_in_first_offer: AtomicU64,
     /// Calls running now.
     pub calls_active: AtomicU64,
     /// Key requests that failed or envelopes that did not open.

@@ -1177,14 +1177,31 @@ async fn the_early_join_is_used_where_offered_and_its_absence_is_no_failure() {
             call_events(&dep, "room_claimed"),
             call_events(&dep, "room_adopted"),
         );
+        // An agent that finds the user in the room past its first-frame hold sends its
+        // tracks with its first publisher offer, not right behind it.
+        let first_offer = dep
+            .agent
+            .as_ref()
+            .unwrap()
+            .stats()
+            .tracks_in_first_offer
+            .load(std::sync::atomic::Ordering::Relaxed);
         if offered {
             assert_eq!(
                 (claimed, adopted),
                 (1.0, 1.0),
                 "claimed, then adopted at sync"
             );
+            assert_eq!(
+                first_offer, 1,
+                "the early-joined user was there before the agent"
+            );
         } else {
             assert_eq!((claimed, adopted), (0.0, 0.0), "joined after the sync");
+            assert_eq!(
+                first_offer, 0,
+                "the user joined after the sync, not long before the agent"
+            );
         }
         call.end().await.unwrap();
         let rec = dep

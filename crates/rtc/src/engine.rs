@@ -15,7 +15,7 @@ use zeroize::Zeroizing;
 
 use crate::Error;
 use crate::core::{Command, Core, Output, Side};
-use crate::room::{FreshToken, RoomEvent, RoomOptions, TokenError, TokenSource};
+use crate::room::{FreshToken, Present, RoomEvent, RoomOptions, TokenError, TokenSource};
 use crate::signal::{self, Ws};
 
 /// How long one resume attempt (WebSocket upgrade + the server's `reconnect`) may take.
@@ -38,6 +38,15 @@ enum Done {
     Rejoin(Box<Result<(Ws, lk::JoinResponse, FreshToken), Error>>),
 }
 
+/// A started engine and what the join told us.
+pub(crate) struct Started {
+    pub(crate) engine: Engine,
+    pub(crate) identity: String,
+    pub(crate) sid: String,
+    pub(crate) locals: [SocketAddr; 2],
+    pub(crate) present: Vec<Present>,
+}
+
 pub(crate) struct Engine {
     core: Core,
     ws: Option<Ws>,
@@ -57,9 +66,18 @@ impl Engine {
         token: &str,
         options: RoomOptions,
         events: mpsc::Sender<RoomEvent>,
-    ) -> Result<(Engine, String, String, [SocketAddr; 2]), Error> {
+    ) -> Result<Started, Error> {
         let (ws, join) = signal::connect(url, token).await?;
         let me = join.participant.clone().unwrap_or_default();
+        let present = join
+            .other_participants
+            .iter()
+            .filter(|p| p.state != lk::participant_info::State::Disconnected as i32)
+            .map(|p| Present {
+                identity: p.identity.clone(),
+                joined_at_ms: p.joined_at_ms,
+            })
+            .collect();
         let ip = local_ip_for(url).await;
         let sub = UdpSocket::bind(SocketAddr::new(ip, 0)).await?;
         let publ = UdpSocket::bind(SocketAddr::new(ip, 0)).await?;
@@ -86,7 +104,13 @@ impl Engine {
             token_source: options.token_source,
         };
         let locals = [engine.sub.local_addr()?, engine.publ.local_addr()?];
-        Ok((engine, me.identity, me.sid, locals))
+        Ok(Started {
+            engine,
+            identity: me.identity,
+            sid: me.sid,
+            locals,
+            present,
+        })
     }
 
     pub(crate) async fn run(mut self, mut cmds: mpsc::Receiver<Command>) {

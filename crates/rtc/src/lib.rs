@@ -32,6 +32,6 @@ pub mod token;
 pub use error::Error;
 pub use oracle_calls_media::{AUDIO_FRAME_SAMPLES, SAMPLE_RATE, goertzel_power, sine_tone};
 pub use room::{
-    AudioSource, E2eeOptions, FreshToken, ReconnectPolicy, Room, RoomEvent, RoomOptions,
+    AudioSource, E2eeOptions, FreshToken, Present, ReconnectPolicy, Room, RoomEvent, RoomOptions,
     TokenError, TokenFuture, TokenSource, VideoSource,
 };

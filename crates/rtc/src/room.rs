@@ -273,6 +273,17 @@ pub struct Room {
     identity: String,
     sid: String,
     locals: [std::net::SocketAddr; 2],
+    present: Vec<Present>,
+}
+
+/// A participant that was in the room when we joined it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Present {
+    /// Its identity.
+    pub identity: String,
+    /// When it joined the room, by the LiveKit node's clock (milliseconds since the Unix
+    /// epoch; 0 when the server did not say).
+    pub joined_at_ms: i64,
 }
 
 impl Room {
@@ -288,14 +299,15 @@ impl Room {
     ) -> Result<(Room, mpsc::Receiver<RoomEvent>), Error> {
         let (events_tx, events_rx) = mpsc::channel(1024);
         let (cmd_tx, cmd_rx) = mpsc::channel(256);
-        let (engine, identity, sid, locals) = Engine::start(url, token, options, events_tx).await?;
-        tokio::spawn(engine.run(cmd_rx));
+        let started = Engine::start(url, token, options, events_tx).await?;
+        tokio::spawn(started.engine.run(cmd_rx));
         Ok((
             Room {
                 cmd: cmd_tx,
-                identity,
-                sid,
-                locals,
+                identity: started.identity,
+                sid: started.sid,
+                locals: started.locals,
+                present: started.present,
             },
             events_rx,
         ))
@@ -304,6 +316,12 @@ impl Room {
     /// Our identity in the room.
     pub fn identity(&self) -> &str {
         &self.identity
+    }
+
+    /// The other participants the room held when we joined it (each is also reported as a
+    /// [`RoomEvent::ParticipantJoined`]): what a caller decides on before its first publish.
+    pub fn present_at_join(&self) -> &[Present] {
+        &self.present
     }
 
     /// Our participant sid (`PA_…`).
