@@ -156,11 +156,8 @@ pub(crate) struct HandOff(CallId);
 /// caller passes the returned [`HandOff`] to [`hand_off`] once the call is active, so the
 /// agent never sees (nor ends) a call before its activation is stored.
 ///
-/// A repeated sync of an `active` call takes back its room when it has no metadata: LiveKit
-/// makes a room on a participant's join, with none, after it lost the room (its Redis came
-/// back empty, say) and the call's user or agent rejoined first. Only this server hands out
-/// tokens for the name of a call it activated (to the call's user and agent), so that room is
-/// the call's; it gets its call id back, and an agent, as a room made now would.
+/// A repeated sync of an `active` call first takes back its room if LiveKit made it again
+/// ([`retake`]).
 ///
 /// # Errors
 /// As [`crate::livekit::LiveKit::open_call_room`].
@@ -173,10 +170,13 @@ pub(crate) async fn open_room(
     let room = call_id.room_name();
     let agent_name = state.config().oracle.agent_name.as_str();
     let direct = state.config().livekit.direct_dispatch && state.direct().has_waiter();
-    // The user's early join: a room this user claimed may become the call's. An active call
-    // adopted its claim already; its room, made again by a rejoin, has no metadata.
+    if active && retake(state, call_id).await? {
+        return Ok(None);
+    }
+    // The user's early join: a room this user claimed may become the call's (an active call
+    // adopted its claim already).
     let marker = if active {
-        Some(String::new())
+        None
     } else {
         crate::claims::adoptable(state, room, user).await?
     };
@@ -189,16 +189,43 @@ pub(crate) async fn open_room(
             marker.as_deref(),
         )
         .await?;
-    match opened {
-        Opened::Adopted if active => {
-            warn!(room = %room.as_str(), "the call's room was made again without its call id (LiveKit lost it and a participant rejoined); taken back");
-            state.metrics().call_event("room_retaken");
-        }
-        Opened::Adopted => crate::claims::adopted(state, room, user).await,
-        Opened::Existing | Opened::Created => {}
+    if opened == Opened::Adopted {
+        crate::claims::adopted(state, room, user).await;
     }
     // A room that was there already (a repeated sync) has its agent on the way or in it.
     Ok((direct && opened != Opened::Existing).then(|| HandOff(call_id.clone())))
+}
+
+/// Takes back an active call's room that LiveKit made again with no metadata: it makes a
+/// room on a participant's join, with none, after losing the room (its Redis came back
+/// empty, say) when the call's user or agent rejoined first. Only this server hands out tokens
+/// for the name of a call it activated (to the call's user and agent), so that room is the
+/// call's: it gets its call id back (webhooks act on it again), and LiveKit's dispatch brings
+/// an agent unless one is in the room. (An agent rejoining after that one came sorts after it
+/// when it was handed off directly, `agent-DJ_…` after `agent-AJ_…`, and keeps the call.)
+/// Whether it did.
+///
+/// # Errors
+/// LiveKit errors.
+async fn retake(state: &AppState, call_id: &CallId) -> Result<bool> {
+    let room = call_id.room_name();
+    let lk = state.livekit();
+    if !lk.room(room).await?.is_some_and(|r| r.metadata.is_empty()) {
+        return Ok(false);
+    }
+    lk.update_room_metadata(room, call_id.as_str()).await?;
+    state.metrics().call_event("room_retaken");
+    let agent_there = lk
+        .participants(room)
+        .await?
+        .iter()
+        .any(|p| p.starts_with("agent-"));
+    warn!(%call_id, agent_there, "the call's room was made again without its call id (LiveKit lost it and a participant rejoined); taken back");
+    if !agent_there {
+        lk.dispatch_agent(room, &state.config().oracle.agent_name, call_id.as_str())
+            .await?;
+    }
+    Ok(true)
 }
 
 /// Hands the call to the agent that has waited longest (a watchdog asks LiveKit for one if no

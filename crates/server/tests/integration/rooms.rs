@@ -228,6 +228,16 @@ async fn squatting(db: Db) {
         .unwrap()
         .unwrap();
     assert_eq!(live.metadata, alice_call, "the call id is back on the room");
+    let d = s
+        .state
+        .livekit()
+        .dispatches(alice_id.room_name())
+        .await
+        .unwrap();
+    assert!(
+        d.contains(&s.state.config().oracle.agent_name),
+        "with no agent in the room, the oracle's agent is dispatched into it: {d:?}"
+    );
     assert!(
         s.state
             .metrics()
