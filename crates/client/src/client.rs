@@ -63,10 +63,7 @@ pub struct ClientConfig {
     /// Claim the call's LiveKit room and join it while the call event travels through Matrix
     /// (docs/PROTOCOL.md §6.9), so that the join is off the setup's critical path. Where the
     /// server does not offer it (or the claim fails), the client joins after the sync, as it
-    /// does with this off. Default off for now: an agent that comes after the user's
-    /// first-frame hold is over offers its tracks right behind its first publisher offer, and
-    /// livekit-server once answered that with an ICE restart the offer had not asked for
-    /// (docs/BENCHMARKS.md, "The early join").
+    /// does with this off. On by default.
     pub early_join: bool,
 }
 
@@ -89,7 +86,7 @@ impl ClientConfig {
             bot_join_timeout: Duration::from_secs(15),
             opus_complexity: None,
             key_transparency: None,
-            early_join: false,
+            early_join: true,
         }
     }
 }
