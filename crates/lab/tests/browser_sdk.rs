@@ -186,8 +186,9 @@ fn summary(r: &Value) -> String {
 }
 
 /// Console errors a working page still shows: matrix-js-sdk probes for a key backup and for
-/// MatrixRTC transports, which this homeserver has not (404); and, once the user hung up,
-/// livekit-client's complaint that its data channels closed (the server closes the room).
+/// MatrixRTC transports, which this homeserver has not (404); and, once the user first hung
+/// up (`hangupAt`), livekit-client's complaint that its data channels closed (the server
+/// closes the room).
 fn allowed_console_error(e: &Value, r: &Value) -> bool {
     let url = e["url"].as_str().unwrap_or("");
     let text = e["text"].as_str().unwrap_or("");

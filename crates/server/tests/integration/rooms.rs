@@ -122,36 +122,37 @@ async fn squatting(db: Db) {
         "{k}"
     );
 
-    // A room of the right shape that this server did not make (another oracle's server or
-    // another app on the same LiveKit): no token, and the room is left as it was.
+    // Rooms of the right shape that this server did not make (another oracle's server or
+    // another app on the same LiveKit), one with metadata and one without (what LiveKit makes
+    // when someone joins a room that does not exist): no token, and each is left as it was.
     let foreign = RoomName::parse(&room_name()).unwrap();
-    s.state
-        .livekit()
-        .create_room(
+    let bare = RoomName::parse(&room_name()).unwrap();
+    for (room, agent, metadata) in [
+        (
             &foreign,
             Some("someone-elses-agent"),
             "not-a-call-of-this-server",
-        )
-        .await
-        .unwrap();
-    let ev = mallory
-        .send(
-            &m_room,
-            &mallory.content(&oracle, foreign.as_str(), now_ms()),
-        )
-        .await;
-    let (st, body) = sync_call(&s, &m_token, &format!("{ev}@{foreign}")).await;
-    assert_eq!(
-        (st, body["error"]["code"].as_str()),
-        (409, Some("conflict")),
-        "{body}"
-    );
-    assert!(body.get("token").is_none(), "{body}");
-    let still = s.state.livekit().room(&foreign).await.unwrap().unwrap();
-    assert_eq!(
-        still.metadata, "not-a-call-of-this-server",
-        "not taken over"
-    );
+        ),
+        (&bare, None, ""),
+    ] {
+        s.state
+            .livekit()
+            .create_room(room, agent, metadata)
+            .await
+            .unwrap();
+        let ev = mallory
+            .send(&m_room, &mallory.content(&oracle, room.as_str(), now_ms()))
+            .await;
+        let (st, body) = sync_call(&s, &m_token, &format!("{ev}@{room}")).await;
+        assert_eq!(
+            (st, body["error"]["code"].as_str()),
+            (409, Some("conflict")),
+            "{body}"
+        );
+        assert!(body.get("token").is_none(), "{body}");
+        let still = s.state.livekit().room(room).await.unwrap().unwrap();
+        assert_eq!(still.metadata, metadata, "not taken over");
+    }
 
     // Ending a call deletes its own room only: Mallory's stored call in that foreign room
     // (it stays pending, never activated) ends without touching the room.
@@ -180,26 +181,6 @@ async fn squatting(db: Db) {
         room_exists(&s, other_room.as_str()).await,
         "a room this call did not make is not deleted"
     );
-
-    // A room of the right shape with no metadata (what LiveKit makes when someone joins a
-    // room that does not exist: another app's, say) named by a new call: not taken either.
-    let bare = RoomName::parse(&room_name()).unwrap();
-    s.state
-        .livekit()
-        .create_room(&bare, None, "")
-        .await
-        .unwrap();
-    let ev = mallory
-        .send(&m_room, &mallory.content(&oracle, bare.as_str(), now_ms()))
-        .await;
-    let (st, body) = sync_call(&s, &m_token, &format!("{ev}@{bare}")).await;
-    assert_eq!(
-        (st, body["error"]["code"].as_str()),
-        (409, Some("conflict")),
-        "{body}"
-    );
-    let still = s.state.livekit().room(&bare).await.unwrap().unwrap();
-    assert_eq!(still.metadata, "", "not taken over");
 
     // LiveKit loses Alice's room (its Redis came back empty) and a participant's rejoin makes
     // it again, with no metadata: Alice's repeated sync takes it back for her active call.

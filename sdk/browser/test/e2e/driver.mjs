@@ -443,11 +443,18 @@ async function listen(page, cfg, name = 'listen') {
   return samples;
 }
 
+/** Clicks hang-up. `result.hangupAt` keeps the first one: livekit-client may complain of its
+ * data channels closing after any hang-up (the server closes the room), and a scenario with
+ * several calls hangs up more than once. */
+async function clickHangup(page) {
+  result.hangupAt ??= elapsed();
+  await page.click('#hangup');
+}
+
 /** Hangs up and waits for `ended`; reads the history after (end() awaits the server). */
 async function hangUp(page) {
   const ended = await step('hangup', async () => {
-    result.hangupAt = elapsed();
-    await page.click('#hangup');
+    await clickHangup(page);
     return followCall(page, (s) => s.phase === 'ended', 30000, false);
   });
   result.snapshots.ended = ended.snap;
@@ -555,8 +562,7 @@ async function wrongKeyScenario(context, cfg) {
   const s = result.snapshots.beforeHangup;
   if (s && s.phase !== 'failed' && s.phase !== 'ended') {
     const ended = await step('hangup', async () => {
-      result.hangupAt = elapsed();
-      await page.click('#hangup');
+      await clickHangup(page);
       return followCall(page, (x) => x.phase === 'ended' || x.phase === 'failed', 30000, false);
     }).catch((e) => ({ snap: null, error: e.message }));
     result.snapshots.ended = ended.snap;
@@ -585,7 +591,7 @@ async function plaintextGuardScenario(context, cfg) {
     });
     await shot(page, `plaintext-${mode}`);
     if (out.phase === 'active') {
-      await page.click('#hangup');
+      await clickHangup(page);
       await followCall(page, (x) => x.phase === 'ended', 30000, false).catch(() => null);
     }
     await page.evaluate(() => {
@@ -693,7 +699,7 @@ async function keyChangedScenario(context, cfg) {
   await placeCall(page, '#call-audio', 'firstCall');
   result.firstCall = { active: await snapshot(page) };
   await step('firstHangup', async () => {
-    await page.click('#hangup');
+    await clickHangup(page);
     return followCall(page, (s) => s.phase === 'ended', 30000, false);
   });
   result.firstCall.ended = await snapshot(page);
@@ -776,7 +782,7 @@ async function failuresScenario(context, cfg) {
     await shot(page, `failure-${kase}`);
     if (s.phase === 'active') {
       // Not the failure it should have been: end it, so the next case can call.
-      await page.click('#hangup');
+      await clickHangup(page);
       await followCall(page, (x) => x.phase === 'ended', 30000, false).catch(() => null);
     }
   };
@@ -918,7 +924,7 @@ async function benchCall(page, cfg, name) {
     return page.evaluate(() => window.__ocBenchEcho);
   });
   await step(`${name}-hangup`, async () => {
-    await page.click('#hangup');
+    await clickHangup(page);
     return followCall(page, (x) => x.phase === 'ended', 30000, false);
   });
   return {
