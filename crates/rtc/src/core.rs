@@ -2047,6 +2047,7 @@ mod tests {
     fn backoff_of_the_default_policy() {
         let p = ReconnectPolicy::default();
         let d: Vec<u128> = (1..=8).map(|a| p.delay(a).as_millis()).collect();
-        assert_eq!(d, [0, 250, 500, 1000, 2000, 4000, 4000, 4000]);
+        assert_eq!(d, [0, 250, 500, 1000, 1000, 1000, 1000, 1000]);
+        assert_eq!((p.attempts, p.rejoin_attempts), (6, 12));
     }
 }

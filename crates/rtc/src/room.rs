@@ -44,14 +44,18 @@ pub struct ReconnectPolicy {
 }
 
 impl Default for ReconnectPolicy {
-    /// 6 tries over about 8 s (0, 0.25, 0.5, 1, 2, 4 s apart), each allowed 5 s; then (with
-    /// a token source) 6 fresh joins on the same schedule, each allowed 10 s.
+    /// 6 tries (0, 0.25, 0.5, 1, 1, 1 s apart), each allowed 5 s; then (with a token source)
+    /// 12 fresh joins on the same schedule (the last one about 10 s after the first), each
+    /// allowed 10 s. The waits stop growing at 1 s: a participant whose server comes back
+    /// (LiveKit's Redis, a node) is back about a second later, not after a wait that doubled
+    /// to 4 s while the server was away (a re-dispatched agent may have deferred meanwhile to
+    /// the participant that still stood for the old one).
     fn default() -> Self {
         Self {
             attempts: 6,
-            rejoin_attempts: 6,
+            rejoin_attempts: 12,
             first_delay: Duration::from_millis(250),
-            max_delay: Duration::from_secs(4),
+            max_delay: Duration::from_secs(1),
         }
     }
 }
