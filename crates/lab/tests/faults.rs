@@ -353,20 +353,19 @@ async fn redis_restart(stack: &PrivateStack) {
         }
     }
     assert_heard("live call, Redis back", listen(&mut call).await);
-    assert_heard("live call, Redis back + 2 s", listen(&mut call).await);
     // Measured, not asserted (a limit of LiveKit's multi-node mode, docs/BENCHMARKS.md): a
-    // room hosted by the other node than the one its participants connected to may lose
-    // their relayed signalling some seconds after Redis came back empty.
+    // room may lose its participants' relayed signalling some seconds after Redis came back
+    // empty (seen from 3.7 s on, in a CI run), and they rejoin.
     let mut trouble = 0;
     let mut silent = 0;
-    for _ in 0..6 {
+    for _ in 0..7 {
         let loud = listen_noting(&mut call, "live call after Redis came back", &mut trouble).await;
         if loud < loud_per_window() / 2.0 {
             silent += 1;
         }
     }
     eprintln!(
-        "live call 4-16 s after Redis came back: {trouble} signalling events, {silent} of 6 \
+        "live call 2-16 s after Redis came back: {trouble} signalling events, {silent} of 7 \
          windows without the echo"
     );
     talking.abort();
