@@ -170,7 +170,9 @@ pub(crate) async fn open_room(
     let room = call_id.room_name();
     let agent_name = state.config().oracle.agent_name.as_str();
     let direct = state.config().livekit.direct_dispatch && state.direct().has_waiter();
-    if active && retake(state, call_id).await? {
+    let live = state.livekit().room(room).await?;
+    if active && live.as_ref().is_some_and(|r| r.metadata.is_empty()) {
+        retake(state, call_id).await?;
         return Ok(None);
     }
     // The user's early join: a room this user claimed may become the call's (an active call
@@ -182,8 +184,9 @@ pub(crate) async fn open_room(
     };
     let opened = state
         .livekit()
-        .open_call_room(
+        .open_found_call_room(
             room,
+            live,
             (!direct).then_some(agent_name),
             call_id.as_str(),
             marker.as_deref(),
@@ -196,23 +199,19 @@ pub(crate) async fn open_room(
     Ok((direct && opened != Opened::Existing).then(|| HandOff(call_id.clone())))
 }
 
-/// Takes back an active call's room that LiveKit made again with no metadata: it makes a
-/// room on a participant's join, with none, after losing the room (its Redis came back
-/// empty, say) when the call's user or agent rejoined first. Only this server hands out tokens
+/// Takes back an active call's room that LiveKit made again with no metadata (its caller
+/// found it so): LiveKit makes a room on a participant's join, with none, after losing the
+/// room (its Redis came back empty, say) when the call's user or agent rejoined first. Only this server hands out tokens
 /// for the name of a call it activated (to the call's user and agent), so that room is the
 /// call's: it gets its call id back (webhooks act on it again), and LiveKit's dispatch brings
 /// an agent unless one is in the room. (An agent rejoining after that one came sorts after it
 /// when it was handed off directly, `agent-DJ_…` after `agent-AJ_…`, and keeps the call.)
-/// Whether it did.
 ///
 /// # Errors
 /// LiveKit errors.
-async fn retake(state: &AppState, call_id: &CallId) -> Result<bool> {
+async fn retake(state: &AppState, call_id: &CallId) -> Result<()> {
     let room = call_id.room_name();
     let lk = state.livekit();
-    if !lk.room(room).await?.is_some_and(|r| r.metadata.is_empty()) {
-        return Ok(false);
-    }
     lk.update_room_metadata(room, call_id.as_str()).await?;
     state.metrics().call_event("room_retaken");
     let agent_there = lk
@@ -225,7 +224,7 @@ async fn retake(state: &AppState, call_id: &CallId) -> Result<bool> {
         lk.dispatch_agent(room, &state.config().oracle.agent_name, call_id.as_str())
             .await?;
     }
-    Ok(true)
+    Ok(())
 }
 
 /// Hands the call to the agent that has waited longest (a watchdog asks LiveKit for one if no

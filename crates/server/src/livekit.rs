@@ -240,7 +240,24 @@ impl LiveKit {
         call_id: &str,
         adoptable: Option<&str>,
     ) -> Result<Opened> {
-        match self.room(room).await? {
+        let live = self.room(room).await?;
+        self.open_found_call_room(room, live, agent_name, call_id, adoptable)
+            .await
+    }
+
+    /// [`LiveKit::open_call_room`] for a caller that has just looked the room up (`live`).
+    ///
+    /// # Errors
+    /// As [`LiveKit::open_call_room`].
+    pub async fn open_found_call_room(
+        &self,
+        room: &RoomName,
+        live: Option<LiveRoom>,
+        agent_name: Option<&str>,
+        call_id: &str,
+        adoptable: Option<&str>,
+    ) -> Result<Opened> {
+        match live {
             Some(live) if live.metadata == call_id => Ok(Opened::Existing),
             Some(live) if adoptable.is_some_and(|m| live.metadata == m) => {
                 // The call id first: the agent checks its job's room against it, and webhooks

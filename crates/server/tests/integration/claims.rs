@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use crate::matrix::{UserSide, now_ms, sync_call};
 use crate::support::{
-    Db, MatrixUser, TestServer, answer, both_backends, room_name, stack_var, unique,
+    Db, MatrixUser, TestServer, answer, both_backends, metadata, room_name, stack_var, unique,
 };
 
 async fn claim(s: &TestServer, bearer: Option<&str>, room: &str) -> (u16, Value, Option<String>) {
@@ -25,15 +25,6 @@ async fn claim(s: &TestServer, bearer: Option<&str>, room: &str) -> (u16, Value,
         .map(|v| v.to_str().unwrap().to_owned());
     let (st, body) = answer(resp).await;
     (st, body, retry_after)
-}
-
-async fn metadata(s: &TestServer, room: &str) -> Option<String> {
-    s.state
-        .livekit()
-        .room(&RoomName::parse(room).unwrap())
-        .await
-        .unwrap()
-        .map(|r| r.metadata)
 }
 
 async fn early_join(db: Db) {

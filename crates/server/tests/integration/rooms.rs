@@ -7,7 +7,9 @@ use oracle_calls_server::apikey;
 use serde_json::{Value, json};
 
 use crate::matrix::{UserSide, now_ms, sync_call};
-use crate::support::{Db, MatrixUser, TestServer, answer, both_backends, room_name, unique};
+use crate::support::{
+    Db, MatrixUser, TestServer, answer, both_backends, metadata, room_name, unique,
+};
 
 async fn key_status(s: &TestServer, key: &str, id: &CallId) -> (u16, Value) {
     answer(
@@ -71,14 +73,11 @@ async fn squatting(db: Db) {
         "{body}"
     );
     let alice_id = CallId::parse(&alice_call).unwrap();
-    let live = s
-        .state
-        .livekit()
-        .room(alice_id.room_name())
-        .await
-        .unwrap()
-        .expect("the call's room exists");
-    assert_eq!(live.metadata, alice_call, "the room carries its call id");
+    assert_eq!(
+        metadata(&s, &r).await.as_deref(),
+        Some(alice_call.as_str()),
+        "the call's room exists and carries its call id"
+    );
 
     // Mallory, another user of the oracle, sends a valid pending call event naming R.
     let mallory = UserSide::new().await;
@@ -127,7 +126,7 @@ async fn squatting(db: Db) {
     // when someone joins a room that does not exist): no token, and each is left as it was.
     let foreign = RoomName::parse(&room_name()).unwrap();
     let bare = RoomName::parse(&room_name()).unwrap();
-    for (room, agent, metadata) in [
+    for (room, agent, kept) in [
         (
             &foreign,
             Some("someone-elses-agent"),
@@ -137,7 +136,7 @@ async fn squatting(db: Db) {
     ] {
         s.state
             .livekit()
-            .create_room(room, agent, metadata)
+            .create_room(room, agent, kept)
             .await
             .unwrap();
         let ev = mallory
@@ -150,8 +149,11 @@ async fn squatting(db: Db) {
             "{body}"
         );
         assert!(body.get("token").is_none(), "{body}");
-        let still = s.state.livekit().room(room).await.unwrap().unwrap();
-        assert_eq!(still.metadata, metadata, "not taken over");
+        assert_eq!(
+            metadata(&s, room.as_str()).await.as_deref(),
+            Some(kept),
+            "not taken over"
+        );
     }
 
     // Ending a call deletes its own room only: Mallory's stored call in that foreign room
@@ -201,14 +203,11 @@ async fn squatting(db: Db) {
         "{body}"
     );
     assert!(body["token"].as_str().is_some(), "{body}");
-    let live = s
-        .state
-        .livekit()
-        .room(alice_id.room_name())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(live.metadata, alice_call, "the call id is back on the room");
+    assert_eq!(
+        metadata(&s, &r).await.as_deref(),
+        Some(alice_call.as_str()),
+        "the call id is back on the room"
+    );
     let d = s
         .state
         .livekit()

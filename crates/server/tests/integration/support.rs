@@ -31,6 +31,17 @@ pub fn room_name() -> String {
     RoomName::from_random(b).as_str().to_owned()
 }
 
+/// The metadata of the LiveKit room `room` as the server's LiveKit client reads it; `None`
+/// when no such room exists.
+pub async fn metadata(s: &TestServer, room: &str) -> Option<String> {
+    s.state
+        .livekit()
+        .room(&RoomName::parse(room).unwrap())
+        .await
+        .unwrap()
+        .map(|r| r.metadata)
+}
+
 /// A Matrix user of the stack's Synapse.
 #[derive(Clone, Debug)]
 pub struct MatrixUser {
