@@ -1575,7 +1575,14 @@ mod tests {
         });
         let a: SocketAddr = "127.0.0.1:40000".parse().unwrap();
         let b: SocketAddr = "127.0.0.1:40001".parse().unwrap();
-        let policy = ReconnectPolicy::default();
+        // Not the default: waits that double up to 4 s, and 6 fresh joins, so the tests see
+        // the backoff grow and stop growing (the default's own schedule has its own test).
+        let policy = ReconnectPolicy {
+            attempts: 6,
+            rejoin_attempts: 6,
+            first_delay: Duration::from_millis(250),
+            max_delay: Duration::from_secs(4),
+        };
         Core::new(&join(), ring, policy, can_rejoin, None, a, b, now).unwrap()
     }
 
