@@ -226,7 +226,7 @@ async fn user(parts: &Parts, state: &AppState, token: &str) -> Result<String> {
         .openid()
         .verify(token, client_addr(parts), state.limits())
         .await?;
-    state.limits().user(&user)?;
+    state.limits().user(&user).await?;
     Ok(user)
 }
 
@@ -260,7 +260,7 @@ async fn agent_key(state: &AppState, token: &str) -> Result<ApiKeyRecord> {
         Some(state.key_cache()),
     )
     .await?;
-    state.limits().agent_key(&rec.key_id)?;
+    state.limits().agent_key(&rec.key_id).await?;
     Ok(rec)
 }
 

@@ -116,6 +116,32 @@ pub struct LimitsConfig {
     /// than `livekit.room_claim_ttl_secs` that no call took yet); later claims are 429
     /// (default 4).
     pub max_open_room_claims: usize,
+    /// The limits whose buckets all servers of the oracle share through PostgreSQL, so that
+    /// N servers behind a balancer allow what one would (default `["per_user"]`; `[]` keeps
+    /// every bucket in its process). A shared bucket costs one database statement per
+    /// request, taken after the process's own bucket of the same limit let it through. No
+    /// effect on SQLite (one server).
+    pub cluster_wide: Vec<SharedLimit>,
+}
+
+/// A limit of `[limits]` whose buckets can be shared by the servers of an oracle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SharedLimit {
+    /// `per_user`.
+    PerUser,
+    /// `per_agent_key`.
+    PerAgentKey,
+}
+
+impl SharedLimit {
+    /// The name in the config and in the shared table's `scope`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::PerUser => "per_user",
+            Self::PerAgentKey => "per_agent_key",
+        }
+    }
 }
 
 impl Default for LimitsConfig {
@@ -145,6 +171,7 @@ impl Default for LimitsConfig {
             max_rooms_per_user: 20,
             key_wait_ms: 6000,
             max_open_room_claims: 4,
+            cluster_wide: vec![SharedLimit::PerUser],
         }
     }
 }

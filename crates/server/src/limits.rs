@@ -2,6 +2,13 @@
 //! users' routes, per agent key on the agents' routes, per address on the token checks that
 //! cost a homeserver request, and a cap on those checks in flight. A refused request gets 429
 //! with `Retry-After` (or 503 when the server as a whole is saturated), and costs nothing else.
+//!
+//! Every bucket lives in the process. On PostgreSQL the limits named in
+//! `limits.cluster_wide` (the per-user one by default) also take from a bucket all servers of
+//! the oracle share in the database ([`Store::take_shared_token`]), after the process's own
+//! bucket let the request through: N servers behind a balancer then allow one user what one
+//! server would, and a flood from one process reaches the database at no more than the
+//! limit's own rate.
 
 use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
@@ -13,8 +20,13 @@ use axum::http::HeaderMap;
 use axum::middleware::Next;
 use axum::response::{IntoResponse as _, Response};
 
+use oracle_calls_proto::Did;
+use tracing::warn;
+
 use crate::cache::BoundedCache;
-use crate::config::{LimitsConfig, Rate};
+use crate::config::{LimitsConfig, Rate, SharedLimit};
+use crate::state::WeakState;
+use crate::store::{Backend, Store};
 use crate::{AppState, Error, Result};
 
 /// The address a request is counted under: the TCP peer, or — when the peer is one of
@@ -94,6 +106,15 @@ pub struct Limits {
     per_agent_key: RateLimiter<String>,
     token_checks: tokio::sync::Semaphore,
     key_waits: Mutex<HashSet<String>>,
+    shared: Option<Shared>,
+}
+
+/// The buckets this server shares with the other servers of its oracle.
+#[derive(Debug)]
+struct Shared {
+    store: Store,
+    oracle: String,
+    limits: Vec<SharedLimit>,
 }
 
 impl Limits {
@@ -106,7 +127,51 @@ impl Limits {
             per_agent_key: RateLimiter::new(config.per_agent_key, cap),
             token_checks: tokio::sync::Semaphore::new(config.max_concurrent_token_checks.max(1)),
             key_waits: Mutex::new(HashSet::new()),
+            shared: None,
             config: config.clone(),
+        }
+    }
+
+    /// These limits, with the buckets of `limits.cluster_wide` shared through `store` by the
+    /// servers of `oracle` when `store` is PostgreSQL (on SQLite: unchanged).
+    pub(crate) fn shared_through(mut self, store: &Store, oracle: &Did) -> Self {
+        if store.backend() == Backend::Postgres && !self.config.cluster_wide.is_empty() {
+            self.shared = Some(Shared {
+                store: store.clone(),
+                oracle: oracle.as_str().to_owned(),
+                limits: self.config.cluster_wide.clone(),
+            });
+        }
+        self
+    }
+
+    /// One take from the shared bucket of `limit` for `key`, when that limit is shared. A
+    /// database that cannot be reached leaves the process's own bucket, already taken from,
+    /// as the limit (the request's own work needs that database anyway).
+    async fn take_shared(
+        &self,
+        limit: SharedLimit,
+        rate: Rate,
+        key: &str,
+    ) -> std::result::Result<(), Duration> {
+        let Some(shared) = &self.shared else {
+            return Ok(());
+        };
+        if !shared.limits.contains(&limit) {
+            return Ok(());
+        }
+        let scope = format!("{}:{}", limit.name(), shared.oracle);
+        match shared
+            .store
+            .take_shared_token(&scope, key, rate.per_sec, rate.burst)
+            .await
+        {
+            Ok(taken) => taken,
+            Err(e) => {
+                warn!(error = %e, limit = limit.name(),
+                    "the shared rate bucket could not be read; this server's own bucket applies");
+                Ok(())
+            }
         }
     }
 
@@ -141,17 +206,25 @@ impl Limits {
     }
 
     /// One request of the Matrix user `user`.
-    pub(crate) fn user(&self, user: &str) -> Result<()> {
+    pub(crate) async fn user(&self, user: &str) -> Result<()> {
+        let what = "too many requests from this user";
         self.per_user
             .take(&user.to_owned(), Instant::now())
-            .map_err(|wait| limited("too many requests from this user", wait))
+            .map_err(|wait| limited(what, wait))?;
+        self.take_shared(SharedLimit::PerUser, self.config.per_user, user)
+            .await
+            .map_err(|wait| limited(what, wait))
     }
 
     /// One request made with the agent key `key_id`.
-    pub(crate) fn agent_key(&self, key_id: &str) -> Result<()> {
+    pub(crate) async fn agent_key(&self, key_id: &str) -> Result<()> {
+        let what = "too many requests with this API key";
         self.per_agent_key
             .take(&key_id.to_owned(), Instant::now())
-            .map_err(|wait| limited("too many requests with this API key", wait))
+            .map_err(|wait| limited(what, wait))?;
+        self.take_shared(SharedLimit::PerAgentKey, self.config.per_agent_key, key_id)
+            .await
+            .map_err(|wait| limited(what, wait))
     }
 
     /// One token check that needs the homeserver, from `addr`: counted per address, then
@@ -204,6 +277,36 @@ impl Limits {
     pub(crate) fn failed_token_ttl(&self) -> Duration {
         Duration::from_secs(self.config.failed_token_cache_secs)
     }
+}
+
+/// How often each server deletes the shared buckets that are full again.
+const SHARED_SWEEP_EVERY: Duration = Duration::from_secs(60);
+
+/// Keeps the shared buckets' table to the buckets in use: every server deletes, every
+/// [`SHARED_SWEEP_EVERY`], the rows whose bucket is full again (the same as no row). Ends
+/// with the state, and at once where no bucket is shared.
+pub(crate) fn spawn_shared_sweeper(state: WeakState) {
+    let Ok(rt) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    rt.spawn(async move {
+        loop {
+            match state.upgrade() {
+                Some(s) if s.limits().shared.is_some() => {}
+                _ => return,
+            }
+            tokio::time::sleep(SHARED_SWEEP_EVERY).await;
+            let Some(s) = state.upgrade() else { return };
+            let Some(shared) = &s.limits().shared else {
+                return;
+            };
+            match shared.store.sweep_shared_buckets().await {
+                Ok(n) if n > 0 => tracing::debug!(swept = n, "full shared rate buckets deleted"),
+                Ok(_) => {}
+                Err(e) => warn!(error = %e, "sweeping the shared rate buckets failed"),
+            }
+        }
+    });
 }
 
 /// A user's wait for a room key; ends when dropped.

@@ -73,7 +73,8 @@ impl AppState {
             Duration::from_secs(config.matrix.openid_cache_secs),
             metrics.openid_lookups.clone(),
         );
-        let limits = crate::limits::Limits::new(&config.limits);
+        let limits =
+            crate::limits::Limits::new(&config.limits).shared_through(&store, &config.oracle.did);
         let user_bindings = match &config.validation.user_binding_file {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
@@ -105,6 +106,7 @@ impl AppState {
             leadership: std::sync::OnceLock::new(),
         }));
         crate::claims::spawn_sweeper(state.downgrade());
+        crate::limits::spawn_shared_sweeper(state.downgrade());
         Ok(state)
     }
 

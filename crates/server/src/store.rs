@@ -17,6 +17,7 @@ mod claims;
 mod cluster;
 mod cursor;
 mod prekeys;
+mod rate;
 
 pub use api_keys::{ApiKeyRecord, KeyRequestRecord};
 pub use claims::{Claim, ClaimRecord};
@@ -545,7 +546,7 @@ fn reason_str(r: CallReason) -> String {
 }
 
 fn migrator(backend: Backend) -> Migrator {
-    let steps: [(i64, &'static str, &'static str, &'static str); 7] = [
+    let steps: [(i64, &'static str, &'static str, &'static str); 8] = [
         (
             1,
             "init",
@@ -587,6 +588,12 @@ fn migrator(backend: Backend) -> Migrator {
             "room claims",
             include_str!("../migrations/sqlite/0007_room_claims.sql"),
             include_str!("../migrations/postgres/0007_room_claims.sql"),
+        ),
+        (
+            8,
+            "rate buckets",
+            include_str!("../migrations/sqlite/0008_rate_buckets.sql"),
+            include_str!("../migrations/postgres/0008_rate_buckets.sql"),
         ),
     ];
     Migrator::with_migrations(

@@ -1,12 +1,15 @@
 //! Abuse resistance (issue 16; security review M2, M3): every limit of `[limits]` provoked on
 //! the real stack — per address on every route, per user, per agent key, homeserver token
 //! checks per address and in flight, refused tokens remembered, one lookup per token, invites
-//! only up to the per-user room cap, one bounded key wait per user.
+//! only up to the per-user room cap, one bounded key wait per user; and the buckets that the
+//! servers of one oracle share through PostgreSQL (`limits.cluster_wide`).
 
 use std::time::{Duration, Instant};
 
 use matrix_sdk::ruma::UserId;
+use oracle_calls_proto::Did;
 use oracle_calls_server::apikey;
+use oracle_calls_server::store::Store;
 use serde_json::{Value, json};
 
 use crate::matrix::{UserSide, now_ms, sync_call};
@@ -480,6 +483,184 @@ async fn an_undecryptable_call_event_is_given_up_after_the_key_wait_one_wait_per
     // The wait is over: the next try waits again (and is not refused).
     let (status, _) = sync_call(&s, &token, &call_id).await;
     assert_eq!(status, 422);
+}
+
+/// `toml` with the oracle's DID replaced by `did` (a second server of the same oracle).
+fn of_oracle(toml: &str, did: &Did) -> String {
+    let start = toml.find("did = \"").unwrap() + "did = \"".len();
+    let end = start + toml[start..].find('"').unwrap();
+    format!("{}{}{}", &toml[..start], did.as_str(), &toml[end..])
+}
+
+/// Two servers of one oracle on one PostgreSQL allow a user what one server would: a user's
+/// requests spread over both are limited by one shared bucket (`limits.cluster_wide`, the
+/// per-user limit by default), and a refusal from either says how long to wait for the
+/// bucket both take from. With the buckets kept per process (`cluster_wide = []`) the same
+/// requests get twice as far: that difference is what the sharing buys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_servers_of_one_oracle_share_a_users_budget_on_postgres() {
+    let user = MatrixUser::new(&unique("lim-shared")).await;
+    let token = user.openid_token().await;
+    let http = reqwest::Client::new();
+    for (cluster_wide, allowed) in [("", 3), ("cluster_wide = []", 6)] {
+        let limits =
+            format!("[limits]\nper_user = {{ per_sec = 0.1, burst = 3 }}\n{cluster_wide}\n");
+        let l = limits.clone();
+        let a = TestServer::start_edited(Db::Postgres, move |t| format!("{t}\n{l}")).await;
+        let did = a.oracle.clone();
+        let b = TestServer::start_edited(Db::Postgres, move |t| {
+            format!("{}\n{limits}", of_oracle(&t, &did))
+        })
+        .await;
+        assert_eq!(b.state.config().oracle.did, a.oracle);
+        let mut ok = 0;
+        for i in 0..8 {
+            let s = if i % 2 == 0 { &a } else { &b };
+            let r = http
+                .get(s.url("/calls"))
+                .bearer_auth(&token)
+                .send()
+                .await
+                .unwrap();
+            if r.status() == 200 {
+                ok += 1;
+                continue;
+            }
+            let wait = assert_limited(&r, &format!("request {i} ({cluster_wide:?})"));
+            // One token every 10 s, and the bucket was just emptied.
+            assert!((9..=10).contains(&wait), "Retry-After {wait}");
+            assert!(
+                limited_body(r).await["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("this user")
+            );
+        }
+        assert_eq!(ok, allowed, "requests let through with {cluster_wide:?}");
+    }
+}
+
+/// The agents' limit is shared when `limits.cluster_wide` names it: takes another server of
+/// the oracle made from the key's shared bucket (here made through the store, as that
+/// server's requests would) leave this server nothing to give, though its own bucket is full.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_keys_budget_is_shared_when_configured() {
+    let s = TestServer::start_edited(Db::Postgres, |t| {
+        format!(
+            "{t}\n[limits]\nper_agent_key = {{ per_sec = 0.2, burst = 3 }}\n\
+             cluster_wide = [\"per_user\", \"per_agent_key\"]\n"
+        )
+    })
+    .await;
+    let now = now_ms();
+    let key = apikey::create(s.store(), &s.pepper, s.oracle.clone(), "shared", now)
+        .await
+        .unwrap();
+    let other = apikey::create(s.store(), &s.pepper, s.oracle.clone(), "other", now)
+        .await
+        .unwrap();
+    let scope = format!("per_agent_key:{}", s.oracle.as_str());
+    for _ in 0..3 {
+        let taken = s
+            .store()
+            .take_shared_token(&scope, &key.record.key_id, 0.2, 3)
+            .await
+            .unwrap();
+        assert_eq!(taken, Ok(()));
+    }
+    let http = reqwest::Client::new();
+    let call = format!(
+        "{}/key",
+        s.url(&format!("/calls/%24nope%40{}", room_name()))
+    );
+    let r = http
+        .get(&call)
+        .bearer_auth(key.key.dangerous_expose())
+        .send()
+        .await
+        .unwrap();
+    let wait = assert_limited(&r, "the key's shared bucket is empty");
+    assert!((4..=5).contains(&wait), "Retry-After {wait}");
+    let r = http
+        .get(&call)
+        .bearer_auth(other.key.dangerous_expose())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404, "another key has its own shared bucket");
+}
+
+/// A shared bucket, taken from by two servers' connection pools at once, gives out exactly its
+/// burst; it refills at its rate on the database's clock, and once it would be full again its
+/// row is swept. On SQLite (one server) there is no shared bucket to take from.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_bucket_gives_its_burst_refills_and_is_swept_once_full() {
+    let url = stack_var("DATABASE_URL");
+    let (one, two) = (
+        Store::connect(&url).await.unwrap(),
+        Store::connect(&url).await.unwrap(),
+    );
+    let scope = unique("test-scope:");
+    // 16 takes at once, 8 from each pool, of a bucket of 5 refilled at 2/s.
+    let takes = (0..16).map(|i| {
+        let store = if i % 2 == 0 { one.clone() } else { two.clone() };
+        let scope = scope.clone();
+        async move { store.take_shared_token(&scope, "u", 2.0, 5).await.unwrap() }
+    });
+    let results = futures_util::future::join_all(takes).await;
+    let taken = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(taken, 5, "{results:?}");
+    for wait in results.iter().filter_map(|r| r.err()) {
+        assert!(wait <= Duration::from_millis(500), "{wait:?}");
+    }
+    // The next token comes within 0.5 s on the database's clock.
+    let wait = one
+        .take_shared_token(&scope, "u", 2.0, 5)
+        .await
+        .unwrap()
+        .unwrap_err();
+    tokio::time::sleep(wait + Duration::from_millis(50)).await;
+    assert_eq!(
+        two.take_shared_token(&scope, "u", 2.0, 5).await.unwrap(),
+        Ok(())
+    );
+    assert!(one.shared_bucket(&scope, "u").await.unwrap().is_some());
+    // Full again 2.5 s after the last take (5 tokens at 2/s): then the sweep removes it.
+    assert_eq!(one.sweep_shared_buckets().await.map(|_| ()).unwrap(), ());
+    assert!(
+        one.shared_bucket(&scope, "u").await.unwrap().is_some(),
+        "not full yet"
+    );
+    tokio::time::sleep(Duration::from_millis(2600)).await;
+    assert!(one.sweep_shared_buckets().await.unwrap() >= 1);
+    assert_eq!(one.shared_bucket(&scope, "u").await.unwrap(), None);
+    // A bucket of another key, or another scope, is another bucket.
+    assert_eq!(
+        one.take_shared_token(&scope, "v", 2.0, 1).await.unwrap(),
+        Ok(())
+    );
+    assert!(
+        one.take_shared_token(&scope, "v", 2.0, 1)
+            .await
+            .unwrap()
+            .is_err()
+    );
+    assert_eq!(
+        one.take_shared_token(&unique("test-scope:"), "v", 2.0, 1)
+            .await
+            .unwrap(),
+        Ok(())
+    );
+
+    let dir = crate::support::temp_dir();
+    let sqlite = Store::connect(&format!(
+        "sqlite://{}?mode=rwc",
+        dir.0.join("s.sqlite3").display()
+    ))
+    .await
+    .unwrap();
+    assert!(sqlite.take_shared_token(&scope, "u", 2.0, 5).await.is_err());
+    assert_eq!(sqlite.sweep_shared_buckets().await.unwrap(), 0);
 }
 
 /// A metric's value read from the server's registry (not over HTTP: `/metrics` is
