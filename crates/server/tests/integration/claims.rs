@@ -30,7 +30,7 @@ async fn claim(s: &TestServer, bearer: Option<&str>, room: &str) -> (u16, Value,
 async fn early_join(db: Db) {
     let oracle_user = MatrixUser::new(&unique("oracle")).await;
     let s = TestServer::start_with_bot_edited(db, &oracle_user, |t| {
-        format!("{t}\n        room_claim_ttl_secs = 3\n        [limits]\n        max_open_room_claims = 2\n")
+        format!("{t}\n        room_claim_ttl_secs = 6\n        [limits]\n        max_open_room_claims = 2\n")
     })
     .await;
     let bot: OwnedUserId = UserId::parse(oracle_user.user_id.as_str()).unwrap();
@@ -38,6 +38,12 @@ async fn early_join(db: Db) {
     let alice = UserSide::new().await;
     let a_token = alice.user.openid_token().await;
     let a_id = alice.user.user_id.clone();
+    // Both users and their DMs with the bot first: from Alice's first claim on, the claims'
+    // 6 s lifetime runs (a loaded machine once spent more than 3 s making Mallory).
+    let mallory = UserSide::new().await;
+    let m_token = mallory.user.openid_token().await;
+    let m_room = mallory.room_with(&bot, true).await;
+    let a_room = alice.room_with(&bot, true).await;
 
     // Only a user, only a room name of the protocol's shape.
     let r = room_name();
@@ -84,8 +90,6 @@ async fn early_join(db: Db) {
     );
 
     // Mallory can neither claim R nor take it with a call event naming it.
-    let mallory = UserSide::new().await;
-    let m_token = mallory.user.openid_token().await;
     let (st, body, _) = claim(&s, Some(&m_token), &r).await;
     assert_eq!(
         (st, body["error"]["code"].as_str()),
@@ -95,7 +99,6 @@ async fn early_join(db: Db) {
     let r2 = room_name();
     let (st, _, _) = claim(&s, Some(&a_token), &r2).await;
     assert_eq!(st, 200);
-    let m_room = mallory.room_with(&bot, true).await;
     let ev = mallory
         .send(&m_room, &mallory.content(&oracle, &r2, now_ms()))
         .await;
@@ -121,13 +124,12 @@ async fn early_join(db: Db) {
     );
     assert_eq!(
         retry.as_deref(),
-        Some("3"),
+        Some("6"),
         "Retry-After is the claim lifetime"
     );
 
     // Alice's call event names R: the sync adopts the room (its metadata becomes the call
     // id, the oracle's agent is dispatched into it) and the claim is done.
-    let a_room = alice.room_with(&bot, true).await;
     let ev = alice
         .send(&a_room, &alice.content(&oracle, &r, now_ms()))
         .await;
