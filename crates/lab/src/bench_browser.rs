@@ -70,6 +70,9 @@ pub struct Options {
     pub library: PathBuf,
     /// The page driver (`sdk/browser/test/e2e/driver.mjs`).
     pub driver: PathBuf,
+    /// Every other browser call is placed without the early join (`earlyJoin: false`), and the
+    /// two halves are reported side by side.
+    pub alternate_early_join: bool,
 }
 
 /// One call: when each phase was reached, ms since `callOracle()` / `call_oracle()` (and the
@@ -113,6 +116,12 @@ fn browser_sample(call: &Value) -> anyhow::Result<Option<Sample>> {
     };
     s.insert("startedAtEpochMs".to_owned(), started);
     s.insert("echo".to_owned(), echo - started);
+    // 1 where the call was placed with the early join (the default), 0 where not; and whether
+    // its media did join early.
+    let asked = call.get("earlyJoinAsked").and_then(Value::as_bool) != Some(false);
+    s.insert("earlyJoinAsked".to_owned(), f64::from(u8::from(asked)));
+    let early = call.get("mediaJoin").and_then(Value::as_str) == Some("early");
+    s.insert("joinedEarly".to_owned(), f64::from(u8::from(early)));
     if !s.contains_key("firstAudio") {
         bail!("a browser call without firstAudio: {call}");
     }
@@ -609,6 +618,7 @@ async fn run_async(opts: Options) -> anyhow::Result<()> {
         page,
         library,
         driver,
+        alternate_early_join,
     } = opts;
     let run_dir = dir.join(format!("run-{}", unique_hex(4)));
     std::fs::create_dir_all(&run_dir).with_context(|| format!("{}", run_dir.display()))?;
@@ -640,6 +650,7 @@ async fn run_async(opts: Options) -> anyhow::Result<()> {
         &driver,
         calls,
         block,
+        alternate_early_join,
         &load_start,
     )
     .await;
@@ -659,6 +670,7 @@ async fn measure(
     driver_path: &Path,
     calls: usize,
     block: usize,
+    alternate_early_join: bool,
     load_start: &str,
 ) -> anyhow::Result<()> {
     // The Rust client: a returning user (its warm-up call makes the DM with the bot).
@@ -691,6 +703,10 @@ async fn measure(
         "errorShot": false,
         "timeoutS": timeout_s,
     });
+    let mut cfg = cfg;
+    if let (true, Some(o)) = (alternate_early_join, cfg.as_object_mut()) {
+        o.insert("earlyJoin".to_owned(), json!("alternate"));
+    }
     drop(password);
     let log = run_dir.join("driver.log");
     let (mut driver, mut lines) = spawn_driver(driver_path, &cfg, &log)?;
@@ -798,7 +814,50 @@ async fn measure(
         load_start,
         &load(),
     );
+    if alternate_early_join {
+        report_early_join(&browser);
+    }
     Ok(())
+}
+
+/// The browser's calls with the early join against those without it (every other call of
+/// the same run, `--alternate-early-join`).
+fn report_early_join(browser: &[Sample]) {
+    let half = |asked: f64| -> Vec<Sample> {
+        browser
+            .iter()
+            .filter(|s| s.get("earlyJoinAsked") == Some(&asked))
+            .cloned()
+            .collect()
+    };
+    let (early, after) = (half(1.0), half(0.0));
+    let used = early
+        .iter()
+        .filter(|s| s.get("joinedEarly") == Some(&1.0))
+        .count();
+    println!(
+        "browser calls with the early join ({} calls, {used} of them joined early) vs without          it ({} calls), alternating call by call, ms:",
+        early.len(),
+        after.len()
+    );
+    println!(
+        "{:<34} {:>9} {:>9} {:>9} {:>9} {:>7}",
+        "", "early p50", "early p95", "after p50", "after p95", "ratio"
+    );
+    let rows = PHASES
+        .iter()
+        .map(|p| (format!("{p} reached"), *p))
+        .chain([("echo heard".to_owned(), "echo")]);
+    for (label, key) in rows {
+        let at = |s: &Sample| s.get(key).copied();
+        let (_, e50, e95) = column(&early, at);
+        let (_, a50, a95) = column(&after, at);
+        println!(
+            "{label:<34} {e50:>9.1} {e95:>9.1} {a50:>9.1} {a95:>9.1} {:>7.2}",
+            e50 / a50
+        );
+    }
+    println!();
 }
 
 /// Per call, how long `phase` itself took: since the phase before it in [`PHASES`].

@@ -164,6 +164,10 @@ enum BenchCmd {
         /// The page driver.
         #[arg(long, default_value = "sdk/browser/test/e2e/driver.mjs")]
         driver: PathBuf,
+        /// Place every other browser call without the early join and report both halves
+        /// side by side.
+        #[arg(long)]
+        alternate_early_join: bool,
     },
     /// The speaking oracle's voice-to-voice latency per turn through the E2EE call (end of
     /// the user's question → first answer audio at the user), split by stage, with the
@@ -256,7 +260,8 @@ enum BenchCmd {
         #[arg(long, default_value = "1,16,64", value_delimiter = ',')]
         clients: Vec<usize>,
         /// The per-address and per-agent-key limits: `off`, `on` (at rates no run reaches,
-        /// so each request pays for its tokens), or both, to compare.
+        /// so each request pays for its tokens), `shared` (`on` with the key's bucket shared
+        /// through the database, `limits.cluster_wide`), or several, to compare.
         #[arg(long, value_enum, default_value = "off", value_delimiter = ',')]
         limits: Vec<bench_key::Limits>,
         /// Seconds per measurement.
@@ -327,6 +332,7 @@ fn main() -> anyhow::Result<()> {
                 page,
                 library,
                 driver,
+                alternate_early_join,
             } => oracle_calls_lab::bench_browser::run(oracle_calls_lab::bench_browser::Options {
                 calls,
                 block,
@@ -334,6 +340,7 @@ fn main() -> anyhow::Result<()> {
                 page,
                 library,
                 driver,
+                alternate_early_join,
             }),
             BenchCmd::Direct {
                 calls,

@@ -40,6 +40,8 @@ interface OcDemo {
   lastError: DemoError | null;
   oracleAudioPower(freqHz: number): number;
   keyDerivation: KeyDerivation;
+  /** Join the call's LiveKit room early (the SDK's `earlyJoin`, default true). */
+  earlyJoin: boolean;
   /** Test-only: key our media with a wrong key (the lock must not show, audio must not play). */
   wrongMediaKey: boolean;
   /** Test-only: send the call event into a room the plaintext guard must refuse. */
@@ -144,6 +146,7 @@ const ocDemo: OcDemo = {
     return a ? goertzel(a.samples, freqHz, a.sampleRate) : 0;
   },
   keyDerivation: 'hkdf',
+  earlyJoin: true,
   wrongMediaKey: false,
   plaintextRoom: null,
   acceptOracleKey: null,
@@ -362,6 +365,7 @@ function startCall(type: 'audio' | 'video'): void {
     oracleDid: config.oracleDid,
     type,
     keyDerivation: ocDemo.keyDerivation,
+    earlyJoin: ocDemo.earlyJoin,
     e2eeWorker,
     ...(iceServers === undefined ? {} : { rtcConfig: { iceServers } }),
     ...(ocDemo.capture === null ? {} : { capture: ocDemo.capture }),

@@ -48,7 +48,20 @@ export interface SyncAnswer {
 }
 
 /** The oracle-calls server, as far as a call needs it. */
+/** A claimed LiveKit room (PROTOCOL §6.9), as far as the call needs it. */
+export interface ClaimAnswer {
+  livekitUrl: string;
+  token: string;
+  /** When the claim lapses if no sync took the room (Unix ms, the server's clock). */
+  claimExpiresAtMs: number;
+}
+
 export interface CallServer {
+  /**
+   * Claims the call's LiveKit room for an early join (`POST /rooms/{roomId}/claim`); null
+   * when the server offers none. Optional: without it the call joins after the sync.
+   */
+  claim?(roomName: string, openIdToken: string): Promise<ClaimAnswer | null>;
   sync(callId: string, openIdToken: string): Promise<SyncAnswer>;
   /** `update {callStatus: ended, reason}`; the reason that stuck, when the server says. */
   end(callId: string, openIdToken: string, reason: string): Promise<string | null>;
@@ -93,10 +106,21 @@ export interface CallOptions {
   acceptOracleKey?: string;
   /** How long `ready` waits for the oracle's first decrypted audio after joining. Default 30 s. */
   readyTimeoutMs?: number;
+  /**
+   * Claim the call's LiveKit room and join it, keyed, while the event is sent and synced
+   * (PROTOCOL §6.9), so that the join is off the setup's path. Default true. A claim or an
+   * early join that fails is no error: the call joins with the sync's token instead.
+   */
+  earlyJoin?: boolean;
   dangerousTestHooks?: DangerousTestHooks;
 }
 
 const DEFAULT_READY_TIMEOUT_MS = 30_000;
+/**
+ * A room joined early is given up for the sync's token when its claim lapses less than this
+ * after the sync answered: the server may sweep the claimed room (PROTOCOL §6.9).
+ */
+const CLAIM_MARGIN_MS = 2000;
 
 /** Thrown inside the setup when `end()` was called meanwhile. */
 class Aborted extends Error {}
@@ -126,6 +150,12 @@ export class Call {
   #joined = false;
   /** The oracle's first decrypted audio came before our tracks were published. */
   #heardEarly = false;
+  /** The early join under way or done: when its claim lapses, or null when it failed. */
+  #early: Promise<{ claimExpiresAtMs: number } | null> | null = null;
+  /** We are in the room joined early, and it is not the call's room yet. */
+  #inEarlyRoom = false;
+  /** The room joined early closed before it became the call's room. */
+  #earlyLost = false;
   readonly #setup: Promise<void>;
   #pendingAttach: { audio: HTMLAudioElement; video: HTMLVideoElement | undefined } | null = null;
 
@@ -220,6 +250,10 @@ export class Call {
       }
       this.#checkpoint();
       store.mark('wrap');
+      if ((opts.earlyJoin ?? true) && deps.server.claim !== undefined) {
+        // In the background: the event is sent and synced meanwhile.
+        this.#early = this.#joinEarly(context.roomId);
+      }
 
       // 4. The encrypted DM with the bot (joined, only pinned devices get the room key).
       store.setPhase('room');
@@ -293,8 +327,15 @@ export class Call {
       if (media === null) {
         throw new OracleCallError('media', 'the media session is gone');
       }
-      await media.connect(sync.livekitUrl, sync.token);
-      await media.publish(opts.type, opts.capture);
+      const early = await this.#joinedEarly(media);
+      if (this.#endRequested) {
+        return;
+      }
+      if (!early) {
+        await media.connect(sync.livekitUrl, sync.token);
+        await media.publish(opts.type, opts.capture);
+      }
+      store.update((s) => ({ ...s, mediaJoin: early ? 'early' : 'afterSync' }));
       store.mark('join');
       this.#joined = true;
       if (this.#heardEarly) {
@@ -321,6 +362,59 @@ export class Call {
       await this.#editEnded();
       this.#fail(err, 'mediaFailed');
     }
+  }
+
+  /**
+   * Claims `roomName` and joins it with the claim's token, keyed, and publishes: the early
+   * join. Null when the server offers none or any of it failed (the room, if joined, is left
+   * again, so the sync's token starts clean).
+   */
+  async #joinEarly(roomName: string): Promise<{ claimExpiresAtMs: number } | null> {
+    const media = this.#media;
+    if (media === null) {
+      return null;
+    }
+    let connecting = false;
+    try {
+      const token = await this.#deps.matrix.openIdToken();
+      const claim = (await this.#deps.server.claim?.(roomName, token)) ?? null;
+      if (claim === null || this.#endRequested) {
+        return null;
+      }
+      connecting = true;
+      await media.connect(claim.livekitUrl, claim.token);
+      this.#inEarlyRoom = true;
+      await media.publish(this.#opts.type, this.#opts.capture);
+      return { claimExpiresAtMs: claim.claimExpiresAtMs };
+    } catch {
+      this.#inEarlyRoom = false;
+      if (connecting) {
+        await media.leaveRoom().catch(() => undefined);
+      }
+      return null;
+    }
+  }
+
+  /**
+   * After the sync: whether the room joined early can be kept. It cannot when the early join
+   * failed, when its room closed meanwhile, or when its claim lapses within
+   * {@link CLAIM_MARGIN_MS} (then it is left, and the caller joins with the sync's token).
+   */
+  async #joinedEarly(media: MediaSession): Promise<boolean> {
+    if (this.#early === null) {
+      return false;
+    }
+    const early = await this.#early;
+    if (early === null) {
+      return false;
+    }
+    const keep = !this.#earlyLost && Date.now() + CLAIM_MARGIN_MS < early.claimExpiresAtMs;
+    // From here a close of the room is the call's own end (kept) or ours (left).
+    this.#inEarlyRoom = false;
+    if (!keep) {
+      await media.leaveRoom();
+    }
+    return keep;
   }
 
   #becomeActive(): void {
@@ -407,6 +501,13 @@ export class Call {
         store.update((s) => (s.audioBlocked === blocked ? s : { ...s, audioBlocked: blocked }));
       },
       disconnected: (reason: string): void => {
+        if (this.#inEarlyRoom) {
+          // The room joined early closed before it became the call's room: the sync's
+          // token joins it again (or the sync fails and the call ends there).
+          this.#inEarlyRoom = false;
+          this.#earlyLost = true;
+          return;
+        }
         if (!this.#closing && !this.#endRequested) {
           void this.#remoteEnd(reason);
         }

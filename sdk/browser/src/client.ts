@@ -8,7 +8,7 @@ import { OracleCallError } from './errors.js';
 import { MatrixDevice, savedSessionUser, type CallMatrix } from './matrix.js';
 import { createLiveKitMedia, type MediaFactory } from './media.js';
 import { LocalStoragePinStore, MemoryPinStore, type PinStore } from './pins.js';
-import { contextBytes, parseDid, userDidFromMatrixUserId, type CallReason } from './protocol.js';
+import { contextBytes, parseDid, parseTimestamp, userDidFromMatrixUserId, type CallReason } from './protocol.js';
 import { ServerApi, type CallSummary, type ListCallsQuery } from './server.js';
 
 export interface ClientOptions {
@@ -182,6 +182,12 @@ export class OracleClient {
       },
     };
     const server: CallServer = {
+      async claim(roomName, token) {
+        const c = await api.claimRoom(roomName, token);
+        return c === null
+          ? null
+          : { livekitUrl: c.livekitUrl, token: c.token, claimExpiresAtMs: parseTimestamp(c.claimExpiresAt, 'claimExpiresAt') };
+      },
       sync: (callId, token) => api.sync(callId, token),
       async end(callId, token, reason) {
         const s = await api.update(callId, token, 'ended', reason as CallReason);

@@ -66,6 +66,12 @@ export interface MediaSession {
   attach(audio: HTMLAudioElement, video?: HTMLVideoElement): void;
   /** The latest decoded oracle audio (about 0.68 s), for analysis; null before the oracle's audio. */
   oracleAudio(): { samples: Float32Array; sampleRate: number } | null;
+  /**
+   * Leaves the LiveKit room and stops our tracks, but keeps the key, the worker and the audio
+   * graph, so that `connect` and `publish` may follow (the early join's room given up for the
+   * sync's token). Reports no `disconnected`.
+   */
+  leaveRoom(): Promise<void>;
   /** Leaves the room, stops our tracks, ends the worker and the audio graph. Idempotent. */
   leave(): Promise<void>;
 }
@@ -156,6 +162,8 @@ class LiveKitMedia implements MediaSession {
   #firstTimer: ReturnType<typeof setInterval> | null = null;
   #heard = false;
   #left = false;
+  /** Leaving the room to join it again: its `Disconnected` is ours, not news. */
+  #rejoining = false;
   readonly #buf = new Float32Array(2048);
 
   constructor(opts: MediaOptions) {
@@ -214,7 +222,7 @@ class LiveKitMedia implements MediaSession {
         this.#events.playbackBlocked(!playing);
       })
       .on(RoomEvent.Disconnected, (reason?: DisconnectReason) => {
-        if (!this.#left) {
+        if (!this.#left && !this.#rejoining) {
           const name = reason === undefined ? 'unknown' : (DisconnectReason[reason] ?? String(reason));
           this.#events.disconnected(name);
         }
@@ -427,6 +435,20 @@ class LiveKitMedia implements MediaSession {
     const samples = new Float32Array(this.#oracleWide.fftSize);
     this.#oracleWide.getFloatTimeDomainData(samples);
     return { samples, sampleRate: this.#audio.sampleRate };
+  }
+
+  async leaveRoom(): Promise<void> {
+    if (this.#left) {
+      return;
+    }
+    this.#rejoining = true;
+    try {
+      await this.#room.disconnect(true);
+    } catch (e) {
+      throw mediaError('leaving the LiveKit room', e);
+    } finally {
+      this.#rejoining = false;
+    }
   }
 
   async leave(): Promise<void> {

@@ -34,6 +34,16 @@ export interface SyncResponse {
   tokenExpiresAt: string;
 }
 
+/** The answer to a room claim (§6.9). */
+export interface RoomClaimResponse {
+  roomId: string;
+  livekitUrl: string;
+  token: string;
+  tokenExpiresAt: string;
+  /** When the claim lapses if no sync took the room (RFC 3339). */
+  claimExpiresAt: string;
+}
+
 /** The call summary (§6). */
 export interface CallSummary {
   callId: string;
@@ -136,6 +146,27 @@ function errorBody(text: string): { code?: string; message: string } {
 
 function unexpected(status: number, what: string): OracleCallError {
   return new OracleCallError('server', `server answered ${status}: unexpected answer: ${what}`, { status });
+}
+
+function parseClaim(v: unknown, status: number): RoomClaimResponse {
+  if (!isObject(v)) throw unexpected(status, 'not an object');
+  for (const f of ['roomId', 'livekitUrl', 'token', 'tokenExpiresAt', 'claimExpiresAt']) {
+    if (typeof v[f] !== 'string') throw unexpected(status, `${f} missing or not a string`);
+  }
+  for (const f of ['tokenExpiresAt', 'claimExpiresAt']) {
+    try {
+      parseTimestamp(v[f], f);
+    } catch {
+      throw unexpected(status, `${f} is not a timestamp`);
+    }
+  }
+  return {
+    roomId: v['roomId'] as string,
+    livekitUrl: v['livekitUrl'] as string,
+    token: v['token'] as string,
+    tokenExpiresAt: v['tokenExpiresAt'] as string,
+    claimExpiresAt: v['claimExpiresAt'] as string,
+  };
 }
 
 function parseSync(v: unknown, status: number): SyncResponse {
@@ -256,6 +287,34 @@ export class ServerApi {
       });
     }
     return parseSignedPrekey(r.body);
+  }
+
+  /**
+   * `POST /rooms/{roomId}/claim` (§6.9): the call's LiveKit room claimed for an early join,
+   * or null when this server offers no early join (404). Not retried: the early join only
+   * saves time, and a caller whose claim failed joins with the sync's token.
+   *
+   * @throws OracleCallError `server` (409: the room name is taken, 429: too many open claims,
+   *   an unexpected answer), `serverUnreachable`.
+   */
+  async claimRoom(roomId: string, openIdToken: string): Promise<RoomClaimResponse | null> {
+    checkToken(openIdToken);
+    let r: { status: number; body: unknown } | Transient;
+    try {
+      r = await this.once('POST', `/rooms/${encodeURIComponent(roomId)}/claim`, openIdToken);
+    } catch (e) {
+      if (e instanceof OracleCallError && e.status === 404) {
+        return null;
+      }
+      throw e;
+    }
+    if (r instanceof Transient) {
+      throw new OracleCallError('serverUnreachable', `server unreachable after 1 attempt: ${r.message}`, {
+        ...(r.status === undefined ? {} : { status: r.status }),
+        details: { attempts: 1, last: r.message },
+      });
+    }
+    return parseClaim(r.body, r.status);
   }
 
   /** `POST /calls/{callId}/sync` with body `{}` (§6.2). Safe to repeat. */

@@ -64,6 +64,13 @@ export interface CallSnapshot {
   readonly decryptionFailures: number;
   /** Oracle tracks refused because they were not end-to-end encrypted (never attached). */
   readonly refusedTracks: number;
+  /**
+   * How our media joined the call's LiveKit room (PROTOCOL §6.9): `early` with the room's
+   * claim while the event was sent and synced, `afterSync` with the sync's token (the server
+   * offers no early join, the claim or the early join failed, or the claim was about to
+   * lapse); `null` before the join.
+   */
+  readonly mediaJoin: 'early' | 'afterSync' | null;
   /** Why the call ended (`userHangup`, `mediaFailed`, the server's reason, …). */
   readonly endReason: string | null;
   /** Why the call failed; `details` as the error's (e.g. `pinned` / `offered` key ids). */
@@ -86,6 +93,7 @@ export function initialSnapshot(oracleDid: string): CallSnapshot {
     audioBlocked: false,
     decryptionFailures: 0,
     refusedTracks: 0,
+    mediaJoin: null,
     endReason: null,
     error: null,
   };

@@ -32,13 +32,14 @@
 //   failures: forced in the page: OpenID tokens refused from the sign-in on (page.route), the
 //     oracle server unreachable, the sync answered 403, getUserMedia denied, encoded transforms
 //     removed; each call's outcome (phase, error code, call id, timeline, shown code).
-//   bench (also "calls", "block", "goDir", optional "goWaitS" s, default 300): sign in; one
+//   bench (also "calls", "block", "goDir", optional "goWaitS" s, default 300, optional
+//     "earlyJoin": "alternate" for every other call placed with earlyJoin false): sign in; one
 //     warm-up call; then `calls` audio calls in blocks of `block`: before each block the line
 //     {"benchWait": b} on stdout, then wait for the file goDir/go-<b>; each call (Call (audio)
 //     → active with firstAudio → the tone's echo heard (in the newest 20 ms of the SDK's
 //     oracle analyser, found by wrapping AnalyserNode) → Hang up → ended) is one stdout line
-//     {"benchCall": {block, index, warmup, callId, startedAtEpochMs, echoAtEpochMs, timeline,
-//     encryption, decryptionFailures}} (the wall clock just before callOracle() and when the
+//     {"benchCall": {block, index, warmup, earlyJoinAsked, callId, startedAtEpochMs,
+//     echoAtEpochMs, mediaJoin, timeline, encryption, decryptionFailures}} (the wall clock just before callOracle() and when the
 //     echo was heard; the warm-up's line has warmup true), all before the result line.
 //     `oracle-lab bench browser` runs it.
 //   With errorShot, afterwards a sign-in with a wrong password in a fresh browser context, for
@@ -134,7 +135,8 @@ function parseConfig(text) {
     need(str(cfg.goDir), '"goDir" must be a directory path (the bench scenario waits for go-<block> files there)');
     const goWaitS = num(cfg.goWaitS, 300);
     need(typeof goWaitS === 'number' && Number.isFinite(goWaitS) && goWaitS > 0 && goWaitS <= 1800, '"goWaitS" must be in (0, 1800]');
-    bench = { calls, block, goDir: cfg.goDir, goWaitS };
+    need(cfg.earlyJoin === undefined || cfg.earlyJoin === 'alternate', '"earlyJoin" must be "alternate" when given');
+    bench = { calls, block, goDir: cfg.goDir, goWaitS, alternateEarlyJoin: cfg.earlyJoin === 'alternate' };
   }
   return {
     bench,
@@ -931,6 +933,7 @@ async function benchCall(page, cfg, name) {
     callId: s.callId,
     startedAtEpochMs,
     echoAtEpochMs,
+    mediaJoin: s.mediaJoin,
     timeline: s.timeline,
     encryption: s.encryption,
     decryptionFailures: s.decryptionFailures,
@@ -965,8 +968,13 @@ async function benchScenario(context, cfg) {
   for (let b = 0; index < bench.calls; b++) {
     await waitGo(bench, b);
     for (let k = 0; k < bench.block && index < bench.calls; k++, index++) {
+      // "earlyJoin": "alternate": every other call joins after the sync, side by side.
+      const earlyJoinAsked = bench.alternateEarlyJoin ? index % 2 === 0 : true;
+      await page.evaluate((on) => {
+        window.ocDemo.earlyJoin = on;
+      }, earlyJoinAsked);
       const c = await benchCall(page, cfg, `call${index}`);
-      await benchLine({ benchCall: { block: b, index, warmup: false, ...c } });
+      await benchLine({ benchCall: { block: b, index, warmup: false, earlyJoinAsked, ...c } });
       result.requests = [];
     }
   }

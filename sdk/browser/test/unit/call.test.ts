@@ -101,6 +101,34 @@ class FakeServer {
   }
 }
 
+/** A server that offers the early join (PROTOCOL §6.9). */
+class ClaimingServer extends FakeServer {
+  claims: { roomName: string; token: string }[] = [];
+  /** null: the early join is not offered (404); an Error: the claim is refused. */
+  claimAnswer: { lifetimeMs: number } | null | Error = { lifetimeMs: 60_000 };
+  syncGate: Deferred<void> | null = null;
+  constructor(private readonly claimLog: Log) {
+    super(claimLog);
+  }
+  async claim(roomName: string, token: string) {
+    this.claimLog.push('claim');
+    this.claims.push({ roomName, token });
+    const a = this.claimAnswer;
+    if (a instanceof Error) {
+      throw a;
+    }
+    return a === null
+      ? null
+      : { livekitUrl: 'ws://127.0.0.1:7880', token: 'claim-jwt', claimExpiresAtMs: Date.now() + a.lifetimeMs };
+  }
+  override async sync(callId: string, token: string) {
+    if (this.syncGate !== null) {
+      await this.syncGate.promise;
+    }
+    return super.sync(callId, token);
+  }
+}
+
 class FakeMedia implements MediaSession {
   events!: MediaEvents;
   material: KeyMaterial | null = null;
@@ -116,12 +144,18 @@ class FakeMedia implements MediaSession {
     this.material = material;
     this.materialSeen = typeof material === 'string' ? material : [...new Uint8Array(material)];
   }
+  connects: { url: string; token: string }[] = [];
   async connect(url: string, token: string): Promise<void> {
     this.log.push('connect');
+    this.connects.push({ url, token });
     if (this.connectError !== null) {
       throw this.connectError;
     }
     this.connected = { url, token };
+  }
+  async leaveRoom(): Promise<void> {
+    this.log.push('leaveRoom');
+    this.connected = null;
   }
   publishGate: Deferred<void> | null = null;
   async publish(type: 'audio' | 'video'): Promise<void> {
@@ -200,6 +234,15 @@ function rig(): Rig {
     },
   };
   return r;
+}
+
+/** A rig whose server offers the early join. */
+function claimingRig(): Rig & { server: ClaimingServer } {
+  const r = rig();
+  const server = new ClaimingServer(r.log);
+  r.server = server;
+  r.deps.server = server;
+  return r as Rig & { server: ClaimingServer };
 }
 
 function place(r: Rig, opts: Partial<CallOptions> = {}): Call {
@@ -998,5 +1041,113 @@ describe('OracleClient wiring', () => {
     const call = client.callOracle({ oracleDid: ORACLE, type: 'audio' });
     await expect(call.ready).rejects.toMatchObject({ code: 'setup' });
     expect(r.matrix.sent).toHaveLength(0);
+  });
+});
+
+describe('the early join (PROTOCOL §6.9)', () => {
+  it("claims the room once the key is set, joins it with the claim's token while the event is sent, and keeps it", async () => {
+    const r = claimingRig();
+    const gate = new Deferred<void>();
+    r.server.syncGate = gate;
+    const call = place(r);
+    // Joined and published before the sync answers.
+    await until(() => r.media.published === 'audio', 'the early publish');
+    expect(r.server.syncs).toHaveLength(0);
+    expect(r.media.connects).toEqual([{ url: 'ws://127.0.0.1:7880', token: 'claim-jwt' }]);
+    const ctx = r.wrapped[0]!.context;
+    expect(r.server.claims).toEqual([{ roomName: ctx.roomId, token: 'openid-token' }]);
+    expect(r.log.indexOf('claim')).toBeGreaterThan(r.log.indexOf('setKey'));
+    gate.resolve();
+    await until(() => call.getSnapshot().phase === 'waitingForOracle', 'waitingForOracle');
+    // No second join: the sync's token is not used.
+    expect(r.media.connects).toHaveLength(1);
+    expect(r.log.filter((l) => l === 'connect' || l.startsWith('publish') || l === 'leaveRoom')).toEqual([
+      'connect',
+      'publish:audio',
+    ]);
+    const s = call.getSnapshot();
+    expect(s.mediaJoin).toBe('early');
+    expect(s.timeline.map((t) => t.phase)).toEqual(['resolve', 'wrap', 'room', 'send', 'sync', 'join']);
+    r.media.events.oracleJoined('agent-AJ_1');
+    r.media.events.firstAudio();
+    await call.ready;
+    expect(call.getSnapshot().phase).toBe('active');
+    // Once it is the call's room, its close is the call's end.
+    r.media.events.disconnected('ROOM_DELETED');
+    await until(() => call.getSnapshot().phase === 'ended', 'ended');
+  });
+
+  it('a server without the early join (404), a refused claim or a failed early join: joins with the sync\'s token', async () => {
+    for (const how of ['notOffered', 'refused', 'connectFails'] as const) {
+      const r = claimingRig();
+      if (how === 'notOffered') r.server.claimAnswer = null;
+      if (how === 'refused') r.server.claimAnswer = new OracleCallError('server', 'server answered 409: taken', { status: 409 });
+      if (how === 'connectFails') {
+        // The early connect fails; the one after the sync works.
+        const media = r.media;
+        const connect = media.connect.bind(media);
+        let n = 0;
+        media.connect = async (url, token) => {
+          n += 1;
+          if (n === 1) {
+            throw new Error('could not establish signal connection');
+          }
+          return connect(url, token);
+        };
+      }
+      const call = place(r);
+      await until(() => call.getSnapshot().phase === 'waitingForOracle', `waitingForOracle (${how})`);
+      expect(r.media.connected, how).toEqual({ url: 'ws://127.0.0.1:7880', token: 'lk-jwt' });
+      expect(call.getSnapshot().mediaJoin, how).toBe('afterSync');
+      expect(call.getSnapshot().error, how).toBeNull();
+      expect(r.server.claims, how).toHaveLength(1);
+      await call.end();
+    }
+  });
+
+  it('a claim that lapses within 2 s of the sync: the room is left and joined again with the sync\'s token', async () => {
+    const r = claimingRig();
+    r.server.claimAnswer = { lifetimeMs: 1500 };
+    const call = place(r);
+    await until(() => call.getSnapshot().phase === 'waitingForOracle', 'waitingForOracle');
+    expect(r.media.connects.map((c) => c.token)).toEqual(['claim-jwt', 'lk-jwt']);
+    const media = r.log.filter((l) => l === 'connect' || l.startsWith('publish') || l === 'leaveRoom');
+    expect(media).toEqual(['connect', 'publish:audio', 'leaveRoom', 'connect', 'publish:audio']);
+    expect(call.getSnapshot().mediaJoin).toBe('afterSync');
+    await call.end();
+  });
+
+  it('the room joined early closing before the sync is no end: the sync\'s token joins again', async () => {
+    const r = claimingRig();
+    const gate = new Deferred<void>();
+    r.server.syncGate = gate;
+    const call = place(r);
+    await until(() => r.media.published === 'audio', 'the early publish');
+    r.media.events.disconnected('ROOM_DELETED');
+    await tick();
+    expect(call.getSnapshot().phase).toBe('syncing');
+    gate.resolve();
+    await until(() => call.getSnapshot().phase === 'waitingForOracle', 'waitingForOracle');
+    expect(r.media.connects.map((c) => c.token)).toEqual(['claim-jwt', 'lk-jwt']);
+    expect(call.getSnapshot()).toMatchObject({ mediaJoin: 'afterSync', error: null, endReason: null });
+    await call.end();
+  });
+
+  it('a failed sync leaves the room joined early; earlyJoin: false claims nothing', async () => {
+    const r = claimingRig();
+    r.server.syncError = new OracleCallError('server', 'server answered 422: callStartedAt too far', { status: 422 });
+    const call = place(r);
+    await expect(call.ready).rejects.toMatchObject({ code: 'server', status: 422 });
+    expect(r.media.connects.map((c) => c.token)).toEqual(['claim-jwt']);
+    expect(r.media.left).toBe(1);
+    expect(call.getSnapshot()).toMatchObject({ phase: 'failed', callStatus: 'ended' });
+
+    const off = claimingRig();
+    const c2 = place(off, { earlyJoin: false });
+    await until(() => c2.getSnapshot().phase === 'waitingForOracle', 'waitingForOracle');
+    expect(off.server.claims).toHaveLength(0);
+    expect(off.media.connects.map((c) => c.token)).toEqual(['lk-jwt']);
+    expect(c2.getSnapshot().mediaJoin).toBe('afterSync');
+    await c2.end();
   });
 });

@@ -160,6 +160,32 @@ describe('ServerApi', () => {
     const i = fakeFetch({ 'POST /prekeys/claim': [{ status: 200, body: { ...signed, extra: true } }] });
     expect(await err(api(i).claimPrekey(TOKEN))).toMatchObject({ code: 'prekeyInvalid' });
   });
+
+  it('claims a room for the early join once; 404 is "not offered", other refusals are typed errors', async () => {
+    const room = 'oc-0123456789abcdef0123456789abcdef';
+    const path = `POST /rooms/${room}/claim`;
+    const ok = {
+      roomId: room,
+      livekitUrl: 'ws://127.0.0.1:7880',
+      token: 'claim-jwt',
+      tokenExpiresAt: '2024-01-01T10:10:00.000Z',
+      claimExpiresAt: '2024-01-01T10:01:00.000Z',
+    };
+    const f = fakeFetch({ [path]: [{ status: 200, body: ok }] });
+    expect(await api(f).claimRoom(room, TOKEN)).toEqual(ok);
+    expect(f.seen[0]!.headers['authorization']).toBe(`Bearer ${TOKEN}`);
+    // No route at all (a server without the early join answers 404): no early join, no error.
+    expect(await api(fakeFetch({})).claimRoom(room, TOKEN)).toBeNull();
+    const taken = fakeFetch({ [path]: [{ status: 409, body: { error: { code: 'conflict', message: 'taken' } } }] });
+    expect(await err(api(taken).claimRoom(room, TOKEN))).toMatchObject({ code: 'server', status: 409, serverCode: 'conflict' });
+    const down = fakeFetch({ [path]: [{ status: 503, text: 'down' }] });
+    expect(await err(api(down).claimRoom(room, TOKEN))).toMatchObject({ code: 'serverUnreachable', status: 503 });
+    expect(down.seen).toHaveLength(1);
+    for (const bad of [{ ...ok, token: 7 }, { ...ok, claimExpiresAt: 'soon' }, [ok]]) {
+      const g = fakeFetch({ [path]: [{ status: 200, body: bad }] });
+      expect(await err(api(g).claimRoom(room, TOKEN))).toMatchObject({ code: 'server', status: 200 });
+    }
+  });
 });
 
 describe('resolveOracle + wrapCallKey', () => {
