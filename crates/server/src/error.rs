@@ -83,6 +83,21 @@ pub enum Error {
     /// A database migration failed.
     #[error("store migration: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A newer server migrated the database to a schema that servers of this version cannot
+    /// run on (its migrations raised the oldest compatible server schema above ours).
+    #[error(
+        "store: the database's schema is at version {database}, migrated by a newer \
+         oracle-calls server, and needs servers of schema {needs} or newer; this server's \
+         schema is {ours}: upgrade this server"
+    )]
+    SchemaTooNew {
+        /// The newest migration applied to the database.
+        database: i64,
+        /// The oldest server schema the database declares it works with.
+        needs: i64,
+        /// This server's newest migration.
+        ours: i64,
+    },
     /// A bug or an unexpected local failure.
     #[error("internal: {0}")]
     Internal(String),
@@ -115,9 +130,11 @@ impl Error {
             Self::MatrixBadAnswer(_) | Self::LiveKitBadAnswer(_) => {
                 (StatusCode::BAD_GATEWAY, ErrorCode::BadGateway)
             }
-            Self::Config(_) | Self::Store(_) | Self::Migrate(_) | Self::Internal(_) => {
-                (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal)
-            }
+            Self::Config(_)
+            | Self::Store(_)
+            | Self::Migrate(_)
+            | Self::SchemaTooNew { .. }
+            | Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal),
         }
     }
 }

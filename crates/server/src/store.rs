@@ -10,6 +10,8 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::{AnyPool, Row, SqlSafeStr as _};
 
+use tracing::info;
+
 use crate::{Error, Result};
 
 mod api_keys;
@@ -192,7 +194,19 @@ impl Store {
                 .execute(&pool)
                 .await?;
         }
-        migrator(backend).run(&pool).await?;
+        let mut migrator = migrator(backend);
+        if let Some(newer) = newer_schema(&pool, backend).await? {
+            // A newer server of this oracle migrated the database (a rolling upgrade): its
+            // migrations are not ours to check, and none of ours is missing.
+            info!(
+                database = newer,
+                ours = SCHEMA_VERSION,
+                "the database was migrated by a newer server whose schema declares this \
+                 server's compatible; running on it"
+            );
+            migrator.set_ignore_missing(true);
+        }
+        migrator.run(&pool).await?;
         let cache = (backend == Backend::Sqlite).then(std::sync::Arc::default);
         Ok(Self {
             pool,
@@ -204,6 +218,11 @@ impl Store {
     /// The backend in use.
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// Closes the pool: waits for the connections in use to come back, then closes them all.
+    pub async fn close(&self) {
+        self.pool.close().await;
     }
 
     /// True when the database answers.
@@ -545,8 +564,53 @@ fn reason_str(r: CallReason) -> String {
         .unwrap_or_default()
 }
 
+/// The version of this server's newest migration: its schema.
+pub const SCHEMA_VERSION: i64 = 9;
+
+/// The newest migration applied to the database when it is newer than [`SCHEMA_VERSION`] and
+/// the database declares servers of this schema compatible (table `schema_compat`, migration
+/// 9); `None` for a database at or below this server's schema, or a new one.
+///
+/// # Errors
+/// [`Error::SchemaTooNew`] when the database needs a newer server; [`Error::Store`].
+async fn newer_schema(pool: &AnyPool, backend: Backend) -> Result<Option<i64>> {
+    let has_table = match backend {
+        Backend::Sqlite => {
+            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'"
+        }
+        Backend::Postgres => {
+            "SELECT COUNT(*) FROM information_schema.tables \
+             WHERE table_name = '_sqlx_migrations' AND table_schema = current_schema()"
+        }
+    };
+    let tables: i64 = sqlx::query_scalar(has_table).fetch_one(pool).await?;
+    if tables == 0 {
+        return Ok(None);
+    }
+    let newest: Option<i64> =
+        sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations WHERE success")
+            .fetch_one(pool)
+            .await?;
+    let Some(newest) = newest.filter(|v| *v > SCHEMA_VERSION) else {
+        return Ok(None);
+    };
+    let needs: Option<i64> =
+        sqlx::query_scalar("SELECT oldest_server_schema FROM schema_compat WHERE id = 1")
+            .fetch_optional(pool)
+            .await?;
+    match needs {
+        Some(needs) if needs <= SCHEMA_VERSION => Ok(Some(newest)),
+        // No row: the table was emptied by hand, so nothing vouches for this server.
+        _ => Err(Error::SchemaTooNew {
+            database: newest,
+            needs: needs.unwrap_or(newest),
+            ours: SCHEMA_VERSION,
+        }),
+    }
+}
+
 fn migrator(backend: Backend) -> Migrator {
-    let steps: [(i64, &'static str, &'static str, &'static str); 8] = [
+    let steps: [(i64, &'static str, &'static str, &'static str); 9] = [
         (
             1,
             "init",
@@ -595,6 +659,12 @@ fn migrator(backend: Backend) -> Migrator {
             include_str!("../migrations/sqlite/0008_rate_buckets.sql"),
             include_str!("../migrations/postgres/0008_rate_buckets.sql"),
         ),
+        (
+            9,
+            "schema compat",
+            include_str!("../migrations/sqlite/0009_schema_compat.sql"),
+            include_str!("../migrations/postgres/0009_schema_compat.sql"),
+        ),
     ];
     Migrator::with_migrations(
         steps
@@ -631,5 +701,19 @@ impl Store {
         .fetch_optional(&self.pool)
         .await?;
         row.as_ref().map(call_from_row).transpose()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_schema_version_is_the_newest_migration_and_versions_run_one_by_one() {
+        for backend in [Backend::Sqlite, Backend::Postgres] {
+            let versions: Vec<i64> = migrator(backend).iter().map(|m| m.version).collect();
+            let expected: Vec<i64> = (1..=SCHEMA_VERSION).collect();
+            assert_eq!(versions, expected, "{backend:?}");
+        }
     }
 }

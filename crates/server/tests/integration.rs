@@ -39,3 +39,5 @@ mod rooms;
 mod schema;
 #[path = "integration/support.rs"]
 mod support;
+#[path = "integration/upgrade.rs"]
+mod upgrade;

@@ -348,10 +348,7 @@ impl TestServer {
         oracle: &Did,
         started_ms: i64,
     ) -> CallId {
-        let id = CallId::new(
-            EventId::parse(&unique("$ev")).unwrap(),
-            RoomName::parse(&room_name()).unwrap(),
-        );
+        let id = new_call_id();
         self.seed_call_id(&id, sender, session, oracle, started_ms)
             .await;
         id
@@ -366,20 +363,7 @@ impl TestServer {
         oracle: &Did,
         started_ms: i64,
     ) {
-        let room = id.room_name().clone();
-        let content = OraclesCallContent {
-            call_id: None,
-            call_type: CallType::Audio,
-            call_status: CallStatus::Pending,
-            call_started_at: oracle_calls_proto::Timestamp::from_unix_millis(started_ms).unwrap(),
-            call_ended_at: None,
-            encryption_key: KeyEnvelope::parse("v1.hpke-p256.QUJD").unwrap(),
-            session_id: SessionId::parse(session).unwrap(),
-            room_id: room,
-            user_did: Did::parse("did:ixo:user1").unwrap(),
-            oracle_did: oracle.clone(),
-            key_derivation: KeyDerivation::Hkdf,
-        };
+        let content = pending_content(id, session, oracle, started_ms);
         let now = oracle_calls_server::now().unix_millis();
         let done = self
             .store()
@@ -387,6 +371,36 @@ impl TestServer {
             .await
             .unwrap();
         assert_eq!(done, oracle_calls_server::store::Inserted::New);
+    }
+}
+
+/// A fresh call id of the shape a client makes.
+pub fn new_call_id() -> CallId {
+    CallId::new(
+        EventId::parse(&unique("$ev")).unwrap(),
+        RoomName::parse(&room_name()).unwrap(),
+    )
+}
+
+/// The content of a pending call `id` to `oracle`, started at `started_ms` (Unix ms).
+pub fn pending_content(
+    id: &CallId,
+    session: &str,
+    oracle: &Did,
+    started_ms: i64,
+) -> OraclesCallContent {
+    OraclesCallContent {
+        call_id: None,
+        call_type: CallType::Audio,
+        call_status: CallStatus::Pending,
+        call_started_at: oracle_calls_proto::Timestamp::from_unix_millis(started_ms).unwrap(),
+        call_ended_at: None,
+        encryption_key: KeyEnvelope::parse("v1.hpke-p256.QUJD").unwrap(),
+        session_id: SessionId::parse(session).unwrap(),
+        room_id: id.room_name().clone(),
+        user_did: Did::parse("did:ixo:user1").unwrap(),
+        oracle_did: oracle.clone(),
+        key_derivation: KeyDerivation::Hkdf,
     }
 }
 
