@@ -165,22 +165,18 @@ pub async fn sweep(state: &AppState) -> Result<usize> {
 
 /// Runs [`sweep`] every half claim lifetime (at most every 10 s) while the state lives.
 pub(crate) fn spawn_sweeper(state: WeakState) {
-    let Ok(rt) = tokio::runtime::Handle::try_current() else {
-        return;
-    };
-    rt.spawn(async move {
-        loop {
-            let every = match state.upgrade() {
-                Some(s) if s.config().livekit.early_join => Duration::from_millis(
+    state.every(
+        |s| {
+            s.config().livekit.early_join.then(|| {
+                Duration::from_millis(
                     (s.config().livekit.room_claim_ttl_secs.saturating_mul(500)).clamp(250, 10_000),
-                ),
-                _ => return,
-            };
-            tokio::time::sleep(every).await;
-            let Some(s) = state.upgrade() else { return };
+                )
+            })
+        },
+        |s| async move {
             if let Err(e) = sweep(&s).await {
                 warn!(error = %e, "sweeping expired room claims failed");
             }
-        }
-    });
+        },
+    );
 }

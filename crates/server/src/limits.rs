@@ -109,12 +109,14 @@ pub struct Limits {
     shared: Option<Shared>,
 }
 
-/// The buckets this server shares with the other servers of its oracle.
+/// The buckets this server shares with the other servers of its oracle: the store, and the
+/// bucket scope (`<limit>:<oracle DID>`) of each limit that is shared (`None`: this server's
+/// own bucket only).
 #[derive(Debug)]
 struct Shared {
     store: Store,
-    oracle: String,
-    limits: Vec<SharedLimit>,
+    per_user: Option<String>,
+    per_agent_key: Option<String>,
 }
 
 impl Limits {
@@ -136,10 +138,16 @@ impl Limits {
     /// servers of `oracle` when `store` is PostgreSQL (on SQLite: unchanged).
     pub(crate) fn shared_through(mut self, store: &Store, oracle: &Did) -> Self {
         if store.backend() == Backend::Postgres && !self.config.cluster_wide.is_empty() {
+            let scope = |limit: SharedLimit| {
+                self.config
+                    .cluster_wide
+                    .contains(&limit)
+                    .then(|| format!("{}:{}", limit.name(), oracle.as_str()))
+            };
             self.shared = Some(Shared {
                 store: store.clone(),
-                oracle: oracle.as_str().to_owned(),
-                limits: self.config.cluster_wide.clone(),
+                per_user: scope(SharedLimit::PerUser),
+                per_agent_key: scope(SharedLimit::PerAgentKey),
             });
         }
         self
@@ -157,13 +165,16 @@ impl Limits {
         let Some(shared) = &self.shared else {
             return Ok(());
         };
-        if !shared.limits.contains(&limit) {
+        let scope = match limit {
+            SharedLimit::PerUser => &shared.per_user,
+            SharedLimit::PerAgentKey => &shared.per_agent_key,
+        };
+        let Some(scope) = scope else {
             return Ok(());
-        }
-        let scope = format!("{}:{}", limit.name(), shared.oracle);
+        };
         match shared
             .store
-            .take_shared_token(&scope, key, rate.per_sec, rate.burst)
+            .take_shared_token(scope, key, rate.per_sec, rate.burst)
             .await
         {
             Ok(taken) => taken,
@@ -286,17 +297,9 @@ const SHARED_SWEEP_EVERY: Duration = Duration::from_secs(60);
 /// [`SHARED_SWEEP_EVERY`], the rows whose bucket is full again (the same as no row). Ends
 /// with the state, and at once where no bucket is shared.
 pub(crate) fn spawn_shared_sweeper(state: WeakState) {
-    let Ok(rt) = tokio::runtime::Handle::try_current() else {
-        return;
-    };
-    rt.spawn(async move {
-        loop {
-            match state.upgrade() {
-                Some(s) if s.limits().shared.is_some() => {}
-                _ => return,
-            }
-            tokio::time::sleep(SHARED_SWEEP_EVERY).await;
-            let Some(s) = state.upgrade() else { return };
+    state.every(
+        |s| s.limits().shared.is_some().then_some(SHARED_SWEEP_EVERY),
+        |s| async move {
             let Some(shared) = &s.limits().shared else {
                 return;
             };
@@ -305,8 +308,8 @@ pub(crate) fn spawn_shared_sweeper(state: WeakState) {
                 Ok(_) => {}
                 Err(e) => warn!(error = %e, "sweeping the shared rate buckets failed"),
             }
-        }
-    });
+        },
+    );
 }
 
 /// A user's wait for a room key; ends when dropped.

@@ -25,6 +25,30 @@ impl WeakState {
     pub(crate) fn upgrade(&self) -> Option<AppState> {
         self.0.upgrade().map(AppState)
     }
+
+    /// Runs `tick` on the state every `every(state)` while the state lives and `every` gives a
+    /// period (`None` ends the task, at once where it gives none at the start). The task holds
+    /// the state only during a tick, so it never keeps a dropped server alive. Outside a Tokio
+    /// runtime nothing runs.
+    pub(crate) fn every<F, Fut>(self, every: fn(&AppState) -> Option<Duration>, tick: F)
+    where
+        F: Fn(AppState) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send,
+    {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        rt.spawn(async move {
+            loop {
+                let Some(period) = self.upgrade().as_ref().and_then(every) else {
+                    return;
+                };
+                tokio::time::sleep(period).await;
+                let Some(s) = self.upgrade() else { return };
+                tick(s).await;
+            }
+        });
+    }
 }
 
 #[derive(Debug)]
