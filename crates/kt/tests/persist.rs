@@ -18,6 +18,7 @@ use oracle_calls_kt::{
     CheckpointSigningKey, Directory, EpochLog, Error, PersonDevice, PersonId, PersonRecord,
     SignedCheckpoint, Verifier, VrfSecretKey, audit,
 };
+use oracle_calls_test_support::PgSchema;
 use zeroize::Zeroizing;
 
 const SIGNING_SEED: [u8; 32] = [1; 32];
@@ -105,62 +106,12 @@ async fn a_reopened_directory_serves_the_same_checkpoints_and_publishes_on() {
 /// The same on the stack's PostgreSQL (`scripts/stack up`), in a schema of its own.
 #[tokio::test]
 async fn on_postgresql_a_reopened_directory_serves_the_same_checkpoints_and_refuses_a_rewrite() {
-    let (base, schema, url) = pg_schema().await;
-    reopened_round_trip(&url).await;
-    drop_schema(&base, &schema).await;
-    let (base, schema, url) = pg_schema().await;
-    tampered_row_refused(&url).await;
-    drop_schema(&base, &schema).await;
-}
-
-async fn drop_schema(base: &str, schema: &str) {
-    let pool = sqlx::AnyPool::connect(base).await.unwrap();
-    sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
-        .execute(&pool)
-        .await
-        .unwrap();
-    pool.close().await;
-}
-
-/// A fresh schema in the stack's PostgreSQL database: the database's URL, the schema, and a
-/// URL whose connections use the schema.
-async fn pg_schema() -> (String, String, String) {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let out = std::process::Command::new(root.join("scripts/stack"))
-        .arg("env")
-        .output()
-        .expect("running scripts/stack env");
-    assert!(
-        out.status.success(),
-        "scripts/stack env failed: is the stack up?"
-    );
-    let base = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .find_map(|l| l.strip_prefix("DATABASE_URL="))
-        .expect("the stack's DATABASE_URL")
-        .trim_matches('\'')
-        .to_owned();
-    static N: AtomicU32 = AtomicU32::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    let schema = format!(
-        "kt_test_{}_{}_{nanos}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    );
-    sqlx::any::install_default_drivers();
-    let pool = sqlx::AnyPool::connect(&base).await.unwrap();
-    // The name is made of digits and underscores only.
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
-        .execute(&pool)
-        .await
-        .unwrap();
-    pool.close().await;
-    let sep = if base.contains('?') { '&' } else { '?' };
-    let url = format!("{base}{sep}options=-c%20search_path%3D{schema}");
-    (base, schema, url)
+    let schema = PgSchema::create("kt_test").await;
+    reopened_round_trip(&schema.url).await;
+    schema.drop().await;
+    let schema = PgSchema::create("kt_test").await;
+    tampered_row_refused(&schema.url).await;
+    schema.drop().await;
 }
 
 async fn reopened_round_trip(url: &str) {

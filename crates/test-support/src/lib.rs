@@ -304,3 +304,71 @@ mod tests {
         assert!(stack_script().is_file(), "{}", stack_script().display());
     }
 }
+
+/// A PostgreSQL schema of one test's own in the stack's database (`DATABASE_URL`), so that
+/// what the test does to its tables (a migration no server knows, a tampered row) never
+/// reaches the schema the other tests share. Dropped with everything in it by
+/// [`PgSchema::drop`].
+#[cfg(feature = "postgres")]
+#[derive(Debug)]
+pub struct PgSchema {
+    /// The stack's database URL.
+    pub base: String,
+    /// The schema's name: `prefix`, the process id, a counter and the time, in letters,
+    /// digits and underscores.
+    pub name: String,
+    /// `base` with connections whose `search_path` is the schema.
+    pub url: String,
+}
+
+#[cfg(feature = "postgres")]
+impl PgSchema {
+    /// Creates the schema. `prefix` is letters, digits and underscores.
+    ///
+    /// # Panics
+    /// When the stack is not up or the database refuses.
+    pub async fn create(prefix: &str) -> Self {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        assert!(
+            prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_'),
+            "a schema prefix is letters, digits and underscores: {prefix:?}"
+        );
+        let base = stack_var("DATABASE_URL");
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let name = format!(
+            "{prefix}_{}_{}_{nanos}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        );
+        Self::execute(&base, &format!("CREATE SCHEMA {name}")).await;
+        let sep = if base.contains('?') { '&' } else { '?' };
+        let url = format!("{base}{sep}options=-c%20search_path%3D{name}");
+        Self { base, name, url }
+    }
+
+    /// Drops the schema and everything in it.
+    ///
+    /// # Panics
+    /// When the database refuses.
+    pub async fn drop(self) {
+        Self::execute(&self.base, &format!("DROP SCHEMA {} CASCADE", self.name)).await;
+    }
+
+    async fn execute(base: &str, sql: &str) {
+        sqlx::any::install_default_drivers();
+        let pool = sqlx::AnyPool::connect(base)
+            .await
+            .unwrap_or_else(|e| panic!("connecting to the stack's PostgreSQL: {e}"));
+        // The schema name is checked above: letters, digits and underscores only.
+        sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
+            .execute(&pool)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        pool.close().await;
+    }
+}

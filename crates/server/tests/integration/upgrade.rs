@@ -10,13 +10,15 @@ use oracle_calls_server::{Error, now};
 use sqlx::SqlSafeStr as _;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 
-use crate::support::{Db, new_call_id, pending_content, stack_var, temp_dir, unique};
+use oracle_calls_test_support::PgSchema;
+
+use crate::support::{Db, new_call_id, pending_content, temp_dir};
 
 /// A database of its own for one test: an SQLite file, or a fresh PostgreSQL schema of the
 /// stack's database (dropped at the end), so the shared schema never sees a future migration.
 struct FreshDb {
     url: String,
-    pg_schema: Option<(String, String)>,
+    pg: Option<PgSchema>,
     _dir: crate::support::TempDir,
 }
 
@@ -29,24 +31,14 @@ impl FreshDb {
                     "sqlite://{}?mode=rwc",
                     dir.0.join("calls.sqlite3").display()
                 ),
-                pg_schema: None,
+                pg: None,
                 _dir: dir,
             },
             Db::Postgres => {
-                let base = stack_var("DATABASE_URL");
-                // Letters, digits and underscores only.
-                let schema = unique("upgrade_").replace('-', "_");
-                sqlx::any::install_default_drivers();
-                let pool = sqlx::AnyPool::connect(&base).await.unwrap();
-                sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
-                    .execute(&pool)
-                    .await
-                    .unwrap();
-                pool.close().await;
-                let sep = if base.contains('?') { '&' } else { '?' };
+                let pg = PgSchema::create("upgrade").await;
                 Self {
-                    url: format!("{base}{sep}options=-c%20search_path%3D{schema}"),
-                    pg_schema: Some((base, schema)),
+                    url: pg.url.clone(),
+                    pg: Some(pg),
                     _dir: dir,
                 }
             }
@@ -54,13 +46,8 @@ impl FreshDb {
     }
 
     async fn drop_schema(self) {
-        if let Some((base, schema)) = &self.pg_schema {
-            let pool = sqlx::AnyPool::connect(base).await.unwrap();
-            sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
-                .execute(&pool)
-                .await
-                .unwrap();
-            pool.close().await;
+        if let Some(pg) = self.pg {
+            pg.drop().await;
         }
     }
 
