@@ -108,6 +108,7 @@ impl Side {
         dir: PathBuf,
         how: SideOptions,
         max_calls: usize,
+        leave_hangup_edit_to_user: bool,
     ) -> anyhow::Result<Self> {
         let SideOptions {
             trusted,
@@ -120,6 +121,7 @@ impl Side {
         opts.forward_secrecy = trusted;
         opts.direct_dispatch = direct;
         opts.first_frame_hold_ms = Some(hold_ms);
+        opts.leave_hangup_edit_to_user = leave_hangup_edit_to_user;
         let dep = Deployment::start(Stack::running()?, opts).await?;
         let kt = if trusted {
             let exe = std::env::current_exe().context("this program's path")?;
@@ -291,15 +293,26 @@ pub fn setup(
     concurrency: usize,
     compare: Compare,
     hold_ms: u64,
+    bot_hangup_edit: bool,
     dir: PathBuf,
 ) -> anyhow::Result<()> {
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
         let users = concurrency.max(1);
         let (reference, other, name, short) = compare.sides(hold_ms);
-        let reference =
-            Arc::new(Side::start("reference", dir.join("reference"), reference, users * 2).await?);
-        let trusted = Arc::new(Side::start(name, dir.join("other"), other, users * 2).await?);
+        let leave_edit = !bot_hangup_edit;
+        let reference = Arc::new(
+            Side::start(
+                "reference",
+                dir.join("reference"),
+                reference,
+                users * 2,
+                leave_edit,
+            )
+            .await?,
+        );
+        let trusted =
+            Arc::new(Side::start(name, dir.join("other"), other, users * 2, leave_edit).await?);
         let mut pairs = Vec::new();
         for _ in 0..users {
             pairs.push((reference.user().await?, trusted.user().await?));

@@ -300,6 +300,8 @@ pub struct DeployOptions {
     pub early_join: bool,
     /// The server's `livekit.room_claim_ttl_secs` (60 by default).
     pub room_claim_ttl_secs: u64,
+    /// The server's `matrix.leave_hangup_edit_to_user` (on by default).
+    pub leave_hangup_edit_to_user: bool,
 }
 
 impl DeployOptions {
@@ -318,6 +320,7 @@ impl DeployOptions {
             first_frame_hold_ms: None,
             early_join: true,
             room_claim_ttl_secs: 60,
+            leave_hangup_edit_to_user: true,
         }
     }
 }
@@ -391,6 +394,8 @@ struct RestartInputs {
     first_frame_hold_ms: Option<u64>,
     /// The server's `livekit.early_join` and `livekit.room_claim_ttl_secs`.
     early_join: (bool, u64),
+    /// The server's `matrix.leave_hangup_edit_to_user`.
+    leave_hangup_edit_to_user: bool,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -496,7 +501,8 @@ async fn start_server(
         &r.cors_allowed_origins,
         r.early_join,
     )?;
-    let config = Config::from_toml(&toml)?;
+    let mut config = Config::from_toml(&toml)?;
+    config.matrix.leave_hangup_edit_to_user = r.leave_hangup_edit_to_user;
     let lk_secret = stack.secret("LIVEKIT_API_SECRET_FILE")?;
     let secrets = Secrets::from_env(|k| match k {
         "ORACLE_CALLS_LIVEKIT_API_SECRET" => Some(lk_secret.to_string()),
@@ -594,6 +600,7 @@ impl Deployment {
             direct_dispatch: opts.direct_dispatch,
             first_frame_hold_ms: opts.first_frame_hold_ms,
             early_join: (opts.early_join, opts.room_claim_ttl_secs),
+            leave_hangup_edit_to_user: opts.leave_hangup_edit_to_user,
         };
         let (server, pepper_secret) = start_server(
             &stack,
@@ -662,6 +669,7 @@ impl Deployment {
             direct_dispatch: self.restart.direct_dispatch,
             first_frame_hold_ms: self.restart.first_frame_hold_ms,
             early_join: self.restart.early_join,
+            leave_hangup_edit_to_user: self.restart.leave_hangup_edit_to_user,
         };
         let (server, _) = start_server(
             &self.stack,

@@ -137,6 +137,11 @@ enum BenchCmd {
         /// With `--compare hold`: the hold side's `first_frame_hold_ms`.
         #[arg(long, default_value_t = oracle_calls_agent::FileConfig::DEFAULT_FIRST_FRAME_HOLD_MS)]
         hold_ms: u64,
+        /// Both sides' servers write the bot's `ended` edit at once after a user's hang-up
+        /// (`matrix.leave_hangup_edit_to_user = false`) instead of leaving it to the user's
+        /// edit: one more Matrix send per call, for runs that measure what that costs.
+        #[arg(long)]
+        bot_hangup_edit: bool,
         /// Working directory.
         #[arg(long, default_value = "bench-out/setup")]
         dir: PathBuf,
@@ -304,8 +309,9 @@ fn main() -> anyhow::Result<()> {
                 concurrency,
                 compare,
                 hold_ms,
+                bot_hangup_edit,
                 dir,
-            } => bench::setup(calls, concurrency, compare, hold_ms, dir),
+            } => bench::setup(calls, concurrency, compare, hold_ms, bot_hangup_edit, dir),
             BenchCmd::Load {
                 calls,
                 seconds,

@@ -1,7 +1,7 @@
 //! Call operations shared by the HTTP API, the webhook and the Matrix listener.
 
 use oracle_calls_proto::{CallId, CallReason, CallStatus, KeyResponse, UpdateRequest};
-use tracing::{Instrument as _, info, warn};
+use tracing::{Instrument as _, debug, info, warn};
 
 use crate::auth::Caller;
 use crate::store::CallRecord;
@@ -110,8 +110,19 @@ pub async fn update(
         return state.store().call(call_id).await?.ok_or(Error::NotFound);
     };
     // The reason is written with the transition only; ending an ended call again changes
-    // nothing, its reason included.
-    let record = transition(state, rec, to, req.reason).await?;
+    // nothing, its reason included. A user's hang-up is followed by the user's own `ended`
+    // edit (PROTOCOL §10), so the bot's would only repeat it: it is left to the backlog, which
+    // writes it only if the user's edit does not show up.
+    let mirror = if matches!(caller, Caller::User(_))
+        && to == CallStatus::Ended
+        && req.reason == Some(CallReason::UserHangup)
+        && state.config().matrix.leave_hangup_edit_to_user
+    {
+        Mirror::LeftToUser
+    } else {
+        Mirror::AtOnce
+    };
+    let record = transition_inner(state, rec, to, req.reason, mirror).await?;
     if key_failed {
         // The block holds whoever ended the call first.
         state.store().block_key(call_id, now).await?;
@@ -131,7 +142,7 @@ pub async fn transition(
     to: CallStatus,
     reason: Option<CallReason>,
 ) -> Result<CallRecord> {
-    transition_inner(state, rec, to, reason, true).await
+    transition_inner(state, rec, to, reason, Mirror::AtOnce).await
 }
 
 /// As [`transition`], without writing the change back to Matrix (it came from there).
@@ -144,7 +155,20 @@ pub async fn transition_quietly(
     to: CallStatus,
     reason: Option<CallReason>,
 ) -> Result<CallRecord> {
-    transition_inner(state, rec, to, reason, false).await
+    transition_inner(state, rec, to, reason, Mirror::FromMatrix).await
+}
+
+/// How a stored change reaches Matrix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mirror {
+    /// The bot writes its edit now.
+    AtOnce,
+    /// The change came from Matrix (the user's own edit), which shows it already.
+    FromMatrix,
+    /// The user's client writes the edit (a hang-up, PROTOCOL §10); the bot's sync loop marks
+    /// the call mirrored when it sees that edit, and the leader's backlog writes the bot's own
+    /// only if it has not shown up after one to two `matrix.mirror_retry_secs`.
+    LeftToUser,
 }
 
 async fn transition_inner(
@@ -152,7 +176,7 @@ async fn transition_inner(
     mut rec: CallRecord,
     to: CallStatus,
     reason: Option<CallReason>,
-    mirror: bool,
+    mirror: Mirror,
 ) -> Result<CallRecord> {
     // Two tries: a concurrent writer may move the call between our read and our write.
     for _ in 0..2 {
@@ -192,7 +216,7 @@ const ROOM_DELETE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Side effects of a stored transition. Failures here are logged, not returned: the store is
 /// the API's truth, and Matrix/LiveKit catch up (the room empties and closes by itself).
-async fn after_transition(state: &AppState, rec: &CallRecord, mirror: bool) {
+async fn after_transition(state: &AppState, rec: &CallRecord, mirror: Mirror) {
     if rec.status == CallStatus::Ended {
         state.metrics().call_event("ended");
         // Only the room made for this call: never another room that has its name. The answer
@@ -224,7 +248,15 @@ async fn after_transition(state: &AppState, rec: &CallRecord, mirror: bool) {
     // The Matrix edit runs on its own: under load the bot's device serializes its encrypted
     // sends, and the API answer must not wait for them. It keeps its retries and its one
     // transaction id, so a slow or repeated mirror never duplicates the edit.
-    if mirror && let Some(bot) = state.matrix() {
+    if mirror == Mirror::LeftToUser {
+        state.metrics().matrix_write("left_to_user");
+        debug!(
+            "the ended edit is left to the user's client; the backlog writes it if it does not come"
+        );
+    }
+    if mirror == Mirror::AtOnce
+        && let Some(bot) = state.matrix()
+    {
         let bot = bot.clone();
         let rec = rec.clone();
         tokio::spawn(

@@ -310,6 +310,13 @@ pub struct MatrixConfig {
     /// failed all its tries while the homeserver was down) and writes them again, in seconds.
     #[serde(default = "default_mirror_retry")]
     pub mirror_retry_secs: u64,
+    /// When the user reports hanging up (`update` with `ended` / `userHangup`), leave the
+    /// `ended` edit to the user's client, which writes its own right after (PROTOCOL §10): the
+    /// bot writes its edit only if the user's has not appeared after one to two
+    /// `mirror_retry_secs` (the backlog). `false`: the bot writes it at once as for every other
+    /// change, and the call carries two `ended` edits.
+    #[serde(default = "default_true")]
+    pub leave_hangup_edit_to_user: bool,
 }
 
 /// LiveKit settings. The API secret comes from [`Secrets`].

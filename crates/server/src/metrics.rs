@@ -74,7 +74,7 @@ impl Metrics {
         let matrix_writes = IntCounterVec::new(
             Opts::new(
                 "matrix_writes_total",
-                "status edits written to Matrix, by outcome (ok, retry, failed)",
+                "status edits written to Matrix, by outcome (ok, retry, failed; left_to_user: a hang-up's `ended` edit left to the user's client)",
             ),
             &["outcome"],
         )

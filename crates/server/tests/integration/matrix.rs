@@ -116,7 +116,7 @@ impl UserSide {
     }
 }
 
-fn ts_text(ms: i64) -> String {
+pub(crate) fn ts_text(ms: i64) -> String {
     oracle_calls_proto::Timestamp::from_unix_millis(ms)
         .unwrap()
         .to_string()

@@ -13,7 +13,7 @@ use matrix_sdk::ruma::{OwnedUserId, UserId};
 use oracle_calls_proto::{CallId, CallStatus};
 use serde_json::{Value, json};
 
-use crate::matrix::{UserSide, now_ms, sync_call};
+use crate::matrix::{UserSide, now_ms, sync_call, ts_text};
 use crate::support::{
     Db, Gate, MatrixUser, Restartable, TestServer, answer, both_backends, metric, room_name,
     stack_var, unique,
@@ -132,15 +132,10 @@ async fn matrix_down_during_an_update(db: Db) {
     // The bot's `active` edit reaches Matrix and the user's own device can decrypt it.
     wait_for_edit(&alice, &room, &ev, bot.as_str(), "active").await;
 
-    // The homeserver goes away; the user hangs up through the API.
+    // The homeserver goes away; the user ends the call through the API (without `userHangup`,
+    // whose edit is left to the user's client: `hangup_edit_left_to_user` below).
     synapse.close();
-    let (st, body) = update(
-        &s,
-        &token,
-        &id,
-        json!({"callStatus": "ended", "reason": "userHangup"}),
-    )
-    .await;
+    let (st, body) = update(&s, &token, &id, json!({"callStatus": "ended"})).await;
     assert_eq!(
         (st, body["callStatus"].as_str()),
         (200, Some("ended")),
@@ -207,6 +202,125 @@ async fn matrix_down_during_an_update(db: Db) {
     );
 }
 both_backends!(matrix_down, matrix_down_during_an_update);
+
+/// The user's own `ended` edit of `call` (PROTOCOL §2), as a client writes it after hanging up.
+async fn user_ends_in_matrix(
+    s: &TestServer,
+    alice: &UserSide,
+    room: &Room,
+    ev: &str,
+    call: &CallId,
+) {
+    let mut ended = alice.content(s.oracle.as_str(), call.room_name().as_str(), now_ms());
+    ended["callStatus"] = json!("ended");
+    ended["callId"] = json!(call.as_str());
+    ended["callEndedAt"] = json!(ts_text(now_ms()));
+    let mut edit = ended.clone();
+    edit["m.new_content"] = ended;
+    edit["m.relates_to"] = json!({"rel_type": "m.replace", "event_id": ev});
+    room.send_raw("m.ixo.oracles_call", &edit).await.unwrap();
+}
+
+/// A user's hang-up (`update` ended / userHangup) is followed by the user's own `ended` edit
+/// (PROTOCOL §10), so the bot does not repeat it: once the user's edit is there, the bot
+/// writes none, even after its backlog ran. A client that reports the hang-up and never
+/// writes its edit still gets the call marked ended in Matrix: the backlog writes the bot's,
+/// once. With `leave_hangup_edit_to_user = false`, the bot writes it at once.
+async fn hangup_edit_left_to_user(db: Db) {
+    let oracle_user = MatrixUser::new(&unique("oracle")).await;
+    let s = TestServer::start_with_bot_edited(db, &oracle_user, |toml| {
+        toml.replace(
+            "openid_cache_secs = 60",
+            "openid_cache_secs = 60\nmirror_retry_secs = 3",
+        )
+    })
+    .await;
+    let bot: OwnedUserId = UserId::parse(oracle_user.user_id.as_str()).unwrap();
+    let alice = UserSide::new().await;
+    let room = alice.room_with(&bot, true).await;
+    let token = alice.user.openid_token().await;
+    let hang_up = json!({"callStatus": "ended", "reason": "userHangup"});
+
+    // 1. The user hangs up and writes its edit, as every client does.
+    let (ev_a, a) = synced_call(&s, &alice, &room, &token).await;
+    wait_for_edit(&alice, &room, &ev_a, bot.as_str(), "active").await;
+    let (st, body) = update(&s, &token, &a, hang_up.clone()).await;
+    assert_eq!(
+        (st, body["callStatus"].as_str()),
+        (200, Some("ended")),
+        "{body}"
+    );
+    user_ends_in_matrix(&s, &alice, &room, &ev_a, &a).await;
+    wait_for_edit(&alice, &room, &ev_a, alice.user.user_id.as_str(), "ended").await;
+    // The bot's sync loop sees the user's edit and owes Matrix nothing.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while s.store().unmirrored_count(&s.oracle).await.unwrap() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(s.store().unmirrored_count(&s.oracle).await.unwrap(), 0);
+    assert!(
+        metric(
+            &s,
+            "oracle_calls_matrix_writes_total{outcome=\"left_to_user\"}"
+        )
+        .await
+            >= 1.0,
+        "the left edit is counted"
+    );
+
+    // 2. Another user hangs up through the API and never writes its edit (a client that died).
+    let (ev_b, b) = synced_call(&s, &alice, &room, &token).await;
+    wait_for_edit(&alice, &room, &ev_b, bot.as_str(), "active").await;
+    let (st, _) = update(&s, &token, &b, hang_up.clone()).await;
+    assert_eq!(st, 200);
+    let ended_at = Instant::now();
+    wait_for_edit(&alice, &room, &ev_b, bot.as_str(), "ended").await;
+    let waited = ended_at.elapsed();
+    assert!(
+        waited >= Duration::from_secs(3),
+        "the bot's edit came from the backlog, after one period at least: {waited:?}"
+    );
+
+    // Several backlog periods later: still no bot edit of the first call beyond `active`, and
+    // one of the second.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    assert_eq!(
+        edits_seen_by_user(&alice, &room, &ev_a, bot.as_str()).await,
+        ["active"],
+        "the bot repeated the user's ended edit"
+    );
+    assert_eq!(
+        edits_seen_by_user(&alice, &room, &ev_b, bot.as_str()).await,
+        ["ended", "active"]
+    );
+    assert_eq!(s.store().unmirrored_count(&s.oracle).await.unwrap(), 0);
+    s.state.matrix().unwrap().stop();
+
+    // 3. Turned off: the bot's edit is written at once, long before the first backlog period.
+    let oracle_user = MatrixUser::new(&unique("oracle")).await;
+    let s = TestServer::start_with_bot_edited(db, &oracle_user, |toml| {
+        toml.replace(
+            "openid_cache_secs = 60",
+            "openid_cache_secs = 60\nmirror_retry_secs = 60\nleave_hangup_edit_to_user = false",
+        )
+    })
+    .await;
+    let bot: OwnedUserId = UserId::parse(oracle_user.user_id.as_str()).unwrap();
+    let room = alice.room_with(&bot, true).await;
+    let (ev_c, c) = synced_call(&s, &alice, &room, &token).await;
+    wait_for_edit(&alice, &room, &ev_c, bot.as_str(), "active").await;
+    let (st, _) = update(&s, &token, &c, hang_up).await;
+    assert_eq!(st, 200);
+    let ended_at = Instant::now();
+    wait_for_edit(&alice, &room, &ev_c, bot.as_str(), "ended").await;
+    assert!(
+        ended_at.elapsed() < Duration::from_secs(30),
+        "written at once, not by the 60 s backlog: {:?}",
+        ended_at.elapsed()
+    );
+    s.state.matrix().unwrap().stop();
+}
+both_backends!(hangup_edit, hangup_edit_left_to_user);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn livekit_down_at_sync_is_a_503_and_the_call_waits() {
