@@ -406,10 +406,13 @@ fn probe_clicks(pulse_dir: &Path) {
         heard.len(),
         ms.iter().map(|v| v.round() as i64).collect::<Vec<_>>()
     );
-    assert_eq!(
-        sent.len(),
-        CLICKS,
-        "every click was played into the microphone"
+    // The mouth's probe records the microphone's monitor on this machine's PulseAudio, which
+    // pulls in bursts and can miss a click (a CI run saw 14 at the mouth and all 15 at the
+    // ear); a click it missed is left out of the pairs, not counted against the call.
+    assert!(
+        sent.len() >= CLICKS - 2,
+        "only {} of {CLICKS} clicks were seen going into the microphone: the probe, not the call, failed",
+        sent.len()
     );
     assert!(
         ms.len() >= CLICKS - 2,
