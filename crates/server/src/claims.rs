@@ -11,6 +11,7 @@ use std::time::Duration;
 use oracle_calls_proto::{RoomClaimResponse, RoomName, Timestamp};
 use tracing::{debug, info, warn};
 
+use crate::livekit::LiveRoom;
 use crate::state::WeakState;
 use crate::store::Claim;
 use crate::{AppState, Error, Result, state};
@@ -95,35 +96,55 @@ pub async fn claim(state: &AppState, room: &RoomName, user: &str) -> Result<Room
     })
 }
 
-/// The claim marker a call of `user` may adopt in `room`: only when the store holds that
-/// user's claim on it.
+/// How long a sync waits for a sweep that took its user's claim to delete the room.
+const SWEEP_WAIT: Duration = Duration::from_secs(2);
+
+/// The claim marker under which a call of `user` may adopt `room`, and the room as it then is
+/// (`live`: looked up just before). The sync takes the user's claim out of the store, so the
+/// room is its alone: the sweep deletes only rooms whose claims it took itself. When a sweep
+/// took the claim first (it lapsed), the room may still carry this user's marker while the
+/// sweep deletes it: the sync waits for that (at most [`SWEEP_WAIT`]) and then makes the room
+/// afresh; a room still there after the wait (its deletion failed, or an earlier adoption of
+/// it did after taking the claim) was made for this user and no one else may take it, so the
+/// call adopts it. Another user's claim marker is never adopted.
 ///
 /// # Errors
-/// [`Error::Store`].
-pub(crate) async fn adoptable(
+/// [`Error::Store`]; LiveKit errors.
+pub(crate) async fn for_adoption(
     state: &AppState,
     room: &RoomName,
     user: &str,
-) -> Result<Option<String>> {
-    Ok(state
+    live: Option<LiveRoom>,
+) -> Result<(Option<String>, Option<LiveRoom>)> {
+    let mine = marker(user);
+    if state
         .store()
-        .room_claim(room.as_str())
+        .take_room_claim(&state.config().oracle.did, room.as_str(), user)
         .await?
-        .filter(|c| c.is_of(&state.config().oracle.did, user))
-        .map(|_| marker(user)))
+    {
+        return Ok((Some(mine), live));
+    }
+    if live.as_ref().is_none_or(|l| l.metadata != mine) {
+        return Ok((None, live));
+    }
+    let deadline = tokio::time::Instant::now() + SWEEP_WAIT;
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = state.livekit().room(room).await?;
+        if now.as_ref().is_none_or(|l| l.metadata != mine) {
+            debug!(room = %room.as_str(), "the lapsed claim's room was swept; making it afresh");
+            return Ok((None, now));
+        }
+        if tokio::time::Instant::now() >= deadline {
+            info!(room = %room.as_str(), "a room left with this user's claim marker: adopted");
+            return Ok((Some(mine), now));
+        }
+    }
 }
 
-/// The call took the claimed room: the claim is done. A failure here only leaves a row that
-/// the sweep removes (without touching the room, which now carries the call id).
-pub(crate) async fn adopted(state: &AppState, room: &RoomName, user: &str) {
+/// The call took the claimed room.
+pub(crate) fn adopted(state: &AppState) {
     state.metrics().call_event("room_adopted");
-    if let Err(e) = state
-        .store()
-        .drop_room_claim(&state.config().oracle.did, room.as_str(), user)
-        .await
-    {
-        warn!(error = %e, "could not drop the claim of an adopted room");
-    }
 }
 
 /// Drops the claims older than `livekit.room_claim_ttl_secs` and deletes their rooms, where a

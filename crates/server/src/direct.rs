@@ -177,10 +177,10 @@ pub(crate) async fn open_room(
     }
     // The user's early join: a room this user claimed may become the call's (an active call
     // adopted its claim already).
-    let marker = if active {
-        None
+    let (marker, live) = if active {
+        (None, live)
     } else {
-        crate::claims::adoptable(state, room, user).await?
+        crate::claims::for_adoption(state, room, user, live).await?
     };
     let opened = state
         .livekit()
@@ -193,7 +193,7 @@ pub(crate) async fn open_room(
         )
         .await?;
     if opened == Opened::Adopted {
-        crate::claims::adopted(state, room, user).await;
+        crate::claims::adopted(state);
     }
     // A room that was there already (a repeated sync) has its agent on the way or in it.
     Ok((direct && opened != Opened::Existing).then(|| HandOff(call_id.clone())))

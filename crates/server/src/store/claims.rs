@@ -121,20 +121,22 @@ impl Store {
         })
     }
 
-    /// Removes `user`'s claim on `room` with `oracle` (its call took the room).
+    /// Takes `user`'s claim on `room` with `oracle` out of the store (its call's sync adopts
+    /// the room): true when this call removed it, so that no sweep can take it any more.
     ///
     /// # Errors
     /// [`crate::Error::Store`].
-    pub async fn drop_room_claim(&self, oracle: &Did, room: &str, user: &str) -> Result<()> {
-        sqlx::query(
-            "DELETE FROM room_claims WHERE room_name = $1 AND oracle_did = $2 AND user_id = $3",
+    pub async fn take_room_claim(&self, oracle: &Did, room: &str, user: &str) -> Result<bool> {
+        let row = sqlx::query(
+            "DELETE FROM room_claims WHERE room_name = $1 AND oracle_did = $2 AND user_id = $3
+             RETURNING room_name",
         )
         .bind(room)
         .bind(oracle.as_str())
         .bind(user)
-        .execute(self.pool())
+        .fetch_optional(self.pool())
         .await?;
-        Ok(())
+        Ok(row.is_some())
     }
 
     /// Removes and returns `oracle`'s claims made before `before_ms` (Unix ms) that no call

@@ -194,6 +194,114 @@ both_backends!(
     early_join
 );
 
+/// The sync and the sweep never both act on one claim: the sync takes its claim out of the
+/// store before it adopts the room. When a sweep took the claim first (it lapsed) and is still
+/// deleting the room, the sync waits for the deletion and makes the room afresh; a room left
+/// with the user's own marker and no claim (its deletion failed) is adopted after the wait.
+/// Before, both answered 409 (the room "belongs to something else"), and a sweep that read the
+/// marker just before the sync adopted the room deleted the call's room under it (a CI run's
+/// browser call whose agent never came).
+async fn sync_after_sweep(db: Db) {
+    let oracle_user = MatrixUser::new(&unique("oracle")).await;
+    // Claims live long enough that the server's own sweep stays out of the test; a sweep is
+    // played by taking the claims from the store as the sweep does.
+    let s = TestServer::start_with_bot_edited(db, &oracle_user, |t| {
+        format!("{t}\n        room_claim_ttl_secs = 600\n")
+    })
+    .await;
+    let bot: OwnedUserId = UserId::parse(oracle_user.user_id.as_str()).unwrap();
+    let oracle = s.oracle.as_str().to_owned();
+    let alice = UserSide::new().await;
+    let token = alice.user.openid_token().await;
+    let a_room = alice.room_with(&bot, true).await;
+    let mine = format!("claim:{}", alice.user.user_id);
+    let sweep_takes_the_claims = || async {
+        let later = now_ms() + 3_600_000;
+        s.store()
+            .take_expired_room_claims(&s.oracle, later)
+            .await
+            .unwrap()
+    };
+
+    // 1. The sweep took the claim and deletes the room half a second later.
+    let r = room_name();
+    let (st, _, _) = claim(&s, Some(&token), &r).await;
+    assert_eq!(st, 200);
+    assert_eq!(sweep_takes_the_claims().await.len(), 1);
+    let lk = s.state.livekit();
+    let name = RoomName::parse(&r).unwrap();
+    let deleting = tokio::spawn({
+        let (state, name, mine) = (s.state.clone(), name.clone(), mine.clone());
+        async move {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            state
+                .livekit()
+                .delete_call_room(&name, &mine)
+                .await
+                .unwrap()
+        }
+    });
+    let ev = alice
+        .send(&a_room, &alice.content(&oracle, &r, now_ms()))
+        .await;
+    let call = format!("{ev}@{r}");
+    let (st, body) = sync_call(&s, &token, &call).await;
+    assert!(
+        deleting.await.unwrap(),
+        "the sweep deleted the claimed room"
+    );
+    assert_eq!(
+        (st, body["status"].as_str()),
+        (200, Some("active")),
+        "{body}"
+    );
+    assert_eq!(
+        metadata(&s, &r).await.as_deref(),
+        Some(call.as_str()),
+        "the call's room was made afresh after the sweep"
+    );
+    let d = lk.dispatches(&name).await.unwrap();
+    assert!(d.contains(&s.state.config().oracle.agent_name), "{d:?}");
+
+    // 2. The sweep took the claim and its deletion never happened: the room, still Alice's,
+    //    becomes her call's after the wait.
+    let r2 = room_name();
+    let (st, _, _) = claim(&s, Some(&token), &r2).await;
+    assert_eq!(st, 200);
+    assert_eq!(sweep_takes_the_claims().await.len(), 1);
+    let ev = alice
+        .send(&a_room, &alice.content(&oracle, &r2, now_ms()))
+        .await;
+    let call2 = format!("{ev}@{r2}");
+    let (st, body) = sync_call(&s, &token, &call2).await;
+    assert_eq!(
+        (st, body["status"].as_str()),
+        (200, Some("active")),
+        "{body}"
+    );
+    assert_eq!(metadata(&s, &r2).await.as_deref(), Some(call2.as_str()));
+
+    // 3. A claim the sync took is out of the store: no sweep can take it after the adoption.
+    let r3 = room_name();
+    let (st, _, _) = claim(&s, Some(&token), &r3).await;
+    assert_eq!(st, 200);
+    let ev = alice
+        .send(&a_room, &alice.content(&oracle, &r3, now_ms()))
+        .await;
+    let call3 = format!("{ev}@{r3}");
+    let (st, _) = sync_call(&s, &token, &call3).await;
+    assert_eq!(st, 200);
+    assert!(sweep_takes_the_claims().await.is_empty());
+    assert_eq!(metadata(&s, &r3).await.as_deref(), Some(call3.as_str()));
+    for n in [&r, &r2, &r3] {
+        lk.delete_room(&RoomName::parse(n).unwrap()).await.unwrap();
+    }
+}
+both_backends!(
+    a_sync_and_a_sweep_never_both_act_on_one_claim,
+    sync_after_sweep
+);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_without_the_early_join_answers_404() {
     let user = MatrixUser::new(&unique("did-ixo-u")).await;
